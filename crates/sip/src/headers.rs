@@ -1,0 +1,488 @@
+//! Typed header decoders, run on demand over a row's text. They borrow from the message
+//! and treat folded line breaks as white space, so no unfolded copy is made.
+
+use std::borrow::Cow;
+
+use crate::error::HeaderError;
+use crate::method::{Method, is_token, is_token_byte};
+use crate::scan::{Params, is_lws, quoted_end, trim_lws, unquote};
+use crate::uri::{Uri, split_host_port};
+
+/// Parses a decimal scalar that must fit in 32 bits. Leading zeros are allowed
+/// (RFC 4475 `wsinv`); overflow is an error (RFC 4475 `scalar02`).
+pub fn parse_u32(v: &str, header: &'static str) -> Result<u32, HeaderError> {
+    let t = trim_lws(v);
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HeaderError::malformed(
+            header,
+            format!("{t:?} is not a number"),
+        ));
+    }
+    let digits = t.trim_start_matches('0');
+    if digits.len() > 10 {
+        return Err(HeaderError::Overflow {
+            header,
+            value: t.to_owned(),
+        });
+    }
+    if digits.is_empty() {
+        return Ok(0);
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| HeaderError::Overflow {
+            header,
+            value: t.to_owned(),
+        })
+}
+
+/// One Via value: `SIP/2.0/UDP host:port;params`.
+#[derive(Debug, Clone, Copy)]
+pub struct Via<'a> {
+    /// Protocol name and version, e.g. `SIP` and `2.0`.
+    pub protocol: &'a str,
+    pub version: &'a str,
+    /// Transport token as written (`UDP`, `TCP`, `TLS`, `WS`, `WSS`, `SCTP` or any other).
+    pub transport: &'a str,
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub params: Params<'a>,
+}
+
+fn take_token(s: &str) -> (&str, &str) {
+    let s = s.trim_start_matches(|c: char| c.is_ascii() && is_lws(c as u8));
+    let n = s.bytes().take_while(|&b| is_token_byte(b)).count();
+    (&s[..n], &s[n..])
+}
+
+fn expect_char(s: &str, c: char) -> Option<&str> {
+    s.trim_start_matches(|c: char| c.is_ascii() && is_lws(c as u8))
+        .strip_prefix(c)
+}
+
+impl<'a> Via<'a> {
+    pub fn parse(v: &'a str) -> Result<Via<'a>, HeaderError> {
+        let bad = |what: &str| HeaderError::malformed("Via", what.to_owned());
+        let (protocol, rest) = take_token(v);
+        let rest = expect_char(rest, '/').ok_or_else(|| bad("sent-protocol lacks '/'"))?;
+        let (version, rest) = take_token(rest);
+        let rest = expect_char(rest, '/').ok_or_else(|| bad("sent-protocol lacks '/'"))?;
+        let (transport, rest) = take_token(rest);
+        if protocol.is_empty() || version.is_empty() || transport.is_empty() {
+            return Err(bad("incomplete sent-protocol"));
+        }
+        let rest = trim_lws(rest);
+        let (sent_by, params) = match rest.find(';') {
+            Some(i) => (trim_lws(&rest[..i]), &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        // `host : port` may carry LWS around the colon.
+        let compact: Cow<'_, str> = if sent_by.bytes().any(is_lws) {
+            Cow::Owned(sent_by.split(|c: char| c.is_ascii_whitespace()).collect())
+        } else {
+            Cow::Borrowed(sent_by)
+        };
+        if compact.is_empty() {
+            return Err(bad("missing sent-by"));
+        }
+        let (host, port) = split_host_port(&compact)
+            .map_err(|e| HeaderError::malformed("Via", format!("sent-by: {e}")))?;
+        let host = if matches!(compact, Cow::Borrowed(_)) {
+            &sent_by[..host.len()]
+        } else {
+            // Only reachable with LWS inside sent-by; the host itself has none.
+            sent_by
+                .split(|c: char| c.is_ascii_whitespace() || c == ':')
+                .next()
+                .unwrap_or("")
+        };
+        let params = Params::new(params);
+        if rest.contains(';') {
+            params.validate().map_err(|e| bad(&e))?;
+        }
+        if let Some(branch) = params.get("branch")
+            && branch.is_none_or(|b| !is_token(b))
+        {
+            return Err(bad("branch must be a token"));
+        }
+        if let Some(Some(rport)) = params.get("rport") {
+            rport
+                .parse::<u16>()
+                .map_err(|_| bad("rport is not a port number"))?;
+        }
+        Ok(Via {
+            protocol,
+            version,
+            transport,
+            host,
+            port,
+            params,
+        })
+    }
+
+    pub fn branch(&self) -> Option<&'a str> {
+        self.params.get("branch").flatten()
+    }
+
+    /// Whether the branch carries the RFC 3261 magic cookie (else RFC 2543 matching).
+    pub fn has_rfc3261_branch(&self) -> bool {
+        self.branch().is_some_and(|b| b.starts_with("z9hG4bK"))
+    }
+
+    pub fn received(&self) -> Option<&'a str> {
+        self.params.get("received").flatten()
+    }
+
+    /// `Some(None)` when `rport` is present without a value (a request asking for it).
+    pub fn rport(&self) -> Option<Option<u16>> {
+        self.params
+            .get("rport")
+            .map(|v| v.and_then(|p| p.parse().ok()))
+    }
+
+    pub fn maddr(&self) -> Option<&'a str> {
+        self.params.get("maddr").flatten()
+    }
+
+    pub fn ttl(&self) -> Option<&'a str> {
+        self.params.get("ttl").flatten()
+    }
+
+    /// `host[:port]` as one string, for transaction matching.
+    pub fn sent_by(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{}", self.host, p),
+            None => self.host.to_owned(),
+        }
+    }
+}
+
+/// A name-addr or addr-spec with header parameters: From, To, Contact, Route,
+/// Record-Route, Reply-To, Refer-To... Contact `*` is represented with `is_star`.
+#[derive(Debug, Clone, Copy)]
+pub struct NameAddr<'a> {
+    /// Display name as written (quotes kept); see [`NameAddr::display_name`].
+    pub display_raw: Option<&'a str>,
+    pub uri_str: &'a str,
+    pub params: Params<'a>,
+    /// The URI was written inside `<>`.
+    pub bracketed: bool,
+    pub is_star: bool,
+}
+
+impl<'a> NameAddr<'a> {
+    /// Parses the value of a header that holds one name-addr; `header` names it in errors.
+    pub fn parse_header(v: &'a str, header: &'static str) -> Result<NameAddr<'a>, HeaderError> {
+        let bad = |what: String| HeaderError::malformed(header, what);
+        let s = trim_lws(v);
+        if s == "*" {
+            return Ok(NameAddr {
+                display_raw: None,
+                uri_str: "*",
+                params: Params::default(),
+                bracketed: false,
+                is_star: true,
+            });
+        }
+        let b = s.as_bytes();
+        let (display_raw, bracket_from) = if b.first() == Some(&b'"') {
+            let end = quoted_end(b)
+                .ok_or_else(|| bad("unterminated quoted string in display name".into()))?;
+            let after = trim_lws(&s[end..]);
+            if !after.starts_with('<') {
+                return Err(bad("quoted display name not followed by <URI>".into()));
+            }
+            (Some(&s[..end]), s.len() - after.len())
+        } else {
+            // An unquoted display name runs up to '<' and must be tokens separated by LWS.
+            match s.find('<') {
+                Some(lt) if !s[..lt].contains(';') => {
+                    let name = trim_lws(&s[..lt]);
+                    let ok = name
+                        .split(|c: char| c.is_ascii() && is_lws(c as u8))
+                        .all(|w| w.is_empty() || is_token(w));
+                    if !ok {
+                        return Err(bad(format!(
+                            "display name {name:?} has characters that need quotes"
+                        )));
+                    }
+                    (if name.is_empty() { None } else { Some(name) }, lt)
+                }
+                _ => (None, usize::MAX),
+            }
+        };
+        let (uri_str, params, bracketed) = if bracket_from != usize::MAX {
+            let inner = &s[bracket_from + 1..];
+            let gt = inner
+                .find('>')
+                .ok_or_else(|| bad("'<' without a closing '>'".into()))?;
+            let uri = &inner[..gt];
+            let rest = trim_lws(&inner[gt + 1..]);
+            let params = match rest.strip_prefix(';') {
+                Some(p) => p,
+                None if rest.is_empty() => "",
+                None => return Err(bad(format!("unexpected {rest:?} after '>'"))),
+            };
+            (uri, params, true)
+        } else {
+            let (uri, params) = match s.find(';') {
+                Some(i) => (trim_lws(&s[..i]), &s[i + 1..]),
+                None => (s, ""),
+            };
+            if uri.contains('?') || uri.contains(',') {
+                return Err(bad(format!(
+                    "URI {uri:?} contains '?' or ',' and must be enclosed in <>"
+                )));
+            }
+            (uri, params, false)
+        };
+        Uri::parse(uri_str).map_err(|e| bad(e.to_string()))?;
+        let params = Params::new(params);
+        if !params.as_str().is_empty() || s.ends_with(';') {
+            params.validate().map_err(bad)?;
+        }
+        Ok(NameAddr {
+            display_raw,
+            uri_str,
+            params,
+            bracketed,
+            is_star: false,
+        })
+    }
+
+    /// The URI (already validated by `parse_header`).
+    pub fn uri(&self) -> Result<Uri<'a>, HeaderError> {
+        Uri::parse(self.uri_str)
+    }
+
+    /// Display name with quotes and escapes removed.
+    pub fn display_name(&self) -> Option<Cow<'a, str>> {
+        self.display_raw.map(unquote)
+    }
+
+    pub fn tag(&self) -> Option<&'a str> {
+        self.params.get("tag").flatten()
+    }
+
+    /// The Contact `expires` parameter, if any.
+    pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
+        self.params
+            .get("expires")
+            .flatten()
+            .map(|v| parse_u32(v, "Contact expires"))
+            .transpose()
+    }
+}
+
+/// `CSeq: 4711 INVITE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    pub fn parse(v: &str) -> Result<CSeq, HeaderError> {
+        let t = trim_lws(v);
+        let split = t
+            .find(|c: char| c.is_ascii() && is_lws(c as u8))
+            .ok_or_else(|| HeaderError::malformed("CSeq", "needs a number and a method"))?;
+        let seq = parse_u32(&t[..split], "CSeq")?;
+        if seq >= 1 << 31 {
+            return Err(HeaderError::Overflow {
+                header: "CSeq",
+                value: seq.to_string(),
+            });
+        }
+        let method = trim_lws(&t[split..]);
+        if !is_token(method) {
+            return Err(HeaderError::malformed(
+                "CSeq",
+                format!("method {method:?} is not a token"),
+            ));
+        }
+        Ok(CSeq {
+            seq,
+            method: Method::from_token(method),
+        })
+    }
+}
+
+/// A delta-seconds value with optional `;params` (Session-Expires, Min-SE, Retry-After).
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaWithParams<'a> {
+    pub seconds: u32,
+    pub params: Params<'a>,
+}
+
+impl<'a> DeltaWithParams<'a> {
+    pub fn parse(v: &'a str, header: &'static str) -> Result<DeltaWithParams<'a>, HeaderError> {
+        let (head, params) = match v.find(';') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, ""),
+        };
+        // Retry-After may carry a comment: `120 (I'm in a meeting)`.
+        let head = match head.find('(') {
+            Some(i) if header == "Retry-After" => &head[..i],
+            _ => head,
+        };
+        let seconds = parse_u32(head, header)?;
+        let params = Params::new(params);
+        if !params.as_str().is_empty() {
+            params
+                .validate()
+                .map_err(|e| HeaderError::malformed(header, e))?;
+        }
+        Ok(DeltaWithParams { seconds, params })
+    }
+
+    /// Session-Expires `refresher` parameter (`uac` or `uas`).
+    pub fn refresher(&self) -> Option<&'a str> {
+        self.params.get("refresher").flatten()
+    }
+}
+
+/// Items of a comma-separated token list (Allow, Supported, Require, Unsupported).
+pub fn token_list<'a>(
+    values: impl Iterator<Item = &'a str>,
+    header: &'static str,
+) -> Result<Vec<&'a str>, HeaderError> {
+    values
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            if is_token(v) {
+                Ok(v)
+            } else {
+                Err(HeaderError::malformed(
+                    header,
+                    format!("{v:?} is not a token"),
+                ))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_with_folding_and_lws_around_slashes() {
+        let v = Via::parse("SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw").unwrap();
+        assert_eq!((v.protocol, v.version, v.transport), ("SIP", "2.0", "UDP"));
+        assert_eq!(v.host, "192.0.2.2");
+        assert_eq!(v.branch(), Some("390skdjuw"));
+        assert!(!v.has_rfc3261_branch());
+        let v = Via::parse(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
+        assert_eq!(v.host, "spindle.example.com");
+        assert_eq!(v.branch(), Some("z9hG4bK9ikj8"));
+    }
+
+    #[test]
+    fn via_parameters_and_ipv6() {
+        let v = Via::parse("SIP/2.0/UDP [2001:db8::9]:5080;rport;received=192.0.2.1;maddr=224.2.0.1;ttl=16;branch=z9hG4bKx").unwrap();
+        assert_eq!(v.host, "[2001:db8::9]");
+        assert_eq!(v.port, Some(5080));
+        assert_eq!(v.rport(), Some(None));
+        assert_eq!(v.received(), Some("192.0.2.1"));
+        assert_eq!(v.maddr(), Some("224.2.0.1"));
+        assert_eq!(v.ttl(), Some("16"));
+        assert_eq!(v.sent_by(), "[2001:db8::9]:5080");
+        for bad in [
+            "SIP/2.0/UDP 192.0.2.15;;",
+            "SIP/2.0/UDP",
+            "SIP/2.0 192.0.2.1",
+            "SIP/2.0/UDP 192.0.2.1:99999",
+            "SIP/2.0/UDP h;branch",
+            "SIP/2.0/UDP h;rport=abc",
+        ] {
+            assert!(Via::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = NameAddr::parse_header(
+            r#""J Rosenberg \\\""       <sip:jdrosen@example.com>
+  ;
+  tag = 98asjd8"#,
+            "From",
+        )
+        .unwrap();
+        assert_eq!(n.display_name().unwrap(), r#"J Rosenberg \""#);
+        assert_eq!(n.uri_str, "sip:jdrosen@example.com");
+        assert_eq!(n.tag(), Some("98asjd8"));
+        let n = NameAddr::parse_header("caller<sip:caller@example.com>;tag=323", "From").unwrap();
+        assert_eq!(n.display_raw, Some("caller"));
+        let n = NameAddr::parse_header("sip:+19725552222@gw1.example.net;unknownparam", "Contact")
+            .unwrap();
+        assert!(!n.bracketed);
+        assert_eq!(n.params.get("unknownparam"), Some(None));
+        assert!(NameAddr::parse_header("*", "Contact").unwrap().is_star);
+        let n = NameAddr::parse_header(
+            "<sip:user@host129.example.com>\r\n  ;expires=280297596632815",
+            "Contact",
+        )
+        .unwrap();
+        assert!(n.expires().is_err());
+    }
+
+    #[test]
+    fn name_addr_defects_are_named() {
+        let cases = [
+            (
+                r#""Mr. J. User <sip:j.user@example.com>"#,
+                "unterminated quoted string",
+            ),
+            (
+                "Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+                "need quotes",
+            ),
+            (
+                r#""Watson, Thomas" < sip:t.watson@example.org >"#,
+                "not allowed in URI",
+            ),
+            (
+                "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+                "enclosed in <>",
+            ),
+            (r#""Joe" <sip:joe@example.org>;;;;"#, "parameter"),
+            ("<sip:a@b", "closing '>'"),
+        ];
+        for (value, expected) in cases {
+            let e = NameAddr::parse_header(value, "To").unwrap_err().to_string();
+            assert!(e.contains(expected), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn cseq_and_scalars() {
+        assert_eq!(
+            CSeq::parse("0009\r\n  INVITE").unwrap(),
+            CSeq {
+                seq: 9,
+                method: Method::Invite
+            }
+        );
+        assert!(matches!(
+            CSeq::parse("36893488147419103232 REGISTER"),
+            Err(HeaderError::Overflow { .. })
+        ));
+        assert!(CSeq::parse("2147483648 INVITE").is_err());
+        assert!(CSeq::parse("INVITE").is_err());
+        assert_eq!(parse_u32("0068", "Max-Forwards").unwrap(), 68);
+        assert_eq!(parse_u32("4294967295", "Expires").unwrap(), u32::MAX);
+        assert!(parse_u32("4294967296", "Expires").is_err());
+        assert!(parse_u32("-1", "Expires").is_err());
+        let se = DeltaWithParams::parse("1800;refresher=uac", "Session-Expires").unwrap();
+        assert_eq!((se.seconds, se.refresher()), (1800, Some("uac")));
+        let ra = DeltaWithParams::parse("120 (meeting);duration=60", "Retry-After").unwrap();
+        assert_eq!(ra.seconds, 120);
+        assert!(DeltaWithParams::parse("949302838503028349304023988", "Retry-After").is_err());
+    }
+}

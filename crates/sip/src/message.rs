@@ -1,0 +1,688 @@
+//! The message: a lazy, zero-copy view over one SIP message in a [`Bytes`] buffer.
+//!
+//! Parsing does the least the edge needs: the start line, a table of header rows (name
+//! and value offsets, canonical name) and the body's bounds. Typed values are decoded
+//! only when asked for (see [`crate::headers`]), so a proxy never pays for headers it
+//! does not read, and an untouched header is re-sent byte for byte.
+
+use bytes::Bytes;
+
+use crate::error::{HeaderError, ParseError};
+use crate::header_name::HeaderName;
+use crate::headers::{CSeq, NameAddr, Via};
+use crate::method::{Method, is_token, is_token_byte};
+use crate::scan::ListItems;
+use crate::uri::Uri;
+
+/// Byte range inside the message buffer. `u32` keeps the header table small; messages are
+/// bounded far below 4 GiB by every transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: Method, uri: SpanText },
+    Response { code: u16, reason: SpanText },
+}
+
+/// Text of the start line kept as an offset into the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanText(pub(crate) Span);
+
+/// One header row as received: its canonical name and where its name, value and whole
+/// line (folded continuation lines and the line end included) sit in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderRow {
+    pub name: HeaderName,
+    pub(crate) name_span: Span,
+    pub(crate) value_span: Span,
+    pub(crate) line_span: Span,
+    /// The value runs over several lines (RFC 3261 §7.3.1 folding).
+    pub folded: bool,
+}
+
+/// A parsed SIP message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    raw: Bytes,
+    start: StartLine,
+    start_line_span: Span,
+    rows: Vec<HeaderRow>,
+    /// Where the empty line that ends the head starts.
+    head_end: u32,
+    body: Span,
+}
+
+/// Result of parsing the head (start line and header rows) of a message.
+pub(crate) struct Head {
+    start: StartLine,
+    start_line_span: Span,
+    rows: Vec<HeaderRow>,
+    head_end: usize,
+    /// Index just past the empty line.
+    body_start: usize,
+    content_length: Option<usize>,
+}
+
+/// Longest Content-Length we accept; larger is a framing error on any transport.
+const MAX_CONTENT_LENGTH: usize = 16 * 1024 * 1024;
+
+/// Finds the end of one line starting at `pos`: (index of the line end, index after it).
+fn line_end(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
+    let nl = pos + memchr::memchr(b'\n', &buf[pos..])?;
+    let end = if nl > pos && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    Some((end, nl + 1))
+}
+
+fn skip_leading_crlf(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count()
+}
+
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
+    let begin = skip_leading_crlf(buf);
+    if begin == buf.len() {
+        return Err(ParseError::Empty);
+    }
+    let (sl_end, mut pos) = line_end(buf, begin).ok_or(ParseError::Incomplete)?;
+    // Find the empty line first so the whole head is validated as UTF-8 in one pass.
+    let mut rows: Vec<HeaderRow> = Vec::with_capacity(16);
+    let head_end;
+    loop {
+        let (end, next) = line_end(buf, pos).ok_or(ParseError::Incomplete)?;
+        if end == pos {
+            head_end = pos;
+            pos = next;
+            break;
+        }
+        let line = &buf[pos..end];
+        if matches!(line[0], b' ' | b'\t') {
+            let Some(prev) = rows.last_mut() else {
+                return Err(ParseError::HeaderRow {
+                    row: 1,
+                    what: "continuation line before the first header",
+                });
+            };
+            prev.folded = true;
+            prev.line_span.end = next as u32;
+            let trimmed = end - trailing_ws(line);
+            if trimmed > pos + leading_ws(line) {
+                prev.value_span.end = trimmed as u32;
+            }
+        } else {
+            let row = rows.len() + 1;
+            let colon = memchr::memchr(b':', line).ok_or(ParseError::HeaderRow {
+                row,
+                what: "no colon after header name",
+            })?;
+            let name = &line[..colon];
+            let name_len = name.len() - trailing_ws(name);
+            let name = &name[..name_len];
+            if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+                return Err(ParseError::HeaderRow {
+                    row,
+                    what: "header name is not a token",
+                });
+            }
+            let rest = &line[colon + 1..];
+            let vstart = pos + colon + 1 + leading_ws(rest);
+            let vend = (end - trailing_ws(rest)).max(vstart);
+            rows.push(HeaderRow {
+                name: HeaderName::from_bytes(name),
+                name_span: Span::new(pos, pos + name_len),
+                value_span: Span::new(vstart, vend),
+                line_span: Span::new(pos, next),
+                folded: false,
+            });
+        }
+        pos = next;
+    }
+    if let Err(e) = std::str::from_utf8(&buf[begin..head_end]) {
+        return Err(ParseError::NotUtf8(begin + e.valid_up_to()));
+    }
+    let start = parse_start_line(buf, begin, sl_end)?;
+    let mut content_length = None;
+    for row in rows.iter().filter(|r| r.name == HeaderName::ContentLength) {
+        if content_length.is_some() {
+            return Err(ParseError::MultipleContentLength);
+        }
+        let v = &buf[row.value_span.range()];
+        let text = String::from_utf8_lossy(v);
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::ContentLength(format!(
+                "{text:?} is not a number"
+            )));
+        }
+        let n = text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_CONTENT_LENGTH)
+            .ok_or_else(|| ParseError::ContentLength(format!("{text} is too large")))?;
+        content_length = Some(n);
+    }
+    Ok(Head {
+        start,
+        start_line_span: Span::new(begin, sl_end),
+        rows,
+        head_end,
+        body_start: pos,
+        content_length,
+    })
+}
+
+fn leading_ws(s: &[u8]) -> usize {
+    s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count()
+}
+
+fn trailing_ws(s: &[u8]) -> usize {
+    s.iter()
+        .rev()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()
+}
+
+fn parse_start_line(buf: &[u8], begin: usize, end: usize) -> Result<StartLine, ParseError> {
+    let line = &buf[begin..end];
+    if let Some(rest) = line.strip_prefix(b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let sp = memchr::memchr(b' ', rest)
+            .ok_or(ParseError::StartLine("status line without a code"))?;
+        let version = &rest[..sp];
+        if version != b"2.0" {
+            return Err(version_error(&line[..4 + sp]));
+        }
+        let after = &rest[sp + 1..];
+        let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(ParseError::StartLine("status code is not a number"));
+        }
+        if digits != 3 {
+            let value = String::from_utf8_lossy(&after[..digits.min(12)]);
+            return Err(ParseError::StatusCode(value.parse().unwrap_or(u32::MAX)));
+        }
+        let code: u32 = std::str::from_utf8(&after[..3])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(ParseError::StartLine("status code is not a number"))?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::StatusCode(code));
+        }
+        let reason_start = match after.get(3) {
+            None => begin + 4 + sp + 1 + 3,
+            Some(b' ') => begin + 4 + sp + 1 + 4,
+            Some(_) => return Err(ParseError::StartLine("no space after status code")),
+        };
+        return Ok(StartLine::Response {
+            code: code as u16,
+            reason: SpanText(Span::new(reason_start, end)),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version: exactly two single spaces.
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(uri), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseError::StartLine(
+            "Request-Line needs method, Request-URI and version separated by single spaces",
+        ));
+    };
+    if parts.next().is_some() || method.is_empty() || uri.is_empty() || version.is_empty() {
+        return Err(ParseError::StartLine(
+            "Request-Line has extra whitespace (elements must be separated by one SP)",
+        ));
+    }
+    if line.contains(&b'\t') {
+        return Err(ParseError::StartLine("tab in Request-Line"));
+    }
+    let method = std::str::from_utf8(method)
+        .ok()
+        .filter(|m| is_token(m))
+        .ok_or(ParseError::StartLine("method is not a token"))?;
+    if version != b"SIP/2.0" {
+        return Err(version_error(version));
+    }
+    let uri_start = begin + method.len() + 1;
+    Ok(StartLine::Request {
+        method: Method::from_token(method),
+        uri: SpanText(Span::new(uri_start, uri_start + uri.len())),
+    })
+}
+
+fn version_error(version: &[u8]) -> ParseError {
+    let text = String::from_utf8_lossy(version).into_owned();
+    let looks_like_sip = text.strip_prefix("SIP/").is_some_and(|v| {
+        v.split('.').count() == 2
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if looks_like_sip {
+        ParseError::Version(text)
+    } else {
+        ParseError::StartLine("malformed SIP version")
+    }
+}
+
+impl Message {
+    /// Parses one datagram (UDP) per RFC 3261 §18.3: with Content-Length, a shorter body is
+    /// an error and trailing octets are discarded; without it, the body runs to the end.
+    pub fn parse_datagram(raw: Bytes) -> Result<Message, ParseError> {
+        let head = parse_head(&raw)?;
+        let available = raw.len() - head.body_start;
+        let body_len = match head.content_length {
+            Some(declared) if declared > available => {
+                return Err(ParseError::BodyTooShort {
+                    declared,
+                    available,
+                });
+            }
+            Some(declared) => declared,
+            None => available,
+        };
+        Ok(Message::from_head(raw, head, body_len))
+    }
+
+    pub(crate) fn from_head(raw: Bytes, head: Head, body_len: usize) -> Message {
+        let body = Span::new(head.body_start, head.body_start + body_len);
+        Message {
+            raw,
+            start: head.start,
+            start_line_span: head.start_line_span,
+            rows: head.rows,
+            head_end: head.head_end as u32,
+            body,
+        }
+    }
+
+    pub(crate) fn head_content_length(head: &Head) -> Option<usize> {
+        head.content_length
+    }
+
+    pub(crate) fn head_body_start(head: &Head) -> usize {
+        head.body_start
+    }
+
+    /// The whole buffer the message was parsed from (trailing datagram octets included).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The message bytes: start line through the end of the body.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.raw[self.start_line_span.start as usize..self.body.end as usize]
+    }
+
+    pub fn start_line(&self) -> &StartLine {
+        &self.start
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn method(&self) -> Option<&Method> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI as written, for requests.
+    pub fn request_uri_str(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(self.text(uri.0)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI decoded, for requests.
+    pub fn request_uri(&self) -> Option<Result<Uri<'_>, HeaderError>> {
+        self.request_uri_str().map(Uri::parse)
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Response { reason, .. } => Some(self.text(reason.0)),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub(crate) fn text(&self, span: Span) -> &str {
+        // The head was validated as UTF-8 and spans start and end at ASCII delimiters.
+        std::str::from_utf8(&self.raw[span.range()]).unwrap_or_default()
+    }
+
+    pub(crate) fn rows_slice(&self) -> &[HeaderRow] {
+        &self.rows
+    }
+
+    pub(crate) fn start_line_span(&self) -> Span {
+        self.start_line_span
+    }
+
+    pub(crate) fn head_end(&self) -> usize {
+        self.head_end as usize
+    }
+
+    pub(crate) fn body_span(&self) -> Span {
+        self.body
+    }
+
+    /// Every header row in order.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.rows
+            .iter()
+            .map(|r| (self.text(r.name_span), self.text(r.value_span)))
+    }
+
+    /// Number of header rows.
+    pub fn row_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The raw values of every row with this name, in order. Folded values keep their
+    /// line breaks; decoders treat them as white space.
+    pub fn header_rows(&self, name: HeaderName) -> impl Iterator<Item = &str> + '_ {
+        self.rows
+            .iter()
+            .filter(move |r| r.name == name)
+            .map(|r| self.text(r.value_span))
+    }
+
+    /// The rows of a header this crate has no name for, matched case-insensitively.
+    pub fn extension_rows<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        self.rows
+            .iter()
+            .filter(move |r| {
+                r.name == HeaderName::Other && self.text(r.name_span).eq_ignore_ascii_case(name)
+            })
+            .map(|r| self.text(r.value_span))
+    }
+
+    /// The first row's value.
+    pub fn header(&self, name: HeaderName) -> Option<&str> {
+        self.header_rows(name).next()
+    }
+
+    /// The single value of a header that may appear once; an error if it appears more.
+    pub fn single(&self, name: HeaderName) -> Result<Option<&str>, HeaderError> {
+        let mut rows = self.header_rows(name);
+        let first = rows.next();
+        if rows.next().is_some() {
+            return Err(HeaderError::Multiple(
+                name.canonical().unwrap_or("extension"),
+            ));
+        }
+        Ok(first)
+    }
+
+    /// Every value of a header: rows of list headers are split on the commas that separate
+    /// values (not inside quotes or `<>`); other headers yield one value per row.
+    pub fn values(&self, name: HeaderName) -> impl Iterator<Item = &str> + '_ {
+        let split = name.is_list();
+        self.header_rows(name).flat_map(move |row| {
+            let mut items = ListItems::new(row);
+            let mut whole = Some(row);
+            std::iter::from_fn(move || if split { items.next() } else { whole.take() })
+        })
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.raw[self.body.range()]
+    }
+
+    /// The Call-ID (exactly one row).
+    pub fn call_id(&self) -> Result<&str, HeaderError> {
+        let v = self
+            .single(HeaderName::CallId)?
+            .ok_or(HeaderError::Missing("Call-ID"))?;
+        if v.is_empty() || v.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err(HeaderError::malformed(
+                "Call-ID",
+                "empty or contains white space",
+            ));
+        }
+        Ok(v)
+    }
+
+    pub fn cseq(&self) -> Result<CSeq, HeaderError> {
+        CSeq::parse(
+            self.single(HeaderName::CSeq)?
+                .ok_or(HeaderError::Missing("CSeq"))?,
+        )
+    }
+
+    /// The first Via value (of the first Via row).
+    pub fn top_via(&self) -> Result<Via<'_>, HeaderError> {
+        Via::parse(
+            self.values(HeaderName::Via)
+                .next()
+                .ok_or(HeaderError::Missing("Via"))?,
+        )
+    }
+
+    /// Every Via value, top first.
+    pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, HeaderError>> + '_ {
+        self.values(HeaderName::Via).map(Via::parse)
+    }
+
+    pub fn from_header(&self) -> Result<NameAddr<'_>, HeaderError> {
+        NameAddr::parse_header(
+            self.single(HeaderName::From)?
+                .ok_or(HeaderError::Missing("From"))?,
+            "From",
+        )
+    }
+
+    pub fn to_header(&self) -> Result<NameAddr<'_>, HeaderError> {
+        NameAddr::parse_header(
+            self.single(HeaderName::To)?
+                .ok_or(HeaderError::Missing("To"))?,
+            "To",
+        )
+    }
+
+    /// Max-Forwards (0-255), if present.
+    pub fn max_forwards(&self) -> Result<Option<u8>, HeaderError> {
+        self.single(HeaderName::MaxForwards)?
+            .map(|v| {
+                let n = crate::headers::parse_u32(v, "Max-Forwards")?;
+                u8::try_from(n).map_err(|_| HeaderError::Overflow {
+                    header: "Max-Forwards",
+                    value: n.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Expires in seconds, if present.
+    pub fn expires(&self) -> Result<Option<u32>, HeaderError> {
+        self.single(HeaderName::Expires)?
+            .map(|v| crate::headers::parse_u32(v, "Expires"))
+            .transpose()
+    }
+
+    /// Contact values; `*` comes out as [`NameAddr::is_star`].
+    pub fn contacts(&self) -> impl Iterator<Item = Result<NameAddr<'_>, HeaderError>> + '_ {
+        self.values(HeaderName::Contact)
+            .map(|v| NameAddr::parse_header(v, "Contact"))
+    }
+
+    /// The declared Content-Length, if the message had one.
+    pub fn content_length(&self) -> Option<usize> {
+        self.header(HeaderName::ContentLength)
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The media type of the body, lower-cased `type/subtype` without parameters.
+    pub fn content_type(&self) -> Option<String> {
+        self.header(HeaderName::ContentType).map(|v| {
+            let t = v.split(';').next().unwrap_or("");
+            crate::scan::trim_lws(t)
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect::<String>()
+                .to_ascii_lowercase()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@example.com>\r\n\
+From: Bob <sip:bob@example.com>;tag=456248\r\n\
+Call-ID: 843817637684230@998sdasdh09\r\n\
+CSeq: 1826 REGISTER\r\n\
+Contact: <sip:bob@192.0.2.10>\r\n\
+Expires: 7200\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn parse(s: &str) -> Result<Message, ParseError> {
+        Message::parse_datagram(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn a_register_exposes_its_routing_keys() {
+        let m = parse(REGISTER).unwrap();
+        assert_eq!(m.method(), Some(&Method::Register));
+        assert_eq!(m.request_uri_str(), Some("sip:example.com"));
+        let via = m.top_via().unwrap();
+        assert_eq!(via.branch(), Some("z9hG4bK776asdhds"));
+        assert_eq!(via.host, "192.0.2.10");
+        assert_eq!(via.port, Some(5060));
+        assert_eq!(m.call_id().unwrap(), "843817637684230@998sdasdh09");
+        assert_eq!(m.cseq().unwrap().seq, 1826);
+        assert_eq!(m.from_header().unwrap().tag(), Some("456248"));
+        assert_eq!(m.max_forwards().unwrap(), Some(70));
+        assert_eq!(m.expires().unwrap(), Some(7200));
+        assert_eq!(m.body(), b"");
+        assert_eq!(m.row_count(), 9);
+    }
+
+    #[test]
+    fn datagram_framing_follows_rfc3261_18_3() {
+        let short = REGISTER.replace("Content-Length: 0", "Content-Length: 300");
+        let short = format!("{short}{}", "x".repeat(120));
+        assert_eq!(
+            parse(&short).unwrap_err().to_string(),
+            "Content-Length 300 exceeds body of 120 bytes"
+        );
+        let extra = REGISTER.replace("Content-Length: 0", "Content-Length: 4");
+        let m = parse(&format!("{extra}bodyTRAILING")).unwrap();
+        assert_eq!(m.body(), b"body");
+        let none = REGISTER.replace("Content-Length: 0\r\n", "");
+        let m = parse(&format!("{none}rest of datagram")).unwrap();
+        assert_eq!(m.body(), b"rest of datagram");
+    }
+
+    #[test]
+    fn request_line_whitespace_is_strict() {
+        for bad in [
+            "OPTIONS  sip:a@b SIP/2.0\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0 \r\n\r\n",
+            "OPTIONS sip:a@b  SIP/2.0\r\n\r\n",
+            "OPTIONS sip:a @b SIP/2.0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ParseError::StartLine(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse("OPTIONS sip:a@b SIP/7.0\r\n\r\n"),
+            Err(ParseError::Version(v)) if v == "SIP/7.0"
+        ));
+    }
+
+    #[test]
+    fn status_lines_reject_codes_outside_100_699() {
+        assert!(parse("SIP/2.0 200 OK\r\n\r\n").is_ok());
+        assert_eq!(parse("SIP/2.0 180 \r\n\r\n").unwrap().reason(), Some(""));
+        assert!(matches!(
+            parse("SIP/2.0 700 X\r\n\r\n"),
+            Err(ParseError::StatusCode(700))
+        ));
+        assert!(matches!(
+            parse("SIP/2.0 4294967301 X\r\n\r\n"),
+            Err(ParseError::StatusCode(_))
+        ));
+        assert!(matches!(
+            parse("SIP/2.0 099 X\r\n\r\n"),
+            Err(ParseError::StatusCode(99))
+        ));
+    }
+
+    #[test]
+    fn folded_rows_and_list_values() {
+        let m = parse(
+            "OPTIONS sip:a@b SIP/2.0\r\nAccept: application/sdp, a/b,\r\n  c/d\r\nv: SIP/2.0/UDP h1;branch=z9hG4bK1,SIP/2.0/UDP h2;branch=z9hG4bK2\r\nVia: SIP/2.0/TCP h3;branch=z9hG4bK3\r\n\r\n",
+        )
+        .unwrap();
+        let accept: Vec<_> = m.values(HeaderName::Accept).collect();
+        assert_eq!(accept, ["application/sdp", "a/b", "c/d"]);
+        let hosts: Vec<_> = m.vias().map(|v| v.unwrap().host).collect();
+        assert_eq!(hosts, ["h1", "h2", "h3"]);
+    }
+
+    #[test]
+    fn content_length_defects_are_named() {
+        let neg = REGISTER.replace("Content-Length: 0", "Content-Length: -999");
+        assert!(matches!(parse(&neg), Err(ParseError::ContentLength(_))));
+        let two = REGISTER.replace("Content-Length: 0", "Content-Length: 0\r\nl: 0");
+        assert_eq!(parse(&two).unwrap_err(), ParseError::MultipleContentLength);
+        let huge = REGISTER.replace(
+            "Content-Length: 0",
+            "Content-Length: 99999999999999999999999",
+        );
+        assert!(matches!(parse(&huge), Err(ParseError::ContentLength(_))));
+    }
+
+    #[test]
+    fn header_rows_without_colon_or_with_bad_names_fail() {
+        assert!(matches!(
+            parse("OPTIONS sip:a@b SIP/2.0\r\nVia SIP/2.0/UDP h\r\n\r\n"),
+            Err(ParseError::HeaderRow { row: 1, .. })
+        ));
+        assert!(matches!(
+            parse("OPTIONS sip:a@b SIP/2.0\r\n continued\r\n\r\n"),
+            Err(ParseError::HeaderRow { .. })
+        ));
+        assert!(matches!(
+            parse("OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n"),
+            Err(ParseError::Incomplete)
+        ));
+        assert!(matches!(parse("\r\n\r\n"), Err(ParseError::Empty)));
+    }
+}

@@ -1,0 +1,112 @@
+//! SIP methods. Methods are case-sensitive tokens (RFC 3261 §7.1): `invite` is an
+//! extension method, not INVITE.
+
+use std::fmt;
+
+/// A request method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Info,
+    Update,
+    Prack,
+    Subscribe,
+    Notify,
+    Refer,
+    Message,
+    Publish,
+    /// Any other token.
+    Extension(Box<str>),
+}
+
+impl Method {
+    /// Maps a token to a method. The caller checks token syntax.
+    pub fn from_token(token: &str) -> Method {
+        match token {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "REGISTER" => Method::Register,
+            "OPTIONS" => Method::Options,
+            "INFO" => Method::Info,
+            "UPDATE" => Method::Update,
+            "PRACK" => Method::Prack,
+            "SUBSCRIBE" => Method::Subscribe,
+            "NOTIFY" => Method::Notify,
+            "REFER" => Method::Refer,
+            "MESSAGE" => Method::Message,
+            "PUBLISH" => Method::Publish,
+            other => Method::Extension(other.into()),
+        }
+    }
+
+    /// The method as it is written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Info => "INFO",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Publish => "PUBLISH",
+            Method::Extension(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// RFC 3261 `token` characters.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token_byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_case_sensitive_and_round_trip() {
+        assert_eq!(Method::from_token("INVITE"), Method::Invite);
+        assert_eq!(
+            Method::from_token("invite"),
+            Method::Extension("invite".into())
+        );
+        for m in [
+            "REGISTER",
+            "RE%47IST%45R",
+            "!interesting-Method0123456789_*+`.%indeed'~",
+        ] {
+            assert_eq!(Method::from_token(m).as_str(), m);
+        }
+        assert!(is_token("!interesting-Method0123456789_*+`.%indeed'~"));
+        assert!(!is_token("IN VITE"));
+        assert!(!is_token(""));
+    }
+}

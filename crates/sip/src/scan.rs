@@ -1,0 +1,250 @@
+//! Lexical helpers shared by the typed decoders: LWS (which includes folded line breaks, so
+//! decoders never need an unfolded copy), quoted strings, comma lists and `;` parameters.
+
+use crate::method::is_token_byte;
+
+/// Linear white space as it can appear inside a (possibly folded) header value.
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+pub(crate) fn trim_lws(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_ascii() && is_lws(c as u8))
+}
+
+/// Given `s` starting with `"`, the index just past the closing quote.
+/// Backslash escapes the next octet (RFC 3261 `quoted-pair`).
+pub(crate) fn quoted_end(s: &[u8]) -> Option<usize> {
+    debug_assert_eq!(s.first(), Some(&b'"'));
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Splits a header value on the commas that separate values: not inside a quoted string
+/// and not inside `<...>`. Items are trimmed of LWS; empty items are kept so that a
+/// decoder can reject them. An unterminated quote ends the split with the rest as one item.
+#[derive(Debug, Clone)]
+pub struct ListItems<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> ListItems<'a> {
+    pub(crate) fn new(value: &'a str) -> Self {
+        ListItems { rest: Some(value) }
+    }
+}
+
+impl<'a> Iterator for ListItems<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.rest?;
+        let b = s.as_bytes();
+        let mut i = 0;
+        let mut angle = false;
+        while i < b.len() {
+            match b[i] {
+                b'"' if !angle => match quoted_end(&b[i..]) {
+                    Some(n) => i += n,
+                    None => {
+                        i = b.len();
+                        break;
+                    }
+                },
+                b'<' => {
+                    angle = true;
+                    i += 1;
+                }
+                b'>' => {
+                    angle = false;
+                    i += 1;
+                }
+                b',' if !angle => {
+                    self.rest = Some(&s[i + 1..]);
+                    return Some(trim_lws(&s[..i]));
+                }
+                _ => i += 1,
+            }
+        }
+        self.rest = None;
+        Some(trim_lws(&s[..i]))
+    }
+}
+
+/// `;name[=value]` parameters, scanned on demand without allocation.
+/// Built over the text that follows the first `;`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Params<'a> {
+    raw: &'a str,
+}
+
+/// One parameter; the value keeps its quotes if it had them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param<'a> {
+    pub name: &'a str,
+    pub value: Option<&'a str>,
+}
+
+impl<'a> Params<'a> {
+    pub(crate) fn new(raw: &'a str) -> Self {
+        Params { raw }
+    }
+
+    /// The raw text of the parameters (after the first `;`), as received.
+    pub fn as_str(&self) -> &'a str {
+        self.raw
+    }
+
+    /// Iterates the parameters; malformed ones come out with an empty name.
+    pub fn iter(&self) -> ParamIter<'a> {
+        ParamIter {
+            rest: self.raw,
+            done: self.raw.is_empty(),
+        }
+    }
+
+    /// The first parameter named `name` (case-insensitive). `Some(None)` for a flag.
+    pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
+        self.iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+            .map(|p| p.value)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Checks every parameter is `token [= token / quoted-string / host]`.
+    pub fn validate(&self) -> Result<(), String> {
+        for p in self.iter() {
+            if p.name.is_empty() || !p.name.bytes().all(is_token_byte) {
+                return Err(format!("bad parameter name {:?}", p.name));
+            }
+            if let Some(v) = p.value {
+                let ok = if v.starts_with('"') {
+                    quoted_end(v.as_bytes()) == Some(v.len())
+                } else {
+                    !v.is_empty()
+                        && v.bytes()
+                            .all(|b| is_token_byte(b) || matches!(b, b':' | b'[' | b']'))
+                };
+                if !ok {
+                    return Err(format!("bad value for parameter {}", p.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ParamIter<'a> {
+    rest: &'a str,
+    done: bool,
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = Param<'a>;
+
+    fn next(&mut self) -> Option<Param<'a>> {
+        if self.done {
+            return None;
+        }
+        let b = self.rest.as_bytes();
+        let mut i = 0;
+        while i < b.len() && b[i] != b';' {
+            if b[i] == b'"' {
+                i += quoted_end(&b[i..]).unwrap_or(b.len() - i);
+            } else {
+                i += 1;
+            }
+        }
+        let item = &self.rest[..i];
+        if i < b.len() {
+            self.rest = &self.rest[i + 1..];
+        } else {
+            self.done = true;
+        }
+        Some(match item.find('=') {
+            Some(eq) => Param {
+                name: trim_lws(&item[..eq]),
+                value: Some(trim_lws(&item[eq + 1..])),
+            },
+            None => Param {
+                name: trim_lws(item),
+                value: None,
+            },
+        })
+    }
+}
+
+/// Removes the surrounding quotes and backslash escapes of a quoted string.
+pub fn unquote(s: &str) -> std::borrow::Cow<'_, str> {
+    let inner = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
+    if !inner.contains('\\') {
+        return std::borrow::Cow::Borrowed(inner);
+    }
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_split_outside_quotes_and_angle_brackets_only() {
+        let v = r#""Doe, John" <sip:a@b;x=1,2>;q=0.5, <sip:c@d>,sip:e@f"#;
+        let items: Vec<_> = ListItems::new(v).collect();
+        assert_eq!(
+            items,
+            [
+                r#""Doe, John" <sip:a@b;x=1,2>;q=0.5"#,
+                "<sip:c@d>",
+                "sip:e@f"
+            ]
+        );
+        let escaped = r#""a \", b" <sip:x@y>, <sip:z@w>"#;
+        assert_eq!(ListItems::new(escaped).count(), 2);
+        let empties: Vec<_> = ListItems::new("a;;,;,,").collect();
+        assert_eq!(empties, ["a;;", ";", "", ""]);
+    }
+
+    #[test]
+    fn params_tolerate_lws_and_quotes_and_flag_bad_ones() {
+        let p = Params::new(" branch  =   z9hG4bK9ikj8 ;rport; x=\"a;b\"");
+        assert_eq!(p.get("BRANCH"), Some(Some("z9hG4bK9ikj8")));
+        assert_eq!(p.get("rport"), Some(None));
+        assert_eq!(p.get("x"), Some(Some("\"a;b\"")));
+        assert_eq!(p.get("y"), None);
+        assert!(p.validate().is_ok());
+        assert!(Params::new(";").validate().is_err());
+        assert!(Params::new("a=").validate().is_err());
+    }
+
+    #[test]
+    fn unquote_removes_escapes() {
+        assert_eq!(unquote(r#""J Rosenberg \\\"""#), r#"J Rosenberg \""#);
+        assert_eq!(unquote("plain"), "plain");
+    }
+}
