@@ -155,6 +155,55 @@ impl ResponseBuilder {
         self.status
     }
 
+    /// RFC 3581 / RFC 3261 §18.2.1: records where the request really came from in the top
+    /// Via value: `received` when the sent-by host differs from the source address, and
+    /// the source port in `rport` when the client asked for it.
+    pub fn stamp_top_via(mut self, source_ip: &str, source_port: u16) -> Self {
+        let Some(row) = self.rows.iter_mut().find(|r| r.name == "Via") else {
+            return self;
+        };
+        let mut items = ListItems::new(&row.value);
+        let top = items.next().unwrap_or_default().to_owned();
+        let rest: Vec<String> = items.map(str::to_owned).collect();
+        let Ok(via) = crate::headers::Via::parse(&top) else {
+            return self;
+        };
+        let host = via.host.trim_start_matches('[').trim_end_matches(']');
+        let mut stamped = String::with_capacity(top.len() + 40);
+        let (head, params) = match top.find(';') {
+            Some(i) => (&top[..i], &top[i + 1..]),
+            None => (top.as_str(), ""),
+        };
+        stamped.push_str(head.trim_end());
+        for p in crate::scan::Params::new(params)
+            .iter()
+            .filter(|p| !p.name.is_empty())
+        {
+            if p.name.eq_ignore_ascii_case("received") {
+                continue;
+            }
+            stamped.push(';');
+            if p.name.eq_ignore_ascii_case("rport") {
+                stamped.push_str(&format!("rport={source_port}"));
+                continue;
+            }
+            stamped.push_str(p.name);
+            if let Some(v) = p.value {
+                stamped.push('=');
+                stamped.push_str(v);
+            }
+        }
+        if host != source_ip || via.rport().is_some() {
+            stamped.push_str(";received=");
+            stamped.push_str(source_ip);
+        }
+        row.value = std::iter::once(stamped)
+            .chain(rest)
+            .collect::<Vec<_>>()
+            .join(", ");
+        self
+    }
+
     /// Serialises the response with a Content-Length.
     pub fn build(self) -> Bytes {
         let start = format!("SIP/2.0 {} {}", self.status, self.reason);
@@ -560,6 +609,29 @@ Content-Length: 4\r\n\r\nbody";
             salvage_response_rows(b"INVITE sip:a@b SIP/2.0\r\nTo: <sip:a@b>\r\n\r\n").is_none()
         );
         assert!(salvage_response_rows(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn top_via_is_stamped_with_received_and_rport() {
+        let req = msg(&INVITE.replace(
+            "pc33.atlanta.example.com;branch=z9hG4bKnashds8",
+            "pc33.atlanta.example.com;rport;branch=z9hG4bKnashds8",
+        ));
+        let resp = ResponseBuilder::for_request(&req, 200, "OK", "t")
+            .stamp_top_via("192.0.2.4", 40000)
+            .build();
+        let r = Message::parse_datagram(resp).unwrap();
+        let top = r.top_via().unwrap();
+        assert_eq!(top.received(), Some("192.0.2.4"));
+        assert_eq!(top.rport(), Some(Some(40000)));
+        assert_eq!(top.branch(), Some("z9hG4bKnashds8"));
+        assert_eq!(r.vias().count(), 2);
+        let plain = ResponseBuilder::for_request(&msg(INVITE), 200, "OK", "t")
+            .stamp_top_via("192.0.2.4", 40000)
+            .build();
+        let r = Message::parse_datagram(plain).unwrap();
+        assert_eq!(r.top_via().unwrap().rport(), None);
+        assert_eq!(r.top_via().unwrap().received(), Some("192.0.2.4"));
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl StreamFramer {
         self.buf.len()
     }
 
+    /// The start of what is buffered (at most the first 8 KiB): after a framing error,
+    /// enough to find the rows a `400` needs.
+    pub fn head_bytes(&self) -> &[u8] {
+        &self.buf[..self.buf.len().min(8192)]
+    }
+
     /// The next frame, `Ok(None)` when more bytes are needed. After an error the stream
     /// cannot be resynchronised and should be closed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ParseError> {

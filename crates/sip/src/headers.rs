@@ -122,6 +122,15 @@ impl<'a> Via<'a> {
         })
     }
 
+    /// The first value of a Via row, leniently: when its parameters are malformed, the
+    /// sent-protocol and sent-by alone (enough to address a `400`).
+    pub fn parse_lenient(row: &'a str) -> Option<Via<'a>> {
+        let first = crate::scan::ListItems::new(row).next()?;
+        Via::parse(first)
+            .or_else(|_| Via::parse(first.split(';').next().unwrap_or("")))
+            .ok()
+    }
+
     pub fn branch(&self) -> Option<&'a str> {
         self.params.get("branch").flatten()
     }

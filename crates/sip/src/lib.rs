@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod digest;
 pub mod error;
 pub mod framing;
 pub mod header_name;

@@ -1,0 +1,516 @@
+//! Digest authentication (RFC 7616 as used by SIP, RFC 3261 §22): MD5 and SHA-256,
+//! `qop=auth`, several challenges in one response, stored HA1 (never a plaintext password),
+//! stateless nonces any node can verify, `stale=true` on expiry, and nonce-count replay
+//! rejection.
+//!
+//! A nonce is `hex(issued_at_secs) "." hex(HMAC-SHA256(secret, issued_at ":" realm))[..32]`:
+//! no table is needed to issue or check one, so every edge node with the same secret
+//! accepts the nonces of the others.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+
+use crate::error::HeaderError;
+use crate::scan::{quoted_end, trim_lws, unquote};
+
+/// A digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    pub fn token(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    /// Parses an `algorithm=` value; absent means MD5 (RFC 7616 §3.3).
+    pub fn from_token(token: Option<&str>) -> Option<Algorithm> {
+        match token {
+            None => Some(Algorithm::Md5),
+            Some(t) if t.eq_ignore_ascii_case("MD5") => Some(Algorithm::Md5),
+            Some(t) if t.eq_ignore_ascii_case("SHA-256") => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    /// Lower-case hex hash of `data`.
+    pub fn hash_hex(self, data: &[u8]) -> String {
+        match self {
+            Algorithm::Md5 => hex(&Md5::digest(data)),
+            Algorithm::Sha256 => hex(&Sha256::digest(data)),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// HA1 = H(username ":" realm ":" password), the only form a password is stored in.
+pub fn ha1(algorithm: Algorithm, username: &str, realm: &str, password: &str) -> String {
+    algorithm.hash_hex(format!("{username}:{realm}:{password}").as_bytes())
+}
+
+/// The expected `response` for credentials, from the stored HA1.
+pub fn expected_response(
+    algorithm: Algorithm,
+    ha1: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+    qop: Option<(&str, &str, &str)>,
+) -> String {
+    let ha2 = algorithm.hash_hex(format!("{method}:{uri}").as_bytes());
+    match qop {
+        Some((nc, cnonce, qop)) => {
+            algorithm.hash_hex(format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}").as_bytes())
+        }
+        None => algorithm.hash_hex(format!("{ha1}:{nonce}:{ha2}").as_bytes()),
+    }
+}
+
+/// A challenge to put in WWW-Authenticate or Proxy-Authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub algorithm: Algorithm,
+    pub stale: bool,
+    pub opaque: Option<String>,
+}
+
+impl Challenge {
+    /// The header value, always with `qop="auth"` (sipvicious and RFC 3261 §22.4 want it).
+    pub fn header_value(&self) -> String {
+        let mut v = format!(
+            "Digest realm=\"{}\", nonce=\"{}\", algorithm={}, qop=\"auth\"",
+            self.realm,
+            self.nonce,
+            self.algorithm.token()
+        );
+        if let Some(o) = &self.opaque {
+            let _ = write!(v, ", opaque=\"{o}\"");
+        }
+        if self.stale {
+            v.push_str(", stale=true");
+        }
+        v
+    }
+}
+
+/// Parsed `Authorization` / `Proxy-Authorization` (or a challenge header): a scheme and
+/// comma-separated `name=value` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthHeader<'a> {
+    pub scheme: &'a str,
+    params: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> AuthHeader<'a> {
+    pub fn parse(value: &'a str) -> Result<AuthHeader<'a>, HeaderError> {
+        let bad = |what: &str| HeaderError::malformed("Authorization", what.to_owned());
+        let v = trim_lws(value);
+        let split = v.find(|c: char| c.is_ascii_whitespace()).unwrap_or(v.len());
+        let scheme = &v[..split];
+        if !crate::method::is_token(scheme) {
+            return Err(bad("scheme is not a token"));
+        }
+        let mut rest = trim_lws(&v[split..]);
+        let mut params = Vec::new();
+        while !rest.is_empty() {
+            let eq = rest.find('=').ok_or_else(|| bad("parameter without '='"))?;
+            let name = trim_lws(&rest[..eq]);
+            if !crate::method::is_token(name) {
+                return Err(bad("parameter name is not a token"));
+            }
+            let after = trim_lws(&rest[eq + 1..]);
+            let (value, next) = if after.starts_with('"') {
+                let end = quoted_end(after.as_bytes())
+                    .ok_or_else(|| bad("unterminated quoted string"))?;
+                (&after[..end], &after[end..])
+            } else {
+                let end = after.find(',').unwrap_or(after.len());
+                (trim_lws(&after[..end]), &after[end..])
+            };
+            params.push((name, value));
+            let next = trim_lws(next);
+            rest = match next.strip_prefix(',') {
+                Some(r) => trim_lws(r),
+                None if next.is_empty() => "",
+                None => return Err(bad("junk after parameter value")),
+            };
+        }
+        Ok(AuthHeader { scheme, params })
+    }
+
+    pub fn is_digest(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case("Digest")
+    }
+
+    /// A parameter value without its quotes.
+    pub fn param(&self, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| unquote(v))
+    }
+}
+
+/// Digest credentials as a client sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    pub algorithm: Algorithm,
+    pub qop: Option<String>,
+    pub nc: Option<String>,
+    pub cnonce: Option<String>,
+    pub opaque: Option<String>,
+}
+
+impl Credentials {
+    pub fn parse(value: &str) -> Result<Credentials, HeaderError> {
+        let h = AuthHeader::parse(value)?;
+        if !h.is_digest() {
+            return Err(HeaderError::malformed(
+                "Authorization",
+                format!("unsupported scheme {}", h.scheme),
+            ));
+        }
+        let need = |name: &'static str| {
+            h.param(name)
+                .map(|v| v.into_owned())
+                .ok_or_else(|| HeaderError::malformed("Authorization", format!("missing {name}")))
+        };
+        let algorithm = Algorithm::from_token(h.param("algorithm").as_deref())
+            .ok_or_else(|| HeaderError::malformed("Authorization", "unsupported algorithm"))?;
+        let creds = Credentials {
+            username: need("username")?,
+            realm: need("realm")?,
+            nonce: need("nonce")?,
+            uri: need("uri")?,
+            response: need("response")?,
+            algorithm,
+            qop: h.param("qop").map(|v| v.into_owned()),
+            nc: h.param("nc").map(|v| v.into_owned()),
+            cnonce: h.param("cnonce").map(|v| v.into_owned()),
+            opaque: h.param("opaque").map(|v| v.into_owned()),
+        };
+        if creds.qop.is_some() && (creds.nc.is_none() || creds.cnonce.is_none()) {
+            return Err(HeaderError::malformed(
+                "Authorization",
+                "qop without nc and cnonce",
+            ));
+        }
+        if creds
+            .qop
+            .as_deref()
+            .is_some_and(|q| !q.eq_ignore_ascii_case("auth"))
+        {
+            return Err(HeaderError::malformed(
+                "Authorization",
+                "only qop=auth is supported",
+            ));
+        }
+        Ok(creds)
+    }
+
+    /// Checks the response against the stored HA1 (constant-time comparison).
+    pub fn verify(&self, method: &str, ha1: &str) -> bool {
+        let qop = match (&self.qop, &self.nc, &self.cnonce) {
+            (Some(q), Some(nc), Some(cn)) => Some((nc.as_str(), cn.as_str(), q.as_str())),
+            _ => None,
+        };
+        let expected = expected_response(self.algorithm, ha1, &self.nonce, method, &self.uri, qop);
+        constant_time_eq(
+            expected.as_bytes(),
+            self.response.to_ascii_lowercase().as_bytes(),
+        )
+    }
+
+    /// The nonce count as a number, if present and valid (8 hex digits).
+    pub fn nonce_count(&self) -> Option<u32> {
+        self.nc
+            .as_deref()
+            .filter(|nc| nc.len() == 8)
+            .and_then(|nc| u32::from_str_radix(nc, 16).ok())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Outcome of checking a nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    /// Ours, but too old: challenge again with `stale=true`.
+    Stale,
+    /// Not one of ours (forged, other realm, malformed).
+    Invalid,
+}
+
+/// Issues and checks stateless nonces.
+#[derive(Clone)]
+pub struct Nonces {
+    secret: Vec<u8>,
+    lifetime_secs: u64,
+}
+
+impl std::fmt::Debug for Nonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nonces")
+            .field("lifetime_secs", &self.lifetime_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nonces {
+    /// `secret` is shared by every node of a cluster; `lifetime_secs` bounds a nonce's age.
+    pub fn new(secret: &[u8], lifetime_secs: u64) -> Nonces {
+        Nonces {
+            secret: secret.to_vec(),
+            lifetime_secs,
+        }
+    }
+
+    fn mac(&self, issued: u64, realm: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .expect("HMAC accepts keys of any length");
+        mac.update(format!("{issued:x}:{realm}").as_bytes());
+        let mut out = hex(&mac.finalize().into_bytes());
+        out.truncate(32);
+        out
+    }
+
+    /// A nonce for `realm` issued at `now_secs` (Unix seconds).
+    pub fn issue(&self, realm: &str, now_secs: u64) -> String {
+        format!("{now_secs:x}.{}", self.mac(now_secs, realm))
+    }
+
+    pub fn check(&self, nonce: &str, realm: &str, now_secs: u64) -> NonceCheck {
+        let Some((ts, mac)) = nonce.split_once('.') else {
+            return NonceCheck::Invalid;
+        };
+        let Ok(issued) = u64::from_str_radix(ts, 16) else {
+            return NonceCheck::Invalid;
+        };
+        if ts.len() > 16 || !constant_time_eq(self.mac(issued, realm).as_bytes(), mac.as_bytes()) {
+            return NonceCheck::Invalid;
+        }
+        if issued > now_secs + 5 {
+            return NonceCheck::Invalid;
+        }
+        if now_secs - issued.min(now_secs) > self.lifetime_secs {
+            return NonceCheck::Stale;
+        }
+        NonceCheck::Valid
+    }
+
+    pub fn lifetime_secs(&self) -> u64 {
+        self.lifetime_secs
+    }
+}
+
+/// Highest nonce-count seen per nonce, to reject replays (RFC 7616 §3.4.5). Entries expire
+/// with their nonce; call [`NonceCounts::purge`] from time to time.
+#[derive(Debug, Default)]
+pub struct NonceCounts {
+    seen: HashMap<String, (u32, u64)>,
+}
+
+impl NonceCounts {
+    /// Records `nc` for `nonce`; false if it is not higher than one already seen (a replay).
+    pub fn accept(&mut self, nonce: &str, nc: u32, now_secs: u64) -> bool {
+        match self.seen.get_mut(nonce) {
+            Some((last, _)) if nc <= *last => false,
+            Some((last, at)) => {
+                *last = nc;
+                *at = now_secs;
+                true
+            }
+            None => {
+                self.seen.insert(nonce.to_owned(), (nc, now_secs));
+                true
+            }
+        }
+    }
+
+    /// Forgets nonces last used more than `max_age_secs` ago.
+    pub fn purge(&mut self, now_secs: u64, max_age_secs: u64) {
+        self.seen
+            .retain(|_, (_, at)| now_secs.saturating_sub(*at) <= max_age_secs);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7616 §3.9.1.
+    const NONCE: &str = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
+    const CNONCE: &str = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+
+    #[test]
+    fn rfc7616_3_9_1_md5_vector() {
+        let h = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+        );
+        let r = expected_response(
+            Algorithm::Md5,
+            &h,
+            NONCE,
+            "GET",
+            "/dir/index.html",
+            Some(("00000001", CNONCE, "auth")),
+        );
+        assert_eq!(r, "8ca523f5e9506fed4657c9700eebdbec");
+    }
+
+    #[test]
+    fn rfc7616_3_9_1_sha256_vector() {
+        let h = ha1(
+            Algorithm::Sha256,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+        );
+        let r = expected_response(
+            Algorithm::Sha256,
+            &h,
+            NONCE,
+            "GET",
+            "/dir/index.html",
+            Some(("00000001", CNONCE, "auth")),
+        );
+        assert_eq!(
+            r,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+    }
+
+    #[test]
+    fn credentials_parse_and_verify_against_stored_ha1() {
+        let value = format!(
+            "Digest username=\"Mufasa\", realm=\"http-auth@example.org\", uri=\"/dir/index.html\", algorithm=SHA-256, nonce=\"{NONCE}\", nc=00000001, cnonce=\"{CNONCE}\", qop=auth, response=\"753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1\", opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""
+        );
+        let c = Credentials::parse(&value).unwrap();
+        assert_eq!(c.algorithm, Algorithm::Sha256);
+        assert_eq!(c.nonce_count(), Some(1));
+        let good = ha1(
+            Algorithm::Sha256,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+        );
+        let bad = ha1(
+            Algorithm::Sha256,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Lies",
+        );
+        assert!(c.verify("GET", &good));
+        assert!(!c.verify("GET", &bad));
+        assert!(!c.verify("POST", &good));
+    }
+
+    #[test]
+    fn unknown_schemes_and_broken_headers_are_errors_not_panics() {
+        assert!(Credentials::parse("NoOneKnowsThisScheme opaque-data=here").is_err());
+        assert!(Credentials::parse("Digest username=\"a").is_err());
+        assert!(Credentials::parse("Digest username=a, realm=b").is_err());
+        assert!(Credentials::parse("Digest username=\"a\", realm=\"b\", nonce=\"n\", uri=\"u\", response=\"r\", algorithm=SHA-512").is_err());
+        let h = AuthHeader::parse("NoOneKnowsThisScheme opaque-data=here").unwrap();
+        assert!(!h.is_digest());
+    }
+
+    #[test]
+    fn nonces_verify_across_nodes_expire_and_resist_forgery() {
+        let node_a = Nonces::new(b"cluster secret", 300);
+        let node_b = Nonces::new(b"cluster secret", 300);
+        let n = node_a.issue("acme.example.com", 1_000_000);
+        assert_eq!(
+            node_b.check(&n, "acme.example.com", 1_000_100),
+            NonceCheck::Valid
+        );
+        assert_eq!(
+            node_b.check(&n, "acme.example.com", 1_000_301),
+            NonceCheck::Stale
+        );
+        assert_eq!(
+            node_b.check(&n, "other.example.com", 1_000_100),
+            NonceCheck::Invalid
+        );
+        let other = Nonces::new(b"another secret", 300);
+        assert_eq!(
+            other.check(&n, "acme.example.com", 1_000_100),
+            NonceCheck::Invalid
+        );
+        let forged = format!("{:x}.{}", 1_000_200, &n[n.find('.').unwrap() + 1..]);
+        assert_eq!(
+            node_b.check(&forged, "acme.example.com", 1_000_250),
+            NonceCheck::Invalid
+        );
+        assert_eq!(
+            node_b.check("garbage", "acme.example.com", 0),
+            NonceCheck::Invalid
+        );
+    }
+
+    #[test]
+    fn nonce_counts_reject_replays() {
+        let mut counts = NonceCounts::default();
+        assert!(counts.accept("n1", 1, 10));
+        assert!(!counts.accept("n1", 1, 11), "same nc again is a replay");
+        assert!(counts.accept("n1", 2, 12));
+        assert!(counts.accept("n2", 1, 12));
+        counts.purge(1000, 300);
+        assert!(counts.is_empty());
+    }
+
+    #[test]
+    fn challenges_offer_qop_auth_and_stale() {
+        let c = Challenge {
+            realm: "acme.example.com".into(),
+            nonce: "abc".into(),
+            algorithm: Algorithm::Sha256,
+            stale: true,
+            opaque: None,
+        };
+        assert_eq!(
+            c.header_value(),
+            "Digest realm=\"acme.example.com\", nonce=\"abc\", algorithm=SHA-256, qop=\"auth\", stale=true"
+        );
+        let value = c.header_value();
+        let parsed = AuthHeader::parse(&value).unwrap();
+        assert_eq!(parsed.param("realm").unwrap(), "acme.example.com");
+    }
+}

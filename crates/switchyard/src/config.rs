@@ -1,0 +1,165 @@
+//! Process configuration: a TOML file, overridden by `SWITCHYARD_*` environment variables
+//! and flags (clap reads both), validated before any socket opens. Tenant configuration
+//! never lives here: it is in the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The whole file. Unknown keys are errors, so a typo never silently does nothing.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub node: NodeConfig,
+}
+
+/// `[sip]`: listeners and transport limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub ws: Vec<SocketAddr>,
+    pub wss: Vec<SocketAddr>,
+    /// PEM certificate chain and key for TLS and WSS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_message_bytes: usize,
+    pub connections_per_source: usize,
+    pub max_connections: usize,
+    pub idle_timeout_secs: u64,
+    pub message_timeout_secs: u64,
+    /// Secret for stateless digest nonces; all edge nodes of a cluster share it.
+    /// Generated per start when absent (nonces then do not survive a restart).
+    pub nonce_secret: Option<String>,
+    pub nonce_lifetime_secs: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let any = |port: u16| vec![SocketAddr::from(([0, 0, 0, 0], port))];
+        SipConfig {
+            udp: any(5060),
+            tcp: any(5060),
+            tls: any(5061),
+            ws: any(5066),
+            wss: any(7443),
+            tls_cert: None,
+            tls_key: None,
+            max_message_bytes: 64 * 1024,
+            connections_per_source: 64,
+            max_connections: 10_000,
+            idle_timeout_secs: 600,
+            message_timeout_secs: 20,
+            nonce_secret: None,
+            nonce_lifetime_secs: 300,
+        }
+    }
+}
+
+/// `[node]`: where this process keeps its data.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./switchyard-data"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; no file means the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.sip;
+        if s.max_message_bytes < 1024 || s.max_message_bytes > 16 * 1024 * 1024 {
+            bail!("sip.max_message_bytes must be between 1024 and 16777216");
+        }
+        if s.connections_per_source == 0 || s.max_connections == 0 {
+            bail!("sip.connections_per_source and sip.max_connections must be at least 1");
+        }
+        if s.idle_timeout_secs == 0 || s.message_timeout_secs == 0 {
+            bail!("sip.idle_timeout_secs and sip.message_timeout_secs must be at least 1");
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            bail!("sip.tls_cert and sip.tls_key go together");
+        }
+        if s.udp.is_empty()
+            && s.tcp.is_empty()
+            && s.tls.is_empty()
+            && s.ws.is_empty()
+            && s.wss.is_empty()
+        {
+            bail!("no SIP listener configured");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a listener flag value: a comma-separated list of addresses, or `off`.
+pub fn parse_listen_list(value: &str) -> Result<Vec<SocketAddr>, String> {
+    if value.eq_ignore_ascii_case("off") || value.is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(|a| {
+            a.trim()
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("{a:?} is not an address like 0.0.0.0:5060 or [::]:5060: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_listen_on_the_standard_ports() {
+        let c = Config::default();
+        assert_eq!(c.sip.udp[0].port(), 5060);
+        assert_eq!(c.sip.tcp[0].port(), 5060);
+        assert_eq!(c.sip.tls[0].port(), 5061);
+        assert_eq!(c.sip.ws[0].port(), 5066);
+        assert_eq!(c.sip.wss[0].port(), 7443);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_unknown_keys_fail() {
+        let c: Config = toml::from_str("[sip]\nudp = [\"127.0.0.1:5070\"]\ntls = []\n").unwrap();
+        assert_eq!(c.sip.udp, vec!["127.0.0.1:5070".parse().unwrap()]);
+        assert!(c.sip.tls.is_empty());
+        assert_eq!(c.sip.tcp[0].port(), 5060, "untouched keys keep defaults");
+        let err = toml::from_str::<Config>("[sip]\nupd = []\n").unwrap_err();
+        assert!(err.to_string().contains("upd"), "{err}");
+    }
+
+    #[test]
+    fn listen_flags() {
+        assert_eq!(parse_listen_list("off").unwrap(), vec![]);
+        assert_eq!(parse_listen_list("127.0.0.1:1,[::1]:2").unwrap().len(), 2);
+        assert!(parse_listen_list("localhost").is_err());
+    }
+}

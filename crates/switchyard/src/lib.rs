@@ -1,0 +1,7 @@
+//! The Switchyard binary's library: process configuration, `serve` (every role in one
+//! process) and the commands around it. `main.rs` only parses flags and calls in here, so
+//! tests can drive the same code.
+
+pub mod config;
+pub mod responder;
+pub mod serve;

@@ -1,0 +1,118 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard::config::{Config, parse_listen_list};
+use switchyard::serve::{ServeOptions, serve};
+use tokio::sync::watch;
+
+/// Switchyard: a multi-tenant hosted PBX.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process.
+    Serve(ServeArgs),
+}
+
+type Addrs = Vec<std::net::SocketAddr>;
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite file, demo credentials, certificates).
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP listen addresses, comma-separated, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_UDP", value_parser = parse_listen_list)]
+    udp: Option<Addrs>,
+    /// TCP listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_TCP", value_parser = parse_listen_list)]
+    tcp: Option<Addrs>,
+    /// TLS listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_TLS", value_parser = parse_listen_list)]
+    tls: Option<Addrs>,
+    /// WebSocket listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_WS", value_parser = parse_listen_list)]
+    ws: Option<Addrs>,
+    /// Secure WebSocket listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_WSS", value_parser = parse_listen_list)]
+    wss: Option<Addrs>,
+    /// PEM certificate chain for TLS/WSS.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS/WSS.
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections one source address may hold.
+    #[arg(long, env = "SWITCHYARD_CONNECTIONS_PER_SOURCE")]
+    connections_per_source: Option<usize>,
+    /// Demo mode: self-signed TLS certificate.
+    #[arg(long)]
+    demo: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => run_serve(args),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    let sip = &mut config.sip;
+    for (flag, slot) in [
+        (args.udp, &mut sip.udp),
+        (args.tcp, &mut sip.tcp),
+        (args.tls, &mut sip.tls),
+        (args.ws, &mut sip.ws),
+        (args.wss, &mut sip.wss),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    if args.tls_cert.is_some() {
+        sip.tls_cert = args.tls_cert;
+        sip.tls_key = args.tls_key;
+    }
+    if let Some(n) = args.connections_per_source {
+        sip.connections_per_source = n;
+    }
+    if let Some(d) = args.data_dir {
+        config.node.data_dir = d;
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = tx.send(true);
+        });
+        serve(config, ServeOptions { demo: args.demo }, rx).await
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler only fails outside a runtime");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,160 @@
+//! `switchyard serve`: binds every listener, then answers until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use switchyard_sip::inspect::Inbound;
+use switchyard_sip_net::{Hub, Incoming, LimitsConfig, ListenConfig, spawn_listeners, tls};
+
+use crate::config::Config;
+use crate::responder::{Decision, Responder};
+
+/// Options of `serve` that are not process configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Generate a self-signed TLS certificate when none is configured.
+    pub demo: bool,
+}
+
+/// Runs until `shutdown` fires. Prints one `listening TRANSPORT ADDR` line per listener
+/// and then `ready` on stdout, for scripts and tests.
+pub async fn serve(
+    config: Config,
+    options: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.node.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            config.node.data_dir.display()
+        )
+    })?;
+    let sip = &config.sip;
+    let tls_config = match (&sip.tls_cert, &sip.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::from_pem_files(cert, key)?),
+        _ if options.demo => Some(demo_certificate(&config.node.data_dir)?),
+        _ => None,
+    };
+    let (tls_addrs, wss_addrs) = if tls_config.is_some() {
+        (sip.tls.clone(), sip.wss.clone())
+    } else {
+        if !sip.tls.is_empty() || !sip.wss.is_empty() {
+            warn!(
+                "no TLS certificate configured (sip.tls_cert/sip.tls_key, or --demo): TLS and WSS listeners are off"
+            );
+        }
+        (Vec::new(), Vec::new())
+    };
+    let listen = ListenConfig {
+        udp: sip.udp.clone(),
+        tcp: sip.tcp.clone(),
+        tls: tls_addrs,
+        ws: sip.ws.clone(),
+        wss: wss_addrs,
+        tls_config,
+        limits: LimitsConfig {
+            per_source: sip.connections_per_source,
+            total: sip.max_connections,
+            idle_timeout: Duration::from_secs(sip.idle_timeout_secs),
+            message_timeout: Duration::from_secs(sip.message_timeout_secs),
+            max_message: sip.max_message_bytes,
+        },
+    };
+    let secret = match &sip.nonce_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let responder = Responder::new(&secret, sip.nonce_lifetime_secs);
+    let hub = Hub::new();
+    let (tx, mut rx) = mpsc::channel::<Incoming>(8192);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx).await?;
+    for (transport, addr) in bound.all() {
+        println!("listening {transport} {addr}");
+    }
+    println!("ready");
+    info!("ready");
+
+    loop {
+        tokio::select! {
+            incoming = rx.recv() => {
+                let Some(incoming) = incoming else { break };
+                handle(&responder, &hub, incoming).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    // Give connection tasks a moment to flush queued answers and close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while hub.flow_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn demo_certificate(data_dir: &Path) -> anyhow::Result<std::sync::Arc<tls::ServerConfig>> {
+    let (config, pem) = tls::self_signed(&[
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])?;
+    let path = data_dir.join("demo-cert.pem");
+    std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    info!(path = %path.display(), "generated a self-signed TLS certificate for the demo");
+    Ok(config)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn handle(responder: &Responder, hub: &Hub, incoming: Incoming) {
+    let source: SocketAddr = incoming.source;
+    let (method, call_id) = match &incoming.inbound {
+        Inbound::Request(m) => (
+            m.method().map(|m| m.to_string()).unwrap_or_default(),
+            m.call_id().unwrap_or_default().to_owned(),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    match responder.decide(&incoming.inbound, source, unix_now()) {
+        Decision::Answer {
+            status,
+            reason,
+            bytes,
+        } => {
+            let via_text = match &incoming.inbound {
+                Inbound::Request(m) => m.header(switchyard_sip::HeaderName::Via).map(str::to_owned),
+                Inbound::Reject { rows, .. } => rows
+                    .iter()
+                    .find(|(n, _)| *n == switchyard_sip::HeaderName::Via)
+                    .map(|(_, v)| v.clone()),
+                _ => None,
+            };
+            let via = via_text
+                .as_deref()
+                .and_then(switchyard_sip::headers::Via::parse_lenient);
+            match hub.respond(&incoming, via.as_ref(), bytes).await {
+                Ok(target) => {
+                    info!(%source, transport = %incoming.transport, method, call_id, status, reason, ?target, "answered")
+                }
+                Err(e) => warn!(%source, status, error = %e, "answer not sent"),
+            }
+        }
+        Decision::Silent(why) => {
+            info!(%source, transport = %incoming.transport, method, reason = why, "no answer")
+        }
+    }
+}
