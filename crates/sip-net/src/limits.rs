@@ -121,7 +121,10 @@ mod tests {
         let _p3 = limits.admit(b).unwrap();
         assert!(limits.admit(b).is_err(), "total reached");
         drop(p1);
-        assert!(limits.admit(a).is_ok());
+        let again = limits.admit(a);
+        assert!(again.is_ok());
         assert_eq!(limits.open(), 3);
+        drop(again);
+        assert_eq!(limits.open(), 2);
     }
 }
