@@ -1,92 +1,20 @@
 //! RFC 4475 torture messages: each file gets the reaction its MANIFEST.tsv names.
 //! The same corpus is sent over UDP to a running `switchyard serve` by the binary's tests.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use switchyard_sip::inspect::{Capabilities, Inbound, inspect_datagram};
 
-/// Finds `shared/testdata/rfc4475` beside the repository (or `SWITCHYARD_TESTDATA`).
-fn corpus_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("SWITCHYARD_TESTDATA") {
-        return PathBuf::from(dir).join("rfc4475");
-    }
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared/testdata/rfc4475");
-        if candidate.join("MANIFEST.tsv").exists() {
-            return candidate;
-        }
-        assert!(
-            dir.pop(),
-            "shared/testdata/rfc4475 not found above {}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Expect {
-    Request,
-    Response,
-    Drop,
-    Status(Vec<u16>),
-    StatusOrRequest(Vec<u16>),
-}
-
-/// Reads the expected reaction from the manifest's words.
-fn expectation(file: &str, what: &str) -> Expect {
-    match file {
-        // The request is well formed; the 401/403 comes from the registrar, which
-        // challenges with a scheme it knows (checked over UDP against `serve`).
-        "regaut01.dat" => return Expect::Request,
-        // OPTIONS addressed to the element itself is answered, not forwarded (483 is
-        // for a proxy that would forward it).
-        "zeromf.dat" => return Expect::Request,
-        _ => {}
-    }
-    if what.starts_with("drop response") {
-        return Expect::Drop;
-    }
-    if what.starts_with("parse response") {
-        return Expect::Response;
-    }
-    if let Some(rest) = what.strip_prefix("reject (") {
-        let inside = &rest[..rest.find(')').expect("closing parenthesis")];
-        let codes: Vec<u16> = inside
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| s.len() == 3)
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert!(!codes.is_empty(), "{file}: no status in {what}");
-        return if what.contains(" or ignore") {
-            Expect::StatusOrRequest(codes)
-        } else {
-            Expect::Status(codes)
-        };
-    }
-    assert!(
-        what.starts_with("parse") || what.starts_with("accept"),
-        "{file}: unknown reaction {what}"
-    );
-    Expect::Request
-}
+mod support;
+use support::rfc4475::{Expect, corpus_dir, entries, expectation};
 
 #[test]
 fn every_torture_message_gets_the_manifest_reaction() {
-    let dir = corpus_dir();
-    let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv")).unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
-    for line in manifest
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let cols: Vec<&str> = line.split('\t').collect();
-        let (file, what) = (cols[0], cols[3]);
-        let raw = std::fs::read(dir.join(file)).unwrap();
-        let expected = expectation(file, what);
-        let verdict = inspect_datagram(Bytes::from(raw), &Capabilities::SWITCHYARD);
+    for entry in entries() {
+        let file = entry.file.as_str();
+        let expected = expectation(file, &entry.what);
+        let verdict = inspect_datagram(Bytes::from(entry.bytes), &Capabilities::SWITCHYARD);
         let ok = match (&expected, &verdict) {
             (Expect::Request, Inbound::Request(_)) => true,
             (Expect::Response, Inbound::Response(_)) => true,

@@ -53,6 +53,9 @@ struct ServeArgs {
     /// Connections one source address may hold.
     #[arg(long, env = "SWITCHYARD_CONNECTIONS_PER_SOURCE")]
     connections_per_source: Option<usize>,
+    /// Seconds a started message may take to arrive whole on a stream (slowloris guard).
+    #[arg(long, env = "SWITCHYARD_MESSAGE_TIMEOUT_SECS")]
+    message_timeout_secs: Option<u64>,
     /// Demo mode: self-signed TLS certificate.
     #[arg(long)]
     demo: bool,
@@ -92,6 +95,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.connections_per_source {
         sip.connections_per_source = n;
+    }
+    if let Some(n) = args.message_timeout_secs {
+        sip.message_timeout_secs = n;
     }
     if let Some(d) = args.data_dir {
         config.node.data_dir = d;

@@ -1,0 +1,112 @@
+//! Starts the real `switchyard` binary on loopback ports chosen by the OS and stops it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub data_dir: tempfile::TempDir,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts `switchyard serve --demo` with every transport on 127.0.0.1 port 0.
+    pub fn start(extra: &[&str]) -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        let stderr_path = data_dir.path().join("serve.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--demo", "--data-dir"])
+            .arg(data_dir.path())
+            .args([
+                "--udp",
+                "127.0.0.1:0",
+                "--tcp",
+                "127.0.0.1:0",
+                "--tls",
+                "127.0.0.1:0",
+                "--ws",
+                "127.0.0.1:0",
+                "--wss",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("SWITCHYARD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the switchyard binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line == "ready" {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let (transport, addr) = rest.split_once(' ').unwrap();
+                addrs.insert(transport.to_owned(), addr.parse().unwrap());
+            }
+            assert!(Instant::now() < deadline, "serve did not become ready");
+        }
+        assert!(addrs.contains_key("UDP"), "serve printed no UDP listener");
+        Server {
+            child,
+            addrs,
+            data_dir,
+            stderr_path,
+        }
+    }
+
+    pub fn addr(&self, transport: &str) -> SocketAddr {
+        self.addrs[transport]
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OPTIONS request over `transport` (its Via names `local`).
+pub fn options(transport: &str, local: SocketAddr, call_id: &str) -> String {
+    format!(
+        "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/{transport} {local};rport;branch=z9hG4bK{call_id}\r\n\
+Max-Forwards: 70\r\n\
+To: <sip:ping@127.0.0.1>\r\n\
+From: <sip:test@127.0.0.1>;tag=t{call_id}\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
