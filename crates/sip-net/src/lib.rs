@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod driver;
 mod hub;
 mod limits;
 mod listeners;
@@ -26,6 +27,7 @@ mod transport;
 mod udp;
 mod ws;
 
+pub use driver::{DriverError, DriverHandle, Peer, TuEvent, spawn_driver};
 pub use hub::{Hub, SendError};
 pub use limits::{ConnectionLimits, LimitsConfig};
 pub use listeners::{BoundListeners, ListenConfig, spawn_listeners};

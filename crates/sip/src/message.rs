@@ -327,6 +327,12 @@ impl Message {
         &self.raw
     }
 
+    /// The message as a cheap `Bytes` handle (start line through the end of the body).
+    pub fn to_bytes(&self) -> Bytes {
+        self.raw
+            .slice(self.start_line_span.start as usize..self.body.end as usize)
+    }
+
     /// The message bytes: start line through the end of the body.
     pub fn as_bytes(&self) -> &[u8] {
         &self.raw[self.start_line_span.start as usize..self.body.end as usize]

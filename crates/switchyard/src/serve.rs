@@ -9,7 +9,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use switchyard_sip::inspect::Inbound;
-use switchyard_sip_net::{Hub, Incoming, LimitsConfig, ListenConfig, spawn_listeners, tls};
+use switchyard_sip::transaction::{Event, TimerConfig};
+use switchyard_sip_net::{
+    DriverHandle, Hub, Incoming, LimitsConfig, ListenConfig, TuEvent, spawn_driver,
+    spawn_listeners, tls,
+};
 
 use crate::config::Config;
 use crate::responder::{Decision, Responder};
@@ -72,9 +76,11 @@ pub async fn serve(
     };
     let responder = Responder::new(&secret, sip.nonce_lifetime_secs);
     let hub = Hub::new();
-    let (tx, mut rx) = mpsc::channel::<Incoming>(8192);
+    let (tx, rx) = mpsc::channel::<Incoming>(8192);
+    let (tu_tx, mut tu_rx) = mpsc::channel::<TuEvent>(8192);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx).await?;
+    let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx.clone()).await?;
+    let driver = spawn_driver(hub.clone(), TimerConfig::default(), rx, tu_tx, stop_rx);
     for (transport, addr) in bound.all() {
         println!("listening {transport} {addr}");
     }
@@ -83,9 +89,12 @@ pub async fn serve(
 
     loop {
         tokio::select! {
-            incoming = rx.recv() => {
-                let Some(incoming) = incoming else { break };
-                handle(&responder, &hub, incoming).await;
+            event = tu_rx.recv() => {
+                let Some(event) = event else { break };
+                match event {
+                    TuEvent::Stateless(incoming) => handle_stateless(&responder, &hub, incoming).await,
+                    TuEvent::Transaction(event) => handle_transaction(&responder, &driver, event).await,
+                }
             }
             _ = shutdown.changed() => break,
         }
@@ -120,7 +129,46 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn handle(responder: &Responder, hub: &Hub, incoming: Incoming) {
+/// The responder as transaction user: every request that opened a server transaction is
+/// answered through it, so retransmissions are absorbed or re-answered by the transaction.
+async fn handle_transaction(
+    responder: &Responder,
+    driver: &DriverHandle,
+    event: Event<switchyard_sip_net::Peer>,
+) {
+    match event {
+        Event::Request { tx, msg, peer } => {
+            let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
+            let call_id = msg.call_id().unwrap_or_default().to_owned();
+            match responder.decide(&Inbound::Request(msg), peer.source, unix_now()) {
+                Decision::Answer {
+                    status,
+                    reason,
+                    bytes,
+                } => match driver.respond(tx, status, bytes).await {
+                    Ok(()) => {
+                        info!(source = %peer.source, transport = %peer.transport, method, call_id, status, reason, "answered")
+                    }
+                    Err(e) => warn!(source = %peer.source, status, error = %e, "answer not sent"),
+                },
+                Decision::Silent(why) => {
+                    warn!(source = %peer.source, method, reason = why, "request left unanswered")
+                }
+            }
+        }
+        Event::Ack { peer, .. } => info!(source = %peer.source, "ACK absorbed"),
+        Event::StrayResponse { msg, peer } => info!(
+            source = %peer.source,
+            status = msg.status().unwrap_or(0),
+            "no answer: response with no matching client transaction"
+        ),
+        Event::Timeout { tx } => info!(?tx, "transaction timed out"),
+        Event::TransportError { tx } => warn!(?tx, "transport error"),
+        Event::Response { .. } | Event::Terminated { .. } => {}
+    }
+}
+
+async fn handle_stateless(responder: &Responder, hub: &Hub, incoming: Incoming) {
     let source: SocketAddr = incoming.source;
     let (method, call_id) = match &incoming.inbound {
         Inbound::Request(m) => (

@@ -1,0 +1,211 @@
+//! The transaction driver: owns the sans-I/O [`TransactionLayer`], feeds it what the
+//! listeners receive, runs its timers on the tokio clock, transmits what it outputs through
+//! the [`Hub`], and hands transaction events to the transaction user (TU) over a channel.
+//!
+//! ```text
+//!  listeners ──Incoming──▶ driver ──TuEvent──▶ TU (responder, edge, core)
+//!                            ▲  │
+//!        DriverHandle ───────┘  └──▶ Hub (sockets)
+//!   (respond, send_request)
+//! ```
+//!
+//! Verdicts that are not transactional (rejections of malformed requests, drops) go to the
+//! TU as [`TuEvent::Stateless`]: it answers them without a transaction (RFC 3261 §8.2.7).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use switchyard_sip::Message;
+use switchyard_sip::inspect::Inbound;
+use switchyard_sip::transaction::{Event, Output, TimerConfig, TransactionLayer, TxError, TxId};
+
+use crate::hub::Hub;
+use crate::transport::{Incoming, Target, Transport, response_target};
+
+/// Who a transaction talks to: where its messages go and where they came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub target: Target,
+    pub source: SocketAddr,
+    pub transport: Transport,
+}
+
+/// What the driver hands the TU.
+#[derive(Debug)]
+pub enum TuEvent {
+    Transaction(Event<Peer>),
+    Stateless(Incoming),
+}
+
+#[derive(Debug)]
+enum Command {
+    Respond {
+        tx: TxId,
+        status: u16,
+        bytes: Bytes,
+        reply: oneshot::Sender<Result<(), TxError>>,
+    },
+    SendRequest {
+        request: Message,
+        peer: Peer,
+        reply: oneshot::Sender<Result<TxId, TxError>>,
+    },
+}
+
+/// The TU's side: answer server transactions, start client transactions.
+#[derive(Debug, Clone)]
+pub struct DriverHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Why a command did not reach the driver or was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    #[error("the transaction driver has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Transaction(#[from] TxError),
+}
+
+impl DriverHandle {
+    /// Sends a response on server transaction `tx`.
+    pub async fn respond(&self, tx: TxId, status: u16, bytes: Bytes) -> Result<(), DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Respond {
+                tx,
+                status,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+
+    /// Starts a client transaction.
+    pub async fn send_request(&self, request: Message, peer: Peer) -> Result<TxId, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SendRequest {
+                request,
+                peer,
+                reply,
+            })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+}
+
+/// Starts the driver task.
+pub fn spawn_driver(
+    hub: Hub,
+    timers: TimerConfig,
+    mut incoming: mpsc::Receiver<Incoming>,
+    tu: mpsc::Sender<TuEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> DriverHandle {
+    let (commands, mut command_rx) = mpsc::channel::<Command>(4096);
+    tokio::spawn(async move {
+        let mut layer: TransactionLayer<Peer> = TransactionLayer::new(timers);
+        loop {
+            let deadline = layer.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                item = incoming.recv() => {
+                    let Some(item) = item else { break };
+                    receive(&mut layer, item, &tu).await;
+                }
+                cmd = command_rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let now = Instant::now();
+                    match cmd {
+                        Command::Respond { tx, status, bytes, reply } => {
+                            let _ = reply.send(layer.respond(tx, status, bytes, now));
+                        }
+                        Command::SendRequest { request, peer, reply } => {
+                            let reliable = peer.transport.is_stream();
+                            let _ = reply.send(layer.send_request(request, peer, reliable, now));
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => layer.handle_timeout(Instant::now()),
+                _ = shutdown.changed() => break,
+            }
+            flush(&mut layer, &hub, &tu).await;
+        }
+        debug!(left = layer.len(), "transaction driver stopped");
+    });
+    DriverHandle { commands }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn receive(layer: &mut TransactionLayer<Peer>, item: Incoming, tu: &mpsc::Sender<TuEvent>) {
+    let reliable = item.transport.is_stream();
+    match item.inbound {
+        Inbound::Request(msg) => {
+            let via = msg.top_via().ok();
+            let target = response_target(
+                item.transport,
+                item.source,
+                item.local,
+                item.flow,
+                via.as_ref(),
+            );
+            let peer = Peer {
+                target,
+                source: item.source,
+                transport: item.transport,
+            };
+            layer.receive(msg, peer, reliable, Instant::now());
+        }
+        Inbound::Response(msg) => {
+            let peer = Peer {
+                target: match item.flow {
+                    Some(f) => Target::Flow(f),
+                    None => Target::Datagram {
+                        local: item.local,
+                        dest: item.source,
+                    },
+                },
+                source: item.source,
+                transport: item.transport,
+            };
+            layer.receive(msg, peer, reliable, Instant::now());
+        }
+        _ => {
+            if tu.send(TuEvent::Stateless(item)).await.is_err() {
+                warn!("transaction user gone");
+            }
+        }
+    }
+}
+
+async fn flush(layer: &mut TransactionLayer<Peer>, hub: &Hub, tu: &mpsc::Sender<TuEvent>) {
+    while let Some(out) = layer.poll_output() {
+        match out {
+            Output::Transmit { tx, peer, bytes } => {
+                if let Err(e) = hub.send(peer.target, bytes).await {
+                    debug!(target = ?peer.target, error = %e, "transmit failed");
+                    layer.transport_error(tx);
+                }
+            }
+            Output::Event(e) => {
+                if tu.send(TuEvent::Transaction(e)).await.is_err() {
+                    warn!("transaction user gone");
+                }
+            }
+        }
+    }
+}
