@@ -328,6 +328,8 @@ pub fn salvage_response_rows(raw: &[u8]) -> Option<Vec<(HeaderName, String)>> {
 }
 
 /// Proxy edits on a received message. Rows not named by an edit are copied byte for byte.
+/// Edits address the message as received: `pop_via` removes the received top Via even if
+/// `push_via` added one above it.
 #[derive(Debug)]
 pub struct Editor<'m> {
     msg: &'m Message,

@@ -345,3 +345,51 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(server.log().contains("stopped"));
 }
+
+#[tokio::test]
+async fn a_final_answer_to_invite_is_retransmitted_over_udp_until_acked() {
+    let server = Server::start(&[]);
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = sock.local_addr().unwrap();
+    let invite = options("UDP", local, "inv1").replace("OPTIONS", "INVITE");
+    sock.send_to(invite.as_bytes(), server.addr("UDP"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut recv = async || {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(parse(&buf[..n]))
+    };
+    let first = recv().await.expect("an answer");
+    assert_eq!(first.status(), Some(405));
+    assert_eq!(
+        first.header(HeaderName::Allow),
+        Some("OPTIONS, REGISTER, ACK, CANCEL")
+    );
+    // No ACK yet: timer G retransmits the same answer.
+    let again = recv().await.expect("a retransmission (timer G)");
+    assert_eq!(again.as_bytes(), first.as_bytes());
+    let to = first.header(HeaderName::To).unwrap().to_owned();
+    let ack = invite
+        .replace("INVITE sip", "ACK sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace("To: <sip:ping@127.0.0.1>", &format!("To: {to}"));
+    sock.send_to(ack.as_bytes(), server.addr("UDP"))
+        .await
+        .unwrap();
+    // Drain anything already in flight, then expect silence.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(10), sock.recv_from(&mut [0u8; 2048])).await
+    {
+    }
+    let quiet = tokio::time::timeout(
+        Duration::from_millis(2500),
+        sock.recv_from(&mut [0u8; 2048]),
+    )
+    .await;
+    assert!(quiet.is_err(), "retransmissions stop after the ACK");
+}
