@@ -56,9 +56,17 @@ mod tests {
     #[test]
     fn inputs_are_valid_and_the_invite_is_about_1_kb() {
         for text in [REGISTER, INVITE] {
-            let m = switchyard_sip::Message::parse_datagram(bytes::Bytes::from_static(text.as_bytes())).unwrap();
+            let m =
+                switchyard_sip::Message::parse_datagram(bytes::Bytes::from_static(text.as_bytes()))
+                    .unwrap();
             assert_eq!(m.content_length(), Some(m.body().len()));
-            assert!(switchyard_sip::inspect::check_request(&m, &switchyard_sip::inspect::Capabilities::SWITCHYARD).is_ok());
+            assert!(
+                switchyard_sip::inspect::check_request(
+                    &m,
+                    &switchyard_sip::inspect::Capabilities::SWITCHYARD
+                )
+                .is_ok()
+            );
         }
         assert!((950..1150).contains(&INVITE.len()), "{}", INVITE.len());
     }

@@ -480,10 +480,8 @@ impl<'m> Editor<'m> {
                 out.put_slice(uri.as_bytes());
                 out.put_slice(b" SIP/2.0\r\n");
             }
-            _ => {
-                out.put_slice(&raw[sl.range()]);
-                out.put_slice(b"\r\n");
-            }
+            // The start line with its own terminator, as received.
+            _ => out.put_slice(&raw[sl.start as usize..m.rows_start()]),
         }
         for (i, row) in m.rows_slice().iter().enumerate() {
             for (_, line) in self.inserts.iter().filter(|(at, _)| *at == i) {
@@ -503,9 +501,9 @@ impl<'m> Editor<'m> {
         for (_, line) in self.inserts.iter().filter(|(at, _)| *at == usize::MAX) {
             out.put_slice(line.as_bytes());
         }
-        out.put_slice(b"\r\n");
+        // The empty line as received (CRLF, or a bare LF from a lenient sender).
+        out.put_slice(&raw[m.head_end()..m.body_span().start as usize]);
         out.put_slice(&raw[m.body_span().range()]);
-        debug_assert!(m.head_end() <= m.body_span().start as usize);
         out.freeze()
     }
 }
@@ -597,6 +595,15 @@ Content-Length: 4\r\n\r\nbody";
     fn an_editor_with_no_edits_reproduces_the_message() {
         let req = msg(INVITE);
         assert_eq!(&Editor::new(&req).write()[..], INVITE.as_bytes());
+        // Found by the datagram fuzzer: bare-LF line ends are kept as received.
+        let lf = "SIP/2.0 200 OK\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\nbody";
+        assert_eq!(&Editor::new(&msg(lf)).write()[..], lf.as_bytes());
+    }
+
+    #[test]
+    fn control_characters_in_the_start_line_are_refused() {
+        let bad = "SIP/2.0 200 OK\r\u{1b}\u{1b}\nVia: SIP/2.0/UDP h\r\n\r\n";
+        assert!(Message::parse_datagram(Bytes::copy_from_slice(bad.as_bytes())).is_err());
     }
 
     #[test]

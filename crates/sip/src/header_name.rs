@@ -36,19 +36,15 @@ macro_rules! header_names {
 
             /// Looks a raw name up; case-insensitive, compact forms included.
             pub fn from_bytes(name: &[u8]) -> HeaderName {
-                let mut buf = [0u8; 24];
-                if name.is_empty() || name.len() > buf.len() {
-                    return HeaderName::Other;
-                }
-                for (dst, src) in buf.iter_mut().zip(name) {
-                    *dst = src.to_ascii_lowercase();
-                }
-                match &buf[..name.len()] {
-                    $( $( $alias )|* => HeaderName::$variant, )*
-                    _ => HeaderName::Other,
-                }
+                lookup(name)
             }
         }
+
+        /// Every spelling (lower-case) with its name, for tests of the fast lookup.
+        #[cfg(test)]
+        const ALIASES: &[(&[u8], HeaderName)] = &[
+            $( $( ($alias, HeaderName::$variant), )* )*
+        ];
     };
 }
 
@@ -118,6 +114,282 @@ header_names! {
     WwwAuthenticate => "WWW-Authenticate", [b"www-authenticate"], false;
 }
 
+/// Looks a name up: dispatch on length, then compare the few names of that length
+/// case-insensitively (exactly: only A-Z fold). A name that matches is therefore a valid
+/// token. Kept in step with the table above by a test over every alias.
+fn lookup(name: &[u8]) -> HeaderName {
+    let is = |lower: &[u8]| {
+        name.iter()
+            .zip(lower)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
+    };
+    match name.len() {
+        1 => match name[0].to_ascii_lowercase() {
+            b'a' => HeaderName::AcceptContact,
+            b'u' => HeaderName::AllowEvents,
+            b'i' => HeaderName::CallId,
+            b'm' => HeaderName::Contact,
+            b'e' => HeaderName::ContentEncoding,
+            b'l' => HeaderName::ContentLength,
+            b'c' => HeaderName::ContentType,
+            b'o' => HeaderName::Event,
+            b'f' => HeaderName::From,
+            b'y' => HeaderName::Identity,
+            b'r' => HeaderName::ReferTo,
+            b'b' => HeaderName::ReferredBy,
+            b'j' => HeaderName::RejectContact,
+            b'd' => HeaderName::RequestDisposition,
+            b'x' => HeaderName::SessionExpires,
+            b's' => HeaderName::Subject,
+            b'k' => HeaderName::Supported,
+            b't' => HeaderName::To,
+            b'v' => HeaderName::Via,
+            _ => HeaderName::Other,
+        },
+        2 => {
+            if is(b"to") {
+                return HeaderName::To;
+            }
+            HeaderName::Other
+        }
+        3 => {
+            if is(b"via") {
+                return HeaderName::Via;
+            }
+            HeaderName::Other
+        }
+        4 => {
+            if is(b"cseq") {
+                return HeaderName::CSeq;
+            }
+            if is(b"date") {
+                return HeaderName::Date;
+            }
+            if is(b"from") {
+                return HeaderName::From;
+            }
+            if is(b"path") {
+                return HeaderName::Path;
+            }
+            if is(b"rack") {
+                return HeaderName::RAck;
+            }
+            if is(b"rseq") {
+                return HeaderName::RSeq;
+            }
+            HeaderName::Other
+        }
+        5 => {
+            if is(b"allow") {
+                return HeaderName::Allow;
+            }
+            if is(b"event") {
+                return HeaderName::Event;
+            }
+            if is(b"route") {
+                return HeaderName::Route;
+            }
+            HeaderName::Other
+        }
+        6 => {
+            if is(b"accept") {
+                return HeaderName::Accept;
+            }
+            if is(b"min-se") {
+                return HeaderName::MinSe;
+            }
+            if is(b"reason") {
+                return HeaderName::Reason;
+            }
+            if is(b"server") {
+                return HeaderName::Server;
+            }
+            HeaderName::Other
+        }
+        7 => {
+            if is(b"call-id") {
+                return HeaderName::CallId;
+            }
+            if is(b"contact") {
+                return HeaderName::Contact;
+            }
+            if is(b"expires") {
+                return HeaderName::Expires;
+            }
+            if is(b"privacy") {
+                return HeaderName::Privacy;
+            }
+            if is(b"require") {
+                return HeaderName::Require;
+            }
+            if is(b"subject") {
+                return HeaderName::Subject;
+            }
+            if is(b"warning") {
+                return HeaderName::Warning;
+            }
+            HeaderName::Other
+        }
+        8 => {
+            if is(b"identity") {
+                return HeaderName::Identity;
+            }
+            if is(b"priority") {
+                return HeaderName::Priority;
+            }
+            if is(b"refer-to") {
+                return HeaderName::ReferTo;
+            }
+            if is(b"replaces") {
+                return HeaderName::Replaces;
+            }
+            if is(b"reply-to") {
+                return HeaderName::ReplyTo;
+            }
+            HeaderName::Other
+        }
+        9 => {
+            if is(b"call-info") {
+                return HeaderName::CallInfo;
+            }
+            if is(b"supported") {
+                return HeaderName::Supported;
+            }
+            if is(b"timestamp") {
+                return HeaderName::Timestamp;
+            }
+            HeaderName::Other
+        }
+        10 => {
+            if is(b"alert-info") {
+                return HeaderName::AlertInfo;
+            }
+            if is(b"error-info") {
+                return HeaderName::ErrorInfo;
+            }
+            if is(b"user-agent") {
+                return HeaderName::UserAgent;
+            }
+            HeaderName::Other
+        }
+        11 => {
+            if is(b"in-reply-to") {
+                return HeaderName::InReplyTo;
+            }
+            if is(b"min-expires") {
+                return HeaderName::MinExpires;
+            }
+            if is(b"referred-by") {
+                return HeaderName::ReferredBy;
+            }
+            if is(b"retry-after") {
+                return HeaderName::RetryAfter;
+            }
+            if is(b"unsupported") {
+                return HeaderName::Unsupported;
+            }
+            HeaderName::Other
+        }
+        12 => {
+            if is(b"allow-events") {
+                return HeaderName::AllowEvents;
+            }
+            if is(b"content-type") {
+                return HeaderName::ContentType;
+            }
+            if is(b"max-forwards") {
+                return HeaderName::MaxForwards;
+            }
+            if is(b"mime-version") {
+                return HeaderName::MimeVersion;
+            }
+            if is(b"organization") {
+                return HeaderName::Organization;
+            }
+            if is(b"record-route") {
+                return HeaderName::RecordRoute;
+            }
+            HeaderName::Other
+        }
+        13 => {
+            if is(b"authorization") {
+                return HeaderName::Authorization;
+            }
+            if is(b"proxy-require") {
+                return HeaderName::ProxyRequire;
+            }
+            if is(b"service-route") {
+                return HeaderName::ServiceRoute;
+            }
+            HeaderName::Other
+        }
+        14 => {
+            if is(b"accept-contact") {
+                return HeaderName::AcceptContact;
+            }
+            if is(b"content-length") {
+                return HeaderName::ContentLength;
+            }
+            if is(b"reject-contact") {
+                return HeaderName::RejectContact;
+            }
+            HeaderName::Other
+        }
+        15 => {
+            if is(b"accept-encoding") {
+                return HeaderName::AcceptEncoding;
+            }
+            if is(b"accept-language") {
+                return HeaderName::AcceptLanguage;
+            }
+            if is(b"session-expires") {
+                return HeaderName::SessionExpires;
+            }
+            HeaderName::Other
+        }
+        16 => {
+            if is(b"content-encoding") {
+                return HeaderName::ContentEncoding;
+            }
+            if is(b"content-language") {
+                return HeaderName::ContentLanguage;
+            }
+            if is(b"www-authenticate") {
+                return HeaderName::WwwAuthenticate;
+            }
+            HeaderName::Other
+        }
+        18 => {
+            if is(b"proxy-authenticate") {
+                return HeaderName::ProxyAuthenticate;
+            }
+            if is(b"subscription-state") {
+                return HeaderName::SubscriptionState;
+            }
+            HeaderName::Other
+        }
+        19 => {
+            if is(b"authentication-info") {
+                return HeaderName::AuthenticationInfo;
+            }
+            if is(b"content-disposition") {
+                return HeaderName::ContentDisposition;
+            }
+            if is(b"p-asserted-identity") {
+                return HeaderName::PAssertedIdentity;
+            }
+            if is(b"proxy-authorization") {
+                return HeaderName::ProxyAuthorization;
+            }
+            if is(b"request-disposition") {
+                return HeaderName::RequestDisposition;
+            }
+            HeaderName::Other
+        }
+        _ => HeaderName::Other,
+    }
+}
+
 impl fmt::Display for HeaderName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.canonical().unwrap_or("(extension header)"))
@@ -156,6 +428,18 @@ mod tests {
             );
             let upper = compact.to_ascii_uppercase();
             assert_eq!(HeaderName::from_bytes(upper.as_bytes()), long, "{upper}");
+        }
+    }
+
+    #[test]
+    fn the_fast_lookup_knows_every_spelling() {
+        for (alias, name) in super::ALIASES {
+            assert_eq!(
+                HeaderName::from_bytes(alias),
+                *name,
+                "{}",
+                String::from_utf8_lossy(alias)
+            );
         }
     }
 

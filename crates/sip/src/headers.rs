@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::error::HeaderError;
 use crate::method::{Method, is_token, is_token_byte};
-use crate::scan::{Params, is_lws, quoted_end, trim_lws, unquote};
+use crate::scan::{Params, find_byte, is_lws, quoted_end, trim_lws, unquote};
 use crate::uri::{Uri, split_host_port};
 
 /// Parses a decimal scalar that must fit in 32 bits. Leading zeros are allowed
@@ -49,6 +49,10 @@ pub struct Via<'a> {
     pub host: &'a str,
     pub port: Option<u16>,
     pub params: Params<'a>,
+    branch: Option<&'a str>,
+    received: Option<&'a str>,
+    rport: Option<Option<u16>>,
+    maddr: Option<&'a str>,
 }
 
 fn take_token(s: &str) -> (&str, &str) {
@@ -74,7 +78,7 @@ impl<'a> Via<'a> {
             return Err(bad("incomplete sent-protocol"));
         }
         let rest = trim_lws(rest);
-        let (sent_by, params) = match rest.find(';') {
+        let (sent_by, params) = match find_byte(rest, b';') {
             Some(i) => (trim_lws(&rest[..i]), &rest[i + 1..]),
             None => (rest, ""),
         };
@@ -98,19 +102,32 @@ impl<'a> Via<'a> {
                 .next()
                 .unwrap_or("")
         };
+        // One pass over the parameters: validate each and keep the ones routing reads.
         let params = Params::new(params);
-        if rest.contains(';') {
-            params.validate().map_err(|e| bad(&e))?;
-        }
-        if let Some(branch) = params.get("branch")
-            && branch.is_none_or(|b| !is_token(b))
-        {
-            return Err(bad("branch must be a token"));
-        }
-        if let Some(Some(rport)) = params.get("rport") {
-            rport
-                .parse::<u16>()
-                .map_err(|_| bad("rport is not a port number"))?;
+        let (mut branch, mut received, mut rport, mut maddr) = (None, None, None, None);
+        if find_byte(rest, b';').is_some() {
+            for p in params.iter() {
+                p.validate().map_err(|e| bad(&e))?;
+                if p.name.eq_ignore_ascii_case("branch") {
+                    match p.value {
+                        Some(b) if is_token(b) => branch = branch.or(Some(b)),
+                        _ => return Err(bad("branch must be a token")),
+                    }
+                } else if p.name.eq_ignore_ascii_case("rport") {
+                    let port = match p.value {
+                        None => None,
+                        Some(v) => Some(
+                            v.parse::<u16>()
+                                .map_err(|_| bad("rport is not a port number"))?,
+                        ),
+                    };
+                    rport = rport.or(Some(port));
+                } else if p.name.eq_ignore_ascii_case("received") {
+                    received = received.or(p.value);
+                } else if p.name.eq_ignore_ascii_case("maddr") {
+                    maddr = maddr.or(p.value);
+                }
+            }
         }
         Ok(Via {
             protocol,
@@ -119,6 +136,10 @@ impl<'a> Via<'a> {
             host,
             port,
             params,
+            branch,
+            received,
+            rport,
+            maddr,
         })
     }
 
@@ -132,7 +153,7 @@ impl<'a> Via<'a> {
     }
 
     pub fn branch(&self) -> Option<&'a str> {
-        self.params.get("branch").flatten()
+        self.branch
     }
 
     /// Whether the branch carries the RFC 3261 magic cookie (else RFC 2543 matching).
@@ -141,18 +162,16 @@ impl<'a> Via<'a> {
     }
 
     pub fn received(&self) -> Option<&'a str> {
-        self.params.get("received").flatten()
+        self.received
     }
 
     /// `Some(None)` when `rport` is present without a value (a request asking for it).
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params
-            .get("rport")
-            .map(|v| v.and_then(|p| p.parse().ok()))
+        self.rport
     }
 
     pub fn maddr(&self) -> Option<&'a str> {
-        self.params.get("maddr").flatten()
+        self.maddr
     }
 
     pub fn ttl(&self) -> Option<&'a str> {
@@ -179,6 +198,7 @@ pub struct NameAddr<'a> {
     /// The URI was written inside `<>`.
     pub bracketed: bool,
     pub is_star: bool,
+    tag: Option<&'a str>,
 }
 
 impl<'a> NameAddr<'a> {
@@ -193,6 +213,7 @@ impl<'a> NameAddr<'a> {
                 params: Params::default(),
                 bracketed: false,
                 is_star: true,
+                tag: None,
             });
         }
         let b = s.as_bytes();
@@ -206,8 +227,8 @@ impl<'a> NameAddr<'a> {
             (Some(&s[..end]), s.len() - after.len())
         } else {
             // An unquoted display name runs up to '<' and must be tokens separated by LWS.
-            match s.find('<') {
-                Some(lt) if !s[..lt].contains(';') => {
+            match find_byte(s, b'<') {
+                Some(lt) if find_byte(&s[..lt], b';').is_none() => {
                     let name = trim_lws(&s[..lt]);
                     let ok = name
                         .split(|c: char| c.is_ascii() && is_lws(c as u8))
@@ -224,9 +245,8 @@ impl<'a> NameAddr<'a> {
         };
         let (uri_str, params, bracketed) = if bracket_from != usize::MAX {
             let inner = &s[bracket_from + 1..];
-            let gt = inner
-                .find('>')
-                .ok_or_else(|| bad("'<' without a closing '>'".into()))?;
+            let gt =
+                find_byte(inner, b'>').ok_or_else(|| bad("'<' without a closing '>'".into()))?;
             let uri = &inner[..gt];
             let rest = trim_lws(&inner[gt + 1..]);
             let params = match rest.strip_prefix(';') {
@@ -236,7 +256,7 @@ impl<'a> NameAddr<'a> {
             };
             (uri, params, true)
         } else {
-            let (uri, params) = match s.find(';') {
+            let (uri, params) = match find_byte(s, b';') {
                 Some(i) => (trim_lws(&s[..i]), &s[i + 1..]),
                 None => (s, ""),
             };
@@ -249,8 +269,14 @@ impl<'a> NameAddr<'a> {
         };
         Uri::parse(uri_str).map_err(|e| bad(e.to_string()))?;
         let params = Params::new(params);
+        let mut tag = None;
         if !params.as_str().is_empty() || s.ends_with(';') {
-            params.validate().map_err(bad)?;
+            for p in params.iter() {
+                p.validate().map_err(bad)?;
+                if tag.is_none() && p.name.eq_ignore_ascii_case("tag") {
+                    tag = p.value;
+                }
+            }
         }
         Ok(NameAddr {
             display_raw,
@@ -258,6 +284,7 @@ impl<'a> NameAddr<'a> {
             params,
             bracketed,
             is_star: false,
+            tag,
         })
     }
 
@@ -272,7 +299,7 @@ impl<'a> NameAddr<'a> {
     }
 
     pub fn tag(&self) -> Option<&'a str> {
-        self.params.get("tag").flatten()
+        self.tag
     }
 
     /// The Contact `expires` parameter, if any.
@@ -283,6 +310,28 @@ impl<'a> NameAddr<'a> {
             .map(|v| parse_u32(v, "Contact expires"))
             .transpose()
     }
+}
+
+/// The `tag` parameter of a From or To value, found without validating the rest: the
+/// display name and the URI are skipped by structure (quotes, angle brackets).
+pub fn tag_of(value: &str) -> Option<&str> {
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_lws(b[i]) {
+        i += 1;
+    }
+    if b.get(i) == Some(&b'"') {
+        i += quoted_end(&b[i..])?;
+    }
+    let params_from = match b[i..].iter().position(|&c| c == b'<') {
+        Some(lt) => i + lt + b[i + lt..].iter().position(|&c| c == b'>')?,
+        None => i,
+    };
+    let semi = params_from + b[params_from..].iter().position(|&c| c == b';')?;
+    Params::new(&value[semi + 1..])
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case("tag"))
+        .and_then(|p| p.value)
 }
 
 /// `CSeq: 4711 INVITE`.
@@ -466,6 +515,23 @@ mod tests {
         for (value, expected) in cases {
             let e = NameAddr::parse_header(value, "To").unwrap_err().to_string();
             assert!(e.contains(expected), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn tags_are_found_by_structure() {
+        for (value, tag) in [
+            ("<sip:a@b;tag=uri-param>;tag=real", Some("real")),
+            ("\"x;tag=no\" <sip:a@b>;tag=t1", Some("t1")),
+            ("sip:a@b;tag=t2", Some("t2")),
+            ("sip:a@b", None),
+            ("<sip:a@b;tag=x>", None),
+            ("Alice <sip:a@b> ; TAG = t3", Some("t3")),
+        ] {
+            assert_eq!(tag_of(value), tag, "{value}");
+            if let Ok(n) = NameAddr::parse_header(value, "From") {
+                assert_eq!(n.tag(), tag, "the full decoder agrees on {value}");
+            }
         }
     }
 

@@ -30,6 +30,6 @@ pub mod uri;
 
 pub use error::{HeaderError, ParseError};
 pub use header_name::HeaderName;
-pub use message::Message;
+pub use message::{Message, RoutingKeys};
 pub use method::Method;
 pub use uri::Uri;

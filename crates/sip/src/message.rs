@@ -63,6 +63,8 @@ pub struct Message {
     raw: Bytes,
     start: StartLine,
     start_line_span: Span,
+    /// Index just past the start line's terminator (where the first row begins).
+    rows_start: u32,
     rows: Vec<HeaderRow>,
     /// Where the empty line that ends the head starts.
     head_end: u32,
@@ -73,6 +75,7 @@ pub struct Message {
 pub(crate) struct Head {
     start: StartLine,
     start_line_span: Span,
+    rows_start: usize,
     rows: Vec<HeaderRow>,
     head_end: usize,
     /// Index just past the empty line.
@@ -106,6 +109,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
         return Err(ParseError::Empty);
     }
     let (sl_end, mut pos) = line_end(buf, begin).ok_or(ParseError::Incomplete)?;
+    let rows_start = pos;
     // Find the empty line first so the whole head is validated as UTF-8 in one pass.
     let mut rows: Vec<HeaderRow> = Vec::with_capacity(16);
     let head_end;
@@ -131,25 +135,31 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
                 prev.value_span.end = trimmed as u32;
             }
         } else {
-            let row = rows.len() + 1;
-            let colon = memchr::memchr(b':', line).ok_or(ParseError::HeaderRow {
-                row,
-                what: "no colon after header name",
-            })?;
-            let name = &line[..colon];
-            let name_len = name.len() - trailing_ws(name);
-            let name = &name[..name_len];
-            if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            // Find the colon, then let the name lookup validate known names (they are
+            // tokens by construction); only unknown names are checked byte by byte.
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
                 return Err(ParseError::HeaderRow {
-                    row,
+                    row: rows.len() + 1,
+                    what: "no colon after header name",
+                });
+            };
+            let name_len = colon - trailing_ws(&line[..colon]);
+            let name = HeaderName::from_bytes(&line[..name_len]);
+            if name_len == 0
+                || (name == HeaderName::Other
+                    && !line[..name_len].iter().all(|&b| is_token_byte(b)))
+            {
+                return Err(ParseError::HeaderRow {
+                    row: rows.len() + 1,
                     what: "header name is not a token",
                 });
             }
-            let rest = &line[colon + 1..];
-            let vstart = pos + colon + 1 + leading_ws(rest);
+            let i = colon;
+            let rest = &line[i + 1..];
+            let vstart = pos + i + 1 + leading_ws(rest);
             let vend = (end - trailing_ws(rest)).max(vstart);
             rows.push(HeaderRow {
-                name: HeaderName::from_bytes(name),
+                name,
                 name_span: Span::new(pos, pos + name_len),
                 value_span: Span::new(vstart, vend),
                 line_span: Span::new(pos, next),
@@ -158,7 +168,10 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
         }
         pos = next;
     }
-    if let Err(e) = std::str::from_utf8(&buf[begin..head_end]) {
+    let head = &buf[begin..head_end];
+    if !head.is_ascii()
+        && let Err(e) = std::str::from_utf8(head)
+    {
         return Err(ParseError::NotUtf8(begin + e.valid_up_to()));
     }
     let start = parse_start_line(buf, begin, sl_end)?;
@@ -168,23 +181,40 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
             return Err(ParseError::MultipleContentLength);
         }
         let v = &buf[row.value_span.range()];
-        let text = String::from_utf8_lossy(v);
-        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
-        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        let digits = v
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .take_while(|b| !b.is_ascii_whitespace());
+        let mut n: usize = 0;
+        let mut count = 0;
+        let mut bad = false;
+        for &b in digits {
+            count += 1;
+            if !b.is_ascii_digit() {
+                bad = true;
+                break;
+            }
+            n = n.saturating_mul(10).saturating_add(usize::from(b - b'0'));
+        }
+        let text = || String::from_utf8_lossy(v).trim().to_owned();
+        if bad || count == 0 || count != v.iter().filter(|b| !b.is_ascii_whitespace()).count() {
             return Err(ParseError::ContentLength(format!(
-                "{text:?} is not a number"
+                "{:?} is not a number",
+                text()
             )));
         }
-        let n = text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= MAX_CONTENT_LENGTH)
-            .ok_or_else(|| ParseError::ContentLength(format!("{text} is too large")))?;
+        if n > MAX_CONTENT_LENGTH {
+            return Err(ParseError::ContentLength(format!(
+                "{} is too large",
+                text()
+            )));
+        }
         content_length = Some(n);
     }
     Ok(Head {
         start,
         start_line_span: Span::new(begin, sl_end),
+        rows_start,
         rows,
         head_end,
         body_start: pos,
@@ -205,6 +235,9 @@ fn trailing_ws(s: &[u8]) -> usize {
 
 fn parse_start_line(buf: &[u8], begin: usize, end: usize) -> Result<StartLine, ParseError> {
     let line = &buf[begin..end];
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(ParseError::StartLine("control character in start line"));
+    }
     if let Some(rest) = line.strip_prefix(b"SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
         let sp = memchr::memchr(b' ', rest)
@@ -308,6 +341,7 @@ impl Message {
             raw,
             start: head.start,
             start_line_span: head.start_line_span,
+            rows_start: head.rows_start as u32,
             rows: head.rows,
             head_end: head.head_end as u32,
             body,
@@ -391,6 +425,10 @@ impl Message {
 
     pub(crate) fn start_line_span(&self) -> Span {
         self.start_line_span
+    }
+
+    pub(crate) fn rows_start(&self) -> usize {
+        self.rows_start as usize
     }
 
     pub(crate) fn head_end(&self) -> usize {
@@ -560,6 +598,45 @@ impl Message {
     }
 }
 
+/// The keys an edge reads from every message to route it: top Via, Call-ID, CSeq, From
+/// tag, Request-URI host, Max-Forwards. Extracted without validating the rest of the
+/// message (that is [`crate::inspect::check_request`]'s job, once per new request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingKeys<'a> {
+    pub branch: Option<&'a str>,
+    pub sent_by_host: &'a str,
+    pub sent_by_port: Option<u16>,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    pub cseq_method: Method,
+    pub from_tag: Option<&'a str>,
+    /// Host of a sip/sips Request-URI (requests only).
+    pub request_uri_host: Option<&'a str>,
+    pub max_forwards: Option<u8>,
+}
+
+impl Message {
+    /// Reads the routing keys; fails if any of them is missing or malformed.
+    pub fn routing_keys(&self) -> Result<RoutingKeys<'_>, HeaderError> {
+        let via = self.top_via()?;
+        let cseq = self.cseq()?;
+        let from = self
+            .single(HeaderName::From)?
+            .ok_or(HeaderError::Missing("From"))?;
+        Ok(RoutingKeys {
+            branch: via.branch(),
+            sent_by_host: via.host,
+            sent_by_port: via.port,
+            call_id: self.call_id()?,
+            cseq: cseq.seq,
+            cseq_method: cseq.method,
+            from_tag: crate::headers::tag_of(from),
+            request_uri_host: self.request_uri_str().and_then(crate::uri::sip_host),
+            max_forwards: self.max_forwards()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,6 +672,17 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(m.expires().unwrap(), Some(7200));
         assert_eq!(m.body(), b"");
         assert_eq!(m.row_count(), 9);
+        let keys = m.routing_keys().unwrap();
+        assert_eq!(keys.branch, Some("z9hG4bK776asdhds"));
+        assert_eq!(
+            (keys.sent_by_host, keys.sent_by_port),
+            ("192.0.2.10", Some(5060))
+        );
+        assert_eq!(keys.call_id, "843817637684230@998sdasdh09");
+        assert_eq!((keys.cseq, keys.cseq_method), (1826, Method::Register));
+        assert_eq!(keys.from_tag, Some("456248"));
+        assert_eq!(keys.request_uri_host, Some("example.com"));
+        assert_eq!(keys.max_forwards, Some(70));
     }
 
     #[test]

@@ -9,7 +9,24 @@ pub(crate) fn is_lws(b: u8) -> bool {
 }
 
 pub(crate) fn trim_lws(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_ascii() && is_lws(c as u8))
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut end = b.len();
+    while start < end && is_lws(b[start]) {
+        start += 1;
+    }
+    while end > start && is_lws(b[end - 1]) {
+        end -= 1;
+    }
+    // LWS bytes are ASCII, so both ends are character boundaries.
+    &s[start..end]
+}
+
+/// Index of the first `byte` in `s`; a plain loop, faster than a SIMD search on the short
+/// strings header values are made of.
+#[inline]
+pub(crate) fn find_byte(s: &str, byte: u8) -> Option<usize> {
+    s.as_bytes().iter().position(|&b| b == byte)
 }
 
 /// Given `s` starting with `"`, the index just past the closing quote.
@@ -41,6 +58,21 @@ impl<'a> ListItems<'a> {
     }
 }
 
+const fn special_table(set: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < set.len() {
+        t[set[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Bytes that end or complicate a list item.
+static LIST_SPECIAL: [bool; 256] = special_table(b",\"<>");
+/// Bytes that end or complicate a parameter.
+static PARAM_SPECIAL: [bool; 256] = special_table(b";\"");
+
 impl<'a> Iterator for ListItems<'a> {
     type Item = &'a str;
 
@@ -50,6 +82,11 @@ impl<'a> Iterator for ListItems<'a> {
         let mut i = 0;
         let mut angle = false;
         while i < b.len() {
+            // Skip plain bytes quickly; only the specials need the state machine.
+            if !LIST_SPECIAL[b[i] as usize] {
+                i += 1;
+                continue;
+            }
             match b[i] {
                 b'"' if !angle => match quoted_end(&b[i..]) {
                     Some(n) => i += n,
@@ -123,21 +160,26 @@ impl<'a> Params<'a> {
 
     /// Checks every parameter is `token [= token / quoted-string / host]`.
     pub fn validate(&self) -> Result<(), String> {
-        for p in self.iter() {
-            if p.name.is_empty() || !p.name.bytes().all(is_token_byte) {
-                return Err(format!("bad parameter name {:?}", p.name));
-            }
-            if let Some(v) = p.value {
-                let ok = if v.starts_with('"') {
-                    quoted_end(v.as_bytes()) == Some(v.len())
-                } else {
-                    !v.is_empty()
-                        && v.bytes()
-                            .all(|b| is_token_byte(b) || matches!(b, b':' | b'[' | b']'))
-                };
-                if !ok {
-                    return Err(format!("bad value for parameter {}", p.name));
-                }
+        self.iter().try_for_each(|p| p.validate())
+    }
+}
+
+impl Param<'_> {
+    /// Checks the parameter is `token [= token / quoted-string / host]`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.bytes().all(is_token_byte) {
+            return Err(format!("bad parameter name {:?}", self.name));
+        }
+        if let Some(v) = self.value {
+            let ok = if v.starts_with('"') {
+                quoted_end(v.as_bytes()) == Some(v.len())
+            } else {
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|b| is_token_byte(b) || matches!(b, b':' | b'[' | b']'))
+            };
+            if !ok {
+                return Err(format!("bad value for parameter {}", self.name));
             }
         }
         Ok(())
@@ -160,6 +202,10 @@ impl<'a> Iterator for ParamIter<'a> {
         let b = self.rest.as_bytes();
         let mut i = 0;
         while i < b.len() && b[i] != b';' {
+            if !PARAM_SPECIAL[b[i] as usize] {
+                i += 1;
+                continue;
+            }
             if b[i] == b'"' {
                 i += quoted_end(&b[i..]).unwrap_or(b.len() - i);
             } else {
@@ -172,7 +218,7 @@ impl<'a> Iterator for ParamIter<'a> {
         } else {
             self.done = true;
         }
-        Some(match item.find('=') {
+        Some(match find_byte(item, b'=') {
             Some(eq) => Param {
                 name: trim_lws(&item[..eq]),
                 value: Some(trim_lws(&item[eq + 1..])),

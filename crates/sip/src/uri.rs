@@ -3,7 +3,7 @@
 //! §19.1.4 for SIP URIs and RFC 3966 §4 for tel URIs.
 
 use crate::error::HeaderError;
-use crate::scan::Params;
+use crate::scan::{Params, find_byte};
 
 /// A parsed URI borrowing from its source text.
 #[derive(Debug, Clone, Copy)]
@@ -49,16 +49,17 @@ impl<'a> Uri<'a> {
     /// Parses an absolute URI. Fails on whitespace, `<`/`>`, bad escapes, a bad host or
     /// port, or a scheme that is not `ALPHA *(ALPHA / DIGIT / "+" / "-" / ".")`.
     pub fn parse(s: &'a str) -> Result<Uri<'a>, HeaderError> {
-        if let Some(bad) = s
-            .bytes()
-            .find(|b| b.is_ascii_whitespace() || matches!(b, b'<' | b'>' | b'"') || *b < 0x20)
-        {
-            return Err(err(format!(
-                "character {:?} not allowed in URI",
-                bad as char
-            )));
+        // One pass: refuse white space, controls and delimiters, and find the scheme colon.
+        let mut colon = None;
+        for (i, &b) in s.as_bytes().iter().enumerate() {
+            if FORBIDDEN[b as usize] {
+                return Err(err(format!("character {:?} not allowed in URI", b as char)));
+            }
+            if b == b':' && colon.is_none() {
+                colon = Some(i);
+            }
         }
-        let colon = s.find(':').ok_or_else(|| err("no scheme"))?;
+        let colon = colon.ok_or_else(|| err("no scheme"))?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
         let sb = scheme.as_bytes();
@@ -123,7 +124,77 @@ impl<'a> Uri<'a> {
     }
 }
 
+const fn class_table(kind: u8) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let unreserved = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+            );
+        t[i] = match kind {
+            // Bytes no URI may contain: white space, controls, <, >, ".
+            0 => b <= 0x20 || b == 0x7f || matches!(b, b'<' | b'>' | b'"'),
+            // user = 1*( unreserved / escaped / user-unreserved )
+            1 => {
+                unreserved
+                    || matches!(
+                        b,
+                        b'%' | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/'
+                    )
+            }
+            // password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )
+            2 => unreserved || matches!(b, b'%' | b'&' | b'=' | b'+' | b'$' | b','),
+            // paramchar = param-unreserved / unreserved / escaped
+            3 => unreserved || matches!(b, b'%' | b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$'),
+            // hostname characters (IPv4 and names)
+            _ => b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'),
+        };
+        i += 1;
+    }
+    t
+}
+
+static FORBIDDEN: [bool; 256] = class_table(0);
+static USER: [bool; 256] = class_table(1);
+static PASSWORD: [bool; 256] = class_table(2);
+static PARAMCHAR: [bool; 256] = class_table(3);
+static HOSTCHAR: [bool; 256] = class_table(4);
+
+fn all_in(s: &str, table: &[bool; 256]) -> bool {
+    s.bytes().all(|b| table[b as usize])
+}
+
+/// The host of a `sip:`/`sips:` URI, found by structure only (no validation).
+pub fn sip_host(uri: &str) -> Option<&str> {
+    let b = uri.as_bytes();
+    let rest = if b.len() > 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
+        &uri[4..]
+    } else if b.len() > 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
+        &uri[5..]
+    } else {
+        return None;
+    };
+    let rest = match find_byte(rest, b'@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let end = if rest.starts_with('[') {
+        find_byte(rest, b']')? + 1
+    } else {
+        rest.bytes()
+            .position(|c| matches!(c, b':' | b';' | b'?'))
+            .unwrap_or(rest.len())
+    };
+    Some(&rest[..end]).filter(|h| !h.is_empty())
+}
+
 fn valid_escapes(s: &str) -> bool {
+    if find_byte(s, b'%').is_none() {
+        return true;
+    }
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -141,73 +212,47 @@ fn valid_escapes(s: &str) -> bool {
     true
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
-        )
-}
-
 fn parse_sip<'a>(raw: &'a str, secure: bool, rest: &'a str) -> Result<SipUri<'a>, HeaderError> {
-    let (userinfo, hostpart) = match rest.find('@') {
+    let (userinfo, hostpart) = match find_byte(rest, b'@') {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
     };
     let (user, password) = match userinfo {
         None => (None, None),
         Some(ui) => {
-            let (u, p) = match ui.find(':') {
+            let (u, p) = match find_byte(ui, b':') {
                 Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                 None => (ui, None),
             };
             if u.is_empty() {
                 return Err(err("empty user part before @"));
             }
-            let user_ok = u.bytes().all(|b| {
-                is_unreserved(b)
-                    || matches!(
-                        b,
-                        b'%' | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/'
-                    )
-            });
-            if !user_ok || !valid_escapes(u) {
+            if !all_in(u, &USER) || !valid_escapes(u) {
                 return Err(err(format!("bad character or escape in user part {u:?}")));
             }
             if let Some(p) = p {
-                let ok = p.bytes().all(|b| {
-                    is_unreserved(b) || matches!(b, b'%' | b'&' | b'=' | b'+' | b'$' | b',')
-                });
-                if !ok || !valid_escapes(p) {
+                if !all_in(p, &PASSWORD) || !valid_escapes(p) {
                     return Err(err("bad character or escape in password"));
                 }
             }
             (Some(u), p)
         }
     };
-    let (hostport_params, headers) = match hostpart.find('?') {
+    let (hostport_params, headers) = match find_byte(hostpart, b'?') {
         Some(q) => (&hostpart[..q], Some(&hostpart[q + 1..])),
         None => (hostpart, None),
     };
-    let (hostport, params) = match hostport_params.find(';') {
+    let (hostport, params) = match find_byte(hostport_params, b';') {
         Some(sc) => (&hostport_params[..sc], &hostport_params[sc + 1..]),
         None => (hostport_params, ""),
     };
     let (host, port) = split_host_port(hostport)?;
     let params = Params::new(params);
     for p in params.iter() {
-        let name_ok = !p.name.is_empty()
-            && p.name.bytes().all(|b| {
-                is_unreserved(b)
-                    || matches!(b, b'%' | b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
-            });
-        let value_ok = p.value.is_none_or(|v| {
-            !v.is_empty()
-                && v.bytes().all(|b| {
-                    is_unreserved(b)
-                        || matches!(b, b'%' | b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
-                })
-        });
+        let name_ok = !p.name.is_empty() && all_in(p.name, &PARAMCHAR);
+        let value_ok = p
+            .value
+            .is_none_or(|v| !v.is_empty() && all_in(v, &PARAMCHAR));
         if !name_ok || !value_ok {
             return Err(err(format!("bad URI parameter {:?}", p.name)));
         }
@@ -240,9 +285,7 @@ fn parse_sip<'a>(raw: &'a str, secure: bool, rest: &'a str) -> Result<SipUri<'a>
 /// Splits `host[:port]`, validating both. IPv6 references keep their brackets.
 pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), HeaderError> {
     let (host, port) = if s.starts_with('[') {
-        let close = s
-            .find(']')
-            .ok_or_else(|| err("unterminated IPv6 reference"))?;
+        let close = find_byte(s, b']').ok_or_else(|| err("unterminated IPv6 reference"))?;
         let inner = &s[1..close];
         if inner.is_empty() || inner.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(err(format!("bad IPv6 address {inner:?}")));
@@ -255,7 +298,7 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), HeaderErro
         };
         (&s[..=close], port)
     } else {
-        match s.rfind(':') {
+        match s.as_bytes().iter().rposition(|&b| b == b':') {
             Some(c) => (&s[..c], Some(&s[c + 1..])),
             None => (s, None),
         }
@@ -263,9 +306,7 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), HeaderErro
     if !s.starts_with('[') {
         let hb = host.as_bytes();
         if hb.is_empty()
-            || !hb
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            || !hb.iter().all(|&b| HOSTCHAR[b as usize])
             || hb[0] == b'.'
             || hb[0] == b'-'
         {
@@ -278,7 +319,7 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), HeaderErro
             if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(err(format!("bad port {p:?}")));
             }
-            let n: u32 = p.parse().map_err(|_| err(format!("bad port {p:?}")))?;
+            let n = p.bytes().fold(0u32, |n, b| n * 10 + u32::from(b - b'0'));
             Some(u16::try_from(n).map_err(|_| err(format!("port {n} out of range")))?)
         }
     };
@@ -286,7 +327,7 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), HeaderErro
 }
 
 fn parse_tel<'a>(raw: &'a str, rest: &'a str) -> Result<TelUri<'a>, HeaderError> {
-    let (number, params) = match rest.find(';') {
+    let (number, params) = match find_byte(rest, b';') {
         Some(sc) => (&rest[..sc], &rest[sc + 1..]),
         None => (rest, ""),
     };
@@ -524,6 +565,21 @@ mod tests {
         ));
         assert!(!eq("tel:+12015550123", "tel:+12015550124"));
         assert!(!eq("tel:7042;phone-context=example.com", "tel:7042"));
+    }
+
+    #[test]
+    fn sip_host_by_structure_agrees_with_the_parser() {
+        for u in [
+            "sip:alice@atlanta.com",
+            "sips:[2001:db8::1]:5061;transport=tcp",
+            "sip:biloxi.com;transport=tcp?to=sip:bob%40biloxi.com",
+            "sip:user;par=u%40example.net@example.com",
+            "SIP:ALICE@AtLanTa.CoM:5060",
+        ] {
+            assert_eq!(sip_host(u), Uri::parse(u).unwrap().host(), "{u}");
+        }
+        assert_eq!(sip_host("tel:+1555"), None);
+        assert_eq!(sip_host("sip:"), None);
     }
 
     #[test]
