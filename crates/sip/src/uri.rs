@@ -230,10 +230,10 @@ fn parse_sip<'a>(raw: &'a str, secure: bool, rest: &'a str) -> Result<SipUri<'a>
             if !all_in(u, &USER) || !valid_escapes(u) {
                 return Err(err(format!("bad character or escape in user part {u:?}")));
             }
-            if let Some(p) = p {
-                if !all_in(p, &PASSWORD) || !valid_escapes(p) {
-                    return Err(err("bad character or escape in password"));
-                }
+            if let Some(p) = p
+                && (!all_in(p, &PASSWORD) || !valid_escapes(p))
+            {
+                return Err(err("bad character or escape in password"));
             }
             (Some(u), p)
         }
