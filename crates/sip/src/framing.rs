@@ -92,9 +92,7 @@ impl StreamFramer {
             return Ok(None);
         }
         let raw = self.buf.split_to(total).freeze();
-        Ok(Some(Frame::Message(Message::from_head(
-            raw, head, declared,
-        ))))
+        Message::from_head(raw, head, declared).map(|m| Some(Frame::Message(m)))
     }
 }
 

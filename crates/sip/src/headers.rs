@@ -55,25 +55,42 @@ pub struct Via<'a> {
     maddr: Option<&'a str>,
 }
 
+fn skip_lws(s: &str) -> &str {
+    let n = s.bytes().take_while(|&b| is_lws(b)).count();
+    &s[n..]
+}
+
 fn take_token(s: &str) -> (&str, &str) {
-    let s = s.trim_start_matches(|c: char| c.is_ascii() && is_lws(c as u8));
+    let s = skip_lws(s);
     let n = s.bytes().take_while(|&b| is_token_byte(b)).count();
     (&s[..n], &s[n..])
 }
 
-fn expect_char(s: &str, c: char) -> Option<&str> {
-    s.trim_start_matches(|c: char| c.is_ascii() && is_lws(c as u8))
-        .strip_prefix(c)
+fn expect_char(s: &str, c: u8) -> Option<&str> {
+    let s = skip_lws(s);
+    (s.as_bytes().first() == Some(&c)).then(|| &s[1..])
+}
+
+/// `SIP/2.0/TRANSPORT` as almost every sender writes it, or the general form with LWS
+/// around the slashes: (protocol, version, transport, rest).
+fn sent_protocol(v: &str) -> Option<(&str, &str, &str, &str)> {
+    if let Some(rest) = v.strip_prefix("SIP/2.0/") {
+        let (transport, after) = take_token(rest);
+        return Some((&v[..3], &v[4..7], transport, after));
+    }
+    let (protocol, rest) = take_token(v);
+    let rest = expect_char(rest, b'/')?;
+    let (version, rest) = take_token(rest);
+    let rest = expect_char(rest, b'/')?;
+    let (transport, rest) = take_token(rest);
+    Some((protocol, version, transport, rest))
 }
 
 impl<'a> Via<'a> {
     pub fn parse(v: &'a str) -> Result<Via<'a>, HeaderError> {
         let bad = |what: &str| HeaderError::malformed("Via", what.to_owned());
-        let (protocol, rest) = take_token(v);
-        let rest = expect_char(rest, '/').ok_or_else(|| bad("sent-protocol lacks '/'"))?;
-        let (version, rest) = take_token(rest);
-        let rest = expect_char(rest, '/').ok_or_else(|| bad("sent-protocol lacks '/'"))?;
-        let (transport, rest) = take_token(rest);
+        let (protocol, version, transport, rest) =
+            sent_protocol(v).ok_or_else(|| bad("sent-protocol lacks '/'"))?;
         if protocol.is_empty() || version.is_empty() || transport.is_empty() {
             return Err(bad("incomplete sent-protocol"));
         }
@@ -105,7 +122,7 @@ impl<'a> Via<'a> {
         // One pass over the parameters: validate each and keep the ones routing reads.
         let params = Params::new(params);
         let (mut branch, mut received, mut rport, mut maddr) = (None, None, None, None);
-        if find_byte(rest, b';').is_some() {
+        if !params.as_str().is_empty() || rest.ends_with(';') {
             for p in params.iter() {
                 p.validate().map_err(|e| bad(&e))?;
                 if p.name.eq_ignore_ascii_case("branch") {

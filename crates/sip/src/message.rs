@@ -6,6 +6,7 @@
 //! does not read, and an untouched header is re-sent byte for byte.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::error::{HeaderError, ParseError};
 use crate::header_name::HeaderName;
@@ -61,11 +62,18 @@ pub struct HeaderRow {
 #[derive(Debug, Clone)]
 pub struct Message {
     raw: Bytes,
+    /// `raw[..head_end]` checked as UTF-8 once, so reading a header is a slice, not a
+    /// second validation. Shares `raw`'s buffer.
+    head: ByteString,
     start: StartLine,
     start_line_span: Span,
     /// Index just past the start line's terminator (where the first row begins).
     rows_start: u32,
     rows: Vec<HeaderRow>,
+    /// First row index of each hot header (`NO_ROW` when absent).
+    hot_first: [u16; HOT],
+    /// Bit `i` set: hot header `i` has more than one row.
+    hot_repeated: u8,
     /// Where the empty line that ends the head starts.
     head_end: u32,
     body: Span,
@@ -77,10 +85,31 @@ pub(crate) struct Head {
     start_line_span: Span,
     rows_start: usize,
     rows: Vec<HeaderRow>,
+    hot_first: [u16; HOT],
+    hot_repeated: u8,
     head_end: usize,
     /// Index just past the empty line.
     body_start: usize,
     content_length: Option<usize>,
+}
+
+/// Headers every message is asked for: their first row and whether they repeat are
+/// recorded while parsing, so reading them does not scan the row table.
+const HOT: usize = 8;
+const NO_ROW: u16 = u16::MAX;
+
+fn hot_slot(name: HeaderName) -> Option<usize> {
+    Some(match name {
+        HeaderName::Via => 0,
+        HeaderName::From => 1,
+        HeaderName::To => 2,
+        HeaderName::CallId => 3,
+        HeaderName::CSeq => 4,
+        HeaderName::MaxForwards => 5,
+        HeaderName::Contact => 6,
+        HeaderName::ContentLength => 7,
+        _ => return None,
+    })
 }
 
 /// Longest Content-Length we accept; larger is a framing error on any transport.
@@ -112,6 +141,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
     let rows_start = pos;
     // Find the empty line first so the whole head is validated as UTF-8 in one pass.
     let mut rows: Vec<HeaderRow> = Vec::with_capacity(16);
+    let mut hot_first = [NO_ROW; HOT];
+    let mut hot_repeated = 0u8;
     let head_end;
     loop {
         let (end, next) = line_end(buf, pos).ok_or(ParseError::Incomplete)?;
@@ -155,6 +186,13 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
                 });
             }
             let i = colon;
+            if let Some(h) = hot_slot(name) {
+                if hot_first[h] == NO_ROW {
+                    hot_first[h] = u16::try_from(rows.len()).unwrap_or(NO_ROW - 1);
+                } else {
+                    hot_repeated |= 1 << h;
+                }
+            }
             let rest = &line[i + 1..];
             let vstart = pos + i + 1 + leading_ws(rest);
             let vend = (end - trailing_ws(rest)).max(vstart);
@@ -167,12 +205,6 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
             });
         }
         pos = next;
-    }
-    let head = &buf[begin..head_end];
-    if !head.is_ascii()
-        && let Err(e) = std::str::from_utf8(head)
-    {
-        return Err(ParseError::NotUtf8(begin + e.valid_up_to()));
     }
     let start = parse_start_line(buf, begin, sl_end)?;
     let mut content_length = None;
@@ -216,6 +248,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
         start_line_span: Span::new(begin, sl_end),
         rows_start,
         rows,
+        hot_first,
+        hot_repeated,
         head_end,
         body_start: pos,
         content_length,
@@ -332,20 +366,29 @@ impl Message {
             Some(declared) => declared,
             None => available,
         };
-        Ok(Message::from_head(raw, head, body_len))
+        Message::from_head(raw, head, body_len)
     }
 
-    pub(crate) fn from_head(raw: Bytes, head: Head, body_len: usize) -> Message {
+    pub(crate) fn from_head(
+        raw: Bytes,
+        head: Head,
+        body_len: usize,
+    ) -> Result<Message, ParseError> {
         let body = Span::new(head.body_start, head.body_start + body_len);
-        Message {
+        let text = ByteString::try_from(raw.slice(..head.head_end))
+            .map_err(|e| ParseError::NotUtf8(e.valid_up_to()))?;
+        Ok(Message {
+            head: text,
             raw,
             start: head.start,
             start_line_span: head.start_line_span,
             rows_start: head.rows_start as u32,
             rows: head.rows,
+            hot_first: head.hot_first,
+            hot_repeated: head.hot_repeated,
             head_end: head.head_end as u32,
             body,
-        }
+        })
     }
 
     pub(crate) fn head_content_length(head: &Head) -> Option<usize> {
@@ -415,8 +458,9 @@ impl Message {
     }
 
     pub(crate) fn text(&self, span: Span) -> &str {
-        // The head was validated as UTF-8 and spans start and end at ASCII delimiters.
-        std::str::from_utf8(&self.raw[span.range()]).unwrap_or_default()
+        // Spans lie in the head and start and end at ASCII delimiters, so they are
+        // character boundaries; `get` keeps that an invariant checked, not assumed.
+        self.head.get(span.range()).unwrap_or_default()
     }
 
     pub(crate) fn rows_slice(&self) -> &[HeaderRow] {
@@ -454,7 +498,12 @@ impl Message {
     /// The raw values of every row with this name, in order. Folded values keep their
     /// line breaks; decoders treat them as white space.
     pub fn header_rows(&self, name: HeaderName) -> impl Iterator<Item = &str> + '_ {
-        self.rows
+        let from = match hot_slot(name) {
+            Some(h) if self.hot_first[h] == NO_ROW => self.rows.len(),
+            Some(h) => usize::from(self.hot_first[h]),
+            None => 0,
+        };
+        self.rows[from.min(self.rows.len())..]
             .iter()
             .filter(move |r| r.name == name)
             .map(|r| self.text(r.value_span))
@@ -477,6 +526,18 @@ impl Message {
 
     /// The single value of a header that may appear once; an error if it appears more.
     pub fn single(&self, name: HeaderName) -> Result<Option<&str>, HeaderError> {
+        if let Some(h) = hot_slot(name)
+            && usize::from(self.hot_first[h]) < self.rows.len()
+        {
+            if self.hot_repeated & (1 << h) != 0 {
+                return Err(HeaderError::Multiple(
+                    name.canonical().unwrap_or("extension"),
+                ));
+            }
+            return Ok(Some(
+                self.text(self.rows[usize::from(self.hot_first[h])].value_span),
+            ));
+        }
         let mut rows = self.header_rows(name);
         let first = rows.next();
         if rows.next().is_some() {
@@ -718,6 +779,31 @@ Content-Length: 0\r\n\r\n";
             parse("OPTIONS sip:a@b SIP/7.0\r\n\r\n"),
             Err(ParseError::Version(v)) if v == "SIP/7.0"
         ));
+    }
+
+    #[test]
+    fn heads_must_be_utf8_and_repeated_single_headers_are_caught() {
+        let bad = REGISTER.replace(
+            "Bob <sip:bob@example.com>;tag",
+            "B\u{fffd}b <sip:bob@example.com>;tag",
+        );
+        let mut bytes = bad.into_bytes();
+        let at = bytes
+            .windows(3)
+            .position(|w| w == "\u{fffd}".as_bytes())
+            .unwrap();
+        bytes[at] = 0xff;
+        assert!(matches!(
+            Message::parse_datagram(Bytes::from(bytes)),
+            Err(ParseError::NotUtf8(_))
+        ));
+        let twice = parse(&REGISTER.replace(
+            "CSeq: 1826 REGISTER",
+            "CSeq: 1826 REGISTER\r\nCSeq: 1827 REGISTER",
+        ))
+        .unwrap();
+        assert_eq!(twice.cseq().unwrap_err(), HeaderError::Multiple("CSeq"));
+        assert_eq!(twice.header_rows(HeaderName::CSeq).count(), 2);
     }
 
     #[test]
