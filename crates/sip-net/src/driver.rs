@@ -50,7 +50,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), TxError>>,
     },
     SendRequest {
-        request: Message,
+        request: Box<Message>,
         peer: Peer,
         reply: oneshot::Sender<Result<TxId, TxError>>,
     },
@@ -130,7 +130,7 @@ pub fn spawn_driver(
                         }
                         Command::SendRequest { request, peer, reply } => {
                             let reliable = peer.transport.is_stream();
-                            let _ = reply.send(layer.send_request(request, peer, reliable, now));
+                            let _ = reply.send(layer.send_request(*request, peer, reliable, now));
                         }
                     }
                 }
