@@ -93,7 +93,7 @@ impl DriverHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::SendRequest {
-                request,
+                request: Box::new(request),
                 peer,
                 reply,
             })
