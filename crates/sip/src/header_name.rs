@@ -444,6 +444,15 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_cr_never_passes_for_a_dash() {
+        assert_eq!(
+            HeaderName::from_bytes(b"Content\rLength"),
+            HeaderName::Other
+        );
+        assert_eq!(HeaderName::from_bytes(b"V\xc3\xa1"), HeaderName::Other);
+    }
+
+    #[test]
     fn names_match_in_any_case_and_unknown_names_are_other() {
         assert_eq!(
             HeaderName::from_bytes(b"MaX-fOrWaRdS"),

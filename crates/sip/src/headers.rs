@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::error::HeaderError;
 use crate::method::{Method, is_token, is_token_byte};
-use crate::scan::{Params, find_byte, is_lws, quoted_end, trim_lws, unquote};
+use crate::scan::{Params, SimpleParams, find_byte, is_lws, quoted_end, trim_lws, unquote};
 use crate::uri::{Uri, split_host_port};
 
 /// Parses a decimal scalar that must fit in 32 bits. Leading zeros are allowed
@@ -122,28 +122,36 @@ impl<'a> Via<'a> {
         // One pass over the parameters: validate each and keep the ones routing reads.
         let params = Params::new(params);
         let (mut branch, mut received, mut rport, mut maddr) = (None, None, None, None);
-        if !params.as_str().is_empty() || rest.ends_with(';') {
+        let mut keep = |name: &'a str, value: Option<&'a str>| -> Result<(), HeaderError> {
+            if name.eq_ignore_ascii_case("branch") {
+                match value {
+                    Some(b) if is_token(b) => branch = branch.or(Some(b)),
+                    _ => return Err(bad("branch must be a token")),
+                }
+            } else if name.eq_ignore_ascii_case("rport") {
+                let port = match value {
+                    None => None,
+                    Some(v) => Some(
+                        v.parse::<u16>()
+                            .map_err(|_| bad("rport is not a port number"))?,
+                    ),
+                };
+                rport = rport.or(Some(port));
+            } else if name.eq_ignore_ascii_case("received") {
+                received = received.or(value);
+            } else if name.eq_ignore_ascii_case("maddr") {
+                maddr = maddr.or(value);
+            }
+            Ok(())
+        };
+        if let Some(simple) = SimpleParams::parse(params.as_str()) {
+            for (name, value) in simple.iter() {
+                keep(name, value)?;
+            }
+        } else if !params.as_str().is_empty() || rest.ends_with(';') {
             for p in params.iter() {
                 p.validate().map_err(|e| bad(&e))?;
-                if p.name.eq_ignore_ascii_case("branch") {
-                    match p.value {
-                        Some(b) if is_token(b) => branch = branch.or(Some(b)),
-                        _ => return Err(bad("branch must be a token")),
-                    }
-                } else if p.name.eq_ignore_ascii_case("rport") {
-                    let port = match p.value {
-                        None => None,
-                        Some(v) => Some(
-                            v.parse::<u16>()
-                                .map_err(|_| bad("rport is not a port number"))?,
-                        ),
-                    };
-                    rport = rport.or(Some(port));
-                } else if p.name.eq_ignore_ascii_case("received") {
-                    received = received.or(p.value);
-                } else if p.name.eq_ignore_ascii_case("maddr") {
-                    maddr = maddr.or(p.value);
-                }
+                keep(p.name, p.value)?;
             }
         }
         Ok(Via {
@@ -287,7 +295,12 @@ impl<'a> NameAddr<'a> {
         Uri::parse(uri_str).map_err(|e| bad(e.to_string()))?;
         let params = Params::new(params);
         let mut tag = None;
-        if !params.as_str().is_empty() || s.ends_with(';') {
+        if let Some(simple) = SimpleParams::parse(params.as_str()) {
+            tag = simple
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("tag"))
+                .and_then(|(_, v)| v);
+        } else if !params.as_str().is_empty() || s.ends_with(';') {
             for p in params.iter() {
                 p.validate().map_err(bad)?;
                 if tag.is_none() && p.name.eq_ignore_ascii_case("tag") {
@@ -345,7 +358,14 @@ pub fn tag_of(value: &str) -> Option<&str> {
         None => i,
     };
     let semi = params_from + b[params_from..].iter().position(|&c| c == b';')?;
-    Params::new(&value[semi + 1..])
+    let params = &value[semi + 1..];
+    if let Some(simple) = SimpleParams::parse(params) {
+        return simple
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("tag"))
+            .and_then(|(_, v)| v);
+    }
+    Params::new(params)
         .iter()
         .find(|p| p.name.eq_ignore_ascii_case("tag"))
         .and_then(|p| p.value)
@@ -360,6 +380,28 @@ pub struct CSeq {
 
 impl CSeq {
     pub fn parse(v: &str) -> Result<CSeq, HeaderError> {
+        // Fast path: `digits SP token`, as nearly every sender writes it.
+        let b = v.as_bytes();
+        let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        if (1..=10).contains(&digits)
+            && b.get(digits) == Some(&b' ')
+            && b.len() > digits + 1
+            && b[digits + 1..].iter().all(|&c| is_token_byte(c))
+        {
+            let seq = b[..digits]
+                .iter()
+                .fold(0u64, |n, c| n * 10 + u64::from(c - b'0'));
+            if seq < 1 << 31 {
+                return Ok(CSeq {
+                    seq: seq as u32,
+                    method: Method::from_token(&v[digits + 1..]),
+                });
+            }
+        }
+        Self::parse_general(v)
+    }
+
+    fn parse_general(v: &str) -> Result<CSeq, HeaderError> {
         let t = trim_lws(v);
         let split = t
             .find(|c: char| c.is_ascii() && is_lws(c as u8))

@@ -521,7 +521,13 @@ impl Message {
 
     /// The first row's value.
     pub fn header(&self, name: HeaderName) -> Option<&str> {
-        self.header_rows(name).next()
+        match hot_slot(name) {
+            Some(h) => self
+                .rows
+                .get(usize::from(self.hot_first[h]))
+                .map(|r| self.text(r.value_span)),
+            None => self.header_rows(name).next(),
+        }
     }
 
     /// The single value of a header that may appear once; an error if it appears more.
@@ -586,11 +592,16 @@ impl Message {
 
     /// The first Via value (of the first Via row).
     pub fn top_via(&self) -> Result<Via<'_>, HeaderError> {
-        Via::parse(
-            self.values(HeaderName::Via)
-                .next()
-                .ok_or(HeaderError::Missing("Via"))?,
-        )
+        let row = self
+            .header(HeaderName::Via)
+            .ok_or(HeaderError::Missing("Via"))?;
+        // Most rows hold one value: no comma or quote means no splitting to do.
+        let top = if row.bytes().any(|b| b == b',' || b == b'"') {
+            ListItems::new(row).next().unwrap_or_default()
+        } else {
+            row
+        };
+        Via::parse(top)
     }
 
     /// Every Via value, top first.

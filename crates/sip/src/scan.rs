@@ -231,6 +231,76 @@ impl<'a> Iterator for ParamIter<'a> {
     }
 }
 
+const fn param_value_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = crate::method::is_token_byte_const(b) || matches!(b, b':' | b'[' | b']');
+        i += 1;
+    }
+    t
+}
+
+/// Bytes of an unquoted parameter value: token characters plus `:`, `[`, `]` (hosts).
+static PARAM_VALUE: [bool; 256] = param_value_table();
+
+/// Parameters in the plain form almost every sender uses (`name[=value]` joined by `;`,
+/// no white space, no quotes), split and validated in one pass. `None` when the text
+/// needs the general scanner ([`Params::iter`]), which also names any defect.
+#[derive(Debug)]
+pub(crate) struct SimpleParams<'a> {
+    items: [(&'a str, Option<&'a str>); 8],
+    len: usize,
+}
+
+impl<'a> SimpleParams<'a> {
+    pub(crate) fn parse(s: &'a str) -> Option<SimpleParams<'a>> {
+        let b = s.as_bytes();
+        let mut out = SimpleParams {
+            items: [("", None); 8],
+            len: 0,
+        };
+        let mut i = 0;
+        loop {
+            let start = i;
+            while i < b.len() && is_token_byte(b[i]) {
+                i += 1;
+            }
+            if i == start || out.len == out.items.len() {
+                return None;
+            }
+            let name = &s[start..i];
+            let value = if i < b.len() && b[i] == b'=' {
+                i += 1;
+                let vstart = i;
+                while i < b.len() && PARAM_VALUE[b[i] as usize] {
+                    i += 1;
+                }
+                if i == vstart {
+                    return None;
+                }
+                Some(&s[vstart..i])
+            } else {
+                None
+            };
+            out.items[out.len] = (name, value);
+            out.len += 1;
+            if i == b.len() {
+                return Some(out);
+            }
+            if b[i] != b';' {
+                return None;
+            }
+            i += 1;
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + '_ {
+        self.items[..self.len].iter().copied()
+    }
+}
+
 /// Removes the surrounding quotes and backslash escapes of a quoted string.
 pub fn unquote(s: &str) -> std::borrow::Cow<'_, str> {
     let inner = s
@@ -286,6 +356,23 @@ mod tests {
         assert!(p.validate().is_ok());
         assert!(Params::new(";").validate().is_err());
         assert!(Params::new("a=").validate().is_err());
+    }
+
+    #[test]
+    fn simple_params_take_the_plain_form_and_leave_the_rest() {
+        let p = SimpleParams::parse("branch=z9hG4bK1;rport;received=[2001:db8::1]").unwrap();
+        let items: Vec<_> = p.iter().collect();
+        assert_eq!(
+            items,
+            [
+                ("branch", Some("z9hG4bK1")),
+                ("rport", None),
+                ("received", Some("[2001:db8::1]"))
+            ]
+        );
+        for general in ["a = b", "x=\"q\"", ";", "a=", "a;;b", "a;"] {
+            assert!(SimpleParams::parse(general).is_none(), "{general}");
+        }
     }
 
     #[test]
