@@ -424,8 +424,12 @@ impl SipUri<'_> {
                 _ => return false,
             }
         }
-        // Any other parameter present on both sides must match.
-        for p in self.params.iter() {
+        // Any other parameter present on both sides must match. A name given twice is
+        // judged by its first occurrence, as `get` reads it (found by the URI fuzzer).
+        for (i, p) in self.params.iter().enumerate() {
+            if self.params.iter().take(i).any(|q| q.name.eq_ignore_ascii_case(p.name)) {
+                continue;
+            }
             if let Some(v) = other.params.get(p.name)
                 && !opt_escaped_eq(p.value, v, true)
             {
@@ -546,6 +550,14 @@ mod tests {
             "sip:alice@atlanta.com;maddr=10.0.0.1",
             "sip:alice@atlanta.com"
         ));
+    }
+
+    #[test]
+    fn duplicate_parameters_keep_equivalence_reflexive_and_symmetric() {
+        let dup = "sip:u@example.com:6000;p=a;x=1;p=b";
+        assert!(eq(dup, dup));
+        assert!(eq(dup, "sip:u@example.com:6000;p=a"));
+        assert!(!eq(dup, "sip:u@example.com:6000;p=b"));
     }
 
     #[test]
