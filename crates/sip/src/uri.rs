@@ -427,7 +427,12 @@ impl SipUri<'_> {
         // Any other parameter present on both sides must match. A name given twice is
         // judged by its first occurrence, as `get` reads it (found by the URI fuzzer).
         for (i, p) in self.params.iter().enumerate() {
-            if self.params.iter().take(i).any(|q| q.name.eq_ignore_ascii_case(p.name)) {
+            if self
+                .params
+                .iter()
+                .take(i)
+                .any(|q| q.name.eq_ignore_ascii_case(p.name))
+            {
                 continue;
             }
             if let Some(v) = other.params.get(p.name)

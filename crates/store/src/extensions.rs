@@ -1,0 +1,278 @@
+//! Extension ranges and extensions. Allocation of "the next free number of range R" is
+//! safe under any concurrency: the tenant's row is locked (PostgreSQL) or the write
+//! transaction is exclusive (SQLite) while the gap is found, and a unique constraint on
+//! (tenant, number) backs it.
+
+use switchyard_sip::digest::{Algorithm, ha1};
+
+use crate::tenants::bump_version;
+use crate::{
+    Extension, ExtensionRange, NewExtension, Result, Store, StoreError, Tenant, in_tx, new_id,
+    on_pool,
+};
+
+const MAX_NUMBER: i64 = 99_999_999;
+
+fn check_username(u: &str) -> Result<()> {
+    let ok = (1..=64).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "username",
+            "1 to 64 of A-Z a-z 0-9 . _ - +",
+        ))
+    }
+}
+
+/// The smallest number of `first..=last` not in `used` (sorted ascending).
+fn first_gap(first: i64, last: i64, used: &[i64]) -> Option<i64> {
+    let mut candidate = first;
+    for &n in used {
+        if n < candidate {
+            continue;
+        }
+        if n > candidate {
+            break;
+        }
+        candidate += 1;
+    }
+    (candidate <= last).then_some(candidate)
+}
+
+impl Store {
+    /// Adds a range of extension numbers; ranges of one tenant never overlap.
+    pub async fn add_extension_range(
+        &self,
+        tenant_id: &str,
+        first: i64,
+        last: i64,
+    ) -> Result<ExtensionRange> {
+        if !(1..=MAX_NUMBER).contains(&first) || !(1..=MAX_NUMBER).contains(&last) {
+            return Err(StoreError::invalid(
+                "first_number",
+                format!("numbers must be between 1 and {MAX_NUMBER}"),
+            ));
+        }
+        if first > last {
+            return Err(StoreError::invalid(
+                "last_number",
+                "must not be below first_number",
+            ));
+        }
+        let range = ExtensionRange {
+            id: new_id(),
+            tenant_id: tenant_id.to_owned(),
+            first_number: first,
+            last_number: last,
+        };
+        let now = self.now();
+        let r = &range;
+        in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "extension_range.created", now);
+            let overlapping: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM extension_ranges WHERE tenant_id = $1 AND first_number <= $2 AND last_number >= $3 LIMIT 1",
+            )
+            .bind(tenant_id)
+            .bind(last)
+            .bind(first)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if overlapping.is_some() {
+                return Err(StoreError::Conflict {
+                    what: format!("range {first}-{last} overlaps an existing range of this tenant"),
+                });
+            }
+            sqlx::query("INSERT INTO extension_ranges (id, tenant_id, first_number, last_number) VALUES ($1, $2, $3, $4)")
+                .bind(&r.id)
+                .bind(&r.tenant_id)
+                .bind(r.first_number)
+                .bind(r.last_number)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_write)?;
+        });
+        Ok(range)
+    }
+
+    pub async fn extension_ranges(&self, tenant_id: &str) -> Result<Vec<ExtensionRange>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM extension_ranges WHERE tenant_id = $1 ORDER BY first_number",
+            )
+            .bind(tenant_id)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Creates an extension with the given number, or the next free one of the range.
+    /// The password is kept only as HA1 digests for the tenant's realm (its domain).
+    pub async fn create_extension(&self, tenant_id: &str, new: &NewExtension) -> Result<Extension> {
+        if new.password.len() < 8 || new.password.len() > 128 {
+            return Err(StoreError::invalid(
+                "password",
+                "must be 8 to 128 characters",
+            ));
+        }
+        if new.display_name.chars().count() > 100 {
+            return Err(StoreError::invalid(
+                "display_name",
+                "at most 100 characters",
+            ));
+        }
+        if let Some(u) = &new.username {
+            check_username(u)?;
+        }
+        let now = self.now();
+        let id = new_id();
+        Ok(in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "extension.created", now);
+            let tenant: Tenant = sqlx::query_as("SELECT * FROM tenants WHERE id = $1")
+                .bind(tenant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM extensions WHERE tenant_id = $1")
+                    .bind(tenant_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if count >= tenant.max_extensions {
+                return Err(StoreError::Conflict {
+                    what: format!(
+                        "the tenant has its maximum of {} extensions",
+                        tenant.max_extensions
+                    ),
+                });
+            }
+            let range: ExtensionRange =
+                sqlx::query_as("SELECT * FROM extension_ranges WHERE id = $1 AND tenant_id = $2")
+                    .bind(&new.range_id)
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::NotFound {
+                        what: "extension range",
+                    })?;
+            let number = match new.number {
+                Some(n) if (range.first_number..=range.last_number).contains(&n) => n,
+                Some(_) => {
+                    return Err(StoreError::invalid(
+                        "number",
+                        format!(
+                            "must lie in the range {}-{}",
+                            range.first_number, range.last_number
+                        ),
+                    ));
+                }
+                None => {
+                    let used: Vec<i64> = sqlx::query_scalar(
+                        "SELECT number FROM extensions WHERE tenant_id = $1 AND number BETWEEN $2 AND $3 ORDER BY number",
+                    )
+                    .bind(tenant_id)
+                    .bind(range.first_number)
+                    .bind(range.last_number)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    first_gap(range.first_number, range.last_number, &used).ok_or_else(|| {
+                        StoreError::Exhausted {
+                            what: format!(
+                                "no free number in range {}-{}",
+                                range.first_number, range.last_number
+                            ),
+                        }
+                    })?
+                }
+            };
+            let username = new.username.clone().unwrap_or_else(|| number.to_string());
+            let ext = Extension {
+                id: id.clone(),
+                tenant_id: tenant_id.to_owned(),
+                range_id: range.id.clone(),
+                number,
+                display_name: new.display_name.clone(),
+                ha1_md5: ha1(Algorithm::Md5, &username, &tenant.domain, &new.password),
+                ha1_sha256: ha1(Algorithm::Sha256, &username, &tenant.domain, &new.password),
+                username,
+                voicemail: new.voicemail,
+                max_registrations: 3,
+                created_at: now,
+            };
+            sqlx::query(
+                "INSERT INTO extensions (id, tenant_id, range_id, number, display_name, username, ha1_md5, \
+                 ha1_sha256, voicemail, max_registrations, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            )
+            .bind(&ext.id)
+            .bind(&ext.tenant_id)
+            .bind(&ext.range_id)
+            .bind(ext.number)
+            .bind(&ext.display_name)
+            .bind(&ext.username)
+            .bind(&ext.ha1_md5)
+            .bind(&ext.ha1_sha256)
+            .bind(ext.voicemail)
+            .bind(ext.max_registrations)
+            .bind(ext.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_write)?;
+            ext
+        }))
+    }
+
+    pub async fn extensions(&self, tenant_id: &str) -> Result<Vec<Extension>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM extensions WHERE tenant_id = $1 ORDER BY number")
+                .bind(tenant_id)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// The extension a SIP username names in a tenant (what the registrar looks up).
+    pub async fn extension_by_username(
+        &self,
+        tenant_id: &str,
+        username: &str,
+    ) -> Result<Extension> {
+        let e: Option<Extension> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM extensions WHERE tenant_id = $1 AND username = $2")
+                .bind(tenant_id)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
+        e.ok_or(StoreError::NotFound { what: "extension" })
+    }
+
+    pub async fn delete_extension(&self, tenant_id: &str, extension_id: &str) -> Result<()> {
+        let now = self.now();
+        in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "extension.deleted", now);
+            let done = sqlx::query("DELETE FROM extensions WHERE id = $1 AND tenant_id = $2")
+                .bind(extension_id)
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "extension" });
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_gap;
+
+    #[test]
+    fn first_gap_finds_the_smallest_free_number() {
+        assert_eq!(first_gap(100, 105, &[]), Some(100));
+        assert_eq!(first_gap(100, 105, &[100, 101, 103]), Some(102));
+        assert_eq!(first_gap(100, 102, &[100, 101, 102]), None);
+        assert_eq!(first_gap(100, 105, &[50, 100]), Some(101));
+    }
+}

@@ -1,0 +1,192 @@
+//! The tenant configuration store: schema and migrations, typed repositories, race-safe
+//! allocation of extension numbers and DIDs, config snapshots, and the outbox of change
+//! events, on SQLite (embedded default) or PostgreSQL (cluster).
+//!
+//! Every write runs in one transaction that also bumps the tenant's `config_version` and
+//! writes an outbox row, so a change and its event commit together or not at all. Writers
+//! are serialised where they must be: SQLite by `BEGIN IMMEDIATE`, PostgreSQL by row locks
+//! (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED` for the DID pool) and unique constraints.
+//!
+//! ```text
+//!  api ──write──▶ Store ──tx──▶ tables + outbox row (same commit)
+//!  core ◀─snapshot── Store::tenant_config (one read, one version)
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod dids;
+mod error;
+mod extensions;
+mod model;
+mod tenants;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub use error::StoreError;
+pub use model::{
+    Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantConfig,
+};
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Milliseconds since the Unix epoch; injected so tests control time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish()
+    }
+}
+
+/// Runs `$body` in a write transaction of the store's backend. Inside, `$tx` is the
+/// transaction and `$pg` is true on PostgreSQL (for `lock!`); SQLite transactions start
+/// with `BEGIN IMMEDIATE`, so writers queue instead of failing on upgrade.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident, $pg:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let $pg = false;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            $crate::Backend::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                let $pg = true;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+/// A read on whichever pool the store has.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Sqlite($pool) => $body,
+            $crate::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The statement with ` FOR UPDATE` on PostgreSQL (SQLite has no row locks; its writers
+/// are already serialised by `BEGIN IMMEDIATE`).
+macro_rules! lock {
+    ($pg:expr, $sql:literal) => {
+        if $pg {
+            concat!($sql, " FOR UPDATE")
+        } else {
+            $sql
+        }
+    };
+    ($pg:expr, $sql:literal, skip_locked) => {
+        if $pg {
+            concat!($sql, " FOR UPDATE SKIP LOCKED")
+        } else {
+            $sql
+        }
+    };
+}
+
+pub(crate) use {in_tx, lock, on_pool};
+
+impl Store {
+    /// Opens `sqlite://PATH` (created if missing) or `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let backend = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            Backend::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await?;
+            Backend::Postgres(pool)
+        } else {
+            return Err(StoreError::invalid(
+                "database url",
+                "must start with sqlite: or postgres:",
+            ));
+        };
+        Ok(Store {
+            backend,
+            clock: system_clock(),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<()> {
+        on_pool!(self, |pool| MIGRATOR.run(pool).await?);
+        Ok(())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await);
+    }
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

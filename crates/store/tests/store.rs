@@ -1,0 +1,437 @@
+//! The store on SQLite and on the real PostgreSQL: tenants, ranges, extensions, DIDs,
+//! versions and the outbox, tenant isolation, and allocation under contention.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use switchyard_sip::digest::{Algorithm, ha1};
+use switchyard_store::{NewExtension, NewTenant, Store, StoreError};
+
+async fn tenant(store: &Store, domain: &str) -> switchyard_store::Tenant {
+    store
+        .create_tenant(&NewTenant {
+            name: format!("Tenant {domain}"),
+            domain: domain.to_owned(),
+            max_extensions: Some(1000),
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn ext(range_id: &str, number: Option<i64>) -> NewExtension {
+    NewExtension {
+        range_id: range_id.to_owned(),
+        number,
+        display_name: "Someone".into(),
+        username: None,
+        password: "correct horse battery".into(),
+        voicemail: false,
+    }
+}
+
+on_both!(
+    tenants_are_created_found_listed_and_unique_by_domain,
+    |store| {
+        let a = tenant(&store, "Acme.Example.com").await;
+        assert_eq!(
+            a.domain, "acme.example.com",
+            "domains are stored lower-case"
+        );
+        assert_eq!(store.tenant(&a.id).await.unwrap(), a);
+        assert_eq!(
+            store.tenant_by_domain("ACME.example.COM").await.unwrap().id,
+            a.id
+        );
+        let dup = store
+            .create_tenant(&NewTenant {
+                name: "Other".into(),
+                domain: "acme.example.com".into(),
+                ..NewTenant::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(dup, StoreError::Conflict { ref what } if what.contains("domain")),
+            "{dup}"
+        );
+        for bad in ["", "no spaces.com", "-lead.example.com", "a..b"] {
+            let e = store
+                .create_tenant(&NewTenant {
+                    name: "X".into(),
+                    domain: bad.into(),
+                    ..NewTenant::default()
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    StoreError::Invalid {
+                        field: "domain",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+        let e = store
+            .create_tenant(&NewTenant {
+                name: "X".into(),
+                domain: "x.example.com".into(),
+                max_calls: Some(-1),
+                ..NewTenant::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            StoreError::Invalid {
+                field: "max_calls",
+                ..
+            }
+        ));
+        for i in 0..5 {
+            tenant(&store, &format!("t{i}.example.com")).await;
+        }
+        let first = store.list_tenants(None, 4).await.unwrap();
+        let rest = store
+            .list_tenants(Some(&first.last().unwrap().id), 4)
+            .await
+            .unwrap();
+        assert_eq!(
+            first.len() + rest.len(),
+            6,
+            "cursor pagination sees every tenant once"
+        );
+        let ids: HashSet<_> = first.iter().chain(&rest).map(|t| t.id.clone()).collect();
+        assert_eq!(ids.len(), 6);
+    }
+);
+
+on_both!(extensions_allocate_in_ranges_and_keep_only_ha1, |store| {
+    let t = tenant(&store, "acme.example.com").await;
+    let r = store.add_extension_range(&t.id, 1000, 1002).await.unwrap();
+    let overlap = store
+        .add_extension_range(&t.id, 1002, 1010)
+        .await
+        .unwrap_err();
+    assert!(matches!(overlap, StoreError::Conflict { .. }), "{overlap}");
+    let backwards = store
+        .add_extension_range(&t.id, 2000, 1999)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        backwards,
+        StoreError::Invalid {
+            field: "last_number",
+            ..
+        }
+    ));
+
+    let e1 = store
+        .create_extension(&t.id, &ext(&r.id, None))
+        .await
+        .unwrap();
+    let e3 = store
+        .create_extension(&t.id, &ext(&r.id, Some(1002)))
+        .await
+        .unwrap();
+    let e2 = store
+        .create_extension(&t.id, &ext(&r.id, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (e1.number, e2.number, e3.number),
+        (1000, 1001, 1002),
+        "next free fills the gap"
+    );
+    let full = store
+        .create_extension(&t.id, &ext(&r.id, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(full, StoreError::Exhausted { .. }), "{full}");
+    let outside = store
+        .create_extension(&t.id, &ext(&r.id, Some(5000)))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        outside,
+        StoreError::Invalid {
+            field: "number",
+            ..
+        }
+    ));
+
+    assert_eq!(e1.username, "1000");
+    assert_eq!(
+        e1.ha1_md5,
+        ha1(
+            Algorithm::Md5,
+            "1000",
+            "acme.example.com",
+            "correct horse battery"
+        )
+    );
+    assert_eq!(
+        e1.ha1_sha256,
+        ha1(
+            Algorithm::Sha256,
+            "1000",
+            "acme.example.com",
+            "correct horse battery"
+        )
+    );
+    assert!(
+        !format!("{e1:?}").contains("correct horse"),
+        "the password is never stored"
+    );
+    let short = store
+        .create_extension(
+            &t.id,
+            &NewExtension {
+                password: "short".into(),
+                ..ext(&r.id, None)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        short,
+        StoreError::Invalid {
+            field: "password",
+            ..
+        }
+    ));
+    assert_eq!(
+        store.extension_by_username(&t.id, "1001").await.unwrap().id,
+        e2.id
+    );
+});
+
+on_both!(
+    every_change_bumps_the_version_and_writes_an_ordered_event,
+    |store| {
+        let t = tenant(&store, "acme.example.com").await;
+        let r = store.add_extension_range(&t.id, 100, 199).await.unwrap();
+        let e = store
+            .create_extension(&t.id, &ext(&r.id, None))
+            .await
+            .unwrap();
+        store.delete_extension(&t.id, &e.id).await.unwrap();
+        // A refused change leaves nothing behind: no version, no event.
+        store
+            .add_extension_range(&t.id, 150, 160)
+            .await
+            .unwrap_err();
+        let events = store.outbox_events(&t.id).await.unwrap();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.config_version, e.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "tenant.created"),
+                (2, "extension_range.created"),
+                (3, "extension.created"),
+                (4, "extension.deleted")
+            ]
+        );
+        let config = store.tenant_config(&t.id).await.unwrap();
+        assert_eq!(config.version, 4);
+        assert!(config.extensions.is_empty());
+        assert_eq!(config.ranges.len(), 1);
+    }
+);
+
+on_both!(
+    one_tenant_never_reaches_another_tenants_resources,
+    |store| {
+        let a = tenant(&store, "a.example.com").await;
+        let b = tenant(&store, "b.example.com").await;
+        let ra = store.add_extension_range(&a.id, 1000, 1999).await.unwrap();
+        store.add_extension_range(&b.id, 1000, 1999).await.unwrap();
+        let ea = store
+            .create_extension(&a.id, &ext(&ra.id, Some(1000)))
+            .await
+            .unwrap();
+        // B cannot use A's range, see A's extension, or delete it.
+        let e = store
+            .create_extension(&b.id, &ext(&ra.id, None))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+        assert!(matches!(
+            store.extension_by_username(&b.id, "1000").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.delete_extension(&b.id, &ea.id).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(
+            store
+                .tenant_config(&b.id)
+                .await
+                .unwrap()
+                .extensions
+                .is_empty()
+        );
+        // The same number in B is B's own.
+        let rb = store.extension_ranges(&b.id).await.unwrap().remove(0);
+        let eb = store
+            .create_extension(&b.id, &ext(&rb.id, Some(1000)))
+            .await
+            .unwrap();
+        assert_ne!(eb.ha1_md5, ea.ha1_md5, "the realm is the tenant's domain");
+    }
+);
+
+#[tokio::test]
+async fn dids_assign_release_to_quarantine_and_come_back_after_it() {
+    let t = common::sqlite().await;
+    let now = Arc::new(AtomicI64::new(1_000_000));
+    let clock = now.clone();
+    let store = t
+        .store
+        .clone()
+        .with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+    let acme = tenant(&store, "acme.example.com").await;
+    store
+        .add_dids(&["+14155550101".into(), "+14155550100".into()])
+        .await
+        .unwrap();
+    let bad = store
+        .add_dids(&["+14155550102".into(), "0800".into()])
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        bad,
+        StoreError::Invalid {
+            field: "number",
+            ..
+        }
+    ));
+    assert!(
+        store.did("+14155550102").await.is_err(),
+        "a failed batch writes nothing"
+    );
+    let dup = store.add_dids(&["+14155550100".into()]).await.unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict { .. }), "{dup}");
+
+    let d1 = store.assign_next_did(&acme.id).await.unwrap();
+    assert_eq!(d1.number, "+14155550100");
+    store
+        .release_did(&acme.id, &d1.number, 2_000_000)
+        .await
+        .unwrap();
+    let d2 = store.assign_next_did(&acme.id).await.unwrap();
+    assert_eq!(
+        d2.number, "+14155550101",
+        "a quarantined number is not reused"
+    );
+    assert!(matches!(
+        store.assign_next_did(&acme.id).await,
+        Err(StoreError::Exhausted { .. })
+    ));
+    now.store(2_000_000, Ordering::SeqCst);
+    let d3 = store.assign_next_did(&acme.id).await.unwrap();
+    assert_eq!(
+        d3.number, "+14155550100",
+        "back in the pool after its quarantine"
+    );
+}
+
+on_both!(
+    concurrent_callers_never_get_one_did_or_extension_twice,
+    |store| {
+        let tenants: Vec<_> = futures_join((0..8).map(|i| {
+            let s = store.clone();
+            async move { tenant(&s, &format!("race{i}.example.com")).await }
+        }))
+        .await;
+        let pool: Vec<String> = (0..200).map(|i| format!("+1415555{i:04}")).collect();
+        store.add_dids(&pool).await.unwrap();
+        let ranges: Vec<_> = futures_join(tenants.iter().map(|t| {
+            let s = store.clone();
+            let id = t.id.clone();
+            async move { s.add_extension_range(&id, 100, 999).await.unwrap() }
+        }))
+        .await;
+        // 32 workers, 240 DID requests for 200 numbers, and 32 extensions per tenant.
+        let mut handles = Vec::new();
+        for w in 0..32usize {
+            let s = store.clone();
+            let t = tenants[w % 8].clone();
+            let r = ranges[w % 8].clone();
+            handles.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..7 {
+                    match s.assign_next_did(&t.id).await {
+                        Ok(d) => got.push((d.number, t.id.clone())),
+                        Err(StoreError::Exhausted { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                for _ in 0..4 {
+                    s.create_extension(&t.id, &ext(&r.id, None)).await.unwrap();
+                }
+                got
+            }));
+        }
+        let mut assigned = Vec::new();
+        for h in handles {
+            assigned.extend(h.await.unwrap());
+        }
+        let numbers: HashSet<_> = assigned.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(assigned.len(), 200, "every number handed out, none twice");
+        assert_eq!(numbers.len(), 200);
+        for t in &tenants {
+            let mine: HashSet<_> = store
+                .dids_of(&t.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.number)
+                .collect();
+            let granted: HashSet<_> = assigned
+                .iter()
+                .filter(|(_, id)| *id == t.id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            assert_eq!(
+                mine, granted,
+                "the store agrees with what callers were told"
+            );
+            let exts = store.extensions(&t.id).await.unwrap();
+            let nums: HashSet<_> = exts.iter().map(|e| e.number).collect();
+            assert_eq!(exts.len(), 16);
+            assert_eq!(nums.len(), 16, "no extension number twice");
+            let events = store.outbox_events(&t.id).await.unwrap();
+            let versions: Vec<i64> = events.iter().map(|e| e.config_version).collect();
+            assert_eq!(
+                versions,
+                (1..=versions.len() as i64).collect::<Vec<_>>(),
+                "events ordered without gaps"
+            );
+        }
+    }
+);
+
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
