@@ -475,13 +475,24 @@ impl TelUri<'_> {
         if digits(self.number) != digits(other.number) {
             return false;
         }
-        let count = |p: &Params<'_>| p.iter().filter(|p| !p.name.is_empty()).count();
-        count(&self.params) == count(&other.params)
-            && self.params.iter().filter(|p| !p.name.is_empty()).all(|p| {
-                other
-                    .params
-                    .get(p.name)
-                    .is_some_and(|v| opt_escaped_eq(p.value, v, true))
+        // Parameters as a set, each name judged by its first occurrence (a name given
+        // twice must not break reflexivity; found by the URI fuzzer).
+        fn firsts<'p>(params: &Params<'p>) -> Vec<crate::scan::Param<'p>> {
+            let mut out: Vec<crate::scan::Param<'p>> = Vec::new();
+            for p in params.iter().filter(|p| !p.name.is_empty()) {
+                if !out.iter().any(|q| q.name.eq_ignore_ascii_case(p.name)) {
+                    out.push(p);
+                }
+            }
+            out
+        }
+        let (mine, theirs) = (firsts(&self.params), firsts(&other.params));
+        mine.len() == theirs.len()
+            && mine.iter().all(|p| {
+                theirs
+                    .iter()
+                    .find(|q| q.name.eq_ignore_ascii_case(p.name))
+                    .is_some_and(|q| opt_escaped_eq(p.value, q.value, true))
             })
     }
 }
@@ -555,6 +566,13 @@ mod tests {
             "sip:alice@atlanta.com;maddr=10.0.0.1",
             "sip:alice@atlanta.com"
         ));
+    }
+
+    #[test]
+    fn duplicate_tel_parameters_keep_equivalence_reflexive() {
+        let dup = "tel:+1555;a=1;a=2";
+        assert!(eq(dup, dup));
+        assert!(eq(dup, "tel:+1555;a=1"));
     }
 
     #[test]
