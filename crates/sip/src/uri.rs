@@ -454,6 +454,9 @@ impl SipUri<'_> {
             && mine
                 .iter()
                 .all(|h| theirs.iter().any(|t| header_component_eq(h, t)))
+            && theirs
+                .iter()
+                .all(|t| mine.iter().any(|h| header_component_eq(h, t)))
     }
 }
 
