@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api_keys;
 mod dids;
 mod error;
 mod extensions;
@@ -27,6 +28,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+pub use api_keys::ApiKey;
+pub use dids::check_e164;
 pub use error::StoreError;
 pub use model::{
     Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantConfig,

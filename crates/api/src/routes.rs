@@ -1,0 +1,511 @@
+//! Handlers. Every tenant-scoped route checks the caller's scope first: a tenant key on
+//! another tenant's id gets 404.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use switchyard_store::{NewExtension, NewTenant};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, Problem};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(get_tenant, delete_tenant))
+        .routes(routes!(create_range, list_ranges))
+        .routes(routes!(create_extension, list_extensions))
+        .routes(routes!(delete_extension))
+        .routes(routes!(add_numbers))
+        .routes(routes!(assign_number, list_numbers))
+        .routes(routes!(release_number))
+}
+
+/// A JSON body whose rejections become problem+json naming the defect.
+pub(crate) struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&text)
+                    .to_owned();
+                let field = match detail.split_once(": ") {
+                    Some((path, _)) if !path.contains(' ') => path.to_owned(),
+                    _ => detail
+                        .split('`')
+                        .nth(1)
+                        .filter(|_| {
+                            detail.starts_with("unknown field")
+                                || detail.starts_with("missing field")
+                        })
+                        .unwrap_or("body")
+                        .to_owned(),
+                };
+                Err(ApiError::Unprocessable {
+                    field,
+                    rule: detail,
+                })
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
+                "malformed JSON: {}",
+                e.body_text()
+            ))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadRequest(
+                "Content-Type must be application/json".into(),
+            )),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::TooLarge)
+            }
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+        }
+    }
+}
+
+fn with_etag(status: StatusCode, version: i64, body: impl Serialize) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        resp.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    resp
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 500, body = Problem)))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.list_tenants(None, 1).await?;
+    Ok("ready")
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TenantInput {
+    name: String,
+    /// SIP domain, e.g. acme.example.com.
+    domain: String,
+    max_calls: Option<i64>,
+    calls_per_second: Option<i64>,
+    max_registrations: Option<i64>,
+    max_extensions: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct TenantView {
+    id: String,
+    name: String,
+    domain: String,
+    state: String,
+    max_calls: i64,
+    calls_per_second: i64,
+    max_registrations: i64,
+    max_extensions: i64,
+    config_version: i64,
+}
+
+impl From<switchyard_store::Tenant> for TenantView {
+    fn from(t: switchyard_store::Tenant) -> Self {
+        TenantView {
+            id: t.id,
+            name: t.name,
+            domain: t.domain,
+            state: t.state,
+            max_calls: t.max_calls,
+            calls_per_second: t.calls_per_second,
+            max_registrations: t.max_registrations,
+            max_extensions: t.max_extensions,
+            config_version: t.config_version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Page<T> {
+    items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Creates a tenant (operator keys only).
+#[utoipa::path(post, path = "/v1/tenants", request_body = TenantInput, security(("api_key" = [])),
+    responses((status = 201, body = TenantView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(input): Body<TenantInput>,
+) -> Result<Response, ApiError> {
+    who.operator_write()?;
+    let t = state
+        .store
+        .create_tenant(&NewTenant {
+            name: input.name,
+            domain: input.domain,
+            max_calls: input.max_calls,
+            calls_per_second: input.calls_per_second,
+            max_registrations: input.max_registrations,
+            max_extensions: input.max_extensions,
+        })
+        .await?;
+    Ok(with_etag(
+        StatusCode::CREATED,
+        t.config_version,
+        TenantView::from(t),
+    ))
+}
+
+/// Lists tenants: all of them for an operator key, its own for a tenant key.
+#[utoipa::path(get, path = "/v1/tenants", params(PageQuery), security(("api_key" = [])),
+    responses((status = 200, body = Page<TenantView>)))]
+async fn list_tenants(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<TenantView>>, ApiError> {
+    if let Some(own) = &who.tenant {
+        let t = state.store.tenant(own).await?;
+        return Ok(Json(Page {
+            items: vec![t.into()],
+            next_cursor: None,
+        }));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            rule: "must be between 1 and 1000".into(),
+        });
+    }
+    let items = state.store.list_tenants(q.cursor.as_deref(), limit).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|t| t.id.clone()))
+        .flatten();
+    Ok(Json(Page {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// One tenant.
+#[utoipa::path(get, path = "/v1/tenants/{id}", security(("api_key" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem)))]
+async fn get_tenant(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    who.may_read(&id)?;
+    let t = state.store.tenant(&id).await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        t.config_version,
+        TenantView::from(t),
+    ))
+}
+
+/// Deletes a tenant and everything it owns; its numbers go to quarantine (operator keys).
+#[utoipa::path(delete, path = "/v1/tenants/{id}", security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+async fn delete_tenant(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.operator_write()?;
+    state.store.delete_tenant(&id, quarantine_end()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn quarantine_end() -> i64 {
+    const THIRTY_DAYS_MS: i64 = 30 * 24 * 3600 * 1000;
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+        + THIRTY_DAYS_MS
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RangeInput {
+    first_number: i64,
+    last_number: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct RangeView {
+    id: String,
+    first_number: i64,
+    last_number: i64,
+}
+
+/// Adds an extension range (ranges of one tenant never overlap).
+#[utoipa::path(post, path = "/v1/tenants/{id}/extension-ranges", request_body = RangeInput, security(("api_key" = [])),
+    responses((status = 201, body = RangeView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_range(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(input): Body<RangeInput>,
+) -> Result<(StatusCode, Json<RangeView>), ApiError> {
+    who.may_write(&id)?;
+    let r = state
+        .store
+        .add_extension_range(&id, input.first_number, input.last_number)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RangeView {
+            id: r.id,
+            first_number: r.first_number,
+            last_number: r.last_number,
+        }),
+    ))
+}
+
+/// The tenant's extension ranges.
+#[utoipa::path(get, path = "/v1/tenants/{id}/extension-ranges", security(("api_key" = [])),
+    responses((status = 200, body = [RangeView]), (status = 404, body = Problem)))]
+async fn list_ranges(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RangeView>>, ApiError> {
+    who.may_read(&id)?;
+    state.store.tenant(&id).await?;
+    let ranges = state.store.extension_ranges(&id).await?;
+    Ok(Json(
+        ranges
+            .into_iter()
+            .map(|r| RangeView {
+                id: r.id,
+                first_number: r.first_number,
+                last_number: r.last_number,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExtensionInput {
+    range_id: String,
+    /// A number inside the range; absent for the next free one.
+    number: Option<i64>,
+    #[serde(default)]
+    display_name: String,
+    /// Defaults to the number.
+    username: Option<String>,
+    /// Stored only as HA1 digests.
+    password: String,
+    #[serde(default)]
+    voicemail: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ExtensionView {
+    id: String,
+    range_id: String,
+    number: i64,
+    display_name: String,
+    username: String,
+    voicemail: bool,
+}
+
+impl From<switchyard_store::Extension> for ExtensionView {
+    fn from(e: switchyard_store::Extension) -> Self {
+        ExtensionView {
+            id: e.id,
+            range_id: e.range_id,
+            number: e.number,
+            display_name: e.display_name,
+            username: e.username,
+            voicemail: e.voicemail,
+        }
+    }
+}
+
+/// Creates an extension (a given number, or the next free one of the range).
+#[utoipa::path(post, path = "/v1/tenants/{id}/extensions", request_body = ExtensionInput, security(("api_key" = [])),
+    responses((status = 201, body = ExtensionView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_extension(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(input): Body<ExtensionInput>,
+) -> Result<(StatusCode, Json<ExtensionView>), ApiError> {
+    who.may_write(&id)?;
+    let e = state
+        .store
+        .create_extension(
+            &id,
+            &NewExtension {
+                range_id: input.range_id,
+                number: input.number,
+                display_name: input.display_name,
+                username: input.username,
+                password: input.password,
+                voicemail: input.voicemail,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(e.into())))
+}
+
+/// The tenant's extensions.
+#[utoipa::path(get, path = "/v1/tenants/{id}/extensions", security(("api_key" = [])),
+    responses((status = 200, body = [ExtensionView]), (status = 404, body = Problem)))]
+async fn list_extensions(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ExtensionView>>, ApiError> {
+    who.may_read(&id)?;
+    state.store.tenant(&id).await?;
+    Ok(Json(
+        state
+            .store
+            .extensions(&id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Deletes an extension.
+#[utoipa::path(delete, path = "/v1/tenants/{id}/extensions/{extension_id}", security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+async fn delete_extension(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, extension_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    who.may_write(&id)?;
+    state.store.delete_extension(&id, &extension_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NumbersInput {
+    /// E.164 numbers to add to the free pool (all or none).
+    numbers: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct NumberView {
+    number: String,
+    state: String,
+}
+
+/// Adds numbers to the shared pool (operator keys).
+#[utoipa::path(post, path = "/v1/numbers", request_body = NumbersInput, security(("api_key" = [])),
+    responses((status = 201), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn add_numbers(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(input): Body<NumbersInput>,
+) -> Result<StatusCode, ApiError> {
+    who.operator_write()?;
+    if input.numbers.is_empty() || input.numbers.len() > 10_000 {
+        return Err(ApiError::Unprocessable {
+            field: "numbers".into(),
+            rule: "1 to 10000 numbers".into(),
+        });
+    }
+    state.store.add_dids(&input.numbers).await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// Assigns the next free number of the pool to the tenant.
+#[utoipa::path(post, path = "/v1/tenants/{id}/numbers", security(("api_key" = [])),
+    responses((status = 201, body = NumberView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn assign_number(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<NumberView>), ApiError> {
+    who.may_write(&id)?;
+    let d = state.store.assign_next_did(&id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NumberView {
+            number: d.number,
+            state: d.state,
+        }),
+    ))
+}
+
+/// The tenant's numbers.
+#[utoipa::path(get, path = "/v1/tenants/{id}/numbers", security(("api_key" = [])),
+    responses((status = 200, body = [NumberView]), (status = 404, body = Problem)))]
+async fn list_numbers(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<NumberView>>, ApiError> {
+    who.may_read(&id)?;
+    state.store.tenant(&id).await?;
+    Ok(Json(
+        state
+            .store
+            .dids_of(&id)
+            .await?
+            .into_iter()
+            .map(|d| NumberView {
+                number: d.number,
+                state: d.state,
+            })
+            .collect(),
+    ))
+}
+
+/// Releases a number of the tenant into quarantine (30 days) before reuse.
+#[utoipa::path(delete, path = "/v1/tenants/{id}/numbers/{number}", security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+async fn release_number(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, number)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    who.may_write(&id)?;
+    state
+        .store
+        .release_did(&id, &number, quarantine_end())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

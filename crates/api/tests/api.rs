@@ -1,0 +1,506 @@
+//! The API through its router, on SQLite and on the real PostgreSQL: auth, tenant
+//! isolation on every route, problem+json for bad input, and the OpenAPI document.
+
+#[path = "../../store/tests/common/mod.rs"]
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use switchyard_api::{AppState, issue_key, router};
+use switchyard_store::Store;
+
+struct Api {
+    app: axum::Router,
+}
+
+impl Api {
+    fn new(store: &Store) -> Api {
+        Api {
+            app: router(AppState {
+                store: store.clone(),
+            }),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Option<String>, Value) {
+        self.raw(
+            method,
+            path,
+            key,
+            body.map(|b| b.to_string()),
+            "application/json",
+        )
+        .await
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+        ctype: &str,
+    ) -> (StatusCode, Option<String>, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("Content-Type", ctype)
+                .body(Body::from(b))
+                .unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, ctype, json)
+    }
+}
+
+fn assert_problem(
+    r: &(StatusCode, Option<String>, Value),
+    status: StatusCode,
+    field: Option<&str>,
+) {
+    assert_eq!(r.0, status, "{:?}", r.2);
+    assert_eq!(r.1.as_deref(), Some("application/problem+json"));
+    assert_eq!(r.2["status"], status.as_u16());
+    assert!(r.2["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    if let Some(f) = field {
+        assert_eq!(r.2["field"], f, "{:?}", r.2);
+    }
+}
+
+on_both!(keys_are_required_and_checked, |store| {
+    let api = Api::new(&store);
+    let r = api.call(Method::GET, "/v1/tenants", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, None);
+    let r = api
+        .call(Method::GET, "/v1/tenants", Some("sy_nope_nope"), None)
+        .await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, None);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let forged = format!("{}x", &op[..op.len() - 1]);
+    let r = api
+        .call(Method::GET, "/v1/tenants", Some(&forged), None)
+        .await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, None);
+    assert_eq!(
+        api.call(Method::GET, "/v1/tenants", Some(&op), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::GET, "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::GET, "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+});
+
+on_both!(bad_input_gets_problem_json_and_writes_nothing, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "not a domain"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("domain"));
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "acme.example.com", "bogus": 1})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("bogus"));
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("domain"));
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "a.example.com", "max_calls": "many"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("max_calls"));
+    let r = api
+        .raw(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some("{\"name\": ".into()),
+            "application/json",
+        )
+        .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, None);
+    let r = api
+        .raw(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some("name=x".into()),
+            "text/plain",
+        )
+        .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, None);
+    let huge = json!({"name": "x".repeat(100_000), "domain": "big.example.com"}).to_string();
+    let r = api
+        .raw(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(huge),
+            "application/json",
+        )
+        .await;
+    assert_problem(&r, StatusCode::PAYLOAD_TOO_LARGE, None);
+    assert!(
+        store.list_tenants(None, 10).await.unwrap().is_empty(),
+        "nothing was written"
+    );
+    let r = api.call(Method::GET, "/v1/nowhere", Some(&op), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, None);
+});
+
+on_both!(provisioning_a_tenant_end_to_end, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (s, _, t) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = t["id"].as_str().unwrap().to_owned();
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Again", "domain": "ACME.example.com"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::CONFLICT, None);
+    let (s, _, range) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extension-ranges"),
+            Some(&op),
+            Some(json!({"first_number": 1000, "last_number": 1999})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extension-ranges"),
+            Some(&op),
+            Some(json!({"first_number": 1500, "last_number": 2500})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::CONFLICT, None);
+    let (s, _, e) = api
+        .call(Method::POST, &format!("/v1/tenants/{id}/extensions"), Some(&op), Some(json!({"range_id": range["id"], "password": "s3cret-pass", "display_name": "Alice"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    assert_eq!(e["number"], 1000);
+    assert!(
+        e.get("password").is_none() && !e.to_string().contains("s3cret"),
+        "the password is never returned"
+    );
+    let (_, _, list) = api
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{id}/extensions"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.call(
+            Method::POST,
+            "/v1/numbers",
+            Some(&op),
+            Some(json!({"numbers": ["+14155550100"]}))
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/numbers",
+            Some(&op),
+            Some(json!({"numbers": ["+14155550101", "555"]})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("number"));
+    let (s, _, n) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/numbers"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, n["number"].as_str()),
+        (StatusCode::CREATED, Some("+14155550100"))
+    );
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/numbers"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_problem(&r, StatusCode::CONFLICT, None);
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            &format!("/v1/tenants/{id}/numbers/%2B14155550100"),
+            Some(&op),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        store.did("+14155550100").await.unwrap().state,
+        "quarantined"
+    );
+    let ext_id = e["id"].as_str().unwrap();
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            &format!("/v1/tenants/{id}/extensions/{ext_id}"),
+            Some(&op),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.call(
+            Method::DELETE,
+            &format!("/v1/tenants/{id}"),
+            Some(&op),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &api.call(Method::GET, &format!("/v1/tenants/{id}"), Some(&op), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        None,
+    );
+});
+
+on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let mut ids = Vec::new();
+    for d in ["a.example.com", "b.example.com"] {
+        let (_, _, t) = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&op),
+                Some(json!({"name": d, "domain": d})),
+            )
+            .await;
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (&ids[0], &ids[1]);
+    let (_, _, rb) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{b}/extension-ranges"),
+            Some(&op),
+            Some(json!({"first_number": 100, "last_number": 199})),
+        )
+        .await;
+    api.call(
+        Method::POST,
+        &format!("/v1/tenants/{b}/extensions"),
+        Some(&op),
+        Some(json!({"range_id": rb["id"], "password": "b-password"})),
+    )
+    .await;
+    let key_a = issue_key(&store, a, false).await.unwrap();
+    // Every tenant-scoped route, aimed at B with A's key: 404, never B's data.
+    let ext_b = store.extensions(b).await.unwrap().remove(0);
+    for (method, path, body) in [
+        (Method::GET, format!("/v1/tenants/{b}"), None),
+        (Method::DELETE, format!("/v1/tenants/{b}"), None),
+        (
+            Method::GET,
+            format!("/v1/tenants/{b}/extension-ranges"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{b}/extension-ranges"),
+            Some(json!({"first_number": 500, "last_number": 599})),
+        ),
+        (Method::GET, format!("/v1/tenants/{b}/extensions"), None),
+        (
+            Method::POST,
+            format!("/v1/tenants/{b}/extensions"),
+            Some(json!({"range_id": rb["id"], "password": "intruder1"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/tenants/{b}/extensions/{}", ext_b.id),
+            None,
+        ),
+        (Method::GET, format!("/v1/tenants/{b}/numbers"), None),
+        (Method::POST, format!("/v1/tenants/{b}/numbers"), None),
+        (
+            Method::DELETE,
+            format!("/v1/tenants/{b}/numbers/%2B14155550100"),
+            None,
+        ),
+    ] {
+        let r = api.call(method.clone(), &path, Some(&key_a), body).await;
+        let expected = if method == Method::DELETE && path.ends_with(b.as_str()) {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_problem(&r, expected, None);
+        assert!(
+            !r.2.to_string().contains("b.example.com"),
+            "{path} leaked B"
+        );
+    }
+    // A's key cannot use B's range id in A's own tenant either.
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{a}/extensions"),
+            Some(&key_a),
+            Some(json!({"range_id": rb["id"], "password": "intruder1"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, None);
+    assert_eq!(store.extensions(b).await.unwrap().len(), 1, "B unchanged");
+    let (_, _, list) = api
+        .call(Method::GET, "/v1/tenants", Some(&key_a), None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["id"], a.as_str());
+    // Operator-wide routes need an operator key; read-only keys cannot write.
+    assert_problem(
+        &api.call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&key_a),
+            Some(json!({"name": "c", "domain": "c.example.com"})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        None,
+    );
+    assert_problem(
+        &api.call(
+            Method::POST,
+            "/v1/numbers",
+            Some(&key_a),
+            Some(json!({"numbers": ["+14155550199"]})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        None,
+    );
+    let ro = issue_key(&store, a, true).await.unwrap();
+    assert_eq!(
+        api.call(Method::GET, &format!("/v1/tenants/{a}"), Some(&ro), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_problem(
+        &api.call(
+            Method::POST,
+            &format!("/v1/tenants/{a}/extension-ranges"),
+            Some(&ro),
+            Some(json!({"first_number": 1, "last_number": 9})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        None,
+    );
+});
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let t = common::sqlite().await;
+    let api = Api::new(&t.store);
+    let (s, _, doc) = api.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/v1/tenants",
+        "/v1/tenants/{id}",
+        "/v1/tenants/{id}/extensions",
+        "/v1/tenants/{id}/numbers",
+        "/v1/numbers",
+        "/healthz",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+}
