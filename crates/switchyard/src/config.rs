@@ -14,6 +14,44 @@ use serde::Deserialize;
 pub struct Config {
     pub sip: SipConfig,
     pub node: NodeConfig,
+    pub api: ApiConfig,
+    pub store: StoreConfig,
+}
+
+/// `[api]`: the provisioning API.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address; `off` is not offered: the API is how tenants are provisioned.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[store]`: where tenant configuration lives.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://...`; default: `switchyard.db` in the data directory.
+    pub url: Option<String>,
+}
+
+impl Config {
+    /// The store URL in effect.
+    pub fn store_url(&self) -> String {
+        self.store.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.node.data_dir.join("switchyard.db").display()
+            )
+        })
+    }
 }
 
 /// `[sip]`: listeners and transport limits.

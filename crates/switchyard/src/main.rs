@@ -17,6 +17,32 @@ struct Cli {
 enum Command {
     /// Run every role in one process.
     Serve(ServeArgs),
+    /// Manage API keys directly on the store (no server needed).
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print it once.
+    Create(ApiKeyCreate),
+}
+
+#[derive(Debug, Args)]
+struct ApiKeyCreate {
+    /// A key for the whole platform.
+    #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+    operator: bool,
+    /// A key for one tenant (its id).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The key may read but not write.
+    #[arg(long)]
+    read_only: bool,
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 type Addrs = Vec<std::net::SocketAddr>;
@@ -56,6 +82,12 @@ struct ServeArgs {
     /// Seconds a started message may take to arrive whole on a stream (slowloris guard).
     #[arg(long, env = "SWITCHYARD_MESSAGE_TIMEOUT_SECS")]
     message_timeout_secs: Option<u64>,
+    /// Provisioning API listen address.
+    #[arg(long, env = "SWITCHYARD_API_LISTEN")]
+    api_listen: Option<std::net::SocketAddr>,
+    /// Store URL (`sqlite://PATH` or `postgres://...`).
+    #[arg(long, env = "SWITCHYARD_STORE_URL")]
+    store_url: Option<String>,
     /// Demo mode: self-signed TLS certificate.
     #[arg(long)]
     demo: bool,
@@ -72,7 +104,28 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => run_serve(args),
+        Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
     }
+}
+
+fn create_api_key(args: ApiKeyCreate) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        config.node.data_dir = d;
+    }
+    std::fs::create_dir_all(&config.node.data_dir)?;
+    let scope = args.tenant.unwrap_or_else(|| "operator".to_owned());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let store = switchyard_store::Store::connect(&config.store_url()).await?;
+        store.migrate().await?;
+        let key = switchyard_api::issue_key(&store, &scope, args.read_only)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{key}");
+        store.close().await;
+        anyhow::Ok(())
+    })
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -101,6 +154,12 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = args.data_dir {
         config.node.data_dir = d;
+    }
+    if let Some(a) = args.api_listen {
+        config.api.listen = a;
+    }
+    if let Some(u) = args.store_url {
+        config.store.url = Some(u);
     }
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;

@@ -79,10 +79,33 @@ pub async fn serve(
     let (tx, rx) = mpsc::channel::<Incoming>(8192);
     let (tu_tx, mut tu_rx) = mpsc::channel::<TuEvent>(8192);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let store = switchyard_store::Store::connect(&config.store_url())
+        .await
+        .with_context(|| format!("cannot open the store at {}", config.store_url()))?;
+    store.migrate().await.context("cannot migrate the store")?;
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let api_state = switchyard_api::AppState {
+        store: store.clone(),
+    };
+    let api_task = tokio::spawn(switchyard_api::serve(
+        api_listener,
+        api_state,
+        stop_rx.clone(),
+    ));
     let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx.clone()).await?;
     let driver = spawn_driver(hub.clone(), TimerConfig::default(), rx, tu_tx, stop_rx);
     for (transport, addr) in bound.all() {
         println!("listening {transport} {addr}");
+    }
+    println!("listening API http://{api_addr}");
+    if options.demo {
+        let key = switchyard_api::issue_key(&store, "operator", false)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the demo API key: {e}"))?;
+        println!("demo operator API key: {key}");
     }
     println!("ready");
     info!("ready");
@@ -101,6 +124,8 @@ pub async fn serve(
     }
     info!("shutting down");
     let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    store.close().await;
     // Give connection tasks a moment to flush queued answers and close.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while hub.flow_count() > 0 && tokio::time::Instant::now() < deadline {

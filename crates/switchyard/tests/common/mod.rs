@@ -13,6 +13,8 @@ pub struct Server {
     pub addrs: HashMap<String, SocketAddr>,
     pub data_dir: tempfile::TempDir,
     pub stderr_path: PathBuf,
+    /// The operator key `serve --demo` printed.
+    pub api_key: Option<String>,
 }
 
 impl Server {
@@ -44,11 +46,19 @@ impl Server {
             .expect("the switchyard binary starts");
         let stdout = child.stdout.take().unwrap();
         let mut addrs = HashMap::new();
+        let mut api_key = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         for line in BufReader::new(stdout).lines() {
             let line = line.unwrap();
             if line == "ready" {
                 break;
+            }
+            if let Some(key) = line.strip_prefix("demo operator API key: ") {
+                api_key = Some(key.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("listening API http://") {
+                addrs.insert("API".to_owned(), url.parse().unwrap());
+                continue;
             }
             if let Some(rest) = line.strip_prefix("listening ") {
                 let (transport, addr) = rest.split_once(' ').unwrap();
@@ -62,6 +72,7 @@ impl Server {
             addrs,
             data_dir,
             stderr_path,
+            api_key,
         }
     }
 
