@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every role in one process.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => run_serve(*args),
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
     }
 }
