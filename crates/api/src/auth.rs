@@ -12,6 +12,8 @@ use crate::error::ApiError;
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The key's id (idempotency records are scoped by it).
+    pub key_id: String,
     /// `None` for an operator key.
     pub tenant: Option<String>,
     pub read_only: bool,
@@ -102,6 +104,7 @@ impl FromRequestParts<AppState> for Principal {
             return Err(ApiError::Unauthorized);
         }
         Ok(Principal {
+            key_id: key.id.clone(),
             tenant: (key.scope != "operator").then_some(key.scope),
             read_only: key.read_only,
         })

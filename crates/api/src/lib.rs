@@ -11,6 +11,7 @@
 
 mod auth;
 mod error;
+mod idempotency;
 mod routes;
 
 use axum::Router;
@@ -68,6 +69,10 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

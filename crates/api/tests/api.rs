@@ -51,7 +51,43 @@ impl Api {
         body: Option<String>,
         ctype: &str,
     ) -> (StatusCode, Option<String>, Value) {
+        self.full(method, path, key, body, ctype, None).await.0
+    }
+
+    /// With an Idempotency-Key; also says whether the answer was a replay.
+    async fn idem(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+        idem: &str,
+    ) -> ((StatusCode, Option<String>, Value), bool) {
+        let body = body.map(|b| b.to_string());
+        self.full(
+            method,
+            path,
+            Some(key),
+            body,
+            "application/json",
+            Some(idem),
+        )
+        .await
+    }
+
+    async fn full(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+        ctype: &str,
+        idem: Option<&str>,
+    ) -> ((StatusCode, Option<String>, Value), bool) {
         let mut req = Request::builder().method(method).uri(path);
+        if let Some(i) = idem {
+            req = req.header("Idempotency-Key", i);
+        }
         if let Some(k) = key {
             req = req.header("Authorization", format!("Bearer {k}"));
         }
@@ -63,6 +99,7 @@ impl Api {
             None => req.body(Body::empty()).unwrap(),
         };
         let resp = self.app.clone().oneshot(req).await.unwrap();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
         let status = resp.status();
         let ctype = resp
             .headers()
@@ -71,7 +108,7 @@ impl Api {
             .map(str::to_owned);
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, ctype, json)
+        ((status, ctype, json), replayed)
     }
 }
 
@@ -476,6 +513,103 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
         .await,
         StatusCode::FORBIDDEN,
         None,
+    );
+});
+
+on_both!(idempotency_keys_replay_refuse_and_run_once, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let body = json!({"name": "Acme", "domain": "acme.example.com"});
+    let (first, replayed) = api
+        .idem(Method::POST, "/v1/tenants", &op, Some(body.clone()), "k-1")
+        .await;
+    assert_eq!((first.0, replayed), (StatusCode::CREATED, false));
+    let (again, replayed) = api
+        .idem(Method::POST, "/v1/tenants", &op, Some(body.clone()), "k-1")
+        .await;
+    assert!(replayed);
+    assert_eq!(
+        (again.0, &again.2),
+        (StatusCode::CREATED, &first.2),
+        "same status and body"
+    );
+    assert_eq!(
+        store.list_tenants(None, 10).await.unwrap().len(),
+        1,
+        "done once"
+    );
+    let (other, _) = api
+        .idem(
+            Method::POST,
+            "/v1/tenants",
+            &op,
+            Some(json!({"name": "X", "domain": "x.example.com"})),
+            "k-1",
+        )
+        .await;
+    assert_problem(
+        &other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("Idempotency-Key"),
+    );
+    // A refused request is replayed as refused (a 4xx is an answer, not a failure).
+    let (conflict, _) = api
+        .idem(Method::POST, "/v1/tenants", &op, Some(body.clone()), "k-2")
+        .await;
+    assert_problem(&conflict, StatusCode::CONFLICT, None);
+    let (conflict_again, replayed) = api
+        .idem(Method::POST, "/v1/tenants", &op, Some(body), "k-2")
+        .await;
+    assert!(replayed);
+    assert_problem(&conflict_again, StatusCode::CONFLICT, None);
+    // Keys are scoped to the API key that sent them.
+    let op2 = issue_key(&store, "operator", false).await.unwrap();
+    let (fresh, replayed) = api
+        .idem(
+            Method::POST,
+            "/v1/tenants",
+            &op2,
+            Some(json!({"name": "B", "domain": "b.example.com"})),
+            "k-1",
+        )
+        .await;
+    assert_eq!((fresh.0, replayed), (StatusCode::CREATED, false));
+
+    // 16 concurrent requests with one key: one number assigned, one answer for all.
+    let id = first.2["id"].as_str().unwrap().to_owned();
+    let pool: Vec<String> = (0..20).map(|i| format!("+1415555{i:04}")).collect();
+    store.add_dids(&pool).await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let app = api.app.clone();
+        let (op, id) = (op.clone(), id.clone());
+        handles.push(tokio::spawn(async move {
+            let api = Api { app };
+            api.idem(
+                Method::POST,
+                &format!("/v1/tenants/{id}/numbers"),
+                &op,
+                None,
+                "assign-once",
+            )
+            .await
+            .0
+        }));
+    }
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.0 == StatusCode::CREATED && a.2 == answers[0].2),
+        "{answers:?}"
+    );
+    assert_eq!(
+        store.dids_of(&id).await.unwrap().len(),
+        1,
+        "executed exactly once"
     );
 });
 

@@ -18,6 +18,7 @@ mod api_keys;
 mod dids;
 mod error;
 mod extensions;
+mod idempotency;
 mod model;
 mod tenants;
 
@@ -31,6 +32,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use api_keys::ApiKey;
 pub use dids::check_e164;
 pub use error::StoreError;
+pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use model::{
     Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantConfig,
 };
