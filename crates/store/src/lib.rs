@@ -17,6 +17,7 @@
 mod api_keys;
 mod dids;
 mod error;
+mod events;
 mod extensions;
 mod idempotency;
 mod model;
@@ -32,6 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use api_keys::ApiKey;
 pub use dids::check_e164;
 pub use error::StoreError;
+pub use events::{ChangeEvent, spawn_dispatcher};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use model::{
     Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantConfig,

@@ -422,6 +422,49 @@ on_both!(
     }
 );
 
+on_both!(
+    the_dispatcher_publishes_every_event_in_order_per_tenant,
+    |store| {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let events = switchyard_store::spawn_dispatcher(
+            store.clone(),
+            std::time::Duration::from_millis(20),
+            stop,
+        );
+        let mut rx = events.subscribe();
+        let a = tenant(&store, "a.example.com").await;
+        let b = tenant(&store, "b.example.com").await;
+        let ra = store.add_extension_range(&a.id, 100, 199).await.unwrap();
+        store.add_extension_range(&b.id, 100, 199).await.unwrap();
+        for _ in 0..3 {
+            store
+                .create_extension(&a.id, &ext(&ra.id, None))
+                .await
+                .unwrap();
+        }
+        let mut seen: std::collections::HashMap<String, Vec<i64>> = Default::default();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen.values().map(Vec::len).sum::<usize>() < 7 {
+            let e = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("events arrive")
+                .unwrap();
+            seen.entry(e.tenant_id).or_default().push(e.config_version);
+        }
+        assert_eq!(seen[&a.id], vec![1, 2, 3, 4, 5], "A's events in order");
+        assert_eq!(seen[&b.id], vec![1, 2], "B's events in order");
+        // Rows are marked after they are broadcast (at least once), so give the last a moment.
+        while !store.unpublished_events(10).await.unwrap().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "all marked published"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = stop_tx.send(true);
+    }
+);
+
 async fn futures_join<F: std::future::Future + Send + 'static>(
     futs: impl Iterator<Item = F>,
 ) -> Vec<F::Output>

@@ -83,6 +83,19 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot open the store at {}", config.store_url()))?;
     store.migrate().await.context("cannot migrate the store")?;
+    // Change events: every committed change reaches in-process subscribers, in order per
+    // tenant (the call engine's config cache subscribes in the next issue).
+    let changes = switchyard_store::spawn_dispatcher(
+        store.clone(),
+        Duration::from_millis(200),
+        stop_rx.clone(),
+    );
+    let mut change_log = changes.subscribe();
+    tokio::spawn(async move {
+        while let Ok(e) = change_log.recv().await {
+            tracing::debug!(tenant = %e.tenant_id, version = e.config_version, kind = %e.kind, "config changed");
+        }
+    });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
