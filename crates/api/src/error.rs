@@ -37,6 +37,8 @@ pub enum ApiError {
     Unprocessable { field: String, rule: String },
     #[error("request body too large")]
     TooLarge,
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("internal error")]
     Internal,
 }
@@ -47,6 +49,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { what } => ApiError::NotFound(what.to_owned()),
             StoreError::Conflict { what } => ApiError::Conflict(what),
             StoreError::Exhausted { what } => ApiError::Conflict(what),
+            e @ StoreError::Stale { .. } => ApiError::PreconditionFailed(format!("If-Match: {e}")),
             StoreError::Invalid { field, rule } => ApiError::Unprocessable {
                 field: field.to_owned(),
                 rule,
@@ -67,6 +70,11 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
             ApiError::Unprocessable { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-field",

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use switchyard_store::{NewExtension, NewTenant};
+use switchyard_store::{NewExtension, NewTenant, TenantChanges};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -22,7 +22,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(create_tenant, list_tenants))
-        .routes(routes!(get_tenant, delete_tenant))
+        .routes(routes!(get_tenant, update_tenant, delete_tenant))
         .routes(routes!(create_range, list_ranges))
         .routes(routes!(create_extension, list_extensions))
         .routes(routes!(delete_extension))
@@ -229,6 +229,80 @@ async fn get_tenant(
 ) -> Result<Response, ApiError> {
     who.may_read(&id)?;
     let t = state.store.tenant(&id).await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        t.config_version,
+        TenantView::from(t),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    name: Option<String>,
+    /// `active` or `suspended`.
+    state: Option<String>,
+    max_calls: Option<i64>,
+    calls_per_second: Option<i64>,
+    max_registrations: Option<i64>,
+    max_extensions: Option<i64>,
+}
+
+/// The version an `If-Match: "N"` header names (`*` or absent: any).
+fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::BadRequest(format!("If-Match {text:?} is not an ETag this API issued"))
+        })
+}
+
+/// Changes a tenant; with `If-Match`, only if it is still at that version (else 412).
+#[utoipa::path(patch, path = "/v1/tenants/{id}", request_body = TenantPatch, security(("api_key" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem)))]
+async fn update_tenant(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    Body(input): Body<TenantPatch>,
+) -> Result<Response, ApiError> {
+    who.may_write(&id)?;
+    // Limits and suspension are the operator's; a tenant key may rename its tenant.
+    if !who.is_operator()
+        && (input.state.is_some()
+            || input.max_calls.is_some()
+            || input.calls_per_second.is_some()
+            || input.max_registrations.is_some()
+            || input.max_extensions.is_some())
+    {
+        return Err(ApiError::Forbidden("limits and state need an operator key"));
+    }
+    let expected = if_match(&headers)?;
+    let t = state
+        .store
+        .update_tenant(
+            &id,
+            &TenantChanges {
+                name: input.name,
+                state: input.state,
+                max_calls: input.max_calls,
+                calls_per_second: input.calls_per_second,
+                max_registrations: input.max_registrations,
+                max_extensions: input.max_extensions,
+            },
+            expected,
+        )
+        .await?;
     Ok(with_etag(
         StatusCode::OK,
         t.config_version,

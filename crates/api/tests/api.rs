@@ -417,6 +417,11 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
         (Method::GET, format!("/v1/tenants/{b}"), None),
         (Method::DELETE, format!("/v1/tenants/{b}"), None),
         (
+            Method::PATCH,
+            format!("/v1/tenants/{b}"),
+            Some(json!({"name": "hijacked"})),
+        ),
+        (
             Method::GET,
             format!("/v1/tenants/{b}/extension-ranges"),
             None,
@@ -611,6 +616,59 @@ on_both!(idempotency_keys_replay_refuse_and_run_once, |store| {
         1,
         "executed exactly once"
     );
+});
+
+on_both!(updates_honour_if_match, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (_, _, t) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+        )
+        .await;
+    let id = t["id"].as_str().unwrap();
+    let version = t["config_version"].as_i64().unwrap();
+    let patch = |if_match: String, body: Value| {
+        let app = api.app.clone();
+        let (op, id) = (op.clone(), id.to_owned());
+        async move {
+            let req = Request::builder()
+                .method(Method::PATCH)
+                .uri(format!("/v1/tenants/{id}"))
+                .header("Authorization", format!("Bearer {op}"))
+                .header("Content-Type", "application/json")
+                .header("If-Match", if_match)
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let etag = resp
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (resp.status(), etag)
+        }
+    };
+    let (s, etag) = patch(format!("\"{version}\""), json!({"max_calls": 50})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(etag, Some(format!("\"{}\"", version + 1)));
+    let (s, _) = patch(format!("\"{version}\""), json!({"max_calls": 60})).await;
+    assert_eq!(
+        s,
+        StatusCode::PRECONDITION_FAILED,
+        "a stale ETag is refused"
+    );
+    assert_eq!(
+        store.tenant(id).await.unwrap().max_calls,
+        50,
+        "and changes nothing"
+    );
+    let (s, _) = patch("*".into(), json!({"state": "suspended"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = patch("*".into(), json!({"state": "paused"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 });
 
 #[tokio::test]

@@ -14,6 +14,9 @@ pub enum StoreError {
     /// Input breaks a rule; `field` names it.
     #[error("invalid {field}: {rule}")]
     Invalid { field: &'static str, rule: String },
+    /// The caller's version (If-Match) is not the current one.
+    #[error("version {expected} is not current (now {current})")]
+    Stale { expected: i64, current: i64 },
     /// No free number left to allocate.
     #[error("exhausted: {what}")]
     Exhausted { what: String },

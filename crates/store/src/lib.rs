@@ -36,7 +36,8 @@ pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use model::{
-    Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantConfig,
+    Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantChanges,
+    TenantConfig,
 };
 
 pub type Result<T> = std::result::Result<T, StoreError>;

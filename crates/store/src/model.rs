@@ -39,6 +39,17 @@ pub struct NewTenant {
     pub max_extensions: Option<i64>,
 }
 
+/// Changes to a tenant; absent fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub state: Option<String>,
+    pub max_calls: Option<i64>,
+    pub calls_per_second: Option<i64>,
+    pub max_registrations: Option<i64>,
+    pub max_extensions: Option<i64>,
+}
+
 /// A block of extension numbers a tenant may use.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ExtensionRange {

@@ -1,7 +1,8 @@
 //! Tenants, the per-tenant version and outbox, and config snapshots.
 
 use crate::{
-    NewTenant, OutboxEvent, Result, Store, StoreError, Tenant, TenantConfig, in_tx, new_id, on_pool,
+    NewTenant, OutboxEvent, Result, Store, StoreError, Tenant, TenantChanges, TenantConfig, in_tx,
+    new_id, on_pool,
 };
 
 fn check_domain(domain: &str) -> Result<String> {
@@ -153,6 +154,71 @@ impl Store {
                 .bind(limit.clamp(1, 1000))
                 .fetch_all(pool)
                 .await?
+        }))
+    }
+
+    /// Applies `changes` if the tenant is still at `expected_version` (when given): the
+    /// check and the write are one transaction under the tenant's lock.
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        changes: &TenantChanges,
+        expected_version: Option<i64>,
+    ) -> Result<Tenant> {
+        if let Some(name) = &changes.name
+            && (name.trim().is_empty() || name.chars().count() > 200)
+        {
+            return Err(StoreError::invalid("name", "must be 1 to 200 characters"));
+        }
+        if let Some(state) = &changes.state
+            && !matches!(state.as_str(), "active" | "suspended")
+        {
+            return Err(StoreError::invalid("state", "must be active or suspended"));
+        }
+        let max_calls = changes
+            .max_calls
+            .map(|v| check_limit("max_calls", Some(v), 0, 100_000))
+            .transpose()?;
+        let cps = changes
+            .calls_per_second
+            .map(|v| check_limit("calls_per_second", Some(v), 0, 10_000))
+            .transpose()?;
+        let max_regs = changes
+            .max_registrations
+            .map(|v| check_limit("max_registrations", Some(v), 0, 1_000_000))
+            .transpose()?;
+        let max_exts = changes
+            .max_extensions
+            .map(|v| check_limit("max_extensions", Some(v), 0, 1_000_000))
+            .transpose()?;
+        let now = self.now();
+        Ok(in_tx!(self, |tx, _pg| {
+            let version = bump_version!(tx, id, "tenant.updated", now);
+            if let Some(expected) = expected_version
+                && expected != version - 1
+            {
+                return Err(StoreError::Stale {
+                    expected,
+                    current: version - 1,
+                });
+            }
+            sqlx::query(
+                "UPDATE tenants SET name = COALESCE($1, name), state = COALESCE($2, state),                  max_calls = COALESCE($3, max_calls), calls_per_second = COALESCE($4, calls_per_second),                  max_registrations = COALESCE($5, max_registrations), max_extensions = COALESCE($6, max_extensions)                  WHERE id = $7",
+            )
+            .bind(changes.name.as_deref().map(str::trim))
+            .bind(changes.state.as_deref())
+            .bind(max_calls)
+            .bind(cps)
+            .bind(max_regs)
+            .bind(max_exts)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let t: Tenant = sqlx::query_as("SELECT * FROM tenants WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            t
         }))
     }
 
