@@ -2,6 +2,7 @@
 //! process) and the commands around it. `main.rs` only parses flags and calls in here, so
 //! tests can drive the same code.
 
+pub mod bench;
 pub mod config;
 pub mod responder;
 pub mod serve;

@@ -17,9 +17,37 @@ struct Cli {
 enum Command {
     /// Run every role in one process.
     Serve(Box<ServeArgs>),
+    /// Load tools (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Concurrent provisioning through the HTTP API, then every invariant checked.
+    Provision(ProvisionArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProvisionArgs {
+    /// Store to run on; default a fresh SQLite file in a temporary directory. For
+    /// PostgreSQL give an empty database.
+    #[arg(long)]
+    store_url: Option<String>,
+    #[arg(long, default_value_t = 500)]
+    tenants: usize,
+    #[arg(long, default_value_t = 20)]
+    extensions: usize,
+    #[arg(long, default_value_t = 5)]
+    dids: usize,
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Every n-th request is repeated with the same Idempotency-Key (0: never).
+    #[arg(long, default_value_t = 10)]
+    duplicate_every: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,7 +133,38 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => run_serve(*args),
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
+        Command::Bench(BenchCommand::Provision(args)) => bench_provision(args),
     }
+}
+
+fn bench_provision(args: ProvisionArgs) -> anyhow::Result<()> {
+    let options = switchyard::bench::provision::Options {
+        tenants: args.tenants,
+        extensions: args.extensions,
+        dids: args.dids,
+        clients: args.clients,
+        duplicate_every: args.duplicate_every,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir()?;
+        let url = args
+            .store_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+        let store = switchyard_store::Store::connect(&url).await?;
+        store.migrate().await?;
+        let report = switchyard::bench::provision::run(store.clone(), &options).await?;
+        store.close().await;
+        println!("{report}");
+        for e in report.errors.iter().take(20) {
+            println!("error: {e}");
+        }
+        if report.errors.is_empty() {
+            anyhow::Ok(())
+        } else {
+            anyhow::bail!("{} errors", report.errors.len())
+        }
+    })
 }
 
 fn create_api_key(args: ApiKeyCreate) -> anyhow::Result<()> {
