@@ -128,7 +128,7 @@ impl Client {
                 return None;
             }
         };
-        if self.duplicate_every > 0 && n % self.duplicate_every == 0 {
+        if self.duplicate_every > 0 && n.is_multiple_of(self.duplicate_every) {
             self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let again = self
