@@ -84,6 +84,41 @@ where
     }
 }
 
+/// Query parameters whose rejections become problem+json.
+pub(crate) struct Params<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => {
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_owned();
+                let field = detail
+                    .split_once(": ")
+                    .map(|(f, _)| f.to_owned())
+                    .unwrap_or_else(|| "query".into());
+                Err(ApiError::Unprocessable {
+                    field,
+                    rule: detail,
+                })
+            }
+        }
+    }
+}
+
 fn with_etag(status: StatusCode, version: i64, body: impl Serialize) -> Response {
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
@@ -193,7 +228,7 @@ async fn create_tenant(
 async fn list_tenants(
     State(state): State<AppState>,
     who: Principal,
-    Query(q): Query<PageQuery>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<Page<TenantView>>, ApiError> {
     if let Some(own) = &who.tenant {
         let t = state.store.tenant(own).await?;

@@ -230,6 +230,19 @@ on_both!(bad_input_gets_problem_json_and_writes_nothing, |store| {
         store.list_tenants(None, 10).await.unwrap().is_empty(),
         "nothing was written"
     );
+    let r = api
+        .call(
+            Method::GET,
+            "/v1/tenants?limit=-99999999999999999999999",
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("limit"));
+    let r = api
+        .call(Method::GET, "/v1/tenants?limit=0", Some(&op), None)
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("limit"));
     let r = api.call(Method::GET, "/v1/nowhere", Some(&op), None).await;
     assert_problem(&r, StatusCode::NOT_FOUND, None);
 });
