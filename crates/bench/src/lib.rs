@@ -68,6 +68,6 @@ mod tests {
                 .is_ok()
             );
         }
-        assert!((950..1150).contains(&INVITE.len()), "{}", INVITE.len());
+        assert!((900..1150).contains(&INVITE.len()), "{}", INVITE.len());
     }
 }

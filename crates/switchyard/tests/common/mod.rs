@@ -37,6 +37,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--wss",
                 "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("SWITCHYARD_LOG", "info")
@@ -66,7 +68,10 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "serve did not become ready");
         }
-        assert!(addrs.contains_key("UDP"), "serve printed no UDP listener");
+        if !addrs.contains_key("UDP") {
+            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("serve printed no UDP listener; its log:\n{log}");
+        }
         Server {
             child,
             addrs,
