@@ -246,32 +246,25 @@ const fn param_value_table() -> [bool; 256] {
 static PARAM_VALUE: [bool; 256] = param_value_table();
 
 /// Parameters in the plain form almost every sender uses (`name[=value]` joined by `;`,
-/// no white space, no quotes), split and validated in one pass. `None` when the text
+/// no white space, no quotes), validated in one pass and split on demand. `None` when the text
 /// needs the general scanner ([`Params::iter`]), which also names any defect.
-#[derive(Debug)]
-pub(crate) struct SimpleParams<'a> {
-    items: [(&'a str, Option<&'a str>); 8],
-    len: usize,
-}
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SimpleParams<'a>(&'a str);
 
 impl<'a> SimpleParams<'a> {
+    /// Checks `s` is in the plain form; then [`SimpleParams::iter`] only splits it.
     pub(crate) fn parse(s: &'a str) -> Option<SimpleParams<'a>> {
         let b = s.as_bytes();
-        let mut out = SimpleParams {
-            items: [("", None); 8],
-            len: 0,
-        };
         let mut i = 0;
         loop {
             let start = i;
             while i < b.len() && is_token_byte(b[i]) {
                 i += 1;
             }
-            if i == start || out.len == out.items.len() {
+            if i == start {
                 return None;
             }
-            let name = &s[start..i];
-            let value = if i < b.len() && b[i] == b'=' {
+            if i < b.len() && b[i] == b'=' {
                 i += 1;
                 let vstart = i;
                 while i < b.len() && PARAM_VALUE[b[i] as usize] {
@@ -280,14 +273,9 @@ impl<'a> SimpleParams<'a> {
                 if i == vstart {
                     return None;
                 }
-                Some(&s[vstart..i])
-            } else {
-                None
-            };
-            out.items[out.len] = (name, value);
-            out.len += 1;
+            }
             if i == b.len() {
-                return Some(out);
+                return Some(SimpleParams(s));
             }
             if b[i] != b';' {
                 return None;
@@ -296,8 +284,29 @@ impl<'a> SimpleParams<'a> {
         }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + '_ {
-        self.items[..self.len].iter().copied()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
+        let s = self.0;
+        let b = s.as_bytes();
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            if pos > b.len() {
+                return None;
+            }
+            let start = pos;
+            let mut eq = None;
+            while pos < b.len() && b[pos] != b';' {
+                if b[pos] == b'=' && eq.is_none() {
+                    eq = Some(pos);
+                }
+                pos += 1;
+            }
+            let end = pos;
+            pos += 1;
+            Some(match eq {
+                Some(e) => (&s[start..e], Some(&s[e + 1..end])),
+                None => (&s[start..end], None),
+            })
+        })
     }
 }
 
