@@ -193,6 +193,8 @@ struct Page<T> {
 struct PageQuery {
     cursor: Option<String>,
     limit: Option<i64>,
+    /// Only the tenant with this SIP domain.
+    domain: Option<String>,
 }
 
 /// Creates a tenant (operator keys only).
@@ -234,6 +236,17 @@ async fn list_tenants(
         let t = state.store.tenant(own).await?;
         return Ok(Json(Page {
             items: vec![t.into()],
+            next_cursor: None,
+        }));
+    }
+    if let Some(domain) = &q.domain {
+        let items = match state.store.tenant_by_domain(domain).await {
+            Ok(t) => vec![t.into()],
+            Err(switchyard_store::StoreError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        return Ok(Json(Page {
+            items,
             next_cursor: None,
         }));
     }

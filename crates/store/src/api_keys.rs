@@ -57,3 +57,17 @@ impl Store {
         k.ok_or(StoreError::NotFound { what: "API key" })
     }
 }
+
+impl Store {
+    /// Revokes a key.
+    pub async fn delete_api_key(&self, id: &str) -> Result<()> {
+        on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM api_keys WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(())
+    }
+}

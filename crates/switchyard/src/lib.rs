@@ -4,5 +4,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod http_client;
+pub mod import;
 pub mod responder;
 pub mod serve;

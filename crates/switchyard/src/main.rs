@@ -17,12 +17,33 @@ struct Cli {
 enum Command {
     /// Run every role in one process.
     Serve(Box<ServeArgs>),
+    /// Bulk provisioning from a JSON or CSV file; idempotent and resumable.
+    Import(ImportArgs),
     /// Load tools (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The file: `.json`, or CSV with columns domain,name,range_first,range_last,number,password,display_name.
+    file: PathBuf,
+    /// A running API (host:port); default: the local store, through an in-process API.
+    #[arg(long, env = "SWITCHYARD_API", requires = "key")]
+    api: Option<std::net::SocketAddr>,
+    /// Operator API key for `--api`.
+    #[arg(long, env = "SWITCHYARD_API_KEY")]
+    key: Option<String>,
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,7 +155,55 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => run_serve(*args),
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
         Command::Bench(BenchCommand::Provision(args)) => bench_provision(args),
+        Command::Import(args) => import(args),
     }
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let file = switchyard::import::read(&args.file)?;
+    let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let summary = match (args.api, args.key) {
+            (Some(api), Some(key)) => switchyard::import::run(&file, api, &key, progress).await?,
+            _ => {
+                let mut config = Config::load(args.config.as_deref())?;
+                if let Some(d) = args.data_dir {
+                    config.node.data_dir = d;
+                }
+                std::fs::create_dir_all(&config.node.data_dir)?;
+                let store = switchyard_store::Store::connect(&config.store_url()).await?;
+                store.migrate().await?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                let (stop_tx, stop) = tokio::sync::watch::channel(false);
+                let server = tokio::spawn(switchyard_api::serve(
+                    listener,
+                    switchyard_api::AppState {
+                        store: store.clone(),
+                    },
+                    stop,
+                ));
+                let key = switchyard_api::issue_key(&store, "operator", false)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let result = switchyard::import::run(&file, addr, &key, progress).await;
+                // The key lived only for this import.
+                if let Some(id) = key.strip_prefix("sy_").and_then(|k| k.split('_').next()) {
+                    store.delete_api_key(id).await?;
+                }
+                let _ = stop_tx.send(true);
+                let _ = server.await;
+                store.close().await;
+                result?
+            }
+        };
+        println!(
+            "import done: {} created, {} already in place",
+            summary.created, summary.existing
+        );
+        anyhow::Ok(())
+    })
 }
 
 fn bench_provision(args: ProvisionArgs) -> anyhow::Result<()> {

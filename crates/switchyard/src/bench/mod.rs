@@ -1,5 +1,4 @@
 //! `switchyard bench`: system load tools. `provision` drives the provisioning API over
 //! real HTTP with many concurrent clients, then checks every invariant in the store.
 
-pub mod http;
 pub mod provision;

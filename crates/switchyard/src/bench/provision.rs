@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, watch};
 
 use switchyard_store::Store;
 
-use super::http::Conn;
+use crate::http_client::Conn;
 
 /// Size of the workload.
 #[derive(Debug, Clone)]
