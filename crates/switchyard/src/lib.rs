@@ -3,6 +3,7 @@
 //! tests can drive the same code.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod http_client;
 pub mod import;

@@ -17,6 +17,18 @@ struct Cli {
 enum Command {
     /// Run every role in one process.
     Serve(Box<ServeArgs>),
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Extension ranges of a tenant.
+    #[command(subcommand)]
+    Range(RangeCommand),
+    /// Extensions of a tenant.
+    #[command(subcommand)]
+    Extension(ExtensionCommand),
+    /// Numbers: the shared pool and a tenant's numbers.
+    #[command(subcommand)]
+    Did(DidCommand),
     /// Bulk provisioning from a JSON or CSV file; idempotent and resumable.
     Import(ImportArgs),
     /// Load tools (see docs/benchmarks.md).
@@ -25,6 +37,135 @@ enum Command {
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+}
+
+/// Where the commands reach the API, and how they print.
+#[derive(Debug, Args)]
+struct Reach {
+    /// A running API (host:port); default: the local store, through an in-process API.
+    #[arg(long, global = true, env = "SWITCHYARD_API", requires = "key")]
+    api: Option<std::net::SocketAddr>,
+    /// API key for `--api`.
+    #[arg(long, global = true, env = "SWITCHYARD_API_KEY")]
+    key: Option<String>,
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, global = true, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        max_extensions: Option<i64>,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    List {
+        #[command(flatten)]
+        reach: Reach,
+    },
+    Show {
+        id: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RangeCommand {
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        first: i64,
+        #[arg(long)]
+        last: i64,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExtensionCommand {
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        range: String,
+        /// Default: the next free number of the range.
+        #[arg(long)]
+        number: Option<i64>,
+        #[arg(long, env = "SWITCHYARD_EXTENSION_PASSWORD")]
+        password: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DidCommand {
+    /// Add numbers (E.164) to the free pool.
+    Add {
+        numbers: Vec<String>,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Give the tenant the next free number.
+    Assign {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Release a tenant's number into quarantine.
+    Release {
+        #[arg(long)]
+        tenant: String,
+        number: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -142,7 +283,18 @@ struct ServeArgs {
     demo: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming the cause chain; no backtrace for operators.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -156,7 +308,190 @@ fn main() -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
         Command::Bench(BenchCommand::Provision(args)) => bench_provision(args),
         Command::Import(args) => import(args),
+        Command::Tenant(c) => resource(c.into()),
+        Command::Range(c) => resource(c.into()),
+        Command::Extension(c) => resource(c.into()),
+        Command::Did(c) => resource(c.into()),
     }
+}
+
+/// One API call a resource command makes, and how to print its answer.
+struct Call {
+    method: &'static str,
+    path: String,
+    body: Option<serde_json::Value>,
+    columns: &'static [&'static str],
+    reach: Reach,
+}
+
+const TENANT_COLUMNS: &[&str] = &[
+    "id",
+    "domain",
+    "name",
+    "state",
+    "max_extensions",
+    "config_version",
+];
+const RANGE_COLUMNS: &[&str] = &["id", "first_number", "last_number"];
+const EXTENSION_COLUMNS: &[&str] = &["id", "number", "username", "display_name", "voicemail"];
+const NUMBER_COLUMNS: &[&str] = &["number", "state"];
+
+impl From<TenantCommand> for Call {
+    fn from(c: TenantCommand) -> Call {
+        let call = |method, path: String, body, reach| Call {
+            method,
+            path,
+            body,
+            columns: TENANT_COLUMNS,
+            reach,
+        };
+        match c {
+            TenantCommand::Create {
+                name,
+                domain,
+                max_extensions,
+                reach,
+            } => {
+                let mut body = serde_json::json!({"name": name, "domain": domain});
+                if let Some(m) = max_extensions {
+                    body["max_extensions"] = m.into();
+                }
+                call("POST", "/v1/tenants".into(), Some(body), reach)
+            }
+            TenantCommand::List { reach } => {
+                call("GET", "/v1/tenants?limit=1000".into(), None, reach)
+            }
+            TenantCommand::Show { id, reach } => {
+                call("GET", format!("/v1/tenants/{id}"), None, reach)
+            }
+            TenantCommand::Delete { id, reach } => {
+                call("DELETE", format!("/v1/tenants/{id}"), None, reach)
+            }
+        }
+    }
+}
+
+impl From<RangeCommand> for Call {
+    fn from(c: RangeCommand) -> Call {
+        match c {
+            RangeCommand::Create {
+                tenant,
+                first,
+                last,
+                reach,
+            } => Call {
+                method: "POST",
+                path: format!("/v1/tenants/{tenant}/extension-ranges"),
+                body: Some(serde_json::json!({"first_number": first, "last_number": last})),
+                columns: RANGE_COLUMNS,
+                reach,
+            },
+            RangeCommand::List { tenant, reach } => Call {
+                method: "GET",
+                path: format!("/v1/tenants/{tenant}/extension-ranges"),
+                body: None,
+                columns: RANGE_COLUMNS,
+                reach,
+            },
+        }
+    }
+}
+
+impl From<ExtensionCommand> for Call {
+    fn from(c: ExtensionCommand) -> Call {
+        match c {
+            ExtensionCommand::Create {
+                tenant,
+                range,
+                number,
+                password,
+                display_name,
+                reach,
+            } => Call {
+                method: "POST",
+                path: format!("/v1/tenants/{tenant}/extensions"),
+                body: Some(
+                    serde_json::json!({"range_id": range, "number": number, "password": password, "display_name": display_name}),
+                ),
+                columns: EXTENSION_COLUMNS,
+                reach,
+            },
+            ExtensionCommand::List { tenant, reach } => Call {
+                method: "GET",
+                path: format!("/v1/tenants/{tenant}/extensions"),
+                body: None,
+                columns: EXTENSION_COLUMNS,
+                reach,
+            },
+            ExtensionCommand::Delete { tenant, id, reach } => Call {
+                method: "DELETE",
+                path: format!("/v1/tenants/{tenant}/extensions/{id}"),
+                body: None,
+                columns: EXTENSION_COLUMNS,
+                reach,
+            },
+        }
+    }
+}
+
+impl From<DidCommand> for Call {
+    fn from(c: DidCommand) -> Call {
+        let call = |method, path: String, body, reach| Call {
+            method,
+            path,
+            body,
+            columns: NUMBER_COLUMNS,
+            reach,
+        };
+        match c {
+            DidCommand::Add { numbers, reach } => call(
+                "POST",
+                "/v1/numbers".into(),
+                Some(serde_json::json!({"numbers": numbers})),
+                reach,
+            ),
+            DidCommand::Assign { tenant, reach } => {
+                call("POST", format!("/v1/tenants/{tenant}/numbers"), None, reach)
+            }
+            DidCommand::List { tenant, reach } => {
+                call("GET", format!("/v1/tenants/{tenant}/numbers"), None, reach)
+            }
+            DidCommand::Release {
+                tenant,
+                number,
+                reach,
+            } => call(
+                "DELETE",
+                format!(
+                    "/v1/tenants/{tenant}/numbers/{}",
+                    number.replace('+', "%2B")
+                ),
+                None,
+                reach,
+            ),
+        }
+    }
+}
+
+fn resource(call: Call) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let reach = &call.reach;
+        let api = reach.api.zip(reach.key.clone());
+        let mut session = switchyard::cli::ApiSession::open(
+            api,
+            reach.config.as_deref(),
+            reach.data_dir.as_deref(),
+        )
+        .await?;
+        let result = session
+            .call(call.method, &call.path, call.body.clone())
+            .await;
+        session.close().await?;
+        let value = result?;
+        switchyard::cli::print(&value, call.columns, reach.json);
+        anyhow::Ok(())
+    })
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<()> {
