@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use switchyard_store::{NewExtension, NewTenant, TenantChanges};
+use switchyard_store::{NewExtension, NewTenant, ResourceKind, TenantChanges};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -29,6 +29,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(add_numbers))
         .routes(routes!(assign_number, list_numbers))
         .routes(routes!(release_number))
+        .routes(routes!(create_resource, list_resources))
+        .routes(routes!(get_resource, delete_resource))
 }
 
 /// A JSON body whose rejections become problem+json naming the defect.
@@ -629,5 +631,120 @@ async fn release_number(
         .store
         .release_did(&id, &number, quarantine_end())
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ResourceInput {
+    name: String,
+    /// The kind's spec (see the schemas RingGroupSpec, IvrMenuSpec, ...).
+    #[schema(value_type = Object)]
+    spec: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ResourceView {
+    id: String,
+    kind: String,
+    name: String,
+    /// The spec without secrets (trunk passwords, voicemail PIN hashes).
+    #[schema(value_type = Object)]
+    spec: serde_json::Value,
+}
+
+impl From<switchyard_store::Resource> for ResourceView {
+    fn from(r: switchyard_store::Resource) -> Self {
+        let mut spec: serde_json::Value = serde_json::from_str(&r.spec).unwrap_or_default();
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("password");
+            o.remove("pin_sha256");
+        }
+        ResourceView {
+            id: r.id,
+            kind: r.kind,
+            name: r.name,
+            spec,
+        }
+    }
+}
+
+fn kind(k: &str) -> Result<ResourceKind, ApiError> {
+    ResourceKind::parse(k).ok_or_else(|| ApiError::NotFound(format!("resource kind {k}")))
+}
+
+/// Creates a ring group, IVR menu, voicemail box, time condition, outbound route or trunk.
+#[utoipa::path(post, path = "/v1/tenants/{id}/resources/{kind}", request_body = ResourceInput, security(("api_key" = [])),
+    params(("kind" = String, Path, description = "ring_group, ivr_menu, voicemail_box, time_condition, outbound_route or trunk")),
+    responses((status = 201, body = ResourceView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_resource(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, k)): Path<(String, String)>,
+    Body(input): Body<ResourceInput>,
+) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
+    who.may_write(&id)?;
+    let k = kind(&k)?;
+    let r = state
+        .store
+        .create_resource(&id, k, &input.name, input.spec)
+        .await?;
+    Ok((StatusCode::CREATED, Json(r.into())))
+}
+
+/// The tenant's resources of one kind.
+#[utoipa::path(get, path = "/v1/tenants/{id}/resources/{kind}", security(("api_key" = [])),
+    responses((status = 200, body = [ResourceView]), (status = 404, body = Problem)))]
+async fn list_resources(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, k)): Path<(String, String)>,
+) -> Result<Json<Vec<ResourceView>>, ApiError> {
+    who.may_read(&id)?;
+    let k = kind(&k)?;
+    state.store.tenant(&id).await?;
+    Ok(Json(
+        state
+            .store
+            .resources(&id, k)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// One resource.
+#[utoipa::path(get, path = "/v1/tenants/{id}/resources/{kind}/{resource_id}", security(("api_key" = [])),
+    responses((status = 200, body = ResourceView), (status = 404, body = Problem)))]
+async fn get_resource(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, k, rid)): Path<(String, String, String)>,
+) -> Result<Json<ResourceView>, ApiError> {
+    who.may_read(&id)?;
+    let k = kind(&k)?;
+    let r = state.store.resource(&id, &rid).await?;
+    if r.kind != k.as_str() {
+        return Err(ApiError::NotFound("resource".into()));
+    }
+    Ok(Json(r.into()))
+}
+
+/// Deletes a resource that nothing refers to any more.
+#[utoipa::path(delete, path = "/v1/tenants/{id}/resources/{kind}/{resource_id}", security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn delete_resource(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, k, rid)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    who.may_write(&id)?;
+    let k = kind(&k)?;
+    let r = state.store.resource(&id, &rid).await?;
+    if r.kind != k.as_str() {
+        return Err(ApiError::NotFound("resource".into()));
+    }
+    state.store.delete_resource(&id, &rid).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -423,6 +423,20 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
         Some(json!({"range_id": rb["id"], "password": "b-password"})),
     )
     .await;
+    let (_, _, trunk_b) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{b}/resources/trunk"),
+            Some(&op),
+            Some(json!({"name": "carrier", "spec": {"host": "sip.carrier.example", "port": 5060, "transport": "udp",
+                "username": "acct", "password": "carrier-secret", "codecs": ["PCMU", "PCMA"], "max_channels": 30}})),
+        )
+        .await;
+    assert!(trunk_b["id"].is_string(), "{trunk_b}");
+    assert!(
+        !trunk_b.to_string().contains("carrier-secret"),
+        "trunk passwords are never returned"
+    );
     let key_a = issue_key(&store, a, false).await.unwrap();
     // Every tenant-scoped route, aimed at B with A's key: 404, never B's data.
     let ext_b = store.extensions(b).await.unwrap().remove(0);
@@ -456,6 +470,34 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
             None,
         ),
         (Method::GET, format!("/v1/tenants/{b}/numbers"), None),
+        (
+            Method::GET,
+            format!("/v1/tenants/{b}/resources/ring_group"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{b}/resources/trunk"),
+            Some(
+                json!({"name": "t", "spec": {"host": "sip.carrier.example", "port": null, "transport": "udp", "username": null, "password": null, "codecs": ["PCMU"], "max_channels": 10}}),
+            ),
+        ),
+        (
+            Method::GET,
+            format!(
+                "/v1/tenants/{b}/resources/trunk/{}",
+                trunk_b["id"].as_str().unwrap()
+            ),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!(
+                "/v1/tenants/{b}/resources/trunk/{}",
+                trunk_b["id"].as_str().unwrap()
+            ),
+            None,
+        ),
         (Method::POST, format!("/v1/tenants/{b}/numbers"), None),
         (
             Method::DELETE,

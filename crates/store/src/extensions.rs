@@ -251,6 +251,18 @@ impl Store {
         let now = self.now();
         in_tx!(self, |tx, _pg| {
             bump_version!(tx, tenant_id, "extension.deleted", now);
+            let users: Vec<(String, String)> = sqlx::query_as(
+                "SELECT kind, name FROM tenant_resources WHERE tenant_id = $1 AND spec LIKE $2",
+            )
+            .bind(tenant_id)
+            .bind(format!("%\"{extension_id}\"%"))
+            .fetch_all(&mut *tx)
+            .await?;
+            if let Some((kind, name)) = users.first() {
+                return Err(StoreError::Conflict {
+                    what: format!("extension still used by {kind} {name:?}"),
+                });
+            }
             let done = sqlx::query("DELETE FROM extensions WHERE id = $1 AND tenant_id = $2")
                 .bind(extension_id)
                 .bind(tenant_id)

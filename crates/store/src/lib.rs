@@ -21,6 +21,7 @@ mod events;
 mod extensions;
 mod idempotency;
 mod model;
+mod resources;
 mod tenants;
 
 use std::str::FromStr;
@@ -38,6 +39,10 @@ pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use model::{
     Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantChanges,
     TenantConfig,
+};
+pub use resources::{
+    IvrMenuSpec, OutboundRouteSpec, Resource, ResourceKind, RingGroupSpec, Target,
+    TimeConditionSpec, TimeRule, TrunkSpec, VoicemailBoxSpec,
 };
 
 pub type Result<T> = std::result::Result<T, StoreError>;

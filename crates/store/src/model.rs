@@ -118,4 +118,6 @@ pub struct TenantConfig {
     pub ranges: Vec<ExtensionRange>,
     pub extensions: Vec<Extension>,
     pub dids: Vec<Did>,
+    /// Ring groups, IVR menus, voicemail boxes, time conditions, routes, trunks.
+    pub resources: Vec<crate::Resource>,
 }

@@ -297,12 +297,19 @@ impl Store {
                         .bind(tenant_id)
                         .fetch_all(&mut *$tx)
                         .await?;
+                let resources = sqlx::query_as(
+                    "SELECT * FROM tenant_resources WHERE tenant_id = $1 ORDER BY kind, name",
+                )
+                .bind(tenant_id)
+                .fetch_all(&mut *$tx)
+                .await?;
                 TenantConfig {
                     version: tenant.config_version,
                     tenant,
                     ranges,
                     extensions,
                     dids,
+                    resources,
                 }
             }};
         }

@@ -465,6 +465,107 @@ on_both!(
     }
 );
 
+on_both!(
+    resources_validate_their_references_within_the_tenant,
+    |store| {
+        use serde_json::json;
+        use switchyard_store::ResourceKind;
+        let a = tenant(&store, "a.example.com").await;
+        let b = tenant(&store, "b.example.com").await;
+        let ra = store.add_extension_range(&a.id, 100, 199).await.unwrap();
+        let rb = store.add_extension_range(&b.id, 100, 199).await.unwrap();
+        let e1 = store
+            .create_extension(&a.id, &ext(&ra.id, None))
+            .await
+            .unwrap();
+        let e2 = store
+            .create_extension(&a.id, &ext(&ra.id, None))
+            .await
+            .unwrap();
+        let eb = store
+            .create_extension(&b.id, &ext(&rb.id, None))
+            .await
+            .unwrap();
+        let group = json!({"strategy": "simultaneous", "members": [e1.id, e2.id], "ring_seconds": 20, "fallback": {"kind": "hangup"}});
+        let rg = store
+            .create_resource(&a.id, ResourceKind::RingGroup, "Sales", group.clone())
+            .await
+            .unwrap();
+        // Another tenant's extension is not a valid member.
+        let foreign = json!({"strategy": "sequential", "members": [eb.id], "ring_seconds": 20, "fallback": null});
+        let e = store
+            .create_resource(&a.id, ResourceKind::RingGroup, "Bad", foreign)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Invalid { field: "spec", .. }),
+            "{e}"
+        );
+        let dup = store
+            .create_resource(&a.id, ResourceKind::RingGroup, "Sales", group)
+            .await
+            .unwrap_err();
+        assert!(matches!(dup, StoreError::Conflict { .. }), "{dup}");
+        let ivr = json!({"prompt": "welcome.wav", "digits": {"1": {"kind": "ring_group", "id": rg.id}, "2": {"kind": "extension", "id": e2.id}},
+                     "timeout_seconds": 5, "timeout_target": null, "invalid_target": {"kind": "hangup"}});
+        store
+            .create_resource(&a.id, ResourceKind::IvrMenu, "Main", ivr)
+            .await
+            .unwrap();
+        let bad_ivr = json!({"prompt": "../etc/passwd", "digits": {}, "timeout_seconds": 5, "timeout_target": null, "invalid_target": null});
+        assert!(
+            store
+                .create_resource(&a.id, ResourceKind::IvrMenu, "X", bad_ivr)
+                .await
+                .is_err()
+        );
+        // Still referenced: neither the ring group nor its member can go.
+        let e = store.delete_resource(&a.id, &rg.id).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict { ref what } if what.contains("Main")),
+            "{e}"
+        );
+        let e = store.delete_extension(&a.id, &e1.id).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict { ref what } if what.contains("Sales")),
+            "{e}"
+        );
+        // B sees none of it.
+        assert!(
+            store
+                .resources(&b.id, ResourceKind::RingGroup)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            store.resource(&b.id, &rg.id).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.delete_resource(&b.id, &rg.id).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // A voicemail PIN is stored only as a salted hash.
+        let vm = store
+            .create_resource(
+                &a.id,
+                ResourceKind::VoicemailBox,
+                "Alice",
+                json!({"extension_id": e1.id, "pin": "4321", "greeting": null, "max_messages": 50}),
+            )
+            .await
+            .unwrap();
+        assert!(
+            !vm.spec.contains("4321") && vm.spec.contains("pin_sha256"),
+            "{}",
+            vm.spec
+        );
+        let config = store.tenant_config(&a.id).await.unwrap();
+        assert_eq!(config.resources.len(), 3);
+    }
+);
+
 async fn futures_join<F: std::future::Future + Send + 'static>(
     futs: impl Iterator<Item = F>,
 ) -> Vec<F::Output>

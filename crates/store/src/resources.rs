@@ -1,0 +1,450 @@
+//! Call-flow resources of a tenant: ring groups, IVR menus, voicemail boxes, time
+//! conditions, outbound routes and trunks. Each kind has a typed spec, validated on write;
+//! every reference (an extension, another resource) must belong to the same tenant, and a
+//! resource or extension still referenced cannot be deleted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::tenants::bump_version;
+use crate::{Result, Store, StoreError, in_tx, new_id, on_pool};
+
+/// The kinds of resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    RingGroup,
+    IvrMenu,
+    VoicemailBox,
+    TimeCondition,
+    OutboundRoute,
+    Trunk,
+}
+
+impl ResourceKind {
+    pub const ALL: [ResourceKind; 6] = [
+        ResourceKind::RingGroup,
+        ResourceKind::IvrMenu,
+        ResourceKind::VoicemailBox,
+        ResourceKind::TimeCondition,
+        ResourceKind::OutboundRoute,
+        ResourceKind::Trunk,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::RingGroup => "ring_group",
+            ResourceKind::IvrMenu => "ivr_menu",
+            ResourceKind::VoicemailBox => "voicemail_box",
+            ResourceKind::TimeCondition => "time_condition",
+            ResourceKind::OutboundRoute => "outbound_route",
+            ResourceKind::Trunk => "trunk",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ResourceKind> {
+        ResourceKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a call goes next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    content = "id",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub enum Target {
+    Extension(String),
+    RingGroup(String),
+    IvrMenu(String),
+    VoicemailBox(String),
+    TimeCondition(String),
+    Hangup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingGroupSpec {
+    /// `simultaneous` or `sequential`.
+    pub strategy: String,
+    /// Extension ids, in ringing order for `sequential`.
+    pub members: Vec<String>,
+    pub ring_seconds: u32,
+    pub fallback: Option<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IvrMenuSpec {
+    /// Prompt file name in the tenant's prompt directory.
+    pub prompt: String,
+    /// Digit (0-9, *, #) to target.
+    pub digits: BTreeMap<String, Target>,
+    pub timeout_seconds: u32,
+    pub timeout_target: Option<Target>,
+    pub invalid_target: Option<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoicemailBoxSpec {
+    pub extension_id: Option<String>,
+    /// Accepted on write only; stored as `pin_sha256` (salted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    pub greeting: Option<String>,
+    pub max_messages: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeRule {
+    /// `mon`..`sun`.
+    pub days: Vec<String>,
+    /// `HH:MM`, 24-hour.
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeConditionSpec {
+    /// IANA zone name, e.g. Europe/Berlin.
+    pub timezone: String,
+    pub rules: Vec<TimeRule>,
+    pub open_target: Target,
+    pub closed_target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundRouteSpec {
+    /// Dial pattern: digits and `X` (any digit), `N` (2-9), `Z` (1-9), `.` (one or more).
+    pub pattern: String,
+    pub trunk_id: String,
+    pub strip_digits: u8,
+    pub prefix: String,
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkSpec {
+    pub host: String,
+    pub port: Option<u16>,
+    /// `udp`, `tcp` or `tls`.
+    pub transport: String,
+    pub username: Option<String>,
+    /// Needed to authenticate to the carrier; never returned by the API.
+    pub password: Option<String>,
+    pub codecs: Vec<String>,
+    pub max_channels: u32,
+}
+
+/// A stored resource; `spec` is the kind's spec as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Resource {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub name: String,
+    pub spec: String,
+    pub created_at: i64,
+}
+
+fn invalid(rule: impl Into<String>) -> StoreError {
+    StoreError::invalid("spec", rule)
+}
+
+fn hhmm(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 5
+        && b[2] == b':'
+        && s[..2].parse::<u8>().is_ok_and(|h| h < 24)
+        && s[3..].parse::<u8>().is_ok_and(|m| m < 60)
+}
+
+/// References a spec makes: (kind, id); kind `extension` for extensions.
+fn references(kind: ResourceKind, spec: &serde_json::Value) -> Result<Vec<(&'static str, String)>> {
+    fn target(t: &Target, out: &mut Vec<(&'static str, String)>) {
+        match t {
+            Target::Extension(id) => out.push(("extension", id.clone())),
+            Target::RingGroup(id) => out.push(("ring_group", id.clone())),
+            Target::IvrMenu(id) => out.push(("ivr_menu", id.clone())),
+            Target::VoicemailBox(id) => out.push(("voicemail_box", id.clone())),
+            Target::TimeCondition(id) => out.push(("time_condition", id.clone())),
+            Target::Hangup => {}
+        }
+    }
+    let parse_err = |e: serde_json::Error| invalid(e.to_string());
+    let mut out = Vec::new();
+    match kind {
+        ResourceKind::RingGroup => {
+            let s: RingGroupSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
+            if !matches!(s.strategy.as_str(), "simultaneous" | "sequential") {
+                return Err(invalid("strategy must be simultaneous or sequential"));
+            }
+            if s.members.is_empty() || s.members.len() > 100 {
+                return Err(invalid("1 to 100 members"));
+            }
+            if !(5..=300).contains(&s.ring_seconds) {
+                return Err(invalid("ring_seconds must be 5 to 300"));
+            }
+            out.extend(s.members.iter().map(|m| ("extension", m.clone())));
+            if let Some(f) = &s.fallback {
+                target(f, &mut out);
+            }
+        }
+        ResourceKind::IvrMenu => {
+            let s: IvrMenuSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
+            if s.prompt.is_empty() || s.prompt.contains('/') || s.prompt.contains("..") {
+                return Err(invalid("prompt must be a file name"));
+            }
+            for (digit, t) in &s.digits {
+                if !matches!(
+                    digit.as_str(),
+                    "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "*" | "#"
+                ) {
+                    return Err(invalid(format!("digit {digit:?} is not 0-9, * or #")));
+                }
+                target(t, &mut out);
+            }
+            if !(1..=60).contains(&s.timeout_seconds) {
+                return Err(invalid("timeout_seconds must be 1 to 60"));
+            }
+            for t in [&s.timeout_target, &s.invalid_target].into_iter().flatten() {
+                target(t, &mut out);
+            }
+        }
+        ResourceKind::VoicemailBox => {
+            let s: VoicemailBoxSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
+            if let Some(e) = &s.extension_id {
+                out.push(("extension", e.clone()));
+            }
+            if !(1..=10_000).contains(&s.max_messages) {
+                return Err(invalid("max_messages must be 1 to 10000"));
+            }
+        }
+        ResourceKind::TimeCondition => {
+            let s: TimeConditionSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
+            if s.timezone.is_empty()
+                || !s
+                    .timezone
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+            {
+                return Err(invalid("timezone must be an IANA zone name"));
+            }
+            for r in &s.rules {
+                let days_ok = !r.days.is_empty()
+                    && r.days.iter().all(|d| {
+                        matches!(
+                            d.as_str(),
+                            "mon" | "tue" | "wed" | "thu" | "fri" | "sat" | "sun"
+                        )
+                    });
+                if !days_ok || !hhmm(&r.start) || !hhmm(&r.end) || r.start >= r.end {
+                    return Err(invalid("rules need days mon..sun and start < end as HH:MM"));
+                }
+            }
+            target(&s.open_target, &mut out);
+            target(&s.closed_target, &mut out);
+        }
+        ResourceKind::OutboundRoute => {
+            let s: OutboundRouteSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
+            let ok = !s.pattern.is_empty()
+                && s.pattern.len() <= 32
+                && s.pattern
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"XNZ.+*#".contains(&b));
+            if !ok {
+                return Err(invalid("pattern: digits and X N Z . only"));
+            }
+            if !s.prefix.bytes().all(|b| b.is_ascii_digit() || b == b'+') {
+                return Err(invalid("prefix: digits and + only"));
+            }
+            out.push(("trunk", s.trunk_id.clone()));
+        }
+        ResourceKind::Trunk => {
+            let s: TrunkSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
+            if s.host.is_empty()
+                || !s
+                    .host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            {
+                return Err(invalid("host must be a host name or address"));
+            }
+            if !matches!(s.transport.as_str(), "udp" | "tcp" | "tls") {
+                return Err(invalid("transport must be udp, tcp or tls"));
+            }
+            if s.codecs.is_empty() || !(1..=10_000).contains(&s.max_channels) {
+                return Err(invalid("at least one codec and 1 to 10000 channels"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces a voicemail PIN by its salted hash before anything is stored.
+fn seal(kind: ResourceKind, mut spec: serde_json::Value) -> Result<serde_json::Value> {
+    if kind == ResourceKind::VoicemailBox
+        && let Some(pin) = spec.get("pin").and_then(|p| p.as_str()).map(str::to_owned)
+    {
+        if !(4..=12).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("pin must be 4 to 12 digits"));
+        }
+        let salt = new_id();
+        let hash: String = Sha256::digest(format!("{salt}:{pin}").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        spec["pin"] = serde_json::Value::Null;
+        spec.as_object_mut().map(|o| o.remove("pin"));
+        spec["pin_sha256"] = serde_json::Value::String(format!("{salt}${hash}"));
+    }
+    Ok(spec)
+}
+
+impl Store {
+    /// Creates a resource after validating its spec and every reference it makes.
+    pub async fn create_resource(
+        &self,
+        tenant_id: &str,
+        kind: ResourceKind,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<Resource> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(StoreError::invalid("name", "must be 1 to 100 characters"));
+        }
+        let refs = references(kind, &spec)?;
+        let spec = seal(kind, spec)?;
+        let now = self.now();
+        let res = Resource {
+            id: new_id(),
+            tenant_id: tenant_id.to_owned(),
+            kind: kind.as_str().to_owned(),
+            name: name.to_owned(),
+            spec: spec.to_string(),
+            created_at: now,
+        };
+        let r = &res;
+        in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "resource.created", now);
+            for (ref_kind, id) in &refs {
+                let found: Option<String> = if *ref_kind == "extension" {
+                    sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
+                        .bind(id)
+                        .bind(tenant_id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                } else {
+                    sqlx::query_scalar("SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3")
+                        .bind(id)
+                        .bind(tenant_id)
+                        .bind(*ref_kind)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                };
+                if found.is_none() {
+                    return Err(StoreError::invalid(
+                        "spec",
+                        format!("{ref_kind} {id} does not exist in this tenant"),
+                    ));
+                }
+            }
+            sqlx::query("INSERT INTO tenant_resources (id, tenant_id, kind, name, spec, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&r.id)
+                .bind(&r.tenant_id)
+                .bind(&r.kind)
+                .bind(&r.name)
+                .bind(&r.spec)
+                .bind(r.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match StoreError::from_write(e) {
+                    StoreError::Conflict { .. } => StoreError::Conflict { what: format!("a {} named {name:?} exists", kind.as_str()) },
+                    other => other,
+                })?;
+        });
+        Ok(res)
+    }
+
+    pub async fn resources(&self, tenant_id: &str, kind: ResourceKind) -> Result<Vec<Resource>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM tenant_resources WHERE tenant_id = $1 AND kind = $2 ORDER BY name",
+            )
+            .bind(tenant_id)
+            .bind(kind.as_str())
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    pub async fn resource(&self, tenant_id: &str, id: &str) -> Result<Resource> {
+        let r: Option<Resource> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM tenant_resources WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        r.ok_or(StoreError::NotFound { what: "resource" })
+    }
+
+    /// Deletes a resource unless another resource still refers to it.
+    pub async fn delete_resource(&self, tenant_id: &str, id: &str) -> Result<()> {
+        let now = self.now();
+        in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "resource.deleted", now);
+            let users: Vec<(String, String)> = sqlx::query_as(
+                "SELECT kind, name FROM tenant_resources WHERE tenant_id = $1 AND id <> $2 AND spec LIKE $3",
+            )
+            .bind(tenant_id)
+            .bind(id)
+            .bind(format!("%\"{id}\"%"))
+            .fetch_all(&mut *tx)
+            .await?;
+            if let Some((kind, name)) = users.first() {
+                return Err(StoreError::Conflict {
+                    what: format!("still used by {kind} {name:?}"),
+                });
+            }
+            let done = sqlx::query("DELETE FROM tenant_resources WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "resource" });
+            }
+        });
+        Ok(())
+    }
+
+    /// Names of resources that refer to `id` (an extension or a resource) in the tenant.
+    pub async fn referrers(&self, tenant_id: &str, id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String, String)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT kind, name FROM tenant_resources WHERE tenant_id = $1 AND spec LIKE $2",
+            )
+            .bind(tenant_id)
+            .bind(format!("%\"{id}\"%"))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| format!("{k} {n:?}"))
+            .collect())
+    }
+}
