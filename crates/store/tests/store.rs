@@ -566,6 +566,57 @@ on_both!(
     }
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_of_a_postgres_cluster_hears_every_change_in_order() {
+    let t = common::postgres().await;
+    // A second node: its own pool on the same database.
+    let url = t.url.clone().expect("postgres test store has a URL");
+    let node_b = Store::connect(&url).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let events_a = switchyard_store::spawn_dispatcher(
+        t.store.clone(),
+        std::time::Duration::from_millis(20),
+        stop.clone(),
+    );
+    let events_b = switchyard_store::spawn_dispatcher(
+        node_b.clone(),
+        std::time::Duration::from_millis(20),
+        stop,
+    );
+    let (mut rx_a, mut rx_b) = (events_a.subscribe(), events_b.subscribe());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // listeners up
+    let acme = tenant(&t.store, "acme.example.com").await;
+    let r = node_b
+        .add_extension_range(&acme.id, 100, 199)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        t.store
+            .create_extension(&acme.id, &ext(&r.id, None))
+            .await
+            .unwrap();
+    }
+    for rx in [&mut rx_a, &mut rx_b] {
+        let mut versions = Vec::new();
+        while versions.len() < 5 {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("event")
+                .unwrap();
+            if e.tenant_id == acme.id {
+                versions.push(e.config_version);
+            }
+        }
+        assert_eq!(
+            versions,
+            vec![1, 2, 3, 4, 5],
+            "each node sees every change, in order"
+        );
+    }
+    let _ = stop_tx.send(true);
+    node_b.close().await;
+}
+
 async fn futures_join<F: std::future::Future + Send + 'static>(
     futs: impl Iterator<Item = F>,
 ) -> Vec<F::Output>

@@ -7,6 +7,8 @@ use switchyard_store::Store;
 
 pub struct TestStore {
     pub store: Store,
+    /// The database URL (PostgreSQL only), for a second connection as another node.
+    pub url: Option<String>,
     _dir: Option<tempfile::TempDir>,
     /// The PostgreSQL database to drop afterwards.
     pg_database: Option<String>,
@@ -49,6 +51,7 @@ pub async fn sqlite() -> TestStore {
     store.migrate().await.expect("migrations apply on SQLite");
     TestStore {
         store,
+        url: None,
         _dir: Some(dir),
         pg_database: None,
     }
@@ -69,15 +72,15 @@ pub async fn postgres() -> TestStore {
         .rsplit_once('/')
         .map(|(b, _)| b)
         .unwrap_or(&admin_url);
-    let store = Store::connect(&format!("{base}/{name}"))
-        .await
-        .expect("PostgreSQL opens");
+    let url = format!("{base}/{name}");
+    let store = Store::connect(&url).await.expect("PostgreSQL opens");
     store
         .migrate()
         .await
         .expect("migrations apply on PostgreSQL");
     TestStore {
         store,
+        url: Some(url),
         _dir: None,
         pg_database: Some(name),
     }
