@@ -31,6 +31,9 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(release_number))
         .routes(routes!(create_resource, list_resources))
         .routes(routes!(get_resource, delete_resource))
+        .routes(routes!(set_number_target))
+        .routes(routes!(create_media_pool, list_media_pools))
+        .routes(routes!(list_cdrs))
 }
 
 /// A JSON body whose rejections become problem+json naming the defect.
@@ -747,4 +750,181 @@ async fn delete_resource(
     }
     state.store.delete_resource(&id, &rid).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TargetInput {
+    /// `{"kind": "extension"|"ring_group"|"ivr_menu"|"voicemail_box"|"time_condition", "id": "..."}`
+    /// or `{"kind": "hangup"}`.
+    #[schema(value_type = Object)]
+    target: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct RoutedNumberView {
+    number: String,
+    state: String,
+    target: Option<String>,
+}
+
+/// Points one of the tenant's numbers at an extension or call-flow resource of the tenant.
+#[utoipa::path(put, path = "/v1/tenants/{id}/numbers/{number}/target", request_body = TargetInput, security(("api_key" = [])),
+    responses((status = 200, body = RoutedNumberView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn set_number_target(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, number)): Path<(String, String)>,
+    Body(input): Body<TargetInput>,
+) -> Result<Json<RoutedNumberView>, ApiError> {
+    who.may_write(&id)?;
+    let target: switchyard_store::Target =
+        serde_json::from_value(input.target).map_err(|e| ApiError::Unprocessable {
+            field: "target".into(),
+            rule: e.to_string(),
+        })?;
+    let d = state.store.set_did_target(&id, &number, &target).await?;
+    Ok(Json(RoutedNumberView {
+        number: d.number,
+        state: d.state,
+        target: d.target,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MediaPoolInput {
+    name: String,
+    /// A tenant the pool serves alone; absent for a shared pool.
+    dedicated_tenant_id: Option<String>,
+    max_sessions: i64,
+    /// cgroup cpu.max as a percentage of one core.
+    cpu_percent: i64,
+    memory_mb: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct MediaPoolView {
+    name: String,
+    dedicated_tenant_id: Option<String>,
+    max_sessions: i64,
+    cpu_percent: i64,
+    memory_mb: i64,
+}
+
+impl From<switchyard_store::MediaPool> for MediaPoolView {
+    fn from(p: switchyard_store::MediaPool) -> Self {
+        MediaPoolView {
+            name: p.name,
+            dedicated_tenant_id: p.dedicated_tenant_id,
+            max_sessions: p.max_sessions,
+            cpu_percent: p.cpu_percent,
+            memory_mb: p.memory_mb,
+        }
+    }
+}
+
+/// Creates a media pool (operator keys).
+#[utoipa::path(post, path = "/v1/media-pools", request_body = MediaPoolInput, security(("api_key" = [])),
+    responses((status = 201, body = MediaPoolView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_media_pool(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(input): Body<MediaPoolInput>,
+) -> Result<(StatusCode, Json<MediaPoolView>), ApiError> {
+    who.operator_write()?;
+    let p = state
+        .store
+        .create_media_pool(&switchyard_store::MediaPool {
+            name: input.name,
+            dedicated_tenant_id: input.dedicated_tenant_id,
+            max_sessions: input.max_sessions,
+            cpu_percent: input.cpu_percent,
+            memory_mb: input.memory_mb,
+            created_at: 0,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(p.into())))
+}
+
+/// Media pools (operator keys).
+#[utoipa::path(get, path = "/v1/media-pools", security(("api_key" = [])), responses((status = 200, body = [MediaPoolView])))]
+async fn list_media_pools(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<Vec<MediaPoolView>>, ApiError> {
+    if !who.is_operator() {
+        return Err(ApiError::Forbidden("needs an operator key"));
+    }
+    Ok(Json(
+        state
+            .store
+            .media_pools()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CdrQuery {
+    /// Only calls started before this instant (epoch ms): the cursor for the next page.
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct CdrView {
+    id: String,
+    call_id: String,
+    from_uri: String,
+    to_uri: String,
+    started_at: i64,
+    answered_at: Option<i64>,
+    ended_at: i64,
+    duration_ms: i64,
+    disposition: String,
+    hangup_side: Option<String>,
+    #[schema(value_type = Object)]
+    legs: serde_json::Value,
+}
+
+/// The tenant's call detail records, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{id}/cdrs", params(CdrQuery), security(("api_key" = [])),
+    responses((status = 200, body = [CdrView]), (status = 404, body = Problem)))]
+async fn list_cdrs(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Params(q): Params<CdrQuery>,
+) -> Result<Json<Vec<CdrView>>, ApiError> {
+    who.may_read(&id)?;
+    state.store.tenant(&id).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            rule: "must be between 1 and 1000".into(),
+        });
+    }
+    let rows = state.store.cdrs(&id, q.before, limit).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|c| CdrView {
+                id: c.id,
+                call_id: c.call_id,
+                from_uri: c.from_uri,
+                to_uri: c.to_uri,
+                started_at: c.started_at,
+                answered_at: c.answered_at,
+                ended_at: c.ended_at,
+                duration_ms: c.duration_ms,
+                disposition: c.disposition,
+                hangup_side: c.hangup_side,
+                legs: serde_json::from_str(&c.legs).unwrap_or_default(),
+            })
+            .collect(),
+    ))
 }

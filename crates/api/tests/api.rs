@@ -726,6 +726,167 @@ on_both!(updates_honour_if_match, |store| {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 });
 
+on_both!(
+    numbers_route_to_targets_of_their_own_tenant_and_cdrs_read_back,
+    |store| {
+        let api = Api::new(&store);
+        let op = issue_key(&store, "operator", false).await.unwrap();
+        let (_, _, t) = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&op),
+                Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+            )
+            .await;
+        let (_, _, other) = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&op),
+                Some(json!({"name": "Other", "domain": "other.example.com"})),
+            )
+            .await;
+        let id = t["id"].as_str().unwrap();
+        let (_, _, r) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{id}/extension-ranges"),
+                Some(&op),
+                Some(json!({"first_number": 100, "last_number": 199})),
+            )
+            .await;
+        let (_, _, e) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{id}/extensions"),
+                Some(&op),
+                Some(json!({"range_id": r["id"], "password": "long-password"})),
+            )
+            .await;
+        let oid = other["id"].as_str().unwrap();
+        let (_, _, ro) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{oid}/extension-ranges"),
+                Some(&op),
+                Some(json!({"first_number": 100, "last_number": 199})),
+            )
+            .await;
+        let (_, _, eo) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{oid}/extensions"),
+                Some(&op),
+                Some(json!({"range_id": ro["id"], "password": "long-password"})),
+            )
+            .await;
+        api.call(
+            Method::POST,
+            "/v1/numbers",
+            Some(&op),
+            Some(json!({"numbers": ["+14155550100"]})),
+        )
+        .await;
+        api.call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/numbers"),
+            Some(&op),
+            None,
+        )
+        .await;
+        let path = format!("/v1/tenants/{id}/numbers/%2B14155550100/target");
+        let (s, _, routed) = api
+            .call(
+                Method::PUT,
+                &path,
+                Some(&op),
+                Some(json!({"target": {"kind": "extension", "id": e["id"]}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{routed}");
+        assert_eq!(
+            routed["target"],
+            format!("extension:{}", e["id"].as_str().unwrap())
+        );
+        // Another tenant's extension is no target for this tenant's number.
+        let r = api
+            .call(
+                Method::PUT,
+                &path,
+                Some(&op),
+                Some(json!({"target": {"kind": "extension", "id": eo["id"]}})),
+            )
+            .await;
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("target"));
+        let r = api
+            .call(
+                Method::PUT,
+                &path,
+                Some(&op),
+                Some(json!({"target": {"kind": "fax"}})),
+            )
+            .await;
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("target"));
+
+        store
+            .insert_cdr(&switchyard_store::Cdr {
+                id: "cdr1".into(),
+                tenant_id: id.to_owned(),
+                call_id: "c1".into(),
+                from_uri: "sip:100@acme.example.com".into(),
+                to_uri: "sip:101@acme.example.com".into(),
+                started_at: 1000,
+                answered_at: Some(2000),
+                ended_at: 62_000,
+                duration_ms: 60_000,
+                disposition: "answered".into(),
+                hangup_side: Some("caller".into()),
+                legs: "[{\"packets\": 3000}]".into(),
+            })
+            .await
+            .unwrap();
+        let (s, _, cdrs) = api
+            .call(
+                Method::GET,
+                &format!("/v1/tenants/{id}/cdrs"),
+                Some(&op),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(cdrs[0]["duration_ms"], 60000);
+        assert_eq!(cdrs[0]["legs"][0]["packets"], 3000);
+        let (_, _, none) = api
+            .call(
+                Method::GET,
+                &format!("/v1/tenants/{oid}/cdrs"),
+                Some(&op),
+                None,
+            )
+            .await;
+        assert_eq!(
+            none.as_array().unwrap().len(),
+            0,
+            "CDRs stay with their tenant"
+        );
+
+        let (s, _, pool) = api
+        .call(Method::POST, "/v1/media-pools", Some(&op), Some(json!({"name": "acme-dedicated", "dedicated_tenant_id": id, "max_sessions": 200, "cpu_percent": 150, "memory_mb": 2048})))
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{pool}");
+        let r = api.call(Method::POST, "/v1/media-pools", Some(&op), Some(json!({"name": "acme-dedicated", "max_sessions": 1, "cpu_percent": 1, "memory_mb": 64, "dedicated_tenant_id": null}))).await;
+        assert_problem(&r, StatusCode::CONFLICT, None);
+        let key = issue_key(&store, id, false).await.unwrap();
+        assert_problem(
+            &api.call(Method::GET, "/v1/media-pools", Some(&key), None)
+                .await,
+            StatusCode::FORBIDDEN,
+            None,
+        );
+    }
+);
+
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
     let t = common::sqlite().await;

@@ -100,6 +100,62 @@ impl Store {
         Ok(())
     }
 
+    /// Points a tenant's number at an extension or a call-flow resource of the same tenant.
+    pub async fn set_did_target(
+        &self,
+        tenant_id: &str,
+        number: &str,
+        target: &crate::Target,
+    ) -> Result<Did> {
+        let (kind, id) = match target {
+            crate::Target::Extension(id) => ("extension", id.as_str()),
+            crate::Target::RingGroup(id) => ("ring_group", id.as_str()),
+            crate::Target::IvrMenu(id) => ("ivr_menu", id.as_str()),
+            crate::Target::VoicemailBox(id) => ("voicemail_box", id.as_str()),
+            crate::Target::TimeCondition(id) => ("time_condition", id.as_str()),
+            crate::Target::Hangup => ("hangup", ""),
+        };
+        let encoded = if kind == "hangup" {
+            "hangup".to_owned()
+        } else {
+            format!("{kind}:{id}")
+        };
+        let now = self.now();
+        Ok(in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "did.target", now);
+            let exists: Option<String> = match kind {
+                "hangup" => Some(String::new()),
+                "extension" => sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
+                    .bind(id)
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                _ => sqlx::query_scalar("SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3")
+                    .bind(id)
+                    .bind(tenant_id)
+                    .bind(kind)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+            };
+            if exists.is_none() {
+                return Err(StoreError::invalid(
+                    "target",
+                    format!("{kind} {id} does not exist in this tenant"),
+                ));
+            }
+            let did: Option<Did> = sqlx::query_as(
+                "UPDATE dids SET target = $1, updated_at = $2 WHERE number = $3 AND tenant_id = $4 RETURNING *",
+            )
+            .bind(&encoded)
+            .bind(now)
+            .bind(number)
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            did.ok_or(StoreError::NotFound { what: "DID" })?
+        }))
+    }
+
     pub async fn dids_of(&self, tenant_id: &str) -> Result<Vec<Did>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as("SELECT * FROM dids WHERE tenant_id = $1 ORDER BY number")

@@ -41,7 +41,7 @@ pub use model::{
     TenantConfig,
 };
 pub use resources::{
-    IvrMenuSpec, OutboundRouteSpec, Resource, ResourceKind, RingGroupSpec, Target,
+    Cdr, IvrMenuSpec, MediaPool, OutboundRouteSpec, Resource, ResourceKind, RingGroupSpec, Target,
     TimeConditionSpec, TimeRule, TrunkSpec, VoicemailBoxSpec,
 };
 

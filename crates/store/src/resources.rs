@@ -448,3 +448,124 @@ impl Store {
             .collect())
     }
 }
+
+/// A media pool: shared, or dedicated to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+pub struct MediaPool {
+    pub name: String,
+    pub dedicated_tenant_id: Option<String>,
+    pub max_sessions: i64,
+    pub cpu_percent: i64,
+    pub memory_mb: i64,
+    pub created_at: i64,
+}
+
+/// A call detail record.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+pub struct Cdr {
+    pub id: String,
+    pub tenant_id: String,
+    pub call_id: String,
+    pub from_uri: String,
+    pub to_uri: String,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: i64,
+    pub duration_ms: i64,
+    pub disposition: String,
+    pub hangup_side: Option<String>,
+    /// Per-leg counters as JSON.
+    pub legs: String,
+}
+
+impl Store {
+    /// Creates a media pool (operator).
+    pub async fn create_media_pool(&self, pool: &MediaPool) -> Result<MediaPool> {
+        let ok_name = !pool.name.is_empty()
+            && pool.name.len() <= 64
+            && pool
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok_name {
+            return Err(StoreError::invalid("name", "1 to 64 of A-Z a-z 0-9 - _"));
+        }
+        if !(1..=100_000).contains(&pool.max_sessions)
+            || !(1..=100_000).contains(&pool.cpu_percent)
+            || !(64..=1_048_576).contains(&pool.memory_mb)
+        {
+            return Err(StoreError::invalid(
+                "limits",
+                "max_sessions 1-100000, cpu_percent 1-100000, memory_mb 64-1048576",
+            ));
+        }
+        if let Some(t) = &pool.dedicated_tenant_id {
+            self.tenant(t).await?;
+        }
+        let mut p = pool.clone();
+        p.created_at = self.now();
+        let r = &p;
+        in_tx!(self, |tx, _pg| {
+            sqlx::query("INSERT INTO media_pools (name, dedicated_tenant_id, max_sessions, cpu_percent, memory_mb, created_at) VALUES ($1,$2,$3,$4,$5,$6)")
+                .bind(&r.name)
+                .bind(&r.dedicated_tenant_id)
+                .bind(r.max_sessions)
+                .bind(r.cpu_percent)
+                .bind(r.memory_mb)
+                .bind(r.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match StoreError::from_write(e) {
+                    StoreError::Conflict { .. } => StoreError::Conflict { what: format!("media pool {} exists", r.name) },
+                    other => other,
+                })?;
+        });
+        Ok(p)
+    }
+
+    pub async fn media_pools(&self) -> Result<Vec<MediaPool>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM media_pools ORDER BY name")
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Records a finished call (the core calls this).
+    pub async fn insert_cdr(&self, cdr: &Cdr) -> Result<()> {
+        in_tx!(self, |tx, _pg| {
+            sqlx::query(
+                "INSERT INTO cdrs (id, tenant_id, call_id, from_uri, to_uri, started_at, answered_at, ended_at, \
+                 duration_ms, disposition, hangup_side, legs) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+            )
+            .bind(&cdr.id)
+            .bind(&cdr.tenant_id)
+            .bind(&cdr.call_id)
+            .bind(&cdr.from_uri)
+            .bind(&cdr.to_uri)
+            .bind(cdr.started_at)
+            .bind(cdr.answered_at)
+            .bind(cdr.ended_at)
+            .bind(cdr.duration_ms)
+            .bind(&cdr.disposition)
+            .bind(&cdr.hangup_side)
+            .bind(&cdr.legs)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_write)?;
+        });
+        Ok(())
+    }
+
+    /// A tenant's CDRs, newest first, started before `before` (epoch ms), at most `limit`.
+    pub async fn cdrs(&self, tenant_id: &str, before: Option<i64>, limit: i64) -> Result<Vec<Cdr>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM cdrs WHERE tenant_id = $1 AND started_at < $2 ORDER BY started_at DESC LIMIT $3")
+                .bind(tenant_id)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit.clamp(1, 1000))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+}
