@@ -25,7 +25,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_tenant, update_tenant, delete_tenant))
         .routes(routes!(create_range, list_ranges))
         .routes(routes!(create_extension, list_extensions))
-        .routes(routes!(delete_extension))
+        .routes(routes!(get_extension, update_extension, delete_extension))
         .routes(routes!(add_numbers))
         .routes(routes!(assign_number, list_numbers))
         .routes(routes!(release_number))
@@ -299,6 +299,11 @@ struct TenantPatch {
     calls_per_second: Option<i64>,
     max_registrations: Option<i64>,
     max_extensions: Option<i64>,
+    /// `shared` or the name of a media pool.
+    placement: Option<String>,
+    reg_expiry_min: Option<i64>,
+    reg_expiry_max: Option<i64>,
+    reg_expiry_default: Option<i64>,
 }
 
 /// The version an `If-Match: "N"` header names (`*` or absent: any).
@@ -336,7 +341,8 @@ async fn update_tenant(
             || input.max_calls.is_some()
             || input.calls_per_second.is_some()
             || input.max_registrations.is_some()
-            || input.max_extensions.is_some())
+            || input.max_extensions.is_some()
+            || input.placement.is_some())
     {
         return Err(ApiError::Forbidden("limits and state need an operator key"));
     }
@@ -352,6 +358,10 @@ async fn update_tenant(
                 calls_per_second: input.calls_per_second,
                 max_registrations: input.max_registrations,
                 max_extensions: input.max_extensions,
+                placement: input.placement,
+                reg_expiry_min: input.reg_expiry_min,
+                reg_expiry_max: input.reg_expiry_max,
+                reg_expiry_default: input.reg_expiry_default,
             },
             expected,
         )
@@ -470,6 +480,11 @@ struct ExtensionView {
     display_name: String,
     username: String,
     voicemail: bool,
+    max_registrations: i64,
+    forward_always: Option<String>,
+    forward_busy: Option<String>,
+    forward_no_answer: Option<String>,
+    no_answer_seconds: i64,
 }
 
 impl From<switchyard_store::Extension> for ExtensionView {
@@ -481,6 +496,11 @@ impl From<switchyard_store::Extension> for ExtensionView {
             display_name: e.display_name,
             username: e.username,
             voicemail: e.voicemail,
+            max_registrations: e.max_registrations,
+            forward_always: e.forward_always,
+            forward_busy: e.forward_busy,
+            forward_no_answer: e.forward_no_answer,
+            no_answer_seconds: e.no_answer_seconds,
         }
     }
 }
@@ -927,4 +947,58 @@ async fn list_cdrs(
             })
             .collect(),
     ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExtensionPatch {
+    display_name: Option<String>,
+    voicemail: Option<bool>,
+    max_registrations: Option<i64>,
+    /// An extension number or E.164 number; `""` clears it.
+    forward_always: Option<String>,
+    forward_busy: Option<String>,
+    forward_no_answer: Option<String>,
+    no_answer_seconds: Option<i64>,
+}
+
+/// One extension.
+#[utoipa::path(get, path = "/v1/tenants/{id}/extensions/{extension_id}", security(("api_key" = [])),
+    responses((status = 200, body = ExtensionView), (status = 404, body = Problem)))]
+async fn get_extension(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, ext)): Path<(String, String)>,
+) -> Result<Json<ExtensionView>, ApiError> {
+    who.may_read(&id)?;
+    Ok(Json(state.store.extension(&id, &ext).await?.into()))
+}
+
+/// Changes an extension: display name, voicemail, registrations, call forwarding.
+#[utoipa::path(patch, path = "/v1/tenants/{id}/extensions/{extension_id}", request_body = ExtensionPatch, security(("api_key" = [])),
+    responses((status = 200, body = ExtensionView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn update_extension(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, ext)): Path<(String, String)>,
+    Body(input): Body<ExtensionPatch>,
+) -> Result<Json<ExtensionView>, ApiError> {
+    who.may_write(&id)?;
+    let e = state
+        .store
+        .update_extension(
+            &id,
+            &ext,
+            &switchyard_store::ExtensionChanges {
+                display_name: input.display_name,
+                voicemail: input.voicemail,
+                max_registrations: input.max_registrations,
+                forward_always: input.forward_always,
+                forward_busy: input.forward_busy,
+                forward_no_answer: input.forward_no_answer,
+                no_answer_seconds: input.no_answer_seconds,
+            },
+        )
+        .await?;
+    Ok(Json(e.into()))
 }

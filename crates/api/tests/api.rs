@@ -362,6 +362,62 @@ on_both!(provisioning_a_tenant_end_to_end, |store| {
         "quarantined"
     );
     let ext_id = e["id"].as_str().unwrap();
+    let (s, _, patched) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{id}/extensions/{ext_id}"),
+            Some(&op),
+            Some(json!({"forward_busy": "+4930123456", "no_answer_seconds": 30, "display_name": "Alice B"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{patched}");
+    assert_eq!(
+        (
+            patched["forward_busy"].as_str(),
+            patched["no_answer_seconds"].as_i64()
+        ),
+        (Some("+4930123456"), Some(30))
+    );
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{id}/extensions/{ext_id}"),
+            Some(&op),
+            Some(json!({"forward_always": "not a number"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("forward_always"));
+    let (_, _, got) = api
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{id}/extensions/{ext_id}"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(got["display_name"], "Alice B");
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{id}"),
+            Some(&op),
+            Some(json!({"placement": "nowhere"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("placement"));
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{id}"),
+            Some(&op),
+            Some(json!({"reg_expiry_min": 600, "reg_expiry_default": 300})),
+        )
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("reg_expiry_default"),
+    );
     assert_eq!(
         api.call(
             Method::DELETE,
@@ -468,6 +524,16 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
             Method::DELETE,
             format!("/v1/tenants/{b}/extensions/{}", ext_b.id),
             None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/tenants/{b}/extensions/{}", ext_b.id),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/tenants/{b}/extensions/{}", ext_b.id),
+            Some(json!({"forward_always": "+4930123456"})),
         ),
         (Method::GET, format!("/v1/tenants/{b}/numbers"), None),
         (

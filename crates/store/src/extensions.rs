@@ -7,8 +7,8 @@ use switchyard_sip::digest::{Algorithm, ha1};
 
 use crate::tenants::bump_version;
 use crate::{
-    Extension, ExtensionRange, NewExtension, Result, Store, StoreError, Tenant, in_tx, new_id,
-    on_pool,
+    Extension, ExtensionChanges, ExtensionRange, NewExtension, Result, Store, StoreError, Tenant,
+    in_tx, new_id, on_pool,
 };
 
 const MAX_NUMBER: i64 = 99_999_999;
@@ -199,6 +199,10 @@ impl Store {
                 voicemail: new.voicemail,
                 max_registrations: 3,
                 created_at: now,
+                forward_always: None,
+                forward_busy: None,
+                forward_no_answer: None,
+                no_answer_seconds: 25,
             };
             sqlx::query(
                 "INSERT INTO extensions (id, tenant_id, range_id, number, display_name, username, ha1_md5, \
@@ -241,6 +245,105 @@ impl Store {
             sqlx::query_as("SELECT * FROM extensions WHERE tenant_id = $1 AND username = $2")
                 .bind(tenant_id)
                 .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
+        e.ok_or(StoreError::NotFound { what: "extension" })
+    }
+
+    /// Changes an extension's settings (display name, voicemail, registrations, forwarding).
+    pub async fn update_extension(
+        &self,
+        tenant_id: &str,
+        extension_id: &str,
+        c: &ExtensionChanges,
+    ) -> Result<Extension> {
+        fn forward(field: &'static str, v: &Option<String>) -> Result<Option<Option<String>>> {
+            match v.as_deref() {
+                None => Ok(None),
+                Some("") => Ok(Some(None)),
+                Some(n) => {
+                    let digits = n.strip_prefix('+').unwrap_or(n);
+                    if (2..=15).contains(&digits.len())
+                        && digits.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        Ok(Some(Some(n.to_owned())))
+                    } else {
+                        Err(StoreError::invalid(
+                            field,
+                            "an extension number or E.164 number",
+                        ))
+                    }
+                }
+            }
+        }
+        let always = forward("forward_always", &c.forward_always)?;
+        let busy = forward("forward_busy", &c.forward_busy)?;
+        let no_answer = forward("forward_no_answer", &c.forward_no_answer)?;
+        if c.display_name
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 100)
+        {
+            return Err(StoreError::invalid(
+                "display_name",
+                "at most 100 characters",
+            ));
+        }
+        if c.max_registrations.is_some_and(|m| !(1..=20).contains(&m)) {
+            return Err(StoreError::invalid("max_registrations", "must be 1 to 20"));
+        }
+        if c.no_answer_seconds.is_some_and(|s| !(5..=300).contains(&s)) {
+            return Err(StoreError::invalid("no_answer_seconds", "must be 5 to 300"));
+        }
+        let now = self.now();
+        Ok(in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "extension.updated", now);
+            let current: Extension =
+                sqlx::query_as("SELECT * FROM extensions WHERE id = $1 AND tenant_id = $2")
+                    .bind(extension_id)
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::NotFound { what: "extension" })?;
+            let pick = |change: Option<Option<String>>, old: Option<String>| change.unwrap_or(old);
+            let updated = Extension {
+                display_name: c
+                    .display_name
+                    .clone()
+                    .unwrap_or(current.display_name.clone()),
+                voicemail: c.voicemail.unwrap_or(current.voicemail),
+                max_registrations: c.max_registrations.unwrap_or(current.max_registrations),
+                forward_always: pick(always, current.forward_always.clone()),
+                forward_busy: pick(busy, current.forward_busy.clone()),
+                forward_no_answer: pick(no_answer, current.forward_no_answer.clone()),
+                no_answer_seconds: c.no_answer_seconds.unwrap_or(current.no_answer_seconds),
+                ..current
+            };
+            sqlx::query(
+                "UPDATE extensions SET display_name = $1, voicemail = $2, max_registrations = $3, forward_always = $4, \
+                 forward_busy = $5, forward_no_answer = $6, no_answer_seconds = $7 WHERE id = $8 AND tenant_id = $9",
+            )
+            .bind(&updated.display_name)
+            .bind(updated.voicemail)
+            .bind(updated.max_registrations)
+            .bind(&updated.forward_always)
+            .bind(&updated.forward_busy)
+            .bind(&updated.forward_no_answer)
+            .bind(updated.no_answer_seconds)
+            .bind(extension_id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+            updated
+        }))
+    }
+
+    /// One extension of the tenant.
+    pub async fn extension(&self, tenant_id: &str, extension_id: &str) -> Result<Extension> {
+        let e: Option<Extension> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM extensions WHERE id = $1 AND tenant_id = $2")
+                .bind(extension_id)
+                .bind(tenant_id)
                 .fetch_optional(pool)
                 .await?
         });

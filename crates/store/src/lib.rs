@@ -37,8 +37,8 @@ pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use model::{
-    Did, Extension, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant, TenantChanges,
-    TenantConfig,
+    Did, Extension, ExtensionChanges, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant,
+    TenantChanges, TenantConfig,
 };
 pub use resources::{
     Cdr, IvrMenuSpec, MediaPool, OutboundRouteSpec, Resource, ResourceKind, RingGroupSpec, Target,

@@ -48,6 +48,12 @@ pub struct TenantChanges {
     pub calls_per_second: Option<i64>,
     pub max_registrations: Option<i64>,
     pub max_extensions: Option<i64>,
+    /// `shared` or the name of a media pool.
+    pub placement: Option<String>,
+    /// Registration expiry policy (seconds): min <= default <= max.
+    pub reg_expiry_min: Option<i64>,
+    pub reg_expiry_max: Option<i64>,
+    pub reg_expiry_default: Option<i64>,
 }
 
 /// A block of extension numbers a tenant may use.
@@ -73,6 +79,23 @@ pub struct Extension {
     pub voicemail: bool,
     pub max_registrations: i64,
     pub created_at: i64,
+    /// Forward every call here (an extension number of the tenant or an E.164 number).
+    pub forward_always: Option<String>,
+    pub forward_busy: Option<String>,
+    pub forward_no_answer: Option<String>,
+    pub no_answer_seconds: i64,
+}
+
+/// Changes to an extension; absent fields stay. `Some("")` clears a forward.
+#[derive(Debug, Clone, Default)]
+pub struct ExtensionChanges {
+    pub display_name: Option<String>,
+    pub voicemail: Option<bool>,
+    pub max_registrations: Option<i64>,
+    pub forward_always: Option<String>,
+    pub forward_busy: Option<String>,
+    pub forward_no_answer: Option<String>,
+    pub no_answer_seconds: Option<i64>,
 }
 
 /// A new extension: a fixed number, or the next free one of the range.

@@ -191,9 +191,43 @@ impl Store {
             .max_extensions
             .map(|v| check_limit("max_extensions", Some(v), 0, 1_000_000))
             .transpose()?;
+        for (field, v) in [
+            ("reg_expiry_min", changes.reg_expiry_min),
+            ("reg_expiry_max", changes.reg_expiry_max),
+            ("reg_expiry_default", changes.reg_expiry_default),
+        ] {
+            if v.is_some_and(|s| !(30..=86_400).contains(&s)) {
+                return Err(StoreError::invalid(field, "must be 30 to 86400 seconds"));
+            }
+        }
         let now = self.now();
         Ok(in_tx!(self, |tx, _pg| {
             let version = bump_version!(tx, id, "tenant.updated", now);
+            if let Some(p) = changes.placement.as_deref()
+                && p != "shared"
+            {
+                let pool: Option<Option<String>> = sqlx::query_scalar(
+                    "SELECT dedicated_tenant_id FROM media_pools WHERE name = $1",
+                )
+                .bind(p)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match pool {
+                    None => {
+                        return Err(StoreError::invalid(
+                            "placement",
+                            format!("no media pool named {p}"),
+                        ));
+                    }
+                    Some(Some(owner)) if owner != id => {
+                        return Err(StoreError::invalid(
+                            "placement",
+                            format!("media pool {p} is dedicated to another tenant"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Some(expected) = expected_version
                 && expected != version - 1
             {
@@ -203,7 +237,7 @@ impl Store {
                 });
             }
             sqlx::query(
-                "UPDATE tenants SET name = COALESCE($1, name), state = COALESCE($2, state),                  max_calls = COALESCE($3, max_calls), calls_per_second = COALESCE($4, calls_per_second),                  max_registrations = COALESCE($5, max_registrations), max_extensions = COALESCE($6, max_extensions)                  WHERE id = $7",
+                "UPDATE tenants SET name = COALESCE($1, name), state = COALESCE($2, state), max_calls = COALESCE($3, max_calls), calls_per_second = COALESCE($4, calls_per_second), max_registrations = COALESCE($5, max_registrations), max_extensions = COALESCE($6, max_extensions), placement = COALESCE($7, placement), reg_expiry_min = COALESCE($8, reg_expiry_min), reg_expiry_max = COALESCE($9, reg_expiry_max), reg_expiry_default = COALESCE($10, reg_expiry_default) WHERE id = $11",
             )
             .bind(changes.name.as_deref().map(str::trim))
             .bind(changes.state.as_deref())
@@ -211,6 +245,10 @@ impl Store {
             .bind(cps)
             .bind(max_regs)
             .bind(max_exts)
+            .bind(changes.placement.as_deref())
+            .bind(changes.reg_expiry_min)
+            .bind(changes.reg_expiry_max)
+            .bind(changes.reg_expiry_default)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -218,6 +256,14 @@ impl Store {
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
+            if !(t.reg_expiry_min <= t.reg_expiry_default
+                && t.reg_expiry_default <= t.reg_expiry_max)
+            {
+                return Err(StoreError::invalid(
+                    "reg_expiry_default",
+                    "must lie between reg_expiry_min and reg_expiry_max",
+                ));
+            }
             t
         }))
     }

@@ -34,6 +34,8 @@ enum Command {
     /// Load tools (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run only the provisioning API (on the configured store).
+    Api(ApiArgs),
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
@@ -166,6 +168,18 @@ enum DidCommand {
         #[command(flatten)]
         reach: Reach,
     },
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "SWITCHYARD_API_LISTEN")]
+    api_listen: Option<std::net::SocketAddr>,
+    #[arg(long, env = "SWITCHYARD_STORE_URL")]
+    store_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +322,7 @@ fn run() -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
         Command::Bench(BenchCommand::Provision(args)) => bench_provision(args),
         Command::Import(args) => import(args),
+        Command::Api(args) => api_only(args),
         Command::Tenant(c) => resource(c.into()),
         Command::Range(c) => resource(c.into()),
         Command::Extension(c) => resource(c.into()),
@@ -490,6 +505,46 @@ fn resource(call: Call) -> anyhow::Result<()> {
         session.close().await?;
         let value = result?;
         switchyard::cli::print(&value, call.columns, reach.json);
+        anyhow::Ok(())
+    })
+}
+
+fn api_only(args: ApiArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        config.node.data_dir = d;
+    }
+    if let Some(a) = args.api_listen {
+        config.api.listen = a;
+    }
+    if let Some(u) = args.store_url {
+        config.store.url = Some(u);
+    }
+    std::fs::create_dir_all(&config.node.data_dir)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let store = switchyard_store::Store::connect(&config.store_url()).await?;
+        store.migrate().await?;
+        let (stop_tx, stop) = watch::channel(false);
+        switchyard_store::spawn_dispatcher(
+            store.clone(),
+            std::time::Duration::from_millis(200),
+            stop.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind(config.api.listen).await?;
+        println!("listening API http://{}", listener.local_addr()?);
+        println!("ready");
+        let server = tokio::spawn(switchyard_api::serve(
+            listener,
+            switchyard_api::AppState {
+                store: store.clone(),
+            },
+            stop,
+        ));
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        store.close().await;
         anyhow::Ok(())
     })
 }

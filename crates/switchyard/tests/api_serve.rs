@@ -131,3 +131,47 @@ async fn api_key_create_works_on_the_store_directly() {
     let _ = child.wait();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn the_api_subcommand_serves_the_api_alone() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["api-key", "create", "--operator", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["api", "--api-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut api = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("listening API http://") {
+            api = Some(a.parse().unwrap());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    let (status, _) = http(
+        api.expect("API address printed"),
+        "POST",
+        "/v1/tenants",
+        &key,
+        Some(r#"{"name":"A","domain":"a.example.com"}"#),
+    )
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+    assert_eq!(status, 201);
+    assert!(exit.success(), "stops cleanly on SIGTERM: {exit:?}");
+}
