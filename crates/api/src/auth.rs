@@ -9,6 +9,10 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// Marks a request already counted against its key's rate.
+#[derive(Debug, Clone, Copy)]
+struct RateCounted;
+
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -102,6 +106,15 @@ impl FromRequestParts<AppState> for Principal {
             .map_err(|_| ApiError::Unauthorized)?;
         if !constant_time_eq(key.secret_sha256.as_bytes(), hash_secret(secret).as_bytes()) {
             return Err(ApiError::Unauthorized);
+        }
+        // Counted once per request, though the idempotency layer and the handler both
+        // identify the caller.
+        if parts.extensions.get::<RateCounted>().is_none() {
+            state
+                .limiter
+                .check(&key.id)
+                .map_err(ApiError::TooManyRequests)?;
+            parts.extensions.insert(RateCounted);
         }
         Ok(Principal {
             key_id: key.id.clone(),

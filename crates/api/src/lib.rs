@@ -28,6 +28,62 @@ use switchyard_store::Store;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Requests per second allowed per API key (with a burst of twice that).
+    pub limiter: std::sync::Arc<KeyLimiter>,
+}
+
+impl AppState {
+    /// State with the default per-key limit (100 requests/s, bursts of 200).
+    pub fn new(store: Store) -> AppState {
+        AppState::with_rate(store, 100)
+    }
+
+    pub fn with_rate(store: Store, per_second: u32) -> AppState {
+        AppState {
+            store,
+            limiter: std::sync::Arc::new(KeyLimiter::new(per_second)),
+        }
+    }
+}
+
+/// A keyed GCRA limiter (governor): one bucket per API key id.
+pub struct KeyLimiter {
+    inner: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl std::fmt::Debug for KeyLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLimiter").finish_non_exhaustive()
+    }
+}
+
+impl KeyLimiter {
+    fn new(per_second: u32) -> KeyLimiter {
+        let rate =
+            std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+        KeyLimiter {
+            inner: governor::RateLimiter::keyed(quota),
+        }
+    }
+
+    /// Ok, or the seconds to wait.
+    pub fn check(&self, key_id: &str) -> Result<(), u64> {
+        use governor::clock::Clock;
+        self.inner
+            .check_key(&key_id.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                wait.as_secs() + 1
+            })?;
+        // Idle keys are dropped now and then so the table stays bounded.
+        if self.inner.len() > 10_000 {
+            self.inner.retain_recent();
+        }
+        Ok(())
+    }
 }
 
 #[derive(OpenApi)]

@@ -20,9 +20,7 @@ struct Api {
 impl Api {
     fn new(store: &Store) -> Api {
         Api {
-            app: router(AppState {
-                store: store.clone(),
-            }),
+            app: router(AppState::new(store.clone())),
         }
     }
 
@@ -952,6 +950,41 @@ on_both!(
         );
     }
 );
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let t = common::sqlite().await;
+    let app = router(AppState::with_rate(t.store.clone(), 5));
+    let op = issue_key(&t.store, "operator", false).await.unwrap();
+    let other = issue_key(&t.store, "operator", false).await.unwrap();
+    let get = |key: String| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/v1/tenants")
+                .header("Authorization", format!("Bearer {key}"))
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(req).await.unwrap()
+        }
+    };
+    let mut limited = None;
+    for _ in 0..20 {
+        let resp = get(op.clone()).await;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("a burst beyond 2x the rate is refused");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        get(other).await.status(),
+        StatusCode::OK,
+        "other keys are not affected"
+    );
+}
 
 #[tokio::test]
 async fn openapi_document_lists_every_route() {

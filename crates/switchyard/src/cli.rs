@@ -59,9 +59,7 @@ impl ApiSession {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(switchyard_api::serve(
             listener,
-            switchyard_api::AppState {
-                store: store.clone(),
-            },
+            switchyard_api::AppState::with_rate(store.clone(), 1_000_000),
             rx,
         ));
         let key = switchyard_api::issue_key(&store, "operator", false)

@@ -24,12 +24,15 @@ pub struct Config {
 pub struct ApiConfig {
     /// Listen address; `off` is not offered: the API is how tenants are provisioned.
     pub listen: SocketAddr,
+    /// Requests per second one API key may make (bursts of twice that); beyond: 429.
+    pub requests_per_second_per_key: u32,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            requests_per_second_per_key: 100,
         }
     }
 }

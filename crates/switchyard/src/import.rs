@@ -164,11 +164,21 @@ impl Runner {
         body: Option<&Value>,
     ) -> anyhow::Result<Reply> {
         let text = body.map(Value::to_string);
-        let reply = self
-            .conn
-            .request(method, path, &self.key, Some(idem), text.as_deref())
-            .await
-            .with_context(|| format!("{method} {path}"))?;
+        let mut attempts = 0;
+        let reply = loop {
+            let reply = self
+                .conn
+                .request(method, path, &self.key, Some(idem), text.as_deref())
+                .await
+                .with_context(|| format!("{method} {path}"))?;
+            // A rate-limited step is retried: its Idempotency-Key makes that safe.
+            if reply.status == 429 && attempts < 60 {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            break reply;
+        };
         if reply.status >= 500 || reply.status == 401 || reply.status == 403 {
             bail!("{method} {path}: {} {}", reply.status, reply.body);
         }

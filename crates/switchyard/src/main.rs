@@ -536,9 +536,10 @@ fn api_only(args: ApiArgs) -> anyhow::Result<()> {
         println!("ready");
         let server = tokio::spawn(switchyard_api::serve(
             listener,
-            switchyard_api::AppState {
-                store: store.clone(),
-            },
+            switchyard_api::AppState::with_rate(
+                store.clone(),
+                config.api.requests_per_second_per_key,
+            ),
             stop,
         ));
         wait_for_signal().await;
@@ -569,9 +570,7 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
                 let (stop_tx, stop) = tokio::sync::watch::channel(false);
                 let server = tokio::spawn(switchyard_api::serve(
                     listener,
-                    switchyard_api::AppState {
-                        store: store.clone(),
-                    },
+                    switchyard_api::AppState::with_rate(store.clone(), 1_000_000),
                     stop,
                 ));
                 let key = switchyard_api::issue_key(&store, "operator", false)

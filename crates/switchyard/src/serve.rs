@@ -100,9 +100,8 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
     let api_addr = api_listener.local_addr()?;
-    let api_state = switchyard_api::AppState {
-        store: store.clone(),
-    };
+    let api_state =
+        switchyard_api::AppState::with_rate(store.clone(), config.api.requests_per_second_per_key);
     let api_task = tokio::spawn(switchyard_api::serve(
         api_listener,
         api_state,

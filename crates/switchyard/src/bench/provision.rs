@@ -214,9 +214,7 @@ pub async fn run(store: Store, options: &Options) -> anyhow::Result<Report> {
     let (stop_tx, stop) = watch::channel(false);
     let server = tokio::spawn(switchyard_api::serve(
         listener,
-        switchyard_api::AppState {
-            store: store.clone(),
-        },
+        switchyard_api::AppState::with_rate(store.clone(), 1_000_000),
         stop,
     ));
     let key = switchyard_api::issue_key(&store, "operator", false)
