@@ -20,6 +20,8 @@ pub struct ApiSession {
 
 struct Local {
     store: switchyard_store::Store,
+    /// The session opened the store itself (and closes it).
+    owns_store: bool,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     key_id: String,
@@ -54,6 +56,16 @@ impl ApiSession {
         std::fs::create_dir_all(&cfg.node.data_dir)?;
         let store = switchyard_store::Store::connect(&cfg.store_url()).await?;
         store.migrate().await?;
+        let mut session = ApiSession::local(store).await?;
+        if let Some(l) = session.local.as_mut() {
+            l.owns_store = true;
+        }
+        Ok(session)
+    }
+
+    /// Serves `store` through an in-process API (unthrottled: this is the operator's own
+    /// tool) with an operator key that is revoked by [`ApiSession::close`].
+    pub async fn local(store: switchyard_store::Store) -> anyhow::Result<ApiSession> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, rx) = tokio::sync::watch::channel(false);
@@ -76,11 +88,17 @@ impl ApiSession {
             key,
             local: Some(Local {
                 store,
+                owns_store: false,
                 stop,
                 server,
                 key_id,
             }),
         })
+    }
+
+    /// The API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.conn.addr()
     }
 
     /// Sends a request; a 2xx gives the body as JSON, anything else is an error naming
@@ -110,7 +128,9 @@ impl ApiSession {
             local.store.delete_api_key(&local.key_id).await?;
             let _ = local.stop.send(true);
             let _ = local.server.await;
-            local.store.close().await;
+            if local.owns_store {
+                local.store.close().await;
+            }
         }
         Ok(())
     }

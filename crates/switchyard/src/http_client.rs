@@ -26,6 +26,10 @@ impl Conn {
         Conn { addr, stream: None }
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Sends one request; reconnects once if the kept-alive connection was closed.
     pub async fn request(
         &mut self,

@@ -555,38 +555,16 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let summary = match (args.api, args.key) {
-            (Some(api), Some(key)) => switchyard::import::run(&file, api, &key, progress).await?,
-            _ => {
-                let mut config = Config::load(args.config.as_deref())?;
-                if let Some(d) = args.data_dir {
-                    config.node.data_dir = d;
-                }
-                std::fs::create_dir_all(&config.node.data_dir)?;
-                let store = switchyard_store::Store::connect(&config.store_url()).await?;
-                store.migrate().await?;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let addr = listener.local_addr()?;
-                let (stop_tx, stop) = tokio::sync::watch::channel(false);
-                let server = tokio::spawn(switchyard_api::serve(
-                    listener,
-                    switchyard_api::AppState::with_rate(store.clone(), 1_000_000),
-                    stop,
-                ));
-                let key = switchyard_api::issue_key(&store, "operator", false)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let result = switchyard::import::run(&file, addr, &key, progress).await;
-                // The key lived only for this import.
-                if let Some(id) = key.strip_prefix("sy_").and_then(|k| k.split('_').next()) {
-                    store.delete_api_key(id).await?;
-                }
-                let _ = stop_tx.send(true);
-                let _ = server.await;
-                store.close().await;
-                result?
-            }
-        };
+        let api = args.api.zip(args.key);
+        let session = switchyard::cli::ApiSession::open(
+            api,
+            args.config.as_deref(),
+            args.data_dir.as_deref(),
+        )
+        .await?;
+        let result = switchyard::import::run(&file, session.addr(), &session.key, progress).await;
+        session.close().await?;
+        let summary = result?;
         println!(
             "import done: {} created, {} already in place",
             summary.created, summary.existing

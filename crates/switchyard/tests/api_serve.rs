@@ -10,6 +10,32 @@ use tokio::net::TcpStream;
 
 use common::Server;
 
+/// Starts the binary with `args` and the data directory; returns it and its API address.
+fn start_with_api(
+    args: &[&str],
+    data: &std::path::Path,
+) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .arg(data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut api = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("listening API http://") {
+            api = Some(a.parse().unwrap());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    (child, api.expect("API address printed"))
+}
+
 /// A minimal HTTP/1.1 exchange (one request per connection).
 async fn http(
     addr: std::net::SocketAddr,
@@ -86,8 +112,8 @@ async fn api_key_create_works_on_the_store_directly() {
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(key.starts_with("sy_"), "{key}");
     // A server on the same data directory accepts it.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
+    let (mut child, api) = start_with_api(
+        &[
             "serve",
             "--udp",
             "127.0.0.1:0",
@@ -102,31 +128,10 @@ async fn api_key_create_works_on_the_store_directly() {
             "--api-listen",
             "127.0.0.1:0",
             "--data-dir",
-        ])
-        .arg(data.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut api = None;
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("listening API http://") {
-            api = Some(a.parse().unwrap());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    let (status, _) = http(
-        api.expect("API address printed"),
-        "GET",
-        "/v1/tenants",
-        &key,
-        None,
-    )
-    .await;
+        ],
+        data.path(),
+    );
+    let (status, _) = http(api, "GET", "/v1/tenants", &key, None).await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(status, 200);
@@ -141,26 +146,12 @@ async fn the_api_subcommand_serves_the_api_alone() {
         .output()
         .unwrap();
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["api", "--api-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut api = None;
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("listening API http://") {
-            api = Some(a.parse().unwrap());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
+    let (mut child, api) = start_with_api(
+        &["api", "--api-listen", "127.0.0.1:0", "--data-dir"],
+        data.path(),
+    );
     let (status, _) = http(
-        api.expect("API address printed"),
+        api,
         "POST",
         "/v1/tenants",
         &key,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::Value;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 
 use switchyard_store::Store;
 
@@ -209,17 +209,8 @@ impl Client {
 
 /// Runs the workload against an API served in this process on `store`.
 pub async fn run(store: Store, options: &Options) -> anyhow::Result<Report> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop) = watch::channel(false);
-    let server = tokio::spawn(switchyard_api::serve(
-        listener,
-        switchyard_api::AppState::with_rate(store.clone(), 1_000_000),
-        stop,
-    ));
-    let key = switchyard_api::issue_key(&store, "operator", false)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let session = crate::cli::ApiSession::local(store.clone()).await?;
+    let (addr, key) = (session.addr(), session.key.clone());
     let pool: Vec<String> = (0..options.tenants * options.dids)
         .map(|n| format!("+1800{n:07}"))
         .collect();
@@ -261,8 +252,7 @@ pub async fn run(store: Store, options: &Options) -> anyhow::Result<Report> {
         t.await?;
     }
     let elapsed = started.elapsed();
-    let _ = stop_tx.send(true);
-    let _ = server.await;
+    session.close().await?;
 
     let mut errors = std::mem::take(&mut *shared.errors.lock().await);
     errors.extend(check_invariants(&store, options).await?);
