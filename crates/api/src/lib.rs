@@ -12,6 +12,7 @@
 mod auth;
 mod error;
 mod idempotency;
+mod jobs;
 mod routes;
 
 use axum::Router;
@@ -22,6 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::{Principal, hash_secret, issue_key};
 pub use error::{ApiError, Problem};
+pub use jobs::JobRunner;
 use switchyard_store::Store;
 
 /// Shared by every handler.
@@ -30,6 +32,8 @@ pub struct AppState {
     pub store: Store,
     /// Requests per second allowed per API key (with a burst of twice that).
     pub limiter: std::sync::Arc<KeyLimiter>,
+    /// Long operations, one after another per tenant.
+    pub jobs: std::sync::Arc<JobRunner>,
 }
 
 impl AppState {
@@ -40,6 +44,7 @@ impl AppState {
 
     pub fn with_rate(store: Store, per_second: u32) -> AppState {
         AppState {
+            jobs: JobRunner::new(store.clone()),
             store,
             limiter: std::sync::Arc::new(KeyLimiter::new(per_second)),
         }
@@ -139,6 +144,8 @@ pub async fn serve(
     state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // Jobs queued before this start (or left running by a crash) run now.
+    state.jobs.resume().await;
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

@@ -34,6 +34,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(set_number_target))
         .routes(routes!(create_media_pool, list_media_pools))
         .routes(routes!(list_cdrs))
+        .routes(routes!(enqueue_import, list_jobs))
+        .routes(routes!(get_job))
 }
 
 /// A JSON body whose rejections become problem+json naming the defect.
@@ -1001,4 +1003,86 @@ async fn update_extension(
         )
         .await?;
     Ok(Json(e.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct JobView {
+    id: String,
+    /// Place in the tenant's queue.
+    seq: i64,
+    kind: String,
+    /// `queued`, `running`, `done` or `failed`.
+    state: String,
+    #[schema(value_type = Object)]
+    result: Option<serde_json::Value>,
+}
+
+impl From<switchyard_store::Job> for JobView {
+    fn from(j: switchyard_store::Job) -> Self {
+        JobView {
+            id: j.id,
+            seq: j.seq,
+            kind: j.kind,
+            state: j.state,
+            result: j.result.and_then(|r| serde_json::from_str(&r).ok()),
+        }
+    }
+}
+
+/// Queues a bulk import for the tenant; jobs of one tenant run one after another.
+#[utoipa::path(post, path = "/v1/tenants/{id}/jobs/import", request_body = crate::jobs::ImportJob, security(("api_key" = [])),
+    responses((status = 202, body = JobView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn enqueue_import(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(input): Body<serde_json::Value>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    who.may_write(&id)?;
+    // Checked now so a malformed job is refused at once, not failed later.
+    serde_json::from_value::<crate::jobs::ImportJob>(input.clone()).map_err(|e| {
+        ApiError::Unprocessable {
+            field: "body".into(),
+            rule: e.to_string(),
+        }
+    })?;
+    let job = state
+        .store
+        .enqueue_job(&id, "import", &input.to_string())
+        .await?;
+    state.jobs.kick(&id);
+    Ok((StatusCode::ACCEPTED, Json(job.into())))
+}
+
+/// The tenant's jobs in queue order.
+#[utoipa::path(get, path = "/v1/tenants/{id}/jobs", security(("api_key" = [])),
+    responses((status = 200, body = [JobView]), (status = 404, body = Problem)))]
+async fn list_jobs(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    who.may_read(&id)?;
+    state.store.tenant(&id).await?;
+    Ok(Json(
+        state
+            .store
+            .jobs(&id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/v1/tenants/{id}/jobs/{job_id}", security(("api_key" = [])),
+    responses((status = 200, body = JobView), (status = 404, body = Problem)))]
+async fn get_job(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, job)): Path<(String, String)>,
+) -> Result<Json<JobView>, ApiError> {
+    who.may_read(&id)?;
+    Ok(Json(state.store.job(&id, &job).await?.into()))
 }

@@ -986,6 +986,178 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     );
 }
 
+on_both!(
+    jobs_of_one_tenant_run_in_order_and_never_interleave,
+    |store| {
+        let api = Api::new(&store);
+        let op = issue_key(&store, "operator", false).await.unwrap();
+        let (_, _, t) = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&op),
+                Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+            )
+            .await;
+        let id = t["id"].as_str().unwrap().to_owned();
+        let (_, _, other) = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&op),
+                Some(json!({"name": "B", "domain": "b.example.com"})),
+            )
+            .await;
+        api.call(
+            Method::POST,
+            "/v1/numbers",
+            Some(&op),
+            Some(json!({"numbers": ["+14155550100", "+14155550101", "+14155550102"]})),
+        )
+        .await;
+        let ext = |n: i64| json!({"number": n, "password": format!("password-{n}"), "display_name": format!("U{n}")});
+        let first = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": (100..130).map(ext).collect::<Vec<_>>(), "dids": 2});
+        let second = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": (125..135).map(ext).collect::<Vec<_>>(), "dids": 2});
+        let (s1, _, j1) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{id}/jobs/import"),
+                Some(&op),
+                Some(first),
+            )
+            .await;
+        let (s2, _, j2) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{id}/jobs/import"),
+                Some(&op),
+                Some(second),
+            )
+            .await;
+        assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+        assert_eq!((j1["seq"].as_i64(), j2["seq"].as_i64()), (Some(1), Some(2)));
+        let bad = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{id}/jobs/import"),
+                Some(&op),
+                Some(json!({"rangez": []})),
+            )
+            .await;
+        assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, Some("body"));
+        let wait = |job: String| {
+            let app = api.app.clone();
+            let (op, id) = (op.clone(), id.clone());
+            async move {
+                let api = Api { app };
+                for _ in 0..200 {
+                    let (_, _, j) = api
+                        .call(
+                            Method::GET,
+                            &format!("/v1/tenants/{id}/jobs/{job}"),
+                            Some(&op),
+                            None,
+                        )
+                        .await;
+                    if j["state"] == "done" || j["state"] == "failed" {
+                        return j;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                panic!("job {job} did not finish");
+            }
+        };
+        let d1 = wait(j1["id"].as_str().unwrap().to_owned()).await;
+        let d2 = wait(j2["id"].as_str().unwrap().to_owned()).await;
+        assert_eq!(
+            (d1["state"].as_str(), d2["state"].as_str()),
+            (Some("done"), Some("done")),
+            "{d1} {d2}"
+        );
+        assert!(
+            d2["result"]["started_at"].as_i64() >= d1["result"]["finished_at"].as_i64(),
+            "the second job started after the first ended"
+        );
+        assert_eq!(
+            d2["result"]["existing"],
+            1 + 5 + 2,
+            "the range, the 5 shared extensions and the 2 numbers were in place"
+        );
+        let exts = store.extensions(&id).await.unwrap();
+        assert_eq!(exts.len(), 35);
+        assert_eq!(
+            store.dids_of(&id).await.unwrap().len(),
+            2,
+            "a count, so no over-assignment"
+        );
+        // Jobs stay with their tenant.
+        let key_b = issue_key(&store, other["id"].as_str().unwrap(), false)
+            .await
+            .unwrap();
+        let r = api
+            .call(
+                Method::GET,
+                &format!("/v1/tenants/{id}/jobs/{}", j1["id"].as_str().unwrap()),
+                Some(&key_b),
+                None,
+            )
+            .await;
+        assert_problem(&r, StatusCode::NOT_FOUND, None);
+        let r = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{id}/jobs/import"),
+                Some(&key_b),
+                Some(json!({})),
+            )
+            .await;
+        assert_problem(&r, StatusCode::NOT_FOUND, None);
+    }
+);
+
+#[tokio::test]
+async fn jobs_left_by_a_restart_run_when_the_api_starts() {
+    let t = common::sqlite().await;
+    let tenant = t
+        .store
+        .create_tenant(&switchyard_store::NewTenant {
+            name: "A".into(),
+            domain: "a.example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Queued while no API ran (or by one that died).
+    let job = t
+        .store
+        .enqueue_job(
+            &tenant.id,
+            "import",
+            &json!({"ranges": [{"first_number": 10, "last_number": 19}]}).to_string(),
+        )
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(switchyard_api::serve(
+        listener,
+        AppState::new(t.store.clone()),
+        stop,
+    ));
+    let mut state = String::new();
+    for _ in 0..200 {
+        state = t.store.job(&tenant.id, &job.id).await.unwrap().state;
+        if state == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    assert_eq!(state, "done");
+    assert_eq!(t.store.extension_ranges(&tenant.id).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
     let t = common::sqlite().await;

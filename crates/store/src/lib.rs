@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod extensions;
 mod idempotency;
+mod jobs;
 mod model;
 mod resources;
 mod tenants;
@@ -36,6 +37,7 @@ pub use dids::check_e164;
 pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
+pub use jobs::Job;
 pub use model::{
     Did, Extension, ExtensionChanges, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant,
     TenantChanges, TenantConfig,
