@@ -909,7 +909,8 @@ struct CdrView {
     duration_ms: i64,
     disposition: String,
     hangup_side: Option<String>,
-    #[schema(value_type = Object)]
+    /// Per-leg counters (packets, bytes, loss, jitter).
+    #[schema(value_type = Vec<Object>)]
     legs: serde_json::Value,
 }
 
@@ -945,7 +946,10 @@ async fn list_cdrs(
                 duration_ms: c.duration_ms,
                 disposition: c.disposition,
                 hangup_side: c.hangup_side,
-                legs: serde_json::from_str(&c.legs).unwrap_or_default(),
+                legs: serde_json::from_str(&c.legs)
+                    .ok()
+                    .filter(serde_json::Value::is_array)
+                    .unwrap_or_else(|| serde_json::json!([])),
             })
             .collect(),
     ))
@@ -1013,7 +1017,8 @@ struct JobView {
     kind: String,
     /// `queued`, `running`, `done` or `failed`.
     state: String,
-    #[schema(value_type = Object)]
+    /// What the job did, once it ended.
+    #[schema(value_type = Option<Object>)]
     result: Option<serde_json::Value>,
 }
 
