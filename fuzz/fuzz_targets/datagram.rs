@@ -12,13 +12,17 @@ fuzz_target!(|data: &[u8]| {
     let raw = Bytes::copy_from_slice(data);
     let _ = inspect_datagram(raw.clone(), &Capabilities::SWITCHYARD);
     let _ = salvage_response_rows(data);
-    let Ok(m) = Message::parse_datagram(raw) else { return };
+    let Ok(m) = Message::parse_datagram(raw) else {
+        return;
+    };
     let _ = m.routing_keys();
     let _ = m.request_uri();
     for via in m.vias() {
         let _ = via.map(|v| (v.branch(), v.rport(), v.sent_by()));
     }
-    let _ = m.from_header().map(|f| (f.tag(), f.display_name(), f.uri()));
+    let _ = m
+        .from_header()
+        .map(|f| (f.tag(), f.display_name(), f.uri()));
     let _ = m.to_header();
     let _ = m.cseq();
     let _ = m.max_forwards();
@@ -42,6 +46,8 @@ fuzz_target!(|data: &[u8]| {
             .push_record_route("<sip:fuzz.invalid;lr>")
             .decrement_max_forwards()
             .map(|e| e.write());
-        let _ = ResponseBuilder::for_request(&m, 400, "Bad", "t").stamp_top_via("127.0.0.1", 5060).build();
+        let _ = ResponseBuilder::for_request(&m, 400, "Bad", "t")
+            .stamp_top_via("127.0.0.1", 5060)
+            .build();
     }
 });

@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use switchyard_sip::digest::{AuthHeader, Credentials, Nonces};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(h) = AuthHeader::parse(text) {
         let _ = (h.is_digest(), h.param("realm"), h.param("nonce"));
     }

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use switchyard_sip::framing::{Frame, StreamFramer};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, rest)) = data.split_first() else { return };
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(cut).max(1);
     let mut framer = StreamFramer::new(4096);
     for piece in rest.chunks(chunk) {
@@ -21,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => return,
             }
         }
-        assert!(framer.buffered() <= 4096 + chunk, "framer holds {} bytes", framer.buffered());
+        assert!(
+            framer.buffered() <= 4096 + chunk,
+            "framer holds {} bytes",
+            framer.buffered()
+        );
     }
 });
