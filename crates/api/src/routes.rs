@@ -534,25 +534,40 @@ async fn create_extension(
     Ok((StatusCode::CREATED, Json(e.into())))
 }
 
-/// The tenant's extensions.
-#[utoipa::path(get, path = "/v1/tenants/{id}/extensions", security(("api_key" = [])),
-    responses((status = 200, body = [ExtensionView]), (status = 404, body = Problem)))]
+/// The tenant's extensions in number order, a page at a time (`cursor`: the last number
+/// of the previous page).
+#[utoipa::path(get, path = "/v1/tenants/{id}/extensions", params(PageQuery), security(("api_key" = [])),
+    responses((status = 200, body = Page<ExtensionView>), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn list_extensions(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Vec<ExtensionView>>, ApiError> {
+    Params(q): Params<PageQuery>,
+) -> Result<Json<Page<ExtensionView>>, ApiError> {
     who.may_read(&id)?;
     state.store.tenant(&id).await?;
-    Ok(Json(
-        state
-            .store
-            .extensions(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            rule: "must be between 1 and 1000".into(),
+        });
+    }
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::Unprocessable {
+            field: "cursor".into(),
+            rule: "must be a cursor this API returned".into(),
+        })?),
+    };
+    let items = state.store.extensions_page(&id, after, limit).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|e| e.number.to_string()))
+        .flatten();
+    Ok(Json(Page {
+        items: items.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// Deletes an extension.

@@ -302,7 +302,55 @@ on_both!(provisioning_a_tenant_end_to_end, |store| {
             None,
         )
         .await;
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    for _ in 0..4 {
+        api.call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extensions"),
+            Some(&op),
+            Some(json!({"range_id": range["id"], "password": "more-passwords"})),
+        )
+        .await;
+    }
+    let (_, _, page1) = api
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{id}/extensions?limit=3"),
+            Some(&op),
+            None,
+        )
+        .await;
+    let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
+    let (_, _, page2) = api
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{id}/extensions?limit=3&cursor={cursor}"),
+            Some(&op),
+            None,
+        )
+        .await;
+    let numbers: Vec<i64> = page1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["items"].as_array().unwrap())
+        .map(|e| e["number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        vec![1000, 1001, 1002, 1003, 1004],
+        "two pages, every extension once, in order"
+    );
+    assert!(page2["next_cursor"].is_null());
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{id}/extensions?cursor=abc"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("cursor"));
     assert_eq!(
         api.call(
             Method::POST,

@@ -226,6 +226,23 @@ impl Store {
         }))
     }
 
+    /// A page of the tenant's extensions in number order, after number `after`.
+    pub async fn extensions_page(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Extension>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM extensions WHERE tenant_id = $1 AND number > $2 ORDER BY number LIMIT $3")
+                .bind(tenant_id)
+                .bind(after.unwrap_or(i64::MIN))
+                .bind(limit.clamp(1, 1000))
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
     pub async fn extensions(&self, tenant_id: &str) -> Result<Vec<Extension>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as("SELECT * FROM extensions WHERE tenant_id = $1 ORDER BY number")
