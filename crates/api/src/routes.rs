@@ -30,7 +30,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(assign_number, list_numbers))
         .routes(routes!(release_number))
         .routes(routes!(create_resource, list_resources))
-        .routes(routes!(get_resource, delete_resource))
+        .routes(routes!(get_resource, replace_resource, delete_resource))
         .routes(routes!(set_number_target))
         .routes(routes!(create_media_pool, list_media_pools))
         .routes(routes!(list_cdrs))
@@ -1105,4 +1105,28 @@ async fn get_job(
 ) -> Result<Json<JobView>, ApiError> {
     who.may_read(&id)?;
     Ok(Json(state.store.job(&id, &job).await?.into()))
+}
+
+/// Replaces a resource's name and spec (validated as on creation).
+#[utoipa::path(put, path = "/v1/tenants/{id}/resources/{kind}/{resource_id}", request_body = ResourceInput, security(("api_key" = [])),
+    responses((status = 200, body = ResourceView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn replace_resource(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, k, rid)): Path<(String, String, String)>,
+    Body(input): Body<ResourceInput>,
+) -> Result<Json<ResourceView>, ApiError> {
+    who.may_write(&id)?;
+    let k = kind(&k)?;
+    let current = state.store.resource(&id, &rid).await?;
+    if current.kind != k.as_str() {
+        return Err(ApiError::NotFound("resource".into()));
+    }
+    Ok(Json(
+        state
+            .store
+            .update_resource(&id, &rid, &input.name, input.spec)
+            .await?
+            .into(),
+    ))
 }

@@ -603,6 +603,16 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
             None,
         ),
         (
+            Method::PUT,
+            format!(
+                "/v1/tenants/{b}/resources/trunk/{}",
+                trunk_b["id"].as_str().unwrap()
+            ),
+            Some(
+                json!({"name": "stolen", "spec": {"host": "evil.example", "port": null, "transport": "udp", "username": null, "password": null, "codecs": ["PCMU"], "max_channels": 1}}),
+            ),
+        ),
+        (
             Method::DELETE,
             format!(
                 "/v1/tenants/{b}/resources/trunk/{}",

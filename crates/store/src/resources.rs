@@ -378,6 +378,66 @@ impl Store {
         Ok(res)
     }
 
+    /// Replaces a resource's name and spec, validated as on creation.
+    pub async fn update_resource(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<Resource> {
+        let current = self.resource(tenant_id, id).await?;
+        let kind =
+            ResourceKind::parse(&current.kind).ok_or(StoreError::NotFound { what: "resource" })?;
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(StoreError::invalid("name", "must be 1 to 100 characters"));
+        }
+        let refs = references(kind, &spec)?;
+        let spec = seal(kind, spec)?;
+        let now = self.now();
+        let text = spec.to_string();
+        Ok(in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "resource.updated", now);
+            for (ref_kind, rid) in &refs {
+                let found: Option<String> = if *ref_kind == "extension" {
+                    sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
+                        .bind(rid)
+                        .bind(tenant_id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                } else {
+                    sqlx::query_scalar("SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3")
+                        .bind(rid)
+                        .bind(tenant_id)
+                        .bind(*ref_kind)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                };
+                if found.is_none() {
+                    return Err(StoreError::invalid(
+                        "spec",
+                        format!("{ref_kind} {rid} does not exist in this tenant"),
+                    ));
+                }
+            }
+            let updated: Option<Resource> = sqlx::query_as(
+                "UPDATE tenant_resources SET name = $1, spec = $2 WHERE id = $3 AND tenant_id = $4 RETURNING *",
+            )
+            .bind(name)
+            .bind(&text)
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from_write(e) {
+                StoreError::Conflict { .. } => StoreError::Conflict { what: format!("a {} named {name:?} exists", kind.as_str()) },
+                other => other,
+            })?;
+            updated.ok_or(StoreError::NotFound { what: "resource" })?
+        }))
+    }
+
     pub async fn resources(&self, tenant_id: &str, kind: ResourceKind) -> Result<Vec<Resource>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(

@@ -546,6 +546,22 @@ on_both!(
             store.delete_resource(&b.id, &rg.id).await,
             Err(StoreError::NotFound { .. })
         ));
+        // A replaced spec is validated like a new one.
+        let moved = json!({"strategy": "sequential", "members": [e2.id], "ring_seconds": 30, "fallback": null});
+        let updated = store
+            .update_resource(&a.id, &rg.id, "Sales", moved)
+            .await
+            .unwrap();
+        assert!(updated.spec.contains("sequential"));
+        let foreign = json!({"strategy": "sequential", "members": [eb.id], "ring_seconds": 30, "fallback": null});
+        assert!(matches!(
+            store.update_resource(&a.id, &rg.id, "Sales", foreign).await,
+            Err(StoreError::Invalid { .. })
+        ));
+        assert!(matches!(
+            store.update_resource(&b.id, &rg.id, "x", json!({})).await,
+            Err(StoreError::NotFound { .. })
+        ));
         // A voicemail PIN is stored only as a salted hash.
         let vm = store
             .create_resource(
