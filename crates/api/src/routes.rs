@@ -24,6 +24,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(get_tenant, update_tenant, delete_tenant))
         .routes(routes!(create_range, list_ranges))
+        .routes(routes!(delete_range))
         .routes(routes!(create_extension, list_extensions))
         .routes(routes!(get_extension, update_extension, delete_extension))
         .routes(routes!(add_numbers))
@@ -1129,4 +1130,17 @@ async fn replace_resource(
             .await?
             .into(),
     ))
+}
+
+/// Deletes an extension range that holds no extensions (else 409).
+#[utoipa::path(delete, path = "/v1/tenants/{id}/extension-ranges/{range_id}", security(("api_key" = [])),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn delete_range(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((id, range)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    who.may_write(&id)?;
+    state.store.delete_extension_range(&id, &range).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

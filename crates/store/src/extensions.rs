@@ -97,6 +97,37 @@ impl Store {
         Ok(range)
     }
 
+    /// Deletes an empty range (one that still holds extensions is refused, never emptied).
+    pub async fn delete_extension_range(&self, tenant_id: &str, range_id: &str) -> Result<()> {
+        let now = self.now();
+        in_tx!(self, |tx, _pg| {
+            bump_version!(tx, tenant_id, "extension_range.deleted", now);
+            let used: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM extensions WHERE tenant_id = $1 AND range_id = $2",
+            )
+            .bind(tenant_id)
+            .bind(range_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if used > 0 {
+                return Err(StoreError::Conflict {
+                    what: format!("the range still holds {used} extensions"),
+                });
+            }
+            let done = sqlx::query("DELETE FROM extension_ranges WHERE id = $1 AND tenant_id = $2")
+                .bind(range_id)
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound {
+                    what: "extension range",
+                });
+            }
+        });
+        Ok(())
+    }
+
     pub async fn extension_ranges(&self, tenant_id: &str) -> Result<Vec<ExtensionRange>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(

@@ -241,10 +241,28 @@ on_both!(
                 (4, "extension.deleted")
             ]
         );
+        let spare = store.add_extension_range(&t.id, 300, 399).await.unwrap();
+        let r2 = store.add_extension_range(&t.id, 400, 499).await.unwrap();
+        store
+            .create_extension(&t.id, &ext(&r2.id, None))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store.delete_extension_range(&t.id, &r2.id).await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "a range is never emptied by a cascade"
+        );
+        store
+            .delete_extension_range(&t.id, &spare.id)
+            .await
+            .unwrap();
+        assert_eq!(store.extensions(&t.id).await.unwrap().len(), 1);
         let config = store.tenant_config(&t.id).await.unwrap();
-        assert_eq!(config.version, 4);
-        assert!(config.extensions.is_empty());
-        assert_eq!(config.ranges.len(), 1);
+        assert_eq!(config.version, 8);
+        assert_eq!(config.extensions.len(), 1);
+        assert_eq!(config.ranges.len(), 2);
     }
 );
 
