@@ -542,7 +542,7 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
     let key_a = issue_key(&store, a, false).await.unwrap();
     // Every tenant-scoped route, aimed at B with A's key: 404, never B's data.
     let ext_b = store.extensions(b).await.unwrap().remove(0);
-    for (method, path, body) in [
+    let cases = [
         (Method::GET, format!("/v1/tenants/{b}"), None),
         (Method::DELETE, format!("/v1/tenants/{b}"), None),
         (
@@ -626,7 +626,72 @@ on_both!(a_tenant_key_never_reaches_another_tenant, |store| {
             format!("/v1/tenants/{b}/numbers/%2B14155550100"),
             None,
         ),
-    ] {
+        (
+            Method::PUT,
+            format!("/v1/tenants/{b}/numbers/%2B14155550100/target"),
+            Some(json!({"target": {"kind": "hangup"}})),
+        ),
+        (Method::GET, format!("/v1/tenants/{b}/cdrs"), None),
+        (
+            Method::DELETE,
+            format!(
+                "/v1/tenants/{b}/extension-ranges/{}",
+                rb["id"].as_str().unwrap()
+            ),
+            None,
+        ),
+        (Method::GET, format!("/v1/tenants/{b}/jobs"), None),
+        (
+            Method::GET,
+            format!("/v1/tenants/{b}/jobs/00000000000000000000000000000000"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{b}/jobs/import"),
+            Some(json!({})),
+        ),
+    ];
+    // The list covers every tenant-scoped route the OpenAPI document declares.
+    let (_, _, doc) = api.call(Method::GET, "/openapi.json", None, None).await;
+    let mut declared: Vec<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p.starts_with("/v1/tenants/{id}"))
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {p}", m.to_uppercase()))
+        })
+        .collect();
+    let trunk_id = trunk_b["id"].as_str().unwrap();
+    let mut covered: Vec<String> = cases
+        .iter()
+        .map(|(m, p, _)| (m, p))
+        .map(|(m, p)| {
+            let t = p
+                .replacen(&format!("/v1/tenants/{b}"), "/v1/tenants/{id}", 1)
+                .replace(&ext_b.id, "{extension_id}")
+                .replace(trunk_id, "{resource_id}")
+                .replace(rb["id"].as_str().unwrap(), "{range_id}")
+                .replace("00000000000000000000000000000000", "{job_id}")
+                .replace("%2B14155550100", "{number}")
+                .replace("/resources/trunk", "/resources/{kind}")
+                .replace("/resources/ring_group", "/resources/{kind}");
+            format!("{m} {t}")
+        })
+        .collect();
+    declared.sort();
+    declared.dedup();
+    covered.sort();
+    covered.dedup();
+    assert_eq!(
+        covered, declared,
+        "every tenant-scoped route is tried with another tenant's key"
+    );
+    for (method, path, body) in cases {
         let r = api.call(method.clone(), &path, Some(&key_a), body).await;
         let expected = if method == Method::DELETE && path.ends_with(b.as_str()) {
             StatusCode::FORBIDDEN
