@@ -1,0 +1,189 @@
+//! The location service, in memory and on the real Redis at 127.0.0.1:6379
+//! (`SWITCHYARD_TEST_REDIS` overrides): the same rules on both. Redis is never skipped.
+
+use switchyard_state::{Binding, Locations, StateError};
+use switchyard_types::TenantId;
+
+fn binding(contact: &str, expires_at_ms: i64, call_id: &str, cseq: u32) -> Binding {
+    Binding {
+        contact: contact.to_owned(),
+        expires_at_ms,
+        flow: Some("tcp:7".into()),
+        source: "127.0.0.1:5062".into(),
+        call_id: call_id.to_owned(),
+        cseq,
+    }
+}
+
+async fn redis() -> Locations {
+    let url =
+        std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!(
+        "test-{}-{}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    Locations::redis(&url, &prefix)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required at {url} (set SWITCHYARD_TEST_REDIS): {e}"))
+}
+
+async fn rules_hold(l: Locations) {
+    let acme = TenantId::from("acme");
+    let other = TenantId::from("other");
+    let now = 1_000_000;
+    l.register(
+        &acme,
+        "sip:1000@acme.example.com",
+        binding("sip:1000@10.0.0.1", now + 60_000, "c1", 1),
+        2,
+        now,
+    )
+    .await
+    .unwrap();
+    l.register(
+        &acme,
+        "sip:1000@acme.example.com",
+        binding("sip:1000@10.0.0.2", now + 30_000, "c2", 1),
+        2,
+        now,
+    )
+    .await
+    .unwrap();
+    // A third contact is refused: the extension allows two.
+    let e = l
+        .register(
+            &acme,
+            "sip:1000@acme.example.com",
+            binding("sip:1000@10.0.0.3", now + 60_000, "c3", 1),
+            2,
+            now,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::TooManyContacts(2)), "{e}");
+    // A refresh replaces by contact; an old CSeq of the same Call-ID is refused.
+    l.register(
+        &acme,
+        "sip:1000@acme.example.com",
+        binding("sip:1000@10.0.0.1", now + 90_000, "c1", 2),
+        2,
+        now,
+    )
+    .await
+    .unwrap();
+    let e = l
+        .register(
+            &acme,
+            "sip:1000@acme.example.com",
+            binding("sip:1000@10.0.0.1", now + 99_000, "c1", 2),
+            2,
+            now,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::OutOfOrder), "{e}");
+    let live = l
+        .lookup(&acme, "SIP:1000@acme.example.com", now)
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0].expires_at_ms, now + 90_000);
+    assert_eq!(live[0].flow.as_deref(), Some("tcp:7"));
+    // Another tenant never sees them, even for the same AoR text.
+    assert!(
+        l.lookup(&other, "sip:1000@acme.example.com", now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Lapsed bindings are gone, and free their slot.
+    let later = now + 40_000;
+    assert_eq!(
+        l.lookup(&acme, "sip:1000@acme.example.com", later)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    l.register(
+        &acme,
+        "sip:1000@acme.example.com",
+        binding("sip:1000@10.0.0.3", later + 60_000, "c3", 1),
+        2,
+        later,
+    )
+    .await
+    .unwrap();
+    l.unregister(&acme, "sip:1000@acme.example.com", "sip:1000@10.0.0.3")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.lookup(&acme, "sip:1000@acme.example.com", later)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    l.unregister_all(&acme, "sip:1000@acme.example.com")
+        .await
+        .unwrap();
+    assert!(
+        l.lookup(&acme, "sip:1000@acme.example.com", later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn memory_locations_follow_the_rules() {
+    rules_hold(Locations::memory()).await;
+}
+
+#[tokio::test]
+async fn redis_locations_follow_the_same_rules() {
+    rules_hold(redis().await).await;
+}
+
+#[tokio::test]
+async fn concurrent_registrations_never_exceed_the_limit_in_redis() {
+    let l = std::sync::Arc::new(redis().await);
+    let tenant = TenantId::from("acme");
+    let now = 5_000_000;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (l, tenant) = (l.clone(), tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            l.register(
+                &tenant,
+                "sip:2000@acme.example.com",
+                binding(
+                    &format!("sip:2000@10.0.1.{i}"),
+                    now + 60_000,
+                    &format!("c{i}"),
+                    1,
+                ),
+                3,
+                now,
+            )
+            .await
+            .is_ok()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(
+        l.lookup(&tenant, "sip:2000@acme.example.com", now)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
