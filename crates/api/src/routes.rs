@@ -1003,6 +1003,7 @@ async fn update_extension(
     State(state): State<AppState>,
     who: Principal,
     Path((id, ext)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     Body(input): Body<ExtensionPatch>,
 ) -> Result<Json<ExtensionView>, ApiError> {
     who.may_write(&id)?;
@@ -1019,6 +1020,7 @@ async fn update_extension(
                 forward_busy: input.forward_busy,
                 forward_no_answer: input.forward_no_answer,
                 no_answer_seconds: input.no_answer_seconds,
+                expected_version: if_match(&headers)?,
             },
         )
         .await?;
@@ -1115,6 +1117,7 @@ async fn replace_resource(
     State(state): State<AppState>,
     who: Principal,
     Path((id, k, rid)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
     Body(input): Body<ResourceInput>,
 ) -> Result<Json<ResourceView>, ApiError> {
     who.may_write(&id)?;
@@ -1126,7 +1129,7 @@ async fn replace_resource(
     Ok(Json(
         state
             .store
-            .update_resource(&id, &rid, &input.name, input.spec)
+            .update_resource_if(&id, &rid, &input.name, input.spec, if_match(&headers)?)
             .await?
             .into(),
     ))

@@ -1281,6 +1281,72 @@ async fn jobs_left_by_a_restart_run_when_the_api_starts() {
     assert_eq!(t.store.extension_ranges(&tenant.id).await.unwrap().len(), 1);
 }
 
+on_both!(writes_inside_a_tenant_honour_the_tenants_etag, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (_, _, t) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+        )
+        .await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    let (_, _, r) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extension-ranges"),
+            Some(&op),
+            Some(json!({"first_number": 100, "last_number": 199})),
+        )
+        .await;
+    let (_, _, e) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extensions"),
+            Some(&op),
+            Some(json!({"range_id": r["id"], "password": "long-password"})),
+        )
+        .await;
+    let version = store.tenant(&id).await.unwrap().config_version;
+    let patch = |if_match: i64, body: Value| {
+        let app = api.app.clone();
+        let (op, path) = (
+            op.clone(),
+            format!("/v1/tenants/{id}/extensions/{}", e["id"].as_str().unwrap()),
+        );
+        async move {
+            let req = Request::builder()
+                .method(Method::PATCH)
+                .uri(path)
+                .header("Authorization", format!("Bearer {op}"))
+                .header("Content-Type", "application/json")
+                .header("If-Match", format!("\"{if_match}\""))
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(
+        patch(version, json!({"display_name": "First"})).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        patch(version, json!({"display_name": "Lost update"})).await,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        store.extensions(&id).await.unwrap()[0].display_name,
+        "First",
+        "the stale write changed nothing"
+    );
+    assert_eq!(
+        patch(version + 1, json!({"display_name": "Second"})).await,
+        StatusCode::OK
+    );
+});
+
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
     let t = common::sqlite().await;

@@ -345,7 +345,15 @@ impl Store {
         }
         let now = self.now();
         Ok(in_tx!(self, |tx, _pg| {
-            bump_version!(tx, tenant_id, "extension.updated", now);
+            let version = bump_version!(tx, tenant_id, "extension.updated", now);
+            if let Some(expected) = c.expected_version
+                && expected != version - 1
+            {
+                return Err(StoreError::Stale {
+                    expected,
+                    current: version - 1,
+                });
+            }
             let current: Extension =
                 sqlx::query_as("SELECT * FROM extensions WHERE id = $1 AND tenant_id = $2")
                     .bind(extension_id)

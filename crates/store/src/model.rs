@@ -96,6 +96,8 @@ pub struct ExtensionChanges {
     pub forward_busy: Option<String>,
     pub forward_no_answer: Option<String>,
     pub no_answer_seconds: Option<i64>,
+    /// Apply only if the tenant is still at this config version (If-Match).
+    pub expected_version: Option<i64>,
 }
 
 /// A new extension: a fixed number, or the next free one of the range.

@@ -386,6 +386,19 @@ impl Store {
         name: &str,
         spec: serde_json::Value,
     ) -> Result<Resource> {
+        self.update_resource_if(tenant_id, id, name, spec, None)
+            .await
+    }
+
+    /// As [`Store::update_resource`], only if the tenant is still at `expected_version`.
+    pub async fn update_resource_if(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        name: &str,
+        spec: serde_json::Value,
+        expected_version: Option<i64>,
+    ) -> Result<Resource> {
         let current = self.resource(tenant_id, id).await?;
         let kind =
             ResourceKind::parse(&current.kind).ok_or(StoreError::NotFound { what: "resource" })?;
@@ -398,7 +411,15 @@ impl Store {
         let now = self.now();
         let text = spec.to_string();
         Ok(in_tx!(self, |tx, _pg| {
-            bump_version!(tx, tenant_id, "resource.updated", now);
+            let version = bump_version!(tx, tenant_id, "resource.updated", now);
+            if let Some(expected) = expected_version
+                && expected != version - 1
+            {
+                return Err(StoreError::Stale {
+                    expected,
+                    current: version - 1,
+                });
+            }
             for (ref_kind, rid) in &refs {
                 let found: Option<String> = if *ref_kind == "extension" {
                     sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
