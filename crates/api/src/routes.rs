@@ -127,6 +127,18 @@ where
     }
 }
 
+/// A list's `limit`: 100 by default, 1 to 1000.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Unprocessable {
+            field: "limit".into(),
+            rule: "must be between 1 and 1000".into(),
+        });
+    }
+    Ok(limit)
+}
+
 fn with_etag(status: StatusCode, version: i64, body: impl Serialize) -> Response {
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
@@ -258,13 +270,7 @@ async fn list_tenants(
             next_cursor: None,
         }));
     }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable {
-            field: "limit".into(),
-            rule: "must be between 1 and 1000".into(),
-        });
-    }
+    let limit = page_limit(q.limit)?;
     let items = state.store.list_tenants(q.cursor.as_deref(), limit).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|t| t.id.clone()))
@@ -412,6 +418,16 @@ struct RangeView {
     last_number: i64,
 }
 
+impl From<switchyard_store::ExtensionRange> for RangeView {
+    fn from(r: switchyard_store::ExtensionRange) -> Self {
+        RangeView {
+            id: r.id,
+            first_number: r.first_number,
+            last_number: r.last_number,
+        }
+    }
+}
+
 /// Adds an extension range (ranges of one tenant never overlap).
 #[utoipa::path(post, path = "/v1/tenants/{id}/extension-ranges", request_body = RangeInput, security(("api_key" = [])),
     responses((status = 201, body = RangeView), (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -426,14 +442,7 @@ async fn create_range(
         .store
         .add_extension_range(&id, input.first_number, input.last_number)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RangeView {
-            id: r.id,
-            first_number: r.first_number,
-            last_number: r.last_number,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(r.into())))
 }
 
 /// The tenant's extension ranges.
@@ -447,16 +456,7 @@ async fn list_ranges(
     who.may_read(&id)?;
     state.store.tenant(&id).await?;
     let ranges = state.store.extension_ranges(&id).await?;
-    Ok(Json(
-        ranges
-            .into_iter()
-            .map(|r| RangeView {
-                id: r.id,
-                first_number: r.first_number,
-                last_number: r.last_number,
-            })
-            .collect(),
-    ))
+    Ok(Json(ranges.into_iter().map(Into::into).collect()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -547,13 +547,7 @@ async fn list_extensions(
 ) -> Result<Json<Page<ExtensionView>>, ApiError> {
     who.may_read(&id)?;
     state.store.tenant(&id).await?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable {
-            field: "limit".into(),
-            rule: "must be between 1 and 1000".into(),
-        });
-    }
+    let limit = page_limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::Unprocessable {
@@ -597,6 +591,15 @@ struct NumberView {
     state: String,
 }
 
+impl From<switchyard_store::Did> for NumberView {
+    fn from(d: switchyard_store::Did) -> Self {
+        NumberView {
+            number: d.number,
+            state: d.state,
+        }
+    }
+}
+
 /// Adds numbers to the shared pool (operator keys).
 #[utoipa::path(post, path = "/v1/numbers", request_body = NumbersInput, security(("api_key" = [])),
     responses((status = 201), (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -626,13 +629,7 @@ async fn assign_number(
 ) -> Result<(StatusCode, Json<NumberView>), ApiError> {
     who.may_write(&id)?;
     let d = state.store.assign_next_did(&id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(NumberView {
-            number: d.number,
-            state: d.state,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(d.into())))
 }
 
 /// The tenant's numbers.
@@ -651,10 +648,7 @@ async fn list_numbers(
             .dids_of(&id)
             .await?
             .into_iter()
-            .map(|d| NumberView {
-                number: d.number,
-                state: d.state,
-            })
+            .map(Into::into)
             .collect(),
     ))
 }
@@ -941,13 +935,7 @@ async fn list_cdrs(
 ) -> Result<Json<Vec<CdrView>>, ApiError> {
     who.may_read(&id)?;
     state.store.tenant(&id).await?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Unprocessable {
-            field: "limit".into(),
-            rule: "must be between 1 and 1000".into(),
-        });
-    }
+    let limit = page_limit(q.limit)?;
     let rows = state.store.cdrs(&id, q.before, limit).await?;
     Ok(Json(
         rows.into_iter()

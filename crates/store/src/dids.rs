@@ -123,25 +123,8 @@ impl Store {
         let now = self.now();
         Ok(in_tx!(self, |tx, _pg| {
             bump_version!(tx, tenant_id, "did.target", now);
-            let exists: Option<String> = match kind {
-                "hangup" => Some(String::new()),
-                "extension" => sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
-                    .bind(id)
-                    .bind(tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?,
-                _ => sqlx::query_scalar("SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3")
-                    .bind(id)
-                    .bind(tenant_id)
-                    .bind(kind)
-                    .fetch_optional(&mut *tx)
-                    .await?,
-            };
-            if exists.is_none() {
-                return Err(StoreError::invalid(
-                    "target",
-                    format!("{kind} {id} does not exist in this tenant"),
-                ));
+            if kind != "hangup" {
+                crate::resources::ensure_in_tenant!(tx, tenant_id, kind, id, "target");
             }
             let did: Option<Did> = sqlx::query_as(
                 "UPDATE dids SET target = $1, updated_at = $2 WHERE number = $3 AND tenant_id = $4 RETURNING *",

@@ -11,6 +11,37 @@ use sha2::{Digest, Sha256};
 use crate::tenants::bump_version;
 use crate::{Result, Store, StoreError, in_tx, new_id, on_pool};
 
+/// Fails with `Invalid { field: $field }` unless `$id` names an extension (`$kind ==
+/// "extension"`) or a resource of kind `$kind` of the tenant. Runs inside a transaction
+/// of either backend.
+macro_rules! ensure_in_tenant {
+    ($tx:ident, $tenant_id:expr, $kind:expr, $id:expr, $field:literal) => {{
+        let found: Option<String> = if $kind == "extension" {
+            sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
+                .bind($id)
+                .bind($tenant_id)
+                .fetch_optional(&mut *$tx)
+                .await?
+        } else {
+            sqlx::query_scalar(
+                "SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3",
+            )
+            .bind($id)
+            .bind($tenant_id)
+            .bind($kind)
+            .fetch_optional(&mut *$tx)
+            .await?
+        };
+        if found.is_none() {
+            return Err(StoreError::invalid(
+                $field,
+                format!("{} {} does not exist in this tenant", $kind, $id),
+            ));
+        }
+    }};
+}
+pub(crate) use ensure_in_tenant;
+
 /// The kinds of resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -340,26 +371,7 @@ impl Store {
         in_tx!(self, |tx, _pg| {
             bump_version!(tx, tenant_id, "resource.created", now);
             for (ref_kind, id) in &refs {
-                let found: Option<String> = if *ref_kind == "extension" {
-                    sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
-                        .bind(id)
-                        .bind(tenant_id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                } else {
-                    sqlx::query_scalar("SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3")
-                        .bind(id)
-                        .bind(tenant_id)
-                        .bind(*ref_kind)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                };
-                if found.is_none() {
-                    return Err(StoreError::invalid(
-                        "spec",
-                        format!("{ref_kind} {id} does not exist in this tenant"),
-                    ));
-                }
+                ensure_in_tenant!(tx, tenant_id, *ref_kind, id, "spec");
             }
             sqlx::query("INSERT INTO tenant_resources (id, tenant_id, kind, name, spec, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(&r.id)
@@ -421,26 +433,7 @@ impl Store {
                 });
             }
             for (ref_kind, rid) in &refs {
-                let found: Option<String> = if *ref_kind == "extension" {
-                    sqlx::query_scalar("SELECT id FROM extensions WHERE id = $1 AND tenant_id = $2")
-                        .bind(rid)
-                        .bind(tenant_id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                } else {
-                    sqlx::query_scalar("SELECT id FROM tenant_resources WHERE id = $1 AND tenant_id = $2 AND kind = $3")
-                        .bind(rid)
-                        .bind(tenant_id)
-                        .bind(*ref_kind)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                };
-                if found.is_none() {
-                    return Err(StoreError::invalid(
-                        "spec",
-                        format!("{ref_kind} {rid} does not exist in this tenant"),
-                    ));
-                }
+                ensure_in_tenant!(tx, tenant_id, *ref_kind, rid, "spec");
             }
             let updated: Option<Resource> = sqlx::query_as(
                 "UPDATE tenant_resources SET name = $1, spec = $2 WHERE id = $3 AND tenant_id = $4 RETURNING *",
@@ -510,23 +503,6 @@ impl Store {
             }
         });
         Ok(())
-    }
-
-    /// Names of resources that refer to `id` (an extension or a resource) in the tenant.
-    pub async fn referrers(&self, tenant_id: &str, id: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String, String)> = on_pool!(self, |pool| {
-            sqlx::query_as(
-                "SELECT kind, name FROM tenant_resources WHERE tenant_id = $1 AND spec LIKE $2",
-            )
-            .bind(tenant_id)
-            .bind(format!("%\"{id}\"%"))
-            .fetch_all(pool)
-            .await?
-        });
-        Ok(rows
-            .into_iter()
-            .map(|(k, n)| format!("{k} {n:?}"))
-            .collect())
     }
 }
 
