@@ -1,6 +1,16 @@
-//! The SIP edge. So far: the choice of core node for a dialog ([`hrw`]). The registrar,
-//! limits and the dispatcher come with the first-call issue.
+//! The SIP edge: the front door for phones.
+//!
+//! - [`registrar`]: REGISTER answered here (digest against the store's HA1, bindings in
+//!   the location service with the phone's flow).
+//! - [`proxy`]: every other request forwarded statelessly to a core node chosen by
+//!   rendezvous hashing of the Call-ID ([`hrw`]), and requests from cores to phones over
+//!   the flow a [`token`] names.
+//! - [`auth`]: digest checks shared by both, with the failure limit.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod hrw;
+pub mod proxy;
+pub mod registrar;
+pub mod token;

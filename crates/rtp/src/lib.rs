@@ -4,3 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod g711;
+pub mod packet;
+pub mod stats;

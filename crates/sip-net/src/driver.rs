@@ -103,13 +103,29 @@ impl DriverHandle {
     }
 }
 
-/// Starts the driver task.
+/// Which requests open a server transaction; the others reach the TU as
+/// [`TuEvent::Stateless`] (a stateless proxy forwards them untouched by any transaction).
+pub type StatefulFilter = fn(&Message) -> bool;
+
+/// Starts the driver task; every request opens a server transaction.
 pub fn spawn_driver(
+    hub: Hub,
+    timers: TimerConfig,
+    incoming: mpsc::Receiver<Incoming>,
+    tu: mpsc::Sender<TuEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> DriverHandle {
+    spawn_driver_filtered(hub, timers, incoming, tu, shutdown, |_| true)
+}
+
+/// Starts the driver task; only requests `stateful` accepts open a server transaction.
+pub fn spawn_driver_filtered(
     hub: Hub,
     timers: TimerConfig,
     mut incoming: mpsc::Receiver<Incoming>,
     tu: mpsc::Sender<TuEvent>,
     mut shutdown: watch::Receiver<bool>,
+    stateful: StatefulFilter,
 ) -> DriverHandle {
     let (commands, mut command_rx) = mpsc::channel::<Command>(4096);
     tokio::spawn(async move {
@@ -119,7 +135,7 @@ pub fn spawn_driver(
             tokio::select! {
                 item = incoming.recv() => {
                     let Some(item) = item else { break };
-                    receive(&mut layer, item, &tu).await;
+                    receive(&mut layer, item, &tu, stateful).await;
                 }
                 cmd = command_rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -151,9 +167,19 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn receive(layer: &mut TransactionLayer<Peer>, item: Incoming, tu: &mpsc::Sender<TuEvent>) {
+async fn receive(
+    layer: &mut TransactionLayer<Peer>,
+    item: Incoming,
+    tu: &mpsc::Sender<TuEvent>,
+    stateful: StatefulFilter,
+) {
     let reliable = item.transport.is_stream();
     match item.inbound {
+        Inbound::Request(ref msg) if !stateful(msg) => {
+            if tu.send(TuEvent::Stateless(item)).await.is_err() {
+                warn!("transaction user gone");
+            }
+        }
         Inbound::Request(msg) => {
             let via = msg.top_via().ok();
             let target = response_target(

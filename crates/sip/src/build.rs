@@ -460,6 +460,18 @@ impl<'m> Editor<'m> {
         self
     }
 
+    /// Removes every row of a header this crate has no name for (case-insensitive), such
+    /// as an internal header a phone must not be able to set.
+    pub fn remove_other(mut self, name: &str) -> Self {
+        for (i, r) in self.msg.rows_slice().iter().enumerate() {
+            if r.name == HeaderName::Other && self.msg.text(r.name_span).eq_ignore_ascii_case(name)
+            {
+                self.replaced.push((i, None));
+            }
+        }
+        self
+    }
+
     /// Writes the edited message.
     pub fn write(&self) -> Bytes {
         let m = self.msg;

@@ -1,0 +1,211 @@
+//! Digest authentication of phones against the store's HA1 digests, shared by the
+//! registrar (`Authorization`, 401) and the proxy (`Proxy-Authorization`, 407).
+//!
+//! - The realm is the tenant's domain; credentials for any other realm are ignored, so a
+//!   password of one tenant never authenticates in another.
+//! - An unknown username gets exactly the challenge a wrong password gets (no user
+//!   enumeration).
+//! - After `max_failures` failed attempts for one source address and user within
+//!   `window_secs`, the answer is `403` until the window passes, with a log line naming
+//!   the source and the address of record.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use switchyard_sip::HeaderName;
+use switchyard_sip::Message;
+use switchyard_sip::digest::{Algorithm, Challenge, Credentials, NonceCheck, NonceCounts, Nonces};
+use switchyard_store::{Extension, Store, StoreError, Tenant};
+use tracing::warn;
+
+/// What to answer.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    Authenticated(Box<Extension>),
+    /// Send a fresh challenge (`stale` when the client's nonce had only expired).
+    Challenge {
+        stale: bool,
+    },
+    /// `403` with this reason.
+    Forbidden(&'static str),
+}
+
+/// Failure-limit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FailurePolicy {
+    pub max_failures: u32,
+    pub window_secs: u64,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            max_failures: 5,
+            window_secs: 300,
+        }
+    }
+}
+
+/// Checks digest credentials; keeps nonce counts and failure counters of this node.
+#[derive(Debug)]
+pub struct Authenticator {
+    nonces: Nonces,
+    counts: Mutex<NonceCounts>,
+    failures: Mutex<HashMap<String, (u32, u64)>>,
+    policy: FailurePolicy,
+}
+
+impl Authenticator {
+    pub fn new(nonces: Nonces, policy: FailurePolicy) -> Authenticator {
+        Authenticator {
+            nonces,
+            counts: Mutex::new(NonceCounts::default()),
+            failures: Mutex::new(HashMap::new()),
+            policy,
+        }
+    }
+
+    /// Challenge header values (SHA-256 first, then MD5) for `realm`.
+    pub fn challenges(&self, realm: &str, stale: bool, now_secs: u64) -> Vec<String> {
+        let nonce = self.nonces.issue(realm, now_secs);
+        [Algorithm::Sha256, Algorithm::Md5]
+            .into_iter()
+            .map(|algorithm| {
+                Challenge {
+                    realm: realm.to_owned(),
+                    nonce: nonce.clone(),
+                    algorithm,
+                    stale,
+                    opaque: None,
+                }
+                .header_value()
+            })
+            .collect()
+    }
+
+    /// Checks the credentials in `header` rows of `msg` for `tenant`. `aor_user` is the
+    /// user the request claims to be (To of a REGISTER, From of an INVITE): the credentials
+    /// must belong to that extension.
+    pub async fn check(
+        &self,
+        store: &Store,
+        tenant: &Tenant,
+        msg: &Message,
+        header: HeaderName,
+        aor_user: &str,
+        source: IpAddr,
+        now_secs: u64,
+    ) -> Result<AuthOutcome, StoreError> {
+        let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
+        let failure_key = format!("{}|{}|{}", tenant.id, source, aor_user.to_ascii_lowercase());
+        if self.blocked(&failure_key, now_secs) {
+            return Ok(AuthOutcome::Forbidden("Too many failed authentications"));
+        }
+        let mut stale = false;
+        for row in msg.header_rows(header) {
+            let Ok(creds) = Credentials::parse(row) else {
+                continue;
+            };
+            if !creds.realm.eq_ignore_ascii_case(&tenant.domain) {
+                continue;
+            }
+            match self.nonces.check(&creds.nonce, &tenant.domain, now_secs) {
+                NonceCheck::Invalid => continue,
+                NonceCheck::Stale => {
+                    stale = true;
+                    continue;
+                }
+                NonceCheck::Valid => {}
+            }
+            let ext = match store
+                .extension_by_username(&tenant.id, &creds.username)
+                .await
+            {
+                Ok(e) => Some(e),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let verified = ext.as_ref().is_some_and(|e| {
+                let ha1 = match creds.algorithm {
+                    Algorithm::Md5 => &e.ha1_md5,
+                    Algorithm::Sha256 => &e.ha1_sha256,
+                };
+                creds.verify(&method, ha1)
+            });
+            let Some(ext) = ext.filter(|_| verified) else {
+                return Ok(self.fail(&failure_key, tenant, aor_user, source, now_secs));
+            };
+            if let Some(nc) = creds.nonce_count() {
+                let fresh = self
+                    .counts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .accept(&creds.nonce, nc, now_secs);
+                if !fresh {
+                    // A replayed response: never accepted, but a retransmission is no
+                    // attack either, so it is challenged without counting a failure.
+                    return Ok(AuthOutcome::Challenge { stale: false });
+                }
+            }
+            if !aor_user.eq_ignore_ascii_case(&ext.username) && aor_user != ext.number.to_string() {
+                warn!(tenant = %tenant.id, %source, aor = aor_user, username = %ext.username,
+                    "credentials of one extension used for another");
+                return Ok(AuthOutcome::Forbidden(
+                    "Credentials do not match the address of record",
+                ));
+            }
+            self.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&failure_key);
+            return Ok(AuthOutcome::Authenticated(Box::new(ext)));
+        }
+        Ok(AuthOutcome::Challenge { stale })
+    }
+
+    fn blocked(&self, key: &str, now_secs: u64) -> bool {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).is_some_and(|(n, since)| {
+            *n >= self.policy.max_failures
+                && now_secs.saturating_sub(*since) < self.policy.window_secs
+        })
+    }
+
+    fn fail(
+        &self,
+        key: &str,
+        tenant: &Tenant,
+        aor: &str,
+        source: IpAddr,
+        now_secs: u64,
+    ) -> AuthOutcome {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(key.to_owned()).or_insert((0, now_secs));
+        if now_secs.saturating_sub(entry.1) >= self.policy.window_secs {
+            *entry = (0, now_secs);
+        }
+        entry.0 += 1;
+        if entry.0 >= self.policy.max_failures {
+            warn!(tenant = %tenant.id, %source, aor, failures = entry.0,
+                "too many failed authentications: refusing with 403");
+            AuthOutcome::Forbidden("Too many failed authentications")
+        } else {
+            AuthOutcome::Challenge { stale: false }
+        }
+    }
+
+    /// Forgets old nonce counts and failure windows (call every minute or so).
+    pub fn purge(&self, now_secs: u64) {
+        let lifetime = self.nonces.lifetime_secs();
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .purge(now_secs, lifetime * 2);
+        let window = self.policy.window_secs;
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, since)| now_secs.saturating_sub(*since) < window);
+    }
+}

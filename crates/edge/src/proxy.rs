@@ -1,0 +1,367 @@
+//! Stateless forwarding between phones and core nodes (RFC 3261 §16.11).
+//!
+//! ```text
+//!  phone ──▶ public listener ─┐                    ┌─▶ core (chosen by HRW on Call-ID)
+//!                              ├─ edge (this) ─────┤
+//!  phone ◀── public listener ◀┘   internal socket ◀┘◀─ core (Route: <sip:TOKEN@internal;lr>)
+//! ```
+//!
+//! - From a phone: internal headers are stripped, Max-Forwards decremented, our own Route
+//!   entries popped; an initial request is authenticated (`407`, realm = tenant domain),
+//!   tagged with the tenant and the caller (`X-Sy-Tenant`, `X-Sy-Caller`) and
+//!   Record-Routed twice (RFC 5658: a core-facing entry over a phone-facing one, both
+//!   carrying the phone's flow token); it goes to the core node that rendezvous hashing of
+//!   its Call-ID picks, in dialog or not, so a dialog always reaches the same core.
+//! - From a core: the flow token in the Route the core put there (from the registration,
+//!   or from our Record-Route) says which phone, over which connection.
+//! - Responses: our Via carries the token of the previous hop; it is popped and the
+//!   response goes back there. Nothing is kept per call.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use switchyard_sip::HeaderName;
+use switchyard_sip::Message;
+use switchyard_sip::Method;
+use switchyard_sip::build::{Editor, ResponseBuilder};
+use switchyard_sip::headers::{NameAddr, Via};
+use switchyard_sip_net::{FlowId, Target};
+use switchyard_store::Store;
+use switchyard_types::NodeId;
+use tracing::info;
+
+use crate::auth::{AuthOutcome, Authenticator};
+use crate::hrw::{WeightedNode, pick};
+use crate::registrar::{Ingress, tenant_for_domain};
+use crate::token::{FlowToken, TRANSPORTS, TokenKey};
+
+/// Internal headers the edge sets for the core; never accepted from outside.
+pub const TENANT_HEADER: &str = "X-Sy-Tenant";
+pub const CALLER_HEADER: &str = "X-Sy-Caller";
+
+/// Prefix of the To tags of the edge's own stateless answers, to absorb their ACKs.
+const OWN_TAG_PREFIX: &str = "syx";
+
+/// A core node the edge may send dialogs to.
+#[derive(Debug, Clone)]
+pub struct CoreNode {
+    pub node: WeightedNode,
+    pub addr: SocketAddr,
+}
+
+impl CoreNode {
+    pub fn new(id: &str, addr: SocketAddr) -> CoreNode {
+        CoreNode {
+            node: WeightedNode {
+                id: NodeId::new(id),
+                weight: 1.0,
+            },
+            addr,
+        }
+    }
+}
+
+/// What to do with a message.
+#[derive(Debug)]
+pub enum Verdict {
+    Forward {
+        target: Target,
+        bytes: Bytes,
+    },
+    /// Answer the request statelessly where §18.2.2 says.
+    Answer {
+        status: u16,
+        bytes: Bytes,
+    },
+    Drop(String),
+}
+
+/// The forwarding logic of one edge node.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub store: Store,
+    pub auth: Arc<Authenticator>,
+    pub tokens: TokenKey,
+    /// The socket cores talk to.
+    pub internal: SocketAddr,
+    pub cores: Vec<CoreNode>,
+    /// The address phones see when a listener is bound to the unspecified address.
+    pub advertise: Option<IpAddr>,
+}
+
+impl Proxy {
+    fn visible(&self, addr: SocketAddr) -> SocketAddr {
+        if !addr.ip().is_unspecified() {
+            return addr;
+        }
+        let ip = self.advertise.unwrap_or(match addr {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+        SocketAddr::new(ip, addr.port())
+    }
+
+    fn from_core(&self, ingress: &Ingress) -> bool {
+        ingress.local == self.internal && self.cores.iter().any(|c| c.addr == ingress.source)
+    }
+
+    fn stateless_answer(
+        &self,
+        msg: &Message,
+        ingress: &Ingress,
+        status: u16,
+        reason: &str,
+    ) -> ResponseBuilder {
+        let key = format!(
+            "{}|{}",
+            msg.call_id().unwrap_or_default(),
+            msg.header(HeaderName::Via).unwrap_or_default()
+        );
+        let d = Sha256::digest(key.as_bytes());
+        let tag: String = std::iter::once(OWN_TAG_PREFIX.to_owned())
+            .chain(d[..6].iter().map(|b| format!("{b:02x}")))
+            .collect();
+        ResponseBuilder::for_request(msg, status, reason, &tag)
+            .stamp_top_via(&ingress.source.ip().to_string(), ingress.source.port())
+    }
+
+    fn answer(&self, msg: &Message, ingress: &Ingress, status: u16, reason: &str) -> Verdict {
+        if msg.method() == Some(&Method::Ack) {
+            return Verdict::Drop(format!("ACK not forwarded: {reason}"));
+        }
+        Verdict::Answer {
+            status,
+            bytes: self.stateless_answer(msg, ingress, status, reason).build(),
+        }
+    }
+
+    /// Decides where a request goes.
+    pub async fn request(&self, msg: &Message, ingress: &Ingress, now_secs: u64) -> Verdict {
+        let method = msg.method().cloned().unwrap_or(Method::Ack);
+        let to_tag = msg
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().map(str::to_owned));
+        if method == Method::Ack
+            && to_tag
+                .as_deref()
+                .is_some_and(|t| t.starts_with(OWN_TAG_PREFIX))
+        {
+            return Verdict::Drop("ACK for our own answer absorbed".into());
+        }
+        let Some(mut edit) = Editor::new(msg)
+            .remove_other(TENANT_HEADER)
+            .remove_other(CALLER_HEADER)
+            .decrement_max_forwards()
+        else {
+            return self.answer(msg, ingress, 483, "Too Many Hops");
+        };
+        // Pop every Route entry that names us, keeping the flow token it carries.
+        let mut route_token = None;
+        for value in msg.values(HeaderName::Route) {
+            let Ok(na) = NameAddr::parse_header(value, "Route") else {
+                break;
+            };
+            let Some(uri) = na.uri().ok().and_then(|u| u.as_sip().copied()) else {
+                break;
+            };
+            let token = uri.user.and_then(|u| self.tokens.decode(u));
+            let addressed_to_us = token.is_some()
+                || split_host(uri.host).is_some_and(|ip| {
+                    ip == self.visible(ingress.local).ip() || ip == self.internal.ip()
+                }) && uri.port.unwrap_or(5060) == ingress.local.port();
+            if !addressed_to_us {
+                break;
+            }
+            route_token = route_token.or(token);
+            edit = edit.pop_route();
+        }
+        let initial = to_tag.is_none();
+        if self.from_core(ingress) {
+            let Some(dest) = route_token else {
+                return self.answer(msg, ingress, 404, "No route to the target");
+            };
+            let via_local = self.visible(dest.local);
+            if initial && dialog_creating(&method) {
+                let token = self.tokens.encode(&dest);
+                edit = edit
+                    .push_record_route(&format!("<sip:{token}@{};lr>", self.internal))
+                    .push_record_route(&route_uri(&token, via_local, dest.transport));
+            }
+            let back = self.tokens.encode(&ingress.token());
+            edit = edit.push_via(&format!(
+                "SIP/2.0/{} {via_local};branch={};sy={back}",
+                TRANSPORTS[usize::from(dest.transport)],
+                branch(msg)
+            ));
+            return Verdict::Forward {
+                target: token_target(&dest),
+                bytes: edit.write(),
+            };
+        }
+        // From a phone.
+        let Ok(call_id) = msg.call_id() else {
+            return self.answer(msg, ingress, 400, "Missing Call-ID");
+        };
+        let nodes: Vec<WeightedNode> = self.cores.iter().map(|c| c.node.clone()).collect();
+        let Some(core) =
+            pick(call_id, &nodes).and_then(|n| self.cores.iter().find(|c| c.node.id == n.id))
+        else {
+            return self.answer(msg, ingress, 503, "No core node available");
+        };
+        if initial && !matches!(method, Method::Ack | Method::Cancel) {
+            let domain = msg
+                .request_uri()
+                .and_then(|u| u.ok())
+                .and_then(|u| u.as_sip().map(|s| s.host.to_owned()));
+            let tenant = match tenant_for_domain(&self.store, domain.as_deref()).await {
+                Ok(t) => t,
+                Err((status, reason)) => return self.answer(msg, ingress, status, reason),
+            };
+            let from = msg.from_header().ok();
+            let from_uri = from.and_then(|f| f.uri().ok());
+            let from_sip = from_uri.as_ref().and_then(|u| u.as_sip());
+            let (Some(user), Some(host)) =
+                (from_sip.and_then(|s| s.user), from_sip.map(|s| s.host))
+            else {
+                return self.answer(
+                    msg,
+                    ingress,
+                    403,
+                    "From must name an extension of the tenant",
+                );
+            };
+            if !host.eq_ignore_ascii_case(&tenant.domain) {
+                return self.answer(msg, ingress, 403, "From domain is not the tenant's domain");
+            }
+            let outcome = self
+                .auth
+                .check(
+                    &self.store,
+                    &tenant,
+                    msg,
+                    HeaderName::ProxyAuthorization,
+                    user,
+                    ingress.source.ip(),
+                    now_secs,
+                )
+                .await;
+            let ext = match outcome {
+                Ok(AuthOutcome::Authenticated(ext)) => ext,
+                Ok(AuthOutcome::Challenge { stale }) => {
+                    let mut b =
+                        self.stateless_answer(msg, ingress, 407, "Proxy Authentication Required");
+                    for c in self.auth.challenges(&tenant.domain, stale, now_secs) {
+                        b = b.header("Proxy-Authenticate", c);
+                    }
+                    return Verdict::Answer {
+                        status: 407,
+                        bytes: b.build(),
+                    };
+                }
+                Ok(AuthOutcome::Forbidden(reason)) => {
+                    return self.answer(msg, ingress, 403, reason);
+                }
+                Err(_) => return self.answer(msg, ingress, 500, "Store unavailable"),
+            };
+            info!(tenant = %tenant.id, caller = %ext.username, method = %method, call_id, core = %core.node.id, "forwarding to core");
+            edit = edit
+                .remove(HeaderName::ProxyAuthorization)
+                .add_header(TENANT_HEADER, &tenant.id)
+                .add_header(CALLER_HEADER, &ext.username);
+            if dialog_creating(&method) {
+                let token = self.tokens.encode(&ingress.token());
+                edit = edit
+                    .push_record_route(&format!("<sip:{token}@{};lr>", self.internal))
+                    .push_record_route(&route_uri(
+                        &token,
+                        self.visible(ingress.local),
+                        ingress.token().transport,
+                    ));
+            }
+        }
+        let back = self.tokens.encode(&ingress.token());
+        edit = edit.push_via(&format!(
+            "SIP/2.0/UDP {};branch={};sy={back}",
+            self.internal,
+            branch(msg)
+        ));
+        Verdict::Forward {
+            target: Target::Datagram {
+                local: self.internal,
+                dest: core.addr,
+            },
+            bytes: edit.write(),
+        }
+    }
+
+    /// Decides where a response goes: back to the hop our top Via names.
+    pub fn response(&self, msg: &Message) -> Verdict {
+        let Some(via) = msg.header(HeaderName::Via).and_then(Via::parse_lenient) else {
+            return Verdict::Drop("response without a Via".into());
+        };
+        let Some(token) = via
+            .params
+            .get("sy")
+            .flatten()
+            .and_then(|t| self.tokens.decode(t))
+        else {
+            return Verdict::Drop("response whose top Via is not ours".into());
+        };
+        Verdict::Forward {
+            target: token_target(&token),
+            bytes: Editor::new(msg).pop_via().write(),
+        }
+    }
+}
+
+fn split_host(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Methods whose initial request creates a dialog we must stay in.
+fn dialog_creating(m: &Method) -> bool {
+    matches!(m, Method::Invite | Method::Subscribe | Method::Refer)
+}
+
+/// The phone-facing Record-Route entry.
+fn route_uri(token: &str, addr: SocketAddr, transport: u8) -> String {
+    match TRANSPORTS[usize::from(transport)] {
+        "UDP" => format!("<sip:{token}@{addr};lr>"),
+        other => format!(
+            "<sip:{token}@{addr};transport={};lr>",
+            other.to_ascii_lowercase()
+        ),
+    }
+}
+
+/// Where a token leads: the connection if it had one, else a datagram.
+pub fn token_target(t: &FlowToken) -> Target {
+    if t.flow != 0 {
+        Target::Flow(FlowId(t.flow))
+    } else {
+        Target::Datagram {
+            local: t.local,
+            dest: t.remote,
+        }
+    }
+}
+
+/// A branch for the forwarded request that is the same for retransmissions and for the
+/// CANCEL of an INVITE (they share the top Via) and differs between requests (§16.11).
+fn branch(msg: &Message) -> String {
+    // An ACK for a non-2xx shares the INVITE's Via too, and must match the core's INVITE
+    // transaction, so the method is not part of the key.
+    let key = msg.header(HeaderName::Via).unwrap_or_default();
+    let d = Sha256::digest(key.as_bytes());
+    let mut s = String::from("z9hG4bK-sy");
+    for b in &d[..10] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

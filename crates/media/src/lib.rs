@@ -1,0 +1,544 @@
+//! The media node: anchors both legs of a call, relays RTP and RTCP between them, and
+//! counts what passes.
+//!
+//! - Ports come in even/odd pairs (RTP, RTCP) from a configured range; a session holds two
+//!   pairs and gives them back when destroyed (or dropped), so nothing leaks.
+//! - Latching (symmetric RTP): a leg's media is sent to where its SDP says until the first
+//!   packet arrives from it, then to the address that packet came from, which is what
+//!   works for phones behind NAT.
+//! - One task per session relays with one reusable buffer: no allocation per packet.
+//!   PCMU↔PCMA is converted in place when the legs chose different G.711 laws; RFC 4733
+//!   events get the other leg's payload number; anything else passes unchanged.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use switchyard_media_control::{
+    BoxFuture, Leg, LegStats, MediaControl, MediaError, Reply, Request, SessionStats,
+};
+use switchyard_rtp::g711;
+use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, set_payload_type};
+use switchyard_rtp::stats::ReceiverStats;
+use switchyard_sdp::{Sdp, relay_answer, relay_offer};
+
+/// Where and how a media node binds.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Address the RTP sockets bind to.
+    pub bind: IpAddr,
+    /// Address written into SDP (the one phones send to).
+    pub advertise: IpAddr,
+    /// Port range, inclusive; pairs start on even ports.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            advertise: IpAddr::from([127, 0, 0, 1]),
+            port_min: 20000,
+            port_max: 29999,
+        }
+    }
+}
+
+/// What a leg's endpoint sends and expects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LegPlan {
+    /// Where its SDP says it receives RTP / RTCP.
+    rtp_dest: Option<SocketAddr>,
+    rtcp_dest: Option<SocketAddr>,
+    /// Its audio payload type and law (`Some(true)` μ-law, `Some(false)` A-law, None other).
+    audio_pt: Option<u8>,
+    ulaw: Option<bool>,
+    telephone_event: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Plan {
+    a: LegPlan,
+    b: LegPlan,
+}
+
+impl Plan {
+    fn leg(&mut self, leg: Leg) -> &mut LegPlan {
+        match leg {
+            Leg::A => &mut self.a,
+            Leg::B => &mut self.b,
+        }
+    }
+}
+
+/// Sockets of one leg.
+#[derive(Debug)]
+struct LegSockets {
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    port: u16,
+}
+
+#[derive(Debug)]
+struct Session {
+    tenant: String,
+    a: LegSockets,
+    b: LegSockets,
+    plan: watch::Sender<Plan>,
+    /// The last offer and who made it, waiting for its answer.
+    pending_offer: Option<(Leg, Sdp)>,
+    stats: Arc<Mutex<SessionStats>>,
+    stop: watch::Sender<bool>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: MediaConfig,
+    free_pairs: Mutex<VecDeque<u16>>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// A media node in this process.
+#[derive(Debug, Clone)]
+pub struct MediaNode {
+    inner: Arc<Inner>,
+}
+
+impl MediaNode {
+    pub fn new(config: MediaConfig) -> MediaNode {
+        let first = config.port_min + config.port_min % 2;
+        let pairs: VecDeque<u16> = (first..config.port_max)
+            .step_by(2)
+            .collect();
+        MediaNode {
+            inner: Arc::new(Inner {
+                config,
+                free_pairs: Mutex::new(pairs),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Port pairs not in use.
+    pub fn free_pairs(&self) -> usize {
+        self.inner
+            .free_pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Sessions alive.
+    pub fn session_count(&self) -> usize {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Relay tasks still running (each session has at most one).
+    pub fn running_relays(&self) -> usize {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.relay.as_ref().is_some_and(|r| !r.is_finished()))
+            .count()
+    }
+
+    async fn bind_pair(&self) -> Result<LegSockets, MediaError> {
+        // Try free pairs until one binds (another process may hold some ports).
+        for _ in 0..64 {
+            let port = self
+                .inner
+                .free_pairs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+                .ok_or_else(|| MediaError::Exhausted("no free RTP port pair".into()))?;
+            let ip = self.inner.config.bind;
+            let rtp = UdpSocket::bind(SocketAddr::new(ip, port)).await;
+            let rtcp = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await;
+            match (rtp, rtcp) {
+                (Ok(rtp), Ok(rtcp)) => {
+                    return Ok(LegSockets {
+                        rtp: Arc::new(rtp),
+                        rtcp: Arc::new(rtcp),
+                        port,
+                    });
+                }
+                _ => {
+                    debug!(port, "port pair busy, trying the next");
+                    self.release(port);
+                }
+            }
+        }
+        Err(MediaError::Exhausted("no bindable RTP port pair".into()))
+    }
+
+    fn release(&self, port: u16) {
+        self.inner
+            .free_pairs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(port);
+    }
+
+    async fn create(&self, session: String, tenant: String) -> Result<Reply, MediaError> {
+        if self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&session)
+        {
+            return Err(MediaError::Exists);
+        }
+        let a = self.bind_pair().await?;
+        let b = match self.bind_pair().await {
+            Ok(b) => b,
+            Err(e) => {
+                drop(a.rtp);
+                drop(a.rtcp);
+                self.release(a.port);
+                return Err(e);
+            }
+        };
+        let (plan, _) = watch::channel(Plan::default());
+        let (stop, _) = watch::channel(false);
+        info!(
+            session,
+            tenant,
+            a = a.port,
+            b = b.port,
+            "media session created"
+        );
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                session,
+                Session {
+                    tenant,
+                    a,
+                    b,
+                    plan,
+                    pending_offer: None,
+                    stats: Arc::new(Mutex::new(SessionStats::default())),
+                    stop,
+                    relay: None,
+                },
+            );
+        Ok(Reply::Created)
+    }
+
+    fn with_session<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Session) -> Result<T, MediaError>,
+    ) -> Result<T, MediaError> {
+        let mut map = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let s = map.get_mut(id).ok_or(MediaError::NoSession)?;
+        f(s)
+    }
+
+    fn offer(&self, id: &str, from: Leg, sdp: &str) -> Result<Reply, MediaError> {
+        let parsed =
+            Sdp::parse(sdp.as_bytes()).map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+        let advertise = self.inner.config.advertise;
+        self.with_session(id, |s| {
+            let audio = parsed
+                .audio()
+                .map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+            let to_port = match from.other() {
+                Leg::A => s.a.port,
+                Leg::B => s.b.port,
+            };
+            let relayed = relay_offer(&parsed, advertise, to_port)
+                .map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+            s.plan.send_modify(|p| {
+                let leg = p.leg(from);
+                leg.rtp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.port));
+                leg.rtcp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
+            });
+            s.pending_offer = Some((from, parsed));
+            Ok(Reply::Sdp {
+                sdp: relayed.to_text(),
+            })
+        })
+    }
+
+    fn answer(&self, id: &str, from: Leg, sdp: &str) -> Result<Reply, MediaError> {
+        let parsed =
+            Sdp::parse(sdp.as_bytes()).map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+        let advertise = self.inner.config.advertise;
+        let reply = self.with_session(id, |s| {
+            let Some((offerer, offer)) = s.pending_offer.take() else {
+                return Err(MediaError::NotAcceptable(
+                    "an answer without an offer".into(),
+                ));
+            };
+            if offerer != from.other() {
+                s.pending_offer = Some((offerer, offer));
+                return Err(MediaError::NotAcceptable(
+                    "the answer comes from the leg that offered".into(),
+                ));
+            }
+            let offerer_port = match offerer {
+                Leg::A => s.a.port,
+                Leg::B => s.b.port,
+            };
+            let n = relay_answer(&offer, &parsed, advertise, offerer_port)
+                .map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+            let audio = parsed
+                .audio()
+                .map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+            let law = |name: &str| match name {
+                "PCMU" => Some(true),
+                "PCMA" => Some(false),
+                _ => None,
+            };
+            s.plan.send_modify(|p| {
+                let ans = p.leg(from);
+                ans.rtp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.port));
+                ans.rtcp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
+                ans.audio_pt = Some(n.answerer_codec.payload_type);
+                ans.ulaw = law(&n.answerer_codec.name);
+                ans.telephone_event = n.answerer_telephone_event;
+                let off = p.leg(offerer);
+                off.audio_pt = Some(n.offerer_codec.payload_type);
+                off.ulaw = law(&n.offerer_codec.name);
+                off.telephone_event = n.offerer_telephone_event;
+            });
+            if s.relay.is_none() {
+                s.relay = Some(tokio::spawn(relay(
+                    [
+                        s.a.rtp.clone(),
+                        s.a.rtcp.clone(),
+                        s.b.rtp.clone(),
+                        s.b.rtcp.clone(),
+                    ],
+                    s.plan.subscribe(),
+                    s.stop.subscribe(),
+                    s.stats.clone(),
+                )));
+            }
+            Ok(Reply::Sdp {
+                sdp: n.answer.to_text(),
+            })
+        })?;
+        Ok(reply)
+    }
+
+    fn stats(&self, id: &str) -> Result<Reply, MediaError> {
+        self.with_session(id, |s| {
+            Ok(Reply::Stats {
+                stats: s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            })
+        })
+    }
+
+    async fn destroy(&self, id: &str) -> Result<Reply, MediaError> {
+        let session = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .ok_or(MediaError::NoSession)?;
+        let _ = session.stop.send(true);
+        if let Some(task) = session.relay {
+            let _ = task.await;
+        }
+        let stats = session
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (pa, pb) = (session.a.port, session.b.port);
+        drop(session.a);
+        drop(session.b);
+        self.release(pa);
+        self.release(pb);
+        info!(
+            session = id,
+            tenant = session.tenant,
+            a_packets = stats.a.packets_received,
+            b_packets = stats.b.packets_received,
+            "media session destroyed"
+        );
+        Ok(Reply::Stats { stats })
+    }
+}
+
+impl MediaControl for MediaNode {
+    fn call(&self, request: Request) -> BoxFuture<'_, Result<Reply, MediaError>> {
+        Box::pin(async move {
+            match request {
+                Request::Create { session, tenant } => self.create(session, tenant).await,
+                Request::Offer { session, from, sdp } => self.offer(&session, from, &sdp),
+                Request::Answer { session, from, sdp } => self.answer(&session, from, &sdp),
+                Request::Stats { session } => self.stats(&session),
+                Request::Destroy { session } => self.destroy(&session).await,
+            }
+        })
+    }
+}
+
+/// Per-leg counters kept by the relay task.
+#[derive(Debug, Default)]
+struct LegCounters {
+    received: ReceiverStats,
+    sent_packets: u64,
+    sent_bytes: u64,
+    telephone_events: u64,
+    transcoded: u64,
+    latched_rtp: Option<SocketAddr>,
+    latched_rtcp: Option<SocketAddr>,
+}
+
+impl LegCounters {
+    fn export(&self) -> LegStats {
+        LegStats {
+            packets_received: self.received.packets,
+            bytes_received: self.received.bytes,
+            packets_sent: self.sent_packets,
+            bytes_sent: self.sent_bytes,
+            packets_lost: self.received.lost(),
+            jitter_ms: self.received.jitter_ms(8000),
+            telephone_events: self.telephone_events,
+            transcoded: self.transcoded,
+            latched: self.latched_rtp.map(|a| a.to_string()),
+        }
+    }
+}
+
+/// How often (in packets) the relay publishes its counters.
+const PUBLISH_EVERY: u64 = 25;
+
+async fn relay(
+    sockets: [Arc<UdpSocket>; 4],
+    mut plan_rx: watch::Receiver<Plan>,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Mutex<SessionStats>>,
+) {
+    let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
+    let mut plan = *plan_rx.borrow_and_update();
+    let mut counters = [LegCounters::default(), LegCounters::default()];
+    let mut buf = vec![0u8; 2048];
+    let started = Instant::now();
+    let mut since_publish = 0u64;
+    loop {
+        // Which socket: 0 A-RTP, 1 A-RTCP, 2 B-RTP, 3 B-RTCP.
+        let which = tokio::select! {
+            _ = a_rtp.readable() => 0,
+            _ = a_rtcp.readable() => 1,
+            _ = b_rtp.readable() => 2,
+            _ = b_rtcp.readable() => 3,
+            changed = plan_rx.changed() => {
+                if changed.is_err() { break }
+                plan = *plan_rx.borrow_and_update();
+                continue;
+            }
+            _ = stop.changed() => break,
+        };
+        let socket = [&a_rtp, &a_rtcp, &b_rtp, &b_rtcp][which];
+        let (n, src) = match socket.try_recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(_) => continue, // spurious wake-up (WouldBlock) or an ICMP error
+        };
+        let from_a = which < 2;
+        let is_rtcp = which % 2 == 1;
+        let (fi, ti) = if from_a { (0, 1) } else { (1, 0) };
+        let (from_plan, to_plan) = if from_a {
+            (plan.a, plan.b)
+        } else {
+            (plan.b, plan.a)
+        };
+        let packet = &mut buf[..n];
+        if is_rtcp {
+            counters[fi].latched_rtcp.get_or_insert(src);
+            let dest = counters[ti].latched_rtcp.or(to_plan.rtcp_dest);
+            let out = if from_a { &b_rtcp } else { &a_rtcp };
+            if let Some(dest) = dest {
+                let _ = out.send_to(packet, dest).await;
+            }
+            continue;
+        }
+        if looks_like_rtcp(packet) {
+            continue; // RTCP on the RTP port without rtcp-mux agreed: not relayed.
+        }
+        let Some(h) = RtpHeader::parse(packet) else {
+            continue;
+        };
+        counters[fi].latched_rtp.get_or_insert(src);
+        counters[fi].received.record(
+            h.sequence,
+            h.timestamp,
+            h.ssrc,
+            n,
+            started.elapsed().as_micros() as u64,
+            8000,
+        );
+        if Some(h.payload_type) == from_plan.telephone_event {
+            match to_plan.telephone_event {
+                Some(pt) => set_payload_type(packet, pt),
+                None => continue,
+            }
+            counters[fi].telephone_events += 1;
+        } else if Some(h.payload_type) == from_plan.audio_pt {
+            if let (Some(from_law), Some(to_law)) = (from_plan.ulaw, to_plan.ulaw)
+                && from_law != to_law
+            {
+                let convert = if from_law {
+                    g711::ulaw_to_alaw
+                } else {
+                    g711::alaw_to_ulaw
+                };
+                for b in &mut packet[h.payload_offset..h.payload_end] {
+                    *b = convert(*b);
+                }
+                counters[fi].transcoded += 1;
+            }
+            if let Some(pt) = to_plan.audio_pt {
+                set_payload_type(packet, pt);
+            }
+        }
+        let dest = counters[ti].latched_rtp.or(to_plan.rtp_dest);
+        let out = if from_a { &b_rtp } else { &a_rtp };
+        if let Some(dest) = dest
+            && out.send_to(packet, dest).await.is_ok()
+        {
+            counters[ti].sent_packets += 1;
+            counters[ti].sent_bytes += n as u64;
+        }
+        since_publish += 1;
+        if since_publish >= PUBLISH_EVERY {
+            since_publish = 0;
+            publish(&shared, &counters);
+        }
+    }
+    publish(&shared, &counters);
+}
+
+fn publish(shared: &Mutex<SessionStats>, counters: &[LegCounters; 2]) {
+    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+    s.a = counters[0].export();
+    s.b = counters[1].export();
+}

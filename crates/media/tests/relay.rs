@@ -1,0 +1,253 @@
+//! The media node on real loopback sockets: anchoring, latching, transcoding, DTMF,
+//! counters, and that every port comes back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_media_control::{Leg, MediaControl, MediaError, Reply, Request};
+use switchyard_rtp::g711;
+use switchyard_rtp::packet::RtpHeader;
+use tokio::net::UdpSocket;
+
+fn node(min: u16) -> MediaNode {
+    MediaNode::new(MediaConfig {
+        port_min: min,
+        port_max: min + 199,
+        ..MediaConfig::default()
+    })
+}
+
+fn offer(port: u16, codec: u8) -> String {
+    let name = if codec == 0 { "PCMU" } else { "PCMA" };
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP {codec} 101\r\na=rtpmap:{codec} {name}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n"
+    )
+}
+
+fn sdp_port(sdp: &str) -> u16 {
+    let m = sdp.lines().find(|l| l.starts_with("m=audio")).unwrap();
+    m.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn sdp(node: &MediaNode, r: Request) -> String {
+    match node.call(r).await.unwrap() {
+        Reply::Sdp { sdp } => sdp,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn rtp(pt: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt];
+    p.extend(seq.to_be_bytes());
+    p.extend((u32::from(seq) * 160).to_be_bytes());
+    p.extend(0x1234u32.to_be_bytes());
+    p.extend(payload);
+    p
+}
+
+async fn recv(s: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+        .await
+        .expect("a relayed packet")
+        .unwrap();
+    buf[..n].to_vec()
+}
+
+#[tokio::test]
+async fn pcmu_caller_and_pcma_callee_hear_each_other_through_the_relay() {
+    let node = node(40000);
+    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pa = phone_a.local_addr().unwrap().port();
+    let pb = phone_b.local_addr().unwrap().port();
+    node.call(Request::Create {
+        session: "c1".into(),
+        tenant: "t1".into(),
+    })
+    .await
+    .unwrap();
+    let to_b = sdp(
+        &node,
+        Request::Offer {
+            session: "c1".into(),
+            from: Leg::A,
+            sdp: offer(pa, 0),
+        },
+    )
+    .await;
+    assert!(to_b.contains("RTP/AVP 0 101 8"), "{to_b}");
+    let relay_b: SocketAddr = format!("127.0.0.1:{}", sdp_port(&to_b)).parse().unwrap();
+    let to_a = sdp(
+        &node,
+        Request::Answer {
+            session: "c1".into(),
+            from: Leg::B,
+            sdp: offer(pb, 8),
+        },
+    )
+    .await;
+    assert!(to_a.contains("RTP/AVP 0 101"), "{to_a}");
+    let relay_a: SocketAddr = format!("127.0.0.1:{}", sdp_port(&to_a)).parse().unwrap();
+    assert_ne!(relay_a.port(), pa);
+
+    // A speaks μ-law: B gets A-law with its payload number, sample for sample.
+    let ulaw: Vec<u8> = (0..160)
+        .map(|i| g711::linear_to_ulaw((i * 100) as i16))
+        .collect();
+    for seq in 0..5u16 {
+        phone_a.send_to(&rtp(0, seq, &ulaw), relay_a).await.unwrap();
+        let got = recv(&phone_b).await;
+        let h = RtpHeader::parse(&got).unwrap();
+        assert_eq!(h.payload_type, 8);
+        assert_eq!(h.sequence, seq);
+        let expected: Vec<u8> = ulaw.iter().map(|&c| g711::ulaw_to_alaw(c)).collect();
+        assert_eq!(&got[h.payload_offset..], &expected[..]);
+    }
+    // B answers from another port than its SDP said (behind NAT): the relay latches to it.
+    let natted_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let alaw: Vec<u8> = vec![g711::linear_to_alaw(1000); 160];
+    natted_b.send_to(&rtp(8, 1, &alaw), relay_b).await.unwrap();
+    let got = recv(&phone_a).await;
+    assert_eq!(RtpHeader::parse(&got).unwrap().payload_type, 0);
+    phone_a.send_to(&rtp(0, 5, &ulaw), relay_a).await.unwrap();
+    let got = recv(&natted_b).await;
+    assert_eq!(
+        RtpHeader::parse(&got).unwrap().sequence,
+        5,
+        "sent to the latched address"
+    );
+    // A telephone-event passes with the payload number B negotiated.
+    phone_a
+        .send_to(&rtp(101, 6, &[1, 0x0a, 0, 160]), relay_a)
+        .await
+        .unwrap();
+    let got = recv(&natted_b).await;
+    let h = RtpHeader::parse(&got).unwrap();
+    assert_eq!(
+        (h.payload_type, &got[h.payload_offset..]),
+        (101, &[1u8, 0x0a, 0, 160][..])
+    );
+
+    let Reply::Stats { stats } = node
+        .call(Request::Destroy {
+            session: "c1".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(stats.a.packets_received, 7);
+    assert_eq!(stats.a.transcoded, 6);
+    assert_eq!(stats.a.telephone_events, 1);
+    assert_eq!(stats.b.packets_received, 1);
+    assert_eq!(stats.b.packets_sent, 7);
+    assert_eq!(stats.a.packets_lost, 0);
+    assert_eq!(
+        stats.b.latched.as_deref(),
+        Some(natted_b.local_addr().unwrap().to_string().as_str())
+    );
+    assert_eq!(node.session_count(), 0);
+}
+
+#[tokio::test]
+async fn bad_sdp_and_unknown_sessions_are_refused_without_leaking() {
+    let node = node(40400);
+    let before = node.free_pairs();
+    node.call(Request::Create {
+        session: "x".into(),
+        tenant: "t".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.free_pairs(), before - 2);
+    let bad = node
+        .call(Request::Offer {
+            session: "x".into(),
+            from: Leg::A,
+            sdp: "v=0\r\nbroken".into(),
+        })
+        .await;
+    assert!(matches!(bad, Err(MediaError::NotAcceptable(_))), "{bad:?}");
+    let answer_first = node
+        .call(Request::Answer {
+            session: "x".into(),
+            from: Leg::B,
+            sdp: offer(5000, 0),
+        })
+        .await;
+    assert!(matches!(answer_first, Err(MediaError::NotAcceptable(_))));
+    assert_eq!(
+        node.call(Request::Create {
+            session: "x".into(),
+            tenant: "t".into()
+        })
+        .await,
+        Err(MediaError::Exists)
+    );
+    assert_eq!(
+        node.call(Request::Stats {
+            session: "nope".into()
+        })
+        .await,
+        Err(MediaError::NoSession)
+    );
+    node.call(Request::Destroy {
+        session: "x".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.free_pairs(), before);
+}
+
+#[tokio::test]
+async fn a_thousand_short_sessions_give_every_port_back() {
+    let node = node(40800);
+    let before = node.free_pairs();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = phone.local_addr().unwrap().port();
+    for i in 0..1000 {
+        let id = format!("s{i}");
+        node.call(Request::Create {
+            session: id.clone(),
+            tenant: "t".into(),
+        })
+        .await
+        .unwrap();
+        let to_b = sdp(
+            &node,
+            Request::Offer {
+                session: id.clone(),
+                from: Leg::A,
+                sdp: offer(port, 0),
+            },
+        )
+        .await;
+        let _ = sdp(
+            &node,
+            Request::Answer {
+                session: id.clone(),
+                from: Leg::B,
+                sdp: offer(port, 0),
+            },
+        )
+        .await;
+        if i % 100 == 0 {
+            let relay_b: SocketAddr = format!("127.0.0.1:{}", sdp_port(&to_b)).parse().unwrap();
+            phone
+                .send_to(&rtp(0, 1, &[0xff; 160]), relay_b)
+                .await
+                .unwrap();
+        }
+        node.call(Request::Destroy { session: id }).await.unwrap();
+    }
+    assert_eq!(node.session_count(), 0);
+    assert_eq!(node.running_relays(), 0);
+    assert_eq!(node.free_pairs(), before, "every port pair is back");
+    // Every port of the range can be bound again: no socket was left open.
+    for p in (40800..40998).step_by(2) {
+        std::net::UdpSocket::bind(("127.0.0.1", p)).expect("port free again");
+    }
+}
