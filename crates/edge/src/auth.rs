@@ -50,27 +50,42 @@ impl Default for FailurePolicy {
 /// Checks digest credentials; keeps nonce counts and failure counters of this node.
 #[derive(Debug)]
 pub struct Authenticator {
+    store: Store,
     nonces: Nonces,
     counts: Mutex<NonceCounts>,
     failures: Mutex<HashMap<String, (u32, u64)>>,
     policy: FailurePolicy,
+    /// Challenge order. Many deployed phones (baresip 1.0's libre among them) take the
+    /// first challenge and fail on SHA-256, so MD5 comes first unless configured.
+    algorithms: Vec<Algorithm>,
 }
 
 impl Authenticator {
-    pub fn new(nonces: Nonces, policy: FailurePolicy) -> Authenticator {
+    pub fn new(store: Store, nonces: Nonces, policy: FailurePolicy) -> Authenticator {
         Authenticator {
+            store,
             nonces,
             counts: Mutex::new(NonceCounts::default()),
             failures: Mutex::new(HashMap::new()),
             policy,
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
         }
     }
 
-    /// Challenge header values (SHA-256 first, then MD5) for `realm`.
+    /// Sets which algorithms are offered, in order (at least one).
+    pub fn with_algorithms(mut self, algorithms: Vec<Algorithm>) -> Authenticator {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms;
+        }
+        self
+    }
+
+    /// Challenge header values for `realm`, one per configured algorithm.
     pub fn challenges(&self, realm: &str, stale: bool, now_secs: u64) -> Vec<String> {
         let nonce = self.nonces.issue(realm, now_secs);
-        [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
+        self.algorithms
+            .iter()
+            .copied()
             .map(|algorithm| {
                 Challenge {
                     realm: realm.to_owned(),
@@ -89,7 +104,6 @@ impl Authenticator {
     /// must belong to that extension.
     pub async fn check(
         &self,
-        store: &Store,
         tenant: &Tenant,
         msg: &Message,
         header: HeaderName,
@@ -118,7 +132,8 @@ impl Authenticator {
                 }
                 NonceCheck::Valid => {}
             }
-            let ext = match store
+            let ext = match self
+                .store
                 .extension_by_username(&tenant.id, &creds.username)
                 .await
             {

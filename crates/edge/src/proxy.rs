@@ -92,7 +92,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    fn visible(&self, addr: SocketAddr) -> SocketAddr {
+    /// The address phones see for one of our sockets.
+    pub fn visible_addr(&self, addr: SocketAddr) -> SocketAddr {
         if !addr.ip().is_unspecified() {
             return addr;
         }
@@ -103,7 +104,7 @@ impl Proxy {
         SocketAddr::new(ip, addr.port())
     }
 
-    fn from_core(&self, ingress: &Ingress) -> bool {
+    fn is_from_core(&self, ingress: &Ingress) -> bool {
         ingress.local == self.internal && self.cores.iter().any(|c| c.addr == ingress.source)
     }
 
@@ -170,7 +171,7 @@ impl Proxy {
             let token = uri.user.and_then(|u| self.tokens.decode(u));
             let addressed_to_us = token.is_some()
                 || split_host(uri.host).is_some_and(|ip| {
-                    ip == self.visible(ingress.local).ip() || ip == self.internal.ip()
+                    ip == self.visible_addr(ingress.local).ip() || ip == self.internal.ip()
                 }) && uri.port.unwrap_or(5060) == ingress.local.port();
             if !addressed_to_us {
                 break;
@@ -179,16 +180,18 @@ impl Proxy {
             edit = edit.pop_route();
         }
         let initial = to_tag.is_none();
-        if self.from_core(ingress) {
+        if self.is_from_core(ingress) {
             let Some(dest) = route_token else {
                 return self.answer(msg, ingress, 404, "No route to the target");
             };
-            let via_local = self.visible(dest.local);
+            let via_local = self.visible_addr(dest.local);
             if initial && dialog_creating(&method) {
                 let token = self.tokens.encode(&dest);
+                // The phone-facing entry on top: the phone (UAS) uses the route set in
+                // order, the core (UAC) reversed (RFC 3261 §12.1).
                 edit = edit
-                    .push_record_route(&format!("<sip:{token}@{};lr>", self.internal))
-                    .push_record_route(&route_uri(&token, via_local, dest.transport));
+                    .push_record_route(&route_uri(&token, via_local, dest.transport))
+                    .push_record_route(&format!("<sip:{token}@{};lr>", self.internal));
             }
             let back = self.tokens.encode(&ingress.token());
             edit = edit.push_via(&format!(
@@ -239,7 +242,6 @@ impl Proxy {
             let outcome = self
                 .auth
                 .check(
-                    &self.store,
                     &tenant,
                     msg,
                     HeaderName::ProxyAuthorization,
@@ -272,12 +274,13 @@ impl Proxy {
                 .add_header(TENANT_HEADER, &tenant.id)
                 .add_header(CALLER_HEADER, &ext.username);
             if dialog_creating(&method) {
+                // The core-facing entry on top: the core (UAS) uses the route set in order.
                 let token = self.tokens.encode(&ingress.token());
                 edit = edit
                     .push_record_route(&format!("<sip:{token}@{};lr>", self.internal))
                     .push_record_route(&route_uri(
                         &token,
-                        self.visible(ingress.local),
+                        self.visible_addr(ingress.local),
                         ingress.token().transport,
                     ));
             }

@@ -81,6 +81,8 @@ pub struct Registrar {
     pub locations: Arc<Locations>,
     pub auth: Arc<Authenticator>,
     pub tokens: TokenKey,
+    /// The edge's socket towards cores: bindings carry a route through it (like Path).
+    pub internal: SocketAddr,
 }
 
 impl Registrar {
@@ -115,7 +117,6 @@ impl Registrar {
         let ext = match self
             .auth
             .check(
-                &self.store,
                 &tenant,
                 msg,
                 HeaderName::Authorization,
@@ -172,7 +173,11 @@ impl Registrar {
             info!(tenant = %tenant.id, aor, source = %ingress.source, "unregistered every contact");
             return respond(200, "OK");
         }
-        let token = self.tokens.encode(&ingress.token());
+        let path = format!(
+            "<sip:{}@{};lr>",
+            self.tokens.encode(&ingress.token()),
+            self.internal
+        );
         for contact in &contacts {
             let requested = match contact.expires() {
                 Ok(Some(e)) => i64::from(e),
@@ -197,7 +202,7 @@ impl Registrar {
             let binding = Binding {
                 contact: contact.uri_str.to_owned(),
                 expires_at_ms: now_ms + granted * 1000,
-                flow: Some(token.clone()),
+                flow: Some(path.clone()),
                 source: format!("{} {}", ingress.transport, ingress.source),
                 call_id: call_id.clone(),
                 cseq,

@@ -116,9 +116,7 @@ pub struct MediaNode {
 impl MediaNode {
     pub fn new(config: MediaConfig) -> MediaNode {
         let first = config.port_min + config.port_min % 2;
-        let pairs: VecDeque<u16> = (first..config.port_max)
-            .step_by(2)
-            .collect();
+        let pairs: VecDeque<u16> = (first..config.port_max).step_by(2).collect();
         MediaNode {
             inner: Arc::new(Inner {
                 config,

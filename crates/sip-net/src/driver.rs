@@ -32,6 +32,8 @@ pub struct Peer {
     pub target: Target,
     pub source: SocketAddr,
     pub transport: Transport,
+    /// Our socket (or listener, for connections) the peer talks to.
+    pub local: SocketAddr,
 }
 
 /// What the driver hands the TU.
@@ -193,6 +195,7 @@ async fn receive(
                 target,
                 source: item.source,
                 transport: item.transport,
+                local: item.local,
             };
             layer.receive(msg, peer, reliable, Instant::now());
         }
@@ -207,6 +210,7 @@ async fn receive(
                 },
                 source: item.source,
                 transport: item.transport,
+                local: item.local,
             };
             layer.receive(msg, peer, reliable, Instant::now());
         }

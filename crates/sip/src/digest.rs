@@ -267,11 +267,15 @@ pub enum NonceCheck {
     Invalid,
 }
 
-/// Issues and checks stateless nonces.
+/// Issues and checks stateless nonces: `TIME.SERIAL.MAC`, where the MAC (HMAC-SHA-256
+/// with the shared secret) covers time, serial and realm. The serial makes every nonce
+/// unique, so nonce-count replay tracking never confuses two clients challenged in the
+/// same second.
 #[derive(Clone)]
 pub struct Nonces {
     secret: Vec<u8>,
     lifetime_secs: u64,
+    serial: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Nonces {
@@ -288,31 +292,46 @@ impl Nonces {
         Nonces {
             secret: secret.to_vec(),
             lifetime_secs,
+            serial: Default::default(),
         }
     }
 
-    fn mac(&self, issued: u64, realm: &str) -> String {
+    fn mac(&self, issued: u64, serial: &str, realm: &str) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .expect("HMAC accepts keys of any length");
-        mac.update(format!("{issued:x}:{realm}").as_bytes());
+        mac.update(format!("{issued:x}:{serial}:{realm}").as_bytes());
         let mut out = hex(&mac.finalize().into_bytes());
         out.truncate(32);
         out
     }
 
-    /// A nonce for `realm` issued at `now_secs` (Unix seconds).
+    /// A fresh nonce for `realm` issued at `now_secs` (Unix seconds).
     pub fn issue(&self, realm: &str, now_secs: u64) -> String {
-        format!("{now_secs:x}.{}", self.mac(now_secs, realm))
+        let serial = format!(
+            "{:x}",
+            self.serial
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        format!(
+            "{now_secs:x}.{serial}.{}",
+            self.mac(now_secs, &serial, realm)
+        )
     }
 
     pub fn check(&self, nonce: &str, realm: &str, now_secs: u64) -> NonceCheck {
-        let Some((ts, mac)) = nonce.split_once('.') else {
+        let mut parts = nonce.split('.');
+        let (Some(ts), Some(serial), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return NonceCheck::Invalid;
         };
         let Ok(issued) = u64::from_str_radix(ts, 16) else {
             return NonceCheck::Invalid;
         };
-        if ts.len() > 16 || !constant_time_eq(self.mac(issued, realm).as_bytes(), mac.as_bytes()) {
+        if ts.len() > 16
+            || serial.len() > 16
+            || !constant_time_eq(self.mac(issued, serial, realm).as_bytes(), mac.as_bytes())
+        {
             return NonceCheck::Invalid;
         }
         if issued > now_secs + 5 {

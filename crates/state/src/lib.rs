@@ -20,7 +20,8 @@ pub struct Binding {
     pub contact: String,
     /// Unix milliseconds when it lapses.
     pub expires_at_ms: i64,
-    /// The connection it came on (TCP/TLS/WS), to reach a phone behind NAT.
+    /// The route to the contact through the edge that holds its flow (connection or NAT
+    /// binding), as a Route header value: calls to the contact go through it (like Path).
     pub flow: Option<String>,
     /// Where the REGISTER came from (`received`/`rport`).
     pub source: String,

@@ -2,7 +2,7 @@
 //! and flags (clap reads both), validated before any socket opens. Tenant configuration
 //! never lives here: it is in the store.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -16,6 +16,70 @@ pub struct Config {
     pub node: NodeConfig,
     pub api: ApiConfig,
     pub store: StoreConfig,
+    pub media: MediaSection,
+    pub edge: EdgeSection,
+    pub state: StateSection,
+}
+
+/// `[media]`: the media node of this process.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Address RTP sockets bind to. The default serves phones on this machine; set the
+    /// host's address (or 0.0.0.0 with `advertise`) for phones elsewhere.
+    pub bind: IpAddr,
+    /// Address written into SDP; defaults to `bind`.
+    pub advertise: Option<IpAddr>,
+    /// RTP port range (inclusive); two even/odd pairs per call.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            advertise: None,
+            port_min: 20000,
+            port_max: 29999,
+        }
+    }
+}
+
+/// `[edge]`: the SIP edge.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeSection {
+    /// Address phones reach the SIP listeners at, when they are bound to 0.0.0.0 or [::]
+    /// (written into Via and Record-Route); default: loopback.
+    pub advertise: Option<IpAddr>,
+    /// Failed digest attempts from one source for one user before `403`.
+    pub max_auth_failures: u32,
+    /// How long failures are remembered (and the `403` lasts), seconds.
+    pub auth_failure_window_secs: u64,
+    /// Digest challenges offered, in order: `MD5`, `SHA-256`. Only MD5 by default: phones
+    /// built on libre (baresip 1.0) abort on any challenge with an algorithm they do not
+    /// know, even when an MD5 one is also present. Add `SHA-256` when every phone takes it.
+    pub digest_algorithms: Vec<String>,
+}
+
+impl Default for EdgeSection {
+    fn default() -> Self {
+        EdgeSection {
+            advertise: None,
+            max_auth_failures: 5,
+            auth_failure_window_secs: 300,
+            digest_algorithms: vec!["MD5".into()],
+        }
+    }
+}
+
+/// `[state]`: runtime state (registrations).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSection {
+    /// `redis://...` for a cluster; in memory when absent.
+    pub redis_url: Option<String>,
 }
 
 /// `[api]`: the provisioning API.
@@ -144,6 +208,22 @@ impl Config {
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             bail!("sip.tls_cert and sip.tls_key go together");
+        }
+        let m = &self.media;
+        if m.port_min < 1024 || m.port_max < m.port_min.saturating_add(3) {
+            bail!("media.port_min must be at least 1024 and media.port_max at least port_min + 3");
+        }
+        if self.edge.digest_algorithms.is_empty()
+            || self
+                .edge
+                .digest_algorithms
+                .iter()
+                .any(|a| switchyard_sip::digest::Algorithm::from_token(Some(a)).is_none())
+        {
+            bail!("edge.digest_algorithms must list MD5 and/or SHA-256");
+        }
+        if self.edge.max_auth_failures == 0 {
+            bail!("edge.max_auth_failures must be at least 1");
         }
         if s.udp.is_empty()
             && s.tcp.is_empty()

@@ -292,9 +292,23 @@ struct ServeArgs {
     /// Store URL (`sqlite://PATH` or `postgres://...`).
     #[arg(long, env = "SWITCHYARD_STORE_URL")]
     store_url: Option<String>,
-    /// Demo mode: self-signed TLS certificate.
+    /// RTP port range, `MIN-MAX`.
+    #[arg(long, env = "SWITCHYARD_MEDIA_PORTS", value_parser = parse_port_range)]
+    media_ports: Option<(u16, u16)>,
+    /// Demo mode: a demo tenant with two extensions (credentials printed and written to
+    /// `demo-credentials.json` in the data directory), a demo API key, a self-signed TLS
+    /// certificate.
     #[arg(long)]
     demo: bool,
+}
+
+fn parse_port_range(v: &str) -> Result<(u16, u16), String> {
+    let (a, b) = v
+        .split_once('-')
+        .ok_or_else(|| format!("{v:?} is not a range like 20000-29999"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    Ok((a, b))
 }
 
 fn main() -> std::process::ExitCode {
@@ -655,6 +669,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(u) = args.store_url {
         config.store.url = Some(u);
+    }
+    if let Some((min, max)) = args.media_ports {
+        config.media.port_min = min;
+        config.media.port_max = max;
     }
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;

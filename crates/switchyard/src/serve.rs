@@ -2,18 +2,28 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use switchyard_core::{CoreSettings, spawn_core};
+use switchyard_edge::auth::{Authenticator, FailurePolicy};
+use switchyard_edge::proxy::{CoreNode, Proxy, Verdict};
+use switchyard_edge::registrar::{Ingress, Registrar};
+use switchyard_edge::token::TokenKey;
+use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_sip::Method;
+use switchyard_sip::digest::{Algorithm, Nonces};
 use switchyard_sip::inspect::Inbound;
 use switchyard_sip::transaction::{Event, TimerConfig};
 use switchyard_sip_net::{
-    DriverHandle, Hub, Incoming, LimitsConfig, ListenConfig, TuEvent, spawn_driver,
-    spawn_listeners, tls,
+    DriverHandle, Hub, Incoming, LimitsConfig, ListenConfig, Target, TuEvent, spawn_driver,
+    spawn_driver_filtered, spawn_listeners, tls,
 };
+use switchyard_state::Locations;
 
 use crate::config::Config;
 use crate::responder::{Decision, Responder};
@@ -75,26 +85,23 @@ pub async fn serve(
         None => rand::random::<[u8; 32]>().to_vec(),
     };
     let responder = Responder::new(&secret, sip.nonce_lifetime_secs);
-    let hub = Hub::new();
-    let (tx, rx) = mpsc::channel::<Incoming>(8192);
-    let (tu_tx, mut tu_rx) = mpsc::channel::<TuEvent>(8192);
     let (stop_tx, stop_rx) = watch::channel(false);
     let store = switchyard_store::Store::connect(&config.store_url())
         .await
         .with_context(|| format!("cannot open the store at {}", config.store_url()))?;
     store.migrate().await.context("cannot migrate the store")?;
-    // Change events: every committed change reaches in-process subscribers, in order per
-    // tenant (the call engine's config cache subscribes in the next issue).
+    // Change events: every committed change reaches in-process subscribers (the core's
+    // configuration cache), in order per tenant.
     let changes = switchyard_store::spawn_dispatcher(
         store.clone(),
-        Duration::from_millis(200),
+        Duration::from_millis(100),
         stop_rx.clone(),
     );
-    let mut change_log = changes.subscribe();
-    tokio::spawn(async move {
-        while let Ok(e) = change_log.recv().await {
-            tracing::debug!(tenant = %e.tenant_id, version = e.config_version, kind = %e.kind, "config changed");
-        }
+    let locations = Arc::new(match &config.state.redis_url {
+        Some(url) => Locations::redis(url, "sy")
+            .await
+            .with_context(|| format!("cannot reach Redis at {url}"))?,
+        None => Locations::memory(),
     });
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -107,8 +114,116 @@ pub async fn serve(
         api_state,
         stop_rx.clone(),
     ));
+
+    // Media: one node in this process, reached through the media-control trait.
+    let media = MediaNode::new(MediaConfig {
+        bind: config.media.bind,
+        advertise: config.media.advertise.unwrap_or(config.media.bind),
+        port_min: config.media.port_min,
+        port_max: config.media.port_max,
+    });
+
+    // Core: its own SIP socket and transaction layer; the edge reaches it over SIP.
+    let core_hub = Hub::new();
+    let (core_in_tx, core_in_rx) = mpsc::channel::<Incoming>(8192);
+    let (core_tu_tx, core_tu_rx) = mpsc::channel::<TuEvent>(8192);
+    let internal_listen = |addr: SocketAddr| ListenConfig {
+        udp: vec![addr],
+        tcp: Vec::new(),
+        tls: Vec::new(),
+        ws: Vec::new(),
+        wss: Vec::new(),
+        tls_config: None,
+        limits: listen.limits.clone(),
+    };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let core_bound = spawn_listeners(
+        internal_listen(loopback),
+        core_hub.clone(),
+        core_in_tx,
+        stop_rx.clone(),
+    )
+    .await?;
+    let core_addr = core_bound.udp[0];
+    let core_driver = spawn_driver(
+        core_hub.clone(),
+        TimerConfig::default(),
+        core_in_rx,
+        core_tu_tx,
+        stop_rx.clone(),
+    );
+    let core = spawn_core(
+        CoreSettings { local: core_addr },
+        store.clone(),
+        locations.clone(),
+        Arc::new(media.clone()),
+        core_driver,
+        core_hub,
+        core_tu_rx,
+        changes.subscribe(),
+        stop_rx.clone(),
+    );
+
+    // Edge: public listeners plus an internal socket towards the core.
+    let hub = Hub::new();
+    let (tx, rx) = mpsc::channel::<Incoming>(8192);
+    let (tu_tx, mut tu_rx) = mpsc::channel::<TuEvent>(8192);
+    let internal_bound = spawn_listeners(
+        internal_listen(loopback),
+        hub.clone(),
+        tx.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
+    let internal = internal_bound.udp[0];
     let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx.clone()).await?;
-    let driver = spawn_driver(hub.clone(), TimerConfig::default(), rx, tu_tx, stop_rx);
+    let driver = spawn_driver_filtered(
+        hub.clone(),
+        TimerConfig::default(),
+        rx,
+        tu_tx,
+        stop_rx.clone(),
+        |m| matches!(m.method(), Some(Method::Register | Method::Options)),
+    );
+    let auth = Arc::new(
+        Authenticator::new(
+            store.clone(),
+            Nonces::new(&secret, sip.nonce_lifetime_secs),
+            FailurePolicy {
+                max_failures: config.edge.max_auth_failures,
+                window_secs: config.edge.auth_failure_window_secs,
+            },
+        )
+        .with_algorithms(
+            config
+                .edge
+                .digest_algorithms
+                .iter()
+                .filter_map(|a| Algorithm::from_token(Some(a)))
+                .collect(),
+        ),
+    );
+    let tokens = TokenKey::new(&secret);
+    let edge = Edge {
+        registrar: Registrar {
+            store: store.clone(),
+            locations: locations.clone(),
+            auth: auth.clone(),
+            tokens: tokens.clone(),
+            internal,
+        },
+        proxy: Proxy {
+            store: store.clone(),
+            auth: auth.clone(),
+            tokens,
+            internal,
+            cores: vec![CoreNode::new("core-1", core_addr)],
+            advertise: config.edge.advertise,
+        },
+        responder,
+        hub: hub.clone(),
+        driver,
+    };
     for (transport, addr) in bound.all() {
         println!("listening {transport} {addr}");
     }
@@ -118,25 +233,38 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the demo API key: {e}"))?;
         println!("demo operator API key: {key}");
+        let proxy = bound
+            .udp
+            .first()
+            .or(bound.tcp.first())
+            .map(|a| edge.proxy.visible_addr(*a).to_string())
+            .unwrap_or_default();
+        let creds = crate::demo::ensure_demo(&store, &config.node.data_dir, &proxy).await?;
+        for line in
+            crate::demo::describe(&creds, &config.node.data_dir.join("demo-credentials.json"))
+        {
+            println!("{line}");
+        }
     }
     println!("ready");
-    info!("ready");
+    info!(core = %core_addr, edge_internal = %internal, "ready");
 
+    let mut purge = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             event = tu_rx.recv() => {
                 let Some(event) = event else { break };
-                match event {
-                    TuEvent::Stateless(incoming) => handle_stateless(&responder, &hub, incoming).await,
-                    TuEvent::Transaction(event) => handle_transaction(&responder, &driver, event).await,
-                }
+                edge.handle(event).await;
             }
+            _ = purge.tick() => auth.purge(unix_now()),
             _ = shutdown.changed() => break,
         }
     }
-    info!("shutting down");
+    info!(active_calls = core.active_calls(), "shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    // Let the core send its BYEs and write CDRs before the store closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     store.close().await;
     // Give connection tasks a moment to flush queued answers and close.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -145,6 +273,83 @@ pub async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The edge of this process: registrar, proxy, and the stateless responder for the rest.
+struct Edge {
+    registrar: Registrar,
+    proxy: Proxy,
+    responder: Responder,
+    hub: Hub,
+    driver: DriverHandle,
+}
+
+impl Edge {
+    async fn handle(&self, event: TuEvent) {
+        match event {
+            TuEvent::Transaction(Event::Request { tx, msg, peer })
+                if msg.method() == Some(&Method::Register) =>
+            {
+                let ingress = Ingress {
+                    transport: peer.transport,
+                    source: peer.source,
+                    local: peer.local,
+                    flow: match peer.target {
+                        Target::Flow(f) => Some(f),
+                        Target::Datagram { .. } => None,
+                    },
+                };
+                let b = self.registrar.handle(&msg, &ingress, unix_now_ms()).await;
+                let status = b.status();
+                if let Err(e) = self.driver.respond(tx, status, b.build()).await {
+                    warn!(source = %peer.source, status, error = %e, "answer not sent");
+                }
+            }
+            TuEvent::Transaction(Event::StrayResponse { msg, peer }) => {
+                self.forward(self.proxy.response(&msg), peer.source).await
+            }
+            TuEvent::Transaction(event) => {
+                handle_transaction(&self.responder, &self.driver, event).await
+            }
+            TuEvent::Stateless(incoming) => match &incoming.inbound {
+                Inbound::Request(msg) => {
+                    let ingress = Ingress {
+                        transport: incoming.transport,
+                        source: incoming.source,
+                        local: incoming.local,
+                        flow: incoming.flow,
+                    };
+                    match self.proxy.request(msg, &ingress, unix_now()).await {
+                        Verdict::Answer { status, bytes } => {
+                            let via = msg.top_via().ok();
+                            match self.hub.respond(&incoming, via.as_ref(), bytes).await {
+                                Ok(_) => {
+                                    info!(source = %incoming.source, method = %msg.method().map(|m| m.to_string()).unwrap_or_default(), status, "answered by the edge")
+                                }
+                                Err(e) => {
+                                    warn!(source = %incoming.source, status, error = %e, "answer not sent")
+                                }
+                            }
+                        }
+                        other => self.forward(other, incoming.source).await,
+                    }
+                }
+                _ => handle_stateless(&self.responder, &self.hub, incoming).await,
+            },
+        }
+    }
+
+    async fn forward(&self, verdict: Verdict, source: SocketAddr) {
+        match verdict {
+            Verdict::Forward { target, bytes } => {
+                if let Err(e) = self.hub.send(target, bytes).await {
+                    info!(%source, ?target, error = %e, "not forwarded");
+                }
+            }
+            Verdict::Drop(why) => debug!(%source, why, "dropped"),
+            Verdict::Answer { .. } => {}
+        }
+    }
 }
 
 fn demo_certificate(data_dir: &Path) -> anyhow::Result<std::sync::Arc<tls::ServerConfig>> {
@@ -157,6 +362,13 @@ fn demo_certificate(data_dir: &Path) -> anyhow::Result<std::sync::Arc<tls::Serve
     std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     info!(path = %path.display(), "generated a self-signed TLS certificate for the demo");
     Ok(config)
+}
+
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn unix_now() -> u64 {

@@ -1,0 +1,1138 @@
+//! The call engine: a back-to-back user agent.
+//!
+//! Each call is two dialogs with their own Call-IDs, tags and CSeqs: leg A towards the
+//! caller (we are its UAS) and leg B towards the callee (we are its UAC, forking to every
+//! registered contact; the first 2xx wins and the others are CANCELled). Requests reach
+//! the core from an edge, which vouches for the tenant and the authenticated caller with
+//! `X-Sy-Tenant`/`X-Sy-Caller`; the tenant's configuration is read at call time through
+//! [`cache::ConfigCache`], which change events invalidate. Media is anchored through the
+//! media-control protocol; the CDR is written when the call ends.
+//!
+//! The engine is one task fed by the transaction driver; it never blocks on the network
+//! (its awaits are the in-process media node, the location service and cached store reads).
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod dialog;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use switchyard_media_control::{Leg, MediaControl, MediaError, Reply, Request, SessionStats};
+use switchyard_sip::HeaderName;
+use switchyard_sip::Message;
+use switchyard_sip::Method;
+use switchyard_sip::build::{RequestBuilder, ResponseBuilder};
+use switchyard_sip::inspect::Inbound;
+use switchyard_sip::transaction::{Event, TxId};
+use switchyard_sip_net::{DriverHandle, Hub, Peer, TuEvent};
+use switchyard_state::Locations;
+use switchyard_store::{Cdr, ChangeEvent, Extension, Store};
+use switchyard_types::TenantId;
+
+use crate::cache::ConfigCache;
+use crate::dialog::{Dialog, random_token, uri_addr};
+
+/// Headers an edge sets (and strips from anything a phone sends).
+pub const TENANT_HEADER: &str = "X-Sy-Tenant";
+pub const CALLER_HEADER: &str = "X-Sy-Caller";
+
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+
+/// Where the engine listens and what it may read.
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    /// Our SIP socket (Contact, Via).
+    pub local: SocketAddr,
+}
+
+/// What the outside may watch of a running engine.
+#[derive(Debug, Clone, Default)]
+pub struct CoreHandle {
+    active: Arc<AtomicUsize>,
+}
+
+impl CoreHandle {
+    /// Calls in progress (ringing or answered).
+    pub fn active_calls(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Routing,
+    Answered,
+}
+
+#[derive(Debug)]
+struct Fork {
+    request: Message,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct PendingReinvite {
+    from: Leg,
+    tx: TxId,
+    request: Message,
+    /// The re-INVITE we sent to the other leg.
+    out: Message,
+}
+
+/// A 2xx we sent and retransmit until its ACK (RFC 3261 §13.3.1.4).
+#[derive(Debug)]
+struct Unacked {
+    bytes: Bytes,
+    peer: Peer,
+    cseq: u32,
+    interval: Duration,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Call {
+    tenant_id: String,
+    session: String,
+    a_tx: TxId,
+    a_invite: Message,
+    a_tag: String,
+    a: Dialog,
+    b: Option<Dialog>,
+    b_call_id: String,
+    forks: Vec<Fork>,
+    phase: Phase,
+    ringing_sent: bool,
+    best_failure: Option<(u16, String)>,
+    started_ms: i64,
+    answered_ms: Option<i64>,
+    from_uri: String,
+    to_uri: String,
+    reinvite: Option<PendingReinvite>,
+    unacked: Option<Unacked>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Fork(usize),
+    Cancel,
+    Bye,
+    Reinvite,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    NoAnswer,
+    Retransmit2xx,
+}
+
+/// The engine's state; driven by [`spawn_core`].
+struct Engine {
+    local: SocketAddr,
+    store: Store,
+    cache: ConfigCache,
+    locations: Arc<Locations>,
+    media: Arc<dyn MediaControl>,
+    driver: DriverHandle,
+    hub: Hub,
+    calls: HashMap<u64, Call>,
+    by_call_id: HashMap<String, u64>,
+    by_tx: HashMap<TxId, (u64, Purpose)>,
+    timers: BTreeMap<(Instant, u64), (u64, Timer)>,
+    next_key: u64,
+    handle: CoreHandle,
+}
+
+/// Starts the engine on the events of a transaction driver.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_core(
+    settings: CoreSettings,
+    store: Store,
+    locations: Arc<Locations>,
+    media: Arc<dyn MediaControl>,
+    driver: DriverHandle,
+    hub: Hub,
+    mut events: mpsc::Receiver<TuEvent>,
+    mut changes: broadcast::Receiver<ChangeEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> CoreHandle {
+    let handle = CoreHandle::default();
+    let mut engine = Engine {
+        local: settings.local,
+        cache: ConfigCache::new(store.clone()),
+        store,
+        locations,
+        media,
+        driver,
+        hub,
+        calls: HashMap::new(),
+        by_call_id: HashMap::new(),
+        by_tx: HashMap::new(),
+        timers: BTreeMap::new(),
+        next_key: 1,
+        handle: handle.clone(),
+    };
+    tokio::spawn(async move {
+        loop {
+            let next = engine.timers.keys().next().map(|(at, _)| *at);
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    engine.on_event(ev).await;
+                }
+                change = changes.recv() => match change {
+                    Ok(e) => engine.cache.apply(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => engine.cache = ConfigCache::new(engine.store.clone()),
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                _ = sleep_until(next) => engine.on_timers().await,
+                _ = shutdown.changed() => break,
+            }
+            engine
+                .handle
+                .active
+                .store(engine.calls.len(), Ordering::Relaxed);
+        }
+        let keys: Vec<u64> = engine.calls.keys().copied().collect();
+        for key in keys {
+            engine.hang_up_both(key, "shutdown").await;
+        }
+    });
+    handle
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    async fn on_event(&mut self, ev: TuEvent) {
+        match ev {
+            TuEvent::Transaction(Event::Request { tx, msg, peer }) => {
+                self.on_request(tx, msg, peer).await
+            }
+            TuEvent::Transaction(Event::Ack { msg, .. }) => self.on_ack(&msg),
+            TuEvent::Transaction(Event::Response { tx, msg }) => self.on_response(tx, msg).await,
+            TuEvent::Transaction(Event::Timeout { tx } | Event::TransportError { tx }) => {
+                self.on_tx_failure(tx).await
+            }
+            TuEvent::Transaction(Event::Terminated { tx }) => {
+                if matches!(
+                    self.by_tx.get(&tx),
+                    Some((_, Purpose::Cancel | Purpose::Bye))
+                ) {
+                    self.by_tx.remove(&tx);
+                }
+            }
+            TuEvent::Transaction(Event::StrayResponse { msg, .. }) => {
+                // A 2xx retransmission for a fork we already ACKed, or for a dialog that
+                // ended: nothing to do.
+                debug!(status = msg.status(), "stray response");
+            }
+            TuEvent::Stateless(incoming) => {
+                if let Inbound::Reject { rejection, rows } = &incoming.inbound {
+                    let bytes = ResponseBuilder::from_rows(
+                        rejection.status,
+                        &rejection.reason,
+                        rows.clone(),
+                        &random_token(),
+                    )
+                    .build();
+                    let via_text = rows
+                        .iter()
+                        .find(|(n, _)| *n == HeaderName::Via)
+                        .map(|(_, v)| v.clone());
+                    let via = via_text
+                        .as_deref()
+                        .and_then(switchyard_sip::headers::Via::parse_lenient);
+                    let _ = self.hub.respond(&incoming, via.as_ref(), bytes).await;
+                }
+            }
+        }
+    }
+
+    fn arm(&mut self, at: Instant, key: u64, timer: Timer) {
+        let mut seq = 0u64;
+        while self.timers.contains_key(&(at, seq)) {
+            seq += 1;
+        }
+        self.timers.insert((at, seq), (key, timer));
+    }
+
+    async fn respond(&self, tx: TxId, b: ResponseBuilder) {
+        let status = b.status();
+        if let Err(e) = self.driver.respond(tx, status, b.build()).await {
+            debug!(error = %e, status, "response not sent");
+        }
+    }
+
+    async fn reply(&self, tx: TxId, msg: &Message, status: u16, reason: &str) {
+        let b = ResponseBuilder::for_request(msg, status, reason, &random_token());
+        let b = if status == 405 || status == 501 {
+            b.header("Allow", ALLOW)
+        } else {
+            b
+        };
+        self.respond(tx, b).await;
+    }
+
+    /// A response to the caller on leg A (copies Record-Route, adds our Contact).
+    fn a_response(&self, call: &Call, status: u16, reason: &str) -> ResponseBuilder {
+        self.dialog_response(&call.a_invite, &call.a_tag, status, reason)
+    }
+
+    fn dialog_response(
+        &self,
+        req: &Message,
+        tag: &str,
+        status: u16,
+        reason: &str,
+    ) -> ResponseBuilder {
+        let mut b = ResponseBuilder::for_request(req, status, reason, tag);
+        if (101..300).contains(&status) {
+            for rr in req.header_rows(HeaderName::RecordRoute) {
+                b = b.header("Record-Route", rr.to_owned());
+            }
+            b = b.header("Contact", format!("<sip:sy@{}>", self.local));
+        }
+        b
+    }
+
+    async fn on_request(&mut self, tx: TxId, msg: Message, peer: Peer) {
+        let method = msg.method().cloned().unwrap_or(Method::Ack);
+        let in_dialog = msg.to_header().ok().and_then(|t| t.tag()).is_some();
+        match method {
+            Method::Invite if !in_dialog => self.new_call(tx, msg).await,
+            Method::Cancel => self.on_cancel(tx, &msg).await,
+            _ if in_dialog => self.in_dialog(tx, msg).await,
+            Method::Options => {
+                let b = ResponseBuilder::for_request(&msg, 200, "OK", &random_token())
+                    .header("Allow", ALLOW);
+                self.respond(tx, b).await
+            }
+            Method::Extension(_) => self.reply(tx, &msg, 501, "Not Implemented").await,
+            _ => self.reply(tx, &msg, 405, "Method Not Allowed").await,
+        }
+        let _ = peer;
+    }
+
+    async fn new_call(&mut self, tx: TxId, msg: Message) {
+        let (Some(tenant_id), Some(caller)) = (
+            msg.extension_rows(TENANT_HEADER).next().map(str::to_owned),
+            msg.extension_rows(CALLER_HEADER).next().map(str::to_owned),
+        ) else {
+            return self
+                .reply(tx, &msg, 403, "Calls must come through an edge")
+                .await;
+        };
+        let config = match self.cache.get(&tenant_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(tenant = tenant_id, error = %e, "tenant configuration unavailable");
+                return self.reply(tx, &msg, 500, "Configuration unavailable").await;
+            }
+        };
+        let dialled = msg
+            .request_uri()
+            .and_then(|u| u.ok())
+            .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
+            .unwrap_or_default();
+        let find = |user: &str| -> Option<Extension> {
+            config
+                .extensions
+                .iter()
+                .find(|e| e.number.to_string() == user || e.username.eq_ignore_ascii_case(user))
+                .cloned()
+        };
+        // Only this tenant's extensions are searched: a number of another tenant is 404.
+        let Some(callee) = find(&dialled) else {
+            info!(tenant = tenant_id, dialled, "no such extension");
+            return self.reply(tx, &msg, 404, "No such extension").await;
+        };
+        let caller_ext = find(&caller);
+        let domain = config.tenant.domain.clone();
+        if msg.body().is_empty() {
+            return self
+                .reply(tx, &msg, 488, "An SDP offer is required in the INVITE")
+                .await;
+        }
+        let Ok(call_id) = msg.call_id().map(str::to_owned) else {
+            return self.reply(tx, &msg, 400, "Missing Call-ID").await;
+        };
+        if self.by_call_id.contains_key(&call_id) {
+            return self.reply(tx, &msg, 482, "Loop Detected").await;
+        }
+        let a_tag = random_token();
+        let Some(a) = Dialog::as_uas(&msg, &a_tag) else {
+            return self
+                .reply(tx, &msg, 400, "INVITE without a usable Contact")
+                .await;
+        };
+        let session = call_id.clone();
+        match self
+            .media
+            .call(Request::Create {
+                session: session.clone(),
+                tenant: tenant_id.clone(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(MediaError::Exhausted(why)) => {
+                warn!(tenant = tenant_id, why, "no media capacity");
+                return self.reply(tx, &msg, 503, "No media capacity").await;
+            }
+            Err(e) => return self.reply(tx, &msg, 500, &e.to_string()).await,
+        }
+        let offer_b = match self
+            .media
+            .call(Request::Offer {
+                session: session.clone(),
+                from: Leg::A,
+                sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+            })
+            .await
+        {
+            Ok(Reply::Sdp { sdp }) => sdp,
+            Ok(_) | Err(_) => {
+                let _ = self.media.call(Request::Destroy { session }).await;
+                return self
+                    .reply(
+                        tx,
+                        &msg,
+                        488,
+                        "Not Acceptable Here: the SDP offer cannot be relayed",
+                    )
+                    .await;
+            }
+        };
+        let tenant = TenantId::new(tenant_id.clone());
+        let aor = format!("{}@{}", callee.username, domain).to_ascii_lowercase();
+        let bindings = self
+            .locations
+            .lookup(&tenant, &aor, now_ms())
+            .await
+            .unwrap_or_default();
+        if bindings.is_empty() {
+            let _ = self.media.call(Request::Destroy { session }).await;
+            info!(
+                tenant = tenant_id,
+                callee = callee.username,
+                "callee not registered"
+            );
+            return self.reply(tx, &msg, 480, "Temporarily Unavailable").await;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let b_call_id = format!("{}@sy", random_token());
+        let (caller_name, caller_number) = match &caller_ext {
+            Some(e) => (e.display_name.clone(), e.number.to_string()),
+            None => (String::new(), caller.clone()),
+        };
+        let from_b = format!(
+            "\"{}\" <sip:{}@{}>;tag={}",
+            caller_name.replace('"', ""),
+            caller_number,
+            domain,
+            random_token()
+        );
+        let to_b = format!("<sip:{}@{}>", callee.number, domain);
+        let mut forks = Vec::new();
+        for binding in &bindings {
+            let Some(route) = binding.flow.clone() else {
+                continue;
+            };
+            let Some(next_hop) = uri_addr(&route) else {
+                continue;
+            };
+            let request = RequestBuilder::new(Method::Invite, binding.contact.clone())
+                .header(
+                    "Via",
+                    format!(
+                        "SIP/2.0/UDP {};branch=z9hG4bK{};rport",
+                        self.local,
+                        random_token()
+                    ),
+                )
+                .header("Max-Forwards", "70")
+                .header("Route", route)
+                .header("From", from_b.clone())
+                .header("To", to_b.clone())
+                .header("Call-ID", b_call_id.clone())
+                .header("CSeq", "1 INVITE")
+                .header("Contact", format!("<sip:sy@{}>", self.local))
+                .header("Allow", ALLOW)
+                .body("application/sdp", Bytes::from(offer_b.clone()))
+                .build();
+            let Ok(request) = Message::parse_datagram(request) else {
+                continue;
+            };
+            let peer = Dialog {
+                call_id: String::new(),
+                local: String::new(),
+                remote: String::new(),
+                remote_target: String::new(),
+                route: Vec::new(),
+                cseq: 0,
+                next_hop,
+            }
+            .peer(self.local);
+            match self.driver.send_request(request.clone(), peer).await {
+                Ok(ftx) => {
+                    self.by_tx.insert(ftx, (key, Purpose::Fork(forks.len())));
+                    forks.push(Fork {
+                        request,
+                        done: false,
+                    });
+                }
+                Err(e) => warn!(error = %e, contact = binding.contact, "fork not sent"),
+            }
+        }
+        if forks.is_empty() {
+            let _ = self.media.call(Request::Destroy { session }).await;
+            return self.reply(tx, &msg, 480, "Temporarily Unavailable").await;
+        }
+        info!(
+            tenant = tenant_id,
+            caller,
+            callee = callee.username,
+            forks = forks.len(),
+            call_id,
+            "call routed"
+        );
+        let from_uri = msg
+            .from_header()
+            .ok()
+            .map(|f| f.uri_str.to_owned())
+            .unwrap_or_default();
+        self.by_call_id.insert(call_id.clone(), key);
+        self.by_call_id.insert(b_call_id.clone(), key);
+        let timeout = Duration::from_secs(callee.no_answer_seconds.clamp(1, 600) as u64);
+        self.arm(Instant::now() + timeout, key, Timer::NoAnswer);
+        self.calls.insert(
+            key,
+            Call {
+                tenant_id,
+                session,
+                a_tx: tx,
+                a_invite: msg,
+                a_tag,
+                a,
+                b: None,
+                b_call_id,
+                forks,
+                phase: Phase::Routing,
+                ringing_sent: false,
+                best_failure: None,
+                started_ms: now_ms(),
+                answered_ms: None,
+                from_uri,
+                to_uri: format!("sip:{}@{}", callee.number, domain),
+                reinvite: None,
+                unacked: None,
+            },
+        );
+    }
+
+    async fn on_response(&mut self, tx: TxId, msg: Message) {
+        let Some(&(key, purpose)) = self.by_tx.get(&tx) else {
+            return;
+        };
+        let status = msg.status().unwrap_or(0);
+        match purpose {
+            Purpose::Fork(i) => self.on_fork_response(key, i, msg).await,
+            Purpose::Reinvite => self.on_reinvite_response(key, msg).await,
+            Purpose::Cancel | Purpose::Bye => {
+                if status >= 200 {
+                    self.by_tx.remove(&tx);
+                }
+            }
+        }
+    }
+
+    async fn send_ack(&self, dialog: &Dialog, cseq: u32) {
+        let mut d = dialog.clone();
+        let ack = d.request(Method::Ack, self.local, None, Some(cseq));
+        let peer = dialog.peer(self.local);
+        if let Err(e) = self.hub.send(peer.target, ack.to_bytes()).await {
+            debug!(error = %e, "ACK not sent");
+        }
+    }
+
+    async fn send_in_dialog(
+        &mut self,
+        key: u64,
+        leg: Leg,
+        method: Method,
+        body: Option<&str>,
+    ) -> Option<Message> {
+        let local = self.local;
+        let call = self.calls.get_mut(&key)?;
+        let dialog = match leg {
+            Leg::A => &mut call.a,
+            Leg::B => call.b.as_mut()?,
+        };
+        let request = dialog.request(method.clone(), local, body, None);
+        let peer = dialog.peer(local);
+        match self.driver.send_request(request.clone(), peer).await {
+            Ok(tx) => {
+                let purpose = if method == Method::Invite {
+                    Purpose::Reinvite
+                } else {
+                    Purpose::Bye
+                };
+                self.by_tx.insert(tx, (key, purpose));
+                Some(request)
+            }
+            Err(e) => {
+                warn!(error = %e, %method, "in-dialog request not sent");
+                None
+            }
+        }
+    }
+
+    async fn on_fork_response(&mut self, key: u64, i: usize, msg: Message) {
+        let status = msg.status().unwrap_or(0);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if status < 200 {
+            if status > 100 && !call.ringing_sent && call.phase == Phase::Routing {
+                call.ringing_sent = true;
+                let b = self.a_response(&self.calls[&key], 180, "Ringing");
+                let tx = self.calls[&key].a_tx;
+                self.respond(tx, b).await;
+            }
+            return;
+        }
+        let fork_request = call.forks[i].request.clone();
+        let already_done = call.forks[i].done;
+        call.forks[i].done = true;
+        if (200..300).contains(&status) {
+            let Some(dialog) = Dialog::as_uac(&fork_request, &msg, 1) else {
+                warn!("2xx without Contact from the callee");
+                return;
+            };
+            self.send_ack(&dialog, 1).await;
+            let call = self.calls.get_mut(&key).expect("call present");
+            if call.phase != Phase::Routing || already_done {
+                // A second fork answered, or a retransmitted 2xx: it has its ACK; a
+                // second answer is hung up at once.
+                let same = call.b.as_ref().is_some_and(|b| b.remote == dialog.remote);
+                if !same {
+                    let mut d = dialog;
+                    let bye = d.request(Method::Bye, self.local, None, None);
+                    let _ = self.driver.send_request(bye, d.peer(self.local)).await;
+                }
+                return;
+            }
+            call.phase = Phase::Answered;
+            call.answered_ms = Some(now_ms());
+            call.b = Some(dialog);
+            let session = call.session.clone();
+            let others: Vec<Message> = call
+                .forks
+                .iter_mut()
+                .filter(|f| !f.done)
+                .map(|f| {
+                    f.done = true;
+                    f.request.clone()
+                })
+                .collect();
+            for other in others {
+                self.cancel_fork(key, &other).await;
+            }
+            let answer = self
+                .media
+                .call(Request::Answer {
+                    session,
+                    from: Leg::B,
+                    sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+                })
+                .await;
+            let call = &self.calls[&key];
+            match answer {
+                Ok(Reply::Sdp { sdp }) => {
+                    let bytes = self
+                        .a_response(call, 200, "OK")
+                        .body("application/sdp", Bytes::from(sdp))
+                        .build();
+                    let tx = call.a_tx;
+                    let peer = call.a.peer(self.local);
+                    let cseq = call.a_invite.cseq().map(|c| c.seq).unwrap_or(0);
+                    if let Err(e) = self.driver.respond(tx, 200, bytes.clone()).await {
+                        debug!(error = %e, "200 not sent");
+                    }
+                    info!(
+                        tenant = call.tenant_id,
+                        call_id = call.a.call_id,
+                        "call answered"
+                    );
+                    self.calls.get_mut(&key).expect("call").unacked = Some(Unacked {
+                        bytes,
+                        peer,
+                        cseq,
+                        interval: T1,
+                        since: Instant::now(),
+                    });
+                    self.arm(Instant::now() + T1, key, Timer::Retransmit2xx);
+                }
+                _ => {
+                    warn!("the callee's answer cannot be relayed");
+                    let b = self.a_response(call, 488, "Not Acceptable Here");
+                    let tx = call.a_tx;
+                    self.respond(tx, b).await;
+                    self.send_in_dialog(key, Leg::B, Method::Bye, None).await;
+                    self.finish(key, "failed", None).await;
+                }
+            }
+            return;
+        }
+        // A final failure of one fork.
+        let reason = msg.reason().unwrap_or("").to_owned();
+        let call = self.calls.get_mut(&key).expect("call present");
+        let better = match &call.best_failure {
+            None => true,
+            Some((s, _)) => rank(status) > rank(*s),
+        };
+        if better {
+            call.best_failure = Some((status, reason));
+        }
+        if call.phase == Phase::Routing && call.forks.iter().all(|f| f.done) {
+            let (status, reason) = call.best_failure.clone().unwrap_or((480, String::new()));
+            let disposition = match status {
+                486 | 600 => "busy",
+                487 => "cancelled",
+                _ => "failed",
+            };
+            let b = self.a_response(&self.calls[&key], status, &reason);
+            let tx = self.calls[&key].a_tx;
+            self.respond(tx, b).await;
+            self.finish(key, disposition, None).await;
+        }
+    }
+
+    async fn cancel_fork(&mut self, key: u64, invite: &Message) {
+        let mut b = RequestBuilder::new(
+            Method::Cancel,
+            invite.request_uri_str().unwrap_or_default().to_owned(),
+        );
+        for name in [HeaderName::Via, HeaderName::Route] {
+            for v in invite.header_rows(name) {
+                b = b.header(name.canonical().unwrap_or("X"), v.to_owned());
+            }
+        }
+        b = b.header("Max-Forwards", "70");
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(v) = invite.header(name) {
+                b = b.header(name.canonical().unwrap_or("X"), v.to_owned());
+            }
+        }
+        let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+        b = b.header("CSeq", format!("{seq} CANCEL"));
+        let Ok(cancel) = Message::parse_datagram(b.build()) else {
+            return;
+        };
+        let Some(next_hop) = invite.header(HeaderName::Route).and_then(uri_addr) else {
+            return;
+        };
+        let peer = Peer {
+            target: switchyard_sip_net::Target::Datagram {
+                local: self.local,
+                dest: next_hop,
+            },
+            source: next_hop,
+            transport: switchyard_sip_net::Transport::Udp,
+            local: self.local,
+        };
+        if let Ok(tx) = self.driver.send_request(cancel, peer).await {
+            self.by_tx.insert(tx, (key, Purpose::Cancel));
+        }
+    }
+
+    fn on_ack(&mut self, msg: &Message) {
+        let Ok(call_id) = msg.call_id() else {
+            return;
+        };
+        let Some(&key) = self.by_call_id.get(call_id) else {
+            return;
+        };
+        let seq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+        if let Some(call) = self.calls.get_mut(&key)
+            && call.unacked.as_ref().is_some_and(|u| u.cseq == seq)
+        {
+            call.unacked = None;
+        }
+    }
+
+    async fn on_cancel(&mut self, tx: TxId, msg: &Message) {
+        let call_id = msg.call_id().unwrap_or_default().to_owned();
+        let Some(&key) = self.by_call_id.get(&call_id) else {
+            return self
+                .reply(tx, msg, 481, "Call/Transaction Does Not Exist")
+                .await;
+        };
+        self.reply(tx, msg, 200, "OK").await;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.phase != Phase::Routing || call.a.call_id != call_id {
+            return;
+        }
+        let forks: Vec<Message> = call
+            .forks
+            .iter_mut()
+            .filter(|f| !f.done)
+            .map(|f| {
+                f.done = true;
+                f.request.clone()
+            })
+            .collect();
+        let b = self.a_response(&self.calls[&key], 487, "Request Terminated");
+        let a_tx = self.calls[&key].a_tx;
+        self.respond(a_tx, b).await;
+        for f in forks {
+            self.cancel_fork(key, &f).await;
+        }
+        info!(call_id, "call cancelled by the caller");
+        self.finish(key, "cancelled", Some("caller")).await;
+    }
+
+    async fn in_dialog(&mut self, tx: TxId, msg: Message) {
+        let call_id = msg.call_id().unwrap_or_default().to_owned();
+        let Some(&key) = self.by_call_id.get(&call_id) else {
+            return self
+                .reply(tx, &msg, 481, "Call/Transaction Does Not Exist")
+                .await;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return self
+                .reply(tx, &msg, 481, "Call/Transaction Does Not Exist")
+                .await;
+        };
+        let leg = if call.a.call_id == call_id {
+            Leg::A
+        } else {
+            Leg::B
+        };
+        let method = msg.method().cloned().unwrap_or(Method::Ack);
+        match method {
+            Method::Bye => {
+                self.reply(tx, &msg, 200, "OK").await;
+                let side = if leg == Leg::A { "caller" } else { "callee" };
+                if self.calls[&key].phase == Phase::Answered {
+                    self.send_in_dialog(key, leg.other(), Method::Bye, None)
+                        .await;
+                }
+                info!(call_id, side, "call hung up");
+                self.finish(key, "answered", Some(side)).await;
+            }
+            Method::Invite => {
+                if call.phase != Phase::Answered || call.reinvite.is_some() {
+                    return self.reply(tx, &msg, 491, "Request Pending").await;
+                }
+                if msg.body().is_empty() {
+                    return self
+                        .reply(tx, &msg, 488, "A re-INVITE needs an SDP offer")
+                        .await;
+                }
+                let offer = self
+                    .media
+                    .call(Request::Offer {
+                        session: call.session.clone(),
+                        from: leg,
+                        sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+                    })
+                    .await;
+                let Ok(Reply::Sdp { sdp }) = offer else {
+                    return self
+                        .reply(
+                            tx,
+                            &msg,
+                            488,
+                            "Not Acceptable Here: the SDP offer cannot be relayed",
+                        )
+                        .await;
+                };
+                if let Some(out) = self
+                    .send_in_dialog(key, leg.other(), Method::Invite, Some(&sdp))
+                    .await
+                {
+                    self.calls.get_mut(&key).expect("call").reinvite = Some(PendingReinvite {
+                        from: leg,
+                        tx,
+                        request: msg,
+                        out,
+                    });
+                } else {
+                    self.reply(tx, &msg, 500, "Cannot reach the other party")
+                        .await;
+                }
+            }
+            Method::Options | Method::Info | Method::Update | Method::Notify => {
+                self.reply(tx, &msg, 200, "OK").await
+            }
+            _ => self.reply(tx, &msg, 501, "Not Implemented").await,
+        }
+    }
+
+    async fn on_reinvite_response(&mut self, key: u64, msg: Message) {
+        let status = msg.status().unwrap_or(0);
+        if status < 200 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = call.reinvite.take() else {
+            return;
+        };
+        let to = pending.from.other();
+        if (200..300).contains(&status) {
+            let cseq = pending.out.cseq().map(|c| c.seq).unwrap_or(0);
+            let dialog = match to {
+                Leg::A => call.a.clone(),
+                Leg::B => call.b.clone().expect("answered call has leg B"),
+            };
+            self.send_ack(&dialog, cseq).await;
+            let answer = self
+                .media
+                .call(Request::Answer {
+                    session: self.calls[&key].session.clone(),
+                    from: to,
+                    sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+                })
+                .await;
+            let call = &self.calls[&key];
+            let tag = match pending.from {
+                Leg::A => call.a_tag.clone(),
+                // Our tag towards B is in the From of our requests to it.
+                Leg::B => call
+                    .b
+                    .as_ref()
+                    .and_then(|b| switchyard_sip::headers::tag_of(&b.local).map(str::to_owned))
+                    .unwrap_or_default(),
+            };
+            match answer {
+                Ok(Reply::Sdp { sdp }) => {
+                    let bytes = self
+                        .dialog_response(&pending.request, &tag, 200, "OK")
+                        .body("application/sdp", Bytes::from(sdp))
+                        .build();
+                    let peer = match pending.from {
+                        Leg::A => call.a.peer(self.local),
+                        Leg::B => call.b.as_ref().expect("leg B").peer(self.local),
+                    };
+                    let seq = pending.request.cseq().map(|c| c.seq).unwrap_or(0);
+                    let _ = self.driver.respond(pending.tx, 200, bytes.clone()).await;
+                    self.calls.get_mut(&key).expect("call").unacked = Some(Unacked {
+                        bytes,
+                        peer,
+                        cseq: seq,
+                        interval: T1,
+                        since: Instant::now(),
+                    });
+                    self.arm(Instant::now() + T1, key, Timer::Retransmit2xx);
+                }
+                _ => {
+                    let b =
+                        self.dialog_response(&pending.request, &tag, 488, "Not Acceptable Here");
+                    self.respond(pending.tx, b).await;
+                }
+            }
+        } else {
+            let reason = msg.reason().unwrap_or("").to_owned();
+            let b = ResponseBuilder::for_request(&pending.request, status, &reason, "");
+            self.respond(pending.tx, b).await;
+        }
+    }
+
+    async fn on_tx_failure(&mut self, tx: TxId) {
+        let Some((key, purpose)) = self.by_tx.remove(&tx) else {
+            return;
+        };
+        match purpose {
+            Purpose::Fork(i) => {
+                // No answer at all from this contact: count it as a 408 of that fork.
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                if call.forks[i].done {
+                    return;
+                }
+                call.forks[i].done = true;
+                if call.best_failure.is_none() {
+                    call.best_failure = Some((408, "Request Timeout".into()));
+                }
+                if call.phase == Phase::Routing && call.forks.iter().all(|f| f.done) {
+                    let (status, reason) = call.best_failure.clone().unwrap_or_default();
+                    let b = self.a_response(&self.calls[&key], status, &reason);
+                    let a_tx = self.calls[&key].a_tx;
+                    self.respond(a_tx, b).await;
+                    self.finish(key, "failed", None).await;
+                }
+            }
+            Purpose::Reinvite => {
+                if let Some(pending) = self.calls.get_mut(&key).and_then(|c| c.reinvite.take()) {
+                    let b =
+                        ResponseBuilder::for_request(&pending.request, 408, "Request Timeout", "");
+                    self.respond(pending.tx, b).await;
+                }
+            }
+            Purpose::Cancel | Purpose::Bye => {}
+        }
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((&(at, seq), &(key, timer))) = self.timers.iter().next() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, seq));
+            match timer {
+                Timer::NoAnswer => {
+                    let Some(call) = self.calls.get_mut(&key) else {
+                        continue;
+                    };
+                    if call.phase != Phase::Routing {
+                        continue;
+                    }
+                    let forks: Vec<Message> = call
+                        .forks
+                        .iter_mut()
+                        .filter(|f| !f.done)
+                        .map(|f| {
+                            f.done = true;
+                            f.request.clone()
+                        })
+                        .collect();
+                    for f in forks {
+                        self.cancel_fork(key, &f).await;
+                    }
+                    let b = self.a_response(&self.calls[&key], 408, "No Answer");
+                    let a_tx = self.calls[&key].a_tx;
+                    self.respond(a_tx, b).await;
+                    info!(call_id = self.calls[&key].a.call_id, "no answer");
+                    self.finish(key, "no-answer", None).await;
+                }
+                Timer::Retransmit2xx => {
+                    let Some(call) = self.calls.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(u) = call.unacked.as_mut() else {
+                        continue;
+                    };
+                    if u.since.elapsed() >= 64 * T1 {
+                        // RFC 3261 §13.3.1.4: no ACK: the session is over.
+                        call.unacked = None;
+                        warn!(
+                            call_id = call.a.call_id,
+                            "2xx never acknowledged: hanging up"
+                        );
+                        self.hang_up_both(key, "no-ack").await;
+                        continue;
+                    }
+                    u.interval = (u.interval * 2).min(T2);
+                    let (bytes, target, next) = (u.bytes.clone(), u.peer.target, u.interval);
+                    let _ = self.hub.send(target, bytes).await;
+                    self.arm(now + next, key, Timer::Retransmit2xx);
+                }
+            }
+        }
+    }
+
+    async fn hang_up_both(&mut self, key: u64, why: &str) {
+        if self
+            .calls
+            .get(&key)
+            .is_some_and(|c| c.phase == Phase::Answered)
+        {
+            self.send_in_dialog(key, Leg::A, Method::Bye, None).await;
+            self.send_in_dialog(key, Leg::B, Method::Bye, None).await;
+            self.finish(key, "answered", Some(why)).await;
+        } else if let Some(call) = self.calls.get(&key) {
+            let b = self.a_response(call, 503, "Service Unavailable");
+            let tx = call.a_tx;
+            self.respond(tx, b).await;
+            self.finish(key, "failed", Some(why)).await;
+        }
+    }
+
+    /// Ends the call: media released, CDR written, indexes cleared.
+    async fn finish(&mut self, key: u64, disposition: &str, hangup_side: Option<&str>) {
+        let Some(call) = self.calls.remove(&key) else {
+            return;
+        };
+        self.by_call_id.remove(&call.a.call_id);
+        self.by_call_id.remove(&call.b_call_id);
+        self.by_tx
+            .retain(|_, (k, p)| *k != key || matches!(p, Purpose::Cancel | Purpose::Bye));
+        let stats = match self
+            .media
+            .call(Request::Destroy {
+                session: call.session.clone(),
+            })
+            .await
+        {
+            Ok(Reply::Stats { stats }) => stats,
+            _ => SessionStats::default(),
+        };
+        let ended = now_ms();
+        let cdr = Cdr {
+            id: format!("cdr-{}", random_token()),
+            tenant_id: call.tenant_id.clone(),
+            call_id: call.a.call_id.clone(),
+            from_uri: call.from_uri.clone(),
+            to_uri: call.to_uri.clone(),
+            started_at: call.started_ms,
+            answered_at: call.answered_ms,
+            ended_at: ended,
+            duration_ms: call.answered_ms.map_or(0, |a| ended - a),
+            disposition: disposition.to_owned(),
+            hangup_side: hangup_side.map(str::to_owned),
+            legs: serde_json::to_string(&stats).unwrap_or_default(),
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.insert_cdr(&cdr).await {
+                warn!(error = %e, call_id = cdr.call_id, "CDR not written");
+            }
+        });
+        self.handle
+            .active
+            .store(self.calls.len(), Ordering::Relaxed);
+    }
+}
+
+/// Which failure to pass on when every fork failed (RFC 3261 §16.7 in spirit): a busy or
+/// decline beats a timeout, a timeout beats other errors.
+fn rank(status: u16) -> u8 {
+    match status {
+        600 | 603 => 5,
+        486 => 4,
+        487 => 3,
+        408 | 480 => 2,
+        _ => 1,
+    }
+}
