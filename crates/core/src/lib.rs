@@ -1111,7 +1111,7 @@ impl Engine {
             duration_ms: call.answered_ms.map_or(0, |a| ended - a),
             disposition: disposition.to_owned(),
             hangup_side: hangup_side.map(str::to_owned),
-            legs: serde_json::to_string(&stats).unwrap_or_default(),
+            legs: legs_json(&stats),
         };
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -1123,6 +1123,16 @@ impl Engine {
             .active
             .store(self.calls.len(), Ordering::Relaxed);
     }
+}
+
+/// The CDR's legs: an array of per-leg counters, the caller's leg first.
+fn legs_json(stats: &SessionStats) -> String {
+    let leg = |name: &str, l: &switchyard_media_control::LegStats| {
+        let mut v = serde_json::to_value(l).unwrap_or_default();
+        v["leg"] = serde_json::Value::from(name);
+        v
+    };
+    serde_json::Value::Array(vec![leg("a", &stats.a), leg("b", &stats.b)]).to_string()
 }
 
 /// Which failure to pass on when every fork failed (RFC 3261 §16.7 in spirit): a busy or

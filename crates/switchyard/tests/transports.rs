@@ -346,50 +346,37 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(server.log().contains("stopped"));
 }
 
-#[tokio::test]
-async fn a_final_answer_to_invite_is_retransmitted_over_udp_until_acked() {
+#[test]
+fn a_final_answer_to_invite_is_retransmitted_over_udp_until_acked() {
+    // The core answers through its server transaction; the edge relays the answer and
+    // its retransmissions (timer G) until the phone's ACK reaches the core.
     let server = Server::start(&[]);
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let local = sock.local_addr().unwrap();
-    let invite = options("UDP", local, "inv1").replace("OPTIONS", "INVITE");
-    sock.send_to(invite.as_bytes(), server.addr("UDP"))
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 65536];
-    let mut recv = async || {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        Some(parse(&buf[..n]))
-    };
-    let first = recv().await.expect("an answer");
-    assert_eq!(first.status(), Some(405));
+    let creds: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let mut phone = common::phone::Phone::new(
+        server.addr("UDP"),
+        creds["domain"].as_str().unwrap(),
+        "1001",
+        creds["extensions"][0]["password"].as_str().unwrap(),
+    );
+    let (invite, first) = phone.invite_unacknowledged("1999");
     assert_eq!(
-        first.header(HeaderName::Allow),
-        Some("OPTIONS, REGISTER, ACK, CANCEL")
+        first.status(),
+        Some(404),
+        "no extension 1999 in the demo tenant"
     );
     // No ACK yet: timer G retransmits the same answer.
-    let again = recv().await.expect("a retransmission (timer G)");
+    let (again, _) = phone
+        .recv(Duration::from_secs(3))
+        .expect("a retransmission (timer G)");
     assert_eq!(again.as_bytes(), first.as_bytes());
-    let to = first.header(HeaderName::To).unwrap().to_owned();
-    let ack = invite
-        .replace("INVITE sip", "ACK sip")
-        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
-        .replace("To: <sip:ping@127.0.0.1>", &format!("To: {to}"));
-    sock.send_to(ack.as_bytes(), server.addr("UDP"))
-        .await
-        .unwrap();
+    phone.ack_for(&invite, &first);
     // Drain anything already in flight, then expect silence.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while let Ok(Ok(_)) =
-        tokio::time::timeout(Duration::from_millis(10), sock.recv_from(&mut [0u8; 2048])).await
-    {
-    }
-    let quiet = tokio::time::timeout(
-        Duration::from_millis(2500),
-        sock.recv_from(&mut [0u8; 2048]),
-    )
-    .await;
-    assert!(quiet.is_err(), "retransmissions stop after the ACK");
+    while phone.recv(Duration::from_millis(100)).is_some() {}
+    assert!(
+        phone.recv(Duration::from_millis(2500)).is_none(),
+        "retransmissions stop after the ACK"
+    );
 }

@@ -1,6 +1,9 @@
 //! Starts the real `switchyard` binary on loopback ports chosen by the OS and stops it.
 #![allow(dead_code)]
 
+pub mod baresip;
+pub mod phone;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

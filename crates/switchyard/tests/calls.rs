@@ -1,0 +1,499 @@
+//! Call flows through `switchyard serve --demo` with scripted SIP phones: who may
+//! register, who may call whom (tenant isolation), busy, no answer, hold, hang-up from
+//! either side, runtime provisioning during a call, and bad input during a call.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use common::phone::{Phone, sdp};
+
+struct Demo {
+    server: Server,
+    domain: String,
+    tenant: String,
+    passwords: Vec<String>,
+}
+
+fn demo() -> Demo {
+    let server = Server::start(&[]);
+    let text =
+        std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap();
+    let creds: serde_json::Value = serde_json::from_str(&text).unwrap();
+    Demo {
+        domain: creds["domain"].as_str().unwrap().to_owned(),
+        tenant: creds["tenant_id"].as_str().unwrap().to_owned(),
+        passwords: creds["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["password"].as_str().unwrap().to_owned())
+            .collect(),
+        server,
+    }
+}
+
+impl Demo {
+    fn phone(&self, user: &str) -> Phone {
+        let pw = match user {
+            "1001" => &self.passwords[0],
+            "1002" => &self.passwords[1],
+            _ => "wrong-password",
+        };
+        Phone::new(self.server.addr("UDP"), &self.domain, user, pw)
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let key = self.server.api_key.clone().unwrap();
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(self.server.addr("API"))
+                    .request(method, path, &key, None, body)
+                    .await
+            })
+            .unwrap();
+        let json = serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null);
+        (reply.status, json)
+    }
+
+    /// A second tenant with one range; returns (tenant id, range id).
+    fn tenant(&self, domain: &str, first: i64) -> (String, String) {
+        let (s, t) = self.api(
+            "POST",
+            "/v1/tenants",
+            Some(&format!(r#"{{"name":"{domain}","domain":"{domain}"}}"#)),
+        );
+        assert_eq!(s, 201, "{t}");
+        let id = t["id"].as_str().unwrap().to_owned();
+        let (s, r) = self.api(
+            "POST",
+            &format!("/v1/tenants/{id}/extension-ranges"),
+            Some(&format!(
+                r#"{{"first_number":{first},"last_number":{}}}"#,
+                first + 99
+            )),
+        );
+        assert_eq!(s, 201, "{r}");
+        (id, r["id"].as_str().unwrap().to_owned())
+    }
+
+    fn extension(&self, tenant: &str, range: &str, number: i64, password: &str) -> String {
+        let (s, e) = self.api(
+            "POST",
+            &format!("/v1/tenants/{tenant}/extensions"),
+            Some(&format!(
+                r#"{{"range_id":"{range}","number":{number},"password":"{password}"}}"#
+            )),
+        );
+        assert_eq!(s, 201, "{e}");
+        e["id"].as_str().unwrap().to_owned()
+    }
+
+    fn cdrs(&self, tenant: &str, want: usize) -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let (_, page) = self.api("GET", &format!("/v1/tenants/{tenant}/cdrs"), None);
+            let items = page.as_array().cloned().unwrap_or_default();
+            if items.len() >= want {
+                return items;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("fewer than {want} CDRs; log:\n{}", self.server.log());
+    }
+}
+
+fn header_names(m: &switchyard_sip::Message) -> Vec<String> {
+    m.rows().map(|(n, _)| n.to_ascii_lowercase()).collect()
+}
+
+#[test]
+fn registration_needs_the_right_password_for_the_right_extension() {
+    let d = demo();
+    // Wrong password: 401 again each time, then 403 once the limit (5) is reached.
+    let mut wrong = Phone::new(d.server.addr("UDP"), &d.domain, "1001", "not-the-password");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            wrong
+                .register_as("1001", "not-the-password", 600)
+                .status()
+                .unwrap(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 403]);
+    assert!(
+        d.server.log().contains("too many failed authentications"),
+        "the 403 is logged with source and AoR"
+    );
+    // An unknown user gets the same challenge as a known one, and the same 401 after
+    // answering it: nothing tells the two apart.
+    let mut unknown = Phone::new(d.server.addr("UDP"), &d.domain, "7777", "whatever-pass");
+    let mut known = d.phone("1002");
+    let first_unknown = unknown.register_as("7777", "whatever-pass", 600);
+    let first_known = known.register_as("1002", "wrong-password-x", 600);
+    assert_eq!(first_unknown.status(), Some(401));
+    assert_eq!(first_known.status(), Some(401));
+    assert_eq!(header_names(&first_unknown), header_names(&first_known));
+    let chal = |m: &switchyard_sip::Message| {
+        let c = m
+            .header(switchyard_sip::HeaderName::WwwAuthenticate)
+            .unwrap()
+            .to_owned();
+        let start = c.find("nonce=\"").unwrap();
+        let end = start + 7 + c[start + 7..].find('"').unwrap();
+        format!("{}{}", &c[..start], &c[end..])
+    };
+    assert_eq!(chal(&first_unknown), chal(&first_known));
+    assert!(chal(&first_known).contains(&format!("realm=\"{}\"", d.domain)));
+    // An unknown domain is refused, never given another tenant's realm.
+    let mut elsewhere = Phone::new(d.server.addr("UDP"), "nobody.example", "1001", "x");
+    assert_eq!(elsewhere.register(), 404);
+    // 1001's credentials cannot register 1002.
+    let mut a = d.phone("1001");
+    let stolen = d.passwords[0].clone();
+    assert_eq!(a.register_as("1002", &stolen, 600).status(), Some(403));
+    // The right password works. (1001 is locked out for now: the limit counts per source
+    // address and user, and every phone here is 127.0.0.1; 1002 had one failure.)
+    let mut b = d.phone("1002");
+    let ok = b.register_as("1002", &d.passwords[1].clone(), 600);
+    assert_eq!(ok.status(), Some(200));
+    let contact = ok.header(switchyard_sip::HeaderName::Contact).unwrap();
+    assert!(
+        contact.contains(&b.local().to_string()) && contact.contains("expires="),
+        "{contact}"
+    );
+}
+
+#[test]
+fn calls_stay_inside_the_callers_tenant() {
+    let d = demo();
+    let (t2, r2) = d.tenant("t2.example", 2000);
+    d.extension(&t2, &r2, 2001, "password-2001");
+    let mut other = Phone::new(d.server.addr("UDP"), "t2.example", "2001", "password-2001");
+    assert_eq!(other.register(), 200);
+    let mut a = d.phone("1001");
+    assert_eq!(a.register(), 200);
+    // 2001 is registered, but in another tenant: 404 for 1001, and nothing reaches 2001.
+    let (r, _) = a.call("2001", &[0]);
+    assert_eq!(r.status(), Some(404));
+    assert!(
+        other
+            .wait_request("INVITE", Duration::from_millis(500))
+            .is_none()
+    );
+    // And the other way round.
+    let (r, _) = other.call("1001", &[0]);
+    assert_eq!(r.status(), Some(404));
+    assert!(
+        a.wait_request("INVITE", Duration::from_millis(500))
+            .is_none()
+    );
+    // A number of the tenant that is not registered: 480.
+    let (r, _) = a.call("1002", &[0]);
+    assert_eq!(r.status(), Some(480));
+    // A phone of tenant 2 cannot call into the demo tenant by naming its domain: it has
+    // no credentials there (407 until the failure limit).
+    let mut spoof = Phone::new(d.server.addr("UDP"), &d.domain, "2001", "password-2001");
+    let (r, _) = spoof.call("1001", &[0]);
+    assert_eq!(r.status(), Some(407));
+}
+
+#[test]
+fn busy_no_answer_hold_and_hang_up() {
+    let d = demo();
+    let mut a = d.phone("1001");
+    let mut b = d.phone("1002");
+    assert_eq!(a.register(), 200);
+    assert_eq!(b.register(), 200);
+
+    // Busy: the callee's 486 reaches the caller.
+    let caller = std::thread::spawn(move || {
+        let (r, _) = a.call("1002", &[0]);
+        (a, r.status())
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    b.answer(&inv, from, 486, &[0]);
+    let (mut a, status) = caller.join().unwrap();
+    assert_eq!(status, Some(486));
+
+    // No answer: with the shortest timeout (5 s) the caller gets 408 and the callee a
+    // CANCEL.
+    let ext = d
+        .api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None)
+        .1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["number"] == 1002)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = d.api(
+        "PATCH",
+        &format!("/v1/tenants/{}/extensions/{ext}", d.tenant),
+        Some(r#"{"no_answer_seconds":5}"#),
+    );
+    assert_eq!(s, 200);
+    std::thread::sleep(Duration::from_millis(400)); // the change event reaches the core
+    let caller = std::thread::spawn(move || {
+        let (r, _) = a.call("1002", &[0]);
+        (a, r.status())
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    b.answer(&inv, from, 180, &[0]);
+    let (cancel, cfrom) = b
+        .wait_request("CANCEL", Duration::from_secs(8))
+        .expect("a CANCEL");
+    b.answer(&cancel, cfrom, 200, &[]);
+    b.answer(&inv, from, 487, &[]);
+    let (mut a, status) = caller.join().unwrap();
+    assert_eq!(status, Some(408));
+
+    // Answered, media both ways, hold and unhold by re-INVITE, hang-up by the callee.
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    let mut b_leg = b.answer(&inv, from, 200, &[0]);
+    let (mut a, status, a_leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let mut a_leg = a_leg.unwrap();
+    let _ = b
+        .wait_request("ACK", Duration::from_secs(2))
+        .expect("the core ACKs the callee");
+    for seq in 0..10 {
+        a.send_rtp(&a_leg, 0, seq);
+        b.send_rtp(&b_leg, 0, seq);
+    }
+    assert_eq!(b.count_rtp(Duration::from_millis(300)), 10);
+    assert_eq!(a.count_rtp(Duration::from_millis(300)), 10);
+    let hold = sdp(a.rtp_port(), &[0]).replace("a=sendrecv", "a=sendonly");
+    let b_thread = std::thread::spawn(move || {
+        let (re, from) = b
+            .wait_request("INVITE", Duration::from_secs(5))
+            .expect("re-INVITE");
+        let offer = String::from_utf8_lossy(re.body()).into_owned();
+        b.answer(&re, from, 200, &[0]);
+        let _ = b.wait_request("ACK", Duration::from_secs(2));
+        (b, offer)
+    });
+    let r = a.request(&mut a_leg, "INVITE", &hold);
+    assert_eq!(r.status(), Some(200));
+    let (mut b, offer) = b_thread.join().unwrap();
+    assert!(
+        offer.contains("a=sendonly"),
+        "hold reaches the callee: {offer}"
+    );
+    assert!(
+        !offer.contains(&a.rtp_port().to_string()),
+        "media stays anchored: {offer}"
+    );
+    let unhold = sdp(a.rtp_port(), &[0]);
+    let b_thread = std::thread::spawn(move || {
+        let (re, from) = b
+            .wait_request("INVITE", Duration::from_secs(5))
+            .expect("re-INVITE");
+        b.answer(&re, from, 200, &[0]);
+        let _ = b.wait_request("ACK", Duration::from_secs(2));
+        b
+    });
+    assert_eq!(a.request(&mut a_leg, "INVITE", &unhold).status(), Some(200));
+    let mut b = b_thread.join().unwrap();
+    // The callee hangs up: the caller gets the BYE.
+    let a_thread = std::thread::spawn(move || {
+        let (bye, from) = a
+            .wait_request("BYE", Duration::from_secs(5))
+            .expect("BYE at the caller");
+        a.answer(&bye, from, 200, &[]);
+    });
+    assert_eq!(b.request(&mut b_leg, "BYE", "").status(), Some(200));
+    a_thread.join().unwrap();
+    let cdrs = d.cdrs(&d.tenant, 3);
+    let last = &cdrs[0];
+    assert_eq!(last["disposition"], "answered", "{last}");
+    assert_eq!(last["hangup_side"], "callee", "{last}");
+    let legs = &last["legs"];
+    assert_eq!(legs[0]["leg"], "a", "{legs}");
+    assert_eq!(legs[0]["packets_received"], 10, "{legs}");
+    assert_eq!(legs[1]["packets_received"], 10, "{legs}");
+    let dispositions: Vec<&str> = cdrs
+        .iter()
+        .map(|c| c["disposition"].as_str().unwrap())
+        .collect();
+    assert_eq!(dispositions, ["answered", "no-answer", "busy"]);
+}
+
+/// Sets up an answered call between 1001 and 1002 with RTP flowing both ways in the
+/// background; returns a stop flag and the join handles with sent/received counts.
+struct LiveCall {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<(Phone, usize, usize)>>,
+}
+
+fn live_call(d: &Demo) -> LiveCall {
+    let mut a = d.phone("1001");
+    let mut b = d.phone("1002");
+    assert_eq!(a.register(), 200);
+    assert_eq!(b.register(), 200);
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    let b_leg = b.answer(&inv, from, 200, &[0]);
+    let (a, status, a_leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let a_leg = a_leg.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (phone, leg) in [(a, a_leg), (b, b_leg)] {
+        let stop = stop.clone();
+        workers.push(std::thread::spawn(move || {
+            phone
+                .rtp
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            let (mut sent, mut received) = (0usize, 0usize);
+            let mut buf = [0u8; 2048];
+            let mut next = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    phone.send_rtp(&leg, 0, sent as u16);
+                    sent += 1;
+                    next += Duration::from_millis(20);
+                }
+                if phone.rtp.recv_from(&mut buf).is_ok() {
+                    received += 1;
+                }
+            }
+            // Drain what is still in flight.
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                if phone.rtp.recv_from(&mut buf).is_ok() {
+                    received += 1;
+                }
+            }
+            (phone, sent, received)
+        }));
+    }
+    LiveCall { stop, workers }
+}
+
+impl LiveCall {
+    fn finish(self) -> Vec<(Phone, usize, usize)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn an_extension_created_during_a_call_is_callable_within_a_second_and_the_call_goes_on() {
+    let d = demo();
+    let (t3, r3) = d.tenant("t3.example", 3000);
+    d.extension(&t3, &r3, 3001, "password-3001");
+    let mut caller = Phone::new(d.server.addr("UDP"), "t3.example", "3001", "password-3001");
+    assert_eq!(caller.register(), 200);
+    // 3002 does not exist yet: 404, and the core has tenant 3's configuration cached now.
+    assert_eq!(caller.call("3002", &[0]).0.status(), Some(404));
+
+    let call = live_call(&d);
+    std::thread::sleep(Duration::from_millis(500));
+    d.extension(&t3, &r3, 3002, "password-3002");
+    let created = Instant::now();
+    let mut callee = Phone::new(d.server.addr("UDP"), "t3.example", "3002", "password-3002");
+    assert_eq!(callee.register(), 200);
+    let dial = std::thread::spawn(move || {
+        // The change event invalidates the cached configuration: retry until the core
+        // knows 3002 (each attempt is a real call attempt).
+        loop {
+            let (r, _) = caller.call("3002", &[0]);
+            match r.status() {
+                Some(404) if created.elapsed() < Duration::from_secs(3) => continue,
+                other => return other,
+            }
+        }
+    });
+    let (inv, from) = callee
+        .wait_request("INVITE", Duration::from_secs(3))
+        .expect("3002 is called");
+    let reached = created.elapsed();
+    callee.answer(&inv, from, 486, &[0]);
+    assert_eq!(dial.join().unwrap(), Some(486));
+    assert!(
+        reached < Duration::from_secs(1),
+        "3002 was reached {reached:?} after its 201"
+    );
+
+    std::thread::sleep(Duration::from_millis(500));
+    let results = call.finish();
+    for (_, sent, _) in &results {
+        assert!(*sent > 50, "the call ran: {sent} packets sent");
+    }
+    // Every packet one side sent reached the other: no gap while tenant 3 changed.
+    assert_eq!(results[0].1, results[1].2, "caller → callee");
+    assert_eq!(results[1].1, results[0].2, "callee → caller");
+}
+
+#[test]
+fn bad_input_during_a_call_is_answered_and_the_call_goes_on() {
+    let d = demo();
+    let call = live_call(&d);
+    let mut intruder = d.phone("1001");
+    // Garbage datagrams: dropped.
+    for junk in [
+        &b"\x00\x01garbage"[..],
+        b"NOT SIP AT ALL\r\n\r\n",
+        &[0xffu8; 1200],
+    ] {
+        intruder.send_raw(junk);
+    }
+    // A malformed INVITE: 400 naming the defect.
+    intruder.send_raw(
+        format!(
+            "INVITE sip:1002@{d} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKbad1\r\nMax-Forwards: 70\r\nTo: <sip:1002@{d}>\r\nFrom: <sip:1001@{d}>;tag=x\r\nCall-ID: bad-1\r\nCSeq: notanumber INVITE\r\nContent-Length: 0\r\n\r\n",
+            d = d.domain,
+            l = intruder.local()
+        )
+        .as_bytes(),
+    );
+    let (r, _) = intruder
+        .recv(Duration::from_secs(2))
+        .expect("an answer to the malformed INVITE");
+    assert_eq!(r.status(), Some(400));
+    assert!(
+        r.reason().unwrap().to_ascii_lowercase().contains("cseq"),
+        "{:?}",
+        r.reason()
+    );
+    // An INVITE with broken SDP: 488 from the core, nothing reaches the callee.
+    let (r, _) = intruder.call_with_body("1002", "v=0\r\nthis is not sdp\r\n");
+    assert_eq!(r.status(), Some(488));
+    std::thread::sleep(Duration::from_millis(300));
+    let results = call.finish();
+    assert_eq!(
+        results[0].1, results[1].2,
+        "caller → callee, no packet lost"
+    );
+    assert_eq!(
+        results[1].1, results[0].2,
+        "callee → caller, no packet lost"
+    );
+}

@@ -1,0 +1,161 @@
+//! Calls between real softphones (baresip, Debian package) through `switchyard serve
+//! --demo`: registration, a call where each side plays its own tone and must hear only
+//! the other's, hang-up, and the CDR with both legs' counters. Also with transcoding
+//! (a PCMU-only phone calls a PCMA-only one) and with one phone over TCP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use common::baresip::{Baresip, account, goertzel, read_wav};
+
+fn demo_credentials(server: &Server) -> serde_json::Value {
+    let text = std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json"))
+        .expect("serve --demo writes demo-credentials.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn api_get(server: &Server, path: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = server.api_key.clone().unwrap();
+    let reply = rt
+        .block_on(async {
+            switchyard::http_client::Conn::new(server.addr("API"))
+                .request("GET", path, &key, None, None)
+                .await
+        })
+        .unwrap();
+    assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
+/// Waits for the call's CDR to appear.
+fn wait_cdr(server: &Server, tenant: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let page = api_get(server, &format!("/v1/tenants/{tenant}/cdrs"));
+        let items = page.as_array().cloned().unwrap_or_default();
+        if let Some(cdr) = items.first() {
+            return cdr.clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no CDR written; server log:\n{}", server.log());
+}
+
+struct CallOutcome {
+    cdr: serde_json::Value,
+    legs: serde_json::Value,
+}
+
+/// A (440 Hz) calls B (1000 Hz, auto-answer); after 3 s A hangs up. Checks what each heard.
+fn call_and_check(a_extra: &str, b_extra: &str, a_transport: &str) -> CallOutcome {
+    let server = Server::start(&[]);
+    let creds = demo_credentials(&server);
+    let domain = creds["domain"].as_str().unwrap();
+    let tenant = creds["tenant_id"].as_str().unwrap();
+    let exts = creds["extensions"].as_array().unwrap();
+    let mut a = Baresip::start("a", 440.0, 20.0);
+    let mut b = Baresip::start("b", 1000.0, 20.0);
+    let a_extra = if a_transport == "TCP" {
+        format!("{a_extra};transport=tcp")
+    } else {
+        a_extra.to_owned()
+    };
+    a.register(&account(
+        domain,
+        &exts[0],
+        server.addr(a_transport),
+        &a_extra,
+    ));
+    b.register(&account(
+        domain,
+        &exts[1],
+        server.addr("UDP"),
+        &format!("{b_extra};answermode=auto"),
+    ));
+    if a_transport == "TCP" {
+        assert!(
+            server
+                .log()
+                .lines()
+                .any(|l| l.contains("registered") && l.contains("1001@") && l.contains("TCP")),
+            "1001 registered over TCP"
+        );
+    }
+    a.command("dial", exts[1]["number"].as_str().unwrap());
+    a.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    b.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    a.command("hangup", "");
+    a.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    b.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    for (phone, own, other) in [(&a, 440.0, 1000.0), (&b, 1000.0, 440.0)] {
+        let (rate, samples) = read_wav(&phone.heard());
+        assert!(
+            samples.len() as u32 > 2 * rate,
+            "{} recorded only {} samples",
+            phone.name,
+            samples.len()
+        );
+        let heard_other = goertzel(&samples, rate, other);
+        let heard_own = goertzel(&samples, rate, own);
+        assert!(
+            heard_other > 1000.0 * heard_own.max(1.0),
+            "{} should hear {other} Hz and not its own {own} Hz: {heard_other:.0} vs {heard_own:.0}",
+            phone.name
+        );
+    }
+    let cdr = wait_cdr(&server, tenant);
+    assert_eq!(cdr["disposition"], "answered", "{cdr}");
+    assert_eq!(cdr["hangup_side"], "caller", "{cdr}");
+    let duration = cdr["duration_ms"].as_i64().unwrap();
+    assert!((2500..15000).contains(&duration), "{cdr}");
+    let legs = cdr["legs"].clone();
+    for leg in [0, 1] {
+        let received = legs[leg]["packets_received"].as_u64().unwrap();
+        // 50 packets per second of 20 ms G.711 for about 3 s.
+        assert!(received > 100, "leg {leg}: {legs}");
+        assert!(
+            legs[leg]["packets_sent"].as_u64().unwrap() > 100,
+            "leg {leg}: {legs}"
+        );
+    }
+    CallOutcome { cdr, legs }
+}
+
+#[test]
+fn two_baresip_phones_call_hear_each_other_and_leave_a_cdr() {
+    let out = call_and_check("", "", "UDP");
+    assert_eq!(out.legs[0]["transcoded"], 0, "{}", out.legs);
+    assert!(out.cdr["from_uri"].as_str().unwrap().contains("1001"));
+    assert!(out.cdr["to_uri"].as_str().unwrap().contains("1002"));
+}
+
+#[test]
+fn a_pcmu_only_phone_and_a_pcma_only_phone_are_transcoded() {
+    let out = call_and_check(
+        ";audio_codecs=PCMU/8000/1",
+        ";audio_codecs=PCMA/8000/1",
+        "UDP",
+    );
+    assert!(
+        out.legs[0]["transcoded"].as_u64().unwrap() > 100,
+        "{}",
+        out.legs
+    );
+    assert!(
+        out.legs[1]["transcoded"].as_u64().unwrap() > 100,
+        "{}",
+        out.legs
+    );
+}
+
+#[test]
+fn a_phone_registered_over_tcp_calls_and_is_reached_over_its_connection() {
+    let out = call_and_check("", "", "TCP");
+    assert_eq!(out.cdr["disposition"], "answered");
+}
