@@ -497,3 +497,81 @@ fn bad_input_during_a_call_is_answered_and_the_call_goes_on() {
         "callee → caller, no packet lost"
     );
 }
+
+#[test]
+fn every_contact_rings_the_first_answer_wins_and_the_caller_can_cancel() {
+    let d = demo();
+    let mut a = d.phone("1001");
+    let mut desk = d.phone("1002");
+    let mut mobile = d.phone("1002");
+    assert_eq!(a.register(), 200);
+    assert_eq!(desk.register(), 200);
+    assert_eq!(
+        mobile.register(),
+        200,
+        "a second contact of the same extension"
+    );
+
+    // Both contacts ring; the mobile answers; the desk phone gets a CANCEL.
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv_desk, from_desk) = desk
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("desk rings");
+    let (inv_mobile, from_mobile) = mobile
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("mobile rings");
+    desk.answer(&inv_desk, from_desk, 180, &[0]);
+    let _mobile_leg = mobile.answer(&inv_mobile, from_mobile, 200, &[0]);
+    let (cancel, from) = desk
+        .wait_request("CANCEL", Duration::from_secs(5))
+        .expect("the desk is cancelled");
+    desk.answer(&cancel, from, 200, &[]);
+    desk.answer(&inv_desk, from_desk, 487, &[]);
+    let (mut a, status, leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let mut leg = leg.unwrap();
+    let mobile_thread = std::thread::spawn(move || {
+        let (bye, from) = mobile
+            .wait_request("BYE", Duration::from_secs(5))
+            .expect("BYE at the mobile");
+        mobile.answer(&bye, from, 200, &[]);
+        mobile
+    });
+    assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
+    let mut mobile = mobile_thread.join().unwrap();
+
+    // The caller gives up while both ring: 487 for the caller, CANCEL for both contacts.
+    let (invite, call_id, seq) = a.start_call("1002");
+    let (inv_desk, from_desk) = desk
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("desk rings");
+    let (inv_mobile, from_mobile) = mobile
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("mobile rings");
+    desk.answer(&inv_desk, from_desk, 180, &[0]);
+    mobile.answer(&inv_mobile, from_mobile, 180, &[0]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(a.cancel(&invite), Some(200));
+    let r = a
+        .final_response(&call_id, seq, Duration::from_secs(5))
+        .expect("a final answer");
+    assert_eq!(r.status(), Some(487));
+    for (phone, inv, from) in [
+        (&mut desk, &inv_desk, from_desk),
+        (&mut mobile, &inv_mobile, from_mobile),
+    ] {
+        let (cancel, cfrom) = phone
+            .wait_request("CANCEL", Duration::from_secs(5))
+            .expect("CANCEL reaches every contact");
+        phone.answer(&cancel, cfrom, 200, &[]);
+        phone.answer(inv, from, 487, &[]);
+    }
+    let cdrs = d.cdrs(&d.tenant, 2);
+    assert_eq!(cdrs[0]["disposition"], "cancelled", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["hangup_side"], "caller");
+    assert_eq!(cdrs[1]["disposition"], "answered");
+    assert_eq!(cdrs[1]["hangup_side"], "caller");
+}

@@ -20,6 +20,8 @@ pub struct Phone {
     cseq: u32,
     /// Requests that arrived while waiting for something else.
     pub inbox: Vec<(Message, SocketAddr)>,
+    /// Responses that arrived while waiting for another one.
+    pub responses: Vec<Message>,
 }
 
 /// A call we placed or answered: what is needed for ACK, BYE and re-INVITE.
@@ -89,6 +91,7 @@ impl Phone {
             password: password.to_owned(),
             cseq: 0,
             inbox: Vec::new(),
+            responses: Vec::new(),
         }
     }
 
@@ -134,6 +137,15 @@ impl Phone {
         cseq: u32,
         within: Duration,
     ) -> Option<Message> {
+        let is_it = |m: &Message| {
+            m.call_id().ok() == Some(call_id)
+                && m.cseq().map(|c| c.seq).ok() == Some(cseq)
+                && m.status().unwrap_or(0) >= 200
+                && m.cseq().map(|c| c.method.to_string()).ok().as_deref() != Some("CANCEL")
+        };
+        if let Some(i) = self.responses.iter().position(is_it) {
+            return Some(self.responses.remove(i));
+        }
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -142,9 +154,7 @@ impl Phone {
                 self.inbox.push((m, from));
                 continue;
             }
-            let matches =
-                m.call_id().ok() == Some(call_id) && m.cseq().map(|c| c.seq).ok() == Some(cseq);
-            if matches && m.status().unwrap_or(0) >= 200 {
+            if is_it(&m) {
                 return Some(m);
             }
         }
@@ -298,6 +308,64 @@ impl Phone {
             .final_response(&call_id, seq, Duration::from_secs(5))
             .expect("a final answer");
         (text, r)
+    }
+
+    /// Sends an authenticated INVITE and returns at once: (its text, Call-ID, CSeq).
+    pub fn start_call(&mut self, dialled: &str) -> (String, String, u32) {
+        let call_id = format!("call-{}", token());
+        let from_tag = token();
+        let body = sdp(self.rtp_port(), &[0]);
+        let (text, seq) = self.invite_text(&call_id, &from_tag, dialled, &body, None);
+        self.send_raw(text.as_bytes());
+        let r = self
+            .final_response(&call_id, seq, Duration::from_secs(5))
+            .expect("a 407");
+        assert_eq!(r.status(), Some(407));
+        self.ack_for(&text, &r);
+        let uri = format!("sip:{dialled}@{}", self.domain);
+        let pw = self.password.clone();
+        let auth = self.authorization(&r, HeaderName::ProxyAuthenticate, "INVITE", &uri, &pw);
+        let (text, seq) = self.invite_text(&call_id, &from_tag, dialled, &body, Some(&auth));
+        self.send_raw(text.as_bytes());
+        (text, call_id, seq)
+    }
+
+    /// CANCELs an INVITE sent by [`Phone::start_call`] (same Request-URI, Via and CSeq
+    /// number, RFC 3261 §9.1); returns the status of the CANCEL.
+    pub fn cancel(&mut self, invite_text: &str) -> Option<u16> {
+        let invite = Message::parse_datagram(Bytes::from(invite_text.to_owned())).unwrap();
+        let seq = invite.cseq().unwrap().seq;
+        let mut text = format!("CANCEL {} SIP/2.0\r\n", invite.request_uri_str().unwrap());
+        text += &format!(
+            "Via: {}\r\nMax-Forwards: 70\r\n",
+            invite.header(HeaderName::Via).unwrap()
+        );
+        for name in [HeaderName::To, HeaderName::From, HeaderName::CallId] {
+            text += &format!(
+                "{}: {}\r\n",
+                name.canonical().unwrap(),
+                invite.header(name).unwrap()
+            );
+        }
+        text += &format!("CSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n");
+        self.send_raw(text.as_bytes());
+        let call_id = invite.call_id().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let (m, from) = self.recv(left)?;
+            if m.is_request() {
+                self.inbox.push((m, from));
+                continue;
+            }
+            let is_cancel =
+                m.cseq().map(|c| c.method.to_string()).ok().as_deref() == Some("CANCEL");
+            if m.call_id().ok() == Some(call_id.as_str()) && is_cancel {
+                return m.status();
+            }
+            // Other responses (the INVITE's 180/487) are kept for the caller to read.
+            self.responses.push(m);
+        }
+        None
     }
 
     /// Like [`Phone::call`] with any body as the offer.
