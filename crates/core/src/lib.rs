@@ -48,6 +48,8 @@ pub const CALLER_HEADER: &str = "X-Sy-Caller";
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// RFC 4028 §4: the smallest session interval we accept (and the protocol's minimum).
+const MIN_SE: u32 = 90;
 
 /// Where the engine listens and what it may read.
 #[derive(Debug, Clone)]
@@ -120,6 +122,31 @@ struct Call {
     to_uri: String,
     reinvite: Option<PendingReinvite>,
     unacked: Option<Unacked>,
+    /// RFC 4028 on leg A: the interval, who refreshes, and when the session lapses.
+    session_timer: Option<SessionTimer>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SessionTimer {
+    interval: u32,
+    caller_refreshes: bool,
+    /// The caller listed `timer` in Supported (then our 2xx carries `Require: timer`).
+    caller_supports: bool,
+    deadline: Instant,
+}
+
+impl SessionTimer {
+    fn header(&self) -> String {
+        let who = if self.caller_refreshes { "uac" } else { "uas" };
+        format!("{};refresher={who}", self.interval)
+    }
+
+    /// When the side that does not refresh gives up: before the interval ends, by
+    /// min(32 s, interval / 3) (RFC 4028 §10).
+    fn expiry_from(&self, now: Instant) -> Instant {
+        let lead = (self.interval / 3).min(32);
+        now + Duration::from_secs(u64::from(self.interval - lead))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +161,8 @@ enum Purpose {
 enum Timer {
     NoAnswer,
     Retransmit2xx,
+    /// The session timer: hang up if no refresh came (caller refreshes) or refresh now.
+    SessionRefresh,
 }
 
 /// The engine's state; driven by [`spawn_core`].
@@ -376,6 +405,16 @@ impl Engine {
                 .reply(tx, &msg, 488, "An SDP offer is required in the INVITE")
                 .await;
         }
+        let Ok(session_timer) = session_timer_of(&msg) else {
+            let b = ResponseBuilder::for_request(
+                &msg,
+                422,
+                "Session Interval Too Small",
+                &random_token(),
+            )
+            .header("Min-SE", MIN_SE.to_string());
+            return self.respond(tx, b).await;
+        };
         let Ok(call_id) = msg.call_id().map(str::to_owned) else {
             return self.reply(tx, &msg, 400, "Missing Call-ID").await;
         };
@@ -550,6 +589,7 @@ impl Engine {
                 to_uri: format!("sip:{}@{}", callee.number, domain),
                 reinvite: None,
                 unacked: None,
+                session_timer,
             },
         );
     }
@@ -673,10 +713,14 @@ impl Engine {
             let call = &self.calls[&key];
             match answer {
                 Ok(Reply::Sdp { sdp }) => {
-                    let bytes = self
-                        .a_response(call, 200, "OK")
-                        .body("application/sdp", Bytes::from(sdp))
-                        .build();
+                    let mut ok = self.a_response(call, 200, "OK");
+                    if let Some(t) = call.session_timer {
+                        ok = ok.header("Session-Expires", t.header());
+                        if t.caller_supports {
+                            ok = ok.header("Require", "timer");
+                        }
+                    }
+                    let bytes = ok.body("application/sdp", Bytes::from(sdp)).build();
                     let tx = call.a_tx;
                     let peer = call.a.peer(self.local);
                     let cseq = call.a_invite.cseq().map(|c| c.seq).unwrap_or(0);
@@ -696,6 +740,7 @@ impl Engine {
                         since: Instant::now(),
                     });
                     self.arm(Instant::now() + T1, key, Timer::Retransmit2xx);
+                    self.restart_session_timer(key);
                 }
                 _ => {
                     warn!("the callee's answer cannot be relayed");
@@ -889,6 +934,15 @@ impl Engine {
                         .await;
                 }
             }
+            Method::Update if leg == Leg::A && call.session_timer.is_some() => {
+                // A refresh without SDP (RFC 4028 §7.4): answered here, not relayed.
+                let timer = call.session_timer.expect("checked");
+                let b = ResponseBuilder::for_request(&msg, 200, "OK", &call.a_tag)
+                    .header("Session-Expires", timer.header())
+                    .header("Contact", format!("<sip:sy@{}>", self.local));
+                self.respond(tx, b).await;
+                self.restart_session_timer(key);
+            }
             Method::Options | Method::Info | Method::Update | Method::Notify => {
                 self.reply(tx, &msg, 200, "OK").await
             }
@@ -935,10 +989,11 @@ impl Engine {
             };
             match answer {
                 Ok(Reply::Sdp { sdp }) => {
-                    let bytes = self
-                        .dialog_response(&pending.request, &tag, 200, "OK")
-                        .body("application/sdp", Bytes::from(sdp))
-                        .build();
+                    let mut ok = self.dialog_response(&pending.request, &tag, 200, "OK");
+                    if let (Leg::A, Some(t)) = (pending.from, call.session_timer) {
+                        ok = ok.header("Session-Expires", t.header());
+                    }
+                    let bytes = ok.body("application/sdp", Bytes::from(sdp)).build();
                     let peer = match pending.from {
                         Leg::A => call.a.peer(self.local),
                         Leg::B => call.b.as_ref().expect("leg B").peer(self.local),
@@ -953,6 +1008,9 @@ impl Engine {
                         since: Instant::now(),
                     });
                     self.arm(Instant::now() + T1, key, Timer::Retransmit2xx);
+                    if pending.from == Leg::A {
+                        self.restart_session_timer(key);
+                    }
                 }
                 _ => {
                     let b =
@@ -1036,6 +1094,25 @@ impl Engine {
                     info!(call_id = self.calls[&key].a.call_id, "no answer");
                     self.finish(key, "no-answer", None).await;
                 }
+                Timer::SessionRefresh => {
+                    let Some(t) = self.calls.get(&key).and_then(|c| c.session_timer) else {
+                        continue;
+                    };
+                    if t.deadline > now {
+                        continue; // refreshed meanwhile: a newer timer is armed
+                    }
+                    if t.caller_refreshes {
+                        warn!(
+                            call_id = self.calls[&key].a.call_id,
+                            "session timer expired: hanging up"
+                        );
+                        self.hang_up_both(key, "session-timer").await;
+                    } else {
+                        // We refresh: an UPDATE without SDP.
+                        self.send_in_dialog(key, Leg::A, Method::Update, None).await;
+                        self.restart_session_timer(key);
+                    }
+                }
                 Timer::Retransmit2xx => {
                     let Some(call) = self.calls.get_mut(&key) else {
                         continue;
@@ -1060,6 +1137,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    fn restart_session_timer(&mut self, key: u64) {
+        let now = Instant::now();
+        let Some(t) = self
+            .calls
+            .get_mut(&key)
+            .and_then(|c| c.session_timer.as_mut())
+        else {
+            return;
+        };
+        t.deadline = if t.caller_refreshes {
+            t.expiry_from(now)
+        } else {
+            now + Duration::from_secs(u64::from(t.interval / 2))
+        };
+        let at = t.deadline;
+        self.arm(at, key, Timer::SessionRefresh);
     }
 
     async fn hang_up_both(&mut self, key: u64, why: &str) {
@@ -1123,6 +1218,31 @@ impl Engine {
             .active
             .store(self.calls.len(), Ordering::Relaxed);
     }
+}
+
+/// The session timer a new INVITE asks for (RFC 4028): none without Session-Expires,
+/// `Err` when the interval is unreadable or below our Min-SE (the answer is `422`).
+fn session_timer_of(msg: &Message) -> Result<Option<SessionTimer>, ()> {
+    let Some(value) = msg.header(HeaderName::SessionExpires) else {
+        return Ok(None);
+    };
+    let se = switchyard_sip::headers::DeltaWithParams::parse(value, "Session-Expires")
+        .map_err(|_| ())?;
+    if se.seconds < MIN_SE {
+        return Err(());
+    }
+    let caller_supports = msg
+        .values(HeaderName::Supported)
+        .any(|t| t.trim().eq_ignore_ascii_case("timer"));
+    Ok(Some(SessionTimer {
+        interval: se.seconds.min(7200),
+        // The caller refreshes unless it asked us to.
+        caller_refreshes: !se
+            .refresher()
+            .is_some_and(|r| r.eq_ignore_ascii_case("uas")),
+        caller_supports,
+        deadline: Instant::now(),
+    }))
 }
 
 /// The CDR's legs: an array of per-leg counters, the caller's leg first.

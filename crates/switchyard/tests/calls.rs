@@ -575,3 +575,44 @@ fn every_contact_rings_the_first_answer_wins_and_the_caller_can_cancel() {
     assert_eq!(cdrs[1]["disposition"], "answered");
     assert_eq!(cdrs[1]["hangup_side"], "caller");
 }
+
+#[test]
+fn session_timers_are_negotiated_refreshed_and_too_short_ones_refused() {
+    let d = demo();
+    let mut a = d.phone("1001");
+    let mut b = d.phone("1002");
+    assert_eq!(a.register(), 200);
+    assert_eq!(b.register(), 200);
+    a.invite_extra = "Session-Expires: 60\r\nSupported: timer\r\n".into();
+    let (r, _) = a.call("1002", &[0]);
+    assert_eq!(r.status(), Some(422));
+    assert_eq!(r.header(switchyard_sip::HeaderName::MinSe), Some("90"));
+
+    a.invite_extra = "Session-Expires: 1800\r\nSupported: timer\r\n".into();
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r, leg)
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    b.answer(&inv, from, 200, &[0]);
+    let (mut a, ok, leg) = caller.join().unwrap();
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(
+        ok.header(switchyard_sip::HeaderName::SessionExpires),
+        Some("1800;refresher=uac")
+    );
+    assert_eq!(
+        ok.header(switchyard_sip::HeaderName::Require),
+        Some("timer")
+    );
+    // The caller refreshes with an UPDATE: answered by the core with the interval.
+    let mut leg = leg.unwrap();
+    let refreshed = a.request(&mut leg, "UPDATE", "");
+    assert_eq!(refreshed.status(), Some(200));
+    assert_eq!(
+        refreshed.header(switchyard_sip::HeaderName::SessionExpires),
+        Some("1800;refresher=uac")
+    );
+}

@@ -22,6 +22,8 @@ pub struct Phone {
     pub inbox: Vec<(Message, SocketAddr)>,
     /// Responses that arrived while waiting for another one.
     pub responses: Vec<Message>,
+    /// Header lines (each ending in CRLF) added to every INVITE.
+    pub invite_extra: String,
 }
 
 /// A call we placed or answered: what is needed for ACK, BYE and re-INVITE.
@@ -92,6 +94,7 @@ impl Phone {
             cseq: 0,
             inbox: Vec::new(),
             responses: Vec::new(),
+            invite_extra: String::new(),
         }
     }
 
@@ -253,12 +256,13 @@ impl Phone {
             .map(|a| format!("Proxy-Authorization: {a}\r\n"))
             .unwrap_or_default();
         let text = format!(
-            "INVITE sip:{dialled}@{d} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK{b}\r\nMax-Forwards: 70\r\nTo: <sip:{dialled}@{d}>\r\nFrom: <sip:{u}@{d}>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: {c} INVITE\r\nContact: <sip:{u}@{local}>\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{body}",
+            "INVITE sip:{dialled}@{d} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK{b}\r\nMax-Forwards: 70\r\nTo: <sip:{dialled}@{d}>\r\nFrom: <sip:{u}@{d}>;tag={from_tag}\r\nCall-ID: {call_id}\r\nCSeq: {c} INVITE\r\nContact: <sip:{u}@{local}>\r\n{auth}{extra}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{body}",
             d = self.domain,
             b = token(),
             c = self.cseq,
             u = self.user,
             len = body.len(),
+            extra = self.invite_extra,
         );
         (text, self.cseq)
     }
