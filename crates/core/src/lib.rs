@@ -149,6 +149,20 @@ impl SessionTimer {
     }
 }
 
+impl Call {
+    /// The INVITEs of forks still ringing, marked done (they are about to be CANCELled).
+    fn take_ringing_forks(&mut self) -> Vec<Message> {
+        self.forks
+            .iter_mut()
+            .filter(|f| !f.done)
+            .map(|f| {
+                f.done = true;
+                f.request.clone()
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Fork(usize),
@@ -690,15 +704,7 @@ impl Engine {
             call.answered_ms = Some(now_ms());
             call.b = Some(dialog);
             let session = call.session.clone();
-            let others: Vec<Message> = call
-                .forks
-                .iter_mut()
-                .filter(|f| !f.done)
-                .map(|f| {
-                    f.done = true;
-                    f.request.clone()
-                })
-                .collect();
+            let others: Vec<Message> = call.take_ringing_forks();
             for other in others {
                 self.cancel_fork(key, &other).await;
             }
@@ -844,15 +850,7 @@ impl Engine {
         if call.phase != Phase::Routing || call.a.call_id != call_id {
             return;
         }
-        let forks: Vec<Message> = call
-            .forks
-            .iter_mut()
-            .filter(|f| !f.done)
-            .map(|f| {
-                f.done = true;
-                f.request.clone()
-            })
-            .collect();
+        let forks: Vec<Message> = call.take_ringing_forks();
         let b = self.a_response(&self.calls[&key], 487, "Request Terminated");
         let a_tx = self.calls[&key].a_tx;
         self.respond(a_tx, b).await;
@@ -1076,15 +1074,7 @@ impl Engine {
                     if call.phase != Phase::Routing {
                         continue;
                     }
-                    let forks: Vec<Message> = call
-                        .forks
-                        .iter_mut()
-                        .filter(|f| !f.done)
-                        .map(|f| {
-                            f.done = true;
-                            f.request.clone()
-                        })
-                        .collect();
+                    let forks: Vec<Message> = call.take_ringing_forks();
                     for f in forks {
                         self.cancel_fork(key, &f).await;
                     }

@@ -441,6 +441,7 @@ fn an_extension_created_during_a_call_is_callable_within_a_second_and_the_call_g
         reached < Duration::from_secs(1),
         "3002 was reached {reached:?} after its 201"
     );
+    eprintln!("3002 was registered and reached {reached:?} after its 201");
 
     std::thread::sleep(Duration::from_millis(500));
     let results = call.finish();

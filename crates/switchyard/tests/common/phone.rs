@@ -293,21 +293,7 @@ impl Phone {
     /// Sends an authenticated INVITE and returns it with its final response, without
     /// acknowledging that response (to watch retransmissions).
     pub fn invite_unacknowledged(&mut self, dialled: &str) -> (String, Message) {
-        let call_id = format!("call-{}", token());
-        let from_tag = token();
-        let body = sdp(self.rtp_port(), &[0]);
-        let (text, seq) = self.invite_text(&call_id, &from_tag, dialled, &body, None);
-        self.send_raw(text.as_bytes());
-        let r = self
-            .final_response(&call_id, seq, Duration::from_secs(5))
-            .expect("a 407");
-        assert_eq!(r.status(), Some(407));
-        self.ack_for(&text, &r);
-        let uri = format!("sip:{dialled}@{}", self.domain);
-        let pw = self.password.clone();
-        let auth = self.authorization(&r, HeaderName::ProxyAuthenticate, "INVITE", &uri, &pw);
-        let (text, seq) = self.invite_text(&call_id, &from_tag, dialled, &body, Some(&auth));
-        self.send_raw(text.as_bytes());
+        let (text, call_id, seq) = self.start_call(dialled);
         let r = self
             .final_response(&call_id, seq, Duration::from_secs(5))
             .expect("a final answer");
