@@ -467,16 +467,9 @@ impl Engine {
             .await
         {
             Ok(Reply::Sdp { sdp }) => sdp,
-            Ok(_) | Err(_) => {
+            other => {
                 let _ = self.media.call(Request::Destroy { session }).await;
-                return self
-                    .reply(
-                        tx,
-                        &msg,
-                        488,
-                        "Not Acceptable Here: the SDP offer cannot be relayed",
-                    )
-                    .await;
+                return self.reply(tx, &msg, 488, &refusal(other)).await;
             }
         };
         let tenant = TenantId::new(tenant_id.clone());
@@ -907,15 +900,9 @@ impl Engine {
                         sdp: String::from_utf8_lossy(msg.body()).into_owned(),
                     })
                     .await;
-                let Ok(Reply::Sdp { sdp }) = offer else {
-                    return self
-                        .reply(
-                            tx,
-                            &msg,
-                            488,
-                            "Not Acceptable Here: the SDP offer cannot be relayed",
-                        )
-                        .await;
+                let sdp = match offer {
+                    Ok(Reply::Sdp { sdp }) => sdp,
+                    other => return self.reply(tx, &msg, 488, &refusal(other)).await,
                 };
                 if let Some(out) = self
                     .send_in_dialog(key, leg.other(), Method::Invite, Some(&sdp))
@@ -1233,6 +1220,14 @@ fn session_timer_of(msg: &Message) -> Result<Option<SessionTimer>, ()> {
         caller_supports,
         deadline: Instant::now(),
     }))
+}
+
+/// The reason phrase of a `488`: what the media node found wrong with the offer.
+fn refusal(outcome: Result<Reply, MediaError>) -> String {
+    match outcome {
+        Err(e) => format!("Not Acceptable Here: {e}"),
+        Ok(_) => "Not Acceptable Here".to_owned(),
+    }
 }
 
 /// The CDR's legs: an array of per-leg counters, the caller's leg first.

@@ -44,6 +44,15 @@ impl Demo {
         Phone::new(self.server.addr("UDP"), &self.domain, user, pw)
     }
 
+    /// 1001 and 1002, both registered.
+    fn registered_pair(&self) -> (Phone, Phone) {
+        let mut a = self.phone("1001");
+        let mut b = self.phone("1002");
+        assert_eq!(a.register(), 200);
+        assert_eq!(b.register(), 200);
+        (a, b)
+    }
+
     fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -206,10 +215,7 @@ fn calls_stay_inside_the_callers_tenant() {
 #[test]
 fn busy_no_answer_hold_and_hang_up() {
     let d = demo();
-    let mut a = d.phone("1001");
-    let mut b = d.phone("1002");
-    assert_eq!(a.register(), 200);
-    assert_eq!(b.register(), 200);
+    let (mut a, mut b) = d.registered_pair();
 
     // Busy: the callee's 486 reaches the caller.
     let caller = std::thread::spawn(move || {
@@ -344,10 +350,7 @@ struct LiveCall {
 }
 
 fn live_call(d: &Demo) -> LiveCall {
-    let mut a = d.phone("1001");
-    let mut b = d.phone("1002");
-    assert_eq!(a.register(), 200);
-    assert_eq!(b.register(), 200);
+    let (mut a, mut b) = d.registered_pair();
     let caller = std::thread::spawn(move || {
         let (r, leg) = a.call("1002", &[0]);
         (a, r.status(), leg)
@@ -487,6 +490,11 @@ fn bad_input_during_a_call_is_answered_and_the_call_goes_on() {
     // An INVITE with broken SDP: 488 from the core, nothing reaches the callee.
     let (r, _) = intruder.call_with_body("1002", "v=0\r\nthis is not sdp\r\n");
     assert_eq!(r.status(), Some(488));
+    assert!(
+        r.reason().unwrap().contains("SDP"),
+        "the reason names the defect: {:?}",
+        r.reason()
+    );
     std::thread::sleep(Duration::from_millis(300));
     let results = call.finish();
     assert_eq!(
@@ -580,10 +588,7 @@ fn every_contact_rings_the_first_answer_wins_and_the_caller_can_cancel() {
 #[test]
 fn session_timers_are_negotiated_refreshed_and_too_short_ones_refused() {
     let d = demo();
-    let mut a = d.phone("1001");
-    let mut b = d.phone("1002");
-    assert_eq!(a.register(), 200);
-    assert_eq!(b.register(), 200);
+    let (mut a, mut b) = d.registered_pair();
     a.invite_extra = "Session-Expires: 60\r\nSupported: timer\r\n".into();
     let (r, _) = a.call("1002", &[0]);
     assert_eq!(r.status(), Some(422));
