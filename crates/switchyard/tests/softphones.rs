@@ -1,7 +1,9 @@
 //! Calls between real softphones (baresip, Debian package) through `switchyard serve
 //! --demo`: registration, a call where each side plays its own tone and must hear only
 //! the other's, hang-up, and the CDR with both legs' counters. Also with transcoding
-//! (a PCMU-only phone calls a PCMA-only one) and with one phone over TCP.
+//! (a PCMU-only phone calls a PCMA-only one) and with one phone over TCP. Each test runs
+//! in its own network namespace (`common::netns`), so the phones can reach nothing but
+//! loopback.
 
 mod common;
 
@@ -129,6 +131,9 @@ fn call_and_check(a_extra: &str, b_extra: &str, a_transport: &str) -> CallOutcom
 
 #[test]
 fn two_baresip_phones_call_hear_each_other_and_leave_a_cdr() {
+    if common::netns::run_isolated("two_baresip_phones_call_hear_each_other_and_leave_a_cdr") {
+        return;
+    }
     let out = call_and_check("", "", "UDP");
     assert_eq!(out.legs[0]["transcoded"], 0, "{}", out.legs);
     assert!(out.cdr["from_uri"].as_str().unwrap().contains("1001"));
@@ -137,6 +142,9 @@ fn two_baresip_phones_call_hear_each_other_and_leave_a_cdr() {
 
 #[test]
 fn a_pcmu_only_phone_and_a_pcma_only_phone_are_transcoded() {
+    if common::netns::run_isolated("a_pcmu_only_phone_and_a_pcma_only_phone_are_transcoded") {
+        return;
+    }
     let out = call_and_check(
         ";audio_codecs=PCMU/8000/1",
         ";audio_codecs=PCMA/8000/1",
@@ -156,6 +164,11 @@ fn a_pcmu_only_phone_and_a_pcma_only_phone_are_transcoded() {
 
 #[test]
 fn a_phone_registered_over_tcp_calls_and_is_reached_over_its_connection() {
+    if common::netns::run_isolated(
+        "a_phone_registered_over_tcp_calls_and_is_reached_over_its_connection",
+    ) {
+        return;
+    }
     let out = call_and_check("", "", "TCP");
     assert_eq!(out.cdr["disposition"], "answered");
 }
