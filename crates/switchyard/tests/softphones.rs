@@ -172,3 +172,130 @@ fn a_phone_registered_over_tcp_calls_and_is_reached_over_its_connection() {
     let out = call_and_check("", "", "TCP");
     assert_eq!(out.cdr["disposition"], "answered");
 }
+
+/// Runs `sipsak` in usrloc mode: one REGISTER (answering a challenge with `password`).
+fn sipsak_register(server: &Server, user: &str, domain: &str, password: &str) -> (bool, String) {
+    let port = server.addr("UDP").port().to_string();
+    let out = std::process::Command::new("sipsak")
+        .args(["-U", "-C", &format!("sip:{user}@127.0.0.1:9"), "-s"])
+        .arg(format!("sip:{user}@{domain}"))
+        .args([
+            "-p",
+            "127.0.0.1",
+            "-r",
+            &port,
+            "-H",
+            "127.0.0.1",
+            "-u",
+            user,
+            "-a",
+            password,
+        ])
+        .args(["-x", "600", "-vvv"])
+        .output()
+        .expect("sipsak is installed (.ci/run)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The status lines of the responses sipsak printed.
+fn statuses(text: &str) -> Vec<u16> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("SIP/2.0 "))
+        .filter_map(|l| l.get(..3)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn real_clients_are_refused_for_bad_passwords_unknown_users_domains_and_other_tenants() {
+    if common::netns::run_isolated(
+        "real_clients_are_refused_for_bad_passwords_unknown_users_domains_and_other_tenants",
+    ) {
+        return;
+    }
+    let server = Server::start(&[]);
+    let creds = demo_credentials(&server);
+    let domain = creds["domain"].as_str().unwrap();
+    let exts = creds["extensions"].as_array().unwrap();
+    let good = exts[0]["password"].as_str().unwrap();
+
+    let (ok, text) = sipsak_register(&server, "1001", domain, good);
+    assert!(ok, "the right password registers:\n{text}");
+    assert_eq!(statuses(&text).last(), Some(&200));
+    // Four wrong passwords get 401 again, the fifth 403.
+    let mut finals = Vec::new();
+    for _ in 0..5 {
+        let (ok, text) = sipsak_register(&server, "1001", domain, "not-the-password");
+        assert!(!ok);
+        finals.push(*statuses(&text).last().unwrap());
+    }
+    assert_eq!(finals, [401, 401, 401, 401, 403]);
+    // An unknown user sees exactly what a wrong password sees.
+    let (ok, unknown) = sipsak_register(&server, "7777", domain, "not-the-password");
+    assert!(!ok);
+    let (_, wrong) = sipsak_register(&server, "1002", domain, "not-the-password");
+    assert_eq!(statuses(&unknown), statuses(&wrong));
+    assert_eq!(statuses(&unknown).last(), Some(&401));
+    // An unknown domain is refused.
+    let (ok, text) = sipsak_register(&server, "1001", "nowhere.example", good);
+    assert!(!ok);
+    assert_eq!(statuses(&text).last(), Some(&404), "{text}");
+
+    // A baresip of the demo tenant dials a number that exists only in another tenant.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = server.api_key.clone().unwrap();
+    let post = |path: &str, body: String| {
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(server.addr("API"))
+                    .request("POST", path, &key, None, Some(&body))
+                    .await
+            })
+            .unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()
+    };
+    let t2 = post(
+        "/v1/tenants",
+        r#"{"name":"T2","domain":"t2.example"}"#.into(),
+    );
+    let t2 = t2["id"].as_str().unwrap();
+    let range = post(
+        &format!("/v1/tenants/{t2}/extension-ranges"),
+        r#"{"first_number":2000,"last_number":2099}"#.into(),
+    );
+    post(
+        &format!("/v1/tenants/{t2}/extensions"),
+        format!(
+            r#"{{"range_id":"{}","number":2001,"password":"password-2001"}}"#,
+            range["id"].as_str().unwrap()
+        ),
+    );
+    let mut other = Baresip::start("t2", 1000.0, 20.0);
+    other.register(&format!(
+        "<sip:2001@t2.example>;auth_pass=password-2001;outbound=\"sip:{}\";answermode=auto",
+        server.addr("UDP")
+    ));
+    let mut b = Baresip::start("b", 440.0, 20.0);
+    b.register(&account(domain, &exts[1], server.addr("UDP"), ""));
+    b.command("dial", "2001");
+    let closed = b.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    assert!(
+        closed["param"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("404"),
+        "{closed}"
+    );
+    assert!(
+        !other
+            .events()
+            .iter()
+            .any(|e| e["type"] == "CALL_INCOMING" || e["type"] == "CALL_ESTABLISHED"),
+        "nothing reached the other tenant's phone"
+    );
+}
