@@ -56,6 +56,8 @@ const MIN_SE: u32 = 90;
 pub struct CoreSettings {
     /// Our SIP socket (Contact, Via).
     pub local: SocketAddr,
+    /// Hang up an answered call when a leg sends no RTP for this long (not while on hold).
+    pub rtp_timeout: Option<Duration>,
 }
 
 /// What the outside may watch of a running engine.
@@ -182,6 +184,7 @@ enum Timer {
 /// The engine's state; driven by [`spawn_core`].
 struct Engine {
     local: SocketAddr,
+    rtp_timeout: Option<Duration>,
     store: Store,
     cache: ConfigCache,
     locations: Arc<Locations>,
@@ -212,6 +215,7 @@ pub fn spawn_core(
     let handle = CoreHandle::default();
     let mut engine = Engine {
         local: settings.local,
+        rtp_timeout: settings.rtp_timeout,
         cache: ConfigCache::new(store.clone()),
         store,
         locations,
@@ -226,6 +230,11 @@ pub fn spawn_core(
         handle: handle.clone(),
     };
     tokio::spawn(async move {
+        // Media silence is checked a few times per timeout period.
+        let check_every = settings.rtp_timeout.map_or(Duration::from_secs(3600), |t| {
+            (t / 4).max(Duration::from_millis(250))
+        });
+        let mut media_check = tokio::time::interval(check_every);
         loop {
             let next = engine.timers.keys().next().map(|(at, _)| *at);
             tokio::select! {
@@ -239,6 +248,7 @@ pub fn spawn_core(
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
                 _ = sleep_until(next) => engine.on_timers().await,
+                _ = media_check.tick(), if engine.rtp_timeout.is_some() => engine.check_media().await,
                 _ = shutdown.changed() => break,
             }
             engine
@@ -1112,6 +1122,39 @@ impl Engine {
                     let _ = self.hub.send(target, bytes).await;
                     self.arm(now + next, key, Timer::Retransmit2xx);
                 }
+            }
+        }
+    }
+
+    /// Hangs up answered calls whose media stopped (RTP timeout), unless on hold.
+    async fn check_media(&mut self) {
+        let Some(limit) = self.rtp_timeout else {
+            return;
+        };
+        let answered: Vec<(u64, String)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Answered)
+            .map(|(k, c)| (*k, c.session.clone()))
+            .collect();
+        for (key, session) in answered {
+            let Ok(Reply::Stats { stats }) = self.media.call(Request::Stats { session }).await
+            else {
+                continue;
+            };
+            let held = stats.a.held || stats.b.held;
+            let limit_ms = limit.as_millis() as u64;
+            let silent = [("caller", &stats.a), ("callee", &stats.b)]
+                .into_iter()
+                .find(|(_, l)| l.silent_ms > limit_ms);
+            if let (false, Some((side, leg))) = (held, silent) {
+                warn!(
+                    call_id = self.calls[&key].a.call_id,
+                    side,
+                    silent_ms = leg.silent_ms,
+                    "no RTP from the {side}: hanging up"
+                );
+                self.hang_up_both(key, "rtp-timeout").await;
             }
         }
     }

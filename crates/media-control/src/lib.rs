@@ -72,6 +72,12 @@ pub struct LegStats {
     pub transcoded: u64,
     /// Where this leg's RTP actually comes from (after latching), if any arrived.
     pub latched: Option<String>,
+    /// Milliseconds since this leg last sent RTP (since relaying began if it never did).
+    #[serde(default)]
+    pub silent_ms: u64,
+    /// The leg's SDP says it does not both send and receive (hold): silence is expected.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// Counters of a session.

@@ -27,7 +27,7 @@ use switchyard_media_control::{
 use switchyard_rtp::g711;
 use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, set_payload_type};
 use switchyard_rtp::stats::ReceiverStats;
-use switchyard_sdp::{Sdp, relay_answer, relay_offer};
+use switchyard_sdp::{Direction, Sdp, relay_answer, relay_offer};
 
 /// Where and how a media node binds.
 #[derive(Debug, Clone)]
@@ -96,6 +96,11 @@ struct Session {
     /// The last offer and who made it, waiting for its answer.
     pending_offer: Option<(Leg, Sdp)>,
     stats: Arc<Mutex<SessionStats>>,
+    /// When each leg's RTP last arrived, as the relay last published it.
+    last_rx: Arc<Mutex<[Option<Instant>; 2]>>,
+    relay_started: Option<Instant>,
+    /// Each leg's SDP direction is not sendrecv.
+    held: [bool; 2],
     stop: watch::Sender<bool>,
     relay: Option<tokio::task::JoinHandle<()>>,
 }
@@ -235,6 +240,9 @@ impl MediaNode {
                     plan,
                     pending_offer: None,
                     stats: Arc::new(Mutex::new(SessionStats::default())),
+                    last_rx: Arc::new(Mutex::new([None, None])),
+                    relay_started: None,
+                    held: [false, false],
                     stop,
                     relay: None,
                 },
@@ -275,6 +283,7 @@ impl MediaNode {
                 leg.rtp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.port));
                 leg.rtcp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
             });
+            s.held[leg_index(from)] = audio.direction != Direction::SendRecv;
             s.pending_offer = Some((from, parsed));
             Ok(Reply::Sdp {
                 sdp: relayed.to_text(),
@@ -324,7 +333,9 @@ impl MediaNode {
                 off.ulaw = law(&n.offerer_codec.name);
                 off.telephone_event = n.offerer_telephone_event;
             });
+            s.held[leg_index(from)] = audio.direction != Direction::SendRecv;
             if s.relay.is_none() {
+                s.relay_started = Some(Instant::now());
                 s.relay = Some(tokio::spawn(relay(
                     [
                         s.a.rtp.clone(),
@@ -335,6 +346,7 @@ impl MediaNode {
                     s.plan.subscribe(),
                     s.stop.subscribe(),
                     s.stats.clone(),
+                    s.last_rx.clone(),
                 )));
             }
             Ok(Reply::Sdp {
@@ -347,13 +359,13 @@ impl MediaNode {
     fn stats(&self, id: &str) -> Result<Reply, MediaError> {
         self.with_session(id, |s| {
             Ok(Reply::Stats {
-                stats: s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                stats: s.snapshot(),
             })
         })
     }
 
     async fn destroy(&self, id: &str) -> Result<Reply, MediaError> {
-        let session = self
+        let mut session = self
             .inner
             .sessions
             .lock()
@@ -361,14 +373,10 @@ impl MediaNode {
             .remove(id)
             .ok_or(MediaError::NoSession)?;
         let _ = session.stop.send(true);
-        if let Some(task) = session.relay {
+        if let Some(task) = session.relay.take() {
             let _ = task.await;
         }
-        let stats = session
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let stats = session.snapshot();
         let (pa, pb) = (session.a.port, session.b.port);
         drop(session.a);
         drop(session.b);
@@ -382,6 +390,28 @@ impl MediaNode {
             "media session destroyed"
         );
         Ok(Reply::Stats { stats })
+    }
+}
+
+impl Session {
+    /// The counters with silence and hold filled in as of now.
+    fn snapshot(&self) -> SessionStats {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last = *self.last_rx.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, leg) in [&mut stats.a, &mut stats.b].into_iter().enumerate() {
+            leg.held = self.held[i];
+            leg.silent_ms = last[i]
+                .or(self.relay_started)
+                .map_or(0, |t| t.elapsed().as_millis() as u64);
+        }
+        stats
+    }
+}
+
+fn leg_index(leg: Leg) -> usize {
+    match leg {
+        Leg::A => 0,
+        Leg::B => 1,
     }
 }
 
@@ -423,6 +453,9 @@ impl LegCounters {
             telephone_events: self.telephone_events,
             transcoded: self.transcoded,
             latched: self.latched_rtp.map(|a| a.to_string()),
+            // Filled in by `Session::snapshot` at query time.
+            silent_ms: 0,
+            held: false,
         }
     }
 }
@@ -435,6 +468,7 @@ async fn relay(
     mut plan_rx: watch::Receiver<Plan>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Mutex<SessionStats>>,
+    last_rx_shared: Arc<Mutex<[Option<Instant>; 2]>>,
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
     let mut plan = *plan_rx.borrow_and_update();
@@ -442,6 +476,7 @@ async fn relay(
     let mut buf = vec![0u8; 2048];
     let started = Instant::now();
     let mut since_publish = 0u64;
+    let mut last_rx: [Option<Instant>; 2] = [None, None];
     loop {
         // Which socket: 0 A-RTP, 1 A-RTCP, 2 B-RTP, 3 B-RTCP.
         let which = tokio::select! {
@@ -485,7 +520,12 @@ async fn relay(
         let Some(h) = RtpHeader::parse(packet) else {
             continue;
         };
+        let first = counters[fi].latched_rtp.is_none();
         counters[fi].latched_rtp.get_or_insert(src);
+        last_rx[fi] = Some(Instant::now());
+        if first {
+            *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
+        }
         counters[fi].received.record(
             h.sequence,
             h.timestamp,
@@ -530,9 +570,11 @@ async fn relay(
         if since_publish >= PUBLISH_EVERY {
             since_publish = 0;
             publish(&shared, &counters);
+            *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
         }
     }
     publish(&shared, &counters);
+    *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
 }
 
 fn publish(shared: &Mutex<SessionStats>, counters: &[LegCounters; 2]) {

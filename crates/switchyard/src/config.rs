@@ -19,6 +19,24 @@ pub struct Config {
     pub media: MediaSection,
     pub edge: EdgeSection,
     pub state: StateSection,
+    pub core: CoreSection,
+}
+
+/// `[core]`: the call engine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreSection {
+    /// Hang up an answered call when a leg sends no RTP for this many seconds (never while
+    /// the call is on hold); 0 turns it off.
+    pub rtp_timeout_secs: u64,
+}
+
+impl Default for CoreSection {
+    fn default() -> Self {
+        CoreSection {
+            rtp_timeout_secs: 60,
+        }
+    }
 }
 
 /// `[media]`: the media node of this process.

@@ -292,6 +292,9 @@ struct ServeArgs {
     /// Store URL (`sqlite://PATH` or `postgres://...`).
     #[arg(long, env = "SWITCHYARD_STORE_URL")]
     store_url: Option<String>,
+    /// Seconds without RTP from a leg before an answered call is hung up (0: never).
+    #[arg(long, env = "SWITCHYARD_RTP_TIMEOUT_SECS")]
+    rtp_timeout_secs: Option<u64>,
     /// RTP port range, `MIN-MAX`.
     #[arg(long, env = "SWITCHYARD_MEDIA_PORTS", value_parser = parse_port_range)]
     media_ports: Option<(u16, u16)>,
@@ -669,6 +672,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(u) = args.store_url {
         config.store.url = Some(u);
+    }
+    if let Some(t) = args.rtp_timeout_secs {
+        config.core.rtp_timeout_secs = t;
     }
     if let Some((min, max)) = args.media_ports {
         config.media.port_min = min;

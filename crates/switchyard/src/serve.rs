@@ -153,7 +153,11 @@ pub async fn serve(
         stop_rx.clone(),
     );
     let core = spawn_core(
-        CoreSettings { local: core_addr },
+        CoreSettings {
+            local: core_addr,
+            rtp_timeout: (config.core.rtp_timeout_secs > 0)
+                .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
+        },
         store.clone(),
         locations.clone(),
         Arc::new(media.clone()),

@@ -17,7 +17,11 @@ struct Demo {
 }
 
 fn demo() -> Demo {
-    let server = Server::start(&[]);
+    demo_with(&[])
+}
+
+fn demo_with(args: &[&str]) -> Demo {
+    let server = Server::start(args);
     let text =
         std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap();
     let creds: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -621,4 +625,67 @@ fn session_timers_are_negotiated_refreshed_and_too_short_ones_refused() {
         refreshed.header(switchyard_sip::HeaderName::SessionExpires),
         Some("1800;refresher=uac")
     );
+}
+
+#[test]
+fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
+    let d = demo_with(&["--rtp-timeout-secs", "1"]);
+    let (mut a, mut b) = d.registered_pair();
+    // Silent call: both legs get a BYE once a second passes without RTP.
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    b.answer(&inv, from, 200, &[0]);
+    let (mut a, status, _) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let (bye, from) = a
+        .wait_request("BYE", Duration::from_secs(4))
+        .expect("BYE at the caller");
+    a.answer(&bye, from, 200, &[]);
+    let (bye, from) = b
+        .wait_request("BYE", Duration::from_secs(4))
+        .expect("BYE at the callee");
+    b.answer(&bye, from, 200, &[]);
+    let cdr = &d.cdrs(&d.tenant, 1)[0];
+    assert_eq!(cdr["hangup_side"], "rtp-timeout", "{cdr}");
+
+    // On hold, silence is expected: no BYE for three timeout periods.
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    b.answer(&inv, from, 200, &[0]);
+    let (mut a, status, leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let mut leg = leg.unwrap();
+    let hold = sdp(a.rtp_port(), &[0]).replace("a=sendrecv", "a=inactive");
+    let b_thread = std::thread::spawn(move || {
+        let (re, from) = b
+            .wait_request("INVITE", Duration::from_secs(5))
+            .expect("re-INVITE");
+        b.answer(&re, from, 200, &[0]);
+        let _ = b.wait_request("ACK", Duration::from_secs(2));
+        b
+    });
+    assert_eq!(a.request(&mut leg, "INVITE", &hold).status(), Some(200));
+    let mut b = b_thread.join().unwrap();
+    assert!(
+        a.wait_request("BYE", Duration::from_secs(3)).is_none(),
+        "a held call is not timed out"
+    );
+    let b_thread = std::thread::spawn(move || {
+        let (bye, from) = b
+            .wait_request("BYE", Duration::from_secs(5))
+            .expect("BYE at the callee");
+        b.answer(&bye, from, 200, &[]);
+    });
+    assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
+    b_thread.join().unwrap();
 }
