@@ -34,6 +34,18 @@ pub struct AppState {
     pub limiter: std::sync::Arc<KeyLimiter>,
     /// Long operations, one after another per tenant.
     pub jobs: std::sync::Arc<JobRunner>,
+    /// Gauges of the roles in this process, served at `/metrics`.
+    pub metrics: Option<Metrics>,
+}
+
+/// A source of gauges: `(name, value)` pairs read when `/metrics` is scraped.
+#[derive(Clone)]
+pub struct Metrics(pub std::sync::Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
 }
 
 impl AppState {
@@ -47,7 +59,14 @@ impl AppState {
             jobs: JobRunner::new(store.clone()),
             store,
             limiter: std::sync::Arc::new(KeyLimiter::new(per_second)),
+            metrics: None,
         }
+    }
+
+    /// Serves these gauges at `/metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> AppState {
+        self.metrics = Some(metrics);
+        self
     }
 }
 

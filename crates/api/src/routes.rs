@@ -21,6 +21,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(get_tenant, update_tenant, delete_tenant))
         .routes(routes!(create_range, list_ranges))
@@ -158,6 +159,27 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.store.list_tenants(None, 1).await?;
     Ok("ready")
+}
+
+/// Gauges of this process in the Prometheus text format (calls, media sessions and ports,
+/// runtime tasks). Unauthenticated, like health: it names no tenant.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    if let Some(m) = &state.metrics {
+        for (name, value) in (m.0)() {
+            out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        out,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

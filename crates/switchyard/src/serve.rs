@@ -103,18 +103,6 @@ pub async fn serve(
             .with_context(|| format!("cannot reach Redis at {url}"))?,
         None => Locations::memory(),
     });
-    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
-    let api_addr = api_listener.local_addr()?;
-    let api_state =
-        switchyard_api::AppState::with_rate(store.clone(), config.api.requests_per_second_per_key);
-    let api_task = tokio::spawn(switchyard_api::serve(
-        api_listener,
-        api_state,
-        stop_rx.clone(),
-    ));
-
     // Media: one node in this process, reached through the media-control trait.
     let media = MediaNode::new(MediaConfig {
         bind: config.media.bind,
@@ -167,6 +155,40 @@ pub async fn serve(
         changes.subscribe(),
         stop_rx.clone(),
     );
+
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let gauges = {
+        let (core, media) = (core.clone(), media.clone());
+        let runtime = tokio::runtime::Handle::current();
+        switchyard_api::Metrics(Arc::new(move || {
+            vec![
+                ("switchyard_calls_active".into(), core.active_calls() as f64),
+                (
+                    "switchyard_media_sessions".into(),
+                    media.session_count() as f64,
+                ),
+                (
+                    "switchyard_media_free_port_pairs".into(),
+                    media.free_pairs() as f64,
+                ),
+                (
+                    "switchyard_runtime_tasks_alive".into(),
+                    runtime.metrics().num_alive_tasks() as f64,
+                ),
+            ]
+        }))
+    };
+    let api_state =
+        switchyard_api::AppState::with_rate(store.clone(), config.api.requests_per_second_per_key)
+            .with_metrics(gauges);
+    let api_task = tokio::spawn(switchyard_api::serve(
+        api_listener,
+        api_state,
+        stop_rx.clone(),
+    ));
 
     // Edge: public listeners plus an internal socket towards the core.
     let hub = Hub::new();

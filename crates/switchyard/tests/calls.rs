@@ -107,6 +107,31 @@ impl Demo {
         e["id"].as_str().unwrap().to_owned()
     }
 
+    /// The gauges `/metrics` serves.
+    fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(self.server.addr("API"))
+                    .request("GET", "/metrics", "", None, None)
+                    .await
+            })
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        reply
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
     fn cdrs(&self, tenant: &str, want: usize) -> Vec<serde_json::Value> {
         for _ in 0..100 {
             let (_, page) = self.api("GET", &format!("/v1/tenants/{tenant}/cdrs"), None);
@@ -688,4 +713,69 @@ fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
     });
     assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
     b_thread.join().unwrap();
+}
+
+#[test]
+fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
+    let d = demo();
+    let (mut a, mut b) = d.registered_pair();
+    let before = d.metrics();
+    assert_eq!(before["switchyard_calls_active"], 0.0);
+    assert!(before["switchyard_media_free_port_pairs"] > 2000.0);
+    const CALLS: usize = 1000;
+    let callee = std::thread::spawn(move || {
+        for _ in 0..CALLS {
+            let (inv, from) = b
+                .wait_request("INVITE", Duration::from_secs(10))
+                .expect("INVITE");
+            b.answer(&inv, from, 200, &[0]);
+            let (bye, from) = b.wait_request("BYE", Duration::from_secs(10)).expect("BYE");
+            b.answer(&bye, from, 200, &[]);
+            b.inbox.clear(); // the core's ACKs
+        }
+    });
+    for i in 0..CALLS {
+        let (r, leg) = a.call("1002", &[0]);
+        assert_eq!(r.status(), Some(200), "call {i}");
+        let mut leg = leg.unwrap();
+        assert_eq!(
+            a.request(&mut leg, "BYE", "").status(),
+            Some(200),
+            "call {i}"
+        );
+    }
+    callee.join().unwrap();
+    // Every call, media session, port pair and task is gone again (CDR writes finish a
+    // moment after the BYE).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = d.metrics();
+        let settled = now["switchyard_calls_active"] == 0.0
+            && now["switchyard_media_sessions"] == 0.0
+            && now["switchyard_media_free_port_pairs"]
+                == before["switchyard_media_free_port_pairs"]
+            && now["switchyard_runtime_tasks_alive"] <= before["switchyard_runtime_tasks_alive"];
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back to where it started: {before:?} -> {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every call wrote its CDR (read from the store: an API page holds at most 100).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let written = rt.block_on(async {
+        let url = format!(
+            "sqlite://{}",
+            d.server.data_dir.path().join("switchyard.db").display()
+        );
+        let store = switchyard_store::Store::connect(&url).await.unwrap();
+        store.cdrs(&d.tenant, None, 5000).await.unwrap().len()
+    });
+    assert_eq!(written, CALLS);
 }
