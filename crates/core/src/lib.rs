@@ -521,7 +521,7 @@ impl Engine {
             let Some(next_hop) = uri_addr(&route) else {
                 continue;
             };
-            let request = RequestBuilder::new(Method::Invite, binding.contact.clone())
+            let mut request = RequestBuilder::new(Method::Invite, binding.contact.clone())
                 .header(
                     "Via",
                     format!(
@@ -531,7 +531,12 @@ impl Engine {
                     ),
                 )
                 .header("Max-Forwards", "70")
-                .header("Route", route)
+                .header("Route", route);
+            // Then the proxies the phone registered through (RFC 3327 Path).
+            for p in &binding.path {
+                request = request.header("Route", p.clone());
+            }
+            let request = request
                 .header("From", from_b.clone())
                 .header("To", to_b.clone())
                 .header("Call-ID", b_call_id.clone())

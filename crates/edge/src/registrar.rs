@@ -173,11 +173,18 @@ impl Registrar {
             info!(tenant = %tenant.id, aor, source = %ingress.source, "unregistered every contact");
             return respond(200, "OK");
         }
-        let path = format!(
+        let route = format!(
             "<sip:{}@{};lr>",
             self.tokens.encode(&ingress.token()),
             self.internal
         );
+        // RFC 3327: proxies between us and the phone that asked to stay on the path.
+        let phone_path: Vec<String> = msg.values(HeaderName::Path).map(str::to_owned).collect();
+        let supports = |option: &str| {
+            msg.values(HeaderName::Supported)
+                .any(|t| t.trim().eq_ignore_ascii_case(option))
+        };
+        let mut outbound_used = false;
         for contact in &contacts {
             let requested = match contact.expires() {
                 Ok(Some(e)) => i64::from(e),
@@ -199,13 +206,43 @@ impl Registrar {
                     .header("Min-Expires", tenant.reg_expiry_min.to_string());
             }
             let granted = stagger(requested.min(tenant.reg_expiry_max), &call_id);
+            // RFC 5626 §6: a contact with +sip.instance and reg-id from a client that
+            // supports outbound is one flow; its new registration replaces the old one.
+            let instance = match (
+                contact.params.get("+sip.instance").flatten(),
+                contact.params.get("reg-id").flatten(),
+            ) {
+                (Some(i), Some(r)) if supports("outbound") => Some(format!("{i}|{r}")),
+                _ => None,
+            };
+            if let Some(key) = &instance {
+                outbound_used = true;
+                let old = match self.locations.lookup(&tenant_id, &aor, now_ms).await {
+                    Ok(list) => list,
+                    Err(e) => return state_error(e),
+                };
+                for stale in old
+                    .iter()
+                    .filter(|b| b.instance.as_ref() == Some(key) && b.contact != contact.uri_str)
+                {
+                    if let Err(e) = self
+                        .locations
+                        .unregister(&tenant_id, &aor, &stale.contact)
+                        .await
+                    {
+                        return state_error(e);
+                    }
+                }
+            }
             let binding = Binding {
                 contact: contact.uri_str.to_owned(),
                 expires_at_ms: now_ms + granted * 1000,
-                flow: Some(path.clone()),
+                flow: Some(route.clone()),
                 source: format!("{} {}", ingress.transport, ingress.source),
                 call_id: call_id.clone(),
                 cseq,
+                path: phone_path.clone(),
+                instance,
             };
             let max = usize::try_from(ext.max_registrations).unwrap_or(1);
             if let Err(e) = self
@@ -226,6 +263,14 @@ impl Registrar {
         for binding in bindings {
             let left = ((binding.expires_at_ms - now_ms) / 1000).max(1);
             b = b.header("Contact", format!("<{}>;expires={left}", binding.contact));
+        }
+        if !phone_path.is_empty() && supports("path") {
+            for p in &phone_path {
+                b = b.header("Path", p.clone());
+            }
+        }
+        if outbound_used {
+            b = b.header("Require", "outbound");
         }
         b
     }

@@ -27,6 +27,14 @@ pub struct Binding {
     pub source: String,
     pub call_id: String,
     pub cseq: u32,
+    /// Path header values (RFC 3327) the REGISTER carried: proxies between the edge and
+    /// the phone, which calls to the contact must traverse, in order.
+    #[serde(default)]
+    pub path: Vec<String>,
+    /// RFC 5626 `+sip.instance` and `reg-id` of the contact (`instance|reg-id`): a new
+    /// registration of the same pair replaces the old flow's binding.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// Why a registration was refused.

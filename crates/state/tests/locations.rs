@@ -12,6 +12,8 @@ fn binding(contact: &str, expires_at_ms: i64, call_id: &str, cseq: u32) -> Bindi
         source: "127.0.0.1:5062".into(),
         call_id: call_id.to_owned(),
         cseq,
+        path: Vec::new(),
+        instance: None,
     }
 }
 

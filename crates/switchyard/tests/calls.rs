@@ -779,3 +779,63 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
     });
     assert_eq!(written, CALLS);
 }
+
+#[test]
+fn path_and_outbound_registrations_are_honoured() {
+    let d = demo();
+    let (mut a, mut b) = d.registered_pair();
+    // RFC 3327: a proxy between the phone and us asked to stay on the path.
+    let proxy = format!("<sip:p1@{};lr>", b.local());
+    b.register_extra = format!("Path: {proxy}\r\nSupported: path\r\n");
+    let ok = b.register_as("1002", &d.passwords[1].clone(), 600);
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(
+        ok.header(switchyard_sip::HeaderName::Path),
+        Some(proxy.as_str())
+    );
+    let caller = std::thread::spawn(move || {
+        let (r, _) = a.call("1002", &[0]);
+        (a, r.status())
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE");
+    let routes: Vec<&str> = inv.values(switchyard_sip::HeaderName::Route).collect();
+    assert_eq!(
+        routes,
+        [proxy.as_str()],
+        "the call follows the registered path"
+    );
+    b.answer(&inv, from, 486, &[0]);
+    let (_a, status) = caller.join().unwrap();
+    assert_eq!(status, Some(486));
+
+    // RFC 5626: the same instance and reg-id from a new flow replaces the old binding.
+    let instance = ";+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>\";reg-id=1";
+    let mut first = d.phone("1002");
+    let mut second = d.phone("1002");
+    for p in [&mut first, &mut second] {
+        p.contact_params = instance.into();
+        p.register_extra = "Supported: outbound, path\r\n".into();
+    }
+    let r1 = first.register_as("1002", &d.passwords[1].clone(), 600);
+    assert_eq!(
+        r1.header(switchyard_sip::HeaderName::Require),
+        Some("outbound")
+    );
+    let r2 = second.register_as("1002", &d.passwords[1].clone(), 600);
+    assert_eq!(r2.status(), Some(200));
+    let contacts: Vec<&str> = r2.values(switchyard_sip::HeaderName::Contact).collect();
+    assert!(
+        contacts
+            .iter()
+            .any(|c| c.contains(&second.local().to_string())),
+        "{contacts:?}"
+    );
+    assert!(
+        !contacts
+            .iter()
+            .any(|c| c.contains(&first.local().to_string())),
+        "the first flow's binding is gone: {contacts:?}"
+    );
+}
