@@ -3,6 +3,8 @@
 //! either side, runtime provisioning during a call, and bad input during a call.
 
 mod common;
+#[path = "../../store/tests/common/mod.rs"]
+mod store_common;
 
 use std::time::{Duration, Instant};
 
@@ -838,4 +840,52 @@ fn path_and_outbound_registrations_are_honoured() {
             .any(|c| c.contains(&first.local().to_string())),
         "the first flow's binding is gone: {contacts:?}"
     );
+}
+
+#[test]
+fn on_postgresql_and_redis_registrations_live_in_redis_and_calls_use_them() {
+    // The cluster back ends: configuration in a fresh PostgreSQL database, registrations
+    // in Redis (both services of every test machine; never skipped).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = rt.block_on(store_common::postgres());
+    let url =
+        std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, format!("[state]\nredis_url = \"{url}\"\n")).unwrap();
+    let d = demo_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--store-url",
+        pg.url.as_deref().unwrap(),
+    ]);
+    let (mut a, mut b) = d.registered_pair();
+    // The binding is in Redis, under the tenant's key (never skipped: Redis is a service
+    // of every test machine, started before the tests).
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client
+        .get_connection()
+        .expect("Redis at SWITCHYARD_TEST_REDIS");
+    let key = format!("syloc:{{{}}}:1002@{}", d.tenant, d.domain);
+    let contacts: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(contacts, [format!("sip:1002@{}", b.local())]);
+    // And a call finds the callee there.
+    let caller = std::thread::spawn(move || {
+        let (r, _) = a.call("1002", &[0]);
+        r.status()
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE");
+    b.answer(&inv, from, 486, &[0]);
+    assert_eq!(caller.join().unwrap(), Some(486));
+    // The CDR went to PostgreSQL.
+    let cdr = &d.cdrs(&d.tenant, 1)[0];
+    assert_eq!(cdr["disposition"], "busy", "{cdr}");
+    let in_pg = rt.block_on(pg.store.cdrs(&d.tenant, None, 10)).unwrap();
+    assert_eq!(in_pg.len(), 1);
+    drop(d);
 }
