@@ -208,10 +208,17 @@ impl Proxy {
         let Ok(call_id) = msg.call_id() else {
             return self.answer(msg, ingress, 400, "Missing Call-ID");
         };
+        // In a dialog, the Request-URI is the Contact of the core that owns the dialog
+        // (its own Call-ID on leg B need not hash to it); otherwise rendezvous hashing.
+        let owner = if initial {
+            None
+        } else {
+            self.core_named_by(msg)
+        };
         let nodes: Vec<WeightedNode> = self.cores.iter().map(|c| c.node.clone()).collect();
-        let Some(core) =
+        let Some(core) = owner.or_else(|| {
             pick(call_id, &nodes).and_then(|n| self.cores.iter().find(|c| c.node.id == n.id))
-        else {
+        }) else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         if initial && !matches!(method, Method::Ack | Method::Cancel) {
@@ -300,6 +307,14 @@ impl Proxy {
         }
     }
 
+    /// The core node whose address the Request-URI names, if any.
+    fn core_named_by(&self, msg: &Message) -> Option<&CoreNode> {
+        let uri = msg.request_uri()?.ok()?;
+        let sip = uri.as_sip()?;
+        let addr = SocketAddr::new(split_host(sip.host)?, sip.port.unwrap_or(5060));
+        self.cores.iter().find(|c| c.addr == addr)
+    }
+
     /// Decides where a response goes: back to the hop our top Via names.
     pub fn response(&self, msg: &Message) -> Verdict {
         let Some(via) = msg.header(HeaderName::Via).and_then(Via::parse_lenient) else {
@@ -367,4 +382,132 @@ fn branch(msg: &Message) -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::FailurePolicy;
+    use switchyard_sip::digest::Nonces;
+    use switchyard_sip_net::Transport;
+
+    async fn proxy(cores: Vec<CoreNode>) -> (Proxy, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let auth = Arc::new(Authenticator::new(
+            store.clone(),
+            Nonces::new(b"s", 300),
+            FailurePolicy::default(),
+        ));
+        let p = Proxy {
+            store,
+            auth,
+            tokens: TokenKey::new(b"s"),
+            internal: "127.0.0.1:7000".parse().unwrap(),
+            cores,
+            advertise: None,
+        };
+        (p, dir)
+    }
+
+    fn phone() -> Ingress {
+        Ingress {
+            transport: Transport::Udp,
+            source: "127.0.0.1:40000".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            flow: None,
+        }
+    }
+
+    fn bye(ruri: &str, call_id: &str) -> Message {
+        let text = format!(
+            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKx1\r\nMax-Forwards: 70\r\nFrom: <sip:1001@d.example>;tag=a\r\nTo: <sip:1002@d.example>;tag=b\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse_datagram(Bytes::from(text)).unwrap()
+    }
+
+    fn dest(v: Verdict) -> SocketAddr {
+        match v {
+            Verdict::Forward {
+                target: Target::Datagram { dest, .. },
+                ..
+            } => dest,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn in_dialog_requests_go_to_the_core_their_request_uri_names() {
+        let c1: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let c2: SocketAddr = "127.0.0.1:7102".parse().unwrap();
+        let (p, _dir) = proxy(vec![CoreNode::new("c1", c1), CoreNode::new("c2", c2)]).await;
+        // Find Call-IDs that hash to each core, then name the other core in the URI.
+        let nodes: Vec<WeightedNode> = p.cores.iter().map(|c| c.node.clone()).collect();
+        let to = |id: &str| {
+            (0..)
+                .map(|i| format!("call-{i}"))
+                .find(|c| pick(c, &nodes).unwrap().id.as_str() == id)
+                .unwrap()
+        };
+        let (on_c1, on_c2) = (to("c1"), to("c2"));
+        let named = |addr: SocketAddr| format!("sip:sy@{addr}");
+        assert_eq!(
+            dest(p.request(&bye(&named(c2), &on_c1), &phone(), 0).await),
+            c2
+        );
+        assert_eq!(
+            dest(p.request(&bye(&named(c1), &on_c2), &phone(), 0).await),
+            c1
+        );
+        // A URI that names no core: rendezvous hashing decides.
+        let other = "sip:1002@127.0.0.1:9999";
+        assert_eq!(dest(p.request(&bye(other, &on_c1), &phone(), 0).await), c1);
+        assert_eq!(dest(p.request(&bye(other, &on_c2), &phone(), 0).await), c2);
+    }
+
+    #[tokio::test]
+    async fn forwarded_requests_carry_our_via_and_lose_internal_headers() {
+        let c1: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let (p, _dir) = proxy(vec![CoreNode::new("c1", c1)]).await;
+        let text = String::from_utf8(bye("sip:sy@127.0.0.1:7101", "c-9").to_bytes().to_vec())
+            .unwrap()
+            .replace("Content-Length", "X-Sy-Tenant: forged\r\nContent-Length");
+        let msg = Message::parse_datagram(Bytes::from(text)).unwrap();
+        let Verdict::Forward { bytes, .. } = p.request(&msg, &phone(), 0).await else {
+            panic!()
+        };
+        let out = Message::parse_datagram(bytes).unwrap();
+        assert_eq!(
+            out.extension_rows(TENANT_HEADER).count(),
+            0,
+            "a phone cannot set it"
+        );
+        let top = out.top_via().unwrap();
+        assert_eq!(top.sent_by(), "127.0.0.1:7000");
+        let back = p
+            .tokens
+            .decode(top.params.get("sy").flatten().unwrap())
+            .unwrap();
+        assert_eq!(back.remote, phone().source);
+        assert_eq!(out.max_forwards().unwrap(), Some(69));
+        // The response comes back through the token in our Via.
+        let response = format!(
+            "SIP/2.0 200 OK\r\nVia: {}\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKx1\r\nFrom: <sip:1001@d.example>;tag=a\r\nTo: <sip:1002@d.example>;tag=b\r\nCall-ID: c-9\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            out.header(HeaderName::Via).unwrap()
+        );
+        let r = Message::parse_datagram(Bytes::from(response)).unwrap();
+        let Verdict::Forward { target, bytes } = p.response(&r) else {
+            panic!()
+        };
+        assert_eq!(
+            target,
+            Target::Datagram {
+                local: phone().local,
+                dest: phone().source
+            }
+        );
+        assert_eq!(Message::parse_datagram(bytes).unwrap().vias().count(), 1);
+    }
 }
