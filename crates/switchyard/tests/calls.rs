@@ -889,3 +889,36 @@ fn on_postgresql_and_redis_registrations_live_in_redis_and_calls_use_them() {
     assert_eq!(in_pg.len(), 1);
     drop(d);
 }
+
+#[test]
+fn registration_intervals_follow_the_tenant_policy_and_star_removes_every_contact() {
+    let d = demo();
+    let mut b = d.phone("1002");
+    let pw = d.passwords[1].clone();
+    // Below the tenant's minimum (60 s by default): 423 with Min-Expires.
+    let r = b.register_as("1002", &pw, 10);
+    assert_eq!(r.status(), Some(423));
+    assert_eq!(r.header(switchyard_sip::HeaderName::MinExpires), Some("60"));
+    // Above the maximum (3600 s): granted at most the maximum, staggered down by <= 10 %.
+    let r = b.register_as("1002", &pw, 86_400);
+    assert_eq!(r.status(), Some(200));
+    let contact = r
+        .header(switchyard_sip::HeaderName::Contact)
+        .unwrap()
+        .to_owned();
+    let granted: u32 = contact.rsplit("expires=").next().unwrap().parse().unwrap();
+    assert!((3240..=3600).contains(&granted), "{contact}");
+    // A second contact, then `*` removes both; a call then finds nobody.
+    let mut desk = d.phone("1002");
+    assert_eq!(desk.register(), 200);
+    b.contact_star = true;
+    let r = b.register_as("1002", &pw, 0);
+    assert_eq!(r.status(), Some(200));
+    assert_eq!(r.header(switchyard_sip::HeaderName::Contact), None);
+    let mut a = d.phone("1001");
+    assert_eq!(a.register(), 200);
+    assert_eq!(a.call("1002", &[0]).0.status(), Some(480));
+    // `*` with a non-zero expiry is malformed.
+    let r = b.register_as("1002", &pw, 600);
+    assert_eq!(r.status(), Some(400));
+}

@@ -27,6 +27,8 @@ pub struct Phone {
     /// Header lines added to every REGISTER, and parameters after its Contact's `>`.
     pub register_extra: String,
     pub contact_params: String,
+    /// REGISTER with `Contact: *` (remove every binding; needs expires 0).
+    pub contact_star: bool,
 }
 
 /// A call we placed or answered: what is needed for ACK, BYE and re-INVITE.
@@ -100,6 +102,7 @@ impl Phone {
             invite_extra: String::new(),
             register_extra: String::new(),
             contact_params: String::new(),
+            contact_star: false,
         }
     }
 
@@ -213,13 +216,16 @@ impl Phone {
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
         let text = format!(
-            "REGISTER sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK{b}\r\nMax-Forwards: 70\r\nTo: <sip:{to_user}@{d}>\r\nFrom: <sip:{to_user}@{d}>;tag={t}\r\nCall-ID: {call_id}\r\nCSeq: {c} REGISTER\r\nContact: <sip:{u}@{local}>{cp}\r\nExpires: {expires}\r\n{auth}{extra}Content-Length: 0\r\n\r\n",
+            "REGISTER sip:{d} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK{b}\r\nMax-Forwards: 70\r\nTo: <sip:{to_user}@{d}>\r\nFrom: <sip:{to_user}@{d}>;tag={t}\r\nCall-ID: {call_id}\r\nCSeq: {c} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\n{auth}{extra}Content-Length: 0\r\n\r\n",
             d = self.domain,
             b = token(),
             t = token(),
             c = self.cseq,
-            u = self.user,
-            cp = self.contact_params,
+            contact = if self.contact_star {
+                "*".to_owned()
+            } else {
+                format!("<sip:{}@{local}>{}", self.user, self.contact_params)
+            },
             extra = self.register_extra,
         );
         (text, self.cseq)
