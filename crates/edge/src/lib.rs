@@ -6,10 +6,12 @@
 //!   rendezvous hashing of the Call-ID ([`hrw`]), and requests from cores to phones over
 //!   the flow a [`token`] names.
 //! - [`auth`]: digest checks shared by both, with the failure limit.
+//! - [`health`]: which core nodes answer the edge's pings.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod health;
 pub mod hrw;
 pub mod proxy;
 pub mod registrar;

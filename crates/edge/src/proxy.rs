@@ -89,6 +89,8 @@ pub struct Proxy {
     pub cores: Vec<CoreNode>,
     /// The address phones see when a listener is bound to the unspecified address.
     pub advertise: Option<IpAddr>,
+    /// Which cores answer pings; without it every core counts as healthy.
+    pub health: Option<Arc<crate::health::CoreHealth>>,
 }
 
 impl Proxy {
@@ -210,12 +212,18 @@ impl Proxy {
         };
         // In a dialog, the Request-URI is the Contact of the core that owns the dialog
         // (its own Call-ID on leg B need not hash to it); otherwise rendezvous hashing.
+        // A dead owner's dialogs go where hashing over the live cores sends them.
+        let candidates: Vec<&CoreNode> = match &self.health {
+            Some(h) => h.choose(&self.cores, std::time::Instant::now()),
+            None => self.cores.iter().collect(),
+        };
         let owner = if initial {
             None
         } else {
             self.core_named_by(msg)
+                .filter(|c| candidates.iter().any(|x| x.addr == c.addr))
         };
-        let nodes: Vec<WeightedNode> = self.cores.iter().map(|c| c.node.clone()).collect();
+        let nodes: Vec<WeightedNode> = candidates.iter().map(|c| c.node.clone()).collect();
         let Some(core) = owner.or_else(|| {
             pick(call_id, &nodes).and_then(|n| self.cores.iter().find(|c| c.node.id == n.id))
         }) else {
@@ -408,6 +416,7 @@ mod tests {
             internal: "127.0.0.1:7000".parse().unwrap(),
             cores,
             advertise: None,
+            health: None,
         };
         (p, dir)
     }
@@ -465,6 +474,21 @@ mod tests {
         let other = "sip:1002@127.0.0.1:9999";
         assert_eq!(dest(p.request(&bye(other, &on_c1), &phone(), 0).await), c1);
         assert_eq!(dest(p.request(&bye(other, &on_c2), &phone(), 0).await), c2);
+
+        // c1 stops answering pings: its dialogs and new ones go to c2.
+        let health = Arc::new(crate::health::CoreHealth::new(
+            std::time::Duration::from_secs(6),
+        ));
+        health.answered(c2, std::time::Instant::now());
+        let p = Proxy {
+            health: Some(health),
+            ..p
+        };
+        assert_eq!(
+            dest(p.request(&bye(&named(c1), &on_c1), &phone(), 0).await),
+            c2
+        );
+        assert_eq!(dest(p.request(&bye(other, &on_c1), &phone(), 0).await), c2);
     }
 
     #[tokio::test]

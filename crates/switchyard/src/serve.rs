@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use switchyard_core::{CoreSettings, spawn_core};
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
+use switchyard_edge::health::{CoreHealth, PING_CALL_ID_PREFIX, ping};
 use switchyard_edge::proxy::{CoreNode, Proxy, Verdict};
 use switchyard_edge::registrar::{Ingress, Registrar};
 use switchyard_edge::token::TokenKey;
@@ -160,8 +161,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
     let api_addr = api_listener.local_addr()?;
+    // Cores answer the edge's OPTIONS pings every PING_EVERY; three missed make one
+    // unhealthy.
+    const PING_EVERY: Duration = Duration::from_secs(2);
+    let core_health = Arc::new(CoreHealth::new(PING_EVERY * 3));
     let gauges = {
-        let (core, media) = (core.clone(), media.clone());
+        let (core, media, health) = (core.clone(), media.clone(), core_health.clone());
         let runtime = tokio::runtime::Handle::current();
         switchyard_api::Metrics(Arc::new(move || {
             vec![
@@ -177,6 +182,12 @@ pub async fn serve(
                 (
                     "switchyard_runtime_tasks_alive".into(),
                     runtime.metrics().num_alive_tasks() as f64,
+                ),
+                (
+                    "switchyard_core_nodes_healthy".into(),
+                    f64::from(u8::from(
+                        health.is_healthy(core_addr, std::time::Instant::now()),
+                    )),
                 ),
             ]
         }))
@@ -230,6 +241,10 @@ pub async fn serve(
         ),
     );
     let tokens = TokenKey::new(&secret);
+    {
+        let (hub, cores, stop) = (hub.clone(), vec![core_addr], stop_rx.clone());
+        tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
+    }
     let edge = Edge {
         registrar: Registrar {
             store: store.clone(),
@@ -245,6 +260,7 @@ pub async fn serve(
             internal,
             cores: vec![CoreNode::new("core-1", core_addr)],
             advertise: config.edge.advertise,
+            health: Some(core_health.clone()),
         },
         responder,
         hub: hub.clone(),
@@ -331,6 +347,15 @@ impl Edge {
                     warn!(source = %peer.source, status, error = %e, "answer not sent");
                 }
             }
+            TuEvent::Transaction(Event::StrayResponse { msg, peer })
+                if msg
+                    .call_id()
+                    .is_ok_and(|c| c.starts_with(PING_CALL_ID_PREFIX)) =>
+            {
+                if let Some(h) = &self.proxy.health {
+                    h.answered(peer.source, std::time::Instant::now());
+                }
+            }
             TuEvent::Transaction(Event::StrayResponse { msg, peer }) => {
                 self.forward(self.proxy.response(&msg), peer.source).await
             }
@@ -374,6 +399,34 @@ impl Edge {
             }
             Verdict::Drop(why) => debug!(%source, why, "dropped"),
             Verdict::Answer { .. } => {}
+        }
+    }
+}
+
+/// Sends an OPTIONS ping to every core from the edge's internal socket, until shutdown.
+async fn ping_cores(
+    hub: Hub,
+    internal: SocketAddr,
+    cores: Vec<SocketAddr>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for core in &cores {
+            seq += 1;
+            let target = Target::Datagram {
+                local: internal,
+                dest: *core,
+            };
+            if let Err(e) = hub.send(target, ping(internal, *core, seq).into()).await {
+                debug!(%core, error = %e, "health ping not sent");
+            }
         }
     }
 }

@@ -723,6 +723,10 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
     let (mut a, mut b) = d.registered_pair();
     let before = d.metrics();
     assert_eq!(before["switchyard_calls_active"], 0.0);
+    assert_eq!(
+        before["switchyard_core_nodes_healthy"], 1.0,
+        "the core answers the edge's pings"
+    );
     assert!(before["switchyard_media_free_port_pairs"] > 2000.0);
     const CALLS: usize = 1000;
     let callee = std::thread::spawn(move || {
