@@ -406,14 +406,19 @@ async fn update_tenant(
 
 /// Deletes a tenant and everything it owns; its numbers go to quarantine (operator keys).
 #[utoipa::path(delete, path = "/v1/tenants/{id}", security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)))]
 async fn delete_tenant(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     who.operator_write()?;
-    state.store.delete_tenant(&id, quarantine_end()).await?;
+    let expected = if_match(&headers)?;
+    state
+        .store
+        .delete_tenant(&id, quarantine_end(), expected)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -589,14 +594,19 @@ async fn list_extensions(
 
 /// Deletes an extension.
 #[utoipa::path(delete, path = "/v1/tenants/{id}/extensions/{extension_id}", security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)))]
 async fn delete_extension(
     State(state): State<AppState>,
     who: Principal,
     Path((id, extension_id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     who.may_write(&id)?;
-    state.store.delete_extension(&id, &extension_id).await?;
+    let expected = if_match(&headers)?;
+    state
+        .store
+        .delete_extension(&id, &extension_id, expected)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -677,16 +687,18 @@ async fn list_numbers(
 
 /// Releases a number of the tenant into quarantine (30 days) before reuse.
 #[utoipa::path(delete, path = "/v1/tenants/{id}/numbers/{number}", security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)))]
 async fn release_number(
     State(state): State<AppState>,
     who: Principal,
     Path((id, number)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     who.may_write(&id)?;
+    let expected = if_match(&headers)?;
     state
         .store
-        .release_did(&id, &number, quarantine_end())
+        .release_did(&id, &number, quarantine_end(), expected)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -790,19 +802,21 @@ async fn get_resource(
 
 /// Deletes a resource that nothing refers to any more.
 #[utoipa::path(delete, path = "/v1/tenants/{id}/resources/{kind}/{resource_id}", security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
 async fn delete_resource(
     State(state): State<AppState>,
     who: Principal,
     Path((id, k, rid)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     who.may_write(&id)?;
+    let expected = if_match(&headers)?;
     let k = kind(&k)?;
     let r = state.store.resource(&id, &rid).await?;
     if r.kind != k.as_str() {
         return Err(ApiError::NotFound("resource".into()));
     }
-    state.store.delete_resource(&id, &rid).await?;
+    state.store.delete_resource(&id, &rid, expected).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1147,13 +1161,18 @@ async fn replace_resource(
 
 /// Deletes an extension range that holds no extensions (else 409).
 #[utoipa::path(delete, path = "/v1/tenants/{id}/extension-ranges/{range_id}", security(("api_key" = [])),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem)))]
 async fn delete_range(
     State(state): State<AppState>,
     who: Principal,
     Path((id, range)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     who.may_write(&id)?;
-    state.store.delete_extension_range(&id, &range).await?;
+    let expected = if_match(&headers)?;
+    state
+        .store
+        .delete_extension_range(&id, &range, expected)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

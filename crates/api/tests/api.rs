@@ -1372,3 +1372,83 @@ async fn openapi_document_lists_every_route() {
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
 }
+
+on_both!(deletes_honour_the_tenants_etag, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (_, _, t) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+        )
+        .await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    let (_, _, r) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extension-ranges"),
+            Some(&op),
+            Some(json!({"first_number": 100, "last_number": 199})),
+        )
+        .await;
+    let (_, _, e) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{id}/extensions"),
+            Some(&op),
+            Some(json!({"range_id": r["id"], "password": "long-password"})),
+        )
+        .await;
+    let delete = |path: String, if_match: i64| {
+        let (app, op) = (api.app.clone(), op.clone());
+        async move {
+            let req = Request::builder()
+                .method(Method::DELETE)
+                .uri(path)
+                .header("Authorization", format!("Bearer {op}"))
+                .header("If-Match", format!("\"{if_match}\""))
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    let ext_path = format!("/v1/tenants/{id}/extensions/{}", e["id"].as_str().unwrap());
+    let range_path = format!(
+        "/v1/tenants/{id}/extension-ranges/{}",
+        r["id"].as_str().unwrap()
+    );
+    let version = store.tenant(&id).await.unwrap().config_version;
+    // A delete against an older version of the tenant changes nothing.
+    assert_eq!(
+        delete(ext_path.clone(), version - 1).await,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(store.extensions(&id).await.unwrap().len(), 1);
+    assert_eq!(
+        store.tenant(&id).await.unwrap().config_version,
+        version,
+        "a refused delete bumps no version"
+    );
+    assert_eq!(delete(ext_path, version).await, StatusCode::NO_CONTENT);
+    assert!(store.extensions(&id).await.unwrap().is_empty());
+    // The range, then the tenant: each with the ETag the previous change left.
+    assert_eq!(
+        delete(range_path.clone(), version).await,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        delete(range_path, version + 1).await,
+        StatusCode::NO_CONTENT
+    );
+    let tenant_path = format!("/v1/tenants/{id}");
+    assert_eq!(
+        delete(tenant_path.clone(), version + 1).await,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        delete(tenant_path, version + 2).await,
+        StatusCode::NO_CONTENT
+    );
+});

@@ -79,10 +79,18 @@ impl Store {
     }
 
     /// Releases a tenant's number into quarantine until `until` (epoch ms).
-    pub async fn release_did(&self, tenant_id: &str, number: &str, until: i64) -> Result<()> {
+    /// `expected_version`: apply only if the tenant is still at it (If-Match).
+    pub async fn release_did(
+        &self,
+        tenant_id: &str,
+        number: &str,
+        until: i64,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
         let now = self.now();
         in_tx!(self, |tx, _pg| {
-            bump_version!(tx, tenant_id, "did.released", now);
+            let version = bump_version!(tx, tenant_id, "did.released", now);
+            crate::check_version(version, expected_version)?;
             let done = sqlx::query(
                 "UPDATE dids SET state = 'quarantined', tenant_id = NULL, target = NULL, \
                  quarantined_until = $1, updated_at = $2 WHERE number = $3 AND tenant_id = $4",

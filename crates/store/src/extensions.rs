@@ -98,10 +98,17 @@ impl Store {
     }
 
     /// Deletes an empty range (one that still holds extensions is refused, never emptied).
-    pub async fn delete_extension_range(&self, tenant_id: &str, range_id: &str) -> Result<()> {
+    /// `expected_version`: apply only if the tenant is still at it (If-Match).
+    pub async fn delete_extension_range(
+        &self,
+        tenant_id: &str,
+        range_id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
         let now = self.now();
         in_tx!(self, |tx, _pg| {
-            bump_version!(tx, tenant_id, "extension_range.deleted", now);
+            let version = bump_version!(tx, tenant_id, "extension_range.deleted", now);
+            crate::check_version(version, expected_version)?;
             let used: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM extensions WHERE tenant_id = $1 AND range_id = $2",
             )
@@ -406,10 +413,17 @@ impl Store {
         e.ok_or(StoreError::NotFound { what: "extension" })
     }
 
-    pub async fn delete_extension(&self, tenant_id: &str, extension_id: &str) -> Result<()> {
+    /// `expected_version`: apply only if the tenant is still at it (If-Match).
+    pub async fn delete_extension(
+        &self,
+        tenant_id: &str,
+        extension_id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
         let now = self.now();
         in_tx!(self, |tx, _pg| {
-            bump_version!(tx, tenant_id, "extension.deleted", now);
+            let version = bump_version!(tx, tenant_id, "extension.deleted", now);
+            crate::check_version(version, expected_version)?;
             let users: Vec<(String, String)> = sqlx::query_as(
                 "SELECT kind, name FROM tenant_resources WHERE tenant_id = $1 AND spec LIKE $2",
             )

@@ -32,6 +32,18 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+/// For If-Match: `version` is the tenant's version after this change's bump, so the
+/// change applies only if the tenant was at `expected` before it.
+pub(crate) fn check_version(version: i64, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(expected) if expected != version - 1 => Err(StoreError::Stale {
+            expected,
+            current: version - 1,
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub use api_keys::ApiKey;
 pub use dids::check_e164;
 pub use error::StoreError;

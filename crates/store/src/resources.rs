@@ -476,10 +476,17 @@ impl Store {
     }
 
     /// Deletes a resource unless another resource still refers to it.
-    pub async fn delete_resource(&self, tenant_id: &str, id: &str) -> Result<()> {
+    /// `expected_version`: apply only if the tenant is still at it (If-Match).
+    pub async fn delete_resource(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
         let now = self.now();
         in_tx!(self, |tx, _pg| {
-            bump_version!(tx, tenant_id, "resource.deleted", now);
+            let version = bump_version!(tx, tenant_id, "resource.deleted", now);
+            crate::check_version(version, expected_version)?;
             let users: Vec<(String, String)> = sqlx::query_as(
                 "SELECT kind, name FROM tenant_resources WHERE tenant_id = $1 AND id <> $2 AND spec LIKE $3",
             )

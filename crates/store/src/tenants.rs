@@ -286,11 +286,17 @@ impl Store {
     }
 
     /// Deletes a tenant and everything it owns; its DIDs go to quarantine.
-    pub async fn delete_tenant(&self, id: &str, quarantine_until: i64) -> Result<()> {
+    /// `expected_version`: apply only if the tenant is still at it (If-Match).
+    pub async fn delete_tenant(
+        &self,
+        id: &str,
+        quarantine_until: i64,
+        expected_version: Option<i64>,
+    ) -> Result<()> {
         let now = self.now();
         in_tx!(self, |tx, _pg| {
             let version = bump_version!(tx, id, "tenant.deleted", now);
-            let _ = version;
+            crate::check_version(version, expected_version)?;
             sqlx::query(
                 "UPDATE dids SET state = 'quarantined', tenant_id = NULL, target = NULL, \
                  quarantined_until = $1, updated_at = $2 WHERE tenant_id = $3",

@@ -221,7 +221,7 @@ on_both!(
             .create_extension(&t.id, &ext(&r.id, None))
             .await
             .unwrap();
-        store.delete_extension(&t.id, &e.id).await.unwrap();
+        store.delete_extension(&t.id, &e.id, None).await.unwrap();
         // A refused change leaves nothing behind: no version, no event.
         store
             .add_extension_range(&t.id, 150, 160)
@@ -249,13 +249,13 @@ on_both!(
             .unwrap();
         assert!(
             matches!(
-                store.delete_extension_range(&t.id, &r2.id).await,
+                store.delete_extension_range(&t.id, &r2.id, None).await,
                 Err(StoreError::Conflict { .. })
             ),
             "a range is never emptied by a cascade"
         );
         store
-            .delete_extension_range(&t.id, &spare.id)
+            .delete_extension_range(&t.id, &spare.id, None)
             .await
             .unwrap();
         assert_eq!(store.extensions(&t.id).await.unwrap().len(), 1);
@@ -288,7 +288,7 @@ on_both!(
             Err(StoreError::NotFound { .. })
         ));
         assert!(matches!(
-            store.delete_extension(&b.id, &ea.id).await,
+            store.delete_extension(&b.id, &ea.id, None).await,
             Err(StoreError::NotFound { .. })
         ));
         assert!(
@@ -344,7 +344,7 @@ async fn dids_assign_release_to_quarantine_and_come_back_after_it() {
     let d1 = store.assign_next_did(&acme.id).await.unwrap();
     assert_eq!(d1.number, "+14155550100");
     store
-        .release_did(&acme.id, &d1.number, 2_000_000)
+        .release_did(&acme.id, &d1.number, 2_000_000, None)
         .await
         .unwrap();
     let d2 = store.assign_next_did(&acme.id).await.unwrap();
@@ -538,12 +538,18 @@ on_both!(
                 .is_err()
         );
         // Still referenced: neither the ring group nor its member can go.
-        let e = store.delete_resource(&a.id, &rg.id).await.unwrap_err();
+        let e = store
+            .delete_resource(&a.id, &rg.id, None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(e, StoreError::Conflict { ref what } if what.contains("Main")),
             "{e}"
         );
-        let e = store.delete_extension(&a.id, &e1.id).await.unwrap_err();
+        let e = store
+            .delete_extension(&a.id, &e1.id, None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(e, StoreError::Conflict { ref what } if what.contains("Sales")),
             "{e}"
@@ -561,7 +567,7 @@ on_both!(
             Err(StoreError::NotFound { .. })
         ));
         assert!(matches!(
-            store.delete_resource(&b.id, &rg.id).await,
+            store.delete_resource(&b.id, &rg.id, None).await,
             Err(StoreError::NotFound { .. })
         ));
         // A replaced spec is validated like a new one.

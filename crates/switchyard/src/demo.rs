@@ -79,7 +79,7 @@ pub async fn ensure_demo(
             (Ok(_), Some(k)) => extensions.push(k.clone()),
             (existing, _) => {
                 if let Ok(e) = existing {
-                    store.delete_extension(&tenant.id, &e.id).await?;
+                    store.delete_extension(&tenant.id, &e.id, None).await?;
                 }
                 let pw = password();
                 store
