@@ -129,6 +129,60 @@ where
 }
 
 /// A list's `limit`: 100 by default, 1 to 1000.
+/// `?after=KEY&limit=N` on the lists that answer a plain array: the page is the array,
+/// and a full page carries `Link: <...?after=LAST&limit=N>; rel="next"` (RFC 8288).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AfterQuery {
+    /// The key of the last item of the previous page (as in its `Link` header).
+    after: Option<String>,
+    /// 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+impl AfterQuery {
+    /// `after` as a number, for lists keyed by one.
+    fn after_number(&self) -> Result<Option<i64>, ApiError> {
+        self.after
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| ApiError::Unprocessable {
+                    field: "after".into(),
+                    rule: "must be the number from the previous page's Link header".into(),
+                })
+            })
+            .transpose()
+    }
+}
+
+/// The page as a JSON array, with a `Link` to the next one when it is full.
+fn array_page<T: Serialize>(
+    items: Vec<T>,
+    limit: i64,
+    last_key: Option<String>,
+    path: &str,
+) -> Response {
+    let full = items.len() as i64 == limit;
+    let mut resp = Json(items).into_response();
+    if let (true, Some(key)) = (full, last_key) {
+        let encoded: String = key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "<{path}?after={encoded}&limit={limit}>; rel=\"next\""
+        )) {
+            resp.headers_mut().insert(axum::http::header::LINK, v);
+        }
+    }
+    resp
+}
+
 fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -473,17 +527,28 @@ async fn create_range(
 }
 
 /// The tenant's extension ranges.
-#[utoipa::path(get, path = "/v1/tenants/{id}/extension-ranges", security(("api_key" = [])),
-    responses((status = 200, body = [RangeView]), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/extension-ranges", params(AfterQuery), security(("api_key" = [])),
+    responses((status = 200, body = [RangeView], headers(("Link" = String, description = "the next page, when this one is full"))),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn list_ranges(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Vec<RangeView>>, ApiError> {
+    Params(q): Params<AfterQuery>,
+) -> Result<Response, ApiError> {
     who.may_read(&id)?;
+    let limit = page_limit(q.limit)?;
+    let after = q.after_number()?;
     state.store.tenant(&id).await?;
-    let ranges = state.store.extension_ranges(&id).await?;
-    Ok(Json(ranges.into_iter().map(Into::into).collect()))
+    let ranges = state.store.extension_ranges_page(&id, after, limit).await?;
+    let last = ranges.last().map(|r| r.first_number.to_string());
+    let items: Vec<RangeView> = ranges.into_iter().map(Into::into).collect();
+    Ok(array_page(
+        items,
+        limit,
+        last,
+        &format!("/v1/tenants/{id}/extension-ranges"),
+    ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -665,23 +730,29 @@ async fn assign_number(
 }
 
 /// The tenant's numbers.
-#[utoipa::path(get, path = "/v1/tenants/{id}/numbers", security(("api_key" = [])),
-    responses((status = 200, body = [NumberView]), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/numbers", params(AfterQuery), security(("api_key" = [])),
+    responses((status = 200, body = [NumberView], headers(("Link" = String, description = "the next page, when this one is full"))),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn list_numbers(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Vec<NumberView>>, ApiError> {
+    Params(q): Params<AfterQuery>,
+) -> Result<Response, ApiError> {
     who.may_read(&id)?;
+    let limit = page_limit(q.limit)?;
     state.store.tenant(&id).await?;
-    Ok(Json(
-        state
-            .store
-            .dids_of(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+    let dids = state
+        .store
+        .dids_page(&id, q.after.as_deref(), limit)
+        .await?;
+    let last = dids.last().map(|d| d.number.clone());
+    let items: Vec<NumberView> = dids.into_iter().map(Into::into).collect();
+    Ok(array_page(
+        items,
+        limit,
+        last,
+        &format!("/v1/tenants/{id}/numbers"),
     ))
 }
 
@@ -762,24 +833,30 @@ async fn create_resource(
 }
 
 /// The tenant's resources of one kind.
-#[utoipa::path(get, path = "/v1/tenants/{id}/resources/{kind}", security(("api_key" = [])),
-    responses((status = 200, body = [ResourceView]), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/resources/{kind}", params(AfterQuery), security(("api_key" = [])),
+    responses((status = 200, body = [ResourceView], headers(("Link" = String, description = "the next page, when this one is full"))),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn list_resources(
     State(state): State<AppState>,
     who: Principal,
     Path((id, k)): Path<(String, String)>,
-) -> Result<Json<Vec<ResourceView>>, ApiError> {
+    Params(q): Params<AfterQuery>,
+) -> Result<Response, ApiError> {
     who.may_read(&id)?;
+    let limit = page_limit(q.limit)?;
     let k = kind(&k)?;
     state.store.tenant(&id).await?;
-    Ok(Json(
-        state
-            .store
-            .resources(&id, k)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+    let rows = state
+        .store
+        .resources_page(&id, k, q.after.as_deref(), limit)
+        .await?;
+    let last = rows.last().map(|r| r.name.clone());
+    let items: Vec<ResourceView> = rows.into_iter().map(Into::into).collect();
+    Ok(array_page(
+        items,
+        limit,
+        last,
+        &format!("/v1/tenants/{id}/resources/{}", k.as_str()),
     ))
 }
 
@@ -1102,23 +1179,27 @@ async fn enqueue_import(
 }
 
 /// The tenant's jobs in queue order.
-#[utoipa::path(get, path = "/v1/tenants/{id}/jobs", security(("api_key" = [])),
-    responses((status = 200, body = [JobView]), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/tenants/{id}/jobs", params(AfterQuery), security(("api_key" = [])),
+    responses((status = 200, body = [JobView], headers(("Link" = String, description = "the next page, when this one is full"))),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn list_jobs(
     State(state): State<AppState>,
     who: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Vec<JobView>>, ApiError> {
+    Params(q): Params<AfterQuery>,
+) -> Result<Response, ApiError> {
     who.may_read(&id)?;
+    let limit = page_limit(q.limit)?;
+    let after = q.after_number()?;
     state.store.tenant(&id).await?;
-    Ok(Json(
-        state
-            .store
-            .jobs(&id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+    let jobs = state.store.jobs_page(&id, after, limit).await?;
+    let last = jobs.last().map(|j| j.seq.to_string());
+    let items: Vec<JobView> = jobs.into_iter().map(Into::into).collect();
+    Ok(array_page(
+        items,
+        limit,
+        last,
+        &format!("/v1/tenants/{id}/jobs"),
     ))
 }
 

@@ -147,6 +147,25 @@ impl Store {
         }))
     }
 
+    /// A page of the tenant's numbers in order, after `after`.
+    pub async fn dids_page(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Did>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM dids WHERE tenant_id = $1 AND ($2 IS NULL OR number > $2) ORDER BY number LIMIT $3",
+            )
+            .bind(tenant_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     pub async fn dids_of(&self, tenant_id: &str) -> Result<Vec<Did>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as("SELECT * FROM dids WHERE tenant_id = $1 ORDER BY number")

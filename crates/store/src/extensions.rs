@@ -135,6 +135,26 @@ impl Store {
         Ok(())
     }
 
+    /// A page of the tenant's ranges in order, starting after the one beginning at `after`.
+    pub async fn extension_ranges_page(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ExtensionRange>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM extension_ranges WHERE tenant_id = $1 AND ($2 IS NULL OR first_number > $2) \
+                 ORDER BY first_number LIMIT $3",
+            )
+            .bind(tenant_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     pub async fn extension_ranges(&self, tenant_id: &str) -> Result<Vec<ExtensionRange>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(

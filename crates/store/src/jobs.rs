@@ -100,6 +100,25 @@ impl Store {
         j.ok_or(StoreError::NotFound { what: "job" })
     }
 
+    /// A page of the tenant's jobs in queue order, after the one with `seq` `after`.
+    pub async fn jobs_page(
+        &self,
+        tenant_id: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM jobs WHERE tenant_id = $1 AND ($2 IS NULL OR seq > $2) ORDER BY seq LIMIT $3",
+            )
+            .bind(tenant_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     pub async fn jobs(&self, tenant_id: &str) -> Result<Vec<Job>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 ORDER BY seq")

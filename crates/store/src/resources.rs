@@ -452,6 +452,28 @@ impl Store {
         }))
     }
 
+    /// A page of the tenant's resources of one kind by name, after the name `after`.
+    pub async fn resources_page(
+        &self,
+        tenant_id: &str,
+        kind: ResourceKind,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Resource>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT * FROM tenant_resources WHERE tenant_id = $1 AND kind = $2 \
+                 AND ($3 IS NULL OR name > $3) ORDER BY name LIMIT $4",
+            )
+            .bind(tenant_id)
+            .bind(kind.as_str())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     pub async fn resources(&self, tenant_id: &str, kind: ResourceKind) -> Result<Vec<Resource>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(

@@ -139,6 +139,18 @@ struct Runner {
     summary: Summary,
 }
 
+/// Percent-encodes a query value (E.164 numbers carry a `+`).
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn idem_key(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -204,6 +216,31 @@ impl Runner {
         Ok(serde_json::from_str(&reply.body)?)
     }
 
+    /// Every item of a paged list (`?after=KEY&limit=1000`, KEY the `key` field of the
+    /// last item of the previous page).
+    async fn get_all(&mut self, path: &str, key: &str) -> anyhow::Result<Vec<Value>> {
+        const PAGE: usize = 1000;
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                Some(a) => format!("{path}?limit={PAGE}&after={}", query_escape(a)),
+                None => format!("{path}?limit={PAGE}"),
+            };
+            let page = self.get(&url).await?;
+            let items = page.as_array().cloned().unwrap_or_default();
+            let full = items.len() == PAGE;
+            after = items.last().map(|v| match &v[key] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            all.extend(items);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
     async fn tenant(&mut self, t: &TenantSpec) -> anyhow::Result<String> {
         let mut body = json!({"name": t.name, "domain": t.domain});
         if let Some(m) = t.max_extensions {
@@ -259,7 +296,7 @@ impl Runner {
                 .unwrap_or_default()
                 .to_owned()),
             409 => {
-                let ranges = self.get(&path).await?;
+                let ranges = Value::Array(self.get_all(&path, "first_number").await?);
                 ranges
                     .as_array()
                     .and_then(|a| {
@@ -394,10 +431,9 @@ pub async fn run(
         }
         // Numbers: top the tenant up to `dids` (a count, so re-runs never over-assign).
         let have = r
-            .get(&format!("/v1/tenants/{id}/numbers"))
+            .get_all(&format!("/v1/tenants/{id}/numbers"), "number")
             .await?
-            .as_array()
-            .map_or(0, Vec::len);
+            .len();
         for k in have..t.dids {
             let reply = r
                 .send(

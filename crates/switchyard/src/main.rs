@@ -420,7 +420,7 @@ impl From<RangeCommand> for Call {
             },
             RangeCommand::List { tenant, reach } => Call {
                 method: "GET",
-                path: format!("/v1/tenants/{tenant}/extension-ranges"),
+                path: format!("/v1/tenants/{tenant}/extension-ranges?limit=1000"),
                 body: None,
                 columns: RANGE_COLUMNS,
                 reach,
@@ -485,9 +485,12 @@ impl From<DidCommand> for Call {
             DidCommand::Assign { tenant, reach } => {
                 call("POST", format!("/v1/tenants/{tenant}/numbers"), None, reach)
             }
-            DidCommand::List { tenant, reach } => {
-                call("GET", format!("/v1/tenants/{tenant}/numbers"), None, reach)
-            }
+            DidCommand::List { tenant, reach } => call(
+                "GET",
+                format!("/v1/tenants/{tenant}/numbers?limit=1000"),
+                None,
+                reach,
+            ),
             DidCommand::Release {
                 tenant,
                 number,
