@@ -39,6 +39,9 @@ pub struct JobExtension {
     pub password: String,
     #[serde(default)]
     pub display_name: String,
+    /// Defaults to the number.
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 /// One worker per tenant, started on demand.
@@ -164,7 +167,7 @@ impl JobRunner {
                 range_id: range.id.clone(),
                 number: Some(e.number),
                 display_name: e.display_name.clone(),
-                username: None,
+                username: e.username.clone(),
                 password: e.password.clone(),
                 voicemail: false,
             };

@@ -139,18 +139,6 @@ struct Runner {
     summary: Summary,
 }
 
-/// Percent-encodes a query value (E.164 numbers carry a `+`).
-fn query_escape(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn idem_key(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -216,31 +204,6 @@ impl Runner {
         Ok(serde_json::from_str(&reply.body)?)
     }
 
-    /// Every item of a paged list (`?after=KEY&limit=1000`, KEY the `key` field of the
-    /// last item of the previous page).
-    async fn get_all(&mut self, path: &str, key: &str) -> anyhow::Result<Vec<Value>> {
-        const PAGE: usize = 1000;
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let url = match &after {
-                Some(a) => format!("{path}?limit={PAGE}&after={}", query_escape(a)),
-                None => format!("{path}?limit={PAGE}"),
-            };
-            let page = self.get(&url).await?;
-            let items = page.as_array().cloned().unwrap_or_default();
-            let full = items.len() == PAGE;
-            after = items.last().map(|v| match &v[key] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            all.extend(items);
-            if !full {
-                return Ok(all);
-            }
-        }
-    }
-
     async fn tenant(&mut self, t: &TenantSpec) -> anyhow::Result<String> {
         let mut body = json!({"name": t.name, "domain": t.domain});
         if let Some(m) = t.max_extensions {
@@ -270,49 +233,6 @@ impl Runner {
                     .with_context(|| format!("tenant {} conflicts but cannot be found", t.domain))
             }
             s => bail!("tenant {}: {s} {}", t.domain, reply.body),
-        }
-    }
-
-    async fn range(
-        &mut self,
-        domain: &str,
-        tenant_id: &str,
-        r: RangeSpec,
-    ) -> anyhow::Result<String> {
-        let body = json!({"first_number": r.first_number, "last_number": r.last_number});
-        let path = format!("/v1/tenants/{tenant_id}/extension-ranges");
-        let reply = self
-            .send(
-                "POST",
-                &path,
-                &idem_key(&["range", domain, &body.to_string()]),
-                Some(&body),
-            )
-            .await?;
-        self.count(&reply);
-        match reply.status {
-            201 => Ok(serde_json::from_str::<Value>(&reply.body)?["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()),
-            409 => {
-                let ranges = Value::Array(self.get_all(&path, "first_number").await?);
-                ranges
-                    .as_array()
-                    .and_then(|a| {
-                        a.iter().find(|x| {
-                            x["first_number"] == r.first_number && x["last_number"] == r.last_number
-                        })
-                    })
-                    .and_then(|x| x["id"].as_str().map(str::to_owned))
-                    .with_context(|| {
-                        format!(
-                            "{domain}: range {}-{} overlaps another",
-                            r.first_number, r.last_number
-                        )
-                    })
-            }
-            s => bail!("{domain}: range: {s} {}", reply.body),
         }
     }
 }
@@ -382,80 +302,67 @@ pub async fn run(
         bar.set_message(t.domain.clone());
         let id = r.tenant(t).await?;
         bar.inc(1);
-        let mut ranges = Vec::new();
-        for spec in &t.ranges {
-            ranges.push((*spec, r.range(&t.domain, &id, *spec).await?));
-            bar.inc(1);
-        }
         for e in &t.extensions {
-            let Some((_, range_id)) = ranges
+            if !t
+                .ranges
                 .iter()
-                .find(|(s, _)| (s.first_number..=s.last_number).contains(&e.number))
-            else {
+                .any(|s| (s.first_number..=s.last_number).contains(&e.number))
+            {
                 bail!(
                     "{}: extension {} lies in no range of the file",
                     t.domain,
                     e.number
                 );
-            };
-            let mut body = json!({"range_id": range_id, "number": e.number, "password": e.password, "display_name": e.display_name});
-            if let Some(u) = &e.username {
-                body["username"] = json!(u);
             }
-            let key = idem_key(&[
-                "extension",
-                &t.domain,
-                &e.number.to_string(),
-                &e.password,
-                &e.display_name,
-            ]);
-            let reply = r
-                .send(
-                    "POST",
-                    &format!("/v1/tenants/{id}/extensions"),
-                    &key,
-                    Some(&body),
-                )
-                .await?;
-            if reply.status != 201 && reply.status != 409 {
-                bail!(
-                    "{}: extension {}: {} {}",
-                    t.domain,
-                    e.number,
-                    reply.status,
-                    reply.body
-                );
-            }
-            r.count(&reply);
-            bar.inc(1);
         }
-        // Numbers: top the tenant up to `dids` (a count, so re-runs never over-assign).
-        let have = r
-            .get_all(&format!("/v1/tenants/{id}/numbers"), "number")
-            .await?
-            .len();
-        for k in have..t.dids {
-            let reply = r
-                .send(
-                    "POST",
-                    &format!("/v1/tenants/{id}/numbers"),
-                    &idem_key(&["did", &t.domain, &k.to_string()]),
-                    None,
-                )
-                .await?;
-            if reply.status != 201 {
-                bail!(
-                    "{}: number {}: {} {}",
-                    t.domain,
-                    k + 1,
-                    reply.status,
-                    reply.body
-                );
-            }
-            r.count(&reply);
+        // The tenant's ranges, extensions and numbers go through its job queue, so this
+        // import never interleaves with another long operation of the same tenant (an
+        // API import, a tenant delete). Every step of a job is idempotent: a re-run, or a
+        // job left by a killed run and resumed when the API starts, ends in the same state.
+        let job = json!({
+            "ranges": t.ranges.iter()
+                .map(|x| json!({"first_number": x.first_number, "last_number": x.last_number}))
+                .collect::<Vec<_>>(),
+            "extensions": t.extensions.iter().map(|e| {
+                let mut v = json!({"number": e.number, "password": e.password, "display_name": e.display_name});
+                if let Some(u) = &e.username {
+                    v["username"] = json!(u);
+                }
+                v
+            }).collect::<Vec<_>>(),
+            "dids": t.dids,
+        });
+        let reply = r
+            .conn
+            .request(
+                "POST",
+                &format!("/v1/tenants/{id}/jobs/import"),
+                &r.key,
+                None,
+                Some(&job.to_string()),
+            )
+            .await?;
+        if reply.status != 202 {
+            bail!("{}: import job: {} {}", t.domain, reply.status, reply.body);
         }
-        r.summary.existing += have.min(t.dids);
-        bar.inc(t.dids as u64);
+        let job_id = serde_json::from_str::<Value>(&reply.body)?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        loop {
+            let j = r.get(&format!("/v1/tenants/{id}/jobs/{job_id}")).await?;
+            match j["state"].as_str() {
+                Some("done") => {
+                    let count = |k: &str| j["result"][k].as_u64().unwrap_or(0) as usize;
+                    r.summary.created += count("created");
+                    r.summary.existing += count("existing");
+                    break;
+                }
+                Some("failed") => bail!("{}: {}", t.domain, j["result"]["error"]),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        bar.inc((t.ranges.len() + t.extensions.len() + t.dids) as u64);
     }
     bar.finish_and_clear();
     Ok(r.summary)
