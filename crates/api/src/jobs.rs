@@ -25,17 +25,46 @@ pub struct ImportJob {
     pub dids: usize,
 }
 
+impl ImportJob {
+    /// The rules the store applies step by step, checked before the job is queued so a job
+    /// that cannot succeed is refused with 422 instead of failing later: `(field, rule)`.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        const NUMBERS: std::ops::RangeInclusive<i64> = 1..=99_999_999;
+        for r in &self.ranges {
+            if !NUMBERS.contains(&r.first_number) || !NUMBERS.contains(&r.last_number) {
+                return Err(("ranges", "numbers must be between 1 and 99999999"));
+            }
+            if r.first_number > r.last_number {
+                return Err(("ranges", "first_number must not exceed last_number"));
+            }
+        }
+        for e in &self.extensions {
+            if !NUMBERS.contains(&e.number) {
+                return Err(("extensions", "numbers must be between 1 and 99999999"));
+            }
+            if !(8..=128).contains(&e.password.len()) {
+                return Err(("extensions", "passwords must be 8 to 128 characters"));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRange {
+    #[schema(minimum = 1, maximum = 99999999)]
     pub first_number: i64,
+    #[schema(minimum = 1, maximum = 99999999)]
     pub last_number: i64,
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobExtension {
+    #[schema(minimum = 1, maximum = 99999999)]
     pub number: i64,
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     #[serde(default)]
     pub display_name: String,

@@ -131,14 +131,86 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Problem answers in the document as they are on the wire: `application/problem+json`,
+/// and on every operation the ones any request can get (bad syntax, failed validation;
+/// with a key: 401 and 429; with a body: 409 for a busy Idempotency-Key, 413, 415).
+fn document_problems(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    const PROBLEM: &str = "application/problem+json";
+    let problem_ref = "#/components/schemas/Problem";
+    let problem = |why: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(why)
+                .content(
+                    PROBLEM,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::new(problem_ref)))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in api.paths.paths.iter_mut() {
+        let names_something = path.contains('{');
+        let ops = [
+            (&mut item.get, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, false),
+            (&mut item.patch, true),
+        ];
+        for (op, writes_body) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            for resp in op.responses.responses.values_mut() {
+                let RefOr::T(r) = resp else { continue };
+                let is_problem = r.content.get("application/json").is_some_and(
+                    |c| matches!(&c.schema, Some(RefOr::Ref(x)) if x.ref_location == problem_ref),
+                );
+                if is_problem && let Some(c) = r.content.shift_remove("application/json") {
+                    r.content.insert(PROBLEM.to_owned(), c);
+                }
+            }
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let mut add = |code: &str, why: &str| {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| problem(why));
+            };
+            add("400", "the request cannot be read (syntax, encoding)");
+            if names_something {
+                add(
+                    "404",
+                    "nothing by that id here (or not visible to this key)",
+                );
+            }
+            add("422", "a field breaks a rule; the problem names it");
+            if secured {
+                add("401", "no or an unknown API key");
+                add("429", "the key is over its rate; see Retry-After");
+            }
+            if writes_body || op.request_body.is_some() {
+                add(
+                    "409",
+                    "a request with the same Idempotency-Key is still running",
+                );
+                add("413", "the body is larger than the limit");
+                add("415", "the body is not application/json");
+            }
+        }
+    }
+}
+
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// The router with every route and `/openapi.json`.
 pub fn router(state: AppState) -> Router {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::routes())
         .split_for_parts();
+    document_problems(&mut api);
     let api = std::sync::Arc::new(api);
     router
         .route(

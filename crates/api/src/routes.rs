@@ -137,6 +137,7 @@ struct AfterQuery {
     /// The key of the last item of the previous page (as in its `Link` header).
     after: Option<String>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -239,6 +240,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TenantInput {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     /// SIP domain, e.g. acme.example.com.
     domain: String,
@@ -288,6 +290,7 @@ struct Page<T> {
 #[into_params(parameter_in = Query)]
 struct PageQuery {
     cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Only the tenant with this SIP domain.
     domain: Option<String>,
@@ -328,6 +331,8 @@ async fn list_tenants(
     who: Principal,
     Params(q): Params<PageQuery>,
 ) -> Result<Json<Page<TenantView>>, ApiError> {
+    // Checked first: a bad limit is refused whichever branch answers.
+    let limit = page_limit(q.limit)?;
     if let Some(own) = &who.tenant {
         let t = state.store.tenant(own).await?;
         return Ok(Json(Page {
@@ -346,7 +351,6 @@ async fn list_tenants(
             next_cursor: None,
         }));
     }
-    let limit = page_limit(q.limit)?;
     let items = state.store.list_tenants(q.cursor.as_deref(), limit).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|t| t.id.clone()))
@@ -379,6 +383,7 @@ async fn get_tenant(
 struct TenantPatch {
     name: Option<String>,
     /// `active` or `suspended`.
+    #[schema(pattern = "^(active|suspended)$")]
     state: Option<String>,
     max_calls: Option<i64>,
     calls_per_second: Option<i64>,
@@ -488,7 +493,9 @@ fn quarantine_end() -> i64 {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RangeInput {
+    #[schema(minimum = 1, maximum = 99999999)]
     first_number: i64,
+    #[schema(minimum = 1, maximum = 99999999)]
     last_number: i64,
 }
 
@@ -562,6 +569,7 @@ struct ExtensionInput {
     /// Defaults to the number.
     username: Option<String>,
     /// Stored only as HA1 digests.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
     #[serde(default)]
     voicemail: bool,
@@ -1017,6 +1025,7 @@ async fn list_media_pools(
 struct CdrQuery {
     /// Only calls started before this instant (epoch ms): the cursor for the next page.
     before: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -1077,6 +1086,7 @@ async fn list_cdrs(
 struct ExtensionPatch {
     display_name: Option<String>,
     voicemail: Option<bool>,
+    #[schema(minimum = 1, maximum = 20)]
     max_registrations: Option<i64>,
     /// An extension number or E.164 number; `""` clears it.
     forward_always: Option<String>,
@@ -1164,12 +1174,18 @@ async fn enqueue_import(
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
     who.may_write(&id)?;
     // Checked now so a malformed job is refused at once, not failed later.
-    serde_json::from_value::<crate::jobs::ImportJob>(input.clone()).map_err(|e| {
+    let job = serde_json::from_value::<crate::jobs::ImportJob>(input.clone()).map_err(|e| {
         ApiError::Unprocessable {
             field: "body".into(),
             rule: e.to_string(),
         }
     })?;
+    if let Err((field, rule)) = job.check() {
+        return Err(ApiError::Unprocessable {
+            field: field.into(),
+            rule: rule.into(),
+        });
+    }
     let job = state
         .store
         .enqueue_job(&id, "import", &input.to_string())
