@@ -38,6 +38,99 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_cdrs))
         .routes(routes!(enqueue_import, list_jobs))
         .routes(routes!(get_job))
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyInput {
+    /// The tenant the key is limited to; absent for an operator key.
+    tenant: Option<String>,
+    /// A read-only key may only GET.
+    #[serde(default)]
+    read_only: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ApiKeyView {
+    id: String,
+    /// `operator` or the tenant id.
+    scope: String,
+    read_only: bool,
+    created_at: i64,
+    /// The bearer token, shown only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl From<switchyard_store::ApiKey> for ApiKeyView {
+    fn from(k: switchyard_store::ApiKey) -> Self {
+        ApiKeyView {
+            id: k.id,
+            scope: k.scope,
+            read_only: k.read_only,
+            created_at: k.created_at,
+            key: None,
+        }
+    }
+}
+
+/// Issues an API key: operator-wide, or limited to one tenant (operator keys only). The
+/// token is in this answer and nowhere else; only its hash is kept.
+#[utoipa::path(post, path = "/v1/api-keys", request_body = ApiKeyInput, security(("api_key" = [])),
+    responses((status = 201, body = ApiKeyView), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn create_api_key(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(input): Body<ApiKeyInput>,
+) -> Result<(StatusCode, Json<ApiKeyView>), ApiError> {
+    who.operator_write()?;
+    let scope = input.tenant.as_deref().unwrap_or("operator");
+    let token = crate::auth::issue_key(&state.store, scope, input.read_only).await?;
+    let id = token
+        .trim_start_matches("sy_")
+        .split('_')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut view: ApiKeyView = state.store.api_key(&id).await?.into();
+    view.key = Some(token);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Every API key, without secrets (operator keys only).
+#[utoipa::path(get, path = "/v1/api-keys", security(("api_key" = [])),
+    responses((status = 200, body = [ApiKeyView]), (status = 403, body = Problem)))]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
+    if !who.is_operator() {
+        return Err(ApiError::Forbidden("needs an operator key"));
+    }
+    Ok(Json(
+        state
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Revokes an API key at once (operator keys only).
+#[utoipa::path(delete, path = "/v1/api-keys/{key_id}", security(("api_key" = [])),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(key_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.operator_write()?;
+    state.store.delete_api_key(&key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A JSON body whose rejections become problem+json naming the defect.

@@ -1564,3 +1564,108 @@ on_both!(plain_lists_page_with_after_and_a_next_link, |store| {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(p["field"], "after");
 });
+
+on_both!(operators_issue_list_and_revoke_keys, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (_, _, t) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+        )
+        .await;
+    let (_, _, other) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "Other", "domain": "other.example.com"})),
+        )
+        .await;
+    let (acme, other) = (t["id"].as_str().unwrap(), other["id"].as_str().unwrap());
+    let (s, _, k) = api
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&op),
+            Some(json!({"tenant": acme, "read_only": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let token = k["key"].as_str().unwrap().to_owned();
+    assert_eq!(k["scope"], acme);
+    assert_eq!(k["read_only"], true);
+    // The new key reads its tenant, writes nothing, sees no other tenant, manages no keys.
+    let get = |path: String| {
+        let (api, token) = (&api, token.clone());
+        async move { api.call(Method::GET, &path, Some(&token), None).await }
+    };
+    assert_eq!(get(format!("/v1/tenants/{acme}")).await.0, StatusCode::OK);
+    assert_eq!(
+        get(format!("/v1/tenants/{other}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, _, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{acme}/extension-ranges"),
+            Some(&token),
+            Some(json!({"first_number": 100, "last_number": 199})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(get("/v1/api-keys".into()).await.0, StatusCode::FORBIDDEN);
+    let (s, _, _) = api
+        .call(Method::POST, "/v1/api-keys", Some(&token), Some(json!({})))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a tenant key cannot mint an operator key"
+    );
+    // The list shows it, never a secret.
+    let (s, _, list) = api.call(Method::GET, "/v1/api-keys", Some(&op), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&k["id"].as_str().unwrap()));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("key").is_none())
+    );
+    // A key for a tenant that does not exist is refused; a revoked key stops working.
+    let (s, _, _) = api
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&op),
+            Some(json!({"tenant": "nope"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{}", k["id"].as_str().unwrap()),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(format!("/v1/tenants/{acme}")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _, _) = api
+        .call(Method::DELETE, "/v1/api-keys/nope", Some(&op), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+});

@@ -61,13 +61,25 @@ impl Store {
 impl Store {
     /// Revokes a key.
     pub async fn delete_api_key(&self, id: &str) -> Result<()> {
-        on_pool!(self, |pool| {
+        let gone = on_pool!(self, |pool| {
             sqlx::query("DELETE FROM api_keys WHERE id = $1")
                 .bind(id)
                 .execute(pool)
                 .await?
                 .rows_affected()
         });
+        if gone == 0 {
+            return Err(StoreError::NotFound { what: "API key" });
+        }
         Ok(())
+    }
+
+    /// Every key (without secrets), oldest first.
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>> {
+        Ok(on_pool!(self, |pool| {
+            sqlx::query_as("SELECT * FROM api_keys ORDER BY created_at, id")
+                .fetch_all(pool)
+                .await?
+        }))
     }
 }
