@@ -299,3 +299,117 @@ fn real_clients_are_refused_for_bad_passwords_unknown_users_domains_and_other_te
         "nothing reached the other tenant's phone"
     );
 }
+
+#[test]
+fn provisioning_and_bad_input_during_a_softphone_call_leave_it_untouched() {
+    if common::netns::run_isolated(
+        "provisioning_and_bad_input_during_a_softphone_call_leave_it_untouched",
+    ) {
+        return;
+    }
+    let server = Server::start(&[]);
+    let creds = demo_credentials(&server);
+    let domain = creds["domain"].as_str().unwrap();
+    let tenant = creds["tenant_id"].as_str().unwrap();
+    let exts = creds["extensions"].as_array().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = server.api_key.clone().unwrap();
+    let post = |path: &str, body: String| {
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(server.addr("API"))
+                    .request("POST", path, &key, None, Some(&body))
+                    .await
+            })
+            .unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()
+    };
+    // Tenant 2 with one extension, registered before the call.
+    let t2 = post(
+        "/v1/tenants",
+        r#"{"name":"T2","domain":"t2.example"}"#.into(),
+    );
+    let t2 = t2["id"].as_str().unwrap().to_owned();
+    let range = post(
+        &format!("/v1/tenants/{t2}/extension-ranges"),
+        r#"{"first_number":2000,"last_number":2099}"#.into(),
+    );
+    let range = range["id"].as_str().unwrap().to_owned();
+    let extension = |n: u32| {
+        post(
+            &format!("/v1/tenants/{t2}/extensions"),
+            format!(r#"{{"range_id":"{range}","number":{n},"password":"password-{n}"}}"#),
+        )
+    };
+    extension(2001);
+    let t2_account = |n: u32, extra: &str| {
+        format!(
+            "<sip:{n}@t2.example>;auth_pass=password-{n};outbound=\"sip:{}\";regint=600{extra}",
+            server.addr("UDP")
+        )
+    };
+    let mut c = Baresip::start("c", 700.0, 30.0);
+    c.register(&t2_account(2001, ""));
+    let mut d = Baresip::start("d", 900.0, 30.0);
+
+    // The call that must not notice anything: demo 1001 -> 1002.
+    let mut a = Baresip::start("a", 440.0, 30.0);
+    let mut b = Baresip::start("b", 1000.0, 30.0);
+    a.register(&account(domain, &exts[0], server.addr("UDP"), ""));
+    b.register(&account(
+        domain,
+        &exts[1],
+        server.addr("UDP"),
+        ";answermode=auto",
+    ));
+    a.command("dial", "1002");
+    a.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    b.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 2002 is created now; it registers and is called by 2001 within a second.
+    extension(2002);
+    let created = std::time::Instant::now();
+    d.register(&t2_account(2002, ";answermode=auto"));
+    c.command("dial", "2002");
+    d.wait_event("CALL_ESTABLISHED", Duration::from_secs(5));
+    let reached = created.elapsed();
+    eprintln!("2002 registered and was called {reached:?} after its 201");
+    assert!(reached < Duration::from_secs(1), "{reached:?}");
+
+    // Bad input at the edge meanwhile: garbage, a malformed INVITE, an INVITE with
+    // broken SDP (from a scripted phone of the demo tenant).
+    let mut intruder = common::phone::Phone::new(
+        server.addr("UDP"),
+        domain,
+        "1001",
+        exts[0]["password"].as_str().unwrap(),
+    );
+    intruder.send_raw(b"\x00\xffnot sip at all");
+    intruder.send_raw(
+        format!(
+            "INVITE sip:1002@{domain} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKbad\r\nMax-Forwards: 70\r\nTo: <sip:1002@{domain}>\r\nFrom: <sip:1001@{domain}>;tag=x\r\nCall-ID: bad\r\nCSeq: x INVITE\r\nContent-Length: 0\r\n\r\n",
+            intruder.local()
+        )
+        .as_bytes(),
+    );
+    let (r, _) = intruder.recv(Duration::from_secs(2)).expect("a 400");
+    assert_eq!(r.status(), Some(400));
+    let (r, _) = intruder.call_with_body("1002", "v=0\r\nbroken\r\n");
+    assert_eq!(r.status(), Some(488));
+
+    std::thread::sleep(Duration::from_secs(1));
+    a.command("hangup", "");
+    a.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    let cdr = wait_cdr(&server, tenant);
+    assert_eq!(cdr["disposition"], "answered", "{cdr}");
+    for leg in [0, 1] {
+        let l = &cdr["legs"][leg];
+        assert!(l["packets_received"].as_u64().unwrap() > 50, "{l}");
+        assert_eq!(l["packets_lost"], 0, "no gap in the call's RTP: {l}");
+    }
+}
