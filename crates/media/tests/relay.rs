@@ -129,6 +129,37 @@ async fn pcmu_caller_and_pcma_callee_hear_each_other_through_the_relay() {
         (h.payload_type, &got[h.payload_offset..]),
         (101, &[1u8, 0x0a, 0, 160][..])
     );
+    // RTCP goes the same way on the odd ports, latched on its own.
+    let rtcp_of = |a: SocketAddr| SocketAddr::new(a.ip(), a.port() + 1);
+    let sender_report = [
+        0x80u8, 200, 0, 6, 0, 0, 0x12, 0x34, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        17, 18, 19, 20,
+    ];
+    let a_rtcp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b_rtcp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    b_rtcp
+        .send_to(&sender_report, rtcp_of(relay_b))
+        .await
+        .unwrap(); // latches B's RTCP
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a_rtcp
+        .send_to(&sender_report, rtcp_of(relay_a))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&b_rtcp).await,
+        sender_report,
+        "A's RTCP reaches B unchanged"
+    );
+    b_rtcp
+        .send_to(&sender_report, rtcp_of(relay_b))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&a_rtcp).await,
+        sender_report,
+        "B's RTCP reaches A unchanged"
+    );
 
     let Reply::Stats { stats } = node
         .call(Request::Destroy {
