@@ -35,6 +35,24 @@ fn api_get(server: &Server, path: &str) -> serde_json::Value {
     serde_json::from_str(&reply.body).unwrap()
 }
 
+/// POSTs `body` with the demo operator key and expects `201`.
+fn api_post(server: &Server, path: &str, body: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = server.api_key.clone().unwrap();
+    let reply = rt
+        .block_on(async {
+            switchyard::http_client::Conn::new(server.addr("API"))
+                .request("POST", path, &key, None, Some(body))
+                .await
+        })
+        .unwrap();
+    assert_eq!(reply.status, 201, "{path}: {}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
 /// Waits for the call's CDR to appear.
 fn wait_cdr(server: &Server, tenant: &str) -> serde_json::Value {
     for _ in 0..100 {
@@ -243,22 +261,7 @@ fn real_clients_are_refused_for_bad_passwords_unknown_users_domains_and_other_te
     assert_eq!(statuses(&text).last(), Some(&404), "{text}");
 
     // A baresip of the demo tenant dials a number that exists only in another tenant.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let key = server.api_key.clone().unwrap();
-    let post = |path: &str, body: String| {
-        let reply = rt
-            .block_on(async {
-                switchyard::http_client::Conn::new(server.addr("API"))
-                    .request("POST", path, &key, None, Some(&body))
-                    .await
-            })
-            .unwrap();
-        assert_eq!(reply.status, 201, "{}", reply.body);
-        serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()
-    };
+    let post = |path: &str, body: String| api_post(&server, path, &body);
     let t2 = post(
         "/v1/tenants",
         r#"{"name":"T2","domain":"t2.example"}"#.into(),
@@ -312,22 +315,7 @@ fn provisioning_and_bad_input_during_a_softphone_call_leave_it_untouched() {
     let domain = creds["domain"].as_str().unwrap();
     let tenant = creds["tenant_id"].as_str().unwrap();
     let exts = creds["extensions"].as_array().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let key = server.api_key.clone().unwrap();
-    let post = |path: &str, body: String| {
-        let reply = rt
-            .block_on(async {
-                switchyard::http_client::Conn::new(server.addr("API"))
-                    .request("POST", path, &key, None, Some(&body))
-                    .await
-            })
-            .unwrap();
-        assert_eq!(reply.status, 201, "{}", reply.body);
-        serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()
-    };
+    let post = |path: &str, body: String| api_post(&server, path, &body);
     // Tenant 2 with one extension, registered before the call.
     let t2 = post(
         "/v1/tenants",
