@@ -483,7 +483,7 @@ impl Engine {
             }
         };
         let tenant = TenantId::new(tenant_id.clone());
-        let aor = format!("{}@{}", callee.username, domain).to_ascii_lowercase();
+        let aor = switchyard_state::aor(&callee.username, &domain);
         let bindings = self
             .locations
             .lookup(&tenant, &aor, now_ms())

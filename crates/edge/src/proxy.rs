@@ -206,7 +206,10 @@ impl Proxy {
                 bytes: edit.write(),
             };
         }
-        // From a phone.
+        // From a phone. The token leading back to it goes in our Via and, for a new
+        // dialog, in our Record-Route: signed once.
+        let back_token = ingress.token();
+        let back = self.tokens.encode(&back_token);
         let Ok(call_id) = msg.call_id() else {
             return self.answer(msg, ingress, 400, "Missing Call-ID");
         };
@@ -290,17 +293,15 @@ impl Proxy {
                 .add_header(CALLER_HEADER, &ext.username);
             if dialog_creating(&method) {
                 // The core-facing entry on top: the core (UAS) uses the route set in order.
-                let token = self.tokens.encode(&ingress.token());
                 edit = edit
-                    .push_record_route(&format!("<sip:{token}@{};lr>", self.internal))
+                    .push_record_route(&format!("<sip:{back}@{};lr>", self.internal))
                     .push_record_route(&route_uri(
-                        &token,
+                        &back,
                         self.visible_addr(ingress.local),
-                        ingress.token().transport,
+                        back_token.transport,
                     ));
             }
         }
-        let back = self.tokens.encode(&ingress.token());
         edit = edit.push_via(&format!(
             "SIP/2.0/UDP {};branch={};sy={back}",
             self.internal,

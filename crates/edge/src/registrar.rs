@@ -50,11 +50,6 @@ pub fn transport_index(t: Transport) -> u8 {
         .unwrap_or(0) as u8
 }
 
-/// The location-service key of an extension: `user@domain`, lower case.
-pub fn aor_key(username: &str, domain: &str) -> String {
-    format!("{username}@{domain}").to_ascii_lowercase()
-}
-
 /// Finds the tenant a request is addressed to: its domain, exactly. `Err` is the answer.
 pub async fn tenant_for_domain(
     store: &Store,
@@ -141,7 +136,7 @@ impl Registrar {
             }
         };
         let tenant_id = tenant.tenant_id();
-        let aor = aor_key(&ext.username, &tenant.domain);
+        let aor = switchyard_state::aor(&ext.username, &tenant.domain);
         let contacts: Vec<NameAddr<'_>> = match msg.contacts().collect() {
             Ok(c) => c,
             Err(e) => return respond(400, &e.to_string()),

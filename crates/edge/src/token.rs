@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use switchyard_sip::digest::{constant_time_eq, hex};
 
 /// Where a message goes back to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +95,6 @@ impl TokenKey {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -106,10 +103,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

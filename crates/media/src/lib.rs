@@ -522,7 +522,8 @@ async fn relay(
         };
         let first = counters[fi].latched_rtp.is_none();
         counters[fi].latched_rtp.get_or_insert(src);
-        last_rx[fi] = Some(Instant::now());
+        let arrival = Instant::now();
+        last_rx[fi] = Some(arrival);
         if first {
             *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
         }
@@ -531,7 +532,7 @@ async fn relay(
             h.timestamp,
             h.ssrc,
             n,
-            started.elapsed().as_micros() as u64,
+            arrival.duration_since(started).as_micros() as u64,
             8000,
         );
         if Some(h.payload_type) == from_plan.telephone_event {

@@ -54,6 +54,12 @@ pub enum StateError {
 
 pub type Result<T> = std::result::Result<T, StateError>;
 
+/// The address of record of an extension, as the registrar stores it and the core looks it
+/// up: `user@domain`, lower case.
+pub fn aor(username: &str, domain: &str) -> String {
+    format!("{username}@{domain}").to_ascii_lowercase()
+}
+
 /// The location service: in memory or in Redis.
 #[derive(Debug)]
 pub enum Locations {
