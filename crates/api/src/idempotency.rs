@@ -1,9 +1,15 @@
 //! `Idempotency-Key` on POST, PUT, PATCH and DELETE. A replay with the same key and the
 //! same request gets the first response (status and body) without the work being done
 //! again; the same key with a different request gets 422; concurrent requests with one key
-//! run once, the others wait for that response (or get 409 if it takes over 10 s). Keys are
-//! scoped to the API key that sent them and kept 24 h. A 5xx answer is not kept, so a
-//! retry runs again.
+//! run once, the others wait for that response. Keys are scoped to the API key that sent
+//! them and kept 24 h.
+//!
+//! The claim of the key, everything the handler writes and the stored answer commit in one
+//! transaction ([`switchyard_store::RequestTx`]), so the change and its record exist
+//! together or not at all: a crash mid-request, a failed commit or a 5xx answer leaves
+//! nothing, and a retry runs again. Concurrent requests with one key queue behind the
+//! first one's transaction (SQLite's writer lock, PostgreSQL's unique index) and then find
+//! its answer.
 
 use std::time::Duration;
 
@@ -67,17 +73,31 @@ pub(crate) async fn idempotency(
     h.update(&bytes);
     let fingerprint: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
 
-    let mut claimed = false;
+    // The claim, the handler's work and the stored answer are one transaction: either all
+    // of it commits or none (a 5xx answer or a crash leaves nothing, and a retry runs anew).
+    let mut work = None;
     for _ in 0..WAIT_STEPS {
-        match state
-            .store
-            .claim_idempotent(&who.key_id, &key, &fingerprint)
-            .await
-        {
-            Ok(Claim::Run) => {
-                claimed = true;
-                break;
+        let tx = match state.store.begin_request().await {
+            Ok(tx) => tx,
+            Err(e) if e.is_transient() => {
+                tokio::time::sleep(WAIT_STEP).await;
+                continue;
             }
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        let claim = tx
+            .run(state.store.claim_idempotent(&who.key_id, &key, &fingerprint))
+            .await;
+        if let Ok(Claim::Run) = claim {
+            work = Some(tx);
+            break;
+        }
+        // Nothing of this attempt is kept; roll back now rather than on drop, so the
+        // writer lock is free when the next writer takes it.
+        if let Err(e) = tx.rollback().await {
+            tracing::warn!(error = %e, "rollback of an idempotency claim failed");
+        }
+        match claim {
             Ok(Claim::Replay { status, body }) => return replay(status, body),
             Ok(Claim::Mismatch) => {
                 return ApiError::Unprocessable {
@@ -86,39 +106,49 @@ pub(crate) async fn idempotency(
                 }
                 .into_response();
             }
-            Ok(Claim::InProgress) => tokio::time::sleep(WAIT_STEP).await,
-            Err(e) if e.is_transient() => tokio::time::sleep(WAIT_STEP).await,
+            // Only a claim left by an older version's crashed request stays pending.
+            Ok(Claim::InProgress | Claim::Run) => {}
+            Err(e) if e.is_transient() => {}
             Err(e) => return ApiError::from(e).into_response(),
         }
+        tokio::time::sleep(WAIT_STEP).await;
     }
-    if !claimed {
+    let Some(tx) = work else {
         return ApiError::Conflict(
             "a request with this Idempotency-Key is still in progress".into(),
         )
         .into_response();
-    }
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
+    };
+    let resp = tx
+        .run(next.run(Request::from_parts(parts, Body::from(bytes))))
         .await;
     let (parts, body) = resp.into_parts();
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(b) => b,
-        Err(_) => {
-            let _ = state.store.abandon_idempotent(&who.key_id, &key).await;
-            return ApiError::Internal.into_response();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::Internal.into_response();
+    };
+    if parts.status.is_server_error() {
+        if let Err(e) = tx.rollback().await {
+            tracing::warn!(error = %e, "rollback after a server error failed");
         }
-    };
-    let stored = if parts.status.is_server_error() {
-        state.store.abandon_idempotent(&who.key_id, &key).await
-    } else {
-        let text = String::from_utf8_lossy(&body);
-        state
-            .store
-            .finish_idempotent(&who.key_id, &key, parts.status.as_u16(), &text)
-            .await
-    };
+        return Response::from_parts(parts, Body::from(body));
+    }
+    let text = String::from_utf8_lossy(&body);
+    let stored = tx
+        .run(state.store.finish_idempotent(
+            &who.key_id,
+            &key,
+            parts.status.as_u16(),
+            &text,
+        ))
+        .await;
+    // Nothing the request did is kept unless its answer is kept with it.
     if let Err(e) = stored {
-        tracing::error!(error = %e, "idempotency record not stored");
+        tracing::error!(error = %e, "idempotency record not stored; request rolled back");
+        return ApiError::from(e).into_response();
+    }
+    if let Err(e) = tx.commit().await {
+        tracing::error!(error = %e, "request transaction did not commit");
+        return ApiError::from(e).into_response();
     }
     Response::from_parts(parts, Body::from(body))
 }

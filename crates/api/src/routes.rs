@@ -1283,7 +1283,10 @@ async fn enqueue_import(
         .store
         .enqueue_job(&id, "import", &input.to_string())
         .await?;
-    state.jobs.kick(&id);
+    // The worker reads the queue on its own connection: wake it once the job is committed.
+    let jobs = state.jobs.clone();
+    let tenant = id.clone();
+    switchyard_store::after_commit(move || jobs.kick(&tenant));
     Ok((StatusCode::ACCEPTED, Json(job.into())))
 }
 

@@ -61,10 +61,10 @@ impl Store {
 impl Store {
     /// Revokes a key.
     pub async fn delete_api_key(&self, id: &str) -> Result<()> {
-        let gone = on_pool!(self, |pool| {
+        let gone = in_tx!(self, |tx, _pg| {
             sqlx::query("DELETE FROM api_keys WHERE id = $1")
                 .bind(id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
         });

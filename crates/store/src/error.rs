@@ -22,6 +22,9 @@ pub enum StoreError {
     Exhausted { what: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A store call made after its request's transaction was committed or rolled back.
+    #[error("the request's transaction has ended")]
+    RequestEnded,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

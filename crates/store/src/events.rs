@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::{OutboxEvent, Result, Store, on_pool};
+use crate::{OutboxEvent, Result, Store, in_tx, on_pool};
 
 /// A committed change: the tenant and its new configuration version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,16 +34,18 @@ impl Store {
         }))
     }
 
-    pub async fn mark_published(&self, tenant_id: &str, config_version: i64) -> Result<()> {
-        on_pool!(self, |pool| {
-            sqlx::query(
-                "UPDATE outbox SET published = TRUE WHERE tenant_id = $1 AND config_version = $2",
-            )
-            .bind(tenant_id)
-            .bind(config_version)
-            .execute(pool)
-            .await?
-            .rows_affected()
+    /// Marks events published, in one write transaction.
+    pub async fn mark_published(&self, events: &[OutboxEvent]) -> Result<()> {
+        in_tx!(self, |tx, _pg| {
+            for e in events {
+                sqlx::query(
+                    "UPDATE outbox SET published = TRUE WHERE tenant_id = $1 AND config_version = $2",
+                )
+                .bind(&e.tenant_id)
+                .bind(e.config_version)
+                .execute(&mut *tx)
+                .await?;
+            }
         });
         Ok(())
     }
@@ -61,8 +63,9 @@ impl Store {
                 config_version: e.config_version,
                 kind: e.kind.clone(),
             });
-            self.mark_published(&e.tenant_id, e.config_version).await?;
         }
+        // Marked only after every one went out: a crash in between re-sends them.
+        self.mark_published(&events).await?;
         Ok(events.len())
     }
 }

@@ -2,7 +2,7 @@
 //! NOTHING`: of any number of concurrent requests with one key, exactly one claims it and
 //! runs; the others see the claim and wait for its stored response.
 
-use crate::{Result, Store, in_tx, on_pool};
+use crate::{Result, Store, in_tx};
 
 /// How long a record is kept (24 h).
 pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
@@ -98,13 +98,13 @@ impl Store {
         status: u16,
         body: &str,
     ) -> Result<()> {
-        on_pool!(self, |pool| {
+        in_tx!(self, |tx, _pg| {
             sqlx::query("UPDATE idempotency SET state = 'done', status = $1, body = $2 WHERE key_id = $3 AND idem_key = $4")
                 .bind(i64::from(status))
                 .bind(body)
                 .bind(key_id)
                 .bind(idem_key)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
         });
@@ -113,13 +113,13 @@ impl Store {
 
     /// Drops a claim whose request failed in a way a retry may fix (a 5xx).
     pub async fn abandon_idempotent(&self, key_id: &str, idem_key: &str) -> Result<()> {
-        on_pool!(self, |pool| {
+        in_tx!(self, |tx, _pg| {
             sqlx::query(
                 "DELETE FROM idempotency WHERE key_id = $1 AND idem_key = $2 AND state = 'pending'",
             )
             .bind(key_id)
             .bind(idem_key)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected()
         });

@@ -76,13 +76,13 @@ impl Store {
 
     pub async fn set_job_state(&self, id: &str, state: &str, result: Option<&str>) -> Result<()> {
         let now = self.now();
-        on_pool!(self, |pool| {
+        in_tx!(self, |tx, _pg| {
             sqlx::query("UPDATE jobs SET state = $1, result = COALESCE($2, result), updated_at = $3 WHERE id = $4")
                 .bind(state)
                 .bind(result)
                 .bind(now)
                 .bind(id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
         });

@@ -22,6 +22,7 @@ mod extensions;
 mod idempotency;
 mod jobs;
 mod model;
+mod request_tx;
 mod resources;
 mod tenants;
 
@@ -50,6 +51,7 @@ pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use jobs::Job;
+pub use request_tx::{RequestTx, after_commit};
 pub use model::{
     Did, Extension, ExtensionChanges, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant,
     TenantChanges, TenantConfig,
@@ -86,6 +88,9 @@ fn system_clock() -> Clock {
 pub struct Store {
     backend: Backend,
     clock: Clock,
+    /// SQLite's one writer at a time, queued in process (FIFO) rather than in SQLite's
+    /// busy handler; unused on PostgreSQL.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,31 +102,79 @@ impl std::fmt::Debug for Store {
 }
 
 /// Runs `$body` in a write transaction of the store's backend. Inside, `$tx` is the
-/// transaction and `$pg` is true on PostgreSQL (for `lock!`); SQLite transactions start
-/// with `BEGIN IMMEDIATE`, so writers queue instead of failing on upgrade.
+/// transaction and `$pg` is true on PostgreSQL (for `lock!`). Inside a request transaction
+/// (see [`request_tx`]) the body runs in a savepoint of it; otherwise in a transaction of
+/// its own, which on SQLite starts with `BEGIN IMMEDIATE` after queueing for the writer lock.
 macro_rules! in_tx {
     ($store:expr, |$tx:ident, $pg:ident| $body:expr) => {
-        match &$store.backend {
-            $crate::Backend::Sqlite(pool) => {
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let $pg = false;
-                let out = $body;
-                $tx.commit().await?;
-                out
+        match $crate::request_tx::current() {
+            Some(scope) => {
+                let mut open = scope.tx.lock().await;
+                match open.as_mut() {
+                    Some($crate::request_tx::OpenTx::Sqlite(outer)) => {
+                        let mut $tx = sqlx::Acquire::begin(&mut *outer).await?;
+                        let $pg = false;
+                        let out = $body;
+                        $tx.commit().await?;
+                        out
+                    }
+                    Some($crate::request_tx::OpenTx::Postgres(outer)) => {
+                        let mut $tx = sqlx::Acquire::begin(&mut *outer).await?;
+                        let $pg = true;
+                        let out = $body;
+                        $tx.commit().await?;
+                        out
+                    }
+                    None => return Err($crate::StoreError::RequestEnded),
+                }
             }
-            $crate::Backend::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
-                let $pg = true;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
+            None => match &$store.backend {
+                $crate::Backend::Sqlite(pool) => {
+                    let _writer = $store.writer.lock().await;
+                    let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let $pg = false;
+                    let out = $body;
+                    $tx.commit().await?;
+                    out
+                }
+                $crate::Backend::Postgres(pool) => {
+                    let mut $tx = pool.begin().await?;
+                    let $pg = true;
+                    let out = $body;
+                    $tx.commit().await?;
+                    out
+                }
+            },
         }
     };
 }
 
-/// A read on whichever pool the store has.
+/// A read on the request transaction when there is one (read-your-writes), else on
+/// whichever pool the store has. `$pool` is an executor used once.
 macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $crate::request_tx::current() {
+            Some(scope) => {
+                let mut open = scope.tx.lock().await;
+                match open.as_mut() {
+                    Some($crate::request_tx::OpenTx::Sqlite(t)) => {
+                        let $pool = &mut **t;
+                        $body
+                    }
+                    Some($crate::request_tx::OpenTx::Postgres(t)) => {
+                        let $pool = &mut **t;
+                        $body
+                    }
+                    None => return Err($crate::StoreError::RequestEnded),
+                }
+            }
+            None => $crate::pool_only!($store, |$pool| $body),
+        }
+    };
+}
+
+/// Work on the pool itself (migrations, closing, the dispatcher's own transactions).
+macro_rules! pool_only {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.backend {
             $crate::Backend::Sqlite($pool) => $body,
@@ -149,7 +202,7 @@ macro_rules! lock {
     };
 }
 
-pub(crate) use {in_tx, lock, on_pool};
+pub(crate) use {in_tx, lock, on_pool, pool_only};
 
 impl Store {
     /// Opens `sqlite://PATH` (created if missing) or `postgres://...`.
@@ -182,6 +235,7 @@ impl Store {
         Ok(Store {
             backend,
             clock: system_clock(),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -197,7 +251,7 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<()> {
-        on_pool!(self, |pool| MIGRATOR.run(pool).await?);
+        pool_only!(self, |pool| MIGRATOR.run(pool).await?);
         Ok(())
     }
 
@@ -210,7 +264,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        on_pool!(self, |pool| pool.close().await);
+        pool_only!(self, |pool| pool.close().await);
     }
 }
 

@@ -670,3 +670,167 @@ where
     }
     out
 }
+
+on_both!(
+    a_request_transaction_keeps_the_change_and_its_answer_together_or_neither,
+    |store| {
+        use std::sync::atomic::AtomicUsize;
+        use switchyard_store::Claim;
+        let hooks = Arc::new(AtomicUsize::new(0));
+
+        // A request that dies before its commit (a crash, a dropped connection): neither
+        // the tenant it created nor its idempotency claim survives, and no hook ran.
+        let tx = store.begin_request().await.unwrap();
+        let claim = tx
+            .run(store.claim_idempotent("key1", "idem-1", "sha-a"))
+            .await
+            .unwrap();
+        assert_eq!(claim, Claim::Run);
+        let created = tx
+            .run(async {
+                let t = tenant(&store, "crash.example.com").await;
+                // Inside the request its own write is visible (read-your-writes).
+                assert_eq!(store.tenant(&t.id).await.unwrap().id, t.id);
+                let counter = hooks.clone();
+                switchyard_store::after_commit(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                });
+                t
+            })
+            .await;
+        drop(tx);
+        assert!(
+            matches!(
+                store.tenant(&created.id).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "an uncommitted request leaves no tenant"
+        );
+        assert_eq!(hooks.load(Ordering::SeqCst), 0, "no hook after a rollback");
+
+        // The retry runs afresh (the claim is gone), and this time commits: the tenant and
+        // the stored answer are there together, and the hook runs after the commit.
+        let tx = store.begin_request().await.unwrap();
+        let claim = tx
+            .run(store.claim_idempotent("key1", "idem-1", "sha-a"))
+            .await
+            .unwrap();
+        assert_eq!(claim, Claim::Run, "a rolled-back claim does not block the retry");
+        let created = tx
+            .run(async {
+                let t = tenant(&store, "crash.example.com").await;
+                let counter = hooks.clone();
+                switchyard_store::after_commit(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                });
+                store
+                    .finish_idempotent("key1", "idem-1", 201, &t.id)
+                    .await
+                    .unwrap();
+                t
+            })
+            .await;
+        assert_eq!(hooks.load(Ordering::SeqCst), 0, "hooks wait for the commit");
+        tx.commit().await.unwrap();
+        assert_eq!(hooks.load(Ordering::SeqCst), 1);
+        assert_eq!(store.tenant(&created.id).await.unwrap().id, created.id);
+        assert_eq!(
+            store
+                .claim_idempotent("key1", "idem-1", "sha-a")
+                .await
+                .unwrap(),
+            Claim::Replay {
+                status: 201,
+                body: created.id.clone()
+            }
+        );
+
+        // A refused write inside a request rolls back alone (its savepoint): the request
+        // can still store its answer and commit.
+        let tx = store.begin_request().await.unwrap();
+        tx.run(async {
+            assert_eq!(
+                store
+                    .claim_idempotent("key1", "idem-2", "sha-b")
+                    .await
+                    .unwrap(),
+                Claim::Run
+            );
+            let dup = store
+                .create_tenant(&NewTenant {
+                    name: "Again".into(),
+                    domain: "crash.example.com".into(),
+                    ..NewTenant::default()
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(dup, StoreError::Conflict { .. }), "{dup}");
+            store
+                .finish_idempotent("key1", "idem-2", 409, "taken")
+                .await
+                .unwrap();
+        })
+        .await;
+        tx.commit().await.unwrap();
+        assert_eq!(
+            store
+                .claim_idempotent("key1", "idem-2", "sha-b")
+                .await
+                .unwrap(),
+            Claim::Replay {
+                status: 409,
+                body: "taken".into()
+            }
+        );
+    }
+);
+
+on_both!(
+    concurrent_request_transactions_with_one_key_run_it_once,
+    |store| {
+        use switchyard_store::Claim;
+        // More requests than pooled connections, all with one key: each holds a request
+        // transaction while it claims, so this also shows they never starve each other of
+        // connections. Exactly one runs; every other one replays its answer.
+        let runs = Arc::new(AtomicI64::new(0));
+        let outcomes = futures_join((0..40).map(|i| {
+            let store = store.clone();
+            let runs = runs.clone();
+            async move {
+                let tx = store.begin_request().await.unwrap();
+                let claim = tx
+                    .run(store.claim_idempotent("key1", "same", "sha"))
+                    .await
+                    .unwrap();
+                if claim == Claim::Run {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tx.run(async {
+                        tenant(&store, &format!("once{i}.example.com")).await;
+                        store
+                            .finish_idempotent("key1", "same", 201, "first")
+                            .await
+                            .unwrap();
+                    })
+                    .await;
+                    tx.commit().await.unwrap();
+                } else {
+                    tx.rollback().await.unwrap();
+                }
+                claim
+            }
+        }))
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{outcomes:?}");
+        for o in outcomes {
+            assert!(
+                matches!(o, Claim::Run)
+                    || o == Claim::Replay {
+                        status: 201,
+                        body: "first".into()
+                    },
+                "{o:?}"
+            );
+        }
+        assert_eq!(store.list_tenants(None, 100).await.unwrap().len(), 1);
+    }
+);
