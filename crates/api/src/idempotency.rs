@@ -86,7 +86,11 @@ pub(crate) async fn idempotency(
             Err(e) => return ApiError::from(e).into_response(),
         };
         let claim = tx
-            .run(state.store.claim_idempotent(&who.key_id, &key, &fingerprint))
+            .run(
+                state
+                    .store
+                    .claim_idempotent(&who.key_id, &key, &fingerprint),
+            )
             .await;
         if let Ok(Claim::Run) = claim {
             work = Some(tx);
@@ -134,12 +138,11 @@ pub(crate) async fn idempotency(
     }
     let text = String::from_utf8_lossy(&body);
     let stored = tx
-        .run(state.store.finish_idempotent(
-            &who.key_id,
-            &key,
-            parts.status.as_u16(),
-            &text,
-        ))
+        .run(
+            state
+                .store
+                .finish_idempotent(&who.key_id, &key, parts.status.as_u16(), &text),
+        )
         .await;
     // Nothing the request did is kept unless its answer is kept with it.
     if let Err(e) = stored {

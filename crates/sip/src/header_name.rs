@@ -114,15 +114,80 @@ header_names! {
     WwwAuthenticate => "WWW-Authenticate", [b"www-authenticate"], false;
 }
 
+/// A lower-case name prepared at compile time for a case-insensitive compare a word
+/// (8 bytes) at a time: `(word | mask) == lower`, where `mask` has 0x20 on the letters
+/// only, so exactly A-Z fold to a-z and every other byte must match as it is (a bare CR
+/// never passes for a `-`, 0x0D | 0x20 being 0x2D).
+#[derive(Clone, Copy)]
+struct Key {
+    len: usize,
+    /// Word offsets: 0, then every 8 bytes, the last one ending at `len` (words may
+    /// overlap); a name shorter than 8 bytes is one zero-padded word.
+    words: usize,
+    lower: [u64; 3],
+    mask: [u64; 3],
+}
+
+const fn word_offset(len: usize, k: usize) -> usize {
+    if len > 8 && (k + 1) * 8 >= len {
+        len - 8
+    } else {
+        k * 8
+    }
+}
+
+impl Key {
+    const fn new(lower: &[u8]) -> Key {
+        let len = lower.len();
+        let words = if len <= 8 { 1 } else { len.div_ceil(8) };
+        let mut key = Key {
+            len,
+            words,
+            lower: [0; 3],
+            mask: [0; 3],
+        };
+        let mut k = 0;
+        while k < words {
+            let at = word_offset(len, k);
+            let mut i = 0;
+            while i < 8 && at + i < len {
+                let b = lower[at + i];
+                key.lower[k] |= (b as u64) << (8 * i);
+                if b.is_ascii_lowercase() {
+                    key.mask[k] |= 0x20 << (8 * i);
+                }
+                i += 1;
+            }
+            k += 1;
+        }
+        key
+    }
+
+    #[inline(always)]
+    fn matches(&self, name: &[u8]) -> bool {
+        if name.len() != self.len {
+            return false;
+        }
+        let mut k = 0;
+        while k < self.words {
+            let at = word_offset(self.len, k);
+            let end = (at + 8).min(self.len);
+            let mut w = [0u8; 8];
+            w[..end - at].copy_from_slice(&name[at..end]);
+            if u64::from_le_bytes(w) | self.mask[k] != self.lower[k] {
+                return false;
+            }
+            k += 1;
+        }
+        true
+    }
+}
+
 /// Looks a name up: dispatch on length, then compare the few names of that length
 /// case-insensitively (exactly: only A-Z fold). A name that matches is therefore a valid
 /// token. Kept in step with the table above by a test over every alias.
 fn lookup(name: &[u8]) -> HeaderName {
-    let is = |lower: &[u8]| {
-        name.iter()
-            .zip(lower)
-            .all(|(a, b)| a.to_ascii_lowercase() == *b)
-    };
+    let is = |key: Key| key.matches(name);
     match name.len() {
         1 => match name[0].to_ascii_lowercase() {
             b'a' => HeaderName::AcceptContact,
@@ -147,241 +212,241 @@ fn lookup(name: &[u8]) -> HeaderName {
             _ => HeaderName::Other,
         },
         2 => {
-            if is(b"to") {
+            if is(const { Key::new(b"to") }) {
                 return HeaderName::To;
             }
             HeaderName::Other
         }
         3 => {
-            if is(b"via") {
+            if is(const { Key::new(b"via") }) {
                 return HeaderName::Via;
             }
             HeaderName::Other
         }
         4 => {
-            if is(b"cseq") {
+            if is(const { Key::new(b"cseq") }) {
                 return HeaderName::CSeq;
             }
-            if is(b"date") {
+            if is(const { Key::new(b"date") }) {
                 return HeaderName::Date;
             }
-            if is(b"from") {
+            if is(const { Key::new(b"from") }) {
                 return HeaderName::From;
             }
-            if is(b"path") {
+            if is(const { Key::new(b"path") }) {
                 return HeaderName::Path;
             }
-            if is(b"rack") {
+            if is(const { Key::new(b"rack") }) {
                 return HeaderName::RAck;
             }
-            if is(b"rseq") {
+            if is(const { Key::new(b"rseq") }) {
                 return HeaderName::RSeq;
             }
             HeaderName::Other
         }
         5 => {
-            if is(b"allow") {
+            if is(const { Key::new(b"allow") }) {
                 return HeaderName::Allow;
             }
-            if is(b"event") {
+            if is(const { Key::new(b"event") }) {
                 return HeaderName::Event;
             }
-            if is(b"route") {
+            if is(const { Key::new(b"route") }) {
                 return HeaderName::Route;
             }
             HeaderName::Other
         }
         6 => {
-            if is(b"accept") {
+            if is(const { Key::new(b"accept") }) {
                 return HeaderName::Accept;
             }
-            if is(b"min-se") {
+            if is(const { Key::new(b"min-se") }) {
                 return HeaderName::MinSe;
             }
-            if is(b"reason") {
+            if is(const { Key::new(b"reason") }) {
                 return HeaderName::Reason;
             }
-            if is(b"server") {
+            if is(const { Key::new(b"server") }) {
                 return HeaderName::Server;
             }
             HeaderName::Other
         }
         7 => {
-            if is(b"call-id") {
+            if is(const { Key::new(b"call-id") }) {
                 return HeaderName::CallId;
             }
-            if is(b"contact") {
+            if is(const { Key::new(b"contact") }) {
                 return HeaderName::Contact;
             }
-            if is(b"expires") {
+            if is(const { Key::new(b"expires") }) {
                 return HeaderName::Expires;
             }
-            if is(b"privacy") {
+            if is(const { Key::new(b"privacy") }) {
                 return HeaderName::Privacy;
             }
-            if is(b"require") {
+            if is(const { Key::new(b"require") }) {
                 return HeaderName::Require;
             }
-            if is(b"subject") {
+            if is(const { Key::new(b"subject") }) {
                 return HeaderName::Subject;
             }
-            if is(b"warning") {
+            if is(const { Key::new(b"warning") }) {
                 return HeaderName::Warning;
             }
             HeaderName::Other
         }
         8 => {
-            if is(b"identity") {
+            if is(const { Key::new(b"identity") }) {
                 return HeaderName::Identity;
             }
-            if is(b"priority") {
+            if is(const { Key::new(b"priority") }) {
                 return HeaderName::Priority;
             }
-            if is(b"refer-to") {
+            if is(const { Key::new(b"refer-to") }) {
                 return HeaderName::ReferTo;
             }
-            if is(b"replaces") {
+            if is(const { Key::new(b"replaces") }) {
                 return HeaderName::Replaces;
             }
-            if is(b"reply-to") {
+            if is(const { Key::new(b"reply-to") }) {
                 return HeaderName::ReplyTo;
             }
             HeaderName::Other
         }
         9 => {
-            if is(b"call-info") {
+            if is(const { Key::new(b"call-info") }) {
                 return HeaderName::CallInfo;
             }
-            if is(b"supported") {
+            if is(const { Key::new(b"supported") }) {
                 return HeaderName::Supported;
             }
-            if is(b"timestamp") {
+            if is(const { Key::new(b"timestamp") }) {
                 return HeaderName::Timestamp;
             }
             HeaderName::Other
         }
         10 => {
-            if is(b"alert-info") {
+            if is(const { Key::new(b"alert-info") }) {
                 return HeaderName::AlertInfo;
             }
-            if is(b"error-info") {
+            if is(const { Key::new(b"error-info") }) {
                 return HeaderName::ErrorInfo;
             }
-            if is(b"user-agent") {
+            if is(const { Key::new(b"user-agent") }) {
                 return HeaderName::UserAgent;
             }
             HeaderName::Other
         }
         11 => {
-            if is(b"in-reply-to") {
+            if is(const { Key::new(b"in-reply-to") }) {
                 return HeaderName::InReplyTo;
             }
-            if is(b"min-expires") {
+            if is(const { Key::new(b"min-expires") }) {
                 return HeaderName::MinExpires;
             }
-            if is(b"referred-by") {
+            if is(const { Key::new(b"referred-by") }) {
                 return HeaderName::ReferredBy;
             }
-            if is(b"retry-after") {
+            if is(const { Key::new(b"retry-after") }) {
                 return HeaderName::RetryAfter;
             }
-            if is(b"unsupported") {
+            if is(const { Key::new(b"unsupported") }) {
                 return HeaderName::Unsupported;
             }
             HeaderName::Other
         }
         12 => {
-            if is(b"allow-events") {
+            if is(const { Key::new(b"allow-events") }) {
                 return HeaderName::AllowEvents;
             }
-            if is(b"content-type") {
+            if is(const { Key::new(b"content-type") }) {
                 return HeaderName::ContentType;
             }
-            if is(b"max-forwards") {
+            if is(const { Key::new(b"max-forwards") }) {
                 return HeaderName::MaxForwards;
             }
-            if is(b"mime-version") {
+            if is(const { Key::new(b"mime-version") }) {
                 return HeaderName::MimeVersion;
             }
-            if is(b"organization") {
+            if is(const { Key::new(b"organization") }) {
                 return HeaderName::Organization;
             }
-            if is(b"record-route") {
+            if is(const { Key::new(b"record-route") }) {
                 return HeaderName::RecordRoute;
             }
             HeaderName::Other
         }
         13 => {
-            if is(b"authorization") {
+            if is(const { Key::new(b"authorization") }) {
                 return HeaderName::Authorization;
             }
-            if is(b"proxy-require") {
+            if is(const { Key::new(b"proxy-require") }) {
                 return HeaderName::ProxyRequire;
             }
-            if is(b"service-route") {
+            if is(const { Key::new(b"service-route") }) {
                 return HeaderName::ServiceRoute;
             }
             HeaderName::Other
         }
         14 => {
-            if is(b"accept-contact") {
+            if is(const { Key::new(b"accept-contact") }) {
                 return HeaderName::AcceptContact;
             }
-            if is(b"content-length") {
+            if is(const { Key::new(b"content-length") }) {
                 return HeaderName::ContentLength;
             }
-            if is(b"reject-contact") {
+            if is(const { Key::new(b"reject-contact") }) {
                 return HeaderName::RejectContact;
             }
             HeaderName::Other
         }
         15 => {
-            if is(b"accept-encoding") {
+            if is(const { Key::new(b"accept-encoding") }) {
                 return HeaderName::AcceptEncoding;
             }
-            if is(b"accept-language") {
+            if is(const { Key::new(b"accept-language") }) {
                 return HeaderName::AcceptLanguage;
             }
-            if is(b"session-expires") {
+            if is(const { Key::new(b"session-expires") }) {
                 return HeaderName::SessionExpires;
             }
             HeaderName::Other
         }
         16 => {
-            if is(b"content-encoding") {
+            if is(const { Key::new(b"content-encoding") }) {
                 return HeaderName::ContentEncoding;
             }
-            if is(b"content-language") {
+            if is(const { Key::new(b"content-language") }) {
                 return HeaderName::ContentLanguage;
             }
-            if is(b"www-authenticate") {
+            if is(const { Key::new(b"www-authenticate") }) {
                 return HeaderName::WwwAuthenticate;
             }
             HeaderName::Other
         }
         18 => {
-            if is(b"proxy-authenticate") {
+            if is(const { Key::new(b"proxy-authenticate") }) {
                 return HeaderName::ProxyAuthenticate;
             }
-            if is(b"subscription-state") {
+            if is(const { Key::new(b"subscription-state") }) {
                 return HeaderName::SubscriptionState;
             }
             HeaderName::Other
         }
         19 => {
-            if is(b"authentication-info") {
+            if is(const { Key::new(b"authentication-info") }) {
                 return HeaderName::AuthenticationInfo;
             }
-            if is(b"content-disposition") {
+            if is(const { Key::new(b"content-disposition") }) {
                 return HeaderName::ContentDisposition;
             }
-            if is(b"p-asserted-identity") {
+            if is(const { Key::new(b"p-asserted-identity") }) {
                 return HeaderName::PAssertedIdentity;
             }
-            if is(b"proxy-authorization") {
+            if is(const { Key::new(b"proxy-authorization") }) {
                 return HeaderName::ProxyAuthorization;
             }
-            if is(b"request-disposition") {
+            if is(const { Key::new(b"request-disposition") }) {
                 return HeaderName::RequestDisposition;
             }
             HeaderName::Other
@@ -440,6 +505,29 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(alias)
             );
+        }
+    }
+
+    #[test]
+    fn only_ascii_letters_fold_at_any_position() {
+        // Every alias, every position, every byte value: the name still matches exactly
+        // when the byte is the original or (for a letter) its upper case.
+        for (alias, name) in super::ALIASES {
+            for at in 0..alias.len() {
+                for b in 0..=255u8 {
+                    let mut spelled = alias.to_vec();
+                    spelled[at] = b;
+                    let same = b == alias[at]
+                        || (alias[at].is_ascii_lowercase() && b == alias[at].to_ascii_uppercase());
+                    let found = HeaderName::from_bytes(&spelled);
+                    assert_eq!(
+                        found == *name,
+                        same,
+                        "{:?} with byte {b:#04x} at {at}",
+                        String::from_utf8_lossy(alias)
+                    );
+                }
+            }
         }
     }
 

@@ -12,6 +12,10 @@ use crate::uri::{Uri, split_host_port};
 /// (RFC 4475 `wsinv`); overflow is an error (RFC 4475 `scalar02`).
 pub fn parse_u32(v: &str, header: &'static str) -> Result<u32, HeaderError> {
     let t = trim_lws(v);
+    // Up to nine digits cannot overflow: the common case, without the checks below.
+    if (1..=9).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(t.bytes().fold(0, |n, b| n * 10 + u32::from(b - b'0')));
+    }
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HeaderError::malformed(
             header,
@@ -60,6 +64,7 @@ fn skip_lws(s: &str) -> &str {
     &s[n..]
 }
 
+#[inline]
 fn take_token(s: &str) -> (&str, &str) {
     let s = skip_lws(s);
     let n = s.bytes().take_while(|&b| is_token_byte(b)).count();
@@ -88,6 +93,121 @@ fn sent_protocol(v: &str) -> Option<(&str, &str, &str, &str)> {
 
 impl<'a> Via<'a> {
     pub fn parse(v: &'a str) -> Result<Via<'a>, HeaderError> {
+        match Via::parse_plain(v) {
+            Some(via) => Ok(via),
+            None => Via::parse_general(v),
+        }
+    }
+
+    /// The form nearly every Via value has, `SIP/2.0/TRANSPORT host[:port][;params]`
+    /// with one space, no LWS elsewhere, no quotes and no IPv6 reference, decoded and
+    /// validated in one pass. `None` sends the value to [`Via::parse_general`], which
+    /// accepts every other valid form and names the defect of an invalid one; on the
+    /// values this accepts, both give the same result (tested).
+    fn parse_plain(v: &'a str) -> Option<Via<'a>> {
+        let b = v.as_bytes();
+        if !b.starts_with(b"SIP/2.0/") {
+            return None;
+        }
+        let mut i = 8;
+        while i < b.len() && is_token_byte(b[i]) {
+            i += 1;
+        }
+        if i == 8 || b.get(i) != Some(&b' ') {
+            return None;
+        }
+        let transport = &v[8..i];
+        i += 1;
+        let host_start = i;
+        while i < b.len() && crate::uri::HOSTCHAR[usize::from(b[i])] {
+            i += 1;
+        }
+        if i == host_start || matches!(b[host_start], b'.' | b'-') {
+            return None;
+        }
+        let host = &v[host_start..i];
+        let mut port = None;
+        if b.get(i) == Some(&b':') {
+            i += 1;
+            let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(1..=5).contains(&digits) {
+                return None;
+            }
+            let n = b[i..i + digits]
+                .iter()
+                .fold(0u32, |n, c| n * 10 + u32::from(c - b'0'));
+            port = Some(u16::try_from(n).ok()?);
+            i += digits;
+        }
+        let params_text = match b.get(i) {
+            None => "",
+            Some(b';') => &v[i + 1..],
+            Some(_) => return None,
+        };
+        let (mut branch, mut received, mut rport, mut maddr) = (None, None, None, None);
+        if !params_text.is_empty() || i < b.len() {
+            i += 1;
+            loop {
+                let name_start = i;
+                while i < b.len() && is_token_byte(b[i]) {
+                    i += 1;
+                }
+                if i == name_start {
+                    return None;
+                }
+                let name = &v[name_start..i];
+                let mut value = None;
+                if b.get(i) == Some(&b'=') {
+                    i += 1;
+                    let value_start = i;
+                    while i < b.len() && crate::scan::PARAM_VALUE[usize::from(b[i])] {
+                        i += 1;
+                    }
+                    if i == value_start {
+                        return None;
+                    }
+                    value = Some(&v[value_start..i]);
+                }
+                match name.len() {
+                    6 if name.eq_ignore_ascii_case("branch") => {
+                        let value = value.filter(|x| is_token(x))?;
+                        branch = branch.or(Some(value));
+                    }
+                    5 if name.eq_ignore_ascii_case("rport") => {
+                        let port = match value {
+                            None => None,
+                            Some(x) => Some(x.parse::<u16>().ok()?),
+                        };
+                        rport = rport.or(Some(port));
+                    }
+                    8 if name.eq_ignore_ascii_case("received") => received = received.or(value),
+                    5 if name.eq_ignore_ascii_case("maddr") => maddr = maddr.or(value),
+                    _ => {}
+                }
+                match b.get(i) {
+                    None => break,
+                    Some(b';') => i += 1,
+                    Some(_) => return None,
+                }
+            }
+        }
+        Some(Via {
+            protocol: &v[..3],
+            version: &v[4..7],
+            transport,
+            host,
+            port,
+            params: Params::new(params_text),
+            branch,
+            received,
+            rport,
+            maddr,
+        })
+    }
+
+    /// Every valid form: LWS around the slashes, the colon and the parameters, quoted
+    /// values, IPv6 references.
+    fn parse_general(v: &'a str) -> Result<Via<'a>, HeaderError> {
         let bad = |what: &str| HeaderError::malformed("Via", what.to_owned());
         let (protocol, version, transport, rest) =
             sent_protocol(v).ok_or_else(|| bad("sent-protocol lacks '/'"))?;
@@ -123,12 +243,14 @@ impl<'a> Via<'a> {
         let params = Params::new(params);
         let (mut branch, mut received, mut rport, mut maddr) = (None, None, None, None);
         let mut keep = |name: &'a str, value: Option<&'a str>| -> Result<(), HeaderError> {
-            if name.eq_ignore_ascii_case("branch") {
+            // Dispatch on the length first: most parameters are compared once.
+            let len = name.len();
+            if len == 6 && name.eq_ignore_ascii_case("branch") {
                 match value {
                     Some(b) if is_token(b) => branch = branch.or(Some(b)),
                     _ => return Err(bad("branch must be a token")),
                 }
-            } else if name.eq_ignore_ascii_case("rport") {
+            } else if len == 5 && name.eq_ignore_ascii_case("rport") {
                 let port = match value {
                     None => None,
                     Some(v) => Some(
@@ -137,9 +259,9 @@ impl<'a> Via<'a> {
                     ),
                 };
                 rport = rport.or(Some(port));
-            } else if name.eq_ignore_ascii_case("received") {
+            } else if len == 8 && name.eq_ignore_ascii_case("received") {
                 received = received.or(value);
-            } else if name.eq_ignore_ascii_case("maddr") {
+            } else if len == 5 && name.eq_ignore_ascii_case("maddr") {
                 maddr = maddr.or(value);
             }
             Ok(())
@@ -359,11 +481,35 @@ pub fn tag_of(value: &str) -> Option<&str> {
     };
     let semi = params_from + b[params_from..].iter().position(|&c| c == b';')?;
     let params = &value[semi + 1..];
-    if let Some(simple) = SimpleParams::parse(params) {
-        return simple
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("tag"))
-            .and_then(|(_, v)| v);
+    // While no quote or white space shows up, the parameters split on `;` and `=` exactly
+    // as the general scanner below splits them: walk them directly until the tag.
+    let p = params.as_bytes();
+    let ends_param = |c: u8| c == b';' || c == b'"' || is_lws(c);
+    let mut i = 0;
+    loop {
+        let rest = &p[i..];
+        if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"tag") {
+            match rest.get(3) {
+                None | Some(b';') => return None,
+                Some(b'=') => {
+                    let start = i + 4;
+                    let end = p[start..]
+                        .iter()
+                        .position(|&c| ends_param(c))
+                        .map_or(p.len(), |k| start + k);
+                    if end == p.len() || p[end] == b';' {
+                        return Some(&params[start..end]);
+                    }
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        match rest.iter().position(|&c| ends_param(c)) {
+            Some(k) if rest[k] == b';' => i += k + 1,
+            Some(_) => break,
+            None => return None,
+        }
     }
     Params::new(params)
         .iter()
@@ -484,6 +630,80 @@ pub fn token_list<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass Via decoder never disagrees with the general one: whatever it
+    /// accepts, the general decoder accepts with the same fields.
+    fn plain_agrees(v: &str) -> bool {
+        let Some(plain) = Via::parse_plain(v) else {
+            return false;
+        };
+        let general = Via::parse_general(v)
+            .unwrap_or_else(|e| panic!("{v:?}: plain accepted, general refused: {e}"));
+        assert_eq!(format!("{plain:?}"), format!("{general:?}"), "{v:?}");
+        true
+    }
+
+    #[test]
+    fn tag_of_agrees_with_the_full_decoder() {
+        for v in [
+            "\"Alice\" <sip:1001@acme.example.com>;tag=8d3f2a7b",
+            "<sip:a@b>;x=1;TAG=abc;tag=def",
+            "<sip:a@b;tag=inside>;tag=outside",
+            "sip:a@b;tag=t1",
+            "<sip:a@b>;tag",
+            "<sip:a@b>;tag;tag=late",
+            "<sip:a@b> ; tag = spaced",
+            "<sip:a@b>;x=\"q;tag=no\";tag=yes",
+            "\"a;tag=no>\" <sip:a@b>;tag=yes",
+            "<sip:a@b>",
+            "<sip:a@b>;tagx=1;xtag=2",
+        ] {
+            let full = NameAddr::parse_header(v, "From").unwrap();
+            assert_eq!(tag_of(v), full.tag(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_one_pass_via_decoder_agrees_with_the_general_one() {
+        for v in [
+            "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1a2b;rport",
+            "SIP/2.0/TCP host.example.com;branch=z9hG4bKx;received=192.0.2.1;rport=5062",
+            "SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKy;maddr=239.1.1.1;ttl=1",
+            "SIP/2.0/UDP h;BRANCH=a;branch=b;Rport;rport=9",
+            "SIP/2.0/UDP h:0",
+        ] {
+            assert!(plain_agrees(v), "{v:?} should take the one-pass path");
+        }
+        // Each of these needs the general decoder (which accepts or names the defect).
+        for v in [
+            "SIP/2.0/UDP h;",
+            "SIP/2.0/UDP h:65536",
+            "SIP/2.0/UDP h:123456",
+            "SIP/2.0/UDP [2001:db8::1]:5060",
+            "SIP/2.0/UDP h ;branch=x",
+            "SIP/2.0/UDP h;branch=\"x\"",
+            "SIP/2.0/UDP h;branch=a:b",
+            "SIP/2.0/UDP h;rport=x",
+            "SIP/2.0/UDP .h",
+            "SIP/2.0/UDP h;=x",
+            "SIP/2.0/UDP h;x=",
+            "SIP/2.0/UDP  h",
+            "SIP/2.0/ UDP h",
+            "SIP/2.0/UDP",
+            "SIP/2.0/UDP h:",
+        ] {
+            assert!(!plain_agrees(v), "{v:?} should take the general path");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn generated_vias_decode_alike_on_both_paths(
+            v in "SIP/2\\.0/(UDP|TCP|tls|X-1| UDP)( |  )([a-z0-9._-]{0,10}|192\\.0\\.2\\.1|\\[::1\\])(:[0-9]{0,6})?(;(branch|rport|received|maddr|BRANCH|x)(=[a-zA-Z0-9.:+\\[\\]-]{0,6})?){0,4};?"
+        ) {
+            plain_agrees(&v);
+        }
+    }
 
     #[test]
     fn via_with_folding_and_lws_around_slashes() {

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use crate::error::{HeaderError, ParseError};
 use crate::header_name::HeaderName;
 use crate::headers::{CSeq, NameAddr, Via};
-use crate::method::{Method, is_token, is_token_byte};
+use crate::method::{Method, is_token_byte};
 use crate::scan::ListItems;
 use crate::uri::Uri;
 
@@ -126,6 +126,29 @@ fn line_end(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
     Some((end, nl + 1))
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Index of the first `byte` in `s`, eight bytes per step (SWAR): for the short runs a
+/// header name is, cheaper than a call into a vectorised search. The lowest flagged byte
+/// of `(v - ONES) & !v & HIGHS` is exactly the first zero byte of `v`.
+#[inline(always)]
+fn find_byte_swar(s: &[u8], byte: u8) -> Option<usize> {
+    let pattern = ONES * u64::from(byte);
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word) ^ pattern;
+        let found = v.wrapping_sub(ONES) & !v & HIGHS;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..].iter().position(|&b| b == byte).map(|k| i + k)
+}
+
 fn skip_leading_crlf(buf: &[u8]) -> usize {
     buf.iter()
         .take_while(|b| matches!(b, b'\r' | b'\n'))
@@ -168,7 +191,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
         } else {
             // Find the colon, then let the name lookup validate known names (they are
             // tokens by construction); only unknown names are checked byte by byte.
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
+            let Some(colon) = find_byte_swar(line, b':') else {
                 return Err(ParseError::HeaderRow {
                     row: rows.len() + 1,
                     what: "no colon after header name",
@@ -269,7 +292,12 @@ fn trailing_ws(s: &[u8]) -> usize {
 
 fn parse_start_line(buf: &[u8], begin: usize, end: usize) -> Result<StartLine, ParseError> {
     let line = &buf[begin..end];
-    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+    // One branch-free pass (it vectorises) tells whether any control octet, tab
+    // included, is there; only then are the exact checks below worth their cost.
+    let controls = line
+        .iter()
+        .fold(false, |any, &b| any | (b < 0x20) | (b == 0x7f));
+    if controls && line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(ParseError::StartLine("control character in start line"));
     }
     if let Some(rest) = line.strip_prefix(b"SIP/") {
@@ -319,19 +347,19 @@ fn parse_start_line(buf: &[u8], begin: usize, end: usize) -> Result<StartLine, P
             "Request-Line has extra whitespace (elements must be separated by one SP)",
         ));
     }
-    if line.contains(&b'\t') {
+    if controls && line.contains(&b'\t') {
         return Err(ParseError::StartLine("tab in Request-Line"));
     }
-    let method = std::str::from_utf8(method)
-        .ok()
-        .filter(|m| is_token(m))
-        .ok_or(ParseError::StartLine("method is not a token"))?;
+    if !method.iter().all(|&b| is_token_byte(b)) {
+        return Err(ParseError::StartLine("method is not a token"));
+    }
+
     if version != b"SIP/2.0" {
         return Err(version_error(version));
     }
     let uri_start = begin + method.len() + 1;
     Ok(StartLine::Request {
-        method: Method::from_token(method),
+        method: Method::from_token_bytes(method),
         uri: SpanText(Span::new(uri_start, uri_start + uri.len())),
     })
 }
@@ -574,7 +602,10 @@ impl Message {
         let v = self
             .single(HeaderName::CallId)?
             .ok_or(HeaderError::Missing("Call-ID"))?;
-        if v.is_empty() || v.bytes().any(|b| b.is_ascii_whitespace()) {
+        if v.is_empty()
+            || v.bytes()
+                .fold(false, |any, b| any | b.is_ascii_whitespace())
+        {
             return Err(HeaderError::malformed(
                 "Call-ID",
                 "empty or contains white space",
@@ -596,7 +627,7 @@ impl Message {
             .header(HeaderName::Via)
             .ok_or(HeaderError::Missing("Via"))?;
         // Most rows hold one value: no comma or quote means no splitting to do.
-        let top = if row.bytes().any(|b| b == b',' || b == b'"') {
+        let top = if memchr::memchr2(b',', b'"', row.as_bytes()).is_some() {
             ListItems::new(row).next().unwrap_or_default()
         } else {
             row

@@ -46,6 +46,28 @@ impl Method {
         }
     }
 
+    /// [`Method::from_token`] over raw octets already checked to be a token (so ASCII):
+    /// the known methods match without a UTF-8 pass.
+    pub(crate) fn from_token_bytes(token: &[u8]) -> Method {
+        match token {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"REGISTER" => Method::Register,
+            b"OPTIONS" => Method::Options,
+            b"INFO" => Method::Info,
+            b"UPDATE" => Method::Update,
+            b"PRACK" => Method::Prack,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"NOTIFY" => Method::Notify,
+            b"REFER" => Method::Refer,
+            b"MESSAGE" => Method::Message,
+            b"PUBLISH" => Method::Publish,
+            other => Method::Extension(String::from_utf8_lossy(other).into()),
+        }
+    }
+
     /// The method as it is written on the wire.
     pub fn as_str(&self) -> &str {
         match self {

@@ -4,12 +4,19 @@
 use crate::method::is_token_byte;
 
 /// Linear white space as it can appear inside a (possibly folded) header value.
+#[inline]
 pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+#[inline]
 pub(crate) fn trim_lws(s: &str) -> &str {
     let b = s.as_bytes();
+    // Almost every value arrives trimmed already.
+    match (b.first(), b.last()) {
+        (Some(&f), Some(&l)) if !is_lws(f) && !is_lws(l) => return s,
+        _ => {}
+    }
     let mut start = 0;
     let mut end = b.len();
     while start < end && is_lws(b[start]) {
@@ -243,7 +250,7 @@ const fn param_value_table() -> [bool; 256] {
 }
 
 /// Bytes of an unquoted parameter value: token characters plus `:`, `[`, `]` (hosts).
-static PARAM_VALUE: [bool; 256] = param_value_table();
+pub(crate) static PARAM_VALUE: [bool; 256] = param_value_table();
 
 /// Parameters in the plain form almost every sender uses (`name[=value]` joined by `;`,
 /// no white space, no quotes), validated in one pass and split on demand. `None` when the text

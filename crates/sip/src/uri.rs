@@ -161,7 +161,7 @@ static FORBIDDEN: [bool; 256] = class_table(0);
 static USER: [bool; 256] = class_table(1);
 static PASSWORD: [bool; 256] = class_table(2);
 static PARAMCHAR: [bool; 256] = class_table(3);
-static HOSTCHAR: [bool; 256] = class_table(4);
+pub(crate) static HOSTCHAR: [bool; 256] = class_table(4);
 
 fn all_in(s: &str, table: &[bool; 256]) -> bool {
     s.bytes().all(|b| table[b as usize])

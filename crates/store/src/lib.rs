@@ -51,11 +51,11 @@ pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use jobs::Job;
-pub use request_tx::{RequestTx, after_commit};
 pub use model::{
     Did, Extension, ExtensionChanges, ExtensionRange, NewExtension, NewTenant, OutboxEvent, Tenant,
     TenantChanges, TenantConfig,
 };
+pub use request_tx::{RequestTx, after_commit};
 pub use resources::{
     Cdr, IvrMenuSpec, MediaPool, OutboundRouteSpec, Resource, ResourceKind, RingGroupSpec, Target,
     TimeConditionSpec, TimeRule, TrunkSpec, VoicemailBoxSpec,

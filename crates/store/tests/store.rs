@@ -715,7 +715,11 @@ on_both!(
             .run(store.claim_idempotent("key1", "idem-1", "sha-a"))
             .await
             .unwrap();
-        assert_eq!(claim, Claim::Run, "a rolled-back claim does not block the retry");
+        assert_eq!(
+            claim,
+            Claim::Run,
+            "a rolled-back claim does not block the retry"
+        );
         let created = tx
             .run(async {
                 let t = tenant(&store, "crash.example.com").await;
