@@ -231,10 +231,16 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Head, ParseError> {
     }
     let start = parse_start_line(buf, begin, sl_end)?;
     let mut content_length = None;
-    for row in rows.iter().filter(|r| r.name == HeaderName::ContentLength) {
-        if content_length.is_some() {
-            return Err(ParseError::MultipleContentLength);
-        }
+    // The hot-header record says where the one Content-Length row is, or that it repeats.
+    let content_length_slot = 7;
+    debug_assert_eq!(
+        hot_slot(HeaderName::ContentLength),
+        Some(content_length_slot)
+    );
+    if hot_repeated & (1 << content_length_slot) != 0 {
+        return Err(ParseError::MultipleContentLength);
+    }
+    if let Some(row) = rows.get(usize::from(hot_first[content_length_slot])) {
         let v = &buf[row.value_span.range()];
         let digits = v
             .iter()
@@ -559,6 +565,7 @@ impl Message {
     }
 
     /// The single value of a header that may appear once; an error if it appears more.
+    #[inline]
     pub fn single(&self, name: HeaderName) -> Result<Option<&str>, HeaderError> {
         if let Some(h) = hot_slot(name)
             && usize::from(self.hot_first[h]) < self.rows.len()

@@ -177,16 +177,14 @@ pub fn sip_host(uri: &str) -> Option<&str> {
     } else {
         return None;
     };
-    let rest = match find_byte(rest, b'@') {
+    let rest = match memchr::memchr(b'@', rest.as_bytes()) {
         Some(at) => &rest[at + 1..],
         None => rest,
     };
     let end = if rest.starts_with('[') {
         find_byte(rest, b']')? + 1
     } else {
-        rest.bytes()
-            .position(|c| matches!(c, b':' | b';' | b'?'))
-            .unwrap_or(rest.len())
+        memchr::memchr3(b':', b';', b'?', rest.as_bytes()).unwrap_or(rest.len())
     };
     Some(&rest[..end]).filter(|h| !h.is_empty())
 }
