@@ -1110,6 +1110,58 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 }
 
 on_both!(
+    a_job_queued_with_an_idempotency_key_runs_once_its_request_commits,
+    |store| {
+        // The job is queued inside the request's transaction; the worker, which reads the
+        // queue on its own connection, is woken after the commit and must find the job.
+        let api = Api::new(&store);
+        let op = issue_key(&store, "operator", false).await.unwrap();
+        let (_, _, t) = api
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&op),
+                Some(json!({"name": "Acme", "domain": "acme.example.com"})),
+            )
+            .await;
+        let id = t["id"].as_str().unwrap().to_owned();
+        let job = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": [], "dids": 0});
+        let path = format!("/v1/tenants/{id}/jobs/import");
+        let ((status, _, queued), replayed) = api
+            .idem(Method::POST, &path, &op, Some(job.clone()), "job-1")
+            .await;
+        assert_eq!((status, replayed), (StatusCode::ACCEPTED, false));
+        let ((again, _, same), replayed) =
+            api.idem(Method::POST, &path, &op, Some(job), "job-1").await;
+        assert_eq!((again, replayed), (StatusCode::ACCEPTED, true));
+        assert_eq!(same["id"], queued["id"], "the replay names the same job");
+        let job_id = queued["id"].as_str().unwrap().to_owned();
+        let mut state = Value::Null;
+        for _ in 0..200 {
+            let (_, _, j) = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/tenants/{id}/jobs/{job_id}"),
+                    Some(&op),
+                    None,
+                )
+                .await;
+            state = j["state"].clone();
+            if state == "done" || state == "failed" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, "done");
+        assert_eq!(
+            store.jobs_page(&id, None, 10).await.unwrap().len(),
+            1,
+            "queued once"
+        );
+    }
+);
+
+on_both!(
     jobs_of_one_tenant_run_in_order_and_never_interleave,
     |store| {
         let api = Api::new(&store);
