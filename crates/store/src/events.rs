@@ -21,6 +21,9 @@ pub struct ChangeEvent {
     pub kind: String,
 }
 
+const MARK_PUBLISHED: &str =
+    "UPDATE outbox SET published = TRUE WHERE tenant_id = $1 AND config_version = $2";
+
 impl Store {
     /// Unpublished events, each tenant's in version order.
     pub async fn unpublished_events(&self, limit: i64) -> Result<Vec<OutboxEvent>> {
@@ -38,13 +41,11 @@ impl Store {
     pub async fn mark_published(&self, events: &[OutboxEvent]) -> Result<()> {
         in_tx!(self, |tx, _pg| {
             for e in events {
-                sqlx::query(
-                    "UPDATE outbox SET published = TRUE WHERE tenant_id = $1 AND config_version = $2",
-                )
-                .bind(&e.tenant_id)
-                .bind(e.config_version)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(MARK_PUBLISHED)
+                    .bind(&e.tenant_id)
+                    .bind(e.config_version)
+                    .execute(&mut *tx)
+                    .await?;
             }
         });
         Ok(())
@@ -95,13 +96,11 @@ async fn notify_pending(pool: &sqlx::PgPool) -> Result<usize> {
             .bind(format!("{} {} {}", e.tenant_id, e.config_version, e.kind))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE outbox SET published = TRUE WHERE tenant_id = $1 AND config_version = $2",
-        )
-        .bind(&e.tenant_id)
-        .bind(e.config_version)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(MARK_PUBLISHED)
+            .bind(&e.tenant_id)
+            .bind(e.config_version)
+            .execute(&mut *tx)
+            .await?;
     }
     // Notifications are delivered when this commits, in the order they were sent.
     tx.commit().await?;

@@ -64,7 +64,7 @@ pub fn after_commit(hook: impl FnOnce() + Send + 'static) {
 pub struct RequestTx {
     scope: Arc<Scope>,
     /// SQLite's writer lock, held until commit or rollback.
-    _writer: Option<OwnedMutexGuard<()>>,
+    writer: Option<OwnedMutexGuard<()>>,
 }
 
 impl std::fmt::Debug for RequestTx {
@@ -89,7 +89,7 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 after_commit: StdMutex::new(Vec::new()),
             }),
-            _writer: writer,
+            writer,
         })
     }
 }
@@ -108,7 +108,7 @@ impl RequestTx {
             Some(OpenTx::Postgres(tx)) => tx.commit().await?,
             None => {}
         }
-        drop(self._writer);
+        drop(self.writer);
         let hooks = std::mem::take(
             &mut *self
                 .scope
