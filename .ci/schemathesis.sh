@@ -16,5 +16,8 @@ for _ in $(seq 1 100); do grep -q '^ready$' "$out" 2>/dev/null && break; sleep 0
 grep -q '^ready$' "$out" || { echo "serve did not start"; cat "$data/serve.err"; exit 1; }
 api=$(sed -n 's/^listening API //p' "$out")
 key=$(sed -n 's/^demo operator API key: //p' "$out")
+# Revoking keys is left to the API tests: a generated DELETE /v1/api-keys/{key_id} can
+# revoke the very key this run sends, and every later request would only test the 401.
+extra=(--exclude-operation-id revoke_api_key "${@:2}")
 schemathesis run "$api/openapi.json" -H "Authorization: Bearer $key" \
-  --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance,negative_data_rejection --max-examples 50 --seed 1
+  --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance,negative_data_rejection --max-examples 50 --seed 1 "${extra[@]}"
