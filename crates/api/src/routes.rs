@@ -335,11 +335,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
 struct TenantInput {
     #[schema(min_length = 1, max_length = 200)]
     name: String,
-    /// SIP domain, e.g. acme.example.com.
+    /// SIP domain, e.g. acme.example.com: a DNS name (letters, digits and inner hyphens in
+    /// dot-separated labels of up to 63 characters).
+    #[schema(
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    )]
     domain: String,
+    #[schema(minimum = 0, maximum = 100000)]
     max_calls: Option<i64>,
+    #[schema(minimum = 0, maximum = 10000)]
     calls_per_second: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000000)]
     max_registrations: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000000)]
     max_extensions: Option<i64>,
 }
 
@@ -478,9 +487,13 @@ struct TenantPatch {
     /// `active` or `suspended`.
     #[schema(pattern = "^(active|suspended)$")]
     state: Option<String>,
+    #[schema(minimum = 0, maximum = 100000)]
     max_calls: Option<i64>,
+    #[schema(minimum = 0, maximum = 10000)]
     calls_per_second: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000000)]
     max_registrations: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000000)]
     max_extensions: Option<i64>,
     /// `shared` or the name of a media pool.
     placement: Option<String>,
@@ -779,9 +792,30 @@ async fn delete_extension(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NumbersInput {
-    /// E.164 numbers to add to the free pool (all or none).
-    numbers: Vec<String>,
+    /// E.164 numbers to add to the free pool (all or none; at most 10,000, and the body
+    /// within the size limit).
+    #[schema(min_items = 1)]
+    numbers: Vec<E164>,
 }
+
+/// A number in E.164: `+`, then 7 to 15 digits, the first not 0.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct E164(String);
+
+impl utoipa::PartialSchema for E164 {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^\+[1-9][0-9]{6,14}$"))
+            .description(Some(
+                "A number in E.164: `+`, then 7 to 15 digits, the first not 0.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for E164 {}
 
 #[derive(Debug, Serialize, ToSchema)]
 struct NumberView {
@@ -813,7 +847,8 @@ async fn add_numbers(
             rule: "1 to 10000 numbers".into(),
         });
     }
-    state.store.add_dids(&input.numbers).await?;
+    let numbers: Vec<String> = input.numbers.into_iter().map(|n| n.0).collect();
+    state.store.add_dids(&numbers).await?;
     Ok(StatusCode::CREATED)
 }
 

@@ -6,7 +6,8 @@ use crate::{
 };
 
 fn check_domain(domain: &str) -> Result<String> {
-    let d = domain.trim().to_ascii_lowercase();
+    // No trimming: the API's schema states the exact form, and white space is a defect.
+    let d = domain.to_ascii_lowercase();
     let ok = !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|label| {

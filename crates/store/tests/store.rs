@@ -838,3 +838,41 @@ on_both!(
         assert_eq!(store.list_tenants(None, 100).await.unwrap().len(), 1);
     }
 );
+
+on_both!(a_domain_must_be_exactly_a_dns_name, |store| {
+    for bad in [
+        " acme.example.com",
+        "acme.example.com\n",
+        "acme..example.com",
+        "-acme.example.com",
+        "acme-.example.com",
+        "ac me.example.com",
+        "",
+    ] {
+        let err = store
+            .create_tenant(&NewTenant {
+                name: "Bad".into(),
+                domain: bad.into(),
+                ..NewTenant::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Invalid {
+                    field: "domain",
+                    ..
+                }
+            ),
+            "{bad:?}: {err}"
+        );
+    }
+    assert_eq!(
+        store.list_tenants(None, 10).await.unwrap().len(),
+        0,
+        "nothing written"
+    );
+    let ok = tenant(&store, "A-1.Example.COM").await;
+    assert_eq!(ok.domain, "a-1.example.com");
+});
