@@ -71,13 +71,22 @@ pub async fn issue_key(
     scope: &str,
     read_only: bool,
 ) -> Result<String, ApiError> {
+    Ok(issue_key_record(store, scope, read_only).await?.0)
+}
+
+/// [`issue_key`], with the stored record (id, scope, creation time) beside the token.
+pub async fn issue_key_record(
+    store: &switchyard_store::Store,
+    scope: &str,
+    read_only: bool,
+) -> Result<(String, switchyard_store::ApiKey), ApiError> {
     let secret: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
     let key = store
         .create_api_key(&hash_secret(&secret), scope, read_only)
         .await?;
-    Ok(format!("sy_{}_{}", key.id, secret))
+    Ok((format!("sy_{}_{}", key.id, secret), key))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -26,25 +26,22 @@ pub struct ImportJob {
 }
 
 impl ImportJob {
-    /// The rules the store applies step by step, checked before the job is queued so a job
-    /// that cannot succeed is refused with 422 instead of failing later: `(field, rule)`.
-    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
-        const NUMBERS: std::ops::RangeInclusive<i64> = 1..=99_999_999;
+    /// The rules the store applies step by step (its own checks), run before the job is
+    /// queued so a job that cannot succeed is refused with 422 instead of failing later:
+    /// `(field, rule)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let rule = |field: &'static str| {
+            move |e: StoreError| match e {
+                StoreError::Invalid { rule, .. } => (field, rule),
+                other => (field, other.to_string()),
+            }
+        };
         for r in &self.ranges {
-            if !NUMBERS.contains(&r.first_number) || !NUMBERS.contains(&r.last_number) {
-                return Err(("ranges", "numbers must be between 1 and 99999999"));
-            }
-            if r.first_number > r.last_number {
-                return Err(("ranges", "first_number must not exceed last_number"));
-            }
+            switchyard_store::check_range(r.first_number, r.last_number).map_err(rule("ranges"))?;
         }
         for e in &self.extensions {
-            if !NUMBERS.contains(&e.number) {
-                return Err(("extensions", "numbers must be between 1 and 99999999"));
-            }
-            if !(8..=128).contains(&e.password.len()) {
-                return Err(("extensions", "passwords must be 8 to 128 characters"));
-            }
+            switchyard_store::check_number("number", e.number).map_err(rule("extensions"))?;
+            switchyard_store::check_password(&e.password).map_err(rule("extensions"))?;
         }
         Ok(())
     }

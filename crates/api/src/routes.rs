@@ -1,6 +1,8 @@
 //! Handlers. Every tenant-scoped route checks the caller's scope first: a tenant key on
 //! another tenant's id gets 404.
 
+use std::fmt::Write as _;
+
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -87,14 +89,9 @@ async fn create_api_key(
 ) -> Result<(StatusCode, Json<ApiKeyView>), ApiError> {
     who.operator_write()?;
     let scope = input.tenant.as_deref().unwrap_or("operator");
-    let token = crate::auth::issue_key(&state.store, scope, input.read_only).await?;
-    let id = token
-        .trim_start_matches("sy_")
-        .split('_')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let mut view: ApiKeyView = state.store.api_key(&id).await?.into();
+    let (token, record) =
+        crate::auth::issue_key_record(&state.store, scope, input.read_only).await?;
+    let mut view = ApiKeyView::from(record);
     view.key = Some(token);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -221,7 +218,6 @@ where
     }
 }
 
-/// A list's `limit`: 100 by default, 1 to 1000.
 /// `?after=KEY&limit=N` on the lists that answer a plain array: the page is the array,
 /// and a full page carries `Link: <...?after=LAST&limit=N>; rel="next"` (RFC 8288).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -249,34 +245,31 @@ impl AfterQuery {
     }
 }
 
-/// The page as a JSON array, with a `Link` to the next one when it is full.
-fn array_page<T: Serialize>(
-    items: Vec<T>,
+/// The page as a JSON array of views, with a `Link` to the next one when it is full
+/// (`key` names a row as the next page's `after`).
+fn array_page<R, V: Serialize + From<R>>(
+    rows: Vec<R>,
+    key: impl Fn(&R) -> String,
     limit: i64,
-    last_key: Option<String>,
     path: &str,
 ) -> Response {
-    let full = items.len() as i64 == limit;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(&key))
+        .flatten();
+    let items: Vec<V> = rows.into_iter().map(V::from).collect();
     let mut resp = Json(items).into_response();
-    if let (true, Some(key)) = (full, last_key) {
-        let encoded: String = key
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "<{path}?after={encoded}&limit={limit}>; rel=\"next\""
-        )) {
-            resp.headers_mut().insert(axum::http::header::LINK, v);
-        }
+    let query = next.and_then(|after| {
+        serde_urlencoded::to_string([("after", after), ("limit", limit.to_string())]).ok()
+    });
+    if let Some(v) =
+        query.and_then(|q| HeaderValue::from_str(&format!("<{path}?{q}>; rel=\"next\"")).ok())
+    {
+        resp.headers_mut().insert(axum::http::header::LINK, v);
     }
     resp
 }
 
+/// A list's `limit`: 100 by default, 1 to 1000.
 fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -317,7 +310,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
     if let Some(m) = &state.metrics {
         for (name, value) in (m.0)() {
-            out.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
+            let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
         }
     }
     (
@@ -654,12 +647,10 @@ async fn list_ranges(
     let after = q.after_number()?;
     state.store.tenant(&id).await?;
     let ranges = state.store.extension_ranges_page(&id, after, limit).await?;
-    let last = ranges.last().map(|r| r.first_number.to_string());
-    let items: Vec<RangeView> = ranges.into_iter().map(Into::into).collect();
-    Ok(array_page(
-        items,
+    Ok(array_page::<_, RangeView>(
+        ranges,
+        |r| r.first_number.to_string(),
         limit,
-        last,
         &format!("/v1/tenants/{id}/extension-ranges"),
     ))
 }
@@ -882,12 +873,10 @@ async fn list_numbers(
         .store
         .dids_page(&id, q.after.as_deref(), limit)
         .await?;
-    let last = dids.last().map(|d| d.number.clone());
-    let items: Vec<NumberView> = dids.into_iter().map(Into::into).collect();
-    Ok(array_page(
-        items,
+    Ok(array_page::<_, NumberView>(
+        dids,
+        |d| d.number.clone(),
         limit,
-        last,
         &format!("/v1/tenants/{id}/numbers"),
     ))
 }
@@ -986,12 +975,10 @@ async fn list_resources(
         .store
         .resources_page(&id, k, q.after.as_deref(), limit)
         .await?;
-    let last = rows.last().map(|r| r.name.clone());
-    let items: Vec<ResourceView> = rows.into_iter().map(Into::into).collect();
-    Ok(array_page(
-        items,
+    Ok(array_page::<_, ResourceView>(
+        rows,
+        |r| r.name.clone(),
         limit,
-        last,
         &format!("/v1/tenants/{id}/resources/{}", k.as_str()),
     ))
 }
@@ -1311,7 +1298,7 @@ async fn enqueue_import(
     if let Err((field, rule)) = job.check() {
         return Err(ApiError::Unprocessable {
             field: field.into(),
-            rule: rule.into(),
+            rule,
         });
     }
     let job = state
@@ -1340,12 +1327,10 @@ async fn list_jobs(
     let after = q.after_number()?;
     state.store.tenant(&id).await?;
     let jobs = state.store.jobs_page(&id, after, limit).await?;
-    let last = jobs.last().map(|j| j.seq.to_string());
-    let items: Vec<JobView> = jobs.into_iter().map(Into::into).collect();
-    Ok(array_page(
-        items,
+    Ok(array_page::<_, JobView>(
+        jobs,
+        |j| j.seq.to_string(),
         limit,
-        last,
         &format!("/v1/tenants/{id}/jobs"),
     ))
 }

@@ -52,6 +52,18 @@ impl Api {
         self.full(method, path, key, body, ctype, None).await.0
     }
 
+    /// `POST /v1/tenants` with a name and a domain; the answer's body.
+    async fn create_tenant(&self, key: &str, name: &str, domain: &str) -> Value {
+        self.call(
+            Method::POST,
+            "/v1/tenants",
+            Some(key),
+            Some(json!({"name": name, "domain": domain})),
+        )
+        .await
+        .2
+    }
+
     /// With an Idempotency-Key; also says whether the answer was a replay.
     async fn idem(
         &self,
@@ -863,14 +875,7 @@ on_both!(idempotency_keys_replay_refuse_and_run_once, |store| {
 on_both!(updates_honour_if_match, |store| {
     let api = Api::new(&store);
     let op = issue_key(&store, "operator", false).await.unwrap();
-    let (_, _, t) = api
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(&op),
-            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-        )
-        .await;
+    let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
     let id = t["id"].as_str().unwrap();
     let version = t["config_version"].as_i64().unwrap();
     let patch = |if_match: String, body: Value| {
@@ -918,22 +923,8 @@ on_both!(
     |store| {
         let api = Api::new(&store);
         let op = issue_key(&store, "operator", false).await.unwrap();
-        let (_, _, t) = api
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                Some(&op),
-                Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-            )
-            .await;
-        let (_, _, other) = api
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                Some(&op),
-                Some(json!({"name": "Other", "domain": "other.example.com"})),
-            )
-            .await;
+        let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
+        let other = api.create_tenant(&op, "Other", "other.example.com").await;
         let id = t["id"].as_str().unwrap();
         let (_, _, r) = api
             .call(
@@ -1116,14 +1107,7 @@ on_both!(
         // queue on its own connection, is woken after the commit and must find the job.
         let api = Api::new(&store);
         let op = issue_key(&store, "operator", false).await.unwrap();
-        let (_, _, t) = api
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                Some(&op),
-                Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-            )
-            .await;
+        let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
         let id = t["id"].as_str().unwrap().to_owned();
         let job = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": [], "dids": 0});
         let path = format!("/v1/tenants/{id}/jobs/import");
@@ -1166,23 +1150,9 @@ on_both!(
     |store| {
         let api = Api::new(&store);
         let op = issue_key(&store, "operator", false).await.unwrap();
-        let (_, _, t) = api
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                Some(&op),
-                Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-            )
-            .await;
+        let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
         let id = t["id"].as_str().unwrap().to_owned();
-        let (_, _, other) = api
-            .call(
-                Method::POST,
-                "/v1/tenants",
-                Some(&op),
-                Some(json!({"name": "B", "domain": "b.example.com"})),
-            )
-            .await;
+        let other = api.create_tenant(&op, "B", "b.example.com").await;
         api.call(
             Method::POST,
             "/v1/numbers",
@@ -1336,14 +1306,7 @@ async fn jobs_left_by_a_restart_run_when_the_api_starts() {
 on_both!(writes_inside_a_tenant_honour_the_tenants_etag, |store| {
     let api = Api::new(&store);
     let op = issue_key(&store, "operator", false).await.unwrap();
-    let (_, _, t) = api
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(&op),
-            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-        )
-        .await;
+    let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
     let id = t["id"].as_str().unwrap().to_owned();
     let (_, _, r) = api
         .call(
@@ -1428,14 +1391,7 @@ async fn openapi_document_lists_every_route() {
 on_both!(deletes_honour_the_tenants_etag, |store| {
     let api = Api::new(&store);
     let op = issue_key(&store, "operator", false).await.unwrap();
-    let (_, _, t) = api
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(&op),
-            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-        )
-        .await;
+    let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
     let id = t["id"].as_str().unwrap().to_owned();
     let (_, _, r) = api
         .call(
@@ -1508,14 +1464,7 @@ on_both!(deletes_honour_the_tenants_etag, |store| {
 on_both!(plain_lists_page_with_after_and_a_next_link, |store| {
     let api = Api::new(&store);
     let op = issue_key(&store, "operator", false).await.unwrap();
-    let (_, _, t) = api
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(&op),
-            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-        )
-        .await;
+    let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
     let id = t["id"].as_str().unwrap().to_owned();
     let numbers = ["+14155550101", "+14155550102", "+14155550103"];
     let (s, _, _) = api
@@ -1620,22 +1569,8 @@ on_both!(plain_lists_page_with_after_and_a_next_link, |store| {
 on_both!(operators_issue_list_and_revoke_keys, |store| {
     let api = Api::new(&store);
     let op = issue_key(&store, "operator", false).await.unwrap();
-    let (_, _, t) = api
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(&op),
-            Some(json!({"name": "Acme", "domain": "acme.example.com"})),
-        )
-        .await;
-    let (_, _, other) = api
-        .call(
-            Method::POST,
-            "/v1/tenants",
-            Some(&op),
-            Some(json!({"name": "Other", "domain": "other.example.com"})),
-        )
-        .await;
+    let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
+    let other = api.create_tenant(&op, "Other", "other.example.com").await;
     let (acme, other) = (t["id"].as_str().unwrap(), other["id"].as_str().unwrap());
     let (s, _, k) = api
         .call(

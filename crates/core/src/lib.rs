@@ -1136,6 +1136,7 @@ impl Engine {
         let Some(limit) = self.rtp_timeout else {
             return;
         };
+        let limit_ms = limit.as_millis() as u64;
         let answered: Vec<(u64, String)> = self
             .calls
             .iter()
@@ -1148,7 +1149,6 @@ impl Engine {
                 continue;
             };
             let held = stats.a.held || stats.b.held;
-            let limit_ms = limit.as_millis() as u64;
             let silent = [("caller", &stats.a), ("callee", &stats.b)]
                 .into_iter()
                 .find(|(_, l)| l.silent_ms > limit_ms);
@@ -1256,9 +1256,7 @@ fn session_timer_of(msg: &Message) -> Result<Option<SessionTimer>, ()> {
     if se.seconds < MIN_SE {
         return Err(());
     }
-    let caller_supports = msg
-        .values(HeaderName::Supported)
-        .any(|t| t.trim().eq_ignore_ascii_case("timer"));
+    let caller_supports = msg.supports("timer");
     Ok(Some(SessionTimer {
         interval: se.seconds.min(7200),
         // The caller refreshes unless it asked us to.

@@ -36,9 +36,17 @@ impl CoreHealth {
     }
 
     pub fn is_healthy(&self, addr: SocketAddr, now: Instant) -> bool {
-        self.last_ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let last_ok = self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+        self.fresh(&last_ok, addr, now)
+    }
+
+    fn fresh(
+        &self,
+        last_ok: &HashMap<SocketAddr, Instant>,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> bool {
+        last_ok
             .get(&addr)
             .is_some_and(|t| now.saturating_duration_since(*t) < self.window)
     }
@@ -46,9 +54,10 @@ impl CoreHealth {
     /// The healthy cores; all of them when none is known healthy (at start-up, or when
     /// pings are lost), so calls are tried rather than refused.
     pub fn choose<'a>(&self, cores: &'a [CoreNode], now: Instant) -> Vec<&'a CoreNode> {
+        let last_ok = self.last_ok.lock().unwrap_or_else(|e| e.into_inner());
         let healthy: Vec<&CoreNode> = cores
             .iter()
-            .filter(|c| self.is_healthy(c.addr, now))
+            .filter(|c| self.fresh(&last_ok, c.addr, now))
             .collect();
         if healthy.is_empty() {
             cores.iter().collect()

@@ -7,7 +7,7 @@
 //! not stable across processes).
 
 use switchyard_types::NodeId;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh3::Xxh3;
 
 /// Fixed so all edges agree.
 const SEED: u64 = 0x5357_4954_4348_5944; // "SWITCHYD"
@@ -22,11 +22,12 @@ pub struct WeightedNode {
 /// The score of `key` on `node`: the weighted HRW score `-w / ln(u)` with `u` the hash
 /// mapped into (0, 1).
 fn score(key: &[u8], node: &WeightedNode) -> f64 {
-    let mut buf = Vec::with_capacity(key.len() + node.id.as_str().len() + 1);
-    buf.extend_from_slice(node.id.as_str().as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(key);
-    let h = xxh3_64_with_seed(&buf, SEED);
+    // Streamed: the same hash as over `id \0 key` in one buffer, without building it.
+    let mut hasher = Xxh3::with_seed(SEED);
+    hasher.update(node.id.as_str().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(key);
+    let h = hasher.digest();
     // (h + 1) / (2^64 + 1) lies strictly inside (0, 1).
     let u = (h as f64 + 1.0) / (u64::MAX as f64 + 2.0);
     -node.weight / u.ln()
@@ -34,12 +35,26 @@ fn score(key: &[u8], node: &WeightedNode) -> f64 {
 
 /// The node for `call_id` among `nodes` (the healthy ones), or `None` if there are none.
 pub fn pick<'a>(call_id: &str, nodes: &'a [WeightedNode]) -> Option<&'a WeightedNode> {
-    nodes.iter().filter(|n| n.weight > 0.0).max_by(|a, b| {
-        score(call_id.as_bytes(), a)
-            .total_cmp(&score(call_id.as_bytes(), b))
-            // Equal scores (practically never): the smaller id wins, on every edge.
-            .then_with(|| b.id.cmp(&a.id))
-    })
+    pick_by(call_id, nodes, |n| n)
+}
+
+/// [`pick`] over anything that carries a node (a core and its address, say), without
+/// collecting the nodes first. Each candidate is scored once.
+pub fn pick_by<'a, T>(
+    call_id: &str,
+    items: impl IntoIterator<Item = &'a T>,
+    node: impl Fn(&T) -> &WeightedNode,
+) -> Option<&'a T> {
+    items
+        .into_iter()
+        .filter(|item| node(item).weight > 0.0)
+        .map(|item| (score(call_id.as_bytes(), node(item)), item))
+        .max_by(|(sa, a), (sb, b)| {
+            sa.total_cmp(sb)
+                // Equal scores (practically never): the smaller id wins, on every edge.
+                .then_with(|| node(b).id.cmp(&node(a).id))
+        })
+        .map(|(_, item)| item)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use switchyard_types::NodeId;
 use tracing::info;
 
 use crate::auth::{AuthOutcome, Authenticator};
-use crate::hrw::{WeightedNode, pick};
+use crate::hrw::{WeightedNode, pick_by};
 use crate::registrar::{Ingress, tenant_for_domain};
 use crate::token::{FlowToken, TRANSPORTS, TokenKey};
 
@@ -226,10 +226,9 @@ impl Proxy {
             self.core_named_by(msg)
                 .filter(|c| candidates.iter().any(|x| x.addr == c.addr))
         };
-        let nodes: Vec<WeightedNode> = candidates.iter().map(|c| c.node.clone()).collect();
-        let Some(core) = owner.or_else(|| {
-            pick(call_id, &nodes).and_then(|n| self.cores.iter().find(|c| c.node.id == n.id))
-        }) else {
+        let Some(core) =
+            owner.or_else(|| pick_by(call_id, candidates.iter().copied(), |c| &c.node))
+        else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         if initial && !matches!(method, Method::Ack | Method::Cancel) {
@@ -397,6 +396,7 @@ fn branch(msg: &Message) -> String {
 mod tests {
     use super::*;
     use crate::auth::FailurePolicy;
+    use crate::hrw::pick;
     use switchyard_sip::digest::Nonces;
     use switchyard_sip_net::Transport;
 

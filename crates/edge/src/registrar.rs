@@ -175,10 +175,6 @@ impl Registrar {
         );
         // RFC 3327: proxies between us and the phone that asked to stay on the path.
         let phone_path: Vec<String> = msg.values(HeaderName::Path).map(str::to_owned).collect();
-        let supports = |option: &str| {
-            msg.values(HeaderName::Supported)
-                .any(|t| t.trim().eq_ignore_ascii_case(option))
-        };
         let mut outbound_used = false;
         for contact in &contacts {
             let requested = match contact.expires() {
@@ -207,7 +203,7 @@ impl Registrar {
                 contact.params.get("+sip.instance").flatten(),
                 contact.params.get("reg-id").flatten(),
             ) {
-                (Some(i), Some(r)) if supports("outbound") => Some(format!("{i}|{r}")),
+                (Some(i), Some(r)) if msg.supports("outbound") => Some(format!("{i}|{r}")),
                 _ => None,
             };
             if let Some(key) = &instance {
@@ -259,7 +255,7 @@ impl Registrar {
             let left = ((binding.expires_at_ms - now_ms) / 1000).max(1);
             b = b.header("Contact", format!("<{}>;expires={left}", binding.contact));
         }
-        if !phone_path.is_empty() && supports("path") {
+        if !phone_path.is_empty() && msg.supports("path") {
             for p in &phone_path {
                 b = b.header("Path", p.clone());
             }

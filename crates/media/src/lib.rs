@@ -95,9 +95,8 @@ struct Session {
     plan: watch::Sender<Plan>,
     /// The last offer and who made it, waiting for its answer.
     pending_offer: Option<(Leg, Sdp)>,
-    stats: Arc<Mutex<SessionStats>>,
-    /// When each leg's RTP last arrived, as the relay last published it.
-    last_rx: Arc<Mutex<[Option<Instant>; 2]>>,
+    /// What the relay last published.
+    published: Arc<Mutex<Published>>,
     relay_started: Option<Instant>,
     /// Each leg's SDP direction is not sendrecv.
     held: [bool; 2],
@@ -239,8 +238,7 @@ impl MediaNode {
                     b,
                     plan,
                     pending_offer: None,
-                    stats: Arc::new(Mutex::new(SessionStats::default())),
-                    last_rx: Arc::new(Mutex::new([None, None])),
+                    published: Arc::new(Mutex::new(Published::default())),
                     relay_started: None,
                     held: [false, false],
                     stop,
@@ -345,8 +343,7 @@ impl MediaNode {
                     ],
                     s.plan.subscribe(),
                     s.stop.subscribe(),
-                    s.stats.clone(),
-                    s.last_rx.clone(),
+                    s.published.clone(),
                 )));
             }
             Ok(Reply::Sdp {
@@ -396,11 +393,13 @@ impl MediaNode {
 impl Session {
     /// The counters with silence and hold filled in as of now.
     fn snapshot(&self) -> SessionStats {
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let last = *self.last_rx.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut stats, last_rtp) = {
+            let p = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            (p.stats.clone(), p.last_rtp)
+        };
         for (i, leg) in [&mut stats.a, &mut stats.b].into_iter().enumerate() {
             leg.held = self.held[i];
-            leg.silent_ms = last[i]
+            leg.silent_ms = last_rtp[i]
                 .or(self.relay_started)
                 .map_or(0, |t| t.elapsed().as_millis() as u64);
         }
@@ -439,6 +438,15 @@ struct LegCounters {
     transcoded: u64,
     latched_rtp: Option<SocketAddr>,
     latched_rtcp: Option<SocketAddr>,
+    /// When this leg's RTP last arrived.
+    last_rtp: Option<Instant>,
+}
+
+/// The relay's counters as last published, and when each leg's RTP last arrived.
+#[derive(Debug, Default)]
+struct Published {
+    stats: SessionStats,
+    last_rtp: [Option<Instant>; 2],
 }
 
 impl LegCounters {
@@ -467,8 +475,7 @@ async fn relay(
     sockets: [Arc<UdpSocket>; 4],
     mut plan_rx: watch::Receiver<Plan>,
     mut stop: watch::Receiver<bool>,
-    shared: Arc<Mutex<SessionStats>>,
-    last_rx_shared: Arc<Mutex<[Option<Instant>; 2]>>,
+    shared: Arc<Mutex<Published>>,
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
     let mut plan = *plan_rx.borrow_and_update();
@@ -476,7 +483,6 @@ async fn relay(
     let mut buf = vec![0u8; 2048];
     let started = Instant::now();
     let mut since_publish = 0u64;
-    let mut last_rx: [Option<Instant>; 2] = [None, None];
     loop {
         // Which socket: 0 A-RTP, 1 A-RTCP, 2 B-RTP, 3 B-RTCP.
         let which = tokio::select! {
@@ -523,9 +529,10 @@ async fn relay(
         let first = counters[fi].latched_rtp.is_none();
         counters[fi].latched_rtp.get_or_insert(src);
         let arrival = Instant::now();
-        last_rx[fi] = Some(arrival);
+        counters[fi].last_rtp = Some(arrival);
         if first {
-            *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
+            // Silence is measured from here on: publish the leg's first packet at once.
+            publish(&shared, &counters);
         }
         counters[fi].received.record(
             h.sequence,
@@ -571,15 +578,14 @@ async fn relay(
         if since_publish >= PUBLISH_EVERY {
             since_publish = 0;
             publish(&shared, &counters);
-            *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
         }
     }
     publish(&shared, &counters);
-    *last_rx_shared.lock().unwrap_or_else(|e| e.into_inner()) = last_rx;
 }
 
-fn publish(shared: &Mutex<SessionStats>, counters: &[LegCounters; 2]) {
-    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-    s.a = counters[0].export();
-    s.b = counters[1].export();
+fn publish(shared: &Mutex<Published>, counters: &[LegCounters; 2]) {
+    let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
+    p.stats.a = counters[0].export();
+    p.stats.b = counters[1].export();
+    p.last_rtp = [counters[0].last_rtp, counters[1].last_rtp];
 }

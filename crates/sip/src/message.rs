@@ -642,6 +642,12 @@ impl Message {
         Via::parse(top)
     }
 
+    /// Whether the sender listed `option` in Supported (option tags are case-insensitive).
+    pub fn supports(&self, option: &str) -> bool {
+        self.values(HeaderName::Supported)
+            .any(|t| t.trim().eq_ignore_ascii_case(option))
+    }
+
     /// Every Via value, top first.
     pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, HeaderError>> + '_ {
         self.values(HeaderName::Via).map(Via::parse)

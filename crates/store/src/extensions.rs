@@ -13,6 +13,43 @@ use crate::{
 
 const MAX_NUMBER: i64 = 99_999_999;
 
+/// An extension number: 1 to 99,999,999.
+pub fn check_number(field: &'static str, n: i64) -> Result<()> {
+    if (1..=MAX_NUMBER).contains(&n) {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            field,
+            format!("numbers must be between 1 and {MAX_NUMBER}"),
+        ))
+    }
+}
+
+/// A range of extension numbers: both ends valid numbers, the first not above the last.
+pub fn check_range(first: i64, last: i64) -> Result<()> {
+    check_number("first_number", first)?;
+    check_number("first_number", last)?;
+    if first > last {
+        return Err(StoreError::invalid(
+            "last_number",
+            "must not be below first_number",
+        ));
+    }
+    Ok(())
+}
+
+/// An extension's password (kept only as HA1 digests): 8 to 128 bytes.
+pub fn check_password(password: &str) -> Result<()> {
+    if (8..=128).contains(&password.len()) {
+        Ok(())
+    } else {
+        Err(StoreError::invalid(
+            "password",
+            "must be 8 to 128 characters",
+        ))
+    }
+}
+
 fn check_username(u: &str) -> Result<()> {
     let ok = (1..=64).contains(&u.len())
         && u.bytes()
@@ -50,18 +87,7 @@ impl Store {
         first: i64,
         last: i64,
     ) -> Result<ExtensionRange> {
-        if !(1..=MAX_NUMBER).contains(&first) || !(1..=MAX_NUMBER).contains(&last) {
-            return Err(StoreError::invalid(
-                "first_number",
-                format!("numbers must be between 1 and {MAX_NUMBER}"),
-            ));
-        }
-        if first > last {
-            return Err(StoreError::invalid(
-                "last_number",
-                "must not be below first_number",
-            ));
-        }
+        check_range(first, last)?;
         let range = ExtensionRange {
             id: new_id(),
             tenant_id: tenant_id.to_owned(),
@@ -169,12 +195,7 @@ impl Store {
     /// Creates an extension with the given number, or the next free one of the range.
     /// The password is kept only as HA1 digests for the tenant's realm (its domain).
     pub async fn create_extension(&self, tenant_id: &str, new: &NewExtension) -> Result<Extension> {
-        if new.password.len() < 8 || new.password.len() > 128 {
-            return Err(StoreError::invalid(
-                "password",
-                "must be 8 to 128 characters",
-            ));
-        }
+        check_password(&new.password)?;
         if new.display_name.chars().count() > 100 {
             return Err(StoreError::invalid(
                 "display_name",
@@ -373,14 +394,7 @@ impl Store {
         let now = self.now();
         Ok(in_tx!(self, |tx, _pg| {
             let version = bump_version!(tx, tenant_id, "extension.updated", now);
-            if let Some(expected) = c.expected_version
-                && expected != version - 1
-            {
-                return Err(StoreError::Stale {
-                    expected,
-                    current: version - 1,
-                });
-            }
+            crate::check_version(version, c.expected_version)?;
             let current: Extension =
                 sqlx::query_as("SELECT * FROM extensions WHERE id = $1 AND tenant_id = $2")
                     .bind(extension_id)

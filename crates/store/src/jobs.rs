@@ -118,13 +118,4 @@ impl Store {
             .await?
         }))
     }
-
-    pub async fn jobs(&self, tenant_id: &str) -> Result<Vec<Job>> {
-        Ok(on_pool!(self, |pool| {
-            sqlx::query_as("SELECT * FROM jobs WHERE tenant_id = $1 ORDER BY seq")
-                .bind(tenant_id)
-                .fetch_all(pool)
-                .await?
-        }))
-    }
 }

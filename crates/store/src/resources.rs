@@ -424,14 +424,7 @@ impl Store {
         let text = spec.to_string();
         Ok(in_tx!(self, |tx, _pg| {
             let version = bump_version!(tx, tenant_id, "resource.updated", now);
-            if let Some(expected) = expected_version
-                && expected != version - 1
-            {
-                return Err(StoreError::Stale {
-                    expected,
-                    current: version - 1,
-                });
-            }
+            crate::check_version(version, expected_version)?;
             for (ref_kind, rid) in &refs {
                 ensure_in_tenant!(tx, tenant_id, *ref_kind, rid, "spec");
             }

@@ -229,14 +229,7 @@ impl Store {
                     Some(_) => {}
                 }
             }
-            if let Some(expected) = expected_version
-                && expected != version - 1
-            {
-                return Err(StoreError::Stale {
-                    expected,
-                    current: version - 1,
-                });
-            }
+            crate::check_version(version, expected_version)?;
             sqlx::query(
                 "UPDATE tenants SET name = COALESCE($1, name), state = COALESCE($2, state), max_calls = COALESCE($3, max_calls), calls_per_second = COALESCE($4, calls_per_second), max_registrations = COALESCE($5, max_registrations), max_extensions = COALESCE($6, max_extensions), placement = COALESCE($7, placement), reg_expiry_min = COALESCE($8, reg_expiry_min), reg_expiry_max = COALESCE($9, reg_expiry_max), reg_expiry_default = COALESCE($10, reg_expiry_default) WHERE id = $11",
             )

@@ -241,8 +241,11 @@ pub async fn serve(
         ),
     );
     let tokens = TokenKey::new(&secret);
+    // The cores the edge routes to are the ones it pings.
+    let core_nodes = vec![CoreNode::new("core-1", core_addr)];
     {
-        let (hub, cores, stop) = (hub.clone(), vec![core_addr], stop_rx.clone());
+        let cores = core_nodes.iter().map(|c| c.addr).collect();
+        let (hub, stop) = (hub.clone(), stop_rx.clone());
         tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
     }
     let edge = Edge {
@@ -258,7 +261,7 @@ pub async fn serve(
             auth: auth.clone(),
             tokens,
             internal,
-            cores: vec![CoreNode::new("core-1", core_addr)],
+            cores: core_nodes,
             advertise: config.edge.advertise,
             health: Some(core_health.clone()),
         },

@@ -340,10 +340,7 @@ fn busy_no_answer_hold_and_hang_up() {
     );
     let unhold = sdp(a.rtp_port(), &[0]);
     let b_thread = std::thread::spawn(move || {
-        let (re, from) = b
-            .wait_request("INVITE", Duration::from_secs(5))
-            .expect("re-INVITE");
-        b.answer(&re, from, 200, &[0]);
+        b.answer_next("INVITE", Duration::from_secs(5), &[0]);
         let _ = b.wait_request("ACK", Duration::from_secs(2));
         b
     });
@@ -351,10 +348,7 @@ fn busy_no_answer_hold_and_hang_up() {
     let mut b = b_thread.join().unwrap();
     // The callee hangs up: the caller gets the BYE.
     let a_thread = std::thread::spawn(move || {
-        let (bye, from) = a
-            .wait_request("BYE", Duration::from_secs(5))
-            .expect("BYE at the caller");
-        a.answer(&bye, from, 200, &[]);
+        a.answer_next("BYE", Duration::from_secs(5), &[]);
     });
     assert_eq!(b.request(&mut b_leg, "BYE", "").status(), Some(200));
     a_thread.join().unwrap();
@@ -565,19 +559,13 @@ fn every_contact_rings_the_first_answer_wins_and_the_caller_can_cancel() {
         .expect("mobile rings");
     desk.answer(&inv_desk, from_desk, 180, &[0]);
     let _mobile_leg = mobile.answer(&inv_mobile, from_mobile, 200, &[0]);
-    let (cancel, from) = desk
-        .wait_request("CANCEL", Duration::from_secs(5))
-        .expect("the desk is cancelled");
-    desk.answer(&cancel, from, 200, &[]);
+    desk.answer_next("CANCEL", Duration::from_secs(5), &[]);
     desk.answer(&inv_desk, from_desk, 487, &[]);
     let (mut a, status, leg) = caller.join().unwrap();
     assert_eq!(status, Some(200));
     let mut leg = leg.unwrap();
     let mobile_thread = std::thread::spawn(move || {
-        let (bye, from) = mobile
-            .wait_request("BYE", Duration::from_secs(5))
-            .expect("BYE at the mobile");
-        mobile.answer(&bye, from, 200, &[]);
+        mobile.answer_next("BYE", Duration::from_secs(5), &[]);
         mobile
     });
     assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
@@ -630,10 +618,7 @@ fn session_timers_are_negotiated_refreshed_and_too_short_ones_refused() {
         let (r, leg) = a.call("1002", &[0]);
         (a, r, leg)
     });
-    let (inv, from) = b
-        .wait_request("INVITE", Duration::from_secs(5))
-        .expect("INVITE at 1002");
-    b.answer(&inv, from, 200, &[0]);
+    b.answer_next("INVITE", Duration::from_secs(5), &[0]);
     let (mut a, ok, leg) = caller.join().unwrap();
     assert_eq!(ok.status(), Some(200));
     assert_eq!(
@@ -663,20 +648,11 @@ fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
         let (r, leg) = a.call("1002", &[0]);
         (a, r.status(), leg)
     });
-    let (inv, from) = b
-        .wait_request("INVITE", Duration::from_secs(5))
-        .expect("INVITE at 1002");
-    b.answer(&inv, from, 200, &[0]);
+    b.answer_next("INVITE", Duration::from_secs(5), &[0]);
     let (mut a, status, _) = caller.join().unwrap();
     assert_eq!(status, Some(200));
-    let (bye, from) = a
-        .wait_request("BYE", Duration::from_secs(4))
-        .expect("BYE at the caller");
-    a.answer(&bye, from, 200, &[]);
-    let (bye, from) = b
-        .wait_request("BYE", Duration::from_secs(4))
-        .expect("BYE at the callee");
-    b.answer(&bye, from, 200, &[]);
+    a.answer_next("BYE", Duration::from_secs(4), &[]);
+    b.answer_next("BYE", Duration::from_secs(4), &[]);
     let cdr = &d.cdrs(&d.tenant, 1)[0];
     assert_eq!(cdr["hangup_side"], "rtp-timeout", "{cdr}");
 
@@ -685,19 +661,13 @@ fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
         let (r, leg) = a.call("1002", &[0]);
         (a, r.status(), leg)
     });
-    let (inv, from) = b
-        .wait_request("INVITE", Duration::from_secs(5))
-        .expect("INVITE at 1002");
-    b.answer(&inv, from, 200, &[0]);
+    b.answer_next("INVITE", Duration::from_secs(5), &[0]);
     let (mut a, status, leg) = caller.join().unwrap();
     assert_eq!(status, Some(200));
     let mut leg = leg.unwrap();
     let hold = sdp(a.rtp_port(), &[0]).replace("a=sendrecv", "a=inactive");
     let b_thread = std::thread::spawn(move || {
-        let (re, from) = b
-            .wait_request("INVITE", Duration::from_secs(5))
-            .expect("re-INVITE");
-        b.answer(&re, from, 200, &[0]);
+        b.answer_next("INVITE", Duration::from_secs(5), &[0]);
         let _ = b.wait_request("ACK", Duration::from_secs(2));
         b
     });
@@ -708,10 +678,7 @@ fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
         "a held call is not timed out"
     );
     let b_thread = std::thread::spawn(move || {
-        let (bye, from) = b
-            .wait_request("BYE", Duration::from_secs(5))
-            .expect("BYE at the callee");
-        b.answer(&bye, from, 200, &[]);
+        b.answer_next("BYE", Duration::from_secs(5), &[]);
     });
     assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
     b_thread.join().unwrap();
@@ -731,12 +698,8 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
     const CALLS: usize = 1000;
     let callee = std::thread::spawn(move || {
         for _ in 0..CALLS {
-            let (inv, from) = b
-                .wait_request("INVITE", Duration::from_secs(10))
-                .expect("INVITE");
-            b.answer(&inv, from, 200, &[0]);
-            let (bye, from) = b.wait_request("BYE", Duration::from_secs(10)).expect("BYE");
-            b.answer(&bye, from, 200, &[]);
+            b.answer_next("INVITE", Duration::from_secs(10), &[0]);
+            b.answer_next("BYE", Duration::from_secs(10), &[]);
             b.inbox.clear(); // the core's ACKs
         }
     });

@@ -493,6 +493,16 @@ impl Phone {
 
     /// Answers a request with `status` (a 2xx to an INVITE carries our SDP). Returns the
     /// dialog as seen from this side.
+    /// Waits for a `method` request and answers it `200` (with an SDP answer for `codecs`,
+    /// none when empty); the request.
+    pub fn answer_next(&mut self, method: &str, within: Duration, codecs: &[u8]) -> Message {
+        let (req, from) = self
+            .wait_request(method, within)
+            .unwrap_or_else(|| panic!("no {method} within {within:?}"));
+        self.answer(&req, from, 200, codecs);
+        req
+    }
+
     pub fn answer(&self, req: &Message, from: SocketAddr, status: u16, codecs: &[u8]) -> CallLeg {
         let tag = token();
         let local = self.local();
