@@ -27,27 +27,11 @@ pub enum Method {
 impl Method {
     /// Maps a token to a method. The caller checks token syntax.
     pub fn from_token(token: &str) -> Method {
-        match token {
-            "INVITE" => Method::Invite,
-            "ACK" => Method::Ack,
-            "BYE" => Method::Bye,
-            "CANCEL" => Method::Cancel,
-            "REGISTER" => Method::Register,
-            "OPTIONS" => Method::Options,
-            "INFO" => Method::Info,
-            "UPDATE" => Method::Update,
-            "PRACK" => Method::Prack,
-            "SUBSCRIBE" => Method::Subscribe,
-            "NOTIFY" => Method::Notify,
-            "REFER" => Method::Refer,
-            "MESSAGE" => Method::Message,
-            "PUBLISH" => Method::Publish,
-            other => Method::Extension(other.into()),
-        }
+        Method::from_token_bytes(token.as_bytes())
     }
 
-    /// [`Method::from_token`] over raw octets already checked to be a token (so ASCII):
-    /// the known methods match without a UTF-8 pass.
+    /// [`Method::from_token`] over raw octets (the parser's view, before any UTF-8 pass):
+    /// the known methods match as bytes; only an extension method is turned into text.
     pub(crate) fn from_token_bytes(token: &[u8]) -> Method {
         match token {
             b"INVITE" => Method::Invite,
@@ -64,6 +48,7 @@ impl Method {
             b"REFER" => Method::Refer,
             b"MESSAGE" => Method::Message,
             b"PUBLISH" => Method::Publish,
+            // Lossless: ASCII from the parser, valid UTF-8 from `from_token`.
             other => Method::Extension(String::from_utf8_lossy(other).into()),
         }
     }
