@@ -64,6 +64,25 @@ impl Api {
         .2
     }
 
+    /// The job once it is `done` or `failed` (polled for up to 10 s).
+    async fn finished_job(&self, key: &str, tenant: &str, job: &str) -> Value {
+        for _ in 0..200 {
+            let (_, _, j) = self
+                .call(
+                    Method::GET,
+                    &format!("/v1/tenants/{tenant}/jobs/{job}"),
+                    Some(key),
+                    None,
+                )
+                .await;
+            if j["state"] == "done" || j["state"] == "failed" {
+                return j;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("job {job} did not finish");
+    }
+
     /// With an Idempotency-Key; also says whether the answer was a replay.
     async fn idem(
         &self,
@@ -1120,23 +1139,8 @@ on_both!(
         assert_eq!((again, replayed), (StatusCode::ACCEPTED, true));
         assert_eq!(same["id"], queued["id"], "the replay names the same job");
         let job_id = queued["id"].as_str().unwrap().to_owned();
-        let mut state = Value::Null;
-        for _ in 0..200 {
-            let (_, _, j) = api
-                .call(
-                    Method::GET,
-                    &format!("/v1/tenants/{id}/jobs/{job_id}"),
-                    Some(&op),
-                    None,
-                )
-                .await;
-            state = j["state"].clone();
-            if state == "done" || state == "failed" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(state, "done");
+        let finished = api.finished_job(&op, &id, &job_id).await;
+        assert_eq!(finished["state"], "done");
         assert_eq!(
             store.jobs_page(&id, None, 10).await.unwrap().len(),
             1,
@@ -1190,30 +1194,8 @@ on_both!(
             )
             .await;
         assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, Some("body"));
-        let wait = |job: String| {
-            let app = api.app.clone();
-            let (op, id) = (op.clone(), id.clone());
-            async move {
-                let api = Api { app };
-                for _ in 0..200 {
-                    let (_, _, j) = api
-                        .call(
-                            Method::GET,
-                            &format!("/v1/tenants/{id}/jobs/{job}"),
-                            Some(&op),
-                            None,
-                        )
-                        .await;
-                    if j["state"] == "done" || j["state"] == "failed" {
-                        return j;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                panic!("job {job} did not finish");
-            }
-        };
-        let d1 = wait(j1["id"].as_str().unwrap().to_owned()).await;
-        let d2 = wait(j2["id"].as_str().unwrap().to_owned()).await;
+        let d1 = api.finished_job(&op, &id, j1["id"].as_str().unwrap()).await;
+        let d2 = api.finished_job(&op, &id, j2["id"].as_str().unwrap()).await;
         assert_eq!(
             (d1["state"].as_str(), d2["state"].as_str()),
             (Some("done"), Some("done")),
