@@ -12,6 +12,7 @@
 //! Verdicts that are not transactional (rejections of malformed requests, drops) go to the
 //! TU as [`TuEvent::Stateless`]: it answers them without a transaction (RFC 3261 §8.2.7).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -132,12 +133,30 @@ pub fn spawn_driver_filtered(
     let (commands, mut command_rx) = mpsc::channel::<Command>(4096);
     tokio::spawn(async move {
         let mut layer: TransactionLayer<Peer> = TransactionLayer::new(timers);
+        let tu_ready = tu.clone();
+        let mut to_tu = TuQueue {
+            tu,
+            backlog: VecDeque::new(),
+        };
         loop {
             let deadline = layer.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                item = incoming.recv() => {
+                // While the TU is behind, nothing new is read: the listeners' queue and
+                // then the kernel's buffer hold the rest. Commands and timers are served
+                // regardless, so a TU that waits on the driver always gets its answer.
+                item = incoming.recv(), if to_tu.backlog.is_empty() => {
                     let Some(item) = item else { break };
-                    receive(&mut layer, item, &tu, stateful).await;
+                    receive(&mut layer, item, &mut to_tu, stateful);
+                }
+                permit = tu_ready.reserve(), if !to_tu.backlog.is_empty() => {
+                    let Ok(permit) = permit else {
+                        warn!("transaction user gone");
+                        break;
+                    };
+                    if let Some(event) = to_tu.backlog.pop_front() {
+                        permit.send(event);
+                    }
+                    to_tu.drain();
                 }
                 cmd = command_rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -155,11 +174,52 @@ pub fn spawn_driver_filtered(
                 _ = sleep_until(deadline) => layer.handle_timeout(Instant::now()),
                 _ = shutdown.changed() => break,
             }
-            flush(&mut layer, &hub, &tu).await;
+            flush(&mut layer, &hub, &mut to_tu).await;
         }
         debug!(left = layer.len(), "transaction driver stopped");
     });
     DriverHandle { commands }
+}
+
+/// Events on their way to the TU. The driver never waits for the TU to take one: the TU
+/// may itself be waiting for the driver (a `respond` or `send_request` reply), and a
+/// driver blocked on a full TU channel then never answers it. That cycle wedged the edge
+/// for good under a registration storm. Events the channel cannot take yet wait here, in
+/// order, and the driver stops reading new input until they are delivered.
+struct TuQueue {
+    tu: mpsc::Sender<TuEvent>,
+    backlog: VecDeque<TuEvent>,
+}
+
+impl TuQueue {
+    fn push(&mut self, event: TuEvent) {
+        if self.backlog.is_empty() {
+            match self.tu.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => self.backlog.push_back(event),
+                Err(mpsc::error::TrySendError::Closed(_)) => warn!("transaction user gone"),
+            }
+        } else {
+            self.backlog.push_back(event);
+        }
+    }
+
+    /// Moves what the channel takes now from the backlog into it.
+    fn drain(&mut self) {
+        while let Some(event) = self.backlog.pop_front() {
+            match self.tu.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.backlog.push_front(event);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -169,19 +229,15 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn receive(
+fn receive(
     layer: &mut TransactionLayer<Peer>,
     item: Incoming,
-    tu: &mpsc::Sender<TuEvent>,
+    to_tu: &mut TuQueue,
     stateful: StatefulFilter,
 ) {
     let reliable = item.transport.is_stream();
     match item.inbound {
-        Inbound::Request(ref msg) if !stateful(msg) => {
-            if tu.send(TuEvent::Stateless(item)).await.is_err() {
-                warn!("transaction user gone");
-            }
-        }
+        Inbound::Request(ref msg) if !stateful(msg) => to_tu.push(TuEvent::Stateless(item)),
         Inbound::Request(msg) => {
             let via = msg.top_via().ok();
             let target = response_target(
@@ -214,15 +270,11 @@ async fn receive(
             };
             layer.receive(msg, peer, reliable, Instant::now());
         }
-        _ => {
-            if tu.send(TuEvent::Stateless(item)).await.is_err() {
-                warn!("transaction user gone");
-            }
-        }
+        _ => to_tu.push(TuEvent::Stateless(item)),
     }
 }
 
-async fn flush(layer: &mut TransactionLayer<Peer>, hub: &Hub, tu: &mpsc::Sender<TuEvent>) {
+async fn flush(layer: &mut TransactionLayer<Peer>, hub: &Hub, to_tu: &mut TuQueue) {
     while let Some(out) = layer.poll_output() {
         match out {
             Output::Transmit { tx, peer, bytes } => {
@@ -231,11 +283,7 @@ async fn flush(layer: &mut TransactionLayer<Peer>, hub: &Hub, tu: &mpsc::Sender<
                     layer.transport_error(tx);
                 }
             }
-            Output::Event(e) => {
-                if tu.send(TuEvent::Transaction(e)).await.is_err() {
-                    warn!("transaction user gone");
-                }
-            }
+            Output::Event(e) => to_tu.push(TuEvent::Transaction(e)),
         }
     }
 }

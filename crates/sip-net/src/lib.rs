@@ -24,7 +24,7 @@ mod stream;
 pub mod tls;
 pub use rustls;
 mod transport;
-mod udp;
+pub mod udp;
 mod ws;
 
 pub use driver::{

@@ -27,6 +27,9 @@ pub struct ListenConfig {
     /// Needed when `tls` or `wss` is not empty.
     pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub limits: LimitsConfig,
+    /// Receive (and send) buffer asked for on each UDP socket, in bytes; 0 keeps the
+    /// kernel's default. A burst larger than the buffer is lost before anyone sees it.
+    pub udp_buffer: usize,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -82,6 +85,15 @@ pub async fn spawn_listeners(
                 .map_err(|e| annotate(e, "udp", addr))?,
         );
         let local = socket.local_addr()?;
+        if config.udp_buffer > 0 {
+            let sizes = crate::udp::size_buffers(&socket, config.udp_buffer);
+            if sizes.capped() {
+                warn!(%local, wanted = sizes.wanted, granted = sizes.receive,
+                    "the kernel capped the UDP receive buffer (raise net.core.rmem_max to absorb larger bursts)");
+            } else {
+                info!(%local, receive = sizes.receive, send = sizes.send, "UDP buffers sized");
+            }
+        }
         bound.udp.push(local);
         udp_sockets.push((socket, local));
     }

@@ -12,6 +12,37 @@ use switchyard_sip::inspect::{Capabilities, Inbound, inspect_datagram};
 
 use crate::transport::{Incoming, Transport};
 
+/// Receive and send buffer sizes a socket asked for and got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferSizes {
+    pub wanted: usize,
+    pub receive: usize,
+    pub send: usize,
+}
+
+impl BufferSizes {
+    /// The kernel granted less than asked (raise `net.core.rmem_max` to get more).
+    pub fn capped(&self) -> bool {
+        self.receive < self.wanted
+    }
+}
+
+/// Asks the kernel for `wanted` bytes of receive and send buffer on `socket` and reads
+/// back what it granted. Linux caps the request at `net.core.rmem_max`/`wmem_max` and
+/// reports double the usable size; the figures here are the usable halves.
+pub fn size_buffers(socket: &UdpSocket, wanted: usize) -> BufferSizes {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_recv_buffer_size(wanted);
+    let _ = s.set_send_buffer_size(wanted);
+    let usable =
+        |n: std::io::Result<usize>| n.map(|n| if cfg!(target_os = "linux") { n / 2 } else { n });
+    BufferSizes {
+        wanted,
+        receive: usable(s.recv_buffer_size()).unwrap_or(0),
+        send: usable(s.send_buffer_size()).unwrap_or(0),
+    }
+}
+
 pub(crate) async fn run_udp(
     socket: Arc<UdpSocket>,
     local: SocketAddr,

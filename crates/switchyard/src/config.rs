@@ -160,6 +160,11 @@ pub struct SipConfig {
     /// Generated per start when absent (nonces then do not survive a restart).
     pub nonce_secret: Option<String>,
     pub nonce_lifetime_secs: u64,
+    /// Receive buffer asked of the kernel for each UDP socket, bytes (Linux caps it at
+    /// `net.core.rmem_max`; the log says so). A registration storm arrives faster than
+    /// any process reads: what does not fit here is lost and costs a phone a 500 ms
+    /// retransmission.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for SipConfig {
@@ -180,6 +185,7 @@ impl Default for SipConfig {
             message_timeout_secs: 20,
             nonce_secret: None,
             nonce_lifetime_secs: 300,
+            udp_buffer_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -223,6 +229,9 @@ impl Config {
         }
         if s.idle_timeout_secs == 0 || s.message_timeout_secs == 0 {
             bail!("sip.idle_timeout_secs and sip.message_timeout_secs must be at least 1");
+        }
+        if s.udp_buffer_bytes > 1 << 30 {
+            bail!("sip.udp_buffer_bytes must be at most 1073741824");
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             bail!("sip.tls_cert and sip.tls_key go together");

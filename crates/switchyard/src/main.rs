@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use clap::{Args, Parser, Subcommand};
 use switchyard::config::{Config, parse_listen_list};
 use switchyard::serve::{ServeOptions, serve};
@@ -205,6 +207,47 @@ struct ImportArgs {
 enum BenchCommand {
     /// Concurrent provisioning through the HTTP API, then every invariant checked.
     Provision(ProvisionArgs),
+    /// N phones in T tenants register at once (full digest handshake over UDP).
+    RegisterStorm(StormArgs),
+}
+
+#[derive(Debug, Args)]
+struct StormArgs {
+    /// The registrar to storm (any SIP server that knows the same users).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    target: std::net::SocketAddr,
+    #[arg(long, default_value_t = 10_000)]
+    phones: usize,
+    #[arg(long, default_value_t = 500)]
+    tenants: usize,
+    /// New phones per second; all at once when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Expiry the phones ask for, seconds.
+    #[arg(long, default_value_t = 3600)]
+    expires: u32,
+    /// Local UDP sockets the phones share.
+    #[arg(long, default_value_t = 16)]
+    sockets: usize,
+    /// Give up on phones not registered after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    deadline_secs: u64,
+    /// Create the phones' tenants and extensions in this store first (where missing),
+    /// e.g. the data directory's `sqlite://.../switchyard.db` of the server under test.
+    #[arg(long)]
+    provision_store: Option<String>,
+    /// Only provision (with --provision-store) or write --kamailio-htable; no storm.
+    #[arg(long)]
+    no_storm: bool,
+    /// Write the phones' MD5 HA1s as Kamailio htable lines (user@domain=>ha1) here.
+    #[arg(long)]
+    kamailio_htable: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +381,7 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(args) => run_serve(*args),
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
         Command::Bench(BenchCommand::Provision(args)) => bench_provision(args),
+        Command::Bench(BenchCommand::RegisterStorm(args)) => bench_storm(args),
         Command::Import(args) => import(args),
         Command::Api(args) => api_only(args),
         Command::Tenant(c) => resource(c.into()),
@@ -623,6 +667,47 @@ fn bench_provision(args: ProvisionArgs) -> anyhow::Result<()> {
     })
 }
 
+fn bench_storm(args: StormArgs) -> anyhow::Result<()> {
+    use switchyard::bench::storm;
+    let population = storm::Population::new(args.phones, args.tenants);
+    if let Some(path) = &args.kamailio_htable {
+        std::fs::write(path, population.kamailio_htable())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if let Some(url) = &args.provision_store {
+            let store = switchyard_store::Store::connect(url).await?;
+            store.migrate().await?;
+            let created = storm::provision(&store, &population).await?;
+            store.close().await;
+            eprintln!("provisioned: {created} extensions created");
+        }
+        if args.no_storm {
+            return anyhow::Ok(());
+        }
+        let options = storm::StormOptions {
+            target: args.target,
+            population,
+            rate: args.rate,
+            expires: args.expires,
+            sockets: args.sockets,
+            deadline: std::time::Duration::from_secs(args.deadline_secs),
+            progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let report = storm::run(&options).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        if report.failed > 0 {
+            anyhow::bail!("{} phones did not register", report.failed);
+        }
+        anyhow::Ok(())
+    })
+}
+
 fn create_api_key(args: ApiKeyCreate) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
@@ -690,10 +775,23 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             wait_for_signal().await;
             let _ = tx.send(true);
+            // The last resort: whatever state the process is in, it is gone within
+            // seconds of SIGTERM. A thread of its own, so a stuck runtime cannot hold it.
+            std::thread::spawn(|| {
+                std::thread::sleep(SHUTDOWN_DEADLINE);
+                tracing::error!(
+                    "not stopped {} s after the signal: exiting without a clean shutdown",
+                    SHUTDOWN_DEADLINE.as_secs()
+                );
+                std::process::exit(3);
+            });
         });
         serve(config, ServeOptions { demo: args.demo }, rx).await
     })
 }
+
+/// How long a clean shutdown may take before the process exits regardless.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

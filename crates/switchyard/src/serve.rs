@@ -80,6 +80,7 @@ pub async fn serve(
             message_timeout: Duration::from_secs(sip.message_timeout_secs),
             max_message: sip.max_message_bytes,
         },
+        udp_buffer: sip.udp_buffer_bytes,
     };
     let secret = match &sip.nonce_secret {
         Some(s) => s.as_bytes().to_vec(),
@@ -124,6 +125,7 @@ pub async fn serve(
         wss: Vec::new(),
         tls_config: None,
         limits: listen.limits.clone(),
+        udp_buffer: listen.udp_buffer,
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let core_bound = spawn_listeners(
