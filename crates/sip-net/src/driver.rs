@@ -287,3 +287,57 @@ async fn flush(layer: &mut TransactionLayer<Peer>, hub: &Hub, to_tu: &mut TuQueu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_sip::inspect::{Capabilities, inspect_datagram};
+
+    fn register(i: usize) -> Incoming {
+        let text = format!(
+            "REGISTER sip:t.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKd{i}\r\nMax-Forwards: 70\r\nTo: <sip:{i}@t.test>\r\nFrom: <sip:{i}@t.test>;tag=f{i}\r\nCall-ID: c{i}\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        Incoming {
+            inbound: inspect_datagram(Bytes::from(text), &Capabilities::SWITCHYARD),
+            transport: Transport::Udp,
+            source: "127.0.0.1:5999".parse().unwrap(),
+            local: "127.0.0.1:5060".parse().unwrap(),
+            flow: None,
+        }
+    }
+
+    /// The shape that wedged the edge: a TU that answers each request and waits for the
+    /// driver's reply, with a TU channel far smaller than the burst. The driver must keep
+    /// serving the TU's commands while the TU is behind.
+    #[tokio::test]
+    async fn a_tu_waiting_on_the_driver_under_a_burst_never_deadlocks_it() {
+        const BURST: usize = 500;
+        let (in_tx, in_rx) = mpsc::channel(BURST);
+        let (tu_tx, mut tu_rx) = mpsc::channel(2);
+        let (_stop_tx, stop) = watch::channel(false);
+        let driver = spawn_driver(Hub::new(), TimerConfig::default(), in_rx, tu_tx, stop);
+        for i in 0..BURST {
+            in_tx.send(register(i)).await.unwrap();
+        }
+        let mut answered = 0;
+        let tu = async {
+            while answered < BURST {
+                match tu_rx.recv().await {
+                    Some(TuEvent::Transaction(Event::Request { tx, .. })) => {
+                        driver
+                            .respond(tx, 200, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"))
+                            .await
+                            .expect("the driver answers its TU");
+                        answered += 1;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), tu)
+            .await
+            .expect("every request of the burst reaches the TU and is answered");
+        assert_eq!(answered, BURST);
+    }
+}
