@@ -16,13 +16,24 @@ use std::sync::Mutex;
 use switchyard_sip::HeaderName;
 use switchyard_sip::Message;
 use switchyard_sip::digest::{Algorithm, Challenge, Credentials, NonceCheck, NonceCounts, Nonces};
-use switchyard_store::{Extension, Store, StoreError, Tenant};
+use switchyard_store::Extension;
+
+use crate::directory::TenantEntry;
 use tracing::warn;
+
+/// The usernames of the digest credentials in `header` rows of `msg` for `realm`.
+pub fn credential_usernames(msg: &Message, header: HeaderName, realm: &str) -> Vec<String> {
+    msg.header_rows(header)
+        .filter_map(|row| Credentials::parse(row).ok())
+        .filter(|c| c.realm.eq_ignore_ascii_case(realm))
+        .map(|c| c.username)
+        .collect()
+}
 
 /// What to answer.
 #[derive(Debug)]
 pub enum AuthOutcome {
-    Authenticated(Box<Extension>),
+    Authenticated(std::sync::Arc<Extension>),
     /// Send a fresh challenge (`stale` when the client's nonce had only expired).
     Challenge {
         stale: bool,
@@ -50,7 +61,6 @@ impl Default for FailurePolicy {
 /// Checks digest credentials; keeps nonce counts and failure counters of this node.
 #[derive(Debug)]
 pub struct Authenticator {
-    store: Store,
     nonces: Nonces,
     counts: Mutex<NonceCounts>,
     failures: Mutex<HashMap<String, (u32, u64)>>,
@@ -61,9 +71,8 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(store: Store, nonces: Nonces, policy: FailurePolicy) -> Authenticator {
+    pub fn new(nonces: Nonces, policy: FailurePolicy) -> Authenticator {
         Authenticator {
-            store,
             nonces,
             counts: Mutex::new(NonceCounts::default()),
             failures: Mutex::new(HashMap::new()),
@@ -102,19 +111,20 @@ impl Authenticator {
     /// Checks the credentials in `header` rows of `msg` for `tenant`. `aor_user` is the
     /// user the request claims to be (To of a REGISTER, From of an INVITE): the credentials
     /// must belong to that extension.
-    pub async fn check(
+    pub fn check(
         &self,
-        tenant: &Tenant,
+        entry: &TenantEntry,
         msg: &Message,
         header: HeaderName,
         aor_user: &str,
         source: IpAddr,
         now_secs: u64,
-    ) -> Result<AuthOutcome, StoreError> {
+    ) -> AuthOutcome {
+        let tenant = &entry.tenant;
         let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
         let failure_key = format!("{}|{}|{}", tenant.id, source, aor_user.to_ascii_lowercase());
         if self.blocked(&failure_key, now_secs) {
-            return Ok(AuthOutcome::Forbidden("Too many failed authentications"));
+            return AuthOutcome::Forbidden("Too many failed authentications");
         }
         let mut stale = false;
         for row in msg.header_rows(header) {
@@ -132,15 +142,9 @@ impl Authenticator {
                 }
                 NonceCheck::Valid => {}
             }
-            let ext = match self
-                .store
-                .extension_by_username(&tenant.id, &creds.username)
-                .await
-            {
-                Ok(e) => Some(e),
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            };
+            let ext = entry
+                .user(&creds.username)
+                .filter(|e| e.username.eq_ignore_ascii_case(&creds.username));
             let verified = ext.as_ref().is_some_and(|e| {
                 let ha1 = match creds.algorithm {
                     Algorithm::Md5 => &e.ha1_md5,
@@ -149,7 +153,7 @@ impl Authenticator {
                 creds.verify(&method, ha1)
             });
             let Some(ext) = ext.filter(|_| verified) else {
-                return Ok(self.fail(&failure_key, tenant, aor_user, source, now_secs));
+                return self.fail(&failure_key, &tenant.id, aor_user, source, now_secs);
             };
             if let Some(nc) = creds.nonce_count() {
                 let fresh = self
@@ -160,23 +164,21 @@ impl Authenticator {
                 if !fresh {
                     // A replayed response: never accepted, but a retransmission is no
                     // attack either, so it is challenged without counting a failure.
-                    return Ok(AuthOutcome::Challenge { stale: false });
+                    return AuthOutcome::Challenge { stale: false };
                 }
             }
             if !aor_user.eq_ignore_ascii_case(&ext.username) && aor_user != ext.number.to_string() {
                 warn!(tenant = %tenant.id, %source, aor = aor_user, username = %ext.username,
                     "credentials of one extension used for another");
-                return Ok(AuthOutcome::Forbidden(
-                    "Credentials do not match the address of record",
-                ));
+                return AuthOutcome::Forbidden("Credentials do not match the address of record");
             }
             self.failures
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&failure_key);
-            return Ok(AuthOutcome::Authenticated(Box::new(ext)));
+            return AuthOutcome::Authenticated(ext);
         }
-        Ok(AuthOutcome::Challenge { stale })
+        AuthOutcome::Challenge { stale }
     }
 
     fn blocked(&self, key: &str, now_secs: u64) -> bool {
@@ -190,7 +192,7 @@ impl Authenticator {
     fn fail(
         &self,
         key: &str,
-        tenant: &Tenant,
+        tenant_id: &str,
         aor: &str,
         source: IpAddr,
         now_secs: u64,
@@ -202,7 +204,7 @@ impl Authenticator {
         }
         entry.0 += 1;
         if entry.0 >= self.policy.max_failures {
-            warn!(tenant = %tenant.id, %source, aor, failures = entry.0,
+            warn!(tenant = %tenant_id, %source, aor, failures = entry.0,
                 "too many failed authentications: refusing with 403");
             AuthOutcome::Forbidden("Too many failed authentications")
         } else {

@@ -6,11 +6,13 @@
 //!   rendezvous hashing of the Call-ID ([`hrw`]), and requests from cores to phones over
 //!   the flow a [`token`] names.
 //! - [`auth`]: digest checks shared by both, with the failure limit.
+//! - [`directory`]: tenants and credentials in memory, kept true by change events.
 //! - [`health`]: which core nodes answer the edge's pings.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod directory;
 pub mod health;
 pub mod hrw;
 pub mod proxy;

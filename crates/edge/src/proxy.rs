@@ -28,13 +28,13 @@ use switchyard_sip::Method;
 use switchyard_sip::build::{Editor, ResponseBuilder};
 use switchyard_sip::headers::{NameAddr, Via};
 use switchyard_sip_net::{FlowId, Target};
-use switchyard_store::Store;
 use switchyard_types::NodeId;
 use tracing::info;
 
 use crate::auth::{AuthOutcome, Authenticator};
+use crate::directory::Directory;
 use crate::hrw::{WeightedNode, pick_by};
-use crate::registrar::{Ingress, tenant_for_domain};
+use crate::registrar::Ingress;
 use crate::token::{FlowToken, TRANSPORTS, TokenKey};
 
 /// Internal headers the edge sets for the core; never accepted from outside.
@@ -81,7 +81,7 @@ pub enum Verdict {
 /// The forwarding logic of one edge node.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    pub store: Store,
+    pub directory: Directory,
     pub auth: Arc<Authenticator>,
     pub tokens: TokenKey,
     /// The socket cores talk to.
@@ -236,10 +236,11 @@ impl Proxy {
                 .request_uri()
                 .and_then(|u| u.ok())
                 .and_then(|u| u.as_sip().map(|s| s.host.to_owned()));
-            let tenant = match tenant_for_domain(&self.store, domain.as_deref()).await {
+            let entry = match self.directory.active_tenant(domain.as_deref()).await {
                 Ok(t) => t,
                 Err((status, reason)) => return self.answer(msg, ingress, status, reason),
             };
+            let tenant = &entry.tenant;
             let from = msg.from_header().ok();
             let from_uri = from.and_then(|f| f.uri().ok());
             let from_sip = from_uri.as_ref().and_then(|u| u.as_sip());
@@ -256,20 +257,17 @@ impl Proxy {
             if !host.eq_ignore_ascii_case(&tenant.domain) {
                 return self.answer(msg, ingress, 403, "From domain is not the tenant's domain");
             }
-            let outcome = self
-                .auth
-                .check(
-                    &tenant,
-                    msg,
-                    HeaderName::ProxyAuthorization,
-                    user,
-                    ingress.source.ip(),
-                    now_secs,
-                )
-                .await;
+            let outcome = self.auth.check(
+                &entry,
+                msg,
+                HeaderName::ProxyAuthorization,
+                user,
+                ingress.source.ip(),
+                now_secs,
+            );
             let ext = match outcome {
-                Ok(AuthOutcome::Authenticated(ext)) => ext,
-                Ok(AuthOutcome::Challenge { stale }) => {
+                AuthOutcome::Authenticated(ext) => ext,
+                AuthOutcome::Challenge { stale } => {
                     let mut b =
                         self.stateless_answer(msg, ingress, 407, "Proxy Authentication Required");
                     for c in self.auth.challenges(&tenant.domain, stale, now_secs) {
@@ -280,10 +278,9 @@ impl Proxy {
                         bytes: b.build(),
                     };
                 }
-                Ok(AuthOutcome::Forbidden(reason)) => {
+                AuthOutcome::Forbidden(reason) => {
                     return self.answer(msg, ingress, 403, reason);
                 }
-                Err(_) => return self.answer(msg, ingress, 500, "Store unavailable"),
             };
             info!(tenant = %tenant.id, caller = %ext.username, method = %method, call_id, core = %core.node.id, "forwarding to core");
             edit = edit
@@ -399,6 +396,7 @@ mod tests {
     use crate::hrw::pick;
     use switchyard_sip::digest::Nonces;
     use switchyard_sip_net::Transport;
+    use switchyard_store::Store;
 
     async fn proxy(cores: Vec<CoreNode>) -> (Proxy, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -406,12 +404,11 @@ mod tests {
         let store = Store::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
         let auth = Arc::new(Authenticator::new(
-            store.clone(),
             Nonces::new(b"s", 300),
             FailurePolicy::default(),
         ));
         let p = Proxy {
-            store,
+            directory: Directory::new(store),
             auth,
             tokens: TokenKey::new(b"s"),
             internal: "127.0.0.1:7000".parse().unwrap(),

@@ -10,12 +10,15 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use switchyard_core::{CoreSettings, spawn_core};
+use switchyard_edge::auth::credential_usernames;
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
+use switchyard_edge::directory::{Cached, CachedUser, Directory, TenantEntry};
 use switchyard_edge::health::{CoreHealth, PING_CALL_ID_PREFIX, ping};
 use switchyard_edge::proxy::{CoreNode, Proxy, Verdict};
 use switchyard_edge::registrar::{Ingress, Registrar};
 use switchyard_edge::token::TokenKey;
 use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_sip::HeaderName;
 use switchyard_sip::Method;
 use switchyard_sip::digest::{Algorithm, Nonces};
 use switchyard_sip::inspect::Inbound;
@@ -226,7 +229,6 @@ pub async fn serve(
     );
     let auth = Arc::new(
         Authenticator::new(
-            store.clone(),
             Nonces::new(&secret, sip.nonce_lifetime_secs),
             FailurePolicy {
                 max_failures: config.edge.max_auth_failures,
@@ -243,6 +245,19 @@ pub async fn serve(
         ),
     );
     let tokens = TokenKey::new(&secret);
+    // Tenants and credentials in memory before the first message; change events keep
+    // them true from then on.
+    let directory = Directory::new(store.clone());
+    let warmed = directory
+        .warm()
+        .await
+        .context("cannot read tenants for the edge")?;
+    info!(tenants = warmed, "edge directory warmed");
+    tokio::spawn(follow_changes(
+        directory.clone(),
+        changes.subscribe(),
+        stop_rx.clone(),
+    ));
     // The cores the edge routes to are the ones it pings.
     let core_nodes = vec![CoreNode::new("core-1", core_addr)];
     {
@@ -250,16 +265,16 @@ pub async fn serve(
         let (hub, stop) = (hub.clone(), stop_rx.clone());
         tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
     }
-    let edge = Edge {
+    let edge = Arc::new(Edge {
         registrar: Registrar {
-            store: store.clone(),
+            directory: directory.clone(),
             locations: locations.clone(),
             auth: auth.clone(),
             tokens: tokens.clone(),
             internal,
         },
         proxy: Proxy {
-            store: store.clone(),
+            directory: directory.clone(),
             auth: auth.clone(),
             tokens,
             internal,
@@ -270,7 +285,9 @@ pub async fn serve(
         responder,
         hub: hub.clone(),
         driver,
-    };
+        directory,
+        lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
+    });
     for (transport, addr) in bound.all() {
         println!("listening {transport} {addr}");
     }
@@ -301,7 +318,7 @@ pub async fn serve(
         tokio::select! {
             event = tu_rx.recv() => {
                 let Some(event) = event else { break };
-                edge.handle(event).await;
+                Edge::handle(&edge, event).await;
             }
             _ = purge.tick() => auth.purge(unix_now()),
             _ = shutdown.changed() => break,
@@ -322,6 +339,48 @@ pub async fn serve(
     Ok(())
 }
 
+/// Tenant lookups (directory misses) in flight at once; beyond, new requests that need
+/// one are answered `503` at once rather than queued.
+const MAX_LOOKUPS: usize = 64;
+
+/// Keeps the edge's directory true: a change event newer than what memory holds reloads
+/// that tenant, off the message path; missed events (a lagging receiver) reload all.
+async fn follow_changes(
+    directory: Directory,
+    mut changes: tokio::sync::broadcast::Receiver<switchyard_store::ChangeEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = changes.recv() => e,
+            _ = stop.changed() => return,
+        };
+        match event {
+            Ok(e) => {
+                if directory.apply(&e) {
+                    let d = directory.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = d.reload(&e.tenant_id).await {
+                            warn!(tenant = %e.tenant_id, error = %err, "edge directory not reloaded");
+                        }
+                    });
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "edge directory missed change events: reloading every tenant"
+                );
+                directory.clear();
+                if let Err(err) = directory.warm().await {
+                    warn!(error = %err, "edge directory not reloaded");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// The edge of this process: registrar, proxy, and the stateless responder for the rest.
 struct Edge {
     registrar: Registrar,
@@ -329,10 +388,92 @@ struct Edge {
     responder: Responder,
     hub: Hub,
     driver: DriverHandle,
+    directory: Directory,
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Edge {
-    async fn handle(&self, event: TuEvent) {
+    /// Handles `event` here when memory has what it needs; otherwise looks the tenant or
+    /// the user up in a task of its own and handles it there, so a miss holds up no
+    /// other message.
+    async fn handle(edge: &Arc<Edge>, event: TuEvent) {
+        let Some(lookup) = edge.lookup_needed(&event) else {
+            return edge.handle_now(event).await;
+        };
+        let Ok(permit) = edge.lookups.clone().try_acquire_owned() else {
+            return edge.busy(event).await;
+        };
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            let now = std::time::Instant::now();
+            let looked_up = match &lookup {
+                Lookup::Domain(domain) => edge.directory.load(domain, now).await.map(|_| ()),
+                Lookup::User(entry, user) => edge.directory.load_user(entry, user, now).await,
+            };
+            if let Err(e) = looked_up {
+                warn!(?lookup, error = %e, "directory lookup failed");
+            }
+            drop(permit);
+            // Handled with what memory has now: the tenant or user, or its absence.
+            edge.handle_now(event).await;
+        });
+    }
+
+    /// What to look up first, when `event` needs a tenant or user memory does not have.
+    fn lookup_needed(&self, event: &TuEvent) -> Option<Lookup> {
+        let (msg, domain, header): (&switchyard_sip::Message, String, HeaderName) = match event {
+            TuEvent::Transaction(Event::Request { msg, .. })
+                if msg.method() == Some(&Method::Register) =>
+            {
+                let to = msg.to_header().ok()?;
+                let uri = to.uri().ok()?;
+                let domain = uri.as_sip()?.host.to_ascii_lowercase();
+                (msg, domain, HeaderName::Authorization)
+            }
+            TuEvent::Stateless(Incoming {
+                inbound: Inbound::Request(msg),
+                local,
+                ..
+            }) if *local != self.proxy.internal && needs_tenant(msg) => {
+                let uri = msg.request_uri()?.ok()?;
+                let domain = uri.as_sip()?.host.to_ascii_lowercase();
+                (msg, domain, HeaderName::ProxyAuthorization)
+            }
+            _ => return None,
+        };
+        let now = std::time::Instant::now();
+        let entry = match self.directory.cached(&domain, now) {
+            Cached::Miss => return Some(Lookup::Domain(domain)),
+            Cached::Unknown => return None,
+            Cached::Tenant(entry) => entry,
+        };
+        credential_usernames(msg, header, &entry.tenant.domain)
+            .into_iter()
+            .find(|u| matches!(entry.cached_user(u, now), CachedUser::Miss))
+            .map(|u| Lookup::User(entry, u))
+    }
+
+    /// Too many lookups in flight: `503`, so the phone comes back later.
+    async fn busy(&self, event: TuEvent) {
+        match event {
+            TuEvent::Transaction(Event::Request { tx, msg, peer }) => {
+                let b = busy_answer(&msg, peer.source);
+                if let Err(e) = self.driver.respond(tx, 503, b).await {
+                    warn!(source = %peer.source, error = %e, "answer not sent");
+                }
+            }
+            TuEvent::Stateless(incoming) => {
+                if let Inbound::Request(msg) = &incoming.inbound {
+                    let b = busy_answer(msg, incoming.source);
+                    let via = msg.top_via().ok();
+                    let _ = self.hub.respond(&incoming, via.as_ref(), b).await;
+                }
+            }
+            TuEvent::Transaction(_) => {}
+        }
+    }
+
+    async fn handle_now(&self, event: TuEvent) {
         match event {
             TuEvent::Transaction(Event::Request { tx, msg, peer })
                 if msg.method() == Some(&Method::Register) =>
@@ -406,6 +547,28 @@ impl Edge {
             Verdict::Answer { .. } => {}
         }
     }
+}
+
+/// What the edge must read from the store before it can handle a message.
+#[derive(Debug)]
+enum Lookup {
+    Domain(String),
+    User(Arc<TenantEntry>, String),
+}
+
+/// Initial requests from phones other than ACK and CANCEL are authenticated against
+/// their tenant; everything else is routed without one.
+fn needs_tenant(msg: &switchyard_sip::Message) -> bool {
+    !matches!(msg.method(), Some(Method::Ack | Method::Cancel))
+        && msg.to_header().is_ok_and(|t| t.tag().is_none())
+}
+
+fn busy_answer(msg: &switchyard_sip::Message, source: SocketAddr) -> bytes::Bytes {
+    let tag = format!("{:016x}", rand::random::<u64>());
+    switchyard_sip::build::ResponseBuilder::for_request(msg, 503, "Busy looking up tenants", &tag)
+        .stamp_top_via(&source.ip().to_string(), source.port())
+        .header("Retry-After", (2 + rand::random::<u8>() % 4).to_string())
+        .build()
 }
 
 /// Sends an OPTIONS ping to every core from the edge's internal socket, until shutdown.
