@@ -8,6 +8,8 @@
 //! - [`auth`]: digest checks shared by both, with the failure limit.
 //! - [`directory`]: tenants and credentials in memory, kept true by change events.
 //! - [`health`]: which core nodes answer the edge's pings.
+//! - [`responder`]: stateless answers (OPTIONS, rejections of malformed requests).
+//! - [`run`]: the shell, one task that runs all of the above over the listeners' input.
 
 #![forbid(unsafe_code)]
 
@@ -17,4 +19,8 @@ pub mod health;
 pub mod hrw;
 pub mod proxy;
 pub mod registrar;
+pub mod responder;
+pub mod run;
 pub mod token;
+
+pub use run::{EdgeCounters, EdgeDeps, EdgeSettings, run};

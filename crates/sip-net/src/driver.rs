@@ -303,6 +303,7 @@ mod tests {
             source: "127.0.0.1:5999".parse().unwrap(),
             local: "127.0.0.1:5060".parse().unwrap(),
             flow: None,
+            received: std::time::Instant::now(),
         }
     }
 

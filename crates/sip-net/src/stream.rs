@@ -125,6 +125,7 @@ pub(crate) async fn deliver(
         source: ctx.source,
         local: ctx.local,
         flow: Some(flow),
+        received: std::time::Instant::now(),
     };
     ctx.tx.send(incoming).await.map_err(|_| "dispatcher gone")
 }

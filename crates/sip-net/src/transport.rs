@@ -52,6 +52,8 @@ pub struct Incoming {
     pub local: SocketAddr,
     /// The connection it came on, for stream transports.
     pub flow: Option<FlowId>,
+    /// When the listener read it: the queueing delay behind it is measured from here.
+    pub received: std::time::Instant,
 }
 
 /// Where to send a message.

@@ -62,6 +62,7 @@ pub(crate) async fn run_udp(
             },
             _ = shutdown.changed() => return,
         };
+        let received = std::time::Instant::now();
         let inbound =
             inspect_datagram(Bytes::copy_from_slice(&buf[..n]), &Capabilities::SWITCHYARD);
         if matches!(inbound, Inbound::KeepAlive) {
@@ -73,6 +74,7 @@ pub(crate) async fn run_udp(
             source,
             local,
             flow: None,
+            received,
         };
         if let Err(e) = tx.try_send(incoming) {
             // Shedding here keeps a burst from queueing without bound; the client retransmits.

@@ -8,5 +8,4 @@ pub mod config;
 pub mod demo;
 pub mod http_client;
 pub mod import;
-pub mod responder;
 pub mod serve;

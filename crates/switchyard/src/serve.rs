@@ -3,34 +3,30 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use switchyard_core::{CoreSettings, spawn_core};
-use switchyard_edge::auth::credential_usernames;
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
-use switchyard_edge::directory::{Cached, CachedUser, Directory, TenantEntry};
-use switchyard_edge::health::{CoreHealth, PING_CALL_ID_PREFIX, ping};
-use switchyard_edge::proxy::{CoreNode, Proxy, Verdict};
-use switchyard_edge::registrar::{Ingress, Registrar};
+use switchyard_edge::directory::Directory;
+use switchyard_edge::health::{CoreHealth, ping};
+use switchyard_edge::proxy::{CoreNode, Proxy};
+use switchyard_edge::registrar::Registrar;
+use switchyard_edge::responder::Responder;
 use switchyard_edge::token::TokenKey;
+use switchyard_edge::{EdgeDeps, EdgeSettings};
 use switchyard_media::{MediaConfig, MediaNode};
-use switchyard_sip::HeaderName;
-use switchyard_sip::Method;
 use switchyard_sip::digest::{Algorithm, Nonces};
-use switchyard_sip::inspect::Inbound;
-use switchyard_sip::transaction::{Event, TimerConfig};
+use switchyard_sip::transaction::TimerConfig;
 use switchyard_sip_net::{
-    DriverHandle, Hub, Incoming, LimitsConfig, ListenConfig, Target, TuEvent, spawn_driver,
-    spawn_driver_filtered, spawn_listeners, tls,
+    Hub, Incoming, LimitsConfig, ListenConfig, Target, TuEvent, spawn_driver, spawn_listeners, tls,
 };
 use switchyard_state::Locations;
 
 use crate::config::Config;
-use crate::responder::{Decision, Responder};
 
 /// Options of `serve` that are not process configuration.
 #[derive(Debug, Clone, Default)]
@@ -209,7 +205,6 @@ pub async fn serve(
     // Edge: public listeners plus an internal socket towards the core.
     let hub = Hub::new();
     let (tx, rx) = mpsc::channel::<Incoming>(8192);
-    let (tu_tx, mut tu_rx) = mpsc::channel::<TuEvent>(8192);
     let internal_bound = spawn_listeners(
         internal_listen(loopback),
         hub.clone(),
@@ -219,14 +214,6 @@ pub async fn serve(
     .await?;
     let internal = internal_bound.udp[0];
     let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx.clone()).await?;
-    let driver = spawn_driver_filtered(
-        hub.clone(),
-        TimerConfig::default(),
-        rx,
-        tu_tx,
-        stop_rx.clone(),
-        |m| matches!(m.method(), Some(Method::Register | Method::Options)),
-    );
     let auth = Arc::new(
         Authenticator::new(
             Nonces::new(&secret, sip.nonce_lifetime_secs),
@@ -265,29 +252,37 @@ pub async fn serve(
         let (hub, stop) = (hub.clone(), stop_rx.clone());
         tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
     }
-    let edge = Arc::new(Edge {
+    let counters = Arc::new(switchyard_edge::EdgeCounters::default());
+    let proxy = Proxy {
+        directory: directory.clone(),
+        auth: auth.clone(),
+        tokens: tokens.clone(),
+        internal,
+        cores: core_nodes,
+        advertise: config.edge.advertise,
+        health: Some(core_health.clone()),
+    };
+    let visible_udp = bound
+        .udp
+        .first()
+        .or(bound.tcp.first())
+        .map(|a| proxy.visible_addr(*a).to_string())
+        .unwrap_or_default();
+    let edge_deps = EdgeDeps {
         registrar: Registrar {
             directory: directory.clone(),
             locations: locations.clone(),
             auth: auth.clone(),
-            tokens: tokens.clone(),
-            internal,
-        },
-        proxy: Proxy {
-            directory: directory.clone(),
-            auth: auth.clone(),
             tokens,
             internal,
-            cores: core_nodes,
-            advertise: config.edge.advertise,
-            health: Some(core_health.clone()),
         },
+        proxy,
         responder,
-        hub: hub.clone(),
-        driver,
         directory,
-        lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
-    });
+        auth,
+        hub: hub.clone(),
+        counters: counters.clone(),
+    };
     for (transport, addr) in bound.all() {
         println!("listening {transport} {addr}");
     }
@@ -297,13 +292,7 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the demo API key: {e}"))?;
         println!("demo operator API key: {key}");
-        let proxy = bound
-            .udp
-            .first()
-            .or(bound.tcp.first())
-            .map(|a| edge.proxy.visible_addr(*a).to_string())
-            .unwrap_or_default();
-        let creds = crate::demo::ensure_demo(&store, &config.node.data_dir, &proxy).await?;
+        let creds = crate::demo::ensure_demo(&store, &config.node.data_dir, &visible_udp).await?;
         for line in
             crate::demo::describe(&creds, &config.node.data_dir.join("demo-credentials.json"))
         {
@@ -313,19 +302,16 @@ pub async fn serve(
     println!("ready");
     info!(core = %core_addr, edge_internal = %internal, "ready");
 
-    let mut purge = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            event = tu_rx.recv() => {
-                let Some(event) = event else { break };
-                Edge::handle(&edge, event).await;
-            }
-            _ = purge.tick() => auth.purge(unix_now()),
-            _ = shutdown.changed() => break,
-        }
-    }
+    let edge = tokio::spawn(switchyard_edge::run(
+        EdgeSettings::default(),
+        edge_deps,
+        rx,
+        stop_rx.clone(),
+    ));
+    let _ = shutdown.changed().await;
     info!(active_calls = core.active_calls(), "shutting down");
     let _ = stop_tx.send(true);
+    let _ = edge.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     // Let the core send its BYEs and write CDRs before the store closes.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -338,10 +324,6 @@ pub async fn serve(
     info!("stopped");
     Ok(())
 }
-
-/// Tenant lookups (directory misses) in flight at once; beyond, new requests that need
-/// one are answered `503` at once rather than queued.
-const MAX_LOOKUPS: usize = 64;
 
 /// Keeps the edge's directory true: a change event newer than what memory holds reloads
 /// that tenant, off the message path; missed events (a lagging receiver) reload all.
@@ -379,196 +361,6 @@ async fn follow_changes(
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// The edge of this process: registrar, proxy, and the stateless responder for the rest.
-struct Edge {
-    registrar: Registrar,
-    proxy: Proxy,
-    responder: Responder,
-    hub: Hub,
-    driver: DriverHandle,
-    directory: Directory,
-    lookups: Arc<tokio::sync::Semaphore>,
-}
-
-impl Edge {
-    /// Handles `event` here when memory has what it needs; otherwise looks the tenant or
-    /// the user up in a task of its own and handles it there, so a miss holds up no
-    /// other message.
-    async fn handle(edge: &Arc<Edge>, event: TuEvent) {
-        let Some(lookup) = edge.lookup_needed(&event) else {
-            return edge.handle_now(event).await;
-        };
-        let Ok(permit) = edge.lookups.clone().try_acquire_owned() else {
-            return edge.busy(event).await;
-        };
-        let edge = edge.clone();
-        tokio::spawn(async move {
-            let now = std::time::Instant::now();
-            let looked_up = match &lookup {
-                Lookup::Domain(domain) => edge.directory.load(domain, now).await.map(|_| ()),
-                Lookup::User(entry, user) => edge.directory.load_user(entry, user, now).await,
-            };
-            if let Err(e) = looked_up {
-                warn!(?lookup, error = %e, "directory lookup failed");
-            }
-            drop(permit);
-            // Handled with what memory has now: the tenant or user, or its absence.
-            edge.handle_now(event).await;
-        });
-    }
-
-    /// What to look up first, when `event` needs a tenant or user memory does not have.
-    fn lookup_needed(&self, event: &TuEvent) -> Option<Lookup> {
-        let (msg, domain, header): (&switchyard_sip::Message, String, HeaderName) = match event {
-            TuEvent::Transaction(Event::Request { msg, .. })
-                if msg.method() == Some(&Method::Register) =>
-            {
-                let to = msg.to_header().ok()?;
-                let uri = to.uri().ok()?;
-                let domain = uri.as_sip()?.host.to_ascii_lowercase();
-                (msg, domain, HeaderName::Authorization)
-            }
-            TuEvent::Stateless(Incoming {
-                inbound: Inbound::Request(msg),
-                local,
-                ..
-            }) if *local != self.proxy.internal && needs_tenant(msg) => {
-                let uri = msg.request_uri()?.ok()?;
-                let domain = uri.as_sip()?.host.to_ascii_lowercase();
-                (msg, domain, HeaderName::ProxyAuthorization)
-            }
-            _ => return None,
-        };
-        let now = std::time::Instant::now();
-        let entry = match self.directory.cached(&domain, now) {
-            Cached::Miss => return Some(Lookup::Domain(domain)),
-            Cached::Unknown => return None,
-            Cached::Tenant(entry) => entry,
-        };
-        credential_usernames(msg, header, &entry.tenant.domain)
-            .into_iter()
-            .find(|u| matches!(entry.cached_user(u, now), CachedUser::Miss))
-            .map(|u| Lookup::User(entry, u))
-    }
-
-    /// Too many lookups in flight: `503`, so the phone comes back later.
-    async fn busy(&self, event: TuEvent) {
-        match event {
-            TuEvent::Transaction(Event::Request { tx, msg, peer }) => {
-                let b = busy_answer(&msg, peer.source);
-                if let Err(e) = self.driver.respond(tx, 503, b).await {
-                    warn!(source = %peer.source, error = %e, "answer not sent");
-                }
-            }
-            TuEvent::Stateless(incoming) => {
-                if let Inbound::Request(msg) = &incoming.inbound {
-                    let b = busy_answer(msg, incoming.source);
-                    let via = msg.top_via().ok();
-                    let _ = self.hub.respond(&incoming, via.as_ref(), b).await;
-                }
-            }
-            TuEvent::Transaction(_) => {}
-        }
-    }
-
-    async fn handle_now(&self, event: TuEvent) {
-        match event {
-            TuEvent::Transaction(Event::Request { tx, msg, peer })
-                if msg.method() == Some(&Method::Register) =>
-            {
-                let ingress = Ingress {
-                    transport: peer.transport,
-                    source: peer.source,
-                    local: peer.local,
-                    flow: match peer.target {
-                        Target::Flow(f) => Some(f),
-                        Target::Datagram { .. } => None,
-                    },
-                };
-                let b = self.registrar.handle(&msg, &ingress, unix_now_ms()).await;
-                let status = b.status();
-                if let Err(e) = self.driver.respond(tx, status, b.build()).await {
-                    warn!(source = %peer.source, status, error = %e, "answer not sent");
-                }
-            }
-            TuEvent::Transaction(Event::StrayResponse { msg, peer })
-                if msg
-                    .call_id()
-                    .is_ok_and(|c| c.starts_with(PING_CALL_ID_PREFIX)) =>
-            {
-                if let Some(h) = &self.proxy.health {
-                    h.answered(peer.source, std::time::Instant::now());
-                }
-            }
-            TuEvent::Transaction(Event::StrayResponse { msg, peer }) => {
-                self.forward(self.proxy.response(&msg), peer.source).await
-            }
-            TuEvent::Transaction(event) => {
-                handle_transaction(&self.responder, &self.driver, event).await
-            }
-            TuEvent::Stateless(incoming) => match &incoming.inbound {
-                Inbound::Request(msg) => {
-                    let ingress = Ingress {
-                        transport: incoming.transport,
-                        source: incoming.source,
-                        local: incoming.local,
-                        flow: incoming.flow,
-                    };
-                    match self.proxy.request(msg, &ingress, unix_now()).await {
-                        Verdict::Answer { status, bytes } => {
-                            let via = msg.top_via().ok();
-                            match self.hub.respond(&incoming, via.as_ref(), bytes).await {
-                                Ok(_) => {
-                                    info!(source = %incoming.source, method = %msg.method().map(|m| m.to_string()).unwrap_or_default(), status, "answered by the edge")
-                                }
-                                Err(e) => {
-                                    warn!(source = %incoming.source, status, error = %e, "answer not sent")
-                                }
-                            }
-                        }
-                        other => self.forward(other, incoming.source).await,
-                    }
-                }
-                _ => handle_stateless(&self.responder, &self.hub, incoming).await,
-            },
-        }
-    }
-
-    async fn forward(&self, verdict: Verdict, source: SocketAddr) {
-        match verdict {
-            Verdict::Forward { target, bytes } => {
-                if let Err(e) = self.hub.send(target, bytes).await {
-                    info!(%source, ?target, error = %e, "not forwarded");
-                }
-            }
-            Verdict::Drop(why) => debug!(%source, why, "dropped"),
-            Verdict::Answer { .. } => {}
-        }
-    }
-}
-
-/// What the edge must read from the store before it can handle a message.
-#[derive(Debug)]
-enum Lookup {
-    Domain(String),
-    User(Arc<TenantEntry>, String),
-}
-
-/// Initial requests from phones other than ACK and CANCEL are authenticated against
-/// their tenant; everything else is routed without one.
-fn needs_tenant(msg: &switchyard_sip::Message) -> bool {
-    !matches!(msg.method(), Some(Method::Ack | Method::Cancel))
-        && msg.to_header().is_ok_and(|t| t.tag().is_none())
-}
-
-fn busy_answer(msg: &switchyard_sip::Message, source: SocketAddr) -> bytes::Bytes {
-    let tag = format!("{:016x}", rand::random::<u64>());
-    switchyard_sip::build::ResponseBuilder::for_request(msg, 503, "Busy looking up tenants", &tag)
-        .stamp_top_via(&source.ip().to_string(), source.port())
-        .header("Retry-After", (2 + rand::random::<u8>() % 4).to_string())
-        .build()
 }
 
 /// Sends an OPTIONS ping to every core from the edge's internal socket, until shutdown.
@@ -609,96 +401,4 @@ fn demo_certificate(data_dir: &Path) -> anyhow::Result<std::sync::Arc<tls::Serve
     std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     info!(path = %path.display(), "generated a self-signed TLS certificate for the demo");
     Ok(config)
-}
-
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The responder as transaction user: every request that opened a server transaction is
-/// answered through it, so retransmissions are absorbed or re-answered by the transaction.
-async fn handle_transaction(
-    responder: &Responder,
-    driver: &DriverHandle,
-    event: Event<switchyard_sip_net::Peer>,
-) {
-    match event {
-        Event::Request { tx, msg, peer } => {
-            let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
-            let call_id = msg.call_id().unwrap_or_default().to_owned();
-            match responder.decide(&Inbound::Request(msg), peer.source, unix_now()) {
-                Decision::Answer {
-                    status,
-                    reason,
-                    bytes,
-                } => match driver.respond(tx, status, bytes).await {
-                    Ok(()) => {
-                        info!(source = %peer.source, transport = %peer.transport, method, call_id, status, reason, "answered")
-                    }
-                    Err(e) => warn!(source = %peer.source, status, error = %e, "answer not sent"),
-                },
-                Decision::Silent(why) => {
-                    warn!(source = %peer.source, method, reason = why, "request left unanswered")
-                }
-            }
-        }
-        Event::Ack { peer, .. } => info!(source = %peer.source, "ACK absorbed"),
-        Event::StrayResponse { msg, peer } => info!(
-            source = %peer.source,
-            status = msg.status().unwrap_or(0),
-            "no answer: response with no matching client transaction"
-        ),
-        Event::Timeout { tx } => info!(?tx, "transaction timed out"),
-        Event::TransportError { tx } => warn!(?tx, "transport error"),
-        Event::Response { .. } | Event::Terminated { .. } => {}
-    }
-}
-
-async fn handle_stateless(responder: &Responder, hub: &Hub, incoming: Incoming) {
-    let source: SocketAddr = incoming.source;
-    let (method, call_id) = match &incoming.inbound {
-        Inbound::Request(m) => (
-            m.method().map(|m| m.to_string()).unwrap_or_default(),
-            m.call_id().unwrap_or_default().to_owned(),
-        ),
-        _ => (String::new(), String::new()),
-    };
-    match responder.decide(&incoming.inbound, source, unix_now()) {
-        Decision::Answer {
-            status,
-            reason,
-            bytes,
-        } => {
-            let via_text = match &incoming.inbound {
-                Inbound::Request(m) => m.header(switchyard_sip::HeaderName::Via).map(str::to_owned),
-                Inbound::Reject { rows, .. } => rows
-                    .iter()
-                    .find(|(n, _)| *n == switchyard_sip::HeaderName::Via)
-                    .map(|(_, v)| v.clone()),
-                _ => None,
-            };
-            let via = via_text
-                .as_deref()
-                .and_then(switchyard_sip::headers::Via::parse_lenient);
-            match hub.respond(&incoming, via.as_ref(), bytes).await {
-                Ok(target) => {
-                    info!(%source, transport = %incoming.transport, method, call_id, status, reason, ?target, "answered")
-                }
-                Err(e) => warn!(%source, status, error = %e, "answer not sent"),
-            }
-        }
-        Decision::Silent(why) => {
-            info!(%source, transport = %incoming.transport, method, reason = why, "no answer")
-        }
-    }
 }

@@ -1,0 +1,666 @@
+//! The edge's shell: one task that takes what the listeners receive, runs the server
+//! transactions of REGISTER and OPTIONS itself (no driver task, no channel hop per
+//! message), decides with the registrar, proxy and responder, and sends through the hub.
+//!
+//! ```text
+//!  listeners ──Incoming──▶ run: urgent │ new ──▶ transactions ──▶ registrar / proxy /
+//!                            ▲  (responses, in-dialog first;        responder ──▶ Hub
+//!                            │   new requests shed past a delay)
+//!                            └── replays: lookups and remote binding writes finished
+//! ```
+//!
+//! Nothing here waits for the store or Redis: a message that needs a tenant or user
+//! memory lacks is looked up in a task of its own and comes back as a replay; with bindings
+//! in Redis, each REGISTER's writes run in a task and the answer comes back the same way.
+//!
+//! Overload: every message carries the time it was received. Responses and in-dialog
+//! requests are served before new REGISTERs and INVITEs; a new one that waited longer
+//! than `shed_after` is answered `503` with a jittered `Retry-After`, so phones come back
+//! spread out instead of retransmitting into the queue. In-dialog traffic is never shed.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use switchyard_sip::build::ResponseBuilder;
+use switchyard_sip::inspect::Inbound;
+use switchyard_sip::transaction::{Event, Output, TimerConfig, TransactionLayer, TxId};
+use switchyard_sip::{HeaderName, Message, Method};
+use switchyard_sip_net::{Hub, Incoming, Peer, Target, response_target};
+use switchyard_state::Locations;
+
+use crate::auth::{Authenticator, credential_usernames};
+use crate::directory::{Cached, CachedUser, Directory, TenantEntry};
+use crate::health::PING_CALL_ID_PREFIX;
+use crate::proxy::{Proxy, Verdict};
+use crate::registrar::{Ingress, Registrar};
+use crate::responder::{Decision, Responder};
+
+/// Settings of the shell.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub timers: TimerConfig,
+    /// A new REGISTER or INVITE that waited longer than this is answered `503`.
+    pub shed_after: Duration,
+    /// `Retry-After` of a shed request: a random whole number of seconds in this range.
+    pub retry_after_secs: (u32, u32),
+    /// Directory lookups in flight at once; beyond, a request needing one gets `503`.
+    pub max_lookups: usize,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            timers: TimerConfig::default(),
+            shed_after: Duration::from_millis(400),
+            retry_after_secs: (2, 10),
+            max_lookups: 64,
+        }
+    }
+}
+
+/// What the edge decides with.
+#[derive(Debug)]
+pub struct EdgeDeps {
+    pub registrar: Registrar,
+    pub proxy: Proxy,
+    pub responder: Responder,
+    pub directory: Directory,
+    pub auth: Arc<Authenticator>,
+    pub hub: Hub,
+    pub counters: Arc<EdgeCounters>,
+}
+
+/// Running totals of the edge, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EdgeCounters {
+    pub received: AtomicU64,
+    /// New requests answered `503` because they waited too long.
+    pub shed: AtomicU64,
+    /// Requests answered `503` because too many lookups were in flight.
+    pub lookups_refused: AtomicU64,
+    pub lookups: AtomicU64,
+    /// The longest queueing delay seen since the last read, microseconds.
+    pub max_delay_us: AtomicU64,
+}
+
+/// Runs the edge until `shutdown` fires or the listeners are gone.
+pub async fn run(
+    settings: EdgeSettings,
+    deps: EdgeDeps,
+    mut incoming: mpsc::Receiver<Incoming>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (replay_tx, mut replays) = mpsc::unbounded_channel();
+    let mut shell = Shell {
+        lookups: Arc::new(Semaphore::new(settings.max_lookups)),
+        layer: TransactionLayer::new(settings.timers),
+        settings,
+        deps: Arc::new(deps),
+        replay_tx,
+        urgent: VecDeque::new(),
+        fresh: VecDeque::new(),
+    };
+    let mut purge = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        // Take everything that has arrived, sorted by priority, before deciding.
+        while shell.fresh.len() < MAX_BACKLOG {
+            match incoming.try_recv() {
+                Ok(item) => shell.enqueue(item),
+                Err(_) => break,
+            }
+        }
+        if let Some(item) = shell.urgent.pop_front().or_else(|| shell.fresh.pop_front()) {
+            shell.on_incoming(item).await;
+            shell.flush().await;
+            // Let timers, replays and the signal in between, without a full wake-up.
+            if shell.due() {
+                shell.layer.handle_timeout(Instant::now());
+                shell.flush().await;
+            }
+            while let Ok(r) = replays.try_recv() {
+                shell.on_replay(r).await;
+                shell.flush().await;
+            }
+            if shutdown.has_changed().unwrap_or(true) {
+                break;
+            }
+            continue;
+        }
+        let deadline = shell
+            .layer
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = replays.recv() => {
+                if let Some(r) = r {
+                    shell.on_replay(r).await;
+                }
+            }
+            item = incoming.recv() => {
+                let Some(item) = item else { break };
+                shell.enqueue(item);
+            }
+            _ = sleep_until(deadline) => shell.layer.handle_timeout(Instant::now()),
+            _ = purge.tick() => shell.deps.auth.purge(unix_now()),
+        }
+        shell.flush().await;
+    }
+    debug!(transactions = shell.layer.len(), "edge stopped");
+}
+
+/// New requests held in memory at most; beyond, the listeners' queue and then the
+/// kernel's buffer hold the rest.
+const MAX_BACKLOG: usize = 50_000;
+
+/// Work that comes back to the loop from a task.
+#[derive(Debug)]
+enum Replay {
+    /// A lookup finished: handle the message with what memory has now.
+    Request {
+        tx: TxId,
+        msg: Message,
+        peer: Peer,
+    },
+    Stateless(Incoming),
+    /// A REGISTER's answer, computed in a task (bindings in Redis).
+    Answer {
+        tx: TxId,
+        status: u16,
+        bytes: Bytes,
+    },
+}
+
+/// What the edge must read from the store before it can handle a message.
+#[derive(Debug)]
+enum Lookup {
+    Domain(String),
+    User(Arc<TenantEntry>, String),
+}
+
+struct Shell {
+    settings: EdgeSettings,
+    deps: Arc<EdgeDeps>,
+    layer: TransactionLayer<Peer>,
+    lookups: Arc<Semaphore>,
+    replay_tx: mpsc::UnboundedSender<Replay>,
+    /// Responses and in-dialog requests.
+    urgent: VecDeque<Incoming>,
+    /// New requests (and what cannot be told apart cheaply).
+    fresh: VecDeque<Incoming>,
+}
+
+impl Shell {
+    fn enqueue(&mut self, item: Incoming) {
+        self.deps.counters.received.fetch_add(1, Ordering::Relaxed);
+        if is_urgent(&item.inbound) {
+            self.urgent.push_back(item);
+        } else {
+            self.fresh.push_back(item);
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.layer
+            .poll_timeout()
+            .is_some_and(|t| t <= Instant::now())
+    }
+
+    async fn on_incoming(&mut self, item: Incoming) {
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(item.received);
+        self.deps
+            .counters
+            .max_delay_us
+            .fetch_max(waited.as_micros() as u64, Ordering::Relaxed);
+        let late = waited > self.settings.shed_after;
+        let reliable = item.transport.is_stream();
+        match item.inbound {
+            Inbound::Request(msg)
+                if matches!(msg.method(), Some(Method::Register | Method::Options)) =>
+            {
+                let target = {
+                    let via = msg.top_via().ok();
+                    response_target(
+                        item.transport,
+                        item.source,
+                        item.local,
+                        item.flow,
+                        via.as_ref(),
+                    )
+                };
+                let peer = Peer {
+                    target,
+                    source: item.source,
+                    transport: item.transport,
+                    local: item.local,
+                };
+                self.layer.receive(msg, peer, reliable, now);
+                // A REGISTER that waited too long is shed once its transaction exists,
+                // so its retransmissions are absorbed by the same 503.
+                self.flush_with(late).await;
+            }
+            Inbound::Response(msg) => {
+                let peer = Peer {
+                    target: match item.flow {
+                        Some(f) => Target::Flow(f),
+                        None => Target::Datagram {
+                            local: item.local,
+                            dest: item.source,
+                        },
+                    },
+                    source: item.source,
+                    transport: item.transport,
+                    local: item.local,
+                };
+                self.layer.receive(msg, peer, reliable, now);
+            }
+            Inbound::Request(ref msg)
+                if late && item.local != self.deps.proxy.internal && is_new_call(msg) =>
+            {
+                self.deps.counters.shed.fetch_add(1, Ordering::Relaxed);
+                let bytes = self.shed_answer(msg, item.source);
+                self.send_answer(&item, msg, 503, bytes).await;
+            }
+            Inbound::Request(_) => self.stateless(item).await,
+            _ => self.answer_stateless(item).await,
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.flush_with(false).await;
+    }
+
+    /// Sends what the transaction layer has to send and handles its events; `shed`
+    /// answers a new REGISTER among them with `503`.
+    async fn flush_with(&mut self, shed: bool) {
+        while let Some(out) = self.layer.poll_output() {
+            match out {
+                Output::Transmit { tx, peer, bytes } => {
+                    if let Err(e) = self.deps.hub.send(peer.target, bytes).await {
+                        debug!(target = ?peer.target, error = %e, "transmit failed");
+                        self.layer.transport_error(tx);
+                    }
+                }
+                Output::Event(Event::Request { tx, msg, peer })
+                    if shed && msg.method() == Some(&Method::Register) =>
+                {
+                    self.deps.counters.shed.fetch_add(1, Ordering::Relaxed);
+                    let bytes = self.shed_answer(&msg, peer.source);
+                    self.respond(tx, 503, bytes, peer.source);
+                }
+                Output::Event(event) => self.on_event(event).await,
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event<Peer>) {
+        match event {
+            Event::Request { tx, msg, peer } if msg.method() == Some(&Method::Register) => {
+                self.register(tx, msg, peer).await
+            }
+            Event::Request { tx, msg, peer } => {
+                match self
+                    .deps
+                    .responder
+                    .decide(&Inbound::Request(msg), peer.source, unix_now())
+                {
+                    Decision::Answer {
+                        status,
+                        reason,
+                        bytes,
+                    } => {
+                        info!(source = %peer.source, transport = %peer.transport, status, reason, "answered");
+                        self.respond(tx, status, bytes, peer.source)
+                    }
+                    Decision::Silent(why) => {
+                        debug!(source = %peer.source, reason = why, "request left unanswered")
+                    }
+                }
+            }
+            Event::StrayResponse { msg, peer }
+                if msg
+                    .call_id()
+                    .is_ok_and(|c| c.starts_with(PING_CALL_ID_PREFIX)) =>
+            {
+                // Only the cores' own answers count: anyone can send a response.
+                if let Some(h) = &self.deps.proxy.health
+                    && self.deps.proxy.cores.iter().any(|c| c.addr == peer.source)
+                {
+                    h.answered(peer.source, Instant::now());
+                }
+            }
+            Event::StrayResponse { msg, peer } => {
+                let verdict = self.deps.proxy.response(&msg);
+                self.forward(verdict, peer.source).await
+            }
+            Event::Ack { .. } | Event::Response { .. } | Event::Terminated { .. } => {}
+            Event::Timeout { tx } => debug!(?tx, "transaction timed out"),
+            Event::TransportError { tx } => debug!(?tx, "transport error"),
+        }
+    }
+
+    /// A REGISTER: answered now when memory has its tenant and user and bindings are in
+    /// memory; otherwise in a task that replays the answer.
+    async fn register(&mut self, tx: TxId, msg: Message, peer: Peer) {
+        if let Some(lookup) = self.lookup_needed(&msg, true) {
+            return self.look_up(lookup, Replay::Request { tx, msg, peer });
+        }
+        let ingress = Ingress {
+            transport: peer.transport,
+            source: peer.source,
+            local: peer.local,
+            flow: match peer.target {
+                Target::Flow(f) => Some(f),
+                Target::Datagram { .. } => None,
+            },
+        };
+        if matches!(*self.deps.registrar.locations, Locations::Memory(_)) {
+            let b = self
+                .deps
+                .registrar
+                .handle(&msg, &ingress, unix_now_ms())
+                .await;
+            self.respond(tx, b.status(), b.build(), peer.source);
+            return;
+        }
+        let (deps, replay) = (self.deps.clone(), self.replay_tx.clone());
+        tokio::spawn(async move {
+            let b = deps.registrar.handle(&msg, &ingress, unix_now_ms()).await;
+            let _ = replay.send(Replay::Answer {
+                tx,
+                status: b.status(),
+                bytes: b.build(),
+            });
+        });
+    }
+
+    fn respond(&mut self, tx: TxId, status: u16, bytes: Bytes, source: SocketAddr) {
+        if let Err(e) = self.layer.respond(tx, status, bytes, Instant::now()) {
+            debug!(%source, status, error = %e, "answer not sent");
+        }
+    }
+
+    /// A request without a server transaction here: forwarded statelessly, or answered.
+    async fn stateless(&mut self, incoming: Incoming) {
+        let Inbound::Request(msg) = &incoming.inbound else {
+            return self.answer_stateless(incoming).await;
+        };
+        if incoming.local != self.deps.proxy.internal
+            && needs_tenant(msg)
+            && let Some(lookup) = self.lookup_needed(msg, false)
+        {
+            return self.look_up(lookup, Replay::Stateless(incoming));
+        }
+        let ingress = Ingress {
+            transport: incoming.transport,
+            source: incoming.source,
+            local: incoming.local,
+            flow: incoming.flow,
+        };
+        match self.deps.proxy.request(msg, &ingress, unix_now()).await {
+            Verdict::Answer { status, bytes } => {
+                self.send_answer(&incoming, msg, status, bytes).await
+            }
+            other => self.forward(other, incoming.source).await,
+        }
+    }
+
+    async fn send_answer(&self, incoming: &Incoming, msg: &Message, status: u16, bytes: Bytes) {
+        let via = msg.top_via().ok();
+        match self.deps.hub.respond(incoming, via.as_ref(), bytes).await {
+            Ok(_) => {
+                debug!(source = %incoming.source, method = %msg.method().map(|m| m.to_string()).unwrap_or_default(), status, "answered by the edge")
+            }
+            Err(e) => debug!(source = %incoming.source, status, error = %e, "answer not sent"),
+        }
+    }
+
+    /// Rejections and what is neither request nor response: the stateless responder.
+    async fn answer_stateless(&self, incoming: Incoming) {
+        let source = incoming.source;
+        match self
+            .deps
+            .responder
+            .decide(&incoming.inbound, source, unix_now())
+        {
+            Decision::Answer {
+                status,
+                reason,
+                bytes,
+            } => {
+                let via_text = match &incoming.inbound {
+                    Inbound::Request(m) => m.header(HeaderName::Via).map(str::to_owned),
+                    Inbound::Reject { rows, .. } => rows
+                        .iter()
+                        .find(|(n, _)| *n == HeaderName::Via)
+                        .map(|(_, v)| v.clone()),
+                    _ => None,
+                };
+                let via = via_text
+                    .as_deref()
+                    .and_then(switchyard_sip::headers::Via::parse_lenient);
+                match self.deps.hub.respond(&incoming, via.as_ref(), bytes).await {
+                    Ok(target) => {
+                        info!(%source, transport = %incoming.transport, status, reason, ?target, "answered")
+                    }
+                    Err(e) => debug!(%source, status, error = %e, "answer not sent"),
+                }
+            }
+            Decision::Silent(why) => {
+                debug!(%source, transport = %incoming.transport, reason = why, "no answer")
+            }
+        }
+    }
+
+    async fn forward(&self, verdict: Verdict, source: SocketAddr) {
+        match verdict {
+            Verdict::Forward { target, bytes } => {
+                if let Err(e) = self.deps.hub.send(target, bytes).await {
+                    debug!(%source, ?target, error = %e, "not forwarded");
+                }
+            }
+            Verdict::Drop(why) => debug!(%source, why, "dropped"),
+            Verdict::Answer { .. } => {}
+        }
+    }
+
+    async fn on_replay(&mut self, replay: Replay) {
+        match replay {
+            Replay::Request { tx, msg, peer } => self.register_looked_up(tx, msg, peer).await,
+            Replay::Stateless(incoming) => {
+                let Inbound::Request(msg) = &incoming.inbound else {
+                    return;
+                };
+                let ingress = Ingress {
+                    transport: incoming.transport,
+                    source: incoming.source,
+                    local: incoming.local,
+                    flow: incoming.flow,
+                };
+                match self.deps.proxy.request(msg, &ingress, unix_now()).await {
+                    Verdict::Answer { status, bytes } => {
+                        self.send_answer(&incoming, msg, status, bytes).await
+                    }
+                    other => self.forward(other, incoming.source).await,
+                }
+            }
+            Replay::Answer { tx, status, bytes } => {
+                if let Err(e) = self.layer.respond(tx, status, bytes, Instant::now()) {
+                    debug!(status, error = %e, "answer not sent");
+                }
+            }
+        }
+    }
+
+    /// A REGISTER whose lookup finished: handled with what memory has now (the tenant,
+    /// the user, or their absence), never looked up twice.
+    async fn register_looked_up(&mut self, tx: TxId, msg: Message, peer: Peer) {
+        let ingress = Ingress {
+            transport: peer.transport,
+            source: peer.source,
+            local: peer.local,
+            flow: match peer.target {
+                Target::Flow(f) => Some(f),
+                Target::Datagram { .. } => None,
+            },
+        };
+        let (deps, replay) = (self.deps.clone(), self.replay_tx.clone());
+        tokio::spawn(async move {
+            let b = deps.registrar.handle(&msg, &ingress, unix_now_ms()).await;
+            let _ = replay.send(Replay::Answer {
+                tx,
+                status: b.status(),
+                bytes: b.build(),
+            });
+        });
+    }
+
+    /// What to look up first, when `msg` needs a tenant or user memory does not have.
+    fn lookup_needed(&self, msg: &Message, register: bool) -> Option<Lookup> {
+        let (domain, header) = if register {
+            let to = msg.to_header().ok()?;
+            let uri = to.uri().ok()?;
+            (
+                uri.as_sip()?.host.to_ascii_lowercase(),
+                HeaderName::Authorization,
+            )
+        } else {
+            let uri = msg.request_uri()?.ok()?;
+            (
+                uri.as_sip()?.host.to_ascii_lowercase(),
+                HeaderName::ProxyAuthorization,
+            )
+        };
+        let now = Instant::now();
+        let entry = match self.deps.directory.cached(&domain, now) {
+            Cached::Miss => return Some(Lookup::Domain(domain)),
+            Cached::Unknown => return None,
+            Cached::Tenant(entry) => entry,
+        };
+        credential_usernames(msg, header, &entry.tenant.domain)
+            .into_iter()
+            .find(|u| matches!(entry.cached_user(u, now), CachedUser::Miss))
+            .map(|u| Lookup::User(entry, u))
+    }
+
+    /// Looks `lookup` up in a task and replays `then` when it is done; `503` when too
+    /// many lookups are in flight already.
+    fn look_up(&mut self, lookup: Lookup, then: Replay) {
+        let Ok(permit) = self.lookups.clone().try_acquire_owned() else {
+            self.deps
+                .counters
+                .lookups_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return self.refuse_busy(then);
+        };
+        self.deps.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let (directory, replay) = (self.deps.directory.clone(), self.replay_tx.clone());
+        tokio::spawn(async move {
+            let now = Instant::now();
+            let looked_up = match &lookup {
+                Lookup::Domain(domain) => directory.load(domain, now).await.map(|_| ()),
+                Lookup::User(entry, user) => directory.load_user(entry, user, now).await,
+            };
+            if let Err(e) = looked_up {
+                warn!(?lookup, error = %e, "directory lookup failed");
+            }
+            drop(permit);
+            let _ = replay.send(then);
+        });
+    }
+
+    fn refuse_busy(&mut self, then: Replay) {
+        match then {
+            Replay::Request { tx, msg, peer } => {
+                let bytes = self.shed_answer(&msg, peer.source);
+                self.respond(tx, 503, bytes, peer.source);
+            }
+            Replay::Stateless(incoming) => {
+                if let Inbound::Request(msg) = &incoming.inbound {
+                    let bytes = self.shed_answer(msg, incoming.source);
+                    let target = {
+                        let via = msg.top_via().ok();
+                        response_target(
+                            incoming.transport,
+                            incoming.source,
+                            incoming.local,
+                            incoming.flow,
+                            via.as_ref(),
+                        )
+                    };
+                    let hub = self.deps.hub.clone();
+                    tokio::spawn(async move {
+                        let _ = hub.send(target, bytes).await;
+                    });
+                }
+            }
+            Replay::Answer { .. } => {}
+        }
+    }
+
+    /// `503` with a `Retry-After` spread over the configured range.
+    fn shed_answer(&self, msg: &Message, source: SocketAddr) -> Bytes {
+        let (lo, hi) = self.settings.retry_after_secs;
+        let after = lo + rand::random::<u32>() % (hi.saturating_sub(lo) + 1);
+        let tag = format!("{:016x}", rand::random::<u64>());
+        ResponseBuilder::for_request(msg, 503, "Overloaded, retry later", &tag)
+            .stamp_top_via(&source.ip().to_string(), source.port())
+            .header("Retry-After", after.to_string())
+            .build()
+    }
+}
+
+/// Responses and requests inside a dialog (a To tag, or ACK/CANCEL/BYE) go first.
+fn is_urgent(inbound: &Inbound) -> bool {
+    match inbound {
+        Inbound::Response(_) => true,
+        Inbound::Request(m) => {
+            matches!(m.method(), Some(Method::Ack | Method::Cancel | Method::Bye))
+                || m.to_header().is_ok_and(|t| t.tag().is_some())
+        }
+        _ => false,
+    }
+}
+
+/// A request that starts something new: REGISTER, or an initial INVITE.
+fn is_new_call(msg: &Message) -> bool {
+    match msg.method() {
+        Some(Method::Register) => true,
+        Some(Method::Invite) => msg.to_header().is_ok_and(|t| t.tag().is_none()),
+        _ => false,
+    }
+}
+
+/// Initial requests from phones other than ACK and CANCEL are authenticated against
+/// their tenant; everything else is routed without one.
+fn needs_tenant(msg: &Message) -> bool {
+    !matches!(msg.method(), Some(Method::Ack | Method::Cancel))
+        && msg.to_header().is_ok_and(|t| t.tag().is_none())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn unix_now() -> u64 {
+    (unix_now_ms() / 1000) as u64
+}
