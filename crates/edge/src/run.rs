@@ -58,7 +58,7 @@ impl Default for EdgeSettings {
     fn default() -> Self {
         EdgeSettings {
             timers: TimerConfig::default(),
-            shed_after: Duration::from_millis(400),
+            shed_after: Duration::from_secs(1),
             retry_after_secs: (2, 10),
             max_lookups: 64,
         }
@@ -88,6 +88,29 @@ pub struct EdgeCounters {
     pub lookups: AtomicU64,
     /// The longest queueing delay seen since the last read, microseconds.
     pub max_delay_us: AtomicU64,
+}
+
+impl EdgeCounters {
+    /// Metric names and values; the queueing-delay maximum restarts at each read.
+    pub fn snapshot(&self) -> Vec<(String, f64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        vec![
+            (
+                "switchyard_edge_messages_received_total".into(),
+                get(&self.received),
+            ),
+            ("switchyard_edge_shed_total".into(), get(&self.shed)),
+            ("switchyard_edge_lookups_total".into(), get(&self.lookups)),
+            (
+                "switchyard_edge_lookups_refused_total".into(),
+                get(&self.lookups_refused),
+            ),
+            (
+                "switchyard_edge_queue_delay_max_seconds".into(),
+                self.max_delay_us.swap(0, Ordering::Relaxed) as f64 / 1e6,
+            ),
+        ]
+    }
 }
 
 /// Runs the edge until `shutdown` fires or the listeners are gone.

@@ -79,6 +79,13 @@ pub struct EdgeSection {
     /// built on libre (baresip 1.0) abort on any challenge with an algorithm they do not
     /// know, even when an MD5 one is also present. Add `SHA-256` when every phone takes it.
     pub digest_algorithms: Vec<String>,
+    /// A new REGISTER or INVITE that waited longer than this in the edge's queue is
+    /// answered `503` with a jittered `Retry-After` (milliseconds). A phone has sent its
+    /// request twice by 1.5 s (RFC 3261 timer E); past that the queue only grows.
+    pub shed_after_ms: u64,
+    /// Range of the `Retry-After` (seconds) given with such a `503`.
+    pub retry_after_min_secs: u32,
+    pub retry_after_max_secs: u32,
 }
 
 impl Default for EdgeSection {
@@ -88,6 +95,9 @@ impl Default for EdgeSection {
             max_auth_failures: 5,
             auth_failure_window_secs: 300,
             digest_algorithms: vec!["MD5".into()],
+            shed_after_ms: 1000,
+            retry_after_min_secs: 2,
+            retry_after_max_secs: 10,
         }
     }
 }
@@ -248,6 +258,14 @@ impl Config {
                 .any(|a| switchyard_sip::digest::Algorithm::from_token(Some(a)).is_none())
         {
             bail!("edge.digest_algorithms must list MD5 and/or SHA-256");
+        }
+        if self.edge.retry_after_min_secs == 0
+            || self.edge.retry_after_max_secs < self.edge.retry_after_min_secs
+        {
+            bail!("edge.retry_after_min_secs must be at least 1 and at most retry_after_max_secs");
+        }
+        if self.edge.shed_after_ms == 0 {
+            bail!("edge.shed_after_ms must be at least 1");
         }
         if self.edge.max_auth_failures == 0 {
             bail!("edge.max_auth_failures must be at least 1");

@@ -166,8 +166,10 @@ pub async fn serve(
     // unhealthy.
     const PING_EVERY: Duration = Duration::from_secs(2);
     let core_health = Arc::new(CoreHealth::new(PING_EVERY * 3));
+    let counters = Arc::new(switchyard_edge::EdgeCounters::default());
     let gauges = {
         let (core, media, health) = (core.clone(), media.clone(), core_health.clone());
+        let edge = counters.clone();
         let runtime = tokio::runtime::Handle::current();
         switchyard_api::Metrics(Arc::new(move || {
             vec![
@@ -191,6 +193,9 @@ pub async fn serve(
                     )),
                 ),
             ]
+            .into_iter()
+            .chain(edge.snapshot())
+            .collect()
         }))
     };
     let api_state =
@@ -252,7 +257,6 @@ pub async fn serve(
         let (hub, stop) = (hub.clone(), stop_rx.clone());
         tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
     }
-    let counters = Arc::new(switchyard_edge::EdgeCounters::default());
     let proxy = Proxy {
         directory: directory.clone(),
         auth: auth.clone(),
@@ -303,7 +307,14 @@ pub async fn serve(
     info!(core = %core_addr, edge_internal = %internal, "ready");
 
     let edge = tokio::spawn(switchyard_edge::run(
-        EdgeSettings::default(),
+        EdgeSettings {
+            shed_after: Duration::from_millis(config.edge.shed_after_ms),
+            retry_after_secs: (
+                config.edge.retry_after_min_secs,
+                config.edge.retry_after_max_secs,
+            ),
+            ..EdgeSettings::default()
+        },
         edge_deps,
         rx,
         stop_rx.clone(),
