@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Seeds fuzz/corpus/<target> from the shared test data (RFC 4475 messages, their URIs and
+# Seeds fuzz/corpus/<target> from the repository's test data (RFC 4475 messages, their URIs and
 # digest headers, the RFC 7616 example). Run from anywhere; idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
-data=${SWITCHYARD_TESTDATA:-../../shared/testdata}/rfc4475
+data=${SWITCHYARD_TESTDATA:-../testdata}/rfc4475
 mkdir -p corpus/datagram corpus/stream corpus/uri corpus/digest
 cp "$data"/*.dat corpus/datagram/
 for f in "$data"/*.dat; do

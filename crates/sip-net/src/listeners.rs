@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -79,11 +80,14 @@ pub async fn spawn_listeners(
     let mut bound = BoundListeners::default();
     let mut udp_sockets = Vec::new();
     for addr in &config.udp {
-        let socket = Arc::new(
-            UdpSocket::bind(addr)
-                .await
-                .map_err(|e| annotate(e, "udp", addr))?,
-        );
+        let socket = match bind_udp(*addr) {
+            Ok(s) => Arc::new(s),
+            Err(e) if no_ipv6_here(addr, &e) => {
+                warn!(%addr, error = %e, "IPv6 is not available on this host: listener skipped");
+                continue;
+            }
+            Err(e) => return Err(annotate(e, "udp", addr)),
+        };
         let local = socket.local_addr()?;
         if config.udp_buffer > 0 {
             let sizes = crate::udp::size_buffers(&socket, config.udp_buffer);
@@ -105,9 +109,14 @@ pub async fn spawn_listeners(
         (Transport::Wss, &config.wss),
     ] {
         for addr in addrs {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| annotate(e, transport.via_token(), addr))?;
+            let listener = match bind_tcp(*addr) {
+                Ok(l) => l,
+                Err(e) if no_ipv6_here(addr, &e) => {
+                    warn!(%addr, error = %e, "IPv6 is not available on this host: listener skipped");
+                    continue;
+                }
+                Err(e) => return Err(annotate(e, transport.via_token(), addr)),
+            };
             let local = listener.local_addr()?;
             match transport {
                 Transport::Tcp => bound.tcp.push(local),
@@ -139,6 +148,42 @@ pub async fn spawn_listeners(
         ));
     }
     Ok(bound)
+}
+
+/// A UDP socket on `addr`. An IPv6 socket takes IPv6 only (`IPV6_V6ONLY`), so `[::]:5060`
+/// and `0.0.0.0:5060` can both be bound, each with its own socket.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// A TCP listener on `addr` (IPv6 only for an IPv6 address, as for UDP).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The host has no IPv6 at all (a kernel without it, or a container with it off): the
+/// default IPv6 listeners are skipped with a warning rather than failing the start.
+fn no_ipv6_here(addr: &SocketAddr, e: &std::io::Error) -> bool {
+    addr.is_ipv6()
+        && addr.ip().is_unspecified()
+        && matches!(
+            e.raw_os_error(),
+            Some(97 /* EAFNOSUPPORT */) | Some(99 /* EADDRNOTAVAIL */)
+        )
 }
 
 fn annotate(e: std::io::Error, what: &str, addr: &SocketAddr) -> std::io::Error {

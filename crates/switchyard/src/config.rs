@@ -179,7 +179,13 @@ pub struct SipConfig {
 
 impl Default for SipConfig {
     fn default() -> Self {
-        let any = |port: u16| vec![SocketAddr::from(([0, 0, 0, 0], port))];
+        // Every interface, IPv4 and IPv6 (each its own socket).
+        let any = |port: u16| {
+            vec![
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            ]
+        };
         SipConfig {
             udp: any(5060),
             tcp: any(5060),
@@ -309,6 +315,10 @@ mod tests {
         assert_eq!(c.sip.tls[0].port(), 5061);
         assert_eq!(c.sip.ws[0].port(), 5066);
         assert_eq!(c.sip.wss[0].port(), 7443);
+        assert!(
+            c.sip.udp.iter().any(|a| a.is_ipv6()) && c.sip.udp.iter().any(|a| a.is_ipv4()),
+            "IPv4 and IPv6 by default"
+        );
         c.validate().unwrap();
     }
 

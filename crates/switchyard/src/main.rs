@@ -18,6 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every role in one process.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Tenants.
     #[command(subcommand)]

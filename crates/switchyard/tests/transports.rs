@@ -380,3 +380,30 @@ fn a_final_answer_to_invite_is_retransmitted_over_udp_until_acked() {
         "retransmissions stop after the ACK"
     );
 }
+
+#[tokio::test]
+async fn options_over_ipv6_udp_and_tcp() {
+    let server = Server::start(&["--udp", "[::1]:0", "--tcp", "[::1]:0"]);
+    let udp = server.addr("UDP");
+    assert!(udp.is_ipv6(), "{udp}");
+    let sock = UdpSocket::bind("[::1]:0").await.unwrap();
+    let local = sock.local_addr().unwrap();
+    sock.send_to(options("UDP", local, "udp6").as_bytes(), udp)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, udp);
+    assert_options_answer(&parse(&buf[..n]), "udp6");
+
+    let mut tcp = TcpStream::connect(server.addr("TCP")).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    tcp.write_all(options("TCP", local, "tcp6").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_message(&mut tcp).await;
+    assert_options_answer(&answer, "tcp6");
+}

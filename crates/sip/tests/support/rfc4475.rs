@@ -1,27 +1,25 @@
-//! The RFC 4475 corpus in `shared/testdata/rfc4475` and the reaction its manifest names.
-//! Shared by the parser tests here and the over-UDP tests of the `switchyard` binary.
+//! The RFC 4475 corpus in the repository's `testdata/rfc4475` and the reaction its
+//! manifest names. Shared by the parser tests here and the over-UDP tests of the
+//! `switchyard` binary.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
-/// Finds `shared/testdata/rfc4475` beside the repository (or under `SWITCHYARD_TESTDATA`).
-/// Fails loudly: the corpus is part of the test suite, never skipped.
+/// The corpus directory: `testdata/rfc4475` at the top of this repository (or under
+/// `SWITCHYARD_TESTDATA`). Fails loudly: the corpus is part of the test suite, never
+/// skipped.
 pub fn corpus_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("SWITCHYARD_TESTDATA") {
         return PathBuf::from(dir).join("rfc4475");
     }
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared/testdata/rfc4475");
-        if candidate.join("MANIFEST.tsv").exists() {
-            return candidate;
-        }
-        assert!(
-            dir.pop(),
-            "shared/testdata/rfc4475 not found above {}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-    }
+    // Both users of this file live two levels below the workspace root (crates/NAME).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/rfc4475");
+    assert!(
+        dir.join("MANIFEST.tsv").exists(),
+        "the RFC 4475 corpus is missing: {} has no MANIFEST.tsv",
+        dir.display()
+    );
+    dir
 }
 
 /// One manifest row with the file's bytes.
