@@ -1,23 +1,31 @@
-//! Digest authentication of phones against the store's HA1 digests, shared by the
-//! registrar (`Authorization`, 401) and the proxy (`Proxy-Authorization`, 407).
+//! Digest authentication of phones against the HA1 digests in the edge's directory,
+//! shared by the registrar (`Authorization`, 401) and the proxy (`Proxy-Authorization`,
+//! 407).
 //!
 //! - The realm is the tenant's domain; credentials for any other realm are ignored, so a
 //!   password of one tenant never authenticates in another.
-//! - An unknown username gets exactly the challenge a wrong password gets (no user
-//!   enumeration).
-//! - After `max_failures` failed attempts for one source address and user within
-//!   `window_secs`, the answer is `403` until the window passes, with a log line naming
-//!   the source and the address of record.
+//! - An unknown username, a wrong password and the right password of another extension
+//!   than the one the request claims all get the same fresh challenge (no oracle).
+//! - Nonces are bound to the source address they were issued to, `qop=auth` is required
+//!   and the digest `uri` must be the Request-URI (`400` otherwise).
+//! - A byte-identical retransmission (same nonce, nonce count and Via branch) is accepted
+//!   again, so it reaches the transaction that absorbs it instead of a second challenge;
+//!   any other reuse of a nonce count is a replay and is challenged.
+//! - Failures are counted by source address and by the credentials' username, never by a
+//!   user the request merely claims. Too many from one source within the window ban that
+//!   source ([`crate::bans`]); the right password from any other source still works.
+//!   Every table is bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use switchyard_sip::HeaderName;
 use switchyard_sip::Message;
 use switchyard_sip::digest::{Algorithm, Challenge, Credentials, NonceCheck, NonceCounts, Nonces};
 use switchyard_store::Extension;
 
+use crate::bans::{BanReason, Bans};
 use crate::directory::TenantEntry;
 use tracing::warn;
 
@@ -40,11 +48,14 @@ pub enum AuthOutcome {
     },
     /// `403` with this reason.
     Forbidden(&'static str),
+    /// `400` with this reason: credentials that break the digest rules we require.
+    BadRequest(&'static str),
 }
 
 /// Failure-limit settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FailurePolicy {
+    /// Failures from one source address within the window before it is banned.
     pub max_failures: u32,
     pub window_secs: u64,
 }
@@ -58,25 +69,68 @@ impl Default for FailurePolicy {
     }
 }
 
+/// Entries a failure table holds at most; beyond, the oldest windows are forgotten.
+const MAX_TABLE: usize = 100_000;
+
+/// Failures within a window: (count, window start in Unix seconds).
+#[derive(Debug, Default)]
+struct FailureTable {
+    entries: HashMap<String, (u32, u64)>,
+}
+
+impl FailureTable {
+    /// Counts one failure for `key`; returns the count in the current window.
+    fn add(&mut self, key: &str, now_secs: u64, window: u64) -> u32 {
+        if self.entries.len() >= MAX_TABLE && !self.entries.contains_key(key) {
+            self.entries
+                .retain(|_, (_, since)| now_secs.saturating_sub(*since) < window);
+            if self.entries.len() >= MAX_TABLE {
+                self.entries.clear();
+            }
+        }
+        let entry = self.entries.entry(key.to_owned()).or_insert((0, now_secs));
+        if now_secs.saturating_sub(entry.1) >= window {
+            *entry = (0, now_secs);
+        }
+        entry.0 += 1;
+        entry.0
+    }
+
+    fn purge(&mut self, now_secs: u64, window: u64) {
+        self.entries
+            .retain(|_, (_, since)| now_secs.saturating_sub(*since) < window);
+    }
+}
+
 /// Checks digest credentials; keeps nonce counts and failure counters of this node.
 #[derive(Debug)]
 pub struct Authenticator {
     nonces: Nonces,
     counts: Mutex<NonceCounts>,
-    failures: Mutex<HashMap<String, (u32, u64)>>,
+    by_source: Mutex<FailureTable>,
+    by_username: Mutex<FailureTable>,
     policy: FailurePolicy,
+    bans: Arc<Bans>,
     /// Challenge order. Many deployed phones (baresip 1.0's libre among them) take the
     /// first challenge and fail on SHA-256, so MD5 comes first unless configured.
     algorithms: Vec<Algorithm>,
 }
 
+/// The nonce of a challenge is bound to the address it was sent to: a response from
+/// elsewhere is not ours (a fresh challenge, not a failure).
+fn bound_realm(realm: &str, source: IpAddr) -> String {
+    format!("{realm}|{source}")
+}
+
 impl Authenticator {
-    pub fn new(nonces: Nonces, policy: FailurePolicy) -> Authenticator {
+    pub fn new(nonces: Nonces, policy: FailurePolicy, bans: Arc<Bans>) -> Authenticator {
         Authenticator {
             nonces,
             counts: Mutex::new(NonceCounts::default()),
-            failures: Mutex::new(HashMap::new()),
+            by_source: Mutex::default(),
+            by_username: Mutex::default(),
             policy,
+            bans,
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
         }
     }
@@ -89,9 +143,19 @@ impl Authenticator {
         self
     }
 
-    /// Challenge header values for `realm`, one per configured algorithm.
-    pub fn challenges(&self, realm: &str, stale: bool, now_secs: u64) -> Vec<String> {
-        let nonce = self.nonces.issue(realm, now_secs);
+    pub fn bans(&self) -> &Arc<Bans> {
+        &self.bans
+    }
+
+    /// Challenge header values for `realm` to a phone at `source`, one per algorithm.
+    pub fn challenges(
+        &self,
+        realm: &str,
+        source: IpAddr,
+        stale: bool,
+        now_secs: u64,
+    ) -> Vec<String> {
+        let nonce = self.nonces.issue(&bound_realm(realm, source), now_secs);
         self.algorithms
             .iter()
             .copied()
@@ -108,9 +172,9 @@ impl Authenticator {
             .collect()
     }
 
-    /// Checks the credentials in `header` rows of `msg` for `tenant`. `aor_user` is the
-    /// user the request claims to be (To of a REGISTER, From of an INVITE): the credentials
-    /// must belong to that extension.
+    /// Checks the credentials in `header` rows of `msg` for `entry`'s tenant. `aor_user`
+    /// is the user the request claims to be (To of a REGISTER, From of an INVITE): the
+    /// credentials must belong to that extension.
     pub fn check(
         &self,
         entry: &TenantEntry,
@@ -121,11 +185,11 @@ impl Authenticator {
         now_secs: u64,
     ) -> AuthOutcome {
         let tenant = &entry.tenant;
-        let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
-        let failure_key = format!("{}|{}|{}", tenant.id, source, aor_user.to_ascii_lowercase());
-        if self.blocked(&failure_key, now_secs) {
+        if self.bans.is_banned(source, now_secs) {
             return AuthOutcome::Forbidden("Too many failed authentications");
         }
+        let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
+        let bound = bound_realm(&tenant.domain, source);
         let mut stale = false;
         for row in msg.header_rows(header) {
             let Ok(creds) = Credentials::parse(row) else {
@@ -134,13 +198,22 @@ impl Authenticator {
             if !creds.realm.eq_ignore_ascii_case(&tenant.domain) {
                 continue;
             }
-            match self.nonces.check(&creds.nonce, &tenant.domain, now_secs) {
+            match self.nonces.check(&creds.nonce, &bound, now_secs) {
                 NonceCheck::Invalid => continue,
                 NonceCheck::Stale => {
                     stale = true;
                     continue;
                 }
                 NonceCheck::Valid => {}
+            }
+            let Some(nc) = creds.nonce_count().filter(|_| creds.qop.is_some()) else {
+                return AuthOutcome::BadRequest("Digest credentials need qop=auth");
+            };
+            if !msg
+                .request_uri_str()
+                .is_some_and(|r| same_uri(r, &creds.uri))
+            {
+                return AuthOutcome::BadRequest("Digest uri is not the Request-URI");
             }
             let ext = entry
                 .user(&creds.username)
@@ -152,64 +225,62 @@ impl Authenticator {
                 };
                 creds.verify(&method, ha1)
             });
-            let Some(ext) = ext.filter(|_| verified) else {
-                return self.fail(&failure_key, &tenant.id, aor_user, source, now_secs);
+            // The right password of another extension than the one claimed is a failure
+            // like any other: the same challenge, counted the same way.
+            let Some(ext) = ext.filter(|e| {
+                verified
+                    && (aor_user.eq_ignore_ascii_case(&e.username)
+                        || aor_user == e.number.to_string())
+            }) else {
+                return self.fail(&tenant.id, &creds.username, source, now_secs);
             };
-            if let Some(nc) = creds.nonce_count() {
-                let fresh = self
-                    .counts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .accept(&creds.nonce, nc, now_secs);
-                if !fresh {
-                    // A replayed response: never accepted, but a retransmission is no
-                    // attack either, so it is challenged without counting a failure.
-                    return AuthOutcome::Challenge { stale: false };
-                }
-            }
-            if !aor_user.eq_ignore_ascii_case(&ext.username) && aor_user != ext.number.to_string() {
-                warn!(tenant = %tenant.id, %source, aor = aor_user, username = %ext.username,
-                    "credentials of one extension used for another");
-                return AuthOutcome::Forbidden("Credentials do not match the address of record");
-            }
-            self.failures
+            let retransmission_key = retransmission_key(msg);
+            let fresh = self
+                .counts
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&failure_key);
+                .accept_request(&creds.nonce, nc, retransmission_key, now_secs);
+            if !fresh {
+                // A replayed response: never accepted, but no attack either, so it is
+                // challenged without counting a failure.
+                return AuthOutcome::Challenge { stale: false };
+            }
             return AuthOutcome::Authenticated(ext);
         }
         AuthOutcome::Challenge { stale }
     }
 
-    fn blocked(&self, key: &str, now_secs: u64) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).is_some_and(|(n, since)| {
-            *n >= self.policy.max_failures
-                && now_secs.saturating_sub(*since) < self.policy.window_secs
-        })
-    }
-
-    fn fail(
-        &self,
-        key: &str,
-        tenant_id: &str,
-        aor: &str,
-        source: IpAddr,
-        now_secs: u64,
-    ) -> AuthOutcome {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(key.to_owned()).or_insert((0, now_secs));
-        if now_secs.saturating_sub(entry.1) >= self.policy.window_secs {
-            *entry = (0, now_secs);
+    fn fail(&self, tenant_id: &str, username: &str, source: IpAddr, now_secs: u64) -> AuthOutcome {
+        let window = self.policy.window_secs;
+        let from_source = self
+            .by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&source.to_string(), now_secs, window);
+        let for_user = self
+            .by_username
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(
+                &format!("{tenant_id}|{}", username.to_ascii_lowercase()),
+                now_secs,
+                window,
+            );
+        if for_user == self.policy.max_failures * 4 {
+            warn!(tenant = %tenant_id, username, failures = for_user,
+                "many failed authentications for one username (from any source)");
         }
-        entry.0 += 1;
-        if entry.0 >= self.policy.max_failures {
-            warn!(tenant = %tenant_id, %source, aor, failures = entry.0,
-                "too many failed authentications: refusing with 403");
-            AuthOutcome::Forbidden("Too many failed authentications")
-        } else {
-            AuthOutcome::Challenge { stale: false }
+        if from_source >= self.policy.max_failures
+            && self
+                .bans
+                .ban(source, BanReason::AuthFailures, now_secs)
+                .is_some()
+        {
+            warn!(tenant = %tenant_id, %source, failures = from_source,
+                "too many failed authentications: source banned");
+            return AuthOutcome::Forbidden("Too many failed authentications");
         }
+        AuthOutcome::Challenge { stale: false }
     }
 
     /// Forgets old nonce counts and failure windows (call every minute or so).
@@ -220,9 +291,187 @@ impl Authenticator {
             .unwrap_or_else(|e| e.into_inner())
             .purge(now_secs, lifetime * 2);
         let window = self.policy.window_secs;
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, since)| now_secs.saturating_sub(*since) < window);
+        for table in [&self.by_source, &self.by_username] {
+            table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .purge(now_secs, window);
+        }
+        self.bans.purge(now_secs);
+    }
+}
+
+/// What makes a retransmission of the same request: its method and top Via branch.
+fn retransmission_key(msg: &Message) -> u64 {
+    let branch = msg
+        .top_via()
+        .ok()
+        .and_then(|v| v.branch().map(str::to_owned))
+        .unwrap_or_default();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(
+        msg.method()
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    h.update(&[0]);
+    h.update(branch.as_bytes());
+    h.digest()
+}
+
+/// The digest `uri` names the Request-URI: the same text, or the same URI once case of
+/// scheme and host and the order of parameters are set aside.
+fn same_uri(request_uri: &str, digest_uri: &str) -> bool {
+    if request_uri == digest_uri {
+        return true;
+    }
+    let norm = |u: &str| {
+        let mut parts: Vec<String> = u.split(';').map(str::to_ascii_lowercase).collect();
+        if parts.len() > 1 {
+            parts[1..].sort();
+        }
+        parts
+    };
+    norm(request_uri) == norm(digest_uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use switchyard_sip::digest::{expected_response, ha1};
+    use switchyard_store::Tenant;
+
+    const DOMAIN: &str = "acme.test";
+
+    fn entry() -> TenantEntry {
+        let tenant = Tenant {
+            id: "t1".into(),
+            name: "Acme".into(),
+            domain: DOMAIN.into(),
+            state: "active".into(),
+            placement: "shared".into(),
+            max_calls: 10,
+            calls_per_second: 5,
+            max_registrations: 10,
+            max_extensions: 10,
+            reg_expiry_min: 60,
+            reg_expiry_max: 3600,
+            reg_expiry_default: 600,
+            config_version: 1,
+            created_at: 0,
+        };
+        let ext = Extension {
+            id: "e1".into(),
+            tenant_id: "t1".into(),
+            range_id: "r1".into(),
+            number: 1001,
+            display_name: String::new(),
+            username: "1001".into(),
+            ha1_md5: ha1(Algorithm::Md5, "1001", DOMAIN, "secret-1001"),
+            ha1_sha256: ha1(Algorithm::Sha256, "1001", DOMAIN, "secret-1001"),
+            voicemail: false,
+            max_registrations: 2,
+            created_at: 0,
+            forward_always: None,
+            forward_busy: None,
+            forward_no_answer: None,
+            no_answer_seconds: 20,
+        };
+        TenantEntry::new(tenant, vec![ext])
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::new(
+            Nonces::new(b"secret", 300),
+            FailurePolicy::default(),
+            Arc::new(Bans::new(300, 3600, Vec::new())),
+        )
+        .with_algorithms(vec![Algorithm::Md5])
+    }
+
+    fn nonce_of(challenge: &str) -> String {
+        let start = challenge.find("nonce=\"").unwrap() + 7;
+        challenge[start..start + challenge[start..].find('"').unwrap()].to_owned()
+    }
+
+    /// An INVITE with Proxy-Authorization answering `nonce`.
+    fn invite(branch: &str, nonce: &str, nc: &str, uri: &str, qop: bool) -> Message {
+        let h = ha1(Algorithm::Md5, "1001", DOMAIN, "secret-1001");
+        let cnonce = "abc";
+        let qop_part = qop.then_some((nc, cnonce, "auth"));
+        let response = expected_response(Algorithm::Md5, &h, nonce, "INVITE", uri, qop_part);
+        let qop_text = if qop {
+            format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\"")
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "INVITE sip:1002@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\nMax-Forwards: 70\r\nTo: <sip:1002@{DOMAIN}>\r\nFrom: <sip:1001@{DOMAIN}>;tag=f\r\nCall-ID: c1\r\nCSeq: 2 INVITE\r\nProxy-Authorization: Digest username=\"1001\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", algorithm=MD5{qop_text}\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse_datagram(Bytes::from(text)).unwrap()
+    }
+
+    const SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 99));
+
+    fn check(a: &Authenticator, e: &TenantEntry, m: &Message, source: IpAddr) -> AuthOutcome {
+        a.check(e, m, HeaderName::ProxyAuthorization, "1001", source, 1000)
+    }
+
+    #[test]
+    fn a_retransmission_passes_again_but_a_replay_is_challenged() {
+        let (a, e) = (auth(), entry());
+        let nonce = nonce_of(&a.challenges(DOMAIN, SOURCE, false, 1000)[0]);
+        let uri = format!("sip:1002@{DOMAIN}");
+        let first = invite("z9hG4bK1", &nonce, "00000001", &uri, true);
+        assert!(matches!(
+            check(&a, &e, &first, SOURCE),
+            AuthOutcome::Authenticated(_)
+        ));
+        assert!(
+            matches!(check(&a, &e, &first, SOURCE), AuthOutcome::Authenticated(_)),
+            "the same request again (a retransmission) reaches its transaction"
+        );
+        let replay = invite("z9hG4bK2", &nonce, "00000001", &uri, true);
+        assert!(matches!(
+            check(&a, &e, &replay, SOURCE),
+            AuthOutcome::Challenge { stale: false }
+        ));
+        let next = invite("z9hG4bK3", &nonce, "00000002", &uri, true);
+        assert!(matches!(
+            check(&a, &e, &next, SOURCE),
+            AuthOutcome::Authenticated(_)
+        ));
+    }
+
+    #[test]
+    fn nonces_are_bound_to_their_source_and_the_digest_rules_are_enforced() {
+        let (a, e) = (auth(), entry());
+        let nonce = nonce_of(&a.challenges(DOMAIN, SOURCE, false, 1000)[0]);
+        let uri = format!("sip:1002@{DOMAIN}");
+        // From another address, the nonce is not ours: a fresh challenge, no failure.
+        let m = invite("z9hG4bK1", &nonce, "00000001", &uri, true);
+        assert!(matches!(
+            check(&a, &e, &m, ELSEWHERE),
+            AuthOutcome::Challenge { stale: false }
+        ));
+        // RFC 2069 responses (no qop) are refused.
+        let m = invite("z9hG4bK2", &nonce, "00000001", &uri, false);
+        assert!(matches!(
+            check(&a, &e, &m, SOURCE),
+            AuthOutcome::BadRequest(_)
+        ));
+        // The digest uri must be the Request-URI.
+        let m = invite("z9hG4bK3", &nonce, "00000001", "sip:9999@acme.test", true);
+        assert!(matches!(
+            check(&a, &e, &m, SOURCE),
+            AuthOutcome::BadRequest(_)
+        ));
+        assert!(same_uri(
+            "sip:1002@acme.test;transport=udp;user=phone",
+            "SIP:1002@ACME.test;user=phone;transport=udp"
+        ));
     }
 }

@@ -5,7 +5,8 @@
 //! - [`proxy`]: every other request forwarded statelessly to a core node chosen by
 //!   rendezvous hashing of the Call-ID ([`hrw`]), and requests from cores to phones over
 //!   the flow a [`token`] names.
-//! - [`auth`]: digest checks shared by both, with the failure limit.
+//! - [`auth`]: digest checks shared by both, with failure counting.
+//! - [`bans`]: sources refused for a while (growing bans, an allow-list).
 //! - [`directory`]: tenants and credentials in memory, kept true by change events.
 //! - [`health`]: which core nodes answer the edge's pings.
 //! - [`responder`]: stateless answers (OPTIONS, rejections of malformed requests).
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bans;
 pub mod directory;
 pub mod health;
 pub mod hrw;

@@ -270,7 +270,10 @@ impl Proxy {
                 AuthOutcome::Challenge { stale } => {
                     let mut b =
                         self.stateless_answer(msg, ingress, 407, "Proxy Authentication Required");
-                    for c in self.auth.challenges(&tenant.domain, stale, now_secs) {
+                    for c in
+                        self.auth
+                            .challenges(&tenant.domain, ingress.source.ip(), stale, now_secs)
+                    {
                         b = b.header("Proxy-Authenticate", c);
                     }
                     return Verdict::Answer {
@@ -280,6 +283,9 @@ impl Proxy {
                 }
                 AuthOutcome::Forbidden(reason) => {
                     return self.answer(msg, ingress, 403, reason);
+                }
+                AuthOutcome::BadRequest(reason) => {
+                    return self.answer(msg, ingress, 400, reason);
                 }
             };
             info!(tenant = %tenant.id, caller = %ext.username, method = %method, call_id, core = %core.node.id, "forwarding to core");
@@ -406,6 +412,7 @@ mod tests {
         let auth = Arc::new(Authenticator::new(
             Nonces::new(b"s", 300),
             FailurePolicy::default(),
+            Arc::new(crate::bans::Bans::new(300, 3600, Vec::new())),
         ));
         let p = Proxy {
             directory: Directory::new(store),

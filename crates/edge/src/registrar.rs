@@ -102,12 +102,16 @@ impl Registrar {
             AuthOutcome::Authenticated(ext) => ext,
             AuthOutcome::Challenge { stale } => {
                 let mut b = respond(401, "Unauthorized");
-                for c in self.auth.challenges(&tenant.domain, stale, now_secs) {
+                for c in self
+                    .auth
+                    .challenges(&tenant.domain, ingress.source.ip(), stale, now_secs)
+                {
                     b = b.header("WWW-Authenticate", c);
                 }
                 return b;
             }
             AuthOutcome::Forbidden(reason) => return respond(403, reason),
+            AuthOutcome::BadRequest(reason) => return respond(400, reason),
         };
         let tenant_id = tenant.tenant_id();
         let aor = switchyard_state::aor(&ext.username, &tenant.domain);

@@ -354,21 +354,42 @@ impl Nonces {
 /// with their nonce; call [`NonceCounts::purge`] from time to time.
 #[derive(Debug, Default)]
 pub struct NonceCounts {
-    seen: HashMap<String, (u32, u64)>,
+    /// nonce -> (highest nc, last use, key of the request that used it)
+    seen: HashMap<String, (u32, u64, u64)>,
 }
 
 impl NonceCounts {
     /// Records `nc` for `nonce`; false if it is not higher than one already seen (a replay).
     pub fn accept(&mut self, nonce: &str, nc: u32, now_secs: u64) -> bool {
+        self.accept_request(nonce, nc, 0, now_secs)
+    }
+
+    /// Like [`NonceCounts::accept`], but the same `nc` with the same `request_key` (a
+    /// hash of what makes a retransmission: method and branch) is accepted again: a
+    /// retransmitted request is no replay, and challenging it would end a call the next
+    /// hop is already setting up. Key 0 means "no retransmissions".
+    pub fn accept_request(
+        &mut self,
+        nonce: &str,
+        nc: u32,
+        request_key: u64,
+        now_secs: u64,
+    ) -> bool {
         match self.seen.get_mut(nonce) {
-            Some((last, _)) if nc <= *last => false,
-            Some((last, at)) => {
-                *last = nc;
+            Some((last, at, key)) if nc == *last && request_key != 0 && *key == request_key => {
                 *at = now_secs;
                 true
             }
+            Some((last, _, _)) if nc <= *last => false,
+            Some((last, at, key)) => {
+                *last = nc;
+                *at = now_secs;
+                *key = request_key;
+                true
+            }
             None => {
-                self.seen.insert(nonce.to_owned(), (nc, now_secs));
+                self.seen
+                    .insert(nonce.to_owned(), (nc, now_secs, request_key));
                 true
             }
         }
@@ -377,7 +398,7 @@ impl NonceCounts {
     /// Forgets nonces last used more than `max_age_secs` ago.
     pub fn purge(&mut self, now_secs: u64, max_age_secs: u64) {
         self.seen
-            .retain(|_, (_, at)| now_secs.saturating_sub(*at) <= max_age_secs);
+            .retain(|_, (_, at, _)| now_secs.saturating_sub(*at) <= max_age_secs);
     }
 
     pub fn len(&self) -> usize {

@@ -71,10 +71,16 @@ pub struct EdgeSection {
     /// Address phones reach the SIP listeners at, when they are bound to 0.0.0.0 or [::]
     /// (written into Via and Record-Route); default: loopback.
     pub advertise: Option<IpAddr>,
-    /// Failed digest attempts from one source for one user before `403`.
+    /// Failed digest attempts from one source address within the window before the
+    /// source is banned (`403`).
     pub max_auth_failures: u32,
-    /// How long failures are remembered (and the `403` lasts), seconds.
+    /// How long failures are counted, seconds; also the length of a first ban.
     pub auth_failure_window_secs: u64,
+    /// The longest ban, seconds: each new ban of a source doubles the last one up to it.
+    pub max_ban_secs: u64,
+    /// Sources never banned: trunks and large NATs (`203.0.113.0/24`, `2001:db8::/32`,
+    /// single addresses).
+    pub allow: Vec<String>,
     /// Digest challenges offered, in order: `MD5`, `SHA-256`. Only MD5 by default: phones
     /// built on libre (baresip 1.0) abort on any challenge with an algorithm they do not
     /// know, even when an MD5 one is also present. Add `SHA-256` when every phone takes it.
@@ -94,6 +100,8 @@ impl Default for EdgeSection {
             advertise: None,
             max_auth_failures: 5,
             auth_failure_window_secs: 300,
+            max_ban_secs: 86_400,
+            allow: Vec::new(),
             digest_algorithms: vec!["MD5".into()],
             shed_after_ms: 1000,
             retry_after_min_secs: 2,
@@ -272,6 +280,10 @@ impl Config {
         }
         if self.edge.shed_after_ms == 0 {
             bail!("edge.shed_after_ms must be at least 1");
+        }
+        for a in &self.edge.allow {
+            switchyard_edge::bans::Prefix::parse(a)
+                .map_err(|e| anyhow::anyhow!("edge.allow: {e}"))?;
         }
         if self.edge.max_auth_failures == 0 {
             bail!("edge.max_auth_failures must be at least 1");

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use switchyard_core::{CoreSettings, spawn_core};
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
+use switchyard_edge::bans::{Bans, Prefix};
 use switchyard_edge::directory::Directory;
 use switchyard_edge::health::{CoreHealth, ping};
 use switchyard_edge::proxy::{CoreNode, Proxy};
@@ -166,10 +167,20 @@ pub async fn serve(
     // unhealthy.
     const PING_EVERY: Duration = Duration::from_secs(2);
     let core_health = Arc::new(CoreHealth::new(PING_EVERY * 3));
+    let bans = Arc::new(Bans::new(
+        config.edge.auth_failure_window_secs,
+        config.edge.max_ban_secs,
+        config
+            .edge
+            .allow
+            .iter()
+            .filter_map(|a| Prefix::parse(a).ok())
+            .collect(),
+    ));
     let counters = Arc::new(switchyard_edge::EdgeCounters::default());
     let gauges = {
         let (core, media, health) = (core.clone(), media.clone(), core_health.clone());
-        let edge = counters.clone();
+        let (edge, bans) = (counters.clone(), bans.clone());
         let runtime = tokio::runtime::Handle::current();
         switchyard_api::Metrics(Arc::new(move || {
             vec![
@@ -195,6 +206,16 @@ pub async fn serve(
             ]
             .into_iter()
             .chain(edge.snapshot())
+            .chain([
+                (
+                    "switchyard_edge_bans_issued_total".into(),
+                    bans.issued.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                ),
+                (
+                    "switchyard_edge_bans_active".into(),
+                    bans.list(unix_now()).len() as f64,
+                ),
+            ])
             .collect()
         }))
     };
@@ -226,6 +247,7 @@ pub async fn serve(
                 max_failures: config.edge.max_auth_failures,
                 window_secs: config.edge.auth_failure_window_secs,
             },
+            bans.clone(),
         )
         .with_algorithms(
             config
@@ -412,4 +434,11 @@ fn demo_certificate(data_dir: &Path) -> anyhow::Result<std::sync::Arc<tls::Serve
     std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
     info!(path = %path.display(), "generated a self-signed TLS certificate for the demo");
     Ok(config)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

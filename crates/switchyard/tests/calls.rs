@@ -154,12 +154,14 @@ fn header_names(m: &switchyard_sip::Message) -> Vec<String> {
 #[test]
 fn registration_needs_the_right_password_for_the_right_extension() {
     let d = demo();
-    // Wrong password: 401 again each time, then 403 once the limit (5) is reached.
-    let mut wrong = Phone::new(d.server.addr("UDP"), &d.domain, "1001", "not-the-password");
+    let server = d.server.addr("UDP");
+    // Wrong password from one source: 401 each time, then 403 once the limit (5) is
+    // reached, and the source is banned.
+    let mut attacker = Phone::new_at("127.0.0.2", server, &d.domain, "1001", "not-the-password");
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(
-            wrong
+            attacker
                 .register_as("1001", "not-the-password", 600)
                 .status()
                 .unwrap(),
@@ -167,13 +169,37 @@ fn registration_needs_the_right_password_for_the_right_extension() {
     }
     assert_eq!(statuses, [401, 401, 401, 401, 403]);
     assert!(
-        d.server.log().contains("too many failed authentications"),
-        "the 403 is logged with source and AoR"
+        d.server.log().contains("source banned"),
+        "the ban is logged with its source"
     );
+    // The ban is the attacking source's: even the right password is refused there...
+    let right = d.passwords[0].clone();
+    assert_eq!(
+        attacker.register_as("1001", &right, 600).status(),
+        Some(403)
+    );
+    // ...but never the right password from another source.
+    let mut real = Phone::new_at("127.0.0.3", server, &d.domain, "1001", &right);
+    assert_eq!(real.register_as("1001", &right, 600).status(), Some(200));
+
+    // A guesser that rotates the user it claims is counted all the same (by source).
+    let mut rotating = Phone::new_at("127.0.0.4", server, &d.domain, "x", "guess-guess");
+    let statuses: Vec<u16> = ["1001", "1002", "1003", "7777", "1001"]
+        .iter()
+        .map(|u| {
+            rotating.user = (*u).to_owned();
+            rotating
+                .register_as(u, "guess-guess", 600)
+                .status()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 403]);
+
     // An unknown user gets the same challenge as a known one, and the same 401 after
     // answering it: nothing tells the two apart.
-    let mut unknown = Phone::new(d.server.addr("UDP"), &d.domain, "7777", "whatever-pass");
-    let mut known = d.phone("1002");
+    let mut unknown = Phone::new_at("127.0.0.5", server, &d.domain, "7777", "whatever-pass");
+    let mut known = Phone::new_at("127.0.0.5", server, &d.domain, "1002", "wrong-password-x");
     let first_unknown = unknown.register_as("7777", "whatever-pass", 600);
     let first_known = known.register_as("1002", "wrong-password-x", 600);
     assert_eq!(first_unknown.status(), Some(401));
@@ -191,15 +217,14 @@ fn registration_needs_the_right_password_for_the_right_extension() {
     assert_eq!(chal(&first_unknown), chal(&first_known));
     assert!(chal(&first_known).contains(&format!("realm=\"{}\"", d.domain)));
     // An unknown domain is refused, never given another tenant's realm.
-    let mut elsewhere = Phone::new(d.server.addr("UDP"), "nobody.example", "1001", "x");
+    let mut elsewhere = Phone::new_at("127.0.0.6", server, "nobody.example", "1001", "x");
     assert_eq!(elsewhere.register(), 404);
-    // 1001's credentials cannot register 1002.
-    let mut a = d.phone("1001");
-    let stolen = d.passwords[0].clone();
-    assert_eq!(a.register_as("1002", &stolen, 600).status(), Some(403));
-    // The right password works. (1001 is locked out for now: the limit counts per source
-    // address and user, and every phone here is 127.0.0.1; 1002 had one failure.)
-    let mut b = d.phone("1002");
+    // 1001's credentials cannot register 1002, and the answer is the one a wrong
+    // password gets (a distinct 403 would confirm the password).
+    let mut a = Phone::new_at("127.0.0.7", server, &d.domain, "1001", &right);
+    assert_eq!(a.register_as("1002", &right, 600).status(), Some(401));
+    // The right password works.
+    let mut b = Phone::new_at("127.0.0.8", server, &d.domain, "1002", &d.passwords[1]);
     let ok = b.register_as("1002", &d.passwords[1].clone(), 600);
     assert_eq!(ok.status(), Some(200));
     let contact = ok.header(switchyard_sip::HeaderName::Contact).unwrap();

@@ -87,8 +87,14 @@ pub fn sdp_addr(body: &[u8]) -> Option<SocketAddr> {
 
 impl Phone {
     pub fn new(server: SocketAddr, domain: &str, user: &str, password: &str) -> Phone {
-        let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Phone::new_at("127.0.0.1", server, domain, user, password)
+    }
+
+    /// A phone whose sockets are bound to `ip` (any 127.0.0.0/8 address: each is its own
+    /// source to the server).
+    pub fn new_at(ip: &str, server: SocketAddr, domain: &str, user: &str, password: &str) -> Phone {
+        let sip = UdpSocket::bind((ip, 0)).unwrap();
+        let rtp = UdpSocket::bind((ip, 0)).unwrap();
         Phone {
             sip,
             rtp,

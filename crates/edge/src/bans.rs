@@ -1,0 +1,287 @@
+//! Sources the edge refuses for a while: repeated authentication failures today (scans
+//! and floods of malformed requests count the same way as they are wired in).
+//!
+//! - A ban lasts `base` the first time and doubles with each new ban of the same address
+//!   within a day, up to `max`: a guesser that comes back finds the door shut longer.
+//! - Addresses on the allow-list (trunks, large NATs) are never banned.
+//! - Bans are listed and lifted by operators (API and CLI); every ban is a log line (by
+//!   the caller) and a counter.
+//! - The table is bounded: at most [`MAX_BANS`] addresses; past that, expired bans go
+//!   first, then the ones closest to expiry.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Addresses banned (or remembered for their strikes) at most.
+pub const MAX_BANS: usize = 100_000;
+
+/// Why a source was banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanReason {
+    AuthFailures,
+}
+
+impl BanReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanReason::AuthFailures => "auth-failures",
+        }
+    }
+}
+
+/// One banned source, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub source: IpAddr,
+    pub reason: BanReason,
+    /// Unix seconds.
+    pub since: u64,
+    pub until: u64,
+    /// How many times it was banned within the memory of this table.
+    pub strikes: u32,
+}
+
+/// A network of the allow-list: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+    pub fn parse(text: &str) -> Result<Prefix, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Prefix { addr, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    reason: BanReason,
+    since: u64,
+    until: u64,
+    strikes: u32,
+}
+
+/// The banned sources of this edge node.
+#[derive(Debug)]
+pub struct Bans {
+    base_secs: u64,
+    max_secs: u64,
+    allow: Vec<Prefix>,
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+    /// Bans issued since start.
+    pub issued: AtomicU64,
+}
+
+/// Strikes are forgotten a day after the last ban ends.
+const STRIKE_MEMORY_SECS: u64 = 86_400;
+
+impl Bans {
+    pub fn new(base_secs: u64, max_secs: u64, allow: Vec<Prefix>) -> Bans {
+        Bans {
+            base_secs: base_secs.max(1),
+            max_secs: max_secs.max(base_secs),
+            allow,
+            entries: Mutex::default(),
+            issued: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_allowed(&self, source: IpAddr) -> bool {
+        self.allow.iter().any(|p| p.contains(source))
+    }
+
+    pub fn is_banned(&self, source: IpAddr, now_secs: u64) -> bool {
+        self.lock().get(&source).is_some_and(|e| e.until > now_secs)
+    }
+
+    /// Bans `source` (unless allowed or banned already); the ban when one was issued.
+    pub fn ban(&self, source: IpAddr, reason: BanReason, now_secs: u64) -> Option<Ban> {
+        if self.is_allowed(source) {
+            return None;
+        }
+        let mut entries = self.lock();
+        if entries.get(&source).is_some_and(|e| e.until > now_secs) {
+            return None;
+        }
+        if entries.len() >= MAX_BANS && !entries.contains_key(&source) {
+            entries.retain(|_, e| e.until > now_secs);
+            if entries.len() >= MAX_BANS {
+                let soonest = entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.until)
+                    .map(|(ip, _)| *ip);
+                if let Some(ip) = soonest {
+                    entries.remove(&ip);
+                }
+            }
+        }
+        let strikes = entries
+            .get(&source)
+            .filter(|e| now_secs.saturating_sub(e.until) < STRIKE_MEMORY_SECS)
+            .map_or(1, |e| e.strikes + 1);
+        let length = self
+            .base_secs
+            .saturating_mul(1u64 << (strikes - 1).min(20))
+            .min(self.max_secs);
+        let entry = Entry {
+            reason,
+            since: now_secs,
+            until: now_secs + length,
+            strikes,
+        };
+        entries.insert(source, entry);
+        self.issued.fetch_add(1, Ordering::Relaxed);
+        Some(listed(source, &entry))
+    }
+
+    /// Bans in force now.
+    pub fn list(&self, now_secs: u64) -> Vec<Ban> {
+        let mut v: Vec<Ban> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.until > now_secs)
+            .map(|(ip, e)| listed(*ip, e))
+            .collect();
+        v.sort_by_key(|b| b.source);
+        v
+    }
+
+    /// Lifts the ban of `source` (its strikes too); whether there was one in force.
+    pub fn lift(&self, source: IpAddr, now_secs: u64) -> bool {
+        self.lock()
+            .remove(&source)
+            .is_some_and(|e| e.until > now_secs)
+    }
+
+    /// Forgets bans whose strikes have run out.
+    pub fn purge(&self, now_secs: u64) {
+        self.lock()
+            .retain(|_, e| now_secs.saturating_sub(e.until) < STRIKE_MEMORY_SECS);
+    }
+}
+
+fn listed(source: IpAddr, e: &Entry) -> Ban {
+    Ban {
+        source,
+        reason: e.reason,
+        since: e.since,
+        until: e.until,
+        strikes: e.strikes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn bans_grow_expire_and_can_be_lifted() {
+        let bans = Bans::new(300, 3600, vec![]);
+        let a = ip("192.0.2.7");
+        let first = bans.ban(a, BanReason::AuthFailures, 1000).unwrap();
+        assert_eq!(first.until, 1300);
+        assert!(bans.is_banned(a, 1299));
+        assert!(!bans.is_banned(a, 1300));
+        assert!(
+            bans.ban(a, BanReason::AuthFailures, 1100).is_none(),
+            "already banned"
+        );
+        let second = bans.ban(a, BanReason::AuthFailures, 1400).unwrap();
+        assert_eq!((second.strikes, second.until), (2, 2000), "twice as long");
+        let third = bans.ban(a, BanReason::AuthFailures, 2100).unwrap();
+        assert_eq!(third.until, 2100 + 1200);
+        for t in [3400, 6000, 10_000] {
+            let b = bans.ban(a, BanReason::AuthFailures, t).unwrap();
+            assert!(b.until - t <= 3600, "capped at the maximum");
+        }
+        assert_eq!(bans.list(10_001).len(), 1);
+        assert!(bans.lift(a, 10_001));
+        assert!(!bans.is_banned(a, 10_001));
+        assert!(bans.list(10_001).is_empty());
+        assert_eq!(bans.issued.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn the_allow_list_is_never_banned() {
+        let bans = Bans::new(
+            300,
+            3600,
+            vec![
+                Prefix::parse("10.0.0.0/8").unwrap(),
+                Prefix::parse("2001:db8::/32").unwrap(),
+            ],
+        );
+        assert!(
+            bans.ban(ip("10.1.2.3"), BanReason::AuthFailures, 0)
+                .is_none()
+        );
+        assert!(
+            bans.ban(ip("2001:db8:1::5"), BanReason::AuthFailures, 0)
+                .is_none()
+        );
+        assert!(
+            bans.ban(ip("11.0.0.1"), BanReason::AuthFailures, 0)
+                .is_some()
+        );
+        assert!(Prefix::parse("10.0.0.0/33").is_err());
+        assert!(Prefix::parse("nonsense").is_err());
+        assert!(Prefix::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(
+            !Prefix::parse("192.0.2.1")
+                .unwrap()
+                .contains(ip("192.0.2.2"))
+        );
+    }
+
+    #[test]
+    fn the_table_stays_bounded() {
+        let bans = Bans::new(10, 10, vec![]);
+        for i in 0..(MAX_BANS as u32 + 50) {
+            bans.ban(IpAddr::from(i.to_be_bytes()), BanReason::AuthFailures, 0);
+        }
+        assert!(bans.lock().len() <= MAX_BANS);
+    }
+}
