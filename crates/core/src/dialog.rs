@@ -46,6 +46,25 @@ pub fn uri_addr(value: &str) -> Option<SocketAddr> {
 }
 
 impl Dialog {
+    /// Whether `msg`, a request received in this dialog, carries both of its tags: ours
+    /// in To and the peer's in From. A Call-ID alone is no proof: anyone who learns it
+    /// could otherwise end or re-route someone else's call.
+    pub fn matches_request(&self, msg: &Message) -> bool {
+        let (Some(ours), Some(theirs)) = (
+            switchyard_sip::headers::tag_of(&self.local),
+            switchyard_sip::headers::tag_of(&self.remote),
+        ) else {
+            return false;
+        };
+        let to = msg
+            .header(HeaderName::To)
+            .and_then(switchyard_sip::headers::tag_of);
+        let from = msg
+            .header(HeaderName::From)
+            .and_then(switchyard_sip::headers::tag_of);
+        to == Some(ours) && from == Some(theirs)
+    }
+
     /// Our UAS side of a dialog created by `invite` (we answer it with `local_tag`).
     pub fn as_uas(invite: &Message, local_tag: &str) -> Option<Dialog> {
         let to = invite.header(HeaderName::To)?;

@@ -839,6 +839,11 @@ impl Engine {
         let seq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         if let Some(call) = self.calls.get_mut(&key)
             && call.unacked.as_ref().is_some_and(|u| u.cseq == seq)
+            && if call.a.call_id == call_id {
+                call.a.matches_request(msg)
+            } else {
+                call.b.as_ref().is_some_and(|b| b.matches_request(msg))
+            }
         {
             call.unacked = None;
         }
@@ -851,11 +856,25 @@ impl Engine {
                 .reply(tx, msg, 481, "Call/Transaction Does Not Exist")
                 .await;
         };
+        // RFC 3261 §9.2: a CANCEL matches the INVITE transaction with its branch and
+        // CSeq number; a CANCEL that merely names the Call-ID cancels nothing.
+        let matches_invite = self.calls.get(&key).is_some_and(|call| {
+            let branch = |m: &Message| m.top_via().ok().and_then(|v| v.branch().map(str::to_owned));
+            call.a.call_id == call_id
+                && branch(msg).is_some()
+                && branch(msg) == branch(&call.a_invite)
+                && msg.cseq().ok().map(|c| c.seq) == call.a_invite.cseq().ok().map(|c| c.seq)
+        });
+        if !matches_invite {
+            return self
+                .reply(tx, msg, 481, "Call/Transaction Does Not Exist")
+                .await;
+        }
         self.reply(tx, msg, 200, "OK").await;
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        if call.phase != Phase::Routing || call.a.call_id != call_id {
+        if call.phase != Phase::Routing {
             return;
         }
         let forks: Vec<Message> = call.take_ringing_forks();
@@ -886,6 +905,16 @@ impl Engine {
         } else {
             Leg::B
         };
+        let dialog = match leg {
+            Leg::A => Some(&call.a),
+            Leg::B => call.b.as_ref(),
+        };
+        if !dialog.is_some_and(|d| d.matches_request(&msg)) {
+            debug!(call_id, "in-dialog request with tags of no dialog of ours");
+            return self
+                .reply(tx, &msg, 481, "Call/Transaction Does Not Exist")
+                .await;
+        }
         let method = msg.method().cloned().unwrap_or(Method::Ack);
         match method {
             Method::Bye => {

@@ -206,8 +206,18 @@ impl Proxy {
                 bytes: edit.write(),
             };
         }
-        // From a phone. The token leading back to it goes in our Via and, for a new
-        // dialog, in our Record-Route: signed once.
+        // From a phone. A request inside a dialog must come back through the route we
+        // set up: our signed Record-Route, now its Route. Without it, it reaches no core
+        // (knowing a Call-ID is not enough to touch a call), and the one stateless answer
+        // is no larger than what arrived.
+        // ACK is the exception: the ACK of a failed INVITE carries no Route (there was no
+        // dialog) and must reach the INVITE's transaction at the core; an ACK is never
+        // answered, and the core matches it by transaction or by both dialog tags.
+        if !initial && route_token.is_none() && method != Method::Ack {
+            return self.answer(msg, ingress, 481, "Call/Transaction Does Not Exist");
+        }
+        // The token leading back to it goes in our Via and, for a new dialog, in our
+        // Record-Route: signed once.
         let back_token = ingress.token();
         let back = self.tokens.encode(&back_token);
         let Ok(call_id) = msg.call_id() else {
@@ -435,9 +445,19 @@ mod tests {
         }
     }
 
+    /// A BYE from the phone, with the Route our Record-Route gave its dialog.
     fn bye(ruri: &str, call_id: &str) -> Message {
+        let token = TokenKey::new(b"s").encode(&phone().token());
+        bye_routed(
+            ruri,
+            call_id,
+            &format!("Route: <sip:{token}@127.0.0.1:5060;lr>\r\n"),
+        )
+    }
+
+    fn bye_routed(ruri: &str, call_id: &str, route: &str) -> Message {
         let text = format!(
-            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKx1\r\nMax-Forwards: 70\r\nFrom: <sip:1001@d.example>;tag=a\r\nTo: <sip:1002@d.example>;tag=b\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKx1\r\nMax-Forwards: 70\r\n{route}From: <sip:1001@d.example>;tag=a\r\nTo: <sip:1002@d.example>;tag=b\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
         );
         Message::parse_datagram(Bytes::from(text)).unwrap()
     }
@@ -494,6 +514,33 @@ mod tests {
             c2
         );
         assert_eq!(dest(p.request(&bye(other, &on_c1), &phone(), 0).await), c2);
+    }
+
+    #[tokio::test]
+    async fn in_dialog_requests_without_our_signed_route_reach_no_core() {
+        let c1: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let (p, _dir) = proxy(vec![CoreNode::new("c1", c1)]).await;
+        let ruri = "sip:sy@127.0.0.1:7101";
+        assert_eq!(dest(p.request(&bye(ruri, "c-1"), &phone(), 0).await), c1);
+        let forged = TokenKey::new(b"another secret").encode(&phone().token());
+        for route in [
+            String::new(),
+            format!("Route: <sip:{forged}@127.0.0.1:5060;lr>\r\n"),
+            "Route: <sip:127.0.0.1:5060;lr>\r\n".to_owned(),
+        ] {
+            let m = bye_routed(ruri, "c-1", &route);
+            match p.request(&m, &phone(), 0).await {
+                Verdict::Answer { status: 481, bytes } => {
+                    assert!(
+                        bytes.len() <= m.as_bytes().len(),
+                        "no amplification: {} > {}",
+                        bytes.len(),
+                        m.as_bytes().len()
+                    )
+                }
+                other => panic!("{route}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -914,3 +914,44 @@ fn registration_intervals_follow_the_tenant_policy_and_star_removes_every_contac
     let r = b.register_as("1002", &pw, 600);
     assert_eq!(r.status(), Some(400));
 }
+
+#[test]
+fn knowing_a_call_id_is_not_enough_to_end_someone_elses_call() {
+    let d = demo();
+    let (mut a, mut b) = d.registered_pair();
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at 1002");
+    b.answer(&inv, from, 200, &[0]);
+    let (mut a, status, leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let mut leg = leg.expect("an answered call");
+
+    // Someone who knows the Call-ID but not the dialog's route: refused at the edge.
+    let mut outsider = leg.clone();
+    outsider.route.clear();
+    assert_eq!(a.request(&mut outsider, "BYE", "").status(), Some(481));
+    // Through the edge's route (any dialog's route would do) but with a From tag of no
+    // dialog: refused by the core, which matches Call-ID and both tags.
+    let mut forged = leg.clone();
+    forged.cseq += 10;
+    forged.from = forged.from.replace("tag=", "tag=x");
+    assert_eq!(a.request(&mut forged, "BYE", "").status(), Some(481));
+    assert!(
+        b.wait_request("BYE", Duration::from_millis(500)).is_none(),
+        "the call is still up: 1002 got no BYE"
+    );
+
+    // The real caller hangs up: 1002 gets the BYE.
+    leg.cseq += 20;
+    let bye = std::thread::spawn(move || a.request(&mut leg, "BYE", "").status());
+    let (req, from) = b
+        .wait_request("BYE", Duration::from_secs(5))
+        .expect("BYE at 1002");
+    b.answer(&req, from, 200, &[]);
+    assert_eq!(bye.join().unwrap(), Some(200));
+}
