@@ -91,4 +91,47 @@ fn ten_thousand_phones_at_once_all_register_and_the_server_still_answers_and_sto
         "serve stops within 5 s of SIGTERM under load; log tail:\n{}",
         tail(&server.log())
     );
+
+    // Overload control: the same phones against a server told to shed anything that
+    // waited 20 ms. New REGISTERs are answered 503 with a Retry-After of 1-10 s, the
+    // phones come back spread out, and every one of them registers in the end.
+    let config = server.data_dir.path().join("shed.toml");
+    std::fs::write(
+        &config,
+        "[edge]\nshed_after_ms = 20\nretry_after_min_secs = 1\nretry_after_max_secs = 10\n",
+    )
+    .unwrap();
+    let data_dir = server.data_dir.path().to_str().unwrap().to_owned();
+    let shedding = Server::start(&[
+        "--data-dir",
+        &data_dir,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let report = storm(&shedding, 10_000, 500);
+    assert_eq!(
+        report["registered"], 10_000,
+        "every phone registers after being told to come back: {report:#}"
+    );
+    assert!(
+        report["responses"]["503"].as_u64() > Some(0),
+        "the overloaded edge sheds with 503: {report:#}"
+    );
+    let metrics = shedding_metrics(&shedding);
+    let shed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_edge_shed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no shed counter on /metrics:\n{metrics}"));
+    assert!(shed > 0.0, "sheds are counted on /metrics:\n{metrics}");
+}
+
+fn shedding_metrics(server: &Server) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.addr("API")).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
 }
