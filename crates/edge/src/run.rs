@@ -642,13 +642,17 @@ impl Shell {
     }
 }
 
-/// Responses and requests inside a dialog (a To tag, or ACK/CANCEL/BYE) go first.
+/// Responses and requests inside a dialog (a To tag, or ACK/CANCEL/BYE) go first, and
+/// OPTIONS: health checks and keep-alives cost next to nothing and must not starve
+/// behind a registration storm.
 fn is_urgent(inbound: &Inbound) -> bool {
     match inbound {
         Inbound::Response(_) => true,
         Inbound::Request(m) => {
-            matches!(m.method(), Some(Method::Ack | Method::Cancel | Method::Bye))
-                || m.to_header().is_ok_and(|t| t.tag().is_some())
+            matches!(
+                m.method(),
+                Some(Method::Ack | Method::Cancel | Method::Bye | Method::Options)
+            ) || m.to_header().is_ok_and(|t| t.tag().is_some())
         }
         _ => false,
     }
