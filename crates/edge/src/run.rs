@@ -32,7 +32,7 @@ use switchyard_sip::build::ResponseBuilder;
 use switchyard_sip::inspect::Inbound;
 use switchyard_sip::transaction::{Event, Output, TimerConfig, TransactionLayer, TxId};
 use switchyard_sip::{HeaderName, Message, Method};
-use switchyard_sip_net::{Hub, Incoming, Peer, Target, response_target};
+use switchyard_sip_net::{Hub, Incoming, Peer, Target};
 use switchyard_state::Locations;
 
 use crate::auth::{Authenticator, credential_usernames};
@@ -247,44 +247,22 @@ impl Shell {
         let late = waited > self.settings.shed_after;
         let reliable = item.transport.is_stream();
         match item.inbound {
-            Inbound::Request(msg)
+            Inbound::Request(ref msg)
                 if matches!(msg.method(), Some(Method::Register | Method::Options)) =>
             {
-                let target = {
-                    let via = msg.top_via().ok();
-                    response_target(
-                        item.transport,
-                        item.source,
-                        item.local,
-                        item.flow,
-                        via.as_ref(),
-                    )
-                };
-                let peer = Peer {
-                    target,
-                    source: item.source,
-                    transport: item.transport,
-                    local: item.local,
-                };
-                self.layer.receive(msg, peer, reliable, now);
+                let peer = Peer::of_request(&item, msg);
+                if let Inbound::Request(msg) = item.inbound {
+                    self.layer.receive(msg, peer, reliable, now);
+                }
                 // A REGISTER that waited too long is shed once its transaction exists,
                 // so its retransmissions are absorbed by the same 503.
                 self.flush_with(late).await;
             }
-            Inbound::Response(msg) => {
-                let peer = Peer {
-                    target: match item.flow {
-                        Some(f) => Target::Flow(f),
-                        None => Target::Datagram {
-                            local: item.local,
-                            dest: item.source,
-                        },
-                    },
-                    source: item.source,
-                    transport: item.transport,
-                    local: item.local,
-                };
-                self.layer.receive(msg, peer, reliable, now);
+            Inbound::Response(_) => {
+                let peer = Peer::of_response(&item);
+                if let Inbound::Response(msg) = item.inbound {
+                    self.layer.receive(msg, peer, reliable, now);
+                }
             }
             Inbound::Request(ref msg)
                 if late && item.local != self.deps.proxy.internal && is_new_call(msg) =>
@@ -377,15 +355,7 @@ impl Shell {
         if let Some(lookup) = self.lookup_needed(&msg, true) {
             return self.look_up(lookup, Replay::Request { tx, msg, peer });
         }
-        let ingress = Ingress {
-            transport: peer.transport,
-            source: peer.source,
-            local: peer.local,
-            flow: match peer.target {
-                Target::Flow(f) => Some(f),
-                Target::Datagram { .. } => None,
-            },
-        };
+        let ingress = ingress_of_peer(&peer);
         if matches!(*self.deps.registrar.locations, Locations::Memory(_)) {
             let b = self
                 .deps
@@ -423,15 +393,22 @@ impl Shell {
         {
             return self.look_up(lookup, Replay::Stateless(incoming));
         }
-        let ingress = Ingress {
-            transport: incoming.transport,
-            source: incoming.source,
-            local: incoming.local,
-            flow: incoming.flow,
+        self.route(&incoming).await;
+    }
+
+    /// The proxy's verdict on a request, carried out: an answer or a forward.
+    async fn route(&self, incoming: &Incoming) {
+        let Inbound::Request(msg) = &incoming.inbound else {
+            return;
         };
-        match self.deps.proxy.request(msg, &ingress, unix_now()).await {
+        match self
+            .deps
+            .proxy
+            .request(msg, &ingress_of(incoming), unix_now())
+            .await
+        {
             Verdict::Answer { status, bytes } => {
-                self.send_answer(&incoming, msg, status, bytes).await
+                self.send_answer(incoming, msg, status, bytes).await
             }
             other => self.forward(other, incoming.source).await,
         }
@@ -499,23 +476,7 @@ impl Shell {
     async fn on_replay(&mut self, replay: Replay) {
         match replay {
             Replay::Request { tx, msg, peer } => self.register_looked_up(tx, msg, peer).await,
-            Replay::Stateless(incoming) => {
-                let Inbound::Request(msg) = &incoming.inbound else {
-                    return;
-                };
-                let ingress = Ingress {
-                    transport: incoming.transport,
-                    source: incoming.source,
-                    local: incoming.local,
-                    flow: incoming.flow,
-                };
-                match self.deps.proxy.request(msg, &ingress, unix_now()).await {
-                    Verdict::Answer { status, bytes } => {
-                        self.send_answer(&incoming, msg, status, bytes).await
-                    }
-                    other => self.forward(other, incoming.source).await,
-                }
-            }
+            Replay::Stateless(incoming) => self.route(&incoming).await,
             Replay::Answer { tx, status, bytes } => {
                 if let Err(e) = self.layer.respond(tx, status, bytes, Instant::now()) {
                     debug!(status, error = %e, "answer not sent");
@@ -527,15 +488,7 @@ impl Shell {
     /// A REGISTER whose lookup finished: handled with what memory has now (the tenant,
     /// the user, or their absence), never looked up twice.
     async fn register_looked_up(&mut self, tx: TxId, msg: Message, peer: Peer) {
-        let ingress = Ingress {
-            transport: peer.transport,
-            source: peer.source,
-            local: peer.local,
-            flow: match peer.target {
-                Target::Flow(f) => Some(f),
-                Target::Datagram { .. } => None,
-            },
-        };
+        let ingress = ingress_of_peer(&peer);
         let (deps, replay) = (self.deps.clone(), self.replay_tx.clone());
         tokio::spawn(async move {
             let b = deps.registrar.handle(&msg, &ingress, unix_now_ms()).await;
@@ -610,16 +563,7 @@ impl Shell {
             Replay::Stateless(incoming) => {
                 if let Inbound::Request(msg) = &incoming.inbound {
                     let bytes = self.shed_answer(msg, incoming.source);
-                    let target = {
-                        let via = msg.top_via().ok();
-                        response_target(
-                            incoming.transport,
-                            incoming.source,
-                            incoming.local,
-                            incoming.flow,
-                            via.as_ref(),
-                        )
-                    };
+                    let target = Peer::of_request(&incoming, msg).target;
                     let hub = self.deps.hub.clone();
                     tokio::spawn(async move {
                         let _ = hub.send(target, bytes).await;
@@ -639,6 +583,29 @@ impl Shell {
             .stamp_top_via(&source.ip().to_string(), source.port())
             .header("Retry-After", after.to_string())
             .build()
+    }
+}
+
+/// Where a request of a server transaction came in.
+fn ingress_of_peer(peer: &Peer) -> Ingress {
+    Ingress {
+        transport: peer.transport,
+        source: peer.source,
+        local: peer.local,
+        flow: match peer.target {
+            Target::Flow(f) => Some(f),
+            Target::Datagram { .. } => None,
+        },
+    }
+}
+
+/// Where a request without a transaction here came in.
+fn ingress_of(incoming: &Incoming) -> Ingress {
+    Ingress {
+        transport: incoming.transport,
+        source: incoming.source,
+        local: incoming.local,
+        flow: incoming.flow,
     }
 }
 

@@ -37,6 +37,43 @@ pub struct Peer {
     pub local: SocketAddr,
 }
 
+impl Peer {
+    /// The peer of a request that arrived as `item`: answers go where RFC 3261 §18.2.2
+    /// says (the request's connection, or its top Via with `rport`).
+    pub fn of_request(item: &Incoming, msg: &Message) -> Peer {
+        let via = msg.top_via().ok();
+        Peer {
+            target: response_target(
+                item.transport,
+                item.source,
+                item.local,
+                item.flow,
+                via.as_ref(),
+            ),
+            source: item.source,
+            transport: item.transport,
+            local: item.local,
+        }
+    }
+
+    /// The peer of a response that arrived as `item`: back over its connection, or to
+    /// the address it came from.
+    pub fn of_response(item: &Incoming) -> Peer {
+        Peer {
+            target: match item.flow {
+                Some(f) => Target::Flow(f),
+                None => Target::Datagram {
+                    local: item.local,
+                    dest: item.source,
+                },
+            },
+            source: item.source,
+            transport: item.transport,
+            local: item.local,
+        }
+    }
+}
+
 /// What the driver hands the TU.
 #[derive(Debug)]
 pub enum TuEvent {
@@ -236,41 +273,13 @@ fn receive(
     stateful: StatefulFilter,
 ) {
     let reliable = item.transport.is_stream();
-    match item.inbound {
-        Inbound::Request(ref msg) if !stateful(msg) => to_tu.push(TuEvent::Stateless(item)),
-        Inbound::Request(msg) => {
-            let via = msg.top_via().ok();
-            let target = response_target(
-                item.transport,
-                item.source,
-                item.local,
-                item.flow,
-                via.as_ref(),
-            );
-            let peer = Peer {
-                target,
-                source: item.source,
-                transport: item.transport,
-                local: item.local,
-            };
-            layer.receive(msg, peer, reliable, Instant::now());
-        }
-        Inbound::Response(msg) => {
-            let peer = Peer {
-                target: match item.flow {
-                    Some(f) => Target::Flow(f),
-                    None => Target::Datagram {
-                        local: item.local,
-                        dest: item.source,
-                    },
-                },
-                source: item.source,
-                transport: item.transport,
-                local: item.local,
-            };
-            layer.receive(msg, peer, reliable, Instant::now());
-        }
-        _ => to_tu.push(TuEvent::Stateless(item)),
+    let peer = match &item.inbound {
+        Inbound::Request(msg) if stateful(msg) => Peer::of_request(&item, msg),
+        Inbound::Response(_) => Peer::of_response(&item),
+        _ => return to_tu.push(TuEvent::Stateless(item)),
+    };
+    if let Inbound::Request(msg) | Inbound::Response(msg) = item.inbound {
+        layer.receive(msg, peer, reliable, Instant::now());
     }
 }
 
