@@ -355,6 +355,12 @@ impl Shell {
         if let Some(lookup) = self.lookup_needed(&msg, true) {
             return self.look_up(lookup, Replay::Request { tx, msg, peer });
         }
+        self.register_now(tx, msg, peer).await;
+    }
+
+    /// Answers a REGISTER with what memory has now (after a lookup: the tenant, the
+    /// user, or their absence; never looked up twice).
+    async fn register_now(&mut self, tx: TxId, msg: Message, peer: Peer) {
         let ingress = ingress_of_peer(&peer);
         if matches!(*self.deps.registrar.locations, Locations::Memory(_)) {
             let b = self
@@ -475,7 +481,7 @@ impl Shell {
 
     async fn on_replay(&mut self, replay: Replay) {
         match replay {
-            Replay::Request { tx, msg, peer } => self.register_looked_up(tx, msg, peer).await,
+            Replay::Request { tx, msg, peer } => self.register_now(tx, msg, peer).await,
             Replay::Stateless(incoming) => self.route(&incoming).await,
             Replay::Answer { tx, status, bytes } => {
                 if let Err(e) = self.layer.respond(tx, status, bytes, Instant::now()) {
@@ -483,21 +489,6 @@ impl Shell {
                 }
             }
         }
-    }
-
-    /// A REGISTER whose lookup finished: handled with what memory has now (the tenant,
-    /// the user, or their absence), never looked up twice.
-    async fn register_looked_up(&mut self, tx: TxId, msg: Message, peer: Peer) {
-        let ingress = ingress_of_peer(&peer);
-        let (deps, replay) = (self.deps.clone(), self.replay_tx.clone());
-        tokio::spawn(async move {
-            let b = deps.registrar.handle(&msg, &ingress, unix_now_ms()).await;
-            let _ = replay.send(Replay::Answer {
-                tx,
-                status: b.status(),
-                bytes: b.build(),
-            });
-        });
     }
 
     /// What to look up first, when `msg` needs a tenant or user memory does not have.
