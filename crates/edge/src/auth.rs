@@ -303,20 +303,16 @@ impl Authenticator {
 
 /// What makes a retransmission of the same request: its method and top Via branch.
 fn retransmission_key(msg: &Message) -> u64 {
-    let branch = msg
-        .top_via()
-        .ok()
-        .and_then(|v| v.branch().map(str::to_owned))
-        .unwrap_or_default();
+    let via = msg.top_via().ok();
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(msg.method().map_or("", |m| m.as_str()).as_bytes());
+    h.update(&[0]);
     h.update(
-        msg.method()
-            .map(|m| m.to_string())
-            .unwrap_or_default()
+        via.as_ref()
+            .and_then(|v| v.branch())
+            .unwrap_or("")
             .as_bytes(),
     );
-    h.update(&[0]);
-    h.update(branch.as_bytes());
     h.digest()
 }
 

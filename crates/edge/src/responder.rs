@@ -1,5 +1,5 @@
-//! The first SIP element `serve` runs: it answers what arrives, statelessly (RFC 3261
-//! §8.2.7), until the edge registrar and the core take over requests in later issues.
+//! The edge's stateless answers (RFC 3261 §8.2.7) for what neither the registrar nor
+//! the proxy takes: OPTIONS, rejections of malformed requests, methods we do not serve.
 //!
 //! - `OPTIONS` gets `200` with Allow, Accept and Supported (also with Max-Forwards 0: it
 //!   is addressed to us).

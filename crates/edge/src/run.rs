@@ -35,8 +35,8 @@ use switchyard_sip::{HeaderName, Message, Method};
 use switchyard_sip_net::{Hub, Incoming, Peer, Target};
 use switchyard_state::Locations;
 
-use crate::auth::{Authenticator, credential_usernames};
-use crate::directory::{Cached, CachedUser, Directory, TenantEntry};
+use crate::auth::credential_usernames;
+use crate::directory::{Cached, CachedUser, TenantEntry};
 use crate::health::PING_CALL_ID_PREFIX;
 use crate::proxy::{Proxy, Verdict};
 use crate::registrar::{Ingress, Registrar};
@@ -71,8 +71,6 @@ pub struct EdgeDeps {
     pub registrar: Registrar,
     pub proxy: Proxy,
     pub responder: Responder,
-    pub directory: Directory,
-    pub auth: Arc<Authenticator>,
     pub hub: Hub,
     pub counters: Arc<EdgeCounters>,
 }
@@ -173,7 +171,7 @@ pub async fn run(
                 shell.enqueue(item);
             }
             _ = sleep_until(deadline) => shell.layer.handle_timeout(Instant::now()),
-            _ = purge.tick() => shell.deps.auth.purge(unix_now()),
+            _ = purge.tick() => shell.deps.registrar.auth.purge(unix_now()),
         }
         shell.flush().await;
     }
@@ -508,7 +506,7 @@ impl Shell {
             )
         };
         let now = Instant::now();
-        let entry = match self.deps.directory.cached(&domain, now) {
+        let entry = match self.deps.registrar.directory.cached(&domain, now) {
             Cached::Miss => return Some(Lookup::Domain(domain)),
             Cached::Unknown => return None,
             Cached::Tenant(entry) => entry,
@@ -530,7 +528,10 @@ impl Shell {
             return self.refuse_busy(then);
         };
         self.deps.counters.lookups.fetch_add(1, Ordering::Relaxed);
-        let (directory, replay) = (self.deps.directory.clone(), self.replay_tx.clone());
+        let (directory, replay) = (
+            self.deps.registrar.directory.clone(),
+            self.replay_tx.clone(),
+        );
         tokio::spawn(async move {
             let now = Instant::now();
             let looked_up = match &lookup {

@@ -3,7 +3,7 @@
 //! the [`Hub`], and hands transaction events to the transaction user (TU) over a channel.
 //!
 //! ```text
-//!  listeners ──Incoming──▶ driver ──TuEvent──▶ TU (responder, edge, core)
+//!  listeners ──Incoming──▶ driver ──TuEvent──▶ TU (the core; the edge runs its own)
 //!                            ▲  │
 //!        DriverHandle ───────┘  └──▶ Hub (sockets)
 //!   (respond, send_request)
@@ -143,29 +143,13 @@ impl DriverHandle {
     }
 }
 
-/// Which requests open a server transaction; the others reach the TU as
-/// [`TuEvent::Stateless`] (a stateless proxy forwards them untouched by any transaction).
-pub type StatefulFilter = fn(&Message) -> bool;
-
 /// Starts the driver task; every request opens a server transaction.
 pub fn spawn_driver(
-    hub: Hub,
-    timers: TimerConfig,
-    incoming: mpsc::Receiver<Incoming>,
-    tu: mpsc::Sender<TuEvent>,
-    shutdown: watch::Receiver<bool>,
-) -> DriverHandle {
-    spawn_driver_filtered(hub, timers, incoming, tu, shutdown, |_| true)
-}
-
-/// Starts the driver task; only requests `stateful` accepts open a server transaction.
-pub fn spawn_driver_filtered(
     hub: Hub,
     timers: TimerConfig,
     mut incoming: mpsc::Receiver<Incoming>,
     tu: mpsc::Sender<TuEvent>,
     mut shutdown: watch::Receiver<bool>,
-    stateful: StatefulFilter,
 ) -> DriverHandle {
     let (commands, mut command_rx) = mpsc::channel::<Command>(4096);
     tokio::spawn(async move {
@@ -183,7 +167,7 @@ pub fn spawn_driver_filtered(
                 // regardless, so a TU that waits on the driver always gets its answer.
                 item = incoming.recv(), if to_tu.backlog.is_empty() => {
                     let Some(item) = item else { break };
-                    receive(&mut layer, item, &mut to_tu, stateful);
+                    receive(&mut layer, item, &mut to_tu);
                 }
                 permit = tu_ready.reserve(), if !to_tu.backlog.is_empty() => {
                     let Ok(permit) = permit else {
@@ -266,15 +250,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn receive(
-    layer: &mut TransactionLayer<Peer>,
-    item: Incoming,
-    to_tu: &mut TuQueue,
-    stateful: StatefulFilter,
-) {
+fn receive(layer: &mut TransactionLayer<Peer>, item: Incoming, to_tu: &mut TuQueue) {
     let reliable = item.transport.is_stream();
     let peer = match &item.inbound {
-        Inbound::Request(msg) if stateful(msg) => Peer::of_request(&item, msg),
+        Inbound::Request(msg) => Peer::of_request(&item, msg),
         Inbound::Response(_) => Peer::of_response(&item),
         _ => return to_tu.push(TuEvent::Stateless(item)),
     };

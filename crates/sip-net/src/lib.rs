@@ -27,9 +27,7 @@ mod transport;
 pub mod udp;
 mod ws;
 
-pub use driver::{
-    DriverError, DriverHandle, Peer, StatefulFilter, TuEvent, spawn_driver, spawn_driver_filtered,
-};
+pub use driver::{DriverError, DriverHandle, Peer, TuEvent, spawn_driver};
 pub use hub::{Hub, SendError};
 pub use limits::{ConnectionLimits, LimitsConfig};
 pub use listeners::{BoundListeners, ListenConfig, spawn_listeners};

@@ -304,8 +304,6 @@ pub async fn serve(
         },
         proxy,
         responder,
-        directory,
-        auth,
         hub: hub.clone(),
         counters: counters.clone(),
     };

@@ -415,7 +415,6 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
     let mut finished = 0usize;
 
     let ctx = Ctx {
-        target: options.target,
         expires: options.expires,
         run_id: &run_id,
         locals: &locals,
@@ -595,7 +594,6 @@ pub async fn run(options: &StormOptions) -> anyhow::Result<StormReport> {
 }
 
 struct Ctx<'a> {
-    target: SocketAddr,
     expires: u32,
     run_id: &'a str,
     locals: &'a [SocketAddr],
@@ -644,7 +642,6 @@ fn new_transaction(
         d = account.domain,
         e = ctx.expires,
     );
-    let _ = ctx.target;
     p.last = Bytes::from(text);
 }
 
