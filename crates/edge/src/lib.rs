@@ -7,6 +7,8 @@
 //!   the flow a [`token`] names.
 //! - [`auth`]: digest checks shared by both, with failure counting.
 //! - [`bans`]: sources refused for a while (growing bans, an allow-list).
+//! - [`calls`]: the one entry per admitted call that releases its tenant's slot when the
+//!   call ends (caps on calls in progress and calls per second).
 //! - [`directory`]: tenants and credentials in memory, kept true by change events.
 //! - [`health`]: which core nodes answer the edge's pings.
 //! - [`responder`]: stateless answers (OPTIONS, rejections of malformed requests).
@@ -16,6 +18,7 @@
 
 pub mod auth;
 pub mod bans;
+pub mod calls;
 pub mod directory;
 pub mod health;
 pub mod hrw;

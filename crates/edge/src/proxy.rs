@@ -31,7 +31,11 @@ use switchyard_sip_net::{FlowId, Target};
 use switchyard_types::NodeId;
 use tracing::info;
 
+use switchyard_state::calls::{Admission, CallLimits};
+use switchyard_types::TenantId;
+
 use crate::auth::{AuthOutcome, Authenticator};
+use crate::calls::NewCall;
 use crate::directory::Directory;
 use crate::hrw::{WeightedNode, pick_by};
 use crate::registrar::Ingress;
@@ -67,6 +71,12 @@ impl CoreNode {
 #[derive(Debug)]
 pub enum Verdict {
     Forward {
+        target: Target,
+        bytes: Bytes,
+    },
+    /// A new call: forward it once the tenant's caps admit it.
+    Admit {
+        call: NewCall,
         target: Target,
         bytes: Bytes,
     },
@@ -106,7 +116,7 @@ impl Proxy {
         SocketAddr::new(ip, addr.port())
     }
 
-    fn is_from_core(&self, ingress: &Ingress) -> bool {
+    pub fn is_from_core(&self, ingress: &Ingress) -> bool {
         ingress.local == self.internal && self.cores.iter().any(|c| c.addr == ingress.source)
     }
 
@@ -137,6 +147,37 @@ impl Proxy {
         Verdict::Answer {
             status,
             bytes: self.stateless_answer(msg, ingress, status, reason).build(),
+        }
+    }
+
+    /// The answer to a new call its tenant's caps refused: `486` at the calls-in-progress
+    /// cap, `503` with `Retry-After` above the call rate, the reason naming the limit.
+    pub fn refuse(&self, msg: &Message, ingress: &Ingress, admission: Admission) -> Verdict {
+        let (status, reason, retry_after) = match admission {
+            Admission::CallLimit(n) => (
+                486,
+                format!("Tenant call limit reached (max_calls {n})"),
+                None,
+            ),
+            Admission::RateLimit {
+                limit,
+                retry_after_ms,
+            } => (
+                503,
+                format!("Tenant call rate limit reached (calls_per_second {limit})"),
+                Some(retry_after_ms.div_ceil(1000).clamp(1, 3600)),
+            ),
+            Admission::Admitted | Admission::AlreadyAdmitted => {
+                return Verdict::Drop("admitted calls are not refused".into());
+            }
+        };
+        let mut b = self.stateless_answer(msg, ingress, status, &reason);
+        if let Some(secs) = retry_after {
+            b = b.header("Retry-After", secs.to_string());
+        }
+        Verdict::Answer {
+            status,
+            bytes: b.build(),
         }
     }
 
@@ -241,6 +282,7 @@ impl Proxy {
         else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
+        let mut new_call = None;
         if initial && !matches!(method, Method::Ack | Method::Cancel) {
             let domain = msg
                 .request_uri()
@@ -299,6 +341,20 @@ impl Proxy {
                 }
             };
             info!(tenant = %tenant.id, caller = %ext.username, method = %method, call_id, core = %core.node.id, "forwarding to core");
+            if method == Method::Invite {
+                let tag = from.and_then(|f| f.tag()).unwrap_or_default();
+                new_call = Some(NewCall {
+                    tenant: TenantId::from(tenant.id.as_str()),
+                    call_id: call_id.to_owned(),
+                    tag: tag.to_owned(),
+                    cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
+                    core: core.addr,
+                    limits: CallLimits {
+                        max_calls: u32::try_from(tenant.max_calls).unwrap_or(0),
+                        calls_per_second: u32::try_from(tenant.calls_per_second).unwrap_or(0),
+                    },
+                });
+            }
             edit = edit
                 .remove(HeaderName::ProxyAuthorization)
                 .add_header(TENANT_HEADER, &tenant.id)
@@ -319,12 +375,20 @@ impl Proxy {
             self.internal,
             branch(msg)
         ));
-        Verdict::Forward {
-            target: Target::Datagram {
-                local: self.internal,
-                dest: core.addr,
+        let target = Target::Datagram {
+            local: self.internal,
+            dest: core.addr,
+        };
+        match new_call {
+            Some(call) => Verdict::Admit {
+                call,
+                target,
+                bytes: edit.write(),
             },
-            bytes: edit.write(),
+            None => Verdict::Forward {
+                target,
+                bytes: edit.write(),
+            },
         }
     }
 

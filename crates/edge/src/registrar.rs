@@ -15,7 +15,7 @@ use switchyard_sip::Message;
 use switchyard_sip::build::ResponseBuilder;
 use switchyard_sip::headers::NameAddr;
 use switchyard_sip_net::{FlowId, Transport};
-use switchyard_state::{Binding, Locations, StateError};
+use switchyard_state::{Binding, BindingLimits, Locations, StateError};
 use tracing::{info, warn};
 
 use crate::auth::{AuthOutcome, Authenticator};
@@ -130,6 +130,13 @@ impl Registrar {
                 info!(tenant = %tenant.id, aor, limit = n, "registration limit reached");
                 respond(403, "Too many registrations for this extension")
             }
+            StateError::TenantFull(n) => {
+                info!(tenant = %tenant.id, aor, limit = n, "tenant registration limit reached");
+                respond(
+                    403,
+                    &format!("Tenant registration limit reached (max_registrations {n})"),
+                )
+            }
             StateError::OutOfOrder => respond(500, "Out-of-order REGISTER"),
             other => {
                 warn!(error = %other, "location service unavailable");
@@ -219,10 +226,13 @@ impl Registrar {
                 path: phone_path.clone(),
                 instance,
             };
-            let max = usize::try_from(ext.max_registrations).unwrap_or(1);
+            let limits = BindingLimits {
+                per_aor: usize::try_from(ext.max_registrations).unwrap_or(1),
+                per_tenant: usize::try_from(tenant.max_registrations).unwrap_or(0),
+            };
             if let Err(e) = self
                 .locations
-                .register(&tenant_id, &aor, binding, max, now_ms)
+                .register(&tenant_id, &aor, binding, limits, now_ms)
                 .await
             {
                 return state_error(e);

@@ -18,7 +18,7 @@
 //! than `shed_after` is answered `503` with a jittered `Retry-After`, so phones come back
 //! spread out instead of retransmitting into the queue. In-dialog traffic is never shed.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +34,11 @@ use switchyard_sip::transaction::{Event, Output, TimerConfig, TransactionLayer, 
 use switchyard_sip::{HeaderName, Message, Method};
 use switchyard_sip_net::{Hub, Incoming, Peer, Target};
 use switchyard_state::Locations;
+use switchyard_state::calls::{Admission, LiveCalls};
+use switchyard_types::TenantId;
 
 use crate::auth::credential_usernames;
+use crate::calls::{CallTracker, Ending, NewCall};
 use crate::directory::{Cached, CachedUser, TenantEntry};
 use crate::health::PING_CALL_ID_PREFIX;
 use crate::proxy::{Proxy, Verdict};
@@ -73,6 +76,8 @@ pub struct EdgeDeps {
     pub responder: Responder,
     pub hub: Hub,
     pub counters: Arc<EdgeCounters>,
+    /// Each tenant's calls in progress and call rate (shared by the edges of a cluster).
+    pub live_calls: Arc<LiveCalls>,
 }
 
 /// Running totals of the edge, for `/metrics`.
@@ -86,6 +91,17 @@ pub struct EdgeCounters {
     pub lookups: AtomicU64,
     /// The longest queueing delay seen since the last read, microseconds.
     pub max_delay_us: AtomicU64,
+    pub calls_admitted: AtomicU64,
+    /// New calls refused at the tenant's `max_calls`.
+    pub calls_refused_limit: AtomicU64,
+    /// New calls refused above the tenant's `calls_per_second`.
+    pub calls_refused_rate: AtomicU64,
+    /// Slots released, by [`Ending`] (in [`Ending::ALL`]'s order).
+    pub calls_released: [AtomicU64; 4],
+    /// Calls this edge holds slots for now.
+    pub calls_in_progress: AtomicU64,
+    /// Admissions decided without the shared counters (Redis unreachable: admitted).
+    pub caps_unavailable: AtomicU64,
 }
 
 impl EdgeCounters {
@@ -107,7 +123,38 @@ impl EdgeCounters {
                 "switchyard_edge_queue_delay_max_seconds".into(),
                 self.max_delay_us.swap(0, Ordering::Relaxed) as f64 / 1e6,
             ),
+            (
+                "switchyard_edge_calls_admitted_total".into(),
+                get(&self.calls_admitted),
+            ),
+            (
+                "switchyard_edge_calls_refused_total{limit=\"max_calls\"}".into(),
+                get(&self.calls_refused_limit),
+            ),
+            (
+                "switchyard_edge_calls_refused_total{limit=\"calls_per_second\"}".into(),
+                get(&self.calls_refused_rate),
+            ),
+            (
+                "switchyard_edge_calls_in_progress".into(),
+                get(&self.calls_in_progress),
+            ),
+            (
+                "switchyard_edge_caps_unavailable_total".into(),
+                get(&self.caps_unavailable),
+            ),
         ]
+        .into_iter()
+        .chain(Ending::ALL.iter().zip(&self.calls_released).map(|(e, c)| {
+            (
+                format!(
+                    "switchyard_edge_calls_released_total{{ending=\"{}\"}}",
+                    e.as_str()
+                ),
+                get(c),
+            )
+        }))
+        .collect()
     }
 }
 
@@ -127,8 +174,12 @@ pub async fn run(
         replay_tx,
         urgent: VecDeque::new(),
         fresh: VecDeque::new(),
+        calls: CallTracker::new(),
+        cores_up: HashSet::new(),
+        next_renewal: Instant::now() + LEASE_RENEW_EVERY,
     };
     let mut purge = tokio::time::interval(Duration::from_secs(60));
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
         // Take everything that has arrived, sorted by priority, before deciding.
         while shell.fresh.len() < MAX_BACKLOG {
@@ -172,11 +223,20 @@ pub async fn run(
             }
             _ = sleep_until(deadline) => shell.layer.handle_timeout(Instant::now()),
             _ = purge.tick() => shell.deps.registrar.auth.purge(unix_now()),
+            _ = housekeeping.tick() => shell.housekeeping().await,
         }
         shell.flush().await;
     }
     debug!(transactions = shell.layer.len(), "edge stopped");
 }
+
+/// How often the call slots are swept (setups that timed out, lost cores, lease renewal).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a call's slot in the shared counters lives unless renewed: an edge that dies
+/// frees its calls' slots after this.
+const LEASE: Duration = Duration::from_secs(90);
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(30);
 
 /// New requests held in memory at most; beyond, the listeners' queue and then the
 /// kernel's buffer hold the rest.
@@ -198,6 +258,14 @@ enum Replay {
         status: u16,
         bytes: Bytes,
     },
+    /// The shared counters' answer to a new call (Redis).
+    Admission {
+        incoming: Incoming,
+        call: NewCall,
+        target: Target,
+        bytes: Bytes,
+        outcome: Admission,
+    },
 }
 
 /// What the edge must read from the store before it can handle a message.
@@ -217,6 +285,11 @@ struct Shell {
     urgent: VecDeque<Incoming>,
     /// New requests (and what cannot be told apart cheaply).
     fresh: VecDeque<Incoming>,
+    /// The calls this edge holds slots for.
+    calls: CallTracker,
+    /// Cores seen answering pings at the last sweep: one that stops has lost its calls.
+    cores_up: HashSet<SocketAddr>,
+    next_renewal: Instant,
 }
 
 impl Shell {
@@ -338,6 +411,12 @@ impl Shell {
                 }
             }
             Event::StrayResponse { msg, peer } => {
+                if peer.local == self.deps.proxy.internal
+                    && self.deps.proxy.cores.iter().any(|c| c.addr == peer.source)
+                {
+                    self.calls.on_core_response(&msg, Instant::now());
+                    self.release_ended().await;
+                }
                 let verdict = self.deps.proxy.response(&msg);
                 self.forward(verdict, peer.source).await
             }
@@ -397,24 +476,184 @@ impl Shell {
         {
             return self.look_up(lookup, Replay::Stateless(incoming));
         }
-        self.route(&incoming).await;
+        self.route(incoming).await;
     }
 
-    /// The proxy's verdict on a request, carried out: an answer or a forward.
-    async fn route(&self, incoming: &Incoming) {
+    /// The proxy's verdict on a request, carried out: an answer, a forward, or a new
+    /// call admitted against its tenant's caps first.
+    async fn route(&mut self, incoming: Incoming) {
         let Inbound::Request(msg) = &incoming.inbound else {
             return;
         };
-        match self
-            .deps
-            .proxy
-            .request(msg, &ingress_of(incoming), unix_now())
-            .await
-        {
+        let ingress = ingress_of(&incoming);
+        match self.deps.proxy.request(msg, &ingress, unix_now()).await {
             Verdict::Answer { status, bytes } => {
-                self.send_answer(incoming, msg, status, bytes).await
+                self.send_answer(&incoming, msg, status, bytes).await
             }
-            other => self.forward(other, incoming.source).await,
+            Verdict::Admit {
+                call,
+                target,
+                bytes,
+            } => self.admit(incoming, call, target, bytes).await,
+            verdict => {
+                if matches!(verdict, Verdict::Forward { .. }) {
+                    self.calls
+                        .on_request(msg, self.deps.proxy.is_from_core(&ingress));
+                    self.release_ended().await;
+                }
+                self.forward(verdict, incoming.source).await
+            }
+        }
+    }
+
+    /// A new call: its slot is taken in the tenant's counters before it is forwarded.
+    /// In memory that is immediate; in Redis it runs in a task and comes back as a replay.
+    async fn admit(&mut self, incoming: Incoming, call: NewCall, target: Target, bytes: Bytes) {
+        if self.calls.holds(&call) {
+            // A retransmission: the core's transaction absorbs it.
+            return self
+                .forward(Verdict::Forward { target, bytes }, incoming.source)
+                .await;
+        }
+        let now_ms = unix_now_ms();
+        if let Some(outcome) =
+            self.deps
+                .live_calls
+                .admit_now(&call.tenant, &call.member(), call.limits, now_ms)
+        {
+            return self.admitted(incoming, call, target, bytes, outcome).await;
+        }
+        let (live, replay, counters) = (
+            self.deps.live_calls.clone(),
+            self.replay_tx.clone(),
+            self.deps.counters.clone(),
+        );
+        tokio::spawn(async move {
+            let lease_until = now_ms + LEASE.as_millis() as i64;
+            let outcome = match live
+                .admit(
+                    &call.tenant,
+                    &call.member(),
+                    call.limits,
+                    now_ms,
+                    lease_until,
+                )
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // Caps protect; they must not stop every call when Redis blinks.
+                    counters.caps_unavailable.fetch_add(1, Ordering::Relaxed);
+                    warn!(tenant = %call.tenant, error = %e, "call counters unavailable: call admitted uncounted");
+                    Admission::Admitted
+                }
+            };
+            let _ = replay.send(Replay::Admission {
+                incoming,
+                call,
+                target,
+                bytes,
+                outcome,
+            });
+        });
+    }
+
+    async fn admitted(
+        &mut self,
+        incoming: Incoming,
+        call: NewCall,
+        target: Target,
+        bytes: Bytes,
+        outcome: Admission,
+    ) {
+        let counters = &self.deps.counters;
+        match outcome {
+            Admission::Admitted | Admission::AlreadyAdmitted => {
+                if !self.calls.holds(&call) {
+                    counters.calls_admitted.fetch_add(1, Ordering::Relaxed);
+                }
+                self.calls.begin(&call, Instant::now());
+                counters
+                    .calls_in_progress
+                    .store(self.calls.len() as u64, Ordering::Relaxed);
+                self.forward(Verdict::Forward { target, bytes }, incoming.source)
+                    .await
+            }
+            refused => {
+                let counter = match refused {
+                    Admission::CallLimit(_) => &counters.calls_refused_limit,
+                    _ => &counters.calls_refused_rate,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                info!(tenant = %call.tenant, call_id = call.call_id, ?refused, "call refused by the tenant's caps");
+                let Inbound::Request(msg) = &incoming.inbound else {
+                    return;
+                };
+                if let Verdict::Answer { status, bytes } =
+                    self.deps.proxy.refuse(msg, &ingress_of(&incoming), refused)
+                {
+                    self.send_answer(&incoming, msg, status, bytes).await;
+                }
+            }
+        }
+    }
+
+    /// Gives ended calls' slots back: at once in memory, in a task for Redis.
+    async fn release_ended(&mut self) {
+        let ended = self.calls.take_released();
+        if ended.is_empty() {
+            return;
+        }
+        let counters = &self.deps.counters;
+        for (_, _, why) in &ended {
+            let i = Ending::ALL.iter().position(|e| e == why).unwrap_or(0);
+            counters.calls_released[i].fetch_add(1, Ordering::Relaxed);
+        }
+        counters
+            .calls_in_progress
+            .store(self.calls.len() as u64, Ordering::Relaxed);
+        let slots: Vec<(TenantId, String)> = ended.into_iter().map(|(t, m, _)| (t, m)).collect();
+        let live = self.deps.live_calls.clone();
+        let release = async move {
+            if let Err(e) = live.release(&slots).await {
+                // Their leases lapse instead.
+                warn!(calls = slots.len(), error = %e, "call slots not released");
+            }
+        };
+        match *self.deps.live_calls {
+            LiveCalls::Memory(_) => release.await,
+            LiveCalls::Redis(_) => {
+                tokio::spawn(release);
+            }
+        }
+    }
+
+    /// Setups that timed out, calls of cores that stopped answering, lease renewal.
+    async fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.calls.handle_timeout(now);
+        if let Some(health) = &self.deps.proxy.health {
+            for core in &self.deps.proxy.cores {
+                if health.is_healthy(core.addr, now) {
+                    self.cores_up.insert(core.addr);
+                } else if self.cores_up.remove(&core.addr) {
+                    warn!(core = %core.addr, "core stopped answering: its calls' slots are released");
+                    self.calls.on_core_lost(core.addr);
+                }
+            }
+        }
+        self.release_ended().await;
+        if now >= self.next_renewal {
+            self.next_renewal = now + LEASE_RENEW_EVERY;
+            if matches!(*self.deps.live_calls, LiveCalls::Redis(_)) && !self.calls.is_empty() {
+                let (live, held) = (self.deps.live_calls.clone(), self.calls.held());
+                let until = unix_now_ms() + LEASE.as_millis() as i64;
+                tokio::spawn(async move {
+                    if let Err(e) = live.renew(&held, until).await {
+                        warn!(calls = held.len(), error = %e, "call leases not renewed");
+                    }
+                });
+            }
         }
     }
 
@@ -473,14 +712,21 @@ impl Shell {
                 }
             }
             Verdict::Drop(why) => debug!(%source, why, "dropped"),
-            Verdict::Answer { .. } => {}
+            Verdict::Answer { .. } | Verdict::Admit { .. } => {}
         }
     }
 
     async fn on_replay(&mut self, replay: Replay) {
         match replay {
             Replay::Request { tx, msg, peer } => self.register_now(tx, msg, peer).await,
-            Replay::Stateless(incoming) => self.route(&incoming).await,
+            Replay::Stateless(incoming) => self.route(incoming).await,
+            Replay::Admission {
+                incoming,
+                call,
+                target,
+                bytes,
+                outcome,
+            } => self.admitted(incoming, call, target, bytes, outcome).await,
             Replay::Answer { tx, status, bytes } => {
                 if let Err(e) = self.layer.respond(tx, status, bytes, Instant::now()) {
                     debug!(status, error = %e, "answer not sent");
@@ -562,7 +808,7 @@ impl Shell {
                     });
                 }
             }
-            Replay::Answer { .. } => {}
+            Replay::Answer { .. } | Replay::Admission { .. } => {}
         }
     }
 

@@ -1,11 +1,16 @@
-//! Runtime state: what the edge and core share that is not configuration. So far the
-//! location service (registrations), in memory for `serve` and in Redis for a cluster,
-//! behind one interface with the same rules: bindings per tenant and address of record,
-//! replaced by contact URI, bounded per AoR, expiring at their own time.
+//! Runtime state: what the edge and core share that is not configuration, in memory for
+//! `serve` and in Redis for a cluster, behind one interface with the same rules on both:
+//!
+//! - the location service (registrations): bindings per tenant and address of record,
+//!   replaced by contact URI, bounded per AoR and per tenant, expiring at their own time;
+//! - [`calls`]: each tenant's calls in progress and its call rate, which the edge admits
+//!   new calls against.
 //!
 //! Time is an argument (`now_ms`); keys always carry the tenant.
 
 #![forbid(unsafe_code)]
+
+pub mod calls;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,6 +48,9 @@ pub struct Binding {
 pub enum StateError {
     #[error("the address of record already has {0} contacts")]
     TooManyContacts(usize),
+    /// The tenant's `max_registrations`: its live bindings, all AoRs together.
+    #[error("the tenant already has {0} registered contacts")]
+    TenantFull(usize),
     /// A REGISTER older than the one that set this binding (RFC 3261 §10.3 step 7).
     #[error("out-of-order REGISTER for this Call-ID")]
     OutOfOrder,
@@ -60,18 +68,82 @@ pub fn aor(username: &str, domain: &str) -> String {
     format!("{username}@{domain}").to_ascii_lowercase()
 }
 
+/// How many contacts a registration may add to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingLimits {
+    /// Contacts of one address of record (the extension's `max_registrations`).
+    pub per_aor: usize,
+    /// Contacts of the whole tenant (the tenant's `max_registrations`).
+    pub per_tenant: usize,
+}
+
+impl BindingLimits {
+    /// A limit per AoR only.
+    pub fn per_aor(n: usize) -> BindingLimits {
+        BindingLimits {
+            per_aor: n,
+            per_tenant: usize::MAX,
+        }
+    }
+}
+
 /// The location service: in memory or in Redis.
 #[derive(Debug)]
 pub enum Locations {
-    Memory(Mutex<HashMap<String, Vec<Binding>>>),
+    Memory(Mutex<MemoryLocations>),
     Redis(RedisLocations),
 }
 
-/// Redis-backed bindings: one hash per AoR, field = contact, value = JSON binding.
+/// Bindings by AoR key, and each tenant's contacts (`aor\ncontact` → expiry) for its cap.
+#[derive(Debug, Default)]
+pub struct MemoryLocations {
+    aors: HashMap<String, Vec<Binding>>,
+    tenants: HashMap<TenantId, HashMap<String, i64>>,
+}
+
+impl MemoryLocations {
+    fn register(
+        &mut self,
+        tenant: &TenantId,
+        aor: &str,
+        b: Binding,
+        limits: BindingLimits,
+        now_ms: i64,
+    ) -> Result<()> {
+        let list = self.aors.entry(key("", tenant, aor)).or_default();
+        let members = self.tenants.entry(tenant.clone()).or_default();
+        for lapsed in list.iter().filter(|x| x.expires_at_ms <= now_ms) {
+            members.remove(&member(aor, &lapsed.contact));
+        }
+        let known = list
+            .iter()
+            .any(|x| x.contact == b.contact && x.expires_at_ms > now_ms);
+        if !known && members.len() >= limits.per_tenant {
+            // Lapsed contacts of other AoRs leave only when the cap is near.
+            members.retain(|_, expires| *expires > now_ms);
+            if members.len() >= limits.per_tenant {
+                return Err(StateError::TenantFull(limits.per_tenant));
+            }
+        }
+        let (name, expires) = (member(aor, &b.contact), b.expires_at_ms);
+        apply(list, b, limits.per_aor, now_ms)?;
+        members.insert(name, expires);
+        Ok(())
+    }
+}
+
+/// A contact's entry in its tenant's set.
+fn member(aor: &str, contact: &str) -> String {
+    format!("{}\n{contact}", aor.to_ascii_lowercase())
+}
+
+/// Redis-backed bindings: one hash per AoR, field = contact, value = JSON binding; and a
+/// sorted set per tenant of its contacts (`aor\ncontact`, scored by expiry) for its cap.
 pub struct RedisLocations {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     register: redis::Script,
+    unregister_all: redis::Script,
 }
 
 impl std::fmt::Debug for RedisLocations {
@@ -88,6 +160,10 @@ fn key(prefix: &str, tenant: &TenantId, aor: &str) -> String {
         tenant.as_str(),
         aor.to_ascii_lowercase()
     )
+}
+
+fn tenant_key(prefix: &str, tenant: &TenantId) -> String {
+    format!("{prefix}regs:{{{}}}", tenant.as_str())
 }
 
 /// Drops lapsed bindings, then replaces or adds `b`, refusing when the AoR would exceed
@@ -108,12 +184,14 @@ fn apply(list: &mut Vec<Binding>, b: Binding, max: usize, now_ms: i64) -> Result
     Ok(())
 }
 
-/// The same rules as [`apply`], atomically in Redis: KEYS[1] the AoR hash; ARGV: now,
-/// max, contact, binding JSON, call-id, cseq, ttl seconds. Returns 1, or -1 too many,
-/// -2 out of order.
+/// The same rules as [`MemoryLocations::register`], atomically in Redis: KEYS[1] the AoR
+/// hash, KEYS[2] the tenant's set; ARGV: now, max per AoR, contact, binding JSON, call-id,
+/// cseq, ttl seconds, max per tenant, AoR, expiry. Returns 1, or -1 too many for the AoR,
+/// -2 out of order, -3 too many for the tenant.
 const REGISTER_LUA: &str = r#"
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
+local prefix = ARGV[9] .. "\n"
 local all = redis.call('HGETALL', KEYS[1])
 local live = 0
 local mine = nil
@@ -121,6 +199,7 @@ for i = 1, #all, 2 do
   local b = cjson.decode(all[i + 1])
   if b.expires_at_ms <= now then
     redis.call('HDEL', KEYS[1], all[i])
+    redis.call('ZREM', KEYS[2], prefix .. all[i])
   else
     live = live + 1
     if all[i] == ARGV[3] then mine = b end
@@ -130,16 +209,33 @@ if mine then
   if mine.call_id == ARGV[5] and tonumber(ARGV[6]) <= mine.cseq then return -2 end
 elseif live >= max then
   return -1
+else
+  local tenant_max = tonumber(ARGV[8])
+  if redis.call('ZCARD', KEYS[2]) >= tenant_max then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+    if redis.call('ZCARD', KEYS[2]) >= tenant_max then return -3 end
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[10], prefix .. ARGV[3])
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < tonumber(ARGV[7]) then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
 return 1
 "#;
 
+/// Removes every contact of an AoR: KEYS[1] its hash, KEYS[2] the tenant's set; ARGV[1]
+/// the AoR.
+const UNREGISTER_ALL_LUA: &str = r#"
+local prefix = ARGV[1] .. "\n"
+for _, contact in ipairs(redis.call('HKEYS', KEYS[1])) do
+  redis.call('ZREM', KEYS[2], prefix .. contact)
+end
+return redis.call('DEL', KEYS[1])
+"#;
+
 impl Locations {
     pub fn memory() -> Locations {
-        Locations::Memory(Mutex::new(HashMap::new()))
+        Locations::Memory(Mutex::new(MemoryLocations::default()))
     }
 
     /// Connects to Redis at `url`; every key starts with `prefix` (tests use their own).
@@ -150,23 +246,25 @@ impl Locations {
             conn,
             prefix: prefix.to_owned(),
             register: redis::Script::new(REGISTER_LUA),
+            unregister_all: redis::Script::new(UNREGISTER_ALL_LUA),
         }))
     }
 
-    /// Adds or refreshes a binding of `aor` in `tenant`, at most `max` per AoR.
+    /// Adds or refreshes a binding of `aor` in `tenant`, within `limits` (a refresh of a
+    /// live contact always passes the tenant's).
     pub async fn register(
         &self,
         tenant: &TenantId,
         aor: &str,
         b: Binding,
-        max: usize,
+        limits: BindingLimits,
         now_ms: i64,
     ) -> Result<()> {
         match self {
-            Locations::Memory(m) => {
-                let mut map = m.lock().unwrap_or_else(|e| e.into_inner());
-                apply(map.entry(key("", tenant, aor)).or_default(), b, max, now_ms)
-            }
+            Locations::Memory(m) => m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .register(tenant, aor, b, limits, now_ms),
             Locations::Redis(r) => {
                 let ttl = ((b.expires_at_ms - now_ms) / 1000).max(1) + 1;
                 let json = serde_json::to_string(&b)?;
@@ -174,20 +272,46 @@ impl Locations {
                 let outcome: i64 = r
                     .register
                     .key(key(&r.prefix, tenant, aor))
+                    .key(tenant_key(&r.prefix, tenant))
                     .arg(now_ms)
-                    .arg(max)
+                    .arg(limits.per_aor)
                     .arg(&b.contact)
                     .arg(json)
                     .arg(&b.call_id)
                     .arg(b.cseq)
                     .arg(ttl)
+                    .arg(limits.per_tenant.min(i64::MAX as usize))
+                    .arg(aor.to_ascii_lowercase())
+                    .arg(b.expires_at_ms)
                     .invoke_async(&mut conn)
                     .await?;
                 match outcome {
                     1 => Ok(()),
                     -2 => Err(StateError::OutOfOrder),
-                    _ => Err(StateError::TooManyContacts(max)),
+                    -3 => Err(StateError::TenantFull(limits.per_tenant)),
+                    _ => Err(StateError::TooManyContacts(limits.per_aor)),
                 }
+            }
+        }
+    }
+
+    /// The tenant's live contacts, all AoRs together (what its cap counts).
+    pub async fn tenant_contacts(&self, tenant: &TenantId, now_ms: i64) -> Result<usize> {
+        match self {
+            Locations::Memory(m) => Ok(m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tenants
+                .get(tenant)
+                .map_or(0, |set| set.values().filter(|e| **e > now_ms).count())),
+            Locations::Redis(r) => {
+                let mut conn = r.conn.clone();
+                Ok(redis::cmd("ZCOUNT")
+                    .arg(tenant_key(&r.prefix, tenant))
+                    .arg(format!("({now_ms}"))
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await?)
             }
         }
     }
@@ -196,17 +320,27 @@ impl Locations {
     pub async fn unregister(&self, tenant: &TenantId, aor: &str, contact: &str) -> Result<()> {
         match self {
             Locations::Memory(m) => {
-                let mut map = m.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(list) = map.get_mut(&key("", tenant, aor)) {
+                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(list) = m.aors.get_mut(&key("", tenant, aor)) {
                     list.retain(|b| b.contact != contact);
+                }
+                if let Some(set) = m.tenants.get_mut(tenant) {
+                    set.remove(&member(aor, contact));
                 }
                 Ok(())
             }
             Locations::Redis(r) => {
                 let mut conn = r.conn.clone();
-                let _: i64 = redis::cmd("HDEL")
+                let _: () = redis::pipe()
+                    .atomic()
+                    .cmd("HDEL")
                     .arg(key(&r.prefix, tenant, aor))
                     .arg(contact)
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(tenant_key(&r.prefix, tenant))
+                    .arg(member(aor, contact))
+                    .ignore()
                     .query_async(&mut conn)
                     .await?;
                 Ok(())
@@ -218,16 +352,23 @@ impl Locations {
     pub async fn unregister_all(&self, tenant: &TenantId, aor: &str) -> Result<()> {
         match self {
             Locations::Memory(m) => {
-                m.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key("", tenant, aor));
+                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                let removed = m.aors.remove(&key("", tenant, aor)).unwrap_or_default();
+                if let Some(set) = m.tenants.get_mut(tenant) {
+                    for b in removed {
+                        set.remove(&member(aor, &b.contact));
+                    }
+                }
                 Ok(())
             }
             Locations::Redis(r) => {
                 let mut conn = r.conn.clone();
-                let _: i64 = redis::cmd("DEL")
-                    .arg(key(&r.prefix, tenant, aor))
-                    .query_async(&mut conn)
+                let _: i64 = r
+                    .unregister_all
+                    .key(key(&r.prefix, tenant, aor))
+                    .key(tenant_key(&r.prefix, tenant))
+                    .arg(aor.to_ascii_lowercase())
+                    .invoke_async(&mut conn)
                     .await?;
                 Ok(())
             }
@@ -240,6 +381,7 @@ impl Locations {
             Locations::Memory(m) => m
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .aors
                 .get(&key("", tenant, aor))
                 .cloned()
                 .unwrap_or_default(),

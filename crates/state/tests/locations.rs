@@ -1,7 +1,7 @@
 //! The location service, in memory and on the real Redis at 127.0.0.1:6379
 //! (`SWITCHYARD_TEST_REDIS` overrides): the same rules on both. Redis is never skipped.
 
-use switchyard_state::{Binding, Locations, StateError};
+use switchyard_state::{Binding, BindingLimits, Locations, StateError};
 use switchyard_types::TenantId;
 
 fn binding(contact: &str, expires_at_ms: i64, call_id: &str, cseq: u32) -> Binding {
@@ -41,7 +41,7 @@ async fn rules_hold(l: Locations) {
         &acme,
         "sip:1000@acme.example.com",
         binding("sip:1000@10.0.0.1", now + 60_000, "c1", 1),
-        2,
+        BindingLimits::per_aor(2),
         now,
     )
     .await
@@ -50,7 +50,7 @@ async fn rules_hold(l: Locations) {
         &acme,
         "sip:1000@acme.example.com",
         binding("sip:1000@10.0.0.2", now + 30_000, "c2", 1),
-        2,
+        BindingLimits::per_aor(2),
         now,
     )
     .await
@@ -61,7 +61,7 @@ async fn rules_hold(l: Locations) {
             &acme,
             "sip:1000@acme.example.com",
             binding("sip:1000@10.0.0.3", now + 60_000, "c3", 1),
-            2,
+            BindingLimits::per_aor(2),
             now,
         )
         .await
@@ -72,7 +72,7 @@ async fn rules_hold(l: Locations) {
         &acme,
         "sip:1000@acme.example.com",
         binding("sip:1000@10.0.0.1", now + 90_000, "c1", 2),
-        2,
+        BindingLimits::per_aor(2),
         now,
     )
     .await
@@ -82,7 +82,7 @@ async fn rules_hold(l: Locations) {
             &acme,
             "sip:1000@acme.example.com",
             binding("sip:1000@10.0.0.1", now + 99_000, "c1", 2),
-            2,
+            BindingLimits::per_aor(2),
             now,
         )
         .await
@@ -115,7 +115,7 @@ async fn rules_hold(l: Locations) {
         &acme,
         "sip:1000@acme.example.com",
         binding("sip:1000@10.0.0.3", later + 60_000, "c3", 1),
-        2,
+        BindingLimits::per_aor(2),
         later,
     )
     .await
@@ -169,7 +169,7 @@ async fn concurrent_registrations_never_exceed_the_limit_in_redis() {
                     &format!("c{i}"),
                     1,
                 ),
-                3,
+                BindingLimits::per_aor(3),
                 now,
             )
             .await
@@ -188,4 +188,104 @@ async fn concurrent_registrations_never_exceed_the_limit_in_redis() {
             .len(),
         3
     );
+}
+
+/// The tenant's cap counts live contacts of every AoR: refreshes always pass, a new
+/// contact is refused at the cap, and removal or expiry frees a slot.
+async fn tenant_cap_holds(l: Locations) {
+    let acme = TenantId::from("acme");
+    let limits = BindingLimits {
+        per_aor: 5,
+        per_tenant: 3,
+    };
+    let now = 1_000_000;
+    for (i, expires) in [(1, 60_000), (2, 60_000), (3, 10_000)] {
+        l.register(
+            &acme,
+            &format!("sip:{i}@acme.example.com"),
+            binding(&format!("sip:{i}@10.0.0.{i}"), now + expires, "c", 1),
+            limits,
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    let fourth = |at: i64| binding("sip:4@10.0.0.4", at + 60_000, "c", 1);
+    let e = l
+        .register(&acme, "sip:4@acme.example.com", fourth(now), limits, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::TenantFull(3)), "{e}");
+    assert_eq!(l.tenant_contacts(&acme, now).await.unwrap(), 3);
+    // A refresh of a live contact passes at the cap.
+    l.register(
+        &acme,
+        "sip:1@acme.example.com",
+        binding("sip:1@10.0.0.1", now + 90_000, "c", 2),
+        limits,
+        now,
+    )
+    .await
+    .unwrap();
+    // Other tenants are not counted.
+    l.register(
+        &TenantId::from("other"),
+        "sip:4@other.example.com",
+        fourth(now),
+        limits,
+        now,
+    )
+    .await
+    .unwrap();
+    // Contact 3 lapses: its slot is free.
+    let later = now + 20_000;
+    l.register(
+        &acme,
+        "sip:4@acme.example.com",
+        fourth(later),
+        limits,
+        later,
+    )
+    .await
+    .unwrap();
+    // Removing one frees a slot, one contact or all of an AoR.
+    l.unregister(&acme, "sip:4@acme.example.com", "sip:4@10.0.0.4")
+        .await
+        .unwrap();
+    l.unregister_all(&acme, "sip:2@acme.example.com")
+        .await
+        .unwrap();
+    assert_eq!(l.tenant_contacts(&acme, later).await.unwrap(), 1);
+    for i in 5..7 {
+        l.register(
+            &acme,
+            &format!("sip:{i}@acme.example.com"),
+            binding(&format!("sip:{i}@10.0.0.{i}"), later + 60_000, "c", 1),
+            limits,
+            later,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(
+        l.register(
+            &acme,
+            "sip:4@acme.example.com",
+            fourth(later),
+            limits,
+            later
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn memory_tenant_cap_counts_every_aor() {
+    tenant_cap_holds(Locations::memory()).await;
+}
+
+#[tokio::test]
+async fn redis_tenant_cap_counts_every_aor() {
+    tenant_cap_holds(redis().await).await;
 }

@@ -26,6 +26,7 @@ use switchyard_sip_net::{
     Hub, Incoming, LimitsConfig, ListenConfig, Target, TuEvent, spawn_driver, spawn_listeners, tls,
 };
 use switchyard_state::Locations;
+use switchyard_state::calls::LiveCalls;
 
 use crate::config::Config;
 
@@ -104,6 +105,12 @@ pub async fn serve(
             .await
             .with_context(|| format!("cannot reach Redis at {url}"))?,
         None => Locations::memory(),
+    });
+    let live_calls = Arc::new(match &config.state.redis_url {
+        Some(url) => LiveCalls::redis(url, "sy")
+            .await
+            .with_context(|| format!("cannot reach Redis at {url}"))?,
+        None => LiveCalls::memory(),
     });
     // Media: one node in this process, reached through the media-control trait.
     let media = MediaNode::new(MediaConfig {
@@ -305,6 +312,7 @@ pub async fn serve(
         proxy,
         responder,
         hub: hub.clone(),
+        live_calls,
         counters: counters.clone(),
     };
     for (transport, addr) in bound.all() {

@@ -76,6 +76,12 @@ impl Demo {
         (reply.status, json)
     }
 
+    /// Sets a tenant's limits (`max_calls`, `calls_per_second`, `max_registrations`).
+    fn set_limits(&self, tenant: &str, limits: &str) {
+        let (s, t) = self.api("PATCH", &format!("/v1/tenants/{tenant}"), Some(limits));
+        assert_eq!(s, 200, "{t}");
+    }
+
     /// A second tenant with one range; returns (tenant id, range id).
     fn tenant(&self, domain: &str, first: i64) -> (String, String) {
         let (s, t) = self.api(
@@ -461,6 +467,8 @@ impl LiveCall {
 fn an_extension_created_during_a_call_is_callable_within_a_second_and_the_call_goes_on() {
     let d = demo();
     let (t3, r3) = d.tenant("t3.example", 3000);
+    // The retries below dial as fast as they can.
+    d.set_limits(&t3, r#"{"calls_per_second": 1000}"#);
     d.extension(&t3, &r3, 3001, "password-3001");
     let mut caller = Phone::new(d.server.addr("UDP"), "t3.example", "3001", "password-3001");
     assert_eq!(caller.register(), 200);
@@ -712,6 +720,8 @@ fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
 #[test]
 fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
     let d = demo();
+    // As fast as one phone can: far above the demo tenant's 5 calls per second.
+    d.set_limits(&d.tenant, r#"{"calls_per_second": 10000}"#);
     let (mut a, mut b) = d.registered_pair();
     let before = d.metrics();
     assert_eq!(before["switchyard_calls_active"], 0.0);
@@ -745,6 +755,7 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
     loop {
         let now = d.metrics();
         let settled = now["switchyard_calls_active"] == 0.0
+            && now["switchyard_edge_calls_in_progress"] == 0.0
             && now["switchyard_media_sessions"] == 0.0
             && now["switchyard_media_free_port_pairs"]
                 == before["switchyard_media_free_port_pairs"]
@@ -872,8 +883,27 @@ fn on_postgresql_and_redis_registrations_live_in_redis_and_calls_use_them() {
     let (inv, from) = b
         .wait_request("INVITE", Duration::from_secs(5))
         .expect("INVITE");
+    // The ringing call holds its tenant's slot in Redis, where every edge sees it.
+    let calls_key = format!("sycalls:{{{}}}", d.tenant);
+    let held: usize = redis::cmd("ZCARD")
+        .arg(&calls_key)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(held, 1);
     b.answer(&inv, from, 486, &[0]);
     assert_eq!(caller.join().unwrap(), Some(486));
+    // Busy: the slot is given back (in a task, a moment after the answer).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis::cmd("ZCARD")
+        .arg(&calls_key)
+        .query::<usize>(&mut conn)
+        .unwrap()
+        != 0
+    {
+        assert!(Instant::now() < deadline, "the slot was never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.metrics()["switchyard_edge_calls_admitted_total"], 1.0);
     // The CDR went to PostgreSQL.
     let cdr = &d.cdrs(&d.tenant, 1)[0];
     assert_eq!(cdr["disposition"], "busy", "{cdr}");
@@ -954,4 +984,90 @@ fn knowing_a_call_id_is_not_enough_to_end_someone_elses_call() {
         .expect("BYE at 1002");
     b.answer(&req, from, 200, &[]);
     assert_eq!(bye.join().unwrap(), Some(200));
+}
+
+#[test]
+fn a_tenant_over_its_caps_is_refused_with_the_limit_named_and_other_tenants_are_not() {
+    let d = demo();
+    d.set_limits(
+        &d.tenant,
+        r#"{"max_calls": 1, "calls_per_second": 1000, "max_registrations": 2}"#,
+    );
+    let (mut a, mut b) = d.registered_pair();
+    // Registrations: a third contact of the tenant (1001 from another phone) is one too
+    // many, although the extension allows three.
+    let mut third = d.phone("1001");
+    let refused = third.register_as("1001", &d.passwords[0].clone(), 600);
+    assert_eq!(refused.status(), Some(403));
+    assert_eq!(
+        refused.reason(),
+        Some("Tenant registration limit reached (max_registrations 2)")
+    );
+    // A refresh of a registered contact still passes at the cap.
+    assert_eq!(a.register(), 200);
+
+    // Calls in progress: with one call up, the next is refused with 486.
+    let callee = std::thread::spawn(move || {
+        let leg = b.answer_next("INVITE", Duration::from_secs(5), &[0]);
+        let (second, _) = b.call("1001", &[0]);
+        (b, leg, second)
+    });
+    let (r, leg) = a.call("1002", &[0]);
+    assert_eq!(r.status(), Some(200));
+    let (mut b, _, second) = callee.join().unwrap();
+    assert_eq!(second.status(), Some(486));
+    assert_eq!(
+        second.reason(),
+        Some("Tenant call limit reached (max_calls 1)")
+    );
+    let m = d.metrics();
+    assert_eq!(m["switchyard_edge_calls_in_progress"], 1.0);
+    assert_eq!(
+        m["switchyard_edge_calls_refused_total{limit=\"max_calls\"}"],
+        1.0
+    );
+    // The BYE gives the slot back: the next call goes through.
+    let bye = std::thread::spawn(move || {
+        b.answer_next("BYE", Duration::from_secs(5), &[]);
+        b
+    });
+    assert_eq!(a.request(&mut leg.unwrap(), "BYE", "").status(), Some(200));
+    let mut b = bye.join().unwrap();
+    assert_eq!(d.metrics()["switchyard_edge_calls_in_progress"], 0.0);
+    let callee = std::thread::spawn(move || {
+        b.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    });
+    let (r, leg) = a.call("1002", &[0]);
+    assert_eq!(r.status(), Some(200));
+    callee.join().unwrap();
+    drop(leg);
+
+    // Calls per second: the tenant may start one call a second; a failed call counts.
+    d.set_limits(&d.tenant, r#"{"max_calls": 100, "calls_per_second": 1}"#);
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut c = d.phone("1001");
+    assert_eq!(c.call("1999", &[0]).0.status(), Some(404));
+    let (fast, _) = c.call("1999", &[0]);
+    assert_eq!(fast.status(), Some(503));
+    assert_eq!(
+        fast.reason(),
+        Some("Tenant call rate limit reached (calls_per_second 1)")
+    );
+    assert_eq!(
+        fast.header(switchyard_sip::HeaderName::RetryAfter),
+        Some("1")
+    );
+    // Another tenant is not touched by this one's caps.
+    let (t3, r3) = d.tenant("t3.example", 3000);
+    d.extension(&t3, &r3, 3001, "password-3001");
+    let mut other = Phone::new(d.server.addr("UDP"), "t3.example", "3001", "password-3001");
+    assert_eq!(other.register(), 200);
+    assert_eq!(other.call("3999", &[0]).0.status(), Some(404));
+    let m = d.metrics();
+    assert_eq!(
+        m["switchyard_edge_calls_refused_total{limit=\"calls_per_second\"}"],
+        1.0
+    );
+    // The one call still up holds the only slot.
+    assert_eq!(m["switchyard_edge_calls_in_progress"], 1.0);
 }
