@@ -309,8 +309,19 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
     if let Some(m) = &state.metrics {
+        let mut typed = std::collections::HashSet::new();
         for (name, value) in (m.0)() {
-            let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
+            // One TYPE line per family; the labels follow the family name.
+            let family = name.split('{').next().unwrap_or(&name).to_owned();
+            let kind = if family.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            if typed.insert(family.clone()) {
+                let _ = writeln!(out, "# TYPE {family} {kind}");
+            }
+            let _ = writeln!(out, "{name} {value}");
         }
     }
     (

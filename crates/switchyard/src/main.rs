@@ -210,6 +210,78 @@ enum BenchCommand {
     Provision(ProvisionArgs),
     /// N phones in T tenants register at once (full digest handshake over UDP).
     RegisterStorm(StormArgs),
+    /// Calls placed at a rate, each ending one of the ways a call ends.
+    Calls(CallsArgs),
+    /// Tenant A floods at 10x its call-rate cap while tenant B calls steadily; B's
+    /// success and setup time, against a baseline of B alone.
+    NoisyNeighbour(NoisyArgs),
+}
+
+#[derive(Debug, Args)]
+struct CallsArgs {
+    /// The SIP server to call through (any that knows the storm population's users).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    target: std::net::SocketAddr,
+    /// Tenants of the population that place calls.
+    #[arg(long, default_value_t = 10)]
+    tenants: usize,
+    /// Extensions per tenant (1000-1004 are callees, the rest callers).
+    #[arg(long, default_value_t = 20)]
+    per_tenant: usize,
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+    /// New calls per second, all tenants together.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// How long answered calls last, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    hold_ms: u64,
+    /// How calls end, cycled over the calls.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "caller-bye,callee-bye,cancel,busy,unavailable"
+    )]
+    endings: Vec<switchyard::bench::calls::Ending>,
+    #[arg(long, default_value_t = 8)]
+    sockets: usize,
+    /// Create the tenants and extensions in this store first (where missing) and set
+    /// their caps to --max-calls and --cps.
+    #[arg(long)]
+    provision_store: Option<String>,
+    #[arg(long, default_value_t = 10_000)]
+    max_calls: i64,
+    #[arg(long, default_value_t = 10_000)]
+    cps: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct NoisyArgs {
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    target: std::net::SocketAddr,
+    /// Tenant A's calls_per_second cap; A offers --flood-factor times it.
+    #[arg(long, default_value_t = 50)]
+    a_cps: u32,
+    #[arg(long, default_value_t = 10.0)]
+    flood_factor: f64,
+    /// Tenant B's steady calls per second.
+    #[arg(long, default_value_t = 10.0)]
+    b_rate: f64,
+    /// Length of each phase, seconds.
+    #[arg(long, default_value_t = 20)]
+    duration_secs: u64,
+    #[arg(long, default_value_t = 1000)]
+    hold_ms: u64,
+    #[arg(long, default_value_t = 8)]
+    sockets: usize,
+    /// Create tenants A and B in this store first and set their caps (A: --a-cps, B:
+    /// twice its rate).
+    #[arg(long)]
+    provision_store: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +455,8 @@ fn run() -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create(args)) => create_api_key(args),
         Command::Bench(BenchCommand::Provision(args)) => bench_provision(args),
         Command::Bench(BenchCommand::RegisterStorm(args)) => bench_storm(args),
+        Command::Bench(BenchCommand::Calls(args)) => bench_calls(args),
+        Command::Bench(BenchCommand::NoisyNeighbour(args)) => bench_noisy(args),
         Command::Import(args) => import(args),
         Command::Api(args) => api_only(args),
         Command::Tenant(c) => resource(c.into()),
@@ -704,6 +778,96 @@ fn bench_storm(args: StormArgs) -> anyhow::Result<()> {
         }
         if report.failed > 0 {
             anyhow::bail!("{} phones did not register", report.failed);
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Provisions `population` in the store at `url`, then sets each listed tenant's caps.
+async fn provision_for_calls(
+    url: &str,
+    population: &switchyard::bench::storm::Population,
+    caps: &[(usize, i64, i64)],
+) -> anyhow::Result<()> {
+    use switchyard::bench::{calls, storm};
+    let store = switchyard_store::Store::connect(url).await?;
+    store.migrate().await?;
+    let created = storm::provision(&store, population).await?;
+    for &(t, max_calls, cps) in caps {
+        calls::set_call_limits(&store, population, t, max_calls, cps).await?;
+    }
+    store.close().await;
+    eprintln!("provisioned: {created} extensions created");
+    Ok(())
+}
+
+fn bench_calls(args: CallsArgs) -> anyhow::Result<()> {
+    use switchyard::bench::{calls, storm};
+    let population = storm::Population::new(args.tenants * args.per_tenant, args.tenants);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if let Some(url) = &args.provision_store {
+            let caps: Vec<_> = (0..args.tenants)
+                .map(|t| (t, args.max_calls, args.cps))
+                .collect();
+            provision_for_calls(url, &population, &caps).await?;
+            // The server hears of the change through its change events.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let report = calls::run(&calls::CallsOptions {
+            target: args.target,
+            population,
+            tenants: (0..args.tenants).collect(),
+            calls: args.calls,
+            rate: args.rate,
+            hold: std::time::Duration::from_millis(args.hold_ms),
+            endings: args.endings,
+            sockets: args.sockets,
+            register: true,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        if report.failed > 0 {
+            anyhow::bail!("{} calls did not end as intended", report.failed);
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn bench_noisy(args: NoisyArgs) -> anyhow::Result<()> {
+    use switchyard::bench::{calls, storm};
+    let population = storm::Population::new(40, 2);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        if let Some(url) = &args.provision_store {
+            let b_cps = (args.b_rate * 2.0).ceil() as i64;
+            provision_for_calls(
+                url,
+                &population,
+                &[(0, 100_000, i64::from(args.a_cps)), (1, 100_000, b_cps)],
+            )
+            .await?;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let report = calls::noisy_neighbour(&calls::NoisyOptions {
+            target: args.target,
+            population,
+            a_cap: args.a_cps,
+            flood_factor: args.flood_factor,
+            b_rate: args.b_rate,
+            duration: std::time::Duration::from_secs(args.duration_secs),
+            hold: std::time::Duration::from_millis(args.hold_ms),
+            sockets: args.sockets,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
         }
         anyhow::Ok(())
     })

@@ -1,7 +1,10 @@
 //! `switchyard bench`: system load tools. `provision` drives the provisioning API over
 //! real HTTP with many concurrent clients, then checks every invariant in the store;
-//! `register-storm` registers thousands of phones at once over UDP.
+//! `register-storm` registers thousands of phones at once over UDP; `calls` places calls
+//! that end every way a call ends, and `noisy-neighbour` sets one tenant's flood against
+//! another's steady calls.
 
+pub mod calls;
 pub mod provision;
 pub mod storm;
 

@@ -721,7 +721,7 @@ fn reduce(datagram: &[u8], run_id: &str) -> Option<Answer> {
     })
 }
 
-fn quoted_param(header: &str, name: &str) -> Option<String> {
+pub(crate) fn quoted_param(header: &str, name: &str) -> Option<String> {
     let key = format!("{name}=\"");
     let start = header.find(&key)? + key.len();
     let len = header[start..].find('"')?;
