@@ -559,7 +559,7 @@ async fn caller_call(
         let first = invite(1, "");
         net.send(socket, net.target, &first).await;
         let challenge = exchange(net, socket, net.target, Some(&first), &mut rx, |m, _| {
-            (m.status()? >= 200).then(|| m.clone())
+            (m.status()? >= 200 && m.cseq().is_ok_and(|c| c.seq == 1)).then(|| m.clone())
         })
         .await?;
         net.send(socket, net.target, &ack_failure(1, &challenge))
@@ -587,9 +587,13 @@ async fn caller_call(
         let mut resend = Some(second.clone());
         let mut cancelled = false;
         let last = loop {
+            // Only answers to this INVITE: a late 407 to a retransmission of the first
+            // one is not its final answer.
             let r = exchange(net, socket, net.target, resend.as_deref(), &mut rx, |m, _| {
-                (m.status().is_some() && m.cseq().is_ok_and(|c| c.method == Method::Invite))
-                    .then(|| m.clone())
+                (m.status().is_some()
+                    && m.cseq()
+                        .is_ok_and(|c| c.method == Method::Invite && c.seq == 2))
+                .then(|| m.clone())
             })
             .await?;
             let status = r.status().unwrap_or(0);
