@@ -92,8 +92,13 @@ class Switchyard:
         data = os.path.join(self.work, "sy-run")
         shutil.rmtree(data, ignore_errors=True)
         shutil.copytree(os.path.join(self.work, "sy"), data)
+        # The generator is one address sending for 10,000 phones: allow-listed, as a large
+        # NAT would be (Kamailio's configuration has no per-source limit either).
+        config = os.path.join(self.work, "switchyard.toml")
+        with open(config, "w") as f:
+            f.write('[edge]\nallow = ["127.0.0.1"]\n')
         self.proc = subprocess.Popen(
-            ["taskset", "-c", "0", self.bin, "serve", "--data-dir", data,
+            ["taskset", "-c", "0", self.bin, "serve", "--data-dir", data, "--config", config,
              "--udp", self.target, "--tcp", "off", "--tls", "off", "--ws", "off", "--wss", "off",
              "--api-listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, "switchyard.log"), "a"),

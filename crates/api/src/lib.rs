@@ -36,6 +36,28 @@ pub struct AppState {
     pub jobs: std::sync::Arc<JobRunner>,
     /// Gauges of the roles in this process, served at `/metrics`.
     pub metrics: Option<Metrics>,
+    /// The edge's banned sources, listed and lifted under `/v1/bans`.
+    pub bans: Option<std::sync::Arc<dyn BanList>>,
+}
+
+/// One banned source, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct BanView {
+    pub source: String,
+    /// `auth-failures`, `scan` or `malformed-flood`.
+    pub reason: String,
+    /// Unix seconds.
+    pub since: u64,
+    pub until: u64,
+    /// Bans of this source within the last day, this one included.
+    pub strikes: u32,
+}
+
+/// The bans of the edge in this process (the API does not depend on the edge crate).
+pub trait BanList: Send + Sync + std::fmt::Debug {
+    fn list(&self) -> Vec<BanView>;
+    /// Lifts the ban of `source`; whether one was in force.
+    fn lift(&self, source: std::net::IpAddr) -> bool;
 }
 
 /// A source of gauges: `(name, value)` pairs read when `/metrics` is scraped.
@@ -60,7 +82,14 @@ impl AppState {
             store,
             limiter: std::sync::Arc::new(KeyLimiter::new(per_second)),
             metrics: None,
+            bans: None,
         }
+    }
+
+    /// Lists and lifts these bans under `/v1/bans`.
+    pub fn with_bans(mut self, bans: std::sync::Arc<dyn BanList>) -> AppState {
+        self.bans = Some(bans);
+        self
     }
 
     /// Serves these gauges at `/metrics`.

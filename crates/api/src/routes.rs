@@ -42,6 +42,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job))
         .routes(routes!(create_api_key, list_api_keys))
         .routes(routes!(revoke_api_key))
+        .routes(routes!(list_bans))
+        .routes(routes!(lift_ban))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -128,6 +130,40 @@ async fn revoke_api_key(
     who.operator_write()?;
     state.store.delete_api_key(&key_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sources the edge has banned, in force now (operator keys only).
+#[utoipa::path(get, path = "/v1/bans", security(("api_key" = [])),
+    responses((status = 200, body = [crate::BanView]), (status = 403, body = Problem)))]
+async fn list_bans(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<Vec<crate::BanView>>, ApiError> {
+    if !who.is_operator() {
+        return Err(ApiError::Forbidden("needs an operator key"));
+    }
+    Ok(Json(
+        state.bans.as_ref().map(|b| b.list()).unwrap_or_default(),
+    ))
+}
+
+/// Lifts the ban of a source address (operator keys only); its strikes are forgotten.
+#[utoipa::path(delete, path = "/v1/bans/{source}", security(("api_key" = [])),
+    params(("source" = String, Path, description = "IPv4 or IPv6 address")),
+    responses((status = 204), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn lift_ban(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(source): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.operator_write()?;
+    let ip: std::net::IpAddr = source
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{source:?} is not an IPv4 or IPv6 address")))?;
+    match &state.bans {
+        Some(bans) if bans.lift(ip) => Ok(StatusCode::NO_CONTENT),
+        _ => Err(ApiError::NotFound("ban".into())),
+    }
 }
 
 /// A JSON body whose rejections become problem+json naming the defect.

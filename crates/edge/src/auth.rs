@@ -188,6 +188,9 @@ impl Authenticator {
         if self.bans.is_banned(source, now_secs) {
             return AuthOutcome::Forbidden("Too many failed authentications");
         }
+        if entry.user(aor_user).is_none() {
+            self.unknown_name(source, &format!("{aor_user}@{}", tenant.domain), now_secs);
+        }
         let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
         let bound = bound_realm(&tenant.domain, source);
         let mut stale = false;
@@ -281,6 +284,14 @@ impl Authenticator {
             return AuthOutcome::Forbidden("Too many failed authentications");
         }
         AuthOutcome::Challenge { stale: false }
+    }
+
+    /// `source` asked for a user or domain nobody has: one more sign of a scan.
+    pub fn unknown_name(&self, source: IpAddr, name: &str, now_secs: u64) {
+        if let Some(ban) = self.bans.unknown_name(source, name, now_secs) {
+            warn!(%source, until = ban.until, strikes = ban.strikes,
+                "scan (many unknown users or domains): source banned");
+        }
     }
 
     /// Forgets old nonce counts and failure windows (call every minute or so).

@@ -1,5 +1,7 @@
-//! Sources the edge refuses for a while: repeated authentication failures today (scans
-//! and floods of malformed requests count the same way as they are wired in).
+//! Sources the edge refuses for a while: repeated authentication failures (their
+//! REGISTERs and INVITEs are answered `403`), scans (many distinct unknown users or
+//! domains from one source) and floods of malformed requests (both met with silence:
+//! whoever scans or floods learns nothing more).
 //!
 //! - A ban lasts `base` the first time and doubles with each new ban of the same address
 //!   within a day, up to `max`: a guesser that comes back finds the door shut longer.
@@ -21,14 +23,59 @@ pub const MAX_BANS: usize = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BanReason {
     AuthFailures,
+    /// Many distinct unknown users or domains asked for.
+    Scan,
+    /// Many malformed messages.
+    MalformedFlood,
 }
 
 impl BanReason {
+    pub const ALL: [BanReason; 3] = [
+        BanReason::AuthFailures,
+        BanReason::Scan,
+        BanReason::MalformedFlood,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BanReason::AuthFailures => "auth-failures",
+            BanReason::Scan => "scan",
+            BanReason::MalformedFlood => "malformed-flood",
         }
     }
+
+    /// Whether the source gets no answer at all while banned.
+    pub fn silences(self) -> bool {
+        !matches!(self, BanReason::AuthFailures)
+    }
+}
+
+/// When suspicion turns into a ban.
+#[derive(Debug, Clone, Copy)]
+pub struct SuspicionPolicy {
+    /// Distinct unknown users or domains from one source within the window.
+    pub unknown_names: usize,
+    /// Malformed messages from one source within the window.
+    pub malformed: u32,
+    pub window_secs: u64,
+}
+
+impl Default for SuspicionPolicy {
+    fn default() -> Self {
+        SuspicionPolicy {
+            unknown_names: 10,
+            malformed: 50,
+            window_secs: 60,
+        }
+    }
+}
+
+/// What one source did lately: distinct unknown names (hashed) and malformed messages.
+#[derive(Debug, Default)]
+struct Suspicion {
+    since: u64,
+    unknown: Vec<u64>,
+    malformed: u32,
 }
 
 /// One banned source, as listed.
@@ -103,8 +150,12 @@ pub struct Bans {
     max_secs: u64,
     allow: Vec<Prefix>,
     entries: Mutex<HashMap<IpAddr, Entry>>,
+    suspicion: Mutex<HashMap<IpAddr, Suspicion>>,
+    policy: SuspicionPolicy,
     /// Bans issued since start.
     pub issued: AtomicU64,
+    /// Bans issued since start, by reason (in [`BanReason::ALL`]'s order).
+    pub issued_by: [AtomicU64; 3],
 }
 
 /// Strikes are forgotten a day after the last ban ends.
@@ -117,8 +168,81 @@ impl Bans {
             max_secs: max_secs.max(base_secs),
             allow,
             entries: Mutex::default(),
+            suspicion: Mutex::default(),
+            policy: SuspicionPolicy::default(),
             issued: AtomicU64::new(0),
+            issued_by: Default::default(),
         }
+    }
+
+    pub fn with_policy(mut self, policy: SuspicionPolicy) -> Bans {
+        self.policy = policy;
+        self
+    }
+
+    /// The reason of the ban in force on `source`, if any.
+    pub fn banned_for(&self, source: IpAddr, now_secs: u64) -> Option<BanReason> {
+        self.lock()
+            .get(&source)
+            .filter(|e| e.until > now_secs)
+            .map(|e| e.reason)
+    }
+
+    /// `source` asked for a user or domain nobody has (`name`); a ban when that makes
+    /// too many distinct ones within the window.
+    pub fn unknown_name(&self, source: IpAddr, name: &str, now_secs: u64) -> Option<Ban> {
+        if self.is_allowed(source) {
+            return None;
+        }
+        let hash = xxhash_rust::xxh3::xxh3_64(name.to_ascii_lowercase().as_bytes());
+        let distinct = self.suspect(source, now_secs, |s| {
+            if !s.unknown.contains(&hash) {
+                s.unknown.push(hash);
+            }
+            s.unknown.len() >= self.policy.unknown_names
+        });
+        distinct.then(|| self.ban(source, BanReason::Scan, now_secs))?
+    }
+
+    /// `source` sent a malformed message; a ban when there were too many in the window.
+    pub fn malformed(&self, source: IpAddr, now_secs: u64) -> Option<Ban> {
+        if self.is_allowed(source) {
+            return None;
+        }
+        let flood = self.suspect(source, now_secs, |s| {
+            s.malformed += 1;
+            s.malformed >= self.policy.malformed
+        });
+        flood.then(|| self.ban(source, BanReason::MalformedFlood, now_secs))?
+    }
+
+    /// Updates `source`'s suspicion in its window; true when `update` says it is time.
+    fn suspect(
+        &self,
+        source: IpAddr,
+        now_secs: u64,
+        update: impl FnOnce(&mut Suspicion) -> bool,
+    ) -> bool {
+        let window = self.policy.window_secs;
+        let mut table = self.suspicion.lock().unwrap_or_else(|e| e.into_inner());
+        if table.len() >= MAX_BANS && !table.contains_key(&source) {
+            table.retain(|_, s| now_secs.saturating_sub(s.since) < window);
+            if table.len() >= MAX_BANS {
+                table.clear();
+            }
+        }
+        let s = table.entry(source).or_default();
+        if now_secs.saturating_sub(s.since) >= window {
+            *s = Suspicion {
+                since: now_secs,
+                ..Suspicion::default()
+            };
+        }
+        let due = update(s);
+        if due {
+            table.remove(&source);
+        }
+        due
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
@@ -170,6 +294,11 @@ impl Bans {
         };
         entries.insert(source, entry);
         self.issued.fetch_add(1, Ordering::Relaxed);
+        let i = BanReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.issued_by[i].fetch_add(1, Ordering::Relaxed);
         Some(listed(source, &entry))
     }
 
@@ -192,10 +321,15 @@ impl Bans {
             .is_some_and(|e| e.until > now_secs)
     }
 
-    /// Forgets bans whose strikes have run out.
+    /// Forgets bans whose strikes have run out, and old suspicion.
     pub fn purge(&self, now_secs: u64) {
         self.lock()
             .retain(|_, e| now_secs.saturating_sub(e.until) < STRIKE_MEMORY_SECS);
+        let window = self.policy.window_secs;
+        self.suspicion
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, s| now_secs.saturating_sub(s.since) < window);
     }
 }
 
@@ -274,6 +408,48 @@ mod tests {
                 .unwrap()
                 .contains(ip("192.0.2.2"))
         );
+    }
+
+    #[test]
+    fn scans_and_malformed_floods_are_banned_and_silenced() {
+        let bans = Bans::new(300, 3600, vec![Prefix::parse("10.0.0.0/8").unwrap()]);
+        let scanner = ip("192.0.2.9");
+        // The same unknown name again and again is not a scan.
+        for _ in 0..50 {
+            assert!(bans.unknown_name(scanner, "1999", 100).is_none());
+        }
+        for i in 0..8 {
+            assert!(bans.unknown_name(scanner, &format!("{i}"), 100).is_none());
+        }
+        let ban = bans
+            .unknown_name(scanner, "8", 100)
+            .expect("ten distinct: a scan");
+        assert_eq!(ban.reason, BanReason::Scan);
+        assert_eq!(bans.banned_for(scanner, 101), Some(BanReason::Scan));
+        assert!(BanReason::Scan.silences() && !BanReason::AuthFailures.silences());
+        // Names spread over more than the window are not a scan.
+        let slow = ip("192.0.2.10");
+        for i in 0..30 {
+            assert!(bans.unknown_name(slow, &format!("{i}"), i * 10).is_none());
+        }
+        let flooder = ip("192.0.2.11");
+        for _ in 0..49 {
+            assert!(bans.malformed(flooder, 5).is_none());
+        }
+        assert_eq!(
+            bans.malformed(flooder, 5).map(|b| b.reason),
+            Some(BanReason::MalformedFlood)
+        );
+        // Allowed sources are never suspected.
+        for i in 0..100 {
+            assert!(
+                bans.unknown_name(ip("10.9.9.9"), &format!("{i}"), 1)
+                    .is_none()
+            );
+            assert!(bans.malformed(ip("10.9.9.9"), 1).is_none());
+        }
+        assert_eq!(bans.issued_by[1].load(Ordering::Relaxed), 1);
+        assert_eq!(bans.issued_by[2].load(Ordering::Relaxed), 1);
     }
 
     #[test]

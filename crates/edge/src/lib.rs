@@ -10,6 +10,7 @@
 //! - [`calls`]: the one entry per admitted call that releases its tenant's slot when the
 //!   call ends (caps on calls in progress and calls per second).
 //! - [`directory`]: tenants and credentials in memory, kept true by change events.
+//! - [`limits`]: GCRA rate limits per source address and network, per class of request.
 //! - [`health`]: which core nodes answer the edge's pings.
 //! - [`responder`]: stateless answers (OPTIONS, rejections of malformed requests).
 //! - [`run`]: the shell, one task that runs all of the above over the listeners' input.
@@ -22,6 +23,7 @@ pub mod calls;
 pub mod directory;
 pub mod health;
 pub mod hrw;
+pub mod limits;
 pub mod proxy;
 pub mod registrar;
 pub mod responder;

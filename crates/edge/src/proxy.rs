@@ -290,7 +290,13 @@ impl Proxy {
                 .and_then(|u| u.as_sip().map(|s| s.host.to_owned()));
             let entry = match self.directory.active_tenant(domain.as_deref()).await {
                 Ok(t) => t,
-                Err((status, reason)) => return self.answer(msg, ingress, status, reason),
+                Err((status, reason)) => {
+                    if status == 404 {
+                        let name = format!("@{}", domain.as_deref().unwrap_or_default());
+                        self.auth.unknown_name(ingress.source.ip(), &name, now_secs);
+                    }
+                    return self.answer(msg, ingress, status, reason);
+                }
             };
             let tenant = &entry.tenant;
             let from = msg.from_header().ok();

@@ -83,6 +83,13 @@ impl Registrar {
             Ok(t) => t,
             Err((status, reason)) => {
                 info!(source = %ingress.source, domain = sip.host, status, "REGISTER refused");
+                if status == 404 {
+                    self.auth.unknown_name(
+                        ingress.source.ip(),
+                        &format!("@{}", sip.host),
+                        (now_ms / 1000) as u64,
+                    );
+                }
                 return respond(status, reason);
             }
         };

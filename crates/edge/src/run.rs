@@ -41,6 +41,7 @@ use crate::auth::credential_usernames;
 use crate::calls::{CallTracker, Ending, NewCall};
 use crate::directory::{Cached, CachedUser, TenantEntry};
 use crate::health::PING_CALL_ID_PREFIX;
+use crate::limits::{MethodClass, SourceLimits};
 use crate::proxy::{Proxy, Verdict};
 use crate::registrar::{Ingress, Registrar};
 use crate::responder::{Decision, Responder};
@@ -78,6 +79,8 @@ pub struct EdgeDeps {
     pub counters: Arc<EdgeCounters>,
     /// Each tenant's calls in progress and call rate (shared by the edges of a cluster).
     pub live_calls: Arc<LiveCalls>,
+    /// Rate limits per source address and network.
+    pub limits: SourceLimits,
 }
 
 /// Running totals of the edge, for `/metrics`.
@@ -102,6 +105,10 @@ pub struct EdgeCounters {
     pub calls_in_progress: AtomicU64,
     /// Admissions decided without the shared counters (Redis unreachable: admitted).
     pub caps_unavailable: AtomicU64,
+    /// New requests dropped over a source's rate limit, by [`MethodClass`].
+    pub rate_limited: [AtomicU64; 3],
+    /// Messages dropped because their source is banned for a scan or a flood.
+    pub dropped_banned: AtomicU64,
 }
 
 impl EdgeCounters {
@@ -143,8 +150,26 @@ impl EdgeCounters {
                 "switchyard_edge_caps_unavailable_total".into(),
                 get(&self.caps_unavailable),
             ),
+            (
+                "switchyard_edge_dropped_banned_total".into(),
+                get(&self.dropped_banned),
+            ),
         ]
         .into_iter()
+        .chain(
+            MethodClass::ALL
+                .iter()
+                .zip(&self.rate_limited)
+                .map(|(c, n)| {
+                    (
+                        format!(
+                            "switchyard_edge_rate_limited_total{{class=\"{}\"}}",
+                            c.as_str()
+                        ),
+                        get(n),
+                    )
+                }),
+        )
         .chain(Ending::ALL.iter().zip(&self.calls_released).map(|(e, c)| {
             (
                 format!(
@@ -222,7 +247,10 @@ pub async fn run(
                 shell.enqueue(item);
             }
             _ = sleep_until(deadline) => shell.layer.handle_timeout(Instant::now()),
-            _ = purge.tick() => shell.deps.registrar.auth.purge(unix_now()),
+            _ = purge.tick() => {
+                shell.deps.registrar.auth.purge(unix_now());
+                shell.deps.limits.purge();
+            }
             _ = housekeeping.tick() => shell.housekeeping().await,
         }
         shell.flush().await;
@@ -308,7 +336,55 @@ impl Shell {
             .is_some_and(|t| t <= Instant::now())
     }
 
+    /// Bans and rate limits, before any other work: whether `item` goes on.
+    fn admissible(&self, item: &Incoming) -> bool {
+        if item.local == self.deps.proxy.internal {
+            return true;
+        }
+        let source = item.source.ip();
+        let bans = self.deps.registrar.auth.bans();
+        if bans.is_allowed(source) {
+            return true;
+        }
+        let counters = &self.deps.counters;
+        let now_secs = unix_now();
+        if bans
+            .banned_for(source, now_secs)
+            .is_some_and(|r| r.silences())
+        {
+            counters.dropped_banned.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match &item.inbound {
+            Inbound::Request(msg) => {
+                if let Some(class) = MethodClass::of(msg)
+                    && let Err(limited) = self.deps.limits.check(source, class)
+                {
+                    let i = MethodClass::ALL
+                        .iter()
+                        .position(|c| *c == class)
+                        .unwrap_or(0);
+                    counters.rate_limited[i].fetch_add(1, Ordering::Relaxed);
+                    debug!(%source, ?class, ?limited, "over the source's rate limit: dropped");
+                    return false;
+                }
+            }
+            Inbound::Reject { .. } | Inbound::Drop(_) => {
+                if let Some(ban) = bans.malformed(source, now_secs) {
+                    warn!(%source, until = ban.until, strikes = ban.strikes,
+                        "malformed flood: source banned");
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
     async fn on_incoming(&mut self, item: Incoming) {
+        if !self.admissible(&item) {
+            return;
+        }
         let now = Instant::now();
         let waited = now.saturating_duration_since(item.received);
         self.deps

@@ -92,6 +92,19 @@ pub struct EdgeSection {
     /// Range of the `Retry-After` (seconds) given with such a `503`.
     pub retry_after_min_secs: u32,
     pub retry_after_max_secs: u32,
+    /// New requests per second from one address, per class (REGISTER, dialog-creating,
+    /// other), a burst of twice that; more are dropped. Allow-listed sources are exempt.
+    pub source_rate_per_sec: u32,
+    /// The same for one network (`network_bits_v4`, `network_bits_v6`).
+    pub network_rate_per_sec: u32,
+    pub network_bits_v4: u8,
+    pub network_bits_v6: u8,
+    /// Distinct unknown users or domains from one source within a minute before it is
+    /// banned as a scanner (silently ignored while banned).
+    pub scan_unknown_names: usize,
+    /// Malformed messages from one source within a minute before it is banned (silently
+    /// ignored while banned).
+    pub malformed_flood: u32,
 }
 
 impl Default for EdgeSection {
@@ -106,6 +119,12 @@ impl Default for EdgeSection {
             shed_after_ms: 1000,
             retry_after_min_secs: 2,
             retry_after_max_secs: 10,
+            source_rate_per_sec: 50,
+            network_rate_per_sec: 500,
+            network_bits_v4: 24,
+            network_bits_v6: 64,
+            scan_unknown_names: 10,
+            malformed_flood: 50,
         }
     }
 }
@@ -277,6 +296,12 @@ impl Config {
             || self.edge.retry_after_max_secs < self.edge.retry_after_min_secs
         {
             bail!("edge.retry_after_min_secs must be at least 1 and at most retry_after_max_secs");
+        }
+        if self.edge.network_bits_v4 > 32 || self.edge.network_bits_v6 > 128 {
+            bail!("edge.network_bits_v4 must be at most 32 and edge.network_bits_v6 at most 128");
+        }
+        if self.edge.source_rate_per_sec == 0 || self.edge.network_rate_per_sec == 0 {
+            bail!("edge.source_rate_per_sec and edge.network_rate_per_sec must be at least 1");
         }
         if self.edge.shed_after_ms == 0 {
             bail!("edge.shed_after_ms must be at least 1");

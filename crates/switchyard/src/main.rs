@@ -32,6 +32,9 @@ enum Command {
     /// Numbers: the shared pool and a tenant's numbers.
     #[command(subcommand)]
     Did(DidCommand),
+    /// Sources the running edge has banned (needs --api and an operator --key).
+    #[command(subcommand)]
+    Ban(BanCommand),
     /// Bulk provisioning from a JSON or CSV file; idempotent and resumable.
     Import(ImportArgs),
     /// Load tools (see docs/benchmarks.md).
@@ -171,6 +174,39 @@ enum DidCommand {
         #[command(flatten)]
         reach: Reach,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BanCommand {
+    /// Bans in force: source, reason, since, until, strikes.
+    List {
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Lift the ban of a source address (its strikes are forgotten too).
+    Lift {
+        source: std::net::IpAddr,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+impl From<BanCommand> for Call {
+    fn from(c: BanCommand) -> Call {
+        let call = |method, path: String, reach| Call {
+            method,
+            path,
+            body: None,
+            columns: &["source", "reason", "since", "until", "strikes"],
+            reach,
+        };
+        match c {
+            BanCommand::List { reach } => call("GET", "/v1/bans".into(), reach),
+            BanCommand::Lift { source, reach } => {
+                call("DELETE", format!("/v1/bans/{source}"), reach)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -463,6 +499,15 @@ fn run() -> anyhow::Result<()> {
         Command::Range(c) => resource(c.into()),
         Command::Extension(c) => resource(c.into()),
         Command::Did(c) => resource(c.into()),
+        Command::Ban(c) => {
+            let call = Call::from(c);
+            if call.reach.api.is_none() {
+                anyhow::bail!(
+                    "bans live in the running edge: give its API with --api HOST:PORT and an operator --key"
+                );
+            }
+            resource(call)
+        }
     }
 }
 

@@ -11,9 +11,10 @@ use tracing::{debug, info, warn};
 
 use switchyard_core::{CoreSettings, spawn_core};
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
-use switchyard_edge::bans::{Bans, Prefix};
+use switchyard_edge::bans::{BanReason, Bans, Prefix, SuspicionPolicy};
 use switchyard_edge::directory::Directory;
 use switchyard_edge::health::{CoreHealth, ping};
+use switchyard_edge::limits::{LimitSettings, SourceLimits};
 use switchyard_edge::proxy::{CoreNode, Proxy};
 use switchyard_edge::registrar::Registrar;
 use switchyard_edge::responder::Responder;
@@ -174,16 +175,23 @@ pub async fn serve(
     // unhealthy.
     const PING_EVERY: Duration = Duration::from_secs(2);
     let core_health = Arc::new(CoreHealth::new(PING_EVERY * 3));
-    let bans = Arc::new(Bans::new(
-        config.edge.auth_failure_window_secs,
-        config.edge.max_ban_secs,
-        config
-            .edge
-            .allow
-            .iter()
-            .filter_map(|a| Prefix::parse(a).ok())
-            .collect(),
-    ));
+    let bans = Arc::new(
+        Bans::new(
+            config.edge.auth_failure_window_secs,
+            config.edge.max_ban_secs,
+            config
+                .edge
+                .allow
+                .iter()
+                .filter_map(|a| Prefix::parse(a).ok())
+                .collect(),
+        )
+        .with_policy(SuspicionPolicy {
+            unknown_names: config.edge.scan_unknown_names.max(1),
+            malformed: config.edge.malformed_flood.max(1),
+            window_secs: 60,
+        }),
+    );
     let counters = Arc::new(switchyard_edge::EdgeCounters::default());
     let gauges = {
         let (core, media, health) = (core.clone(), media.clone(), core_health.clone());
@@ -213,22 +221,26 @@ pub async fn serve(
             ]
             .into_iter()
             .chain(edge.snapshot())
-            .chain([
+            .chain(BanReason::ALL.iter().zip(&bans.issued_by).map(|(r, n)| {
                 (
-                    "switchyard_edge_bans_issued_total".into(),
-                    bans.issued.load(std::sync::atomic::Ordering::Relaxed) as f64,
-                ),
-                (
-                    "switchyard_edge_bans_active".into(),
-                    bans.list(unix_now()).len() as f64,
-                ),
-            ])
+                    format!(
+                        "switchyard_edge_bans_issued_total{{reason=\"{}\"}}",
+                        r.as_str()
+                    ),
+                    n.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                )
+            }))
+            .chain([(
+                "switchyard_edge_bans_active".into(),
+                bans.list(unix_now()).len() as f64,
+            )])
             .collect()
         }))
     };
     let api_state =
         switchyard_api::AppState::with_rate(store.clone(), config.api.requests_per_second_per_key)
-            .with_metrics(gauges);
+            .with_metrics(gauges)
+            .with_bans(Arc::new(EdgeBans(bans.clone())));
     let api_task = tokio::spawn(switchyard_api::serve(
         api_listener,
         api_state,
@@ -313,6 +325,12 @@ pub async fn serve(
         responder,
         hub: hub.clone(),
         live_calls,
+        limits: SourceLimits::new(LimitSettings {
+            per_address: config.edge.source_rate_per_sec,
+            per_network: config.edge.network_rate_per_sec,
+            v4_network_bits: config.edge.network_bits_v4,
+            v6_network_bits: config.edge.network_bits_v6,
+        }),
         counters: counters.clone(),
     };
     for (transport, addr) in bound.all() {
@@ -447,4 +465,32 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The edge's bans as the API lists and lifts them.
+#[derive(Debug)]
+struct EdgeBans(Arc<Bans>);
+
+impl switchyard_api::BanList for EdgeBans {
+    fn list(&self) -> Vec<switchyard_api::BanView> {
+        self.0
+            .list(unix_now())
+            .into_iter()
+            .map(|b| switchyard_api::BanView {
+                source: b.source.to_string(),
+                reason: b.reason.as_str().to_owned(),
+                since: b.since,
+                until: b.until,
+                strikes: b.strikes,
+            })
+            .collect()
+    }
+
+    fn lift(&self, source: std::net::IpAddr) -> bool {
+        let lifted = self.0.lift(source, unix_now());
+        if lifted {
+            info!(%source, "ban lifted by an operator");
+        }
+        lifted
+    }
 }

@@ -87,7 +87,8 @@ fn every_slot_comes_back(server: &Server, admitted: f64) -> HashMap<String, f64>
 
 #[test]
 fn ten_thousand_calls_ended_every_way_leave_every_counter_at_zero() {
-    let server = Server::start(&[]);
+    let (_config_dir, config) = common::load_generator_config();
+    let server = Server::start(&["--config", &config]);
     let report = calls(&server, 10_000, 10, 200);
     assert_eq!(report["failed"], 0, "{report:#}");
     assert_eq!(report["completed"], 10_000, "{report:#}");
@@ -114,7 +115,11 @@ fn with_the_counters_in_redis_every_tenant_set_empties_too() {
         std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchyard.toml");
-    std::fs::write(&config, format!("[state]\nredis_url = \"{url}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[state]\nredis_url = \"{url}\"\n[edge]\nallow = [\"127.0.0.1\"]\n"),
+    )
+    .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let report = calls(&server, 2_000, 4, 200);
     assert_eq!(report["failed"], 0, "{report:#}");

@@ -719,7 +719,9 @@ fn a_call_whose_media_stops_is_hung_up_but_not_while_on_hold() {
 
 #[test]
 fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
-    let d = demo();
+    // As fast as one phone can: a load generator, allow-listed past per-source limits.
+    let (_config_dir, config) = common::load_generator_config();
+    let d = demo_with(&["--config", &config]);
     // As fast as one phone can: far above the demo tenant's 5 calls per second.
     d.set_limits(&d.tenant, r#"{"calls_per_second": 10000}"#);
     let (mut a, mut b) = d.registered_pair();
@@ -1070,4 +1072,99 @@ fn a_tenant_over_its_caps_is_refused_with_the_limit_named_and_other_tenants_are_
     );
     // The one call still up holds the only slot.
     assert_eq!(m["switchyard_edge_calls_in_progress"], 1.0);
+}
+
+/// The first REGISTER (no credentials) as `user` from `phone`; its final status, if any
+/// arrives within a second.
+fn probe(phone: &mut Phone, user: &str) -> Option<u16> {
+    let call_id = format!("probe-{user}-{}", rand::random::<u32>());
+    let (text, seq) = phone.register_request(&call_id, user, 600, None);
+    phone.send_raw(text.as_bytes());
+    phone
+        .final_response(&call_id, seq, Duration::from_secs(1))
+        .and_then(|m| m.status())
+}
+
+#[test]
+fn scans_floods_and_bursts_are_stopped_at_their_source_and_operators_lift_bans() {
+    let d = demo();
+    let server = d.server.addr("UDP");
+    // A scan: ten distinct unknown users from one address within a minute. Each is
+    // challenged like a real one (no oracle); then the source is banned and ignored.
+    let mut scanner = Phone::new_at("127.0.0.20", server, &d.domain, "x", "x");
+    for user in 2000..2010 {
+        assert_eq!(probe(&mut scanner, &user.to_string()), Some(401), "{user}");
+    }
+    assert_eq!(
+        probe(&mut scanner, "1001"),
+        None,
+        "a banned scanner gets silence"
+    );
+    // Nobody else is touched.
+    let mut phone = Phone::new_at("127.0.0.21", server, &d.domain, "1001", &d.passwords[0]);
+    assert_eq!(phone.register(), 200);
+    // The operator sees the ban, through the API and the CLI, and lifts it.
+    let (status, bans) = d.api("GET", "/v1/bans", None);
+    assert_eq!(status, 200);
+    assert_eq!(bans[0]["source"], "127.0.0.20", "{bans}");
+    assert_eq!(bans[0]["reason"], "scan", "{bans}");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .args(["--api", &d.server.addr("API").to_string()])
+            .args(["--key", d.server.api_key.as_deref().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["ban", "list", "--json"]);
+    assert!(
+        listed.contains("127.0.0.20") && listed.contains("scan"),
+        "{listed}"
+    );
+    cli(&["ban", "lift", "127.0.0.20"]);
+    assert_eq!(probe(&mut scanner, "1001"), Some(401), "lifted");
+    let (status, _) = d.api("DELETE", "/v1/bans/127.0.0.20", None);
+    assert_eq!(status, 404, "nothing left to lift");
+    let (status, problem) = d.api("DELETE", "/v1/bans/not-an-address", None);
+    assert_eq!(status, 400, "{problem}");
+
+    // A flood of malformed requests: each answered 400 until the 50th, then silence.
+    let flooder = Phone::new_at("127.0.0.22", server, &d.domain, "x", "x");
+    let garbage = |i: u32| {
+        format!(
+            "OPTIONS sip:x@{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKg{i}\r\nCall-ID: g{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            d.domain,
+            flooder.local()
+        )
+    };
+    let mut answered = 0;
+    for i in 0..60 {
+        flooder.send_raw(garbage(i).as_bytes());
+        if flooder.recv(Duration::from_millis(200)).is_some() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 49, "answered until the ban, then silence");
+
+    // A burst of OPTIONS from one address: a second's worth twice over (100) passes,
+    // the rest of the burst is dropped.
+    let burst = Phone::new_at("127.0.0.23", server, &d.domain, "x", "x");
+    for i in 0..150 {
+        burst.send_raw(common::options("UDP", burst.local(), &format!("burst-{i}")).as_bytes());
+    }
+    let mut ok = 0;
+    while burst.recv(Duration::from_millis(500)).is_some() {
+        ok += 1;
+    }
+    assert!((100..=110).contains(&ok), "{ok} of 150 answered");
+    let m = d.metrics();
+    assert_eq!(m["switchyard_edge_bans_issued_total{reason=\"scan\"}"], 1.0);
+    assert_eq!(
+        m["switchyard_edge_bans_issued_total{reason=\"malformed-flood\"}"],
+        1.0
+    );
+    assert!(m["switchyard_edge_rate_limited_total{class=\"other\"}"] >= 40.0);
+    assert!(m["switchyard_edge_dropped_banned_total"] >= 11.0);
 }

@@ -21,6 +21,17 @@ pub struct Server {
     pub api_key: Option<String>,
 }
 
+/// A config file that allow-lists 127.0.0.1: a load generator sends for thousands of
+/// phones from that one address, as a large NAT would (exempt from per-source limits
+/// and bans). Kept alive by the returned directory.
+pub fn load_generator_config() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, "[edge]\nallow = [\"127.0.0.1\"]\n").unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
 impl Server {
     /// Starts `switchyard serve --demo` with every transport on 127.0.0.1 port 0.
     pub fn start(extra: &[&str]) -> Server {

@@ -209,7 +209,7 @@ impl Phone {
         )
     }
 
-    fn register_request(
+    pub fn register_request(
         &mut self,
         call_id: &str,
         to_user: &str,
