@@ -38,6 +38,19 @@ pub struct AppState {
     pub metrics: Option<Metrics>,
     /// The edge's banned sources, listed and lifted under `/v1/bans`.
     pub bans: Option<std::sync::Arc<dyn BanList>>,
+    /// Series already in the Prometheus text format (per-tenant families), appended to
+    /// `/metrics`.
+    pub metrics_text: Option<MetricsText>,
+}
+
+/// A source of Prometheus text, read when `/metrics` is scraped.
+#[derive(Clone)]
+pub struct MetricsText(pub std::sync::Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsText(..)")
+    }
 }
 
 /// One banned source, as the API shows it.
@@ -83,7 +96,14 @@ impl AppState {
             limiter: std::sync::Arc::new(KeyLimiter::new(per_second)),
             metrics: None,
             bans: None,
+            metrics_text: None,
         }
+    }
+
+    /// Appends this text to `/metrics`.
+    pub fn with_metrics_text(mut self, text: MetricsText) -> AppState {
+        self.metrics_text = Some(text);
+        self
     }
 
     /// Lists and lifts these bans under `/v1/bans`.

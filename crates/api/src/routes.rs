@@ -360,6 +360,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             let _ = writeln!(out, "{name} {value}");
         }
     }
+    if let Some(text) = &state.metrics_text {
+        out.push_str(&(text.0)());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -27,6 +27,7 @@ use switchyard_store::Extension;
 
 use crate::bans::{BanReason, Bans};
 use crate::directory::TenantEntry;
+use crate::metrics::{Rejection, TenantMetrics};
 use tracing::warn;
 
 /// The usernames of the digest credentials in `header` rows of `msg` for `realm`.
@@ -114,6 +115,7 @@ pub struct Authenticator {
     /// Challenge order. Many deployed phones (baresip 1.0's libre among them) take the
     /// first challenge and fail on SHA-256, so MD5 comes first unless configured.
     algorithms: Vec<Algorithm>,
+    metrics: Arc<TenantMetrics>,
 }
 
 /// The nonce of a challenge is bound to the address it was sent to: a response from
@@ -132,7 +134,18 @@ impl Authenticator {
             policy,
             bans,
             algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into these per-tenant series (the edge's shell and registrar share them).
+    pub fn with_metrics(mut self, metrics: Arc<TenantMetrics>) -> Authenticator {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<TenantMetrics> {
+        &self.metrics
     }
 
     /// Sets which algorithms are offered, in order (at least one).
@@ -273,12 +286,14 @@ impl Authenticator {
             warn!(tenant = %tenant_id, username, failures = for_user,
                 "many failed authentications for one username (from any source)");
         }
+        self.metrics.rejected(tenant_id, Rejection::Auth);
         if from_source >= self.policy.max_failures
             && self
                 .bans
                 .ban(source, BanReason::AuthFailures, now_secs)
                 .is_some()
         {
+            self.metrics.banned(tenant_id);
             warn!(tenant = %tenant_id, %source, failures = from_source,
                 "too many failed authentications: source banned");
             return AuthOutcome::Forbidden("Too many failed authentications");

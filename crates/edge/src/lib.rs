@@ -11,6 +11,7 @@
 //!   call ends (caps on calls in progress and calls per second).
 //! - [`directory`]: tenants and credentials in memory, kept true by change events.
 //! - [`limits`]: GCRA rate limits per source address and network, per class of request.
+//! - [`metrics`]: per-tenant series (prometheus-client).
 //! - [`health`]: which core nodes answer the edge's pings.
 //! - [`responder`]: stateless answers (OPTIONS, rejections of malformed requests).
 //! - [`run`]: the shell, one task that runs all of the above over the listeners' input.
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod health;
 pub mod hrw;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod registrar;
 pub mod responder;

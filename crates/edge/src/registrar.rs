@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::directory::Directory;
+use crate::metrics::Rejection;
 use crate::token::{FlowToken, TRANSPORTS, TokenKey};
 
 /// Where a request came in.
@@ -134,10 +135,16 @@ impl Registrar {
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         let state_error = |e: StateError| match e {
             StateError::TooManyContacts(n) => {
+                self.auth
+                    .metrics()
+                    .rejected(&tenant.id, Rejection::ExtensionRegistrations);
                 info!(tenant = %tenant.id, aor, limit = n, "registration limit reached");
                 respond(403, "Too many registrations for this extension")
             }
             StateError::TenantFull(n) => {
+                self.auth
+                    .metrics()
+                    .rejected(&tenant.id, Rejection::MaxRegistrations);
                 info!(tenant = %tenant.id, aor, limit = n, "tenant registration limit reached");
                 respond(
                     403,
@@ -244,6 +251,7 @@ impl Registrar {
             {
                 return state_error(e);
             }
+            self.auth.metrics().registered(&tenant.id);
             info!(tenant = %tenant.id, aor, contact = contact.uri_str, expires = granted,
                 source = %ingress.source, transport = %ingress.transport, "registered");
         }

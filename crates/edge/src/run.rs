@@ -42,6 +42,7 @@ use crate::calls::{CallTracker, Ending, NewCall};
 use crate::directory::{Cached, CachedUser, TenantEntry};
 use crate::health::PING_CALL_ID_PREFIX;
 use crate::limits::{MethodClass, SourceLimits};
+use crate::metrics::Rejection;
 use crate::proxy::{Proxy, Verdict};
 use crate::registrar::{Ingress, Registrar};
 use crate::responder::{Decision, Responder};
@@ -415,6 +416,7 @@ impl Shell {
                 if late && item.local != self.deps.proxy.internal && is_new_call(msg) =>
             {
                 self.deps.counters.shed.fetch_add(1, Ordering::Relaxed);
+                self.count_shed(msg);
                 let bytes = self.shed_answer(msg, item.source);
                 self.send_answer(&item, msg, 503, bytes).await;
             }
@@ -442,6 +444,7 @@ impl Shell {
                     if shed && msg.method() == Some(&Method::Register) =>
                 {
                     self.deps.counters.shed.fetch_add(1, Ordering::Relaxed);
+                    self.count_shed(&msg);
                     let bytes = self.shed_answer(&msg, peer.source);
                     self.respond(tx, 503, bytes, peer.source);
                 }
@@ -647,6 +650,11 @@ impl Shell {
             Admission::Admitted | Admission::AlreadyAdmitted => {
                 if !self.calls.holds(&call) {
                     counters.calls_admitted.fetch_add(1, Ordering::Relaxed);
+                    self.deps
+                        .registrar
+                        .auth
+                        .metrics()
+                        .call_started(call.tenant.as_str());
                 }
                 self.calls.begin(&call, Instant::now());
                 counters
@@ -656,11 +664,16 @@ impl Shell {
                     .await
             }
             refused => {
-                let counter = match refused {
-                    Admission::CallLimit(_) => &counters.calls_refused_limit,
-                    _ => &counters.calls_refused_rate,
+                let (counter, why) = match refused {
+                    Admission::CallLimit(_) => (&counters.calls_refused_limit, Rejection::MaxCalls),
+                    _ => (&counters.calls_refused_rate, Rejection::CallsPerSecond),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                self.deps
+                    .registrar
+                    .auth
+                    .metrics()
+                    .rejected(call.tenant.as_str(), why);
                 info!(tenant = %call.tenant, call_id = call.call_id, ?refused, "call refused by the tenant's caps");
                 let Inbound::Request(msg) = &incoming.inbound else {
                     return;
@@ -681,9 +694,14 @@ impl Shell {
             return;
         }
         let counters = &self.deps.counters;
-        for (_, _, why) in &ended {
+        for (tenant, _, why) in &ended {
             let i = Ending::ALL.iter().position(|e| e == why).unwrap_or(0);
             counters.calls_released[i].fetch_add(1, Ordering::Relaxed);
+            self.deps
+                .registrar
+                .auth
+                .metrics()
+                .call_ended(tenant.as_str());
         }
         counters
             .calls_in_progress
@@ -885,6 +903,36 @@ impl Shell {
                 }
             }
             Replay::Answer { .. } | Replay::Admission { .. } => {}
+        }
+    }
+
+    /// A shed request in its tenant's series, when memory knows the tenant (never a
+    /// label from the message itself).
+    fn count_shed(&self, msg: &Message) {
+        let domain = if msg.method() == Some(&Method::Register) {
+            msg.to_header()
+                .ok()
+                .and_then(|t| t.uri().ok())
+                .and_then(|u| u.as_sip().map(|s| s.host.to_ascii_lowercase()))
+        } else {
+            msg.request_uri()
+                .and_then(|u| u.ok())
+                .and_then(|u| u.as_sip().map(|s| s.host.to_ascii_lowercase()))
+        };
+        let Some(domain) = domain else {
+            return;
+        };
+        if let Cached::Tenant(entry) = self
+            .deps
+            .registrar
+            .directory
+            .cached(&domain, Instant::now())
+        {
+            self.deps
+                .registrar
+                .auth
+                .metrics()
+                .rejected(&entry.tenant.id, Rejection::Overload);
         }
     }
 

@@ -15,6 +15,7 @@ use switchyard_edge::bans::{BanReason, Bans, Prefix, SuspicionPolicy};
 use switchyard_edge::directory::Directory;
 use switchyard_edge::health::{CoreHealth, ping};
 use switchyard_edge::limits::{LimitSettings, SourceLimits};
+use switchyard_edge::metrics::TenantMetrics;
 use switchyard_edge::proxy::{CoreNode, Proxy};
 use switchyard_edge::registrar::Registrar;
 use switchyard_edge::responder::Responder;
@@ -193,6 +194,13 @@ pub async fn serve(
         }),
     );
     let counters = Arc::new(switchyard_edge::EdgeCounters::default());
+    // Per-tenant series (prometheus-client), appended to /metrics.
+    let tenant_metrics = Arc::new(TenantMetrics::default());
+    let registry = {
+        let mut r = prometheus_client::registry::Registry::default();
+        tenant_metrics.register(&mut r);
+        Arc::new(r)
+    };
     let gauges = {
         let (core, media, health) = (core.clone(), media.clone(), core_health.clone());
         let (edge, bans) = (counters.clone(), bans.clone());
@@ -240,7 +248,10 @@ pub async fn serve(
     let api_state =
         switchyard_api::AppState::with_rate(store.clone(), config.api.requests_per_second_per_key)
             .with_metrics(gauges)
-            .with_bans(Arc::new(EdgeBans(bans.clone())));
+            .with_bans(Arc::new(EdgeBans(bans.clone())))
+            .with_metrics_text(switchyard_api::MetricsText(Arc::new(move || {
+                switchyard_edge::metrics::encode(&registry)
+            })));
     let api_task = tokio::spawn(switchyard_api::serve(
         api_listener,
         api_state,
@@ -275,7 +286,8 @@ pub async fn serve(
                 .iter()
                 .filter_map(|a| Algorithm::from_token(Some(a)))
                 .collect(),
-        ),
+        )
+        .with_metrics(tenant_metrics),
     );
     let tokens = TokenKey::new(&secret);
     // Tenants and credentials in memory before the first message; change events keep

@@ -1072,6 +1072,29 @@ fn a_tenant_over_its_caps_is_refused_with_the_limit_named_and_other_tenants_are_
     );
     // The one call still up holds the only slot.
     assert_eq!(m["switchyard_edge_calls_in_progress"], 1.0);
+    // The same, per tenant: each provider's customer on its own series.
+    let series = |name: &str, labels: &str| {
+        m.get(&format!(
+            "switchyard_tenant_{name}{{tenant=\"{}\"{labels}}}",
+            d.tenant
+        ))
+        .copied()
+        .unwrap_or_else(|| panic!("{name}{labels} missing: {m:?}"))
+    };
+    assert_eq!(series("calls_in_progress", ""), 1.0);
+    assert_eq!(series("calls_total", ""), 3.0);
+    assert_eq!(series("rejections_total", ",reason=\"max_calls\""), 1.0);
+    assert_eq!(
+        series("rejections_total", ",reason=\"calls_per_second\""),
+        1.0
+    );
+    assert_eq!(
+        series("rejections_total", ",reason=\"max_registrations\""),
+        1.0
+    );
+    assert!(series("registrations_total", "") >= 3.0);
+    let other = format!("switchyard_tenant_calls_total{{tenant=\"{t3}\"}}");
+    assert_eq!(m[&other], 1.0, "the other tenant's call is its own");
 }
 
 /// The first REGISTER (no credentials) as `user` from `phone`; its final status, if any
