@@ -339,6 +339,20 @@ impl Engine {
         }
     }
 
+    /// `481` for a request of no dialog of ours: sent once, never retransmitted, so a
+    /// forged source cannot draw a stream of answers (the sender retransmits if it cares).
+    async fn no_such_dialog(&self, tx: TxId, msg: &Message) {
+        let b = ResponseBuilder::for_request(
+            msg,
+            481,
+            "Call/Transaction Does Not Exist",
+            &random_token(),
+        );
+        if let Err(e) = self.driver.respond_once(tx, 481, b.build()).await {
+            debug!(error = %e, "response not sent");
+        }
+    }
+
     async fn reply(&self, tx: TxId, msg: &Message, status: u16, reason: &str) {
         let b = ResponseBuilder::for_request(msg, status, reason, &random_token());
         let b = if status == 405 || status == 501 {
@@ -852,9 +866,7 @@ impl Engine {
     async fn on_cancel(&mut self, tx: TxId, msg: &Message) {
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let Some(&key) = self.by_call_id.get(&call_id) else {
-            return self
-                .reply(tx, msg, 481, "Call/Transaction Does Not Exist")
-                .await;
+            return self.no_such_dialog(tx, msg).await;
         };
         // RFC 3261 §9.2: a CANCEL matches the INVITE transaction with its branch and
         // CSeq number; a CANCEL that merely names the Call-ID cancels nothing.
@@ -866,9 +878,7 @@ impl Engine {
                 && msg.cseq().ok().map(|c| c.seq) == call.a_invite.cseq().ok().map(|c| c.seq)
         });
         if !matches_invite {
-            return self
-                .reply(tx, msg, 481, "Call/Transaction Does Not Exist")
-                .await;
+            return self.no_such_dialog(tx, msg).await;
         }
         self.reply(tx, msg, 200, "OK").await;
         let Some(call) = self.calls.get_mut(&key) else {
@@ -891,14 +901,10 @@ impl Engine {
     async fn in_dialog(&mut self, tx: TxId, msg: Message) {
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let Some(&key) = self.by_call_id.get(&call_id) else {
-            return self
-                .reply(tx, &msg, 481, "Call/Transaction Does Not Exist")
-                .await;
+            return self.no_such_dialog(tx, &msg).await;
         };
         let Some(call) = self.calls.get(&key) else {
-            return self
-                .reply(tx, &msg, 481, "Call/Transaction Does Not Exist")
-                .await;
+            return self.no_such_dialog(tx, &msg).await;
         };
         let leg = if call.a.call_id == call_id {
             Leg::A
@@ -911,9 +917,7 @@ impl Engine {
         };
         if !dialog.is_some_and(|d| d.matches_request(&msg)) {
             debug!(call_id, "in-dialog request with tags of no dialog of ours");
-            return self
-                .reply(tx, &msg, 481, "Call/Transaction Does Not Exist")
-                .await;
+            return self.no_such_dialog(tx, &msg).await;
         }
         let method = msg.method().cloned().unwrap_or(Method::Ack);
         match method {

@@ -87,6 +87,8 @@ enum Command {
         tx: TxId,
         status: u16,
         bytes: Bytes,
+        /// Retransmit a final failure to an INVITE (timer G), or send it once.
+        retransmit: bool,
         reply: oneshot::Sender<Result<(), TxError>>,
     },
     SendRequest {
@@ -115,12 +117,34 @@ pub enum DriverError {
 impl DriverHandle {
     /// Sends a response on server transaction `tx`.
     pub async fn respond(&self, tx: TxId, status: u16, bytes: Bytes) -> Result<(), DriverError> {
+        self.respond_with(tx, status, bytes, true).await
+    }
+
+    /// Sends a response that is never retransmitted on a timer
+    /// ([`TransactionLayer::respond_once`]).
+    pub async fn respond_once(
+        &self,
+        tx: TxId,
+        status: u16,
+        bytes: Bytes,
+    ) -> Result<(), DriverError> {
+        self.respond_with(tx, status, bytes, false).await
+    }
+
+    async fn respond_with(
+        &self,
+        tx: TxId,
+        status: u16,
+        bytes: Bytes,
+        retransmit: bool,
+    ) -> Result<(), DriverError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Respond {
                 tx,
                 status,
                 bytes,
+                retransmit,
                 reply,
             })
             .await
@@ -183,8 +207,13 @@ pub fn spawn_driver(
                     let Some(cmd) = cmd else { break };
                     let now = Instant::now();
                     match cmd {
-                        Command::Respond { tx, status, bytes, reply } => {
-                            let _ = reply.send(layer.respond(tx, status, bytes, now));
+                        Command::Respond { tx, status, bytes, retransmit, reply } => {
+                            let sent = if retransmit {
+                                layer.respond(tx, status, bytes, now)
+                            } else {
+                                layer.respond_once(tx, status, bytes, now)
+                            };
+                            let _ = reply.send(sent);
                         }
                         Command::SendRequest { request, peer, reply } => {
                             let reliable = peer.transport.is_stream();

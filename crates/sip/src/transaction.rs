@@ -405,6 +405,32 @@ impl<P: Clone + Debug> TransactionLayer<P> {
         bytes: Bytes,
         now: Instant,
     ) -> Result<(), TxError> {
+        self.respond_with(id, status, bytes, now, true)
+    }
+
+    /// As [`Self::respond`], but a final failure to an INVITE is sent once, never
+    /// retransmitted on timer G: for answers to senders nobody vouches for (a `481` to an
+    /// unknown dialog), so that no one can aim a stream of answers at an address by
+    /// forging it as a source. Retransmissions of the request still get the answer again,
+    /// one for one.
+    pub fn respond_once(
+        &mut self,
+        id: TxId,
+        status: u16,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Result<(), TxError> {
+        self.respond_with(id, status, bytes, now, false)
+    }
+
+    fn respond_with(
+        &mut self,
+        id: TxId,
+        status: u16,
+        bytes: Bytes,
+        now: Instant,
+        retransmit: bool,
+    ) -> Result<(), TxError> {
         if !(100..=699).contains(&status) {
             return Err(TxError::BadStatus(status));
         }
@@ -426,7 +452,7 @@ impl<P: Clone + Debug> TransactionLayer<P> {
                     self.arm(id, Timer::L, now + 64 * config.t1);
                 } else {
                     self.set_state(id, State::Completed);
-                    if !reliable {
+                    if !reliable && retransmit {
                         self.arm(id, Timer::G, now + config.t1);
                     }
                     self.arm(id, Timer::H, now + 64 * config.t1);

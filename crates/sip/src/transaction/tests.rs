@@ -314,6 +314,32 @@ fn server_invite_without_ack_times_out_on_timer_h() {
 }
 
 #[test]
+fn a_final_failure_sent_once_is_never_retransmitted_but_answers_each_retransmission() {
+    let mut l = Layer::new(TimerConfig::default());
+    let t0 = Instant::now();
+    let req = request("INVITE", "z9hG4bK11");
+    l.receive(req.clone(), 2, false, t0);
+    let Event::Request { tx, .. } = drain(&mut l).events.remove(0) else {
+        panic!()
+    };
+    let answer = ResponseBuilder::for_request(&req, 481, "Call/Transaction Does Not Exist", "x");
+    l.respond_once(tx, 481, answer.build(), t0).unwrap();
+    assert_eq!(drain(&mut l).sent.len(), 1);
+    // No timer G: nothing more on the clock, whoever the source really was.
+    let (sends, _) = run_until(&mut l, t0, Duration::from_secs(10));
+    assert!(sends.is_empty(), "{sends:?}");
+    // The sender's own retransmission gets the answer again, one for one.
+    l.receive(req.clone(), 2, false, t0 + Duration::from_secs(11));
+    assert_eq!(drain(&mut l).sent.len(), 1);
+    let (sends, events) = run_until(&mut l, t0, Duration::from_secs(33));
+    assert!(sends.is_empty(), "{sends:?}");
+    assert!(matches!(
+        events[..],
+        [Event::Timeout { .. }, Event::Terminated { .. }]
+    ));
+}
+
+#[test]
 fn server_invite_2xx_is_accepted_absorbs_retransmissions_and_passes_acks_up() {
     let mut l = Layer::new(TimerConfig::default());
     let t0 = Instant::now();
