@@ -2,28 +2,18 @@
 //! 127.0.0.1:6379 (`SWITCHYARD_TEST_REDIS` overrides): the same answers on both, and two
 //! clients of one Redis (two edges) share the counts exactly.
 
+mod common;
+
 use std::sync::Arc;
 
 use switchyard_state::calls::{Admission, CallLimits, LiveCalls};
 use switchyard_types::TenantId;
 
-fn prefix() -> String {
-    format!(
-        "test-{}-{}:",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 async fn redis(prefix: &str) -> LiveCalls {
-    let url =
-        std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = common::redis_url();
     LiveCalls::redis(&url, prefix)
         .await
-        .unwrap_or_else(|e| panic!("Redis is required at {url} (set SWITCHYARD_TEST_REDIS): {e}"))
+        .unwrap_or_else(|e| panic!("{}", common::required(&url, e)))
 }
 
 const LEASE: i64 = 90_000;
@@ -80,12 +70,12 @@ async fn memory_calls_follow_the_rules() {
 
 #[tokio::test]
 async fn redis_calls_follow_the_same_rules() {
-    rules_hold(redis(&prefix()).await).await;
+    rules_hold(redis(&common::unique_prefix()).await).await;
 }
 
 #[tokio::test]
 async fn two_edges_sharing_redis_never_exceed_the_cap_and_leases_lapse() {
-    let prefix = prefix();
+    let prefix = common::unique_prefix();
     let (one, two) = (
         Arc::new(redis(&prefix).await),
         Arc::new(redis(&prefix).await),

@@ -1,6 +1,8 @@
 //! The location service, in memory and on the real Redis at 127.0.0.1:6379
 //! (`SWITCHYARD_TEST_REDIS` overrides): the same rules on both. Redis is never skipped.
 
+mod common;
+
 use switchyard_state::{Binding, BindingLimits, Locations, StateError};
 use switchyard_types::TenantId;
 
@@ -18,19 +20,10 @@ fn binding(contact: &str, expires_at_ms: i64, call_id: &str, cseq: u32) -> Bindi
 }
 
 async fn redis() -> Locations {
-    let url =
-        std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!(
-        "test-{}-{}:",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    Locations::redis(&url, &prefix)
+    let url = common::redis_url();
+    Locations::redis(&url, &common::unique_prefix())
         .await
-        .unwrap_or_else(|e| panic!("Redis is required at {url} (set SWITCHYARD_TEST_REDIS): {e}"))
+        .unwrap_or_else(|e| panic!("{}", common::required(&url, e)))
 }
 
 async fn rules_hold(l: Locations) {

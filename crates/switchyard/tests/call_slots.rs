@@ -14,29 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::Server;
 
-fn metrics(server: &Server) -> HashMap<String, f64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply = rt
-        .block_on(async {
-            switchyard::http_client::Conn::new(server.addr("API"))
-                .request("GET", "/metrics", "", None, None)
-                .await
-        })
-        .unwrap();
-    reply
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Runs `bench calls` against `server` and returns its JSON report.
 fn calls(server: &Server, calls: usize, tenants: usize, rate: u32) -> serde_json::Value {
     let store = format!(
@@ -69,7 +46,7 @@ fn calls(server: &Server, calls: usize, tenants: usize, rate: u32) -> serde_json
 fn every_slot_comes_back(server: &Server, admitted: f64) -> HashMap<String, f64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = metrics(server);
+        let m = server.metrics();
         if m["switchyard_edge_calls_in_progress"] == 0.0 && m["switchyard_calls_active"] == 0.0 {
             let released: f64 = m
                 .iter()

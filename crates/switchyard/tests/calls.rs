@@ -115,29 +115,9 @@ impl Demo {
         e["id"].as_str().unwrap().to_owned()
     }
 
-    /// The gauges `/metrics` serves.
+    /// The series `/metrics` serves.
     fn metrics(&self) -> std::collections::HashMap<String, f64> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let reply = rt
-            .block_on(async {
-                switchyard::http_client::Conn::new(self.server.addr("API"))
-                    .request("GET", "/metrics", "", None, None)
-                    .await
-            })
-            .unwrap();
-        assert_eq!(reply.status, 200);
-        reply
-            .body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+        self.server.metrics()
     }
 
     fn cdrs(&self, tenant: &str, want: usize) -> Vec<serde_json::Value> {

@@ -104,6 +104,31 @@ impl Server {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The series `/metrics` serves, by name with labels.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(self.addr("API"))
+                    .request("GET", "/metrics", "", None, None)
+                    .await
+            })
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        reply
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         Command::new("kill")
