@@ -42,7 +42,7 @@ use crate::calls::{CallTracker, Ending, NewCall};
 use crate::directory::{Cached, CachedUser, TenantEntry};
 use crate::health::PING_CALL_ID_PREFIX;
 use crate::limits::{MethodClass, SourceLimits};
-use crate::metrics::Rejection;
+use crate::metrics::{Rejection, TenantMetrics};
 use crate::proxy::{Proxy, Verdict};
 use crate::registrar::{Ingress, Registrar};
 use crate::responder::{Decision, Responder};
@@ -650,11 +650,7 @@ impl Shell {
             Admission::Admitted | Admission::AlreadyAdmitted => {
                 if !self.calls.holds(&call) {
                     counters.calls_admitted.fetch_add(1, Ordering::Relaxed);
-                    self.deps
-                        .registrar
-                        .auth
-                        .metrics()
-                        .call_started(call.tenant.as_str());
+                    self.metrics().call_started(call.tenant.as_str());
                 }
                 self.calls.begin(&call, Instant::now());
                 counters
@@ -669,11 +665,7 @@ impl Shell {
                     _ => (&counters.calls_refused_rate, Rejection::CallsPerSecond),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                self.deps
-                    .registrar
-                    .auth
-                    .metrics()
-                    .rejected(call.tenant.as_str(), why);
+                self.metrics().rejected(call.tenant.as_str(), why);
                 info!(tenant = %call.tenant, call_id = call.call_id, ?refused, "call refused by the tenant's caps");
                 let Inbound::Request(msg) = &incoming.inbound else {
                     return;
@@ -697,11 +689,7 @@ impl Shell {
         for (tenant, _, why) in &ended {
             let i = Ending::ALL.iter().position(|e| e == why).unwrap_or(0);
             counters.calls_released[i].fetch_add(1, Ordering::Relaxed);
-            self.deps
-                .registrar
-                .auth
-                .metrics()
-                .call_ended(tenant.as_str());
+            self.metrics().call_ended(tenant.as_str());
         }
         counters
             .calls_in_progress
@@ -831,19 +819,11 @@ impl Shell {
 
     /// What to look up first, when `msg` needs a tenant or user memory does not have.
     fn lookup_needed(&self, msg: &Message, register: bool) -> Option<Lookup> {
-        let (domain, header) = if register {
-            let to = msg.to_header().ok()?;
-            let uri = to.uri().ok()?;
-            (
-                uri.as_sip()?.host.to_ascii_lowercase(),
-                HeaderName::Authorization,
-            )
+        let domain = tenant_domain(msg)?;
+        let header = if register {
+            HeaderName::Authorization
         } else {
-            let uri = msg.request_uri()?.ok()?;
-            (
-                uri.as_sip()?.host.to_ascii_lowercase(),
-                HeaderName::ProxyAuthorization,
-            )
+            HeaderName::ProxyAuthorization
         };
         let now = Instant::now();
         let entry = match self.deps.registrar.directory.cached(&domain, now) {
@@ -909,17 +889,7 @@ impl Shell {
     /// A shed request in its tenant's series, when memory knows the tenant (never a
     /// label from the message itself).
     fn count_shed(&self, msg: &Message) {
-        let domain = if msg.method() == Some(&Method::Register) {
-            msg.to_header()
-                .ok()
-                .and_then(|t| t.uri().ok())
-                .and_then(|u| u.as_sip().map(|s| s.host.to_ascii_lowercase()))
-        } else {
-            msg.request_uri()
-                .and_then(|u| u.ok())
-                .and_then(|u| u.as_sip().map(|s| s.host.to_ascii_lowercase()))
-        };
-        let Some(domain) = domain else {
+        let Some(domain) = tenant_domain(msg) else {
             return;
         };
         if let Cached::Tenant(entry) = self
@@ -928,12 +898,13 @@ impl Shell {
             .directory
             .cached(&domain, Instant::now())
         {
-            self.deps
-                .registrar
-                .auth
-                .metrics()
+            self.metrics()
                 .rejected(&entry.tenant.id, Rejection::Overload);
         }
+    }
+
+    fn metrics(&self) -> &TenantMetrics {
+        self.deps.registrar.auth.metrics()
     }
 
     /// `503` with a `Retry-After` spread over the configured range.
@@ -946,6 +917,23 @@ impl Shell {
             .header("Retry-After", after.to_string())
             .build()
     }
+}
+
+/// The domain that names a request's tenant: the To host of a REGISTER (the AoR's), the
+/// Request-URI host of anything else; lower case.
+fn tenant_domain(msg: &Message) -> Option<String> {
+    let host = if msg.method() == Some(&Method::Register) {
+        msg.to_header()
+            .ok()?
+            .uri()
+            .ok()?
+            .as_sip()?
+            .host
+            .to_ascii_lowercase()
+    } else {
+        msg.request_uri()?.ok()?.as_sip()?.host.to_ascii_lowercase()
+    };
+    Some(host)
 }
 
 /// Where a request of a server transaction came in.

@@ -142,6 +142,20 @@ if ttl < keep then redis.call('PEXPIRE', KEYS[1], keep) end
 return 1
 "#;
 
+fn admit_in(
+    m: &Mutex<HashMap<TenantId, TenantCalls>>,
+    tenant: &TenantId,
+    call: &str,
+    limits: CallLimits,
+    now_ms: i64,
+) -> Admission {
+    m.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(tenant.clone())
+        .or_default()
+        .admit(call, limits, now_ms)
+}
+
 fn calls_key(prefix: &str, tenant: &TenantId) -> String {
     format!("{prefix}calls:{{{}}}", tenant.as_str())
 }
@@ -175,13 +189,7 @@ impl LiveCalls {
         now_ms: i64,
     ) -> Option<Admission> {
         match self {
-            LiveCalls::Memory(m) => Some(
-                m.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(tenant.clone())
-                    .or_default()
-                    .admit(call, limits, now_ms),
-            ),
+            LiveCalls::Memory(m) => Some(admit_in(m, tenant, call, limits, now_ms)),
             LiveCalls::Redis(_) => None,
         }
     }
@@ -197,11 +205,7 @@ impl LiveCalls {
         lease_until_ms: i64,
     ) -> Result<Admission> {
         let r = match self {
-            LiveCalls::Memory(_) => {
-                return Ok(self
-                    .admit_now(tenant, call, limits, now_ms)
-                    .unwrap_or(Admission::CallLimit(0)));
-            }
+            LiveCalls::Memory(m) => return Ok(admit_in(m, tenant, call, limits, now_ms)),
             LiveCalls::Redis(r) => r,
         };
         let mut conn = r.conn.clone();
