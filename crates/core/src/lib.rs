@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod cdr;
 pub mod dialog;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,7 @@ use switchyard_store::{Cdr, ChangeEvent, Extension, Store};
 use switchyard_types::TenantId;
 
 use crate::cache::ConfigCache;
+use crate::cdr::CdrSender;
 use crate::dialog::{Dialog, random_token, uri_addr};
 
 /// Headers an edge sets (and strips from anything a phone sends).
@@ -50,6 +52,8 @@ const T2: Duration = Duration::from_secs(4);
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 /// RFC 4028 §4: the smallest session interval we accept (and the protocol's minimum).
 const MIN_SE: u32 = 90;
+/// How long a stopping engine waits for the answers to its BYEs and CANCELs.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Where the engine listens and what it may read.
 #[derive(Debug, Clone)]
@@ -197,9 +201,16 @@ struct Engine {
     timers: BTreeMap<(Instant, u64), (u64, Timer)>,
     next_key: u64,
     handle: CoreHandle,
+    cdrs: CdrSender,
+    /// Stopping: new calls are refused, the calls up are being hung up.
+    draining: bool,
 }
 
-/// Starts the engine on the events of a transaction driver.
+/// Starts the engine on the events of a transaction driver. When `shutdown` fires the
+/// engine drains: it refuses new calls (`503`), hangs up every call (BYE on both legs of
+/// answered calls, CANCEL to ringing forks and `503` to their callers), waits up to
+/// [`DRAIN_LIMIT`] for those requests' answers, and ends once every CDR is written. The
+/// task it returns ends then; keep the driver and the edge running until it does.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_core(
     settings: CoreSettings,
@@ -211,8 +222,9 @@ pub fn spawn_core(
     mut events: mpsc::Receiver<TuEvent>,
     mut changes: broadcast::Receiver<ChangeEvent>,
     mut shutdown: watch::Receiver<bool>,
-) -> CoreHandle {
+) -> (CoreHandle, tokio::task::JoinHandle<()>) {
     let handle = CoreHandle::default();
+    let (cdrs, cdr_writer) = cdr::spawn_writer(store.clone());
     let mut engine = Engine {
         local: settings.local,
         rtp_timeout: settings.rtp_timeout,
@@ -228,13 +240,16 @@ pub fn spawn_core(
         timers: BTreeMap::new(),
         next_key: 1,
         handle: handle.clone(),
+        cdrs,
+        draining: false,
     };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         // Media silence is checked a few times per timeout period.
         let check_every = settings.rtp_timeout.map_or(Duration::from_secs(3600), |t| {
             (t / 4).max(Duration::from_millis(250))
         });
         let mut media_check = tokio::time::interval(check_every);
+        let mut drain_deadline = None;
         loop {
             let next = engine.timers.keys().next().map(|(at, _)| *at);
             tokio::select! {
@@ -249,19 +264,39 @@ pub fn spawn_core(
                 },
                 _ = sleep_until(next) => engine.on_timers().await,
                 _ = media_check.tick(), if engine.rtp_timeout.is_some() => engine.check_media().await,
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed(), if !engine.draining => {
+                    info!(calls = engine.calls.len(), "draining: hanging up every call");
+                    engine.draining = true;
+                    drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+                    let keys: Vec<u64> = engine.calls.keys().copied().collect();
+                    for key in keys {
+                        engine.hang_up_both(key, "shutdown").await;
+                    }
+                }
+                _ = sleep_until(drain_deadline) => {
+                    warn!(unanswered = engine.hang_ups_in_flight(), "drain limit reached");
+                    break;
+                }
             }
             engine
                 .handle
                 .active
                 .store(engine.calls.len(), Ordering::Relaxed);
+            if engine.draining && engine.calls.is_empty() && engine.hang_ups_in_flight() == 0 {
+                break;
+            }
         }
+        // Whatever is still up when the events stop is hung up as well (its requests may
+        // no longer leave, but its CDR is written).
         let keys: Vec<u64> = engine.calls.keys().copied().collect();
         for key in keys {
             engine.hang_up_both(key, "shutdown").await;
         }
+        drop(engine);
+        let _ = cdr_writer.await;
+        info!("core stopped: every CDR written");
     });
-    handle
+    (handle, task)
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -279,6 +314,14 @@ fn now_ms() -> i64 {
 }
 
 impl Engine {
+    /// BYEs and CANCELs sent and not yet answered.
+    fn hang_ups_in_flight(&self) -> usize {
+        self.by_tx
+            .values()
+            .filter(|(_, p)| matches!(p, Purpose::Cancel | Purpose::Bye))
+            .count()
+    }
+
     async fn on_event(&mut self, ev: TuEvent) {
         match ev {
             TuEvent::Transaction(Event::Request { tx, msg, peer }) => {
@@ -404,6 +447,11 @@ impl Engine {
     }
 
     async fn new_call(&mut self, tx: TxId, msg: Message) {
+        if self.draining {
+            let b = ResponseBuilder::for_request(&msg, 503, "Shutting Down", &random_token())
+                .header("Retry-After", "5");
+            return self.respond(tx, b).await;
+        }
         let (Some(tenant_id), Some(caller)) = (
             msg.extension_rows(TENANT_HEADER).next().map(str::to_owned),
             msg.extension_rows(CALLER_HEADER).next().map(str::to_owned),
@@ -1224,9 +1272,14 @@ impl Engine {
             self.send_in_dialog(key, Leg::A, Method::Bye, None).await;
             self.send_in_dialog(key, Leg::B, Method::Bye, None).await;
             self.finish(key, "answered", Some(why)).await;
-        } else if let Some(call) = self.calls.get(&key) {
-            let b = self.a_response(call, 503, "Service Unavailable");
-            let tx = call.a_tx;
+        } else if let Some(call) = self.calls.get_mut(&key) {
+            // Ringing: the callee's phones stop ringing, the caller hears why.
+            let forks = call.take_ringing_forks();
+            for f in forks {
+                self.cancel_fork(key, &f).await;
+            }
+            let b = self.a_response(&self.calls[&key], 503, "Service Unavailable");
+            let tx = self.calls[&key].a_tx;
             self.respond(tx, b).await;
             self.finish(key, "failed", Some(why)).await;
         }
@@ -1266,12 +1319,7 @@ impl Engine {
             hangup_side: hangup_side.map(str::to_owned),
             legs: legs_json(&stats),
         };
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.insert_cdr(&cdr).await {
-                warn!(error = %e, call_id = cdr.call_id, "CDR not written");
-            }
-        });
+        self.cdrs.send(cdr);
         self.handle
             .active
             .store(self.calls.len(), Ordering::Relaxed);

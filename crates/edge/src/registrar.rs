@@ -175,6 +175,8 @@ impl Registrar {
         // RFC 3327: proxies between us and the phone that asked to stay on the path.
         let phone_path: Vec<String> = msg.values(HeaderName::Path).map(str::to_owned).collect();
         let mut outbound_used = false;
+        // The AoR's bindings as the last write left them (the answer's Contact list).
+        let mut written: Option<Vec<Binding>> = None;
         for contact in &contacts {
             let requested = match contact.expires() {
                 Ok(Some(e)) => i64::from(e),
@@ -189,6 +191,7 @@ impl Registrar {
                 {
                     return state_error(e);
                 }
+                written = None;
                 continue;
             }
             if requested < tenant.reg_expiry_min {
@@ -244,21 +247,26 @@ impl Registrar {
                 per_aor: usize::try_from(ext.max_registrations).unwrap_or(1),
                 per_tenant: usize::try_from(tenant.max_registrations).unwrap_or(0),
             };
-            if let Err(e) = self
+            match self
                 .locations
                 .register(&tenant_id, &aor, binding, limits, now_ms)
                 .await
             {
-                return state_error(e);
+                Ok(live) => written = Some(live),
+                Err(e) => return state_error(e),
             }
             self.auth.metrics().registered(&tenant.id);
             info!(tenant = %tenant.id, aor, contact = contact.uri_str, expires = granted,
                 source = %ingress.source, transport = %ingress.transport, "registered");
         }
-        let bindings = match self.locations.lookup(&tenant_id, &aor, now_ms).await {
-            Ok(b) => b,
-            Err(e) => return state_error(e),
+        let mut bindings = match written {
+            Some(live) => live,
+            None => match self.locations.lookup(&tenant_id, &aor, now_ms).await {
+                Ok(b) => b,
+                Err(e) => return state_error(e),
+            },
         };
+        bindings.sort_by(|a, b| a.contact.cmp(&b.contact));
         let mut b = respond(200, "OK");
         for binding in bindings {
             let left = ((binding.expires_at_ms - now_ms) / 1000).max(1);

@@ -13,7 +13,11 @@
 pub mod calls;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
 
 use serde::{Deserialize, Serialize};
 use switchyard_types::TenantId;
@@ -109,7 +113,7 @@ impl MemoryLocations {
         b: Binding,
         limits: BindingLimits,
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<Binding>> {
         let list = self.aors.entry(key("", tenant, aor)).or_default();
         let members = self.tenants.entry(tenant.clone()).or_default();
         for lapsed in list.iter().filter(|x| x.expires_at_ms <= now_ms) {
@@ -128,7 +132,7 @@ impl MemoryLocations {
         let (name, expires) = (member(aor, &b.contact), b.expires_at_ms);
         apply(list, b, limits.per_aor, now_ms)?;
         members.insert(name, expires);
-        Ok(())
+        Ok(list.clone())
     }
 }
 
@@ -139,11 +143,157 @@ fn member(aor: &str, contact: &str) -> String {
 
 /// Redis-backed bindings: one hash per AoR, field = contact, value = JSON binding; and a
 /// sorted set per tenant of its contacts (`aor\ncontact`, scored by expiry) for its cap.
+///
+/// Registrations are written in batches: concurrent `register` calls queue their writes,
+/// and one task sends everything queued as one pipeline (one round trip for a storm's
+/// worth of REGISTERs, none waiting when Redis is idle).
 pub struct RedisLocations {
     conn: redis::aio::ConnectionManager,
     prefix: String,
-    register: redis::Script,
+    writes: mpsc::Sender<RegisterJob>,
+    stats: Arc<BatchStats>,
     unregister_all: redis::Script,
+}
+
+/// How the batched writes went: round trips and registrations sent.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl BatchStats {
+    /// Pipelines sent to Redis so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    /// Registrations those pipelines carried.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// The most registrations one pipeline carries.
+const MAX_BATCH: usize = 256;
+
+/// One registration waiting for its batch.
+struct RegisterJob {
+    keys: [String; 2],
+    args: RegisterArgs,
+    reply: oneshot::Sender<Result<Vec<Binding>>>,
+}
+
+/// ARGV of [`REGISTER_LUA`], in order.
+struct RegisterArgs {
+    now_ms: i64,
+    per_aor: usize,
+    contact: String,
+    json: String,
+    call_id: String,
+    cseq: u32,
+    ttl: i64,
+    per_tenant: usize,
+    aor: String,
+    expires_at_ms: i64,
+}
+
+/// Sends queued registrations as pipelines until every sender is gone. Each pipeline
+/// starts with `SCRIPT LOAD` (cheap when cached), so a Redis that restarted or flushed
+/// its scripts never answers `NOSCRIPT` to a batch.
+async fn write_batches(
+    mut conn: redis::aio::ConnectionManager,
+    mut jobs: mpsc::Receiver<RegisterJob>,
+    stats: Arc<BatchStats>,
+) {
+    let script = redis::Script::new(REGISTER_LUA);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().load_script(&script).ignore();
+        let invocations: Vec<redis::ScriptInvocation<'_>> = batch
+            .iter()
+            .map(|job| {
+                let a = &job.args;
+                let mut inv = script.prepare_invoke();
+                inv.key(&job.keys[0])
+                    .key(&job.keys[1])
+                    .arg(a.now_ms)
+                    .arg(a.per_aor)
+                    .arg(&a.contact)
+                    .arg(&a.json)
+                    .arg(&a.call_id)
+                    .arg(a.cseq)
+                    .arg(a.ttl)
+                    .arg(a.per_tenant.min(i64::MAX as usize))
+                    .arg(&a.aor)
+                    .arg(a.expires_at_ms);
+                inv
+            })
+            .collect();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let answers: std::result::Result<Vec<redis::Value>, _> = pipe.query_async(&mut conn).await;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        drop(invocations);
+        match answers {
+            Ok(values) if values.len() == batch.len() => {
+                for (job, value) in batch.drain(..).zip(values) {
+                    let _ = job.reply.send(register_outcome(value, &job.args));
+                }
+            }
+            Ok(values) => {
+                let e = redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "pipeline answered the wrong number of replies",
+                    format!("{} for {}", values.len(), batch.len()),
+                ));
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StateError::Redis(e.clone())));
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StateError::Redis(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn parsed<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
+    redis::from_redis_value(value).map_err(|e| StateError::Redis(e.into()))
+}
+
+/// One reply of [`REGISTER_LUA`]: `{1, binding JSON...}` or a negative refusal.
+fn register_outcome(value: redis::Value, args: &RegisterArgs) -> Result<Vec<Binding>> {
+    let (outcome, bindings): (i64, Vec<String>) = match value {
+        redis::Value::Array(mut items) if !items.is_empty() => {
+            let rest = items.split_off(1);
+            let outcome = parsed(items.remove(0))?;
+            let bindings = rest.into_iter().map(parsed).collect::<Result<_>>()?;
+            (outcome, bindings)
+        }
+        redis::Value::ServerError(e) => return Err(StateError::Redis(e.into())),
+        other => (parsed(other)?, Vec::new()),
+    };
+    match outcome {
+        1 => {
+            let mut list = bindings
+                .iter()
+                .map(|v| serde_json::from_str(v))
+                .collect::<std::result::Result<Vec<Binding>, _>>()?;
+            list.retain(|b| b.expires_at_ms > args.now_ms);
+            Ok(list)
+        }
+        -2 => Err(StateError::OutOfOrder),
+        -3 => Err(StateError::TenantFull(args.per_tenant)),
+        _ => Err(StateError::TooManyContacts(args.per_aor)),
+    }
 }
 
 impl std::fmt::Debug for RedisLocations {
@@ -186,8 +336,9 @@ fn apply(list: &mut Vec<Binding>, b: Binding, max: usize, now_ms: i64) -> Result
 
 /// The same rules as [`MemoryLocations::register`], atomically in Redis: KEYS[1] the AoR
 /// hash, KEYS[2] the tenant's set; ARGV: now, max per AoR, contact, binding JSON, call-id,
-/// cseq, ttl seconds, max per tenant, AoR, expiry. Returns 1, or -1 too many for the AoR,
-/// -2 out of order, -3 too many for the tenant.
+/// cseq, ttl seconds, max per tenant, AoR, expiry. Returns `{1, live binding JSON...}`
+/// (the answer's Contact list, so no second round trip), or -1 too many for the AoR, -2
+/// out of order, -3 too many for the tenant.
 const REGISTER_LUA: &str = r#"
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
@@ -220,7 +371,9 @@ redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[10], prefix .. ARGV[3])
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < tonumber(ARGV[7]) then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
-return 1
+local live = redis.call('HVALS', KEYS[1])
+table.insert(live, 1, 1)
+return live
 "#;
 
 /// Removes every contact of an AoR: KEYS[1] its hash, KEYS[2] the tenant's set; ARGV[1]
@@ -242,16 +395,29 @@ impl Locations {
     pub async fn redis(url: &str, prefix: &str) -> Result<Locations> {
         let client = redis::Client::open(url)?;
         let conn = redis::aio::ConnectionManager::new(client).await?;
+        let (writes, jobs) = mpsc::channel(MAX_BATCH * 32);
+        let stats = Arc::new(BatchStats::default());
+        tokio::spawn(write_batches(conn.clone(), jobs, stats.clone()));
         Ok(Locations::Redis(RedisLocations {
             conn,
             prefix: prefix.to_owned(),
-            register: redis::Script::new(REGISTER_LUA),
+            writes,
+            stats,
             unregister_all: redis::Script::new(UNREGISTER_ALL_LUA),
         }))
     }
 
+    /// How the batched Redis writes went (`None` in memory).
+    pub fn batch_stats(&self) -> Option<&BatchStats> {
+        match self {
+            Locations::Memory(_) => None,
+            Locations::Redis(r) => Some(&r.stats),
+        }
+    }
+
     /// Adds or refreshes a binding of `aor` in `tenant`, within `limits` (a refresh of a
-    /// live contact always passes the tenant's).
+    /// live contact always passes the tenant's). Returns the AoR's live bindings after the
+    /// write, in no particular order.
     pub async fn register(
         &self,
         tenant: &TenantId,
@@ -259,38 +425,38 @@ impl Locations {
         b: Binding,
         limits: BindingLimits,
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<Binding>> {
         match self {
             Locations::Memory(m) => m
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .register(tenant, aor, b, limits, now_ms),
             Locations::Redis(r) => {
-                let ttl = ((b.expires_at_ms - now_ms) / 1000).max(1) + 1;
-                let json = serde_json::to_string(&b)?;
-                let mut conn = r.conn.clone();
-                let outcome: i64 = r
-                    .register
-                    .key(key(&r.prefix, tenant, aor))
-                    .key(tenant_key(&r.prefix, tenant))
-                    .arg(now_ms)
-                    .arg(limits.per_aor)
-                    .arg(&b.contact)
-                    .arg(json)
-                    .arg(&b.call_id)
-                    .arg(b.cseq)
-                    .arg(ttl)
-                    .arg(limits.per_tenant.min(i64::MAX as usize))
-                    .arg(aor.to_ascii_lowercase())
-                    .arg(b.expires_at_ms)
-                    .invoke_async(&mut conn)
-                    .await?;
-                match outcome {
-                    1 => Ok(()),
-                    -2 => Err(StateError::OutOfOrder),
-                    -3 => Err(StateError::TenantFull(limits.per_tenant)),
-                    _ => Err(StateError::TooManyContacts(limits.per_aor)),
-                }
+                let (reply, answer) = oneshot::channel();
+                let job = RegisterJob {
+                    keys: [key(&r.prefix, tenant, aor), tenant_key(&r.prefix, tenant)],
+                    args: RegisterArgs {
+                        now_ms,
+                        per_aor: limits.per_aor,
+                        json: serde_json::to_string(&b)?,
+                        ttl: ((b.expires_at_ms - now_ms) / 1000).max(1) + 1,
+                        per_tenant: limits.per_tenant,
+                        aor: aor.to_ascii_lowercase(),
+                        expires_at_ms: b.expires_at_ms,
+                        cseq: b.cseq,
+                        contact: b.contact,
+                        call_id: b.call_id,
+                    },
+                    reply,
+                };
+                let stopped = || {
+                    StateError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the Redis writer has stopped",
+                    )))
+                };
+                r.writes.send(job).await.map_err(|_| stopped())?;
+                answer.await.map_err(|_| stopped())?
             }
         }
     }

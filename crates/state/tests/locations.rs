@@ -282,3 +282,104 @@ async fn memory_tenant_cap_counts_every_aor() {
 async fn redis_tenant_cap_counts_every_aor() {
     tenant_cap_holds(redis().await).await;
 }
+
+/// Registrations made at the same moment reach Redis in one pipeline (one round trip), and
+/// each still gets its own answer, in the order they were made: within one batch the
+/// AoR's limit refuses exactly the contact that came after the limit was reached, and
+/// every answer lists the AoR's live contacts as its write left them.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_registrations_share_one_round_trip() {
+    let l = std::sync::Arc::new(redis().await);
+    let acme = TenantId::from("acme");
+    let now = 1_000_000;
+    // On one thread the writes are spawned in order, and each queues its registration
+    // before the writer task (woken by the first) gets its turn.
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let (l, acme) = (l.clone(), acme.clone());
+            tokio::spawn(async move {
+                // AoRs 0..100 get one contact each; AoR "shared" gets contacts until its limit of 3.
+                let (aor, limit) = if i < 100 {
+                    (format!("sip:{i}@acme.example.com"), 1)
+                } else {
+                    ("sip:shared@acme.example.com".to_owned(), 3)
+                };
+                let contact = format!("sip:{i}@10.0.0.1");
+                l.register(
+                    &acme,
+                    &aor,
+                    binding(&contact, now + 60_000, &format!("c{i}"), 1),
+                    BindingLimits::per_aor(limit),
+                    now,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for w in writes {
+        answers.push(w.await.unwrap());
+    }
+    let stats = l.batch_stats().expect("Redis keeps batch stats");
+    assert_eq!((stats.batches(), stats.writes()), (1, 200));
+    for (i, answer) in answers.iter().enumerate().take(100) {
+        let live = answer
+            .as_ref()
+            .expect("one contact per AoR is within the limit");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].contact, format!("sip:{i}@10.0.0.1"));
+    }
+    for (i, answer) in answers.iter().enumerate().skip(100) {
+        match (i, answer) {
+            (100..=102, Ok(live)) => assert_eq!(live.len(), i - 99, "contact {i}"),
+            (103.., Err(StateError::TooManyContacts(3))) => {}
+            (i, other) => panic!("contact {i}: unexpected {other:?}"),
+        }
+    }
+    let shared = l
+        .lookup(&acme, "sip:shared@acme.example.com", now)
+        .await
+        .unwrap();
+    let contacts: Vec<&str> = shared.iter().map(|b| b.contact.as_str()).collect();
+    assert_eq!(
+        contacts,
+        ["sip:100@10.0.0.1", "sip:101@10.0.0.1", "sip:102@10.0.0.1"]
+    );
+}
+
+/// A Redis that lost its script cache (restart, `SCRIPT FLUSH`) still takes writes: each
+/// batch loads the script before it runs.
+#[tokio::test]
+async fn registrations_survive_a_script_flush() {
+    let l = redis().await;
+    let acme = TenantId::from("acme");
+    let now = 1_000_000;
+    let aor = "sip:1000@acme.example.com";
+    l.register(
+        &acme,
+        aor,
+        binding("sip:1000@10.0.0.1", now + 60_000, "c1", 1),
+        BindingLimits::per_aor(2),
+        now,
+    )
+    .await
+    .unwrap();
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let live = l
+        .register(
+            &acme,
+            aor,
+            binding("sip:1000@10.0.0.2", now + 60_000, "c2", 1),
+            BindingLimits::per_aor(2),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 2);
+}

@@ -82,4 +82,19 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Whether the database could not be reached or answer (connection lost, server
+    /// restarting): a retry a moment later may find it back.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
 }

@@ -615,7 +615,8 @@ impl Store {
         in_tx!(self, |tx, _pg| {
             sqlx::query(
                 "INSERT INTO cdrs (id, tenant_id, call_id, from_uri, to_uri, started_at, answered_at, ended_at, \
-                 duration_ms, disposition, hangup_side, legs) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+                 duration_ms, disposition, hangup_side, legs) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
+                 ON CONFLICT (id) DO NOTHING",
             )
             .bind(&cdr.id)
             .bind(&cdr.tenant_id)

@@ -152,7 +152,10 @@ pub async fn serve(
         core_tu_tx,
         stop_rx.clone(),
     );
-    let core = spawn_core(
+    // The core drains on its own signal, before the rest stops: its BYEs still need the
+    // driver, the listeners and the edge.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (core, core_task) = spawn_core(
         CoreSettings {
             local: core_addr,
             rtp_timeout: (config.core.rtp_timeout_secs > 0)
@@ -165,7 +168,7 @@ pub async fn serve(
         core_hub,
         core_tu_rx,
         changes.subscribe(),
-        stop_rx.clone(),
+        drain_rx,
     );
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -379,11 +382,25 @@ pub async fn serve(
     ));
     let _ = shutdown.changed().await;
     info!(active_calls = core.active_calls(), "shutting down");
+    if let Some(writes) = locations.batch_stats() {
+        info!(
+            registrations = writes.writes(),
+            round_trips = writes.batches(),
+            "binding writes to Redis"
+        );
+    }
+    // First the calls: BYEs out and answered, every CDR written (bounded: the core gives
+    // up on unanswered BYEs after 5 s, a CDR retries for about 6 s).
+    let _ = drain_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(15), core_task)
+        .await
+        .is_err()
+    {
+        warn!("the core did not finish draining in 15 s");
+    }
     let _ = stop_tx.send(true);
     let _ = edge.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    // Let the core send its BYEs and write CDRs before the store closes.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     store.close().await;
     // Give connection tasks a moment to flush queued answers and close.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

@@ -1190,3 +1190,132 @@ fn scans_floods_and_bursts_are_stopped_at_their_source_and_operators_lift_bans()
     assert!(m["switchyard_edge_rate_limited_total{class=\"other\"}"] >= 40.0);
     assert!(m["switchyard_edge_dropped_banned_total"] >= 11.0);
 }
+
+/// SIGTERM with calls up drains before it stops: both phones of every answered call get
+/// their BYE, a ringing call's callee gets a CANCEL and its caller a `503`, every call
+/// has its CDR (hung up by "shutdown"), and the process exits cleanly. Before the engine
+/// drained, the driver stopped with the core and these BYEs and CDRs were lost.
+#[test]
+fn sigterm_with_calls_up_hangs_every_call_up_and_writes_every_cdr() {
+    let (_config_dir, config) = common::load_generator_config();
+    let mut d = demo_with(&["--config", &config]);
+    d.set_limits(
+        &d.tenant,
+        r#"{"calls_per_second": 10000, "max_calls": 1000}"#,
+    );
+    let (mut a, mut b) = d.registered_pair();
+    const ANSWERED: usize = 20;
+    let callee = std::thread::spawn(move || {
+        for _ in 0..ANSWERED {
+            b.answer_next("INVITE", Duration::from_secs(10), &[0]);
+        }
+        b
+    });
+    let mut answered = std::collections::HashSet::new();
+    for i in 0..ANSWERED {
+        let (r, leg) = a.call("1002", &[0]);
+        assert_eq!(r.status(), Some(200), "call {i}");
+        answered.insert(leg.unwrap().call_id);
+    }
+    let mut b = callee.join().unwrap();
+    // One more call, left ringing.
+    let (_, ringing, _) = a.start_call("1002");
+    let (ringing_invite, _) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the ringing call reaches 1002");
+    assert_eq!(
+        d.metrics()["switchyard_calls_active"],
+        (ANSWERED + 1) as f64
+    );
+
+    // Each phone answers what the stopping server sends it and notes the final answer to
+    // the ringing call.
+    let hang_ups = |mut phone: Phone, ringing: Option<String>| {
+        std::thread::spawn(move || {
+            let (mut byes, mut cancels, mut ringing_final) = (Vec::new(), Vec::new(), None);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut pending = std::mem::take(&mut phone.inbox);
+            while Instant::now() < deadline {
+                let Some((m, from)) = pending
+                    .pop()
+                    .or_else(|| phone.recv(Duration::from_millis(200)))
+                else {
+                    if byes.len() == ANSWERED && (ringing.is_none() || ringing_final.is_some()) {
+                        break;
+                    }
+                    continue;
+                };
+                let call_id = m.call_id().unwrap().to_owned();
+                match m.method().map(|x| x.as_str()) {
+                    Some("BYE") => {
+                        phone.answer(&m, from, 200, &[]);
+                        byes.push(call_id);
+                    }
+                    Some("CANCEL") => {
+                        phone.answer(&m, from, 200, &[]);
+                        cancels.push(call_id);
+                    }
+                    Some(_) => {}
+                    None if Some(&call_id) == ringing.as_ref() && m.status() >= Some(200) => {
+                        ringing_final = m.status();
+                    }
+                    None => {}
+                }
+            }
+            (byes, cancels, ringing_final)
+        })
+    };
+    let caller = hang_ups(a, Some(ringing.clone()));
+    let callee = hang_ups(b, None);
+    let status = d
+        .server
+        .terminate(Duration::from_secs(20))
+        .expect("the server stops");
+    assert!(status.success(), "{status:?}\n{}", d.server.log());
+
+    let (caller_byes, _, ringing_final) = caller.join().unwrap();
+    let (callee_byes, callee_cancels, _) = callee.join().unwrap();
+    let caller_byes: std::collections::HashSet<String> = caller_byes.into_iter().collect();
+    assert_eq!(
+        caller_byes, answered,
+        "the caller's leg of every answered call"
+    );
+    assert_eq!(
+        callee_byes.len(),
+        ANSWERED,
+        "the callee's leg of every answered call"
+    );
+    assert_eq!(
+        callee_cancels,
+        [ringing_invite.call_id().unwrap().to_owned()],
+        "the ringing call's callee stops ringing"
+    );
+    assert_eq!(
+        ringing_final,
+        Some(503),
+        "the ringing call's caller hears why"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cdrs = rt.block_on(async {
+        let url = format!(
+            "sqlite://{}",
+            d.server.data_dir.path().join("switchyard.db").display()
+        );
+        let store = switchyard_store::Store::connect(&url).await.unwrap();
+        store.cdrs(&d.tenant, None, 100).await.unwrap()
+    });
+    assert_eq!(cdrs.len(), ANSWERED + 1, "one CDR per call");
+    for cdr in &cdrs {
+        assert_eq!(cdr.hangup_side.as_deref(), Some("shutdown"), "{cdr:?}");
+        let expected = if cdr.call_id == ringing {
+            "failed"
+        } else {
+            "answered"
+        };
+        assert_eq!(cdr.disposition, expected, "{cdr:?}");
+    }
+}
