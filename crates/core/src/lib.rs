@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod cdr;
 pub mod dialog;
+pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use switchyard_types::TenantId;
 use crate::cache::ConfigCache;
 use crate::cdr::CdrSender;
 use crate::dialog::{Dialog, random_token, uri_addr};
+use crate::metrics::{CallMetrics, Disposition};
 
 /// Headers an edge sets (and strips from anything a phone sends).
 pub const TENANT_HEADER: &str = "X-Sy-Tenant";
@@ -62,6 +64,8 @@ pub struct CoreSettings {
     pub local: SocketAddr,
     /// Hang up an answered call when a leg sends no RTP for this long (not while on hold).
     pub rtp_timeout: Option<Duration>,
+    /// Per-tenant call series (registered in the node's registry by the caller).
+    pub metrics: Arc<CallMetrics>,
 }
 
 /// What the outside may watch of a running engine.
@@ -123,6 +127,8 @@ struct Call {
     ringing_sent: bool,
     best_failure: Option<(u16, String)>,
     started_ms: i64,
+    /// When the caller's INVITE arrived (post-dial delay).
+    invited_at: Instant,
     answered_ms: Option<i64>,
     from_uri: String,
     to_uri: String,
@@ -202,6 +208,7 @@ struct Engine {
     next_key: u64,
     handle: CoreHandle,
     cdrs: CdrSender,
+    metrics: Arc<CallMetrics>,
     /// Stopping: new calls are refused, the calls up are being hung up.
     draining: bool,
 }
@@ -241,6 +248,7 @@ pub fn spawn_core(
         next_key: 1,
         handle: handle.clone(),
         cdrs,
+        metrics: settings.metrics.clone(),
         draining: false,
     };
     let task = tokio::spawn(async move {
@@ -467,6 +475,7 @@ impl Engine {
                 return self.reply(tx, &msg, 500, "Configuration unavailable").await;
             }
         };
+        self.metrics.attempted(&tenant_id);
         let dialled = msg
             .request_uri()
             .and_then(|u| u.ok())
@@ -668,6 +677,7 @@ impl Engine {
                 ringing_sent: false,
                 best_failure: None,
                 started_ms: now_ms(),
+                invited_at: Instant::now(),
                 answered_ms: None,
                 from_uri,
                 to_uri: format!("sip:{}@{}", callee.number, domain),
@@ -743,6 +753,8 @@ impl Engine {
         if status < 200 {
             if status > 100 && !call.ringing_sent && call.phase == Phase::Routing {
                 call.ringing_sent = true;
+                self.metrics
+                    .post_dial_delay(&call.tenant_id, call.invited_at.elapsed());
                 let b = self.a_response(&self.calls[&key], 180, "Ringing");
                 let tx = self.calls[&key].a_tx;
                 self.respond(tx, b).await;
@@ -772,6 +784,11 @@ impl Engine {
             }
             call.phase = Phase::Answered;
             call.answered_ms = Some(now_ms());
+            if !call.ringing_sent {
+                self.metrics
+                    .post_dial_delay(&call.tenant_id, call.invited_at.elapsed());
+            }
+            self.metrics.answered(&call.tenant_id);
             call.b = Some(dialog);
             let session = call.session.clone();
             let others: Vec<Message> = call.take_ringing_forks();
@@ -824,7 +841,7 @@ impl Engine {
                     let tx = call.a_tx;
                     self.respond(tx, b).await;
                     self.send_in_dialog(key, Leg::B, Method::Bye, None).await;
-                    self.finish(key, "failed", None).await;
+                    self.finish(key, Disposition::Failed, None).await;
                 }
             }
             return;
@@ -842,9 +859,9 @@ impl Engine {
         if call.phase == Phase::Routing && call.forks.iter().all(|f| f.done) {
             let (status, reason) = call.best_failure.clone().unwrap_or((480, String::new()));
             let disposition = match status {
-                486 | 600 => "busy",
-                487 => "cancelled",
-                _ => "failed",
+                486 | 600 => Disposition::Busy,
+                487 => Disposition::Cancelled,
+                _ => Disposition::Failed,
             };
             let b = self.a_response(&self.calls[&key], status, &reason);
             let tx = self.calls[&key].a_tx;
@@ -943,7 +960,8 @@ impl Engine {
             self.cancel_fork(key, &f).await;
         }
         info!(call_id, "call cancelled by the caller");
-        self.finish(key, "cancelled", Some("caller")).await;
+        self.finish(key, Disposition::Cancelled, Some("caller"))
+            .await;
     }
 
     async fn in_dialog(&mut self, tx: TxId, msg: Message) {
@@ -977,7 +995,7 @@ impl Engine {
                         .await;
                 }
                 info!(call_id, side, "call hung up");
-                self.finish(key, "answered", Some(side)).await;
+                self.finish(key, Disposition::Answered, Some(side)).await;
             }
             Method::Invite => {
                 if call.phase != Phase::Answered || call.reinvite.is_some() {
@@ -1128,7 +1146,7 @@ impl Engine {
                     let b = self.a_response(&self.calls[&key], status, &reason);
                     let a_tx = self.calls[&key].a_tx;
                     self.respond(a_tx, b).await;
-                    self.finish(key, "failed", None).await;
+                    self.finish(key, Disposition::Failed, None).await;
                 }
             }
             Purpose::Reinvite => {
@@ -1165,7 +1183,7 @@ impl Engine {
                     let a_tx = self.calls[&key].a_tx;
                     self.respond(a_tx, b).await;
                     info!(call_id = self.calls[&key].a.call_id, "no answer");
-                    self.finish(key, "no-answer", None).await;
+                    self.finish(key, Disposition::NoAnswer, None).await;
                 }
                 Timer::SessionRefresh => {
                     let Some(t) = self.calls.get(&key).and_then(|c| c.session_timer) else {
@@ -1271,7 +1289,7 @@ impl Engine {
         {
             self.send_in_dialog(key, Leg::A, Method::Bye, None).await;
             self.send_in_dialog(key, Leg::B, Method::Bye, None).await;
-            self.finish(key, "answered", Some(why)).await;
+            self.finish(key, Disposition::Answered, Some(why)).await;
         } else if let Some(call) = self.calls.get_mut(&key) {
             // Ringing: the callee's phones stop ringing, the caller hears why.
             let forks = call.take_ringing_forks();
@@ -1281,12 +1299,12 @@ impl Engine {
             let b = self.a_response(&self.calls[&key], 503, "Service Unavailable");
             let tx = self.calls[&key].a_tx;
             self.respond(tx, b).await;
-            self.finish(key, "failed", Some(why)).await;
+            self.finish(key, Disposition::Failed, Some(why)).await;
         }
     }
 
     /// Ends the call: media released, CDR written, indexes cleared.
-    async fn finish(&mut self, key: u64, disposition: &str, hangup_side: Option<&str>) {
+    async fn finish(&mut self, key: u64, disposition: Disposition, hangup_side: Option<&str>) {
         let Some(call) = self.calls.remove(&key) else {
             return;
         };
@@ -1315,10 +1333,14 @@ impl Engine {
             answered_at: call.answered_ms,
             ended_at: ended,
             duration_ms: call.answered_ms.map_or(0, |a| ended - a),
-            disposition: disposition.to_owned(),
+            disposition: disposition.as_str().to_owned(),
             hangup_side: hangup_side.map(str::to_owned),
             legs: legs_json(&stats),
         };
+        let talked = call
+            .answered_ms
+            .map(|a| Duration::from_millis(u64::try_from(ended - a).unwrap_or(0)));
+        self.metrics.ended(&call.tenant_id, disposition, talked);
         self.cdrs.send(cdr);
         self.handle
             .active

@@ -7,6 +7,11 @@ use switchyard::config::{Config, parse_listen_list};
 use switchyard::serve::{ServeOptions, serve};
 use tokio::sync::watch;
 
+// glibc's malloc grew and trimmed a worker arena about once per registration under load
+// (an mprotect and fresh page faults each time); mimalloc keeps its pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Switchyard: a multi-tenant hosted PBX.
 #[derive(Debug, Parser)]
 #[command(version, about)]

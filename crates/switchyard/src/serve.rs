@@ -155,11 +155,13 @@ pub async fn serve(
     // The core drains on its own signal, before the rest stops: its BYEs still need the
     // driver, the listeners and the edge.
     let (drain_tx, drain_rx) = watch::channel(false);
+    let call_metrics = Arc::new(switchyard_core::metrics::CallMetrics::default());
     let (core, core_task) = spawn_core(
         CoreSettings {
             local: core_addr,
             rtp_timeout: (config.core.rtp_timeout_secs > 0)
                 .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
+            metrics: call_metrics.clone(),
         },
         store.clone(),
         locations.clone(),
@@ -202,6 +204,7 @@ pub async fn serve(
     let registry = {
         let mut r = prometheus_client::registry::Registry::default();
         tenant_metrics.register(&mut r);
+        call_metrics.register(&mut r);
         Arc::new(r)
     };
     let gauges = {

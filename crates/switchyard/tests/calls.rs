@@ -765,6 +765,32 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
         store.cdrs(&d.tenant, None, 5000).await.unwrap().len()
     });
     assert_eq!(written, CALLS);
+    // The tenant's call series count the same calls.
+    let now = d.metrics();
+    let series = |name: &str, labels: &str| {
+        let key = format!("{name}{{tenant=\"{}\"{labels}}}", d.tenant);
+        *now.get(&key).unwrap_or_else(|| panic!("{key} missing"))
+    };
+    assert_eq!(
+        series("switchyard_tenant_call_attempts_total", ""),
+        CALLS as f64
+    );
+    assert_eq!(
+        series(
+            "switchyard_tenant_call_dispositions_total",
+            ",disposition=\"answered\""
+        ),
+        CALLS as f64
+    );
+    assert_eq!(series("switchyard_tenant_answer_seizure_ratio", ""), 1.0);
+    assert_eq!(
+        series("switchyard_tenant_post_dial_delay_seconds_count", ""),
+        CALLS as f64
+    );
+    assert_eq!(
+        series("switchyard_tenant_call_duration_seconds_count", ""),
+        CALLS as f64
+    );
 }
 
 #[test]

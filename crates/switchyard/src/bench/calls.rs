@@ -110,6 +110,10 @@ pub struct CallsReport {
     /// Requests and answers the phones resent during the run (all phones of the
     /// [`Phones`]: two runs at once share the figure).
     pub retransmissions: u64,
+    /// Answered calls that the far end (the server) hung up during the hold, where the
+    /// phone meant to hang up itself: a server stopping or timing calls out. They count
+    /// as failed.
+    pub hung_up_by_far_end: u64,
 }
 
 impl CallsReport {
@@ -138,6 +142,7 @@ impl std::fmt::Display for CallsReport {
             "setup (first INVITE to final answer): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             self.setup_p50_ms, self.setup_p95_ms, self.setup_p99_ms, self.setup_max_ms
         )?;
+        writeln!(f, "hung up by the far end: {}", self.hung_up_by_far_end)?;
         write!(f, "retransmissions: {}", self.retransmissions)
     }
 }
@@ -152,6 +157,7 @@ struct Net {
     /// By Call-ID: the caller or callee task of that call.
     calls: Mutex<HashMap<String, Inbox>>,
     retransmissions: std::sync::atomic::AtomicU64,
+    far_end_byes: std::sync::atomic::AtomicU64,
     run: String,
     hold: Duration,
 }
@@ -260,6 +266,7 @@ impl Net {
             target,
             calls: Mutex::new(HashMap::new()),
             retransmissions: Default::default(),
+            far_end_byes: Default::default(),
             run: format!("{:08x}", rand::random::<u32>()),
             hold,
         }))
@@ -333,6 +340,9 @@ async fn place_calls(net: &Arc<Net>, options: &CallsOptions) -> anyhow::Result<C
     report.setup_max_ms = setups.last().copied().unwrap_or(0.0);
     report.retransmissions = net
         .retransmissions
+        .swap(0, std::sync::atomic::Ordering::Relaxed);
+    report.hung_up_by_far_end = net
+        .far_end_byes
         .swap(0, std::sync::atomic::Ordering::Relaxed);
     Ok(report)
 }
@@ -634,7 +644,19 @@ async fn caller_call(
         net.send(socket, net.target, &ack).await;
         match ending {
             Ending::CallerBye => {
-                tokio::time::sleep(net.hold).await;
+                // Hold, answering a BYE from the far end meanwhile (as a phone does).
+                let hold_ends = tokio::time::Instant::now() + net.hold;
+                let far_end = exchange(net, socket, net.target, None, &mut rx, |m, from| {
+                    (m.method() == Some(&Method::Bye)).then(|| (m.clone(), from))
+                });
+                if let Ok(Some((m, from))) = tokio::time::timeout(net.hold, far_end).await {
+                    net.send(socket, from, &response_to(&m, 200, "OK", None, ""))
+                        .await;
+                    net.far_end_byes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Some((200, false, setup));
+                }
+                tokio::time::sleep_until(hold_ends).await;
                 let bye = dialog.request("BYE", 3, local, &format!("{call_id}-bye"));
                 net.send(socket, net.target, &bye).await;
                 let ok = exchange(net, socket, net.target, Some(&bye), &mut rx, |m, _| {
