@@ -1638,3 +1638,46 @@ on_both!(operators_issue_list_and_revoke_keys, |store| {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 });
+
+on_both!(a_time_condition_needs_a_real_time_zone, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (_, _, t) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&op),
+            Some(json!({"name": "tz", "domain": "tz.example.com"})),
+        )
+        .await;
+    let tenant = t["id"].as_str().unwrap().to_owned();
+    let spec = |zone: &str| {
+        json!({"name": "office hours", "spec": {"timezone": zone,
+            "rules": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}],
+            "open_target": {"kind": "hangup"}, "closed_target": {"kind": "hangup"}}})
+    };
+    let path = format!("/v1/tenants/{tenant}/resources/time_condition");
+    // Spelled like a zone but in no database: refused, naming what is wrong.
+    for bad in [
+        "Mars/Olympus",
+        "Europe/Berlinn",
+        "CET-1CEST,M3.5.0,M10.5.0/3",
+    ] {
+        let r = api
+            .call(Method::POST, &path, Some(&op), Some(spec(bad)))
+            .await;
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("spec"));
+        assert!(
+            r.2["detail"].as_str().unwrap().contains("IANA"),
+            "{bad}: {:?}",
+            r.2
+        );
+    }
+    let r = api
+        .call(Method::POST, &path, Some(&op), Some(spec("Europe/Berlin")))
+        .await;
+    assert_eq!(r.0, StatusCode::CREATED, "{:?}", r.2);
+    // Nothing was written by the refused ones.
+    let (_, _, list) = api.call(Method::GET, &path, Some(&op), None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+});

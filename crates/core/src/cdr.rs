@@ -33,26 +33,41 @@ pub fn spawn_writer(store: Store) -> (CdrSender, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Cdr>();
     let task = tokio::spawn(async move {
         while let Some(cdr) = rx.recv().await {
-            write_with_retries(&store, &cdr).await;
+            write_with_retries(&cdr, || store.insert_cdr(&cdr)).await;
         }
     });
     (CdrSender(tx), task)
 }
 
-async fn write_with_retries(store: &Store, cdr: &Cdr) {
+/// What became of one CDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Written at this attempt (1 = the first).
+    At(u32),
+    /// The store refused it for good (logged with the record).
+    Refused,
+    /// Every attempt failed (logged with the record).
+    GaveUp,
+}
+
+async fn write_with_retries<F, Fut>(cdr: &Cdr, mut insert: F) -> Written
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
     let mut wait = FIRST_RETRY;
     for attempt in 1..=ATTEMPTS {
         // The insert ignores an id already written, so a retry after a commit whose
         // answer was lost writes nothing twice.
-        match store.insert_cdr(cdr).await {
-            Ok(()) => return,
+        match insert().await {
+            Ok(()) => return Written::At(attempt),
             Err(e) if !transient(&e) => {
                 error!(error = %e, cdr = ?cdr, "CDR refused by the store");
-                return;
+                return Written::Refused;
             }
             Err(e) if attempt == ATTEMPTS => {
                 error!(error = %e, attempts = ATTEMPTS, cdr = ?cdr, "CDR not written");
-                return;
+                return Written::GaveUp;
             }
             Err(e) => {
                 warn!(error = %e, attempt, call_id = cdr.call_id, "CDR write failed: retrying");
@@ -61,10 +76,77 @@ async fn write_with_retries(store: &Store, cdr: &Cdr) {
             }
         }
     }
+    Written::GaveUp
 }
 
 /// Whether trying again may succeed: a database that is busy, restarting or unreachable,
 /// as opposed to a record it refuses (its tenant deleted meanwhile).
 fn transient(e: &StoreError) -> bool {
     e.is_transient() || e.is_unreachable()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn cdr() -> Cdr {
+        Cdr {
+            id: "cdr-1".into(),
+            tenant_id: "t1".into(),
+            call_id: "c1".into(),
+            from_uri: "sip:1001@d".into(),
+            to_uri: "sip:1002@d".into(),
+            started_at: 0,
+            answered_at: None,
+            ended_at: 1,
+            duration_ms: 0,
+            disposition: "failed".into(),
+            hangup_side: None,
+            legs: "[]".into(),
+        }
+    }
+
+    fn unreachable() -> StoreError {
+        StoreError::Database(sqlx::Error::PoolTimedOut)
+    }
+
+    /// A store away for a few seconds loses nothing: the writer waits it out.
+    #[tokio::test(start_paused = true)]
+    async fn a_cdr_is_retried_until_the_store_is_back() {
+        let calls = Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome = write_with_retries(&cdr(), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 5 { Err(unreachable()) } else { Ok(()) } }
+        })
+        .await;
+        assert_eq!(outcome, Written::At(5));
+        // 0.1 + 0.2 + 0.4 + 0.8 s of virtual time between the five attempts.
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_stays_away_is_given_up_on_after_every_attempt() {
+        let calls = Cell::new(0);
+        let outcome = write_with_retries(&cdr(), || {
+            calls.set(calls.get() + 1);
+            async { Err(unreachable()) }
+        })
+        .await;
+        assert_eq!((outcome, calls.get()), (Written::GaveUp, ATTEMPTS));
+    }
+
+    /// A record the store refuses (its tenant deleted meanwhile) is not retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_record_is_not_retried() {
+        let calls = Cell::new(0);
+        let outcome = write_with_retries(&cdr(), || {
+            calls.set(calls.get() + 1);
+            async { Err(StoreError::NotFound { what: "tenant" }) }
+        })
+        .await;
+        assert_eq!((outcome, calls.get()), (Written::Refused, 1));
+    }
 }

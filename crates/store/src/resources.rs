@@ -153,6 +153,41 @@ pub struct TimeConditionSpec {
     pub closed_target: Target,
 }
 
+impl TimeConditionSpec {
+    /// The spec's zone from the bundled IANA database (`None`: no such zone).
+    pub fn zone(&self) -> Option<jiff::tz::TimeZone> {
+        // Only real names: jiff would also read a POSIX TZ string or a fixed offset.
+        if self.timezone.is_empty() || !self.timezone.contains('/') && self.timezone != "UTC" {
+            return None;
+        }
+        jiff::tz::db().get(&self.timezone).ok()
+    }
+
+    /// Whether the condition is open at `at`: some rule names the weekday and holds the
+    /// wall-clock time of the zone then (`start` included, `end` excluded). Daylight
+    /// saving moves the hours with the clock on the wall, as an office's hours do.
+    pub fn is_open(&self, at: jiff::Timestamp) -> bool {
+        let Some(zone) = self.zone() else {
+            return false;
+        };
+        let local = at.to_zoned(zone);
+        let day = match local.weekday() {
+            jiff::civil::Weekday::Monday => "mon",
+            jiff::civil::Weekday::Tuesday => "tue",
+            jiff::civil::Weekday::Wednesday => "wed",
+            jiff::civil::Weekday::Thursday => "thu",
+            jiff::civil::Weekday::Friday => "fri",
+            jiff::civil::Weekday::Saturday => "sat",
+            jiff::civil::Weekday::Sunday => "sun",
+        };
+        let now = format!("{:02}:{:02}", local.hour(), local.minute());
+        // HH:MM strings order as the times do.
+        self.rules.iter().any(|r| {
+            r.days.iter().any(|d| d == day) && r.start.as_str() <= now.as_str() && now < r.end
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundRouteSpec {
@@ -264,13 +299,10 @@ fn references(kind: ResourceKind, spec: &serde_json::Value) -> Result<Vec<(&'sta
         }
         ResourceKind::TimeCondition => {
             let s: TimeConditionSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
-            if s.timezone.is_empty()
-                || !s
-                    .timezone
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
-            {
-                return Err(invalid("timezone must be an IANA zone name"));
+            if s.zone().is_none() {
+                return Err(invalid(
+                    "timezone must be an IANA zone name (such as Europe/Berlin)",
+                ));
             }
             for r in &s.rules {
                 let days_ok = !r.days.is_empty()
@@ -647,5 +679,106 @@ impl Store {
                 .fetch_all(pool)
                 .await?
         }))
+    }
+}
+
+#[cfg(test)]
+mod time_condition_tests {
+    use super::*;
+
+    fn office(zone: &str) -> TimeConditionSpec {
+        TimeConditionSpec {
+            timezone: zone.into(),
+            rules: vec![
+                TimeRule {
+                    days: ["mon", "tue", "wed", "thu", "fri"]
+                        .map(String::from)
+                        .to_vec(),
+                    start: "09:00".into(),
+                    end: "17:00".into(),
+                },
+                TimeRule {
+                    days: vec!["sat".into()],
+                    start: "10:00".into(),
+                    end: "12:30".into(),
+                },
+            ],
+            open_target: Target::Extension("reception".into()),
+            closed_target: Target::VoicemailBox("night".into()),
+        }
+    }
+
+    fn at(utc: &str) -> jiff::Timestamp {
+        utc.parse().unwrap()
+    }
+
+    #[test]
+    fn office_hours_follow_the_tenants_zone() {
+        let berlin = office("Europe/Berlin");
+        // Thursday 3 December 2026; Berlin is UTC+1 in winter.
+        assert!(!berlin.is_open(at("2026-12-03T07:59:00Z")), "08:59 local");
+        assert!(
+            berlin.is_open(at("2026-12-03T08:00:00Z")),
+            "09:00 local: start included"
+        );
+        assert!(berlin.is_open(at("2026-12-03T15:59:00Z")), "16:59 local");
+        assert!(
+            !berlin.is_open(at("2026-12-03T16:00:00Z")),
+            "17:00 local: end excluded"
+        );
+        // The same instant is still night in New York (UTC-5).
+        let new_york = office("America/New_York");
+        assert!(!new_york.is_open(at("2026-12-03T08:00:00Z")), "03:00 local");
+        assert!(new_york.is_open(at("2026-12-03T14:00:00Z")), "09:00 local");
+        // Saturday morning rule; Sunday closed all day.
+        assert!(berlin.is_open(at("2026-12-05T09:30:00Z")), "Saturday 10:30");
+        assert!(
+            !berlin.is_open(at("2026-12-05T11:30:00Z")),
+            "Saturday 12:30"
+        );
+        assert!(!berlin.is_open(at("2026-12-06T10:00:00Z")), "Sunday");
+        // The weekday is the zone's: Friday 23:30 in New York is Saturday 04:30 UTC.
+        let late = TimeConditionSpec {
+            rules: vec![TimeRule {
+                days: vec!["fri".into()],
+                start: "23:00".into(),
+                end: "23:59".into(),
+            }],
+            ..office("America/New_York")
+        };
+        assert!(late.is_open(at("2026-12-05T04:30:00Z")));
+    }
+
+    #[test]
+    fn daylight_saving_moves_the_hours_with_the_wall_clock() {
+        let berlin = office("Europe/Berlin");
+        // Monday 30 March 2026, the day after clocks went forward: UTC+2.
+        assert!(berlin.is_open(at("2026-03-30T07:00:00Z")), "09:00 CEST");
+        assert!(!berlin.is_open(at("2026-03-30T06:30:00Z")), "08:30 CEST");
+        // Friday 27 March, still winter time: 07:00 UTC is 08:00.
+        assert!(!berlin.is_open(at("2026-03-27T07:00:00Z")));
+    }
+
+    #[test]
+    fn only_real_zone_names_are_zones() {
+        for good in [
+            "Europe/Berlin",
+            "America/Argentina/Buenos_Aires",
+            "UTC",
+            "Asia/Kolkata",
+        ] {
+            assert!(office(good).zone().is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "Mars/Olympus",
+            "Europe/Berlinn",
+            "CET-1CEST,M3.5.0,M10.5.0/3",
+            "+01:00",
+            "../etc/passwd",
+        ] {
+            assert!(office(bad).zone().is_none(), "{bad}");
+            assert!(!office(bad).is_open(at("2026-12-03T10:00:00Z")), "{bad}");
+        }
     }
 }
