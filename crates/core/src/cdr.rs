@@ -2,6 +2,8 @@
 //! that blinks loses nothing), and when the engine stops the writer finishes its queue
 //! before it returns, so a shutdown never drops the last calls' records.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchyard_store::{Cdr, Store, StoreError};
@@ -16,27 +18,41 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// Where the engine hands its CDRs. Dropping every sender lets the writer finish.
 #[derive(Debug, Clone)]
-pub struct CdrSender(mpsc::UnboundedSender<Cdr>);
+pub struct CdrSender {
+    queue: mpsc::UnboundedSender<Cdr>,
+    pending: Arc<AtomicUsize>,
+}
 
 impl CdrSender {
     /// Queues `cdr` for writing (never blocks the engine).
     pub fn send(&self, cdr: Cdr) {
-        if let Err(lost) = self.0.send(cdr) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if let Err(lost) = self.queue.send(cdr) {
             // Only when the writer panicked: the record goes to the log instead.
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             error!(cdr = ?lost.0, "CDR writer gone: CDR not written");
         }
+    }
+
+    /// CDRs handed over and not yet written or given up on (a backlog means the
+    /// database is slow or away).
+    pub fn pending(&self) -> Arc<AtomicUsize> {
+        self.pending.clone()
     }
 }
 
 /// Starts the writer; the handle ends once every sender is dropped and the queue is written.
 pub fn spawn_writer(store: Store) -> (CdrSender, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Cdr>();
+    let (queue, mut rx) = mpsc::unbounded_channel::<Cdr>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let left = pending.clone();
     let task = tokio::spawn(async move {
         while let Some(cdr) = rx.recv().await {
             write_with_retries(&cdr, || store.insert_cdr(&cdr)).await;
+            left.fetch_sub(1, Ordering::Relaxed);
         }
     });
-    (CdrSender(tx), task)
+    (CdrSender { queue, pending }, task)
 }
 
 /// What became of one CDR.

@@ -72,12 +72,18 @@ pub struct CoreSettings {
 #[derive(Debug, Clone, Default)]
 pub struct CoreHandle {
     active: Arc<AtomicUsize>,
+    cdrs_pending: Arc<AtomicUsize>,
 }
 
 impl CoreHandle {
     /// Calls in progress (ringing or answered).
     pub fn active_calls(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// CDRs of ended calls not yet in the store.
+    pub fn cdrs_pending(&self) -> usize {
+        self.cdrs_pending.load(Ordering::Relaxed)
     }
 }
 
@@ -230,8 +236,11 @@ pub fn spawn_core(
     mut changes: broadcast::Receiver<ChangeEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (CoreHandle, tokio::task::JoinHandle<()>) {
-    let handle = CoreHandle::default();
     let (cdrs, cdr_writer) = cdr::spawn_writer(store.clone());
+    let handle = CoreHandle {
+        active: Arc::default(),
+        cdrs_pending: cdrs.pending(),
+    };
     let mut engine = Engine {
         local: settings.local,
         rtp_timeout: settings.rtp_timeout,

@@ -215,6 +215,10 @@ pub async fn serve(
             vec![
                 ("switchyard_calls_active".into(), core.active_calls() as f64),
                 (
+                    "switchyard_core_cdrs_pending".into(),
+                    core.cdrs_pending() as f64,
+                ),
+                (
                     "switchyard_media_sessions".into(),
                     media.session_count() as f64,
                 ),

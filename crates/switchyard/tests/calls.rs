@@ -115,6 +115,22 @@ impl Demo {
         e["id"].as_str().unwrap().to_owned()
     }
 
+    /// The demo tenant's CDRs, newest first, read from the store (at most `limit`).
+    fn stored_cdrs(&self, limit: i64) -> Vec<switchyard_store::Cdr> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let url = format!(
+                "sqlite://{}",
+                self.server.data_dir.path().join("switchyard.db").display()
+            );
+            let store = switchyard_store::Store::connect(&url).await.unwrap();
+            store.cdrs(&self.tenant, None, limit).await.unwrap()
+        })
+    }
+
     /// The series `/metrics` serves.
     fn metrics(&self) -> std::collections::HashMap<String, f64> {
         self.server.metrics()
@@ -731,12 +747,13 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
         );
     }
     callee.join().unwrap();
-    // Every call, media session, port pair and task is gone again (CDR writes finish a
-    // moment after the BYE).
+    // Every call, media session, port pair and task is gone again, and every CDR is
+    // written (a moment after the BYE).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let now = d.metrics();
         let settled = now["switchyard_calls_active"] == 0.0
+            && now["switchyard_core_cdrs_pending"] == 0.0
             && now["switchyard_edge_calls_in_progress"] == 0.0
             && now["switchyard_media_sessions"] == 0.0
             && now["switchyard_media_free_port_pairs"]
@@ -752,19 +769,7 @@ fn a_thousand_short_calls_leave_no_call_port_or_task_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Every call wrote its CDR (read from the store: an API page holds at most 100).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let written = rt.block_on(async {
-        let url = format!(
-            "sqlite://{}",
-            d.server.data_dir.path().join("switchyard.db").display()
-        );
-        let store = switchyard_store::Store::connect(&url).await.unwrap();
-        store.cdrs(&d.tenant, None, 5000).await.unwrap().len()
-    });
-    assert_eq!(written, CALLS);
+    assert_eq!(d.stored_cdrs(5000).len(), CALLS);
     // The tenant's call series count the same calls.
     let now = d.metrics();
     let series = |name: &str, labels: &str| {
@@ -1322,18 +1327,7 @@ fn sigterm_with_calls_up_hangs_every_call_up_and_writes_every_cdr() {
         "the ringing call's caller hears why"
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let cdrs = rt.block_on(async {
-        let url = format!(
-            "sqlite://{}",
-            d.server.data_dir.path().join("switchyard.db").display()
-        );
-        let store = switchyard_store::Store::connect(&url).await.unwrap();
-        store.cdrs(&d.tenant, None, 100).await.unwrap()
-    });
+    let cdrs = d.stored_cdrs(100);
     assert_eq!(cdrs.len(), ANSWERED + 1, "one CDR per call");
     for cdr in &cdrs {
         assert_eq!(cdr.hangup_side.as_deref(), Some("shutdown"), "{cdr:?}");
