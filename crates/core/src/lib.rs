@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod cdr;
 pub mod dialog;
+pub mod dialplan;
 pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,364 @@
+//! What a dialled string means inside a tenant, decided without I/O from the tenant's
+//! configuration snapshot: an emergency number, one of its extensions, one of its own
+//! numbers (DIDs) and what that number points at, or an external number and the outbound
+//! routes to try for it, in order. The call engine acts on the decision; nothing here
+//! reads a store, a clock or a socket.
+//!
+//! Not wired into calls yet: today's engine routes extension to extension only; the
+//! engine rewrite (issue 10, point 1) makes these decisions its routing step.
+
+use switchyard_store::{OutboundRouteSpec, TenantConfig};
+
+/// Numbers that always reach an emergency route, before extensions and ignoring caps:
+/// 112 (EU and GSM), 911 (North America), 999 (UK), 000 (Australia), 110 (police in DE,
+/// CN, JP). An extension with one of these numbers is shadowed by the emergency route.
+pub const EMERGENCY_NUMBERS: &[&str] = &["112", "911", "999", "000", "110"];
+
+/// The parts of a tenant's configuration the dial plan reads.
+#[derive(Debug, Clone, Default)]
+pub struct DialPlan {
+    /// (number, SIP username, extension id)
+    pub extensions: Vec<(String, String, String)>,
+    /// The tenant's assigned numbers (E.164 with `+`) and their targets as stored
+    /// (`extension:ID`, `ring_group:ID`, ..., `hangup`, or none).
+    pub numbers: Vec<(String, Option<String>)>,
+    /// Outbound routes: (resource id, spec).
+    pub routes: Vec<(String, OutboundRouteSpec)>,
+}
+
+/// What an own number points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumberTarget {
+    Extension(String),
+    RingGroup(String),
+    IvrMenu(String),
+    VoicemailBox(String),
+    TimeCondition(String),
+    Hangup,
+    /// Assigned to the tenant but pointed nowhere yet.
+    Unset,
+}
+
+/// One outbound attempt: the route, its trunk, and the number as the trunk gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundAttempt {
+    pub route_id: String,
+    pub trunk_id: String,
+    pub number: String,
+}
+
+/// The meaning of a dialled string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An emergency number: these attempts, caps ignored (empty: no route can carry it).
+    Emergency(Vec<OutboundAttempt>),
+    /// An extension of the tenant (its id).
+    Extension(String),
+    /// One of the tenant's own numbers.
+    OwnNumber {
+        number: String,
+        target: NumberTarget,
+    },
+    /// An external number: the routes to try, in order (failover goes down the list).
+    External(Vec<OutboundAttempt>),
+    /// A number no route of the tenant matches (`403`: the tenant cannot call out there).
+    NoRoute,
+    /// Not a number and no extension (`404`).
+    NotFound,
+}
+
+impl DialPlan {
+    /// The dial plan of a configuration snapshot (routes whose spec does not parse are
+    /// skipped: the store validates specs on write).
+    pub fn of(config: &TenantConfig) -> DialPlan {
+        DialPlan {
+            extensions: config
+                .extensions
+                .iter()
+                .map(|e| (e.number.to_string(), e.username.clone(), e.id.clone()))
+                .collect(),
+            numbers: config
+                .dids
+                .iter()
+                .filter(|d| d.state == "assigned")
+                .map(|d| (d.number.clone(), d.target.clone()))
+                .collect(),
+            routes: config
+                .resources
+                .iter()
+                .filter(|r| r.kind == "outbound_route")
+                .filter_map(|r| Some((r.id.clone(), serde_json::from_str(&r.spec).ok()?)))
+                .collect(),
+        }
+    }
+
+    /// Decides what `dialled` (the Request-URI's user part) means for this tenant.
+    pub fn decide(&self, dialled: &str) -> Destination {
+        if EMERGENCY_NUMBERS.contains(&dialled) {
+            return Destination::Emergency(self.attempts(dialled));
+        }
+        if let Some((_, _, id)) = self
+            .extensions
+            .iter()
+            .find(|(number, user, _)| number == dialled || user.eq_ignore_ascii_case(dialled))
+        {
+            return Destination::Extension(id.clone());
+        }
+        let e164 = if dialled.starts_with('+') {
+            dialled.to_owned()
+        } else {
+            format!("+{dialled}")
+        };
+        if let Some((number, target)) = self.numbers.iter().find(|(n, _)| *n == e164) {
+            return Destination::OwnNumber {
+                number: number.clone(),
+                target: parse_target(target.as_deref()),
+            };
+        }
+        if !is_dialable(dialled) {
+            return Destination::NotFound;
+        }
+        let attempts = self.attempts(dialled);
+        if attempts.is_empty() {
+            Destination::NoRoute
+        } else {
+            Destination::External(attempts)
+        }
+    }
+
+    /// Every route whose pattern matches, by priority (lowest first; ties by route id so
+    /// the order never depends on storage), with the number each sends.
+    fn attempts(&self, dialled: &str) -> Vec<OutboundAttempt> {
+        let mut matching: Vec<&(String, OutboundRouteSpec)> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| pattern_matches(&r.pattern, dialled))
+            .collect();
+        matching.sort_by(|a, b| (a.1.priority, &a.0).cmp(&(b.1.priority, &b.0)));
+        matching
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let rest = dialled.get(usize::from(r.strip_digits)..)?;
+                Some(OutboundAttempt {
+                    route_id: id.clone(),
+                    trunk_id: r.trunk_id.clone(),
+                    number: format!("{}{rest}", r.prefix),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The number the tenant presents as caller ID on an outbound call: `wanted` when it is
+/// one of the tenant's own numbers, else the tenant's lowest number; never a number the
+/// tenant does not hold (`None`: it holds none).
+pub fn caller_id<'a>(plan: &'a DialPlan, wanted: Option<&str>) -> Option<&'a str> {
+    let own = |n: &str| plan.numbers.iter().any(|(x, _)| x == n);
+    if let Some(w) = wanted
+        && own(w)
+    {
+        return plan
+            .numbers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .find(|n| *n == w);
+    }
+    plan.numbers.iter().map(|(n, _)| n.as_str()).min()
+}
+
+/// Whether `dialled` is a phone number at all: digits, with `+` first, `*` and `#`.
+fn is_dialable(dialled: &str) -> bool {
+    let digits = dialled.strip_prefix('+').unwrap_or(dialled);
+    !digits.is_empty()
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+}
+
+fn parse_target(stored: Option<&str>) -> NumberTarget {
+    let Some(stored) = stored else {
+        return NumberTarget::Unset;
+    };
+    match stored.split_once(':') {
+        Some(("extension", id)) => NumberTarget::Extension(id.to_owned()),
+        Some(("ring_group", id)) => NumberTarget::RingGroup(id.to_owned()),
+        Some(("ivr_menu", id)) => NumberTarget::IvrMenu(id.to_owned()),
+        Some(("voicemail_box", id)) => NumberTarget::VoicemailBox(id.to_owned()),
+        Some(("time_condition", id)) => NumberTarget::TimeCondition(id.to_owned()),
+        _ if stored == "hangup" => NumberTarget::Hangup,
+        _ => NumberTarget::Unset,
+    }
+}
+
+/// A dial pattern against a dialled string: digits and `+*#` match themselves, `X` any
+/// digit, `N` 2-9, `Z` 1-9, and `.` one or more characters of any kind (the rest).
+pub fn pattern_matches(pattern: &str, dialled: &str) -> bool {
+    let mut d = dialled.bytes();
+    for p in pattern.bytes() {
+        if p == b'.' {
+            return d.next().is_some();
+        }
+        let Some(c) = d.next() else {
+            return false;
+        };
+        let ok = match p {
+            b'X' => c.is_ascii_digit(),
+            b'N' => (b'2'..=b'9').contains(&c),
+            b'Z' => (b'1'..=b'9').contains(&c),
+            _ => p == c,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    d.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(
+        pattern: &str,
+        trunk: &str,
+        strip: u8,
+        prefix: &str,
+        priority: u32,
+    ) -> OutboundRouteSpec {
+        OutboundRouteSpec {
+            pattern: pattern.into(),
+            trunk_id: trunk.into(),
+            strip_digits: strip,
+            prefix: prefix.into(),
+            priority,
+        }
+    }
+
+    fn plan() -> DialPlan {
+        DialPlan {
+            extensions: vec![
+                ("1000".into(), "1000".into(), "ext-1000".into()),
+                ("1001".into(), "alice".into(), "ext-1001".into()),
+                // Shadowed: emergency numbers win.
+                ("112".into(), "112".into(), "ext-112".into()),
+            ],
+            numbers: vec![
+                ("+493012345678".into(), Some("ring_group:rg-1".into())),
+                ("+493012345600".into(), Some("extension:ext-1000".into())),
+                ("+493012345699".into(), None),
+            ],
+            routes: vec![
+                // National calls: 0 then a non-zero digit; strip the 0, send +49.
+                ("r-national".into(), route("0Z.", "trunk-a", 1, "+49", 10)),
+                ("r-backup".into(), route("0Z.", "trunk-b", 1, "+49", 20)),
+                ("r-intl".into(), route("00.", "trunk-a", 2, "+", 10)),
+                ("r-e164".into(), route("+.", "trunk-a", 0, "", 10)),
+                ("r-emergency".into(), route("112", "trunk-e", 0, "", 1)),
+            ],
+        }
+    }
+
+    #[test]
+    fn patterns_match_as_documented() {
+        assert!(pattern_matches("0Z.", "030123"));
+        assert!(!pattern_matches("0Z.", "0030123"), "Z is 1-9");
+        assert!(!pattern_matches("0Z.", "03"), ". needs one or more");
+        assert!(pattern_matches("NXXNXXXXXX", "2125551234"));
+        assert!(!pattern_matches("NXXNXXXXXX", "1125551234"));
+        assert!(!pattern_matches("NXXNXXXXXX", "21255512345"), "too long");
+        assert!(pattern_matches("*X#", "*7#"));
+        assert!(pattern_matches("+.", "+4930"));
+        assert!(!pattern_matches("112", "1122"));
+        assert!(!pattern_matches("", "1"));
+    }
+
+    #[test]
+    fn extensions_own_numbers_and_external_numbers_are_told_apart() {
+        let p = plan();
+        assert_eq!(p.decide("1000"), Destination::Extension("ext-1000".into()));
+        assert_eq!(p.decide("ALICE"), Destination::Extension("ext-1001".into()));
+        // Its own numbers, with or without the +.
+        assert_eq!(
+            p.decide("+493012345678"),
+            Destination::OwnNumber {
+                number: "+493012345678".into(),
+                target: NumberTarget::RingGroup("rg-1".into())
+            }
+        );
+        assert_eq!(
+            p.decide("493012345600"),
+            Destination::OwnNumber {
+                number: "+493012345600".into(),
+                target: NumberTarget::Extension("ext-1000".into())
+            }
+        );
+        assert!(matches!(
+            p.decide("+493012345699"),
+            Destination::OwnNumber {
+                target: NumberTarget::Unset,
+                ..
+            }
+        ));
+        assert_eq!(p.decide("bob"), Destination::NotFound);
+        // A number no route takes: the tenant cannot call there.
+        assert_eq!(p.decide("999123"), Destination::NoRoute);
+        assert_eq!(
+            DialPlan::default().decide("030123456"),
+            Destination::NoRoute
+        );
+    }
+
+    #[test]
+    fn outbound_routes_go_by_priority_with_strip_and_prefix() {
+        let Destination::External(attempts) = plan().decide("030123456") else {
+            panic!("an external number");
+        };
+        assert_eq!(
+            attempts,
+            [
+                OutboundAttempt {
+                    route_id: "r-national".into(),
+                    trunk_id: "trunk-a".into(),
+                    number: "+4930123456".into()
+                },
+                OutboundAttempt {
+                    route_id: "r-backup".into(),
+                    trunk_id: "trunk-b".into(),
+                    number: "+4930123456".into()
+                },
+            ]
+        );
+        let Destination::External(intl) = plan().decide("0044201234") else {
+            panic!("an international number");
+        };
+        assert_eq!(intl[0].number, "+44201234");
+        let Destination::External(e164) = plan().decide("+44201234") else {
+            panic!("an E.164 number");
+        };
+        assert_eq!(
+            (e164[0].trunk_id.as_str(), e164[0].number.as_str()),
+            ("trunk-a", "+44201234")
+        );
+    }
+
+    #[test]
+    fn emergency_numbers_come_first_even_over_an_extension() {
+        let p = plan();
+        let Destination::Emergency(attempts) = p.decide("112") else {
+            panic!("112 is an emergency number");
+        };
+        assert_eq!(attempts[0].trunk_id, "trunk-e");
+        // No route for 911 here: still an emergency (the engine answers it, never 403).
+        assert_eq!(p.decide("911"), Destination::Emergency(Vec::new()));
+    }
+
+    #[test]
+    fn caller_id_is_always_one_of_the_tenants_own_numbers() {
+        let p = plan();
+        assert_eq!(caller_id(&p, Some("+493012345678")), Some("+493012345678"));
+        // Someone else's number is never presented: the tenant's lowest instead.
+        assert_eq!(caller_id(&p, Some("+14155550100")), Some("+493012345600"));
+        assert_eq!(caller_id(&p, None), Some("+493012345600"));
+        assert_eq!(caller_id(&DialPlan::default(), Some("+14155550100")), None);
+    }
+}
