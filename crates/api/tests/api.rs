@@ -1165,8 +1165,8 @@ on_both!(
         )
         .await;
         let ext = |n: i64| json!({"number": n, "password": format!("password-{n}"), "display_name": format!("U{n}")});
-        let first = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": (100..130).map(ext).collect::<Vec<_>>(), "dids": 2});
-        let second = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": (125..135).map(ext).collect::<Vec<_>>(), "dids": 2});
+        let first = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": (120..150).map(ext).collect::<Vec<_>>(), "dids": 2});
+        let second = json!({"ranges": [{"first_number": 100, "last_number": 199}], "extensions": (145..155).map(ext).collect::<Vec<_>>(), "dids": 2});
         let (s1, _, j1) = api
             .call(
                 Method::POST,

@@ -9,10 +9,9 @@
 
 use switchyard_store::{OutboundRouteSpec, TenantConfig};
 
-/// Numbers that always reach an emergency route, before extensions and ignoring caps:
-/// 112 (EU and GSM), 911 (North America), 999 (UK), 000 (Australia), 110 (police in DE,
-/// CN, JP). An extension with one of these numbers is shadowed by the emergency route.
-pub const EMERGENCY_NUMBERS: &[&str] = &["112", "911", "999", "000", "110"];
+/// Numbers that always reach an emergency route, before extensions and ignoring caps
+/// (the store keeps them from being any extension's number or username).
+pub use switchyard_store::EMERGENCY_NUMBERS;
 
 /// The parts of a tenant's configuration the dial plan reads.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +93,7 @@ impl DialPlan {
 
     /// Decides what `dialled` (the Request-URI's user part) means for this tenant.
     pub fn decide(&self, dialled: &str) -> Destination {
-        if EMERGENCY_NUMBERS.contains(&dialled) {
+        if switchyard_store::is_emergency_number(dialled) {
             return Destination::Emergency(self.attempts(dialled));
         }
         if let Some((_, _, id)) = self
@@ -239,7 +238,7 @@ mod tests {
             extensions: vec![
                 ("1000".into(), "1000".into(), "ext-1000".into()),
                 ("1001".into(), "alice".into(), "ext-1001".into()),
-                // Shadowed: emergency numbers win.
+                // The store refuses such an extension; were one there, emergency wins.
                 ("112".into(), "112".into(), "ext-112".into()),
             ],
             numbers: vec![

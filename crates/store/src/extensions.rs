@@ -25,6 +25,16 @@ pub fn check_number(field: &'static str, n: i64) -> Result<()> {
     }
 }
 
+/// Numbers that always reach an emergency route when dialled, ahead of extensions: 112
+/// (EU and GSM), 911 (North America), 999 (UK), 000 (Australia), 110 (police in DE, CN,
+/// JP). No extension may have one as its number or username, and allocation skips them.
+pub const EMERGENCY_NUMBERS: &[&str] = &["112", "911", "999", "000", "110"];
+
+/// Whether `dialled` is one of [`EMERGENCY_NUMBERS`].
+pub fn is_emergency_number(dialled: &str) -> bool {
+    EMERGENCY_NUMBERS.contains(&dialled)
+}
+
 /// A range of extension numbers: both ends valid numbers, the first not above the last.
 pub fn check_range(first: i64, last: i64) -> Result<()> {
     check_number("first_number", first)?;
@@ -204,6 +214,22 @@ impl Store {
         }
         if let Some(u) = &new.username {
             check_username(u)?;
+            if is_emergency_number(u) {
+                return Err(StoreError::invalid(
+                    "username",
+                    format!(
+                        "{u} is an emergency number: dialling it must reach the emergency route"
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = new.number
+            && is_emergency_number(&n.to_string())
+        {
+            return Err(StoreError::invalid(
+                "number",
+                format!("{n} is an emergency number: dialling it must reach the emergency route"),
+            ));
         }
         let now = self.now();
         let id = new_id();
@@ -255,6 +281,15 @@ impl Store {
                     .bind(range.last_number)
                     .fetch_all(&mut *tx)
                     .await?;
+                    // Emergency numbers inside the range count as taken.
+                    let mut used = used;
+                    used.extend(
+                        EMERGENCY_NUMBERS
+                            .iter()
+                            .filter_map(|n| n.parse::<i64>().ok())
+                            .filter(|n| (range.first_number..=range.last_number).contains(n)),
+                    );
+                    used.sort_unstable();
                     first_gap(range.first_number, range.last_number, &used).ok_or_else(|| {
                         StoreError::Exhausted {
                             what: format!(

@@ -49,7 +49,9 @@ pub use api_keys::ApiKey;
 pub use dids::check_e164;
 pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};
-pub use extensions::{check_number, check_password, check_range};
+pub use extensions::{
+    EMERGENCY_NUMBERS, check_number, check_password, check_range, is_emergency_number,
+};
 pub use idempotency::{ABANDONED_MS, Claim, RETENTION_MS};
 pub use jobs::Job;
 pub use model::{

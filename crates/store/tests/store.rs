@@ -876,3 +876,41 @@ on_both!(a_domain_must_be_exactly_a_dns_name, |store| {
     let ok = tenant(&store, "A-1.Example.COM").await;
     assert_eq!(ok.domain, "a-1.example.com");
 });
+
+on_both!(no_extension_takes_an_emergency_number, |store| {
+    let t = tenant(&store, "emergency.example.com").await;
+    let r = store.add_extension_range(&t.id, 108, 114).await.unwrap();
+    // Allocation skips 110 and 112: dialling them must reach the emergency route.
+    let mut numbers = Vec::new();
+    while let Ok(e) = store.create_extension(&t.id, &ext(&r.id, None)).await {
+        numbers.push(e.number);
+    }
+    assert_eq!(numbers, [108, 109, 111, 113, 114]);
+    let other = store.add_extension_range(&t.id, 900, 999).await.unwrap();
+    for (number, username) in [(Some(911), None), (Some(999), None), (None, Some("112"))] {
+        let e = store
+            .create_extension(
+                &t.id,
+                &NewExtension {
+                    username: username.map(str::to_owned),
+                    ..ext(&other.id, number)
+                },
+            )
+            .await
+            .unwrap_err();
+        let expected = if number.is_some() {
+            "number"
+        } else {
+            "username"
+        };
+        assert!(
+            matches!(&e, StoreError::Invalid { field, rule } if *field == expected && rule.contains("emergency")),
+            "{e:?}"
+        );
+    }
+    assert_eq!(
+        store.extensions(&t.id).await.unwrap().len(),
+        5,
+        "nothing written"
+    );
+});
