@@ -7,7 +7,7 @@
 //! Not wired into calls yet: today's engine routes extension to extension only; the
 //! engine rewrite (issue 10, point 1) makes these decisions its routing step.
 
-use switchyard_store::{OutboundRouteSpec, TenantConfig};
+use switchyard_store::{OutboundRouteSpec, Target, TenantConfig};
 
 /// Numbers that always reach an emergency route, before extensions and ignoring caps
 /// (the store keeps them from being any extension's number or username).
@@ -25,19 +25,6 @@ pub struct DialPlan {
     pub routes: Vec<(String, OutboundRouteSpec)>,
 }
 
-/// What an own number points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NumberTarget {
-    Extension(String),
-    RingGroup(String),
-    IvrMenu(String),
-    VoicemailBox(String),
-    TimeCondition(String),
-    Hangup,
-    /// Assigned to the tenant but pointed nowhere yet.
-    Unset,
-}
-
 /// One outbound attempt: the route, its trunk, and the number as the trunk gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundAttempt {
@@ -53,10 +40,10 @@ pub enum Destination {
     Emergency(Vec<OutboundAttempt>),
     /// An extension of the tenant (its id).
     Extension(String),
-    /// One of the tenant's own numbers.
+    /// One of the tenant's own numbers and what it points at (`None`: nowhere yet).
     OwnNumber {
         number: String,
-        target: NumberTarget,
+        target: Option<Target>,
     },
     /// An external number: the routes to try, in order (failover goes down the list).
     External(Vec<OutboundAttempt>),
@@ -111,7 +98,7 @@ impl DialPlan {
         if let Some((number, target)) = self.numbers.iter().find(|(n, _)| *n == e164) {
             return Destination::OwnNumber {
                 number: number.clone(),
-                target: parse_target(target.as_deref()),
+                target: target.as_deref().and_then(Target::decode),
             };
         }
         if !is_dialable(dialled) {
@@ -172,21 +159,6 @@ fn is_dialable(dialled: &str) -> bool {
         && digits
             .bytes()
             .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
-}
-
-fn parse_target(stored: Option<&str>) -> NumberTarget {
-    let Some(stored) = stored else {
-        return NumberTarget::Unset;
-    };
-    match stored.split_once(':') {
-        Some(("extension", id)) => NumberTarget::Extension(id.to_owned()),
-        Some(("ring_group", id)) => NumberTarget::RingGroup(id.to_owned()),
-        Some(("ivr_menu", id)) => NumberTarget::IvrMenu(id.to_owned()),
-        Some(("voicemail_box", id)) => NumberTarget::VoicemailBox(id.to_owned()),
-        Some(("time_condition", id)) => NumberTarget::TimeCondition(id.to_owned()),
-        _ if stored == "hangup" => NumberTarget::Hangup,
-        _ => NumberTarget::Unset,
-    }
 }
 
 /// A dial pattern against a dialled string: digits and `+*#` match themselves, `X` any
@@ -281,22 +253,19 @@ mod tests {
             p.decide("+493012345678"),
             Destination::OwnNumber {
                 number: "+493012345678".into(),
-                target: NumberTarget::RingGroup("rg-1".into())
+                target: Some(Target::RingGroup("rg-1".into()))
             }
         );
         assert_eq!(
             p.decide("493012345600"),
             Destination::OwnNumber {
                 number: "+493012345600".into(),
-                target: NumberTarget::Extension("ext-1000".into())
+                target: Some(Target::Extension("ext-1000".into()))
             }
         );
         assert!(matches!(
             p.decide("+493012345699"),
-            Destination::OwnNumber {
-                target: NumberTarget::Unset,
-                ..
-            }
+            Destination::OwnNumber { target: None, .. }
         ));
         assert_eq!(p.decide("bob"), Destination::NotFound);
         // A number no route takes: the tenant cannot call there.

@@ -1,7 +1,7 @@
 //! The dial plan read from a real store (SQLite): what the API provisions is what the
 //! plan decides on, and one tenant's numbers and routes never appear in another's plan.
 
-use switchyard_core::dialplan::{Destination, DialPlan, NumberTarget, caller_id};
+use switchyard_core::dialplan::{Destination, DialPlan, caller_id};
 use switchyard_store::{NewExtension, NewTenant, ResourceKind, Store, Target};
 
 async fn tenant(store: &Store, domain: &str) -> (String, String) {
@@ -77,7 +77,7 @@ async fn the_plan_is_what_was_provisioned_and_only_the_tenants_own() {
         plan_a.decide(&a_number),
         Destination::OwnNumber {
             number: a_number.clone(),
-            target: NumberTarget::Extension(a_ext)
+            target: Some(Target::Extension(a_ext))
         }
     );
     // B's number is not A's: without an outbound route A cannot reach it at all.

@@ -115,19 +115,8 @@ impl Store {
         number: &str,
         target: &crate::Target,
     ) -> Result<Did> {
-        let (kind, id) = match target {
-            crate::Target::Extension(id) => ("extension", id.as_str()),
-            crate::Target::RingGroup(id) => ("ring_group", id.as_str()),
-            crate::Target::IvrMenu(id) => ("ivr_menu", id.as_str()),
-            crate::Target::VoicemailBox(id) => ("voicemail_box", id.as_str()),
-            crate::Target::TimeCondition(id) => ("time_condition", id.as_str()),
-            crate::Target::Hangup => ("hangup", ""),
-        };
-        let encoded = if kind == "hangup" {
-            "hangup".to_owned()
-        } else {
-            format!("{kind}:{id}")
-        };
+        let (kind, id) = target.parts();
+        let encoded = target.encode();
         let now = self.now();
         Ok(in_tx!(self, |tx, _pg| {
             bump_version!(tx, tenant_id, "did.target", now);

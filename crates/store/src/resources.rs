@@ -97,6 +97,46 @@ pub enum Target {
     Hangup,
 }
 
+impl Target {
+    /// The kind as stored and as a reference's kind (`extension`, `ring_group`, ...), and
+    /// the id (empty for `hangup`).
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Target::Extension(id) => ("extension", id),
+            Target::RingGroup(id) => ("ring_group", id),
+            Target::IvrMenu(id) => ("ivr_menu", id),
+            Target::VoicemailBox(id) => ("voicemail_box", id),
+            Target::TimeCondition(id) => ("time_condition", id),
+            Target::Hangup => ("hangup", ""),
+        }
+    }
+
+    /// The form a DID's target is stored in: `kind:id`, or `hangup`.
+    pub fn encode(&self) -> String {
+        match self.parts() {
+            ("hangup", _) => "hangup".to_owned(),
+            (kind, id) => format!("{kind}:{id}"),
+        }
+    }
+
+    /// The target [`Target::encode`] wrote (`None` for anything else).
+    pub fn decode(stored: &str) -> Option<Target> {
+        if stored == "hangup" {
+            return Some(Target::Hangup);
+        }
+        let (kind, id) = stored.split_once(':')?;
+        let id = id.to_owned();
+        Some(match kind {
+            "extension" => Target::Extension(id),
+            "ring_group" => Target::RingGroup(id),
+            "ivr_menu" => Target::IvrMenu(id),
+            "voicemail_box" => Target::VoicemailBox(id),
+            "time_condition" => Target::TimeCondition(id),
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RingGroupSpec {
@@ -779,6 +819,32 @@ mod time_condition_tests {
         ] {
             assert!(office(bad).zone().is_none(), "{bad}");
             assert!(!office(bad).is_open(at("2026-12-03T10:00:00Z")), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::Target;
+
+    #[test]
+    fn a_stored_target_reads_back_as_written() {
+        for t in [
+            Target::Extension("e1".into()),
+            Target::RingGroup("rg".into()),
+            Target::IvrMenu("ivr".into()),
+            Target::VoicemailBox("vm".into()),
+            Target::TimeCondition("tc".into()),
+            Target::Hangup,
+        ] {
+            assert_eq!(Target::decode(&t.encode()), Some(t.clone()), "{t:?}");
+        }
+        assert_eq!(
+            Target::encode(&Target::RingGroup("rg".into())),
+            "ring_group:rg"
+        );
+        for junk in ["", "trunk:t1", "extension", "hangup:x"] {
+            assert_eq!(Target::decode(junk), None, "{junk}");
         }
     }
 }
