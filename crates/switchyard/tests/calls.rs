@@ -76,10 +76,13 @@ impl Demo {
         (reply.status, json)
     }
 
-    /// Sets a tenant's limits (`max_calls`, `calls_per_second`, `max_registrations`).
+    /// Sets a tenant's limits (`max_calls`, `calls_per_second`, `max_registrations`) and
+    /// gives the change event time to reach the edge (the store's dispatcher polls every
+    /// 100 ms; the edge then reloads the tenant), so the next request meets the new limits.
     fn set_limits(&self, tenant: &str, limits: &str) {
         let (s, t) = self.api("PATCH", &format!("/v1/tenants/{tenant}"), Some(limits));
         assert_eq!(s, 200, "{t}");
+        std::thread::sleep(Duration::from_secs(1));
     }
 
     /// A second tenant with one range; returns (tenant id, range id).
