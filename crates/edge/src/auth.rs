@@ -121,7 +121,12 @@ pub struct Authenticator {
 /// The nonce of a challenge is bound to the address it was sent to: a response from
 /// elsewhere is not ours (a fresh challenge, not a failure).
 fn bound_realm(realm: &str, source: IpAddr) -> String {
-    format!("{realm}|{source}")
+    let ip = switchyard_sip::build::ip_text(source);
+    let mut bound = String::with_capacity(realm.len() + 1 + ip.len());
+    for part in [realm, "|", &ip] {
+        bound.push_str(part);
+    }
+    bound
 }
 
 impl Authenticator {

@@ -136,8 +136,7 @@ impl Proxy {
         let tag: String = std::iter::once(OWN_TAG_PREFIX.to_owned())
             .chain(d[..6].iter().map(|b| format!("{b:02x}")))
             .collect();
-        ResponseBuilder::for_request(msg, status, reason, &tag)
-            .stamp_top_via(&ingress.source.ip().to_string(), ingress.source.port())
+        ResponseBuilder::for_request(msg, status, reason, &tag).stamp_top_via(ingress.source)
     }
 
     fn answer(&self, msg: &Message, ingress: &Ingress, status: u16, reason: &str) -> Verdict {

@@ -65,10 +65,9 @@ pub struct Registrar {
 impl Registrar {
     /// The response to `msg`; `now_ms` is Unix milliseconds.
     pub async fn handle(&self, msg: &Message, ingress: &Ingress, now_ms: i64) -> ResponseBuilder {
-        let tag = format!("{:016x}", rand::random::<u64>());
+        let tag = switchyard_sip::digest::hex(&rand::random::<u64>().to_be_bytes());
         let respond = |status: u16, reason: &str| {
-            ResponseBuilder::for_request(msg, status, reason, &tag)
-                .stamp_top_via(&ingress.source.ip().to_string(), ingress.source.port())
+            ResponseBuilder::for_request(msg, status, reason, &tag).stamp_top_via(ingress.source)
         };
         let to = match msg.to_header() {
             Ok(t) => t,

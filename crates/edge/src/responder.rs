@@ -74,7 +74,7 @@ impl Responder {
                 for (name, value) in &rejection.headers {
                     b = b.header(name, value.clone());
                 }
-                let b = b.stamp_top_via(&source.ip().to_string(), source.port());
+                let b = b.stamp_top_via(source);
                 Decision::Answer {
                     status: rejection.status,
                     reason: rejection.reason.clone(),
@@ -126,8 +126,7 @@ impl Responder {
         );
         let tag = self.tag(&key);
         let respond = |status: u16, reason: &str| {
-            ResponseBuilder::for_request(msg, status, reason, &tag)
-                .stamp_top_via(&source.ip().to_string(), source.port())
+            ResponseBuilder::for_request(msg, status, reason, &tag).stamp_top_via(source)
         };
         let in_dialog = msg.to_header().ok().and_then(|t| t.tag()).is_some();
         let max_forwards = msg.max_forwards().ok().flatten();

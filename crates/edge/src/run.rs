@@ -110,6 +110,9 @@ pub struct EdgeCounters {
     pub rate_limited: [AtomicU64; 3],
     /// Messages dropped because their source is banned for a scan or a flood.
     pub dropped_banned: AtomicU64,
+    /// Server and client transactions alive in the edge (each holds its messages until
+    /// its timers end: 32 s for a non-INVITE over UDP).
+    pub transactions: AtomicU64,
 }
 
 impl EdgeCounters {
@@ -154,6 +157,10 @@ impl EdgeCounters {
             (
                 "switchyard_edge_dropped_banned_total".into(),
                 get(&self.dropped_banned),
+            ),
+            (
+                "switchyard_edge_transactions".into(),
+                get(&self.transactions),
             ),
         ]
         .into_iter()
@@ -207,6 +214,11 @@ pub async fn run(
     let mut purge = tokio::time::interval(Duration::from_secs(60));
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
+        shell
+            .deps
+            .counters
+            .transactions
+            .store(shell.layer.len() as u64, Ordering::Relaxed);
         // Take everything that has arrived, sorted by priority, before deciding.
         while shell.fresh.len() < MAX_BACKLOG {
             match incoming.try_recv() {
@@ -395,6 +407,25 @@ impl Shell {
         let late = waited > self.settings.shed_after;
         let reliable = item.transport.is_stream();
         match item.inbound {
+            Inbound::Request(ref msg)
+                if !late
+                    && msg.method() == Some(&Method::Register)
+                    && msg.header(HeaderName::Authorization).is_none()
+                    && self.lookup_needed(msg, true).is_none() =>
+            {
+                // RFC 3261 §8.2.7: a challenge to a request without credentials is
+                // answered statelessly. It writes nothing, so a retransmission may as
+                // well get a fresh challenge, and half of every registration's
+                // transactions (kept 32 s each over UDP) are never created.
+                let ingress = ingress_of(&item);
+                let answer = self
+                    .deps
+                    .registrar
+                    .handle(msg, &ingress, unix_now_ms())
+                    .await;
+                self.send_answer(&item, msg, answer.status(), answer.build())
+                    .await;
+            }
             Inbound::Request(ref msg)
                 if matches!(msg.method(), Some(Method::Register | Method::Options)) =>
             {
@@ -911,9 +942,9 @@ impl Shell {
     fn shed_answer(&self, msg: &Message, source: SocketAddr) -> Bytes {
         let (lo, hi) = self.settings.retry_after_secs;
         let after = lo + rand::random::<u32>() % (hi.saturating_sub(lo) + 1);
-        let tag = format!("{:016x}", rand::random::<u64>());
+        let tag = switchyard_sip::digest::hex(&rand::random::<u64>().to_be_bytes());
         ResponseBuilder::for_request(msg, 503, "Overloaded, retry later", &tag)
-            .stamp_top_via(&source.ip().to_string(), source.port())
+            .stamp_top_via(source)
             .header("Retry-After", after.to_string())
             .build()
     }

@@ -32,7 +32,8 @@ pub const TRANSPORTS: [&str; 5] = ["UDP", "TCP", "TLS", "WS", "WSS"];
 /// Signs and checks tokens with the node secret.
 #[derive(Clone)]
 pub struct TokenKey {
-    key: [u8; 32],
+    /// HMAC state with the key already absorbed (each MAC starts from a copy).
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -46,25 +47,37 @@ const MAC_HEX: usize = 16;
 impl TokenKey {
     pub fn new(secret: &[u8]) -> TokenKey {
         use sha2::Digest;
+        let key: [u8; 32] = Sha256::digest([b"flow-token:".as_slice(), secret].concat()).into();
         TokenKey {
-            key: Sha256::digest([b"flow-token:".as_slice(), secret].concat()).into(),
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length"),
         }
     }
 
     fn mac(&self, payload: &str) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(payload.as_bytes());
         let bytes = mac.finalize().into_bytes();
         hex(&bytes[..MAC_HEX / 2])
     }
 
-    /// The token as URI-user-safe text (hex digits and `-`).
+    /// The token as URI-user-safe text (hex digits and `-`): the hex of
+    /// `TRANSPORT|FLOW|LOCAL|REMOTE`, a `-`, and the MAC of that hex.
     pub fn encode(&self, t: &FlowToken) -> String {
-        let payload = format!("{}|{}|{}|{}", t.transport, t.flow, t.local, t.remote);
-        let h = hex(payload.as_bytes());
-        let mac = self.mac(&h);
-        format!("{h}-{mac}")
+        use switchyard_sip::build::push_decimal;
+        let mut payload = String::with_capacity(64);
+        push_decimal(&mut payload, u64::from(t.transport));
+        payload.push('|');
+        push_decimal(&mut payload, t.flow);
+        for addr in [t.local, t.remote] {
+            payload.push('|');
+            push_socket_addr(&mut payload, addr);
+        }
+        let mut token = hex(payload.as_bytes());
+        let mac = self.mac(&token);
+        token.reserve(1 + mac.len());
+        token.push('-');
+        token.push_str(&mac);
+        token
     }
 
     /// The token, if the text is one we signed.
@@ -92,6 +105,18 @@ impl TokenKey {
             local,
             remote,
         })
+    }
+}
+
+/// `addr` as `Display` writes it (IPv4 by hand: it is written for every registration).
+fn push_socket_addr(out: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            out.push_str(&switchyard_sip::build::ip_text((*v4.ip()).into()));
+            out.push(':');
+            switchyard_sip::build::push_decimal(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => out.push_str(&addr.to_string()),
     }
 }
 
@@ -124,6 +149,35 @@ mod tests {
         let text = k.encode(&token());
         assert!(text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
         assert_eq!(k.decode(&text), Some(token()));
+    }
+
+    #[test]
+    fn tokens_keep_their_documented_form() {
+        // Bindings outlive a release: a token signed before a rolling upgrade must still
+        // decode after it, so the form is pinned here.
+        use sha2::Digest;
+        let k = TokenKey::new(b"secret");
+        let body = hex(b"1|42|127.0.0.1:5060|[::1]:40000");
+        let key = Sha256::digest(b"flow-token:secret");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(body.as_bytes());
+        let mac = hex(&mac.finalize().into_bytes()[..8]);
+        assert_eq!(k.encode(&token()), format!("{body}-{mac}"));
+    }
+
+    #[test]
+    fn ipv4_tokens_read_as_display_writes_them() {
+        let k = TokenKey::new(b"secret");
+        let t = FlowToken {
+            transport: 0,
+            flow: 0,
+            local: "10.1.2.3:5060".parse().unwrap(),
+            remote: "192.0.2.44:65535".parse().unwrap(),
+        };
+        let text = k.encode(&t);
+        let (body, _) = text.split_once('-').unwrap();
+        assert_eq!(body, hex(b"0|0|10.1.2.3:5060|192.0.2.44:65535"));
+        assert_eq!(k.decode(&text), Some(t));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `edge::run` serves what is urgent first: with hundreds of new REGISTERs queued ahead
 //! of it, an OPTIONS (a health check) is answered before any of them. Without the two
-//! queues it would be answered last.
+//! queues it would be answered last. And a challenge is answered statelessly (RFC 3261
+//! §8.2.7): the 300 REGISTERs without credentials leave no transaction behind.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -107,6 +108,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
         bans,
     ));
     let internal: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let counters: Arc<switchyard_edge::EdgeCounters> = Default::default();
     let deps = EdgeDeps {
         registrar: Registrar {
             directory: directory.clone(),
@@ -126,7 +128,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
         },
         responder: Responder::new(b"s", 300),
         hub,
-        counters: Default::default(),
+        counters: counters.clone(),
         live_calls: Arc::new(LiveCalls::memory()),
         limits: SourceLimits::new(LimitSettings {
             per_address: 100_000,
@@ -160,9 +162,24 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
     })
     .await
     .unwrap();
+    // The edge publishes its transaction count each time round its loop.
+    let mut transactions = u64::MAX;
+    for _ in 0..100 {
+        transactions = counters
+            .transactions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if transactions <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = stop_tx.send(true);
     let _ = edge.await;
     assert_eq!(answers.len(), BURST + 1, "every request answered");
+    assert_eq!(
+        transactions, 1,
+        "only the OPTIONS keeps a transaction; the challenges keep none"
+    );
     assert_eq!(
         answers[0],
         ("SIP/2.0 200 OK".to_owned(), "CSeq: 1 OPTIONS".to_owned()),

@@ -158,7 +158,9 @@ impl ResponseBuilder {
     /// RFC 3581 / RFC 3261 §18.2.1: records where the request really came from in the top
     /// Via value: `received` when the sent-by host differs from the source address, and
     /// the source port in `rport` when the client asked for it.
-    pub fn stamp_top_via(mut self, source_ip: &str, source_port: u16) -> Self {
+    pub fn stamp_top_via(mut self, source: std::net::SocketAddr) -> Self {
+        let source_ip = ip_text(source.ip());
+        let source_ip = source_ip.as_str();
         let Some(row) = self.rows.iter_mut().find(|r| r.name == "Via") else {
             return self;
         };
@@ -184,7 +186,8 @@ impl ResponseBuilder {
             }
             stamped.push(';');
             if p.name.eq_ignore_ascii_case("rport") {
-                stamped.push_str(&format!("rport={source_port}"));
+                stamped.push_str("rport=");
+                push_decimal(&mut stamped, u64::from(source.port()));
                 continue;
             }
             stamped.push_str(p.name);
@@ -206,8 +209,46 @@ impl ResponseBuilder {
 
     /// Serialises the response with a Content-Length.
     pub fn build(self) -> Bytes {
-        let start = format!("SIP/2.0 {} {}", self.status, self.reason);
+        let mut start = String::with_capacity(12 + self.reason.len());
+        start.push_str("SIP/2.0 ");
+        push_decimal(&mut start, u64::from(self.status));
+        start.push(' ');
+        start.push_str(&self.reason);
         write_message(&start, &self.rows, self.body.as_ref())
+    }
+}
+
+/// `n` in decimal, appended to `out` (without `format!`, on every message's path).
+pub fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("decimal digits are ASCII"));
+}
+
+/// An address as text: dotted quad for IPv4 (by hand: `Display` for `Ipv4Addr` costs
+/// a few thousand instructions, and every answer writes one), RFC 5952 for IPv6.
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_decimal(&mut s, u64::from(octet));
+            }
+            s
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -639,7 +680,7 @@ Content-Length: 4\r\n\r\nbody";
             "pc33.atlanta.example.com;rport;branch=z9hG4bKnashds8",
         ));
         let resp = ResponseBuilder::for_request(&req, 200, "OK", "t")
-            .stamp_top_via("192.0.2.4", 40000)
+            .stamp_top_via("192.0.2.4:40000".parse().unwrap())
             .build();
         let r = Message::parse_datagram(resp).unwrap();
         let top = r.top_via().unwrap();
@@ -648,11 +689,31 @@ Content-Length: 4\r\n\r\nbody";
         assert_eq!(top.branch(), Some("z9hG4bKnashds8"));
         assert_eq!(r.vias().count(), 2);
         let plain = ResponseBuilder::for_request(&msg(INVITE), 200, "OK", "t")
-            .stamp_top_via("192.0.2.4", 40000)
+            .stamp_top_via("192.0.2.4:40000".parse().unwrap())
             .build();
         let r = Message::parse_datagram(plain).unwrap();
         assert_eq!(r.top_via().unwrap().rport(), None);
         assert_eq!(r.top_via().unwrap().received(), Some("192.0.2.4"));
+    }
+
+    #[test]
+    fn hand_written_numbers_and_addresses_agree_with_display() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.20.3",
+            "192.0.2.4",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in [0, 9, 10, 65535, u64::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
     }
 
     #[test]

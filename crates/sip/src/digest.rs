@@ -278,7 +278,9 @@ pub enum NonceCheck {
 /// same second.
 #[derive(Clone)]
 pub struct Nonces {
-    secret: Vec<u8>,
+    /// HMAC state with the secret already absorbed: each MAC starts from a copy, so the
+    /// key's two blocks are hashed once, not per nonce.
+    keyed: Hmac<Sha256>,
     lifetime_secs: u64,
     serial: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -291,36 +293,64 @@ impl std::fmt::Debug for Nonces {
     }
 }
 
+/// `n` in lower-case hex without leading zeros, in `buf`.
+fn hex_u64(n: u64, buf: &mut [u8; 16]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("hex digits are ASCII")
+}
+
+/// Length of the MAC in a nonce, hex digits.
+const NONCE_MAC_HEX: usize = 32;
+
 impl Nonces {
     /// `secret` is shared by every node of a cluster; `lifetime_secs` bounds a nonce's age.
     pub fn new(secret: &[u8], lifetime_secs: u64) -> Nonces {
         Nonces {
-            secret: secret.to_vec(),
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(secret)
+                .expect("HMAC accepts keys of any length"),
             lifetime_secs,
             serial: Default::default(),
         }
     }
 
+    /// HMAC over `TIME:SERIAL:REALM` (time in hex), its first 16 bytes in hex.
     fn mac(&self, issued: u64, serial: &str, realm: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
-            .expect("HMAC accepts keys of any length");
-        mac.update(format!("{issued:x}:{serial}:{realm}").as_bytes());
-        let mut out = hex(&mac.finalize().into_bytes());
-        out.truncate(32);
-        out
+        let mut mac = self.keyed.clone();
+        let mut digits = [0u8; 16];
+        mac.update(hex_u64(issued, &mut digits).as_bytes());
+        mac.update(b":");
+        mac.update(serial.as_bytes());
+        mac.update(b":");
+        mac.update(realm.as_bytes());
+        hex(&mac.finalize().into_bytes()[..NONCE_MAC_HEX / 2])
     }
 
     /// A fresh nonce for `realm` issued at `now_secs` (Unix seconds).
     pub fn issue(&self, realm: &str, now_secs: u64) -> String {
-        let serial = format!(
-            "{:x}",
+        let mut serial_digits = [0u8; 16];
+        let serial = hex_u64(
             self.serial
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            &mut serial_digits,
         );
-        format!(
-            "{now_secs:x}.{serial}.{}",
-            self.mac(now_secs, &serial, realm)
-        )
+        let mac = self.mac(now_secs, serial, realm);
+        let mut time_digits = [0u8; 16];
+        let time = hex_u64(now_secs, &mut time_digits);
+        let mut nonce = String::with_capacity(time.len() + serial.len() + mac.len() + 2);
+        for part in [time, ".", serial, ".", &mac] {
+            nonce.push_str(part);
+        }
+        nonce
     }
 
     pub fn check(&self, nonce: &str, realm: &str, now_secs: u64) -> NonceCheck {
@@ -528,6 +558,29 @@ mod tests {
             node_b.check("garbage", "acme.example.com", 0),
             NonceCheck::Invalid
         );
+    }
+
+    #[test]
+    fn nonces_keep_their_documented_form() {
+        // `TIME.SERIAL.MAC`: time and serial in hex, the MAC the first 16 bytes of
+        // HMAC-SHA-256 over `TIME:SERIAL:REALM`, so nodes of two releases verify each
+        // other's nonces during a rolling upgrade.
+        let nonces = Nonces::new(b"cluster secret", 300);
+        let first = nonces.issue("acme.example.com", 0x5f5e100);
+        let second = nonces.issue("acme.example.com", 0x5f5e100);
+        let expected = |serial: &str| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"cluster secret").unwrap();
+            mac.update(format!("5f5e100:{serial}:acme.example.com").as_bytes());
+            format!(
+                "5f5e100.{serial}.{}",
+                &hex(&mac.finalize().into_bytes())[..32]
+            )
+        };
+        assert_eq!(first, expected("0"));
+        assert_eq!(second, expected("1"));
+        let mut buf = [0u8; 16];
+        assert_eq!(hex_u64(u64::MAX, &mut buf), "ffffffffffffffff");
+        assert_eq!(hex_u64(0x10, &mut buf), "10");
     }
 
     #[test]

@@ -194,15 +194,22 @@ pub fn server_key(msg: &Message) -> Result<String, String> {
         Some(m) => m.clone(),
         None => return Err("not a request".into()),
     };
-    let sent_by = via.sent_by().to_ascii_lowercase();
+    let sent_by = via.sent_by();
     if via.has_rfc3261_branch() {
-        Ok(format!(
-            "s|{}|{}|{}",
-            via.branch().unwrap_or_default(),
-            sent_by,
-            method
-        ))
+        // Built by hand: this runs for every request, and `format!` cost more than the
+        // lookup the key serves.
+        let branch = via.branch().unwrap_or_default();
+        let method = method.as_str();
+        let mut key = String::with_capacity(4 + branch.len() + sent_by.len() + method.len());
+        key.push_str("s|");
+        key.push_str(branch);
+        key.push('|');
+        key.extend(sent_by.chars().map(|c| c.to_ascii_lowercase()));
+        key.push('|');
+        key.push_str(method);
+        Ok(key)
     } else {
+        let sent_by = sent_by.to_ascii_lowercase();
         // RFC 2543: no reliable branch; key on the request's identity instead.
         let from_tag = msg
             .from_header()
