@@ -4,8 +4,7 @@
 //! routes to try for it, in order. The call engine acts on the decision; nothing here
 //! reads a store, a clock or a socket.
 //!
-//! Not wired into calls yet: today's engine routes extension to extension only; the
-//! engine rewrite (issue 10, point 1) makes these decisions its routing step.
+//! The engine's routing step (`routing::route_call`) acts on the decision.
 
 use switchyard_store::{OutboundRouteSpec, Target, TenantConfig};
 
@@ -49,7 +48,9 @@ pub enum Destination {
     External(Vec<OutboundAttempt>),
     /// A number no route of the tenant matches (`403`: the tenant cannot call out there).
     NoRoute,
-    /// Not a number and no extension (`404`).
+    /// Not a number, or a number no longer than the tenant's extension numbers that is
+    /// none of them and that no route matches (`404`: an internal number that does not
+    /// exist, such as another tenant's extension).
     NotFound,
 }
 
@@ -105,7 +106,15 @@ impl DialPlan {
             return Destination::NotFound;
         }
         let attempts = self.attempts(dialled);
-        if attempts.is_empty() {
+        let internal_length = self
+            .extensions
+            .iter()
+            .map(|(number, _, _)| number.len())
+            .max()
+            .unwrap_or(0);
+        if attempts.is_empty() && dialled.len() <= internal_length {
+            Destination::NotFound
+        } else if attempts.is_empty() {
             Destination::NoRoute
         } else {
             Destination::External(attempts)
@@ -268,7 +277,10 @@ mod tests {
             Destination::OwnNumber { target: None, .. }
         ));
         assert_eq!(p.decide("bob"), Destination::NotFound);
-        // A number no route takes: the tenant cannot call there.
+        // As short as an extension number but none of them (another tenant's 2001):
+        // it does not exist here, it is not an outbound call.
+        assert_eq!(p.decide("2001"), Destination::NotFound);
+        // A longer number no route takes: the tenant cannot call there.
         assert_eq!(p.decide("999123"), Destination::NoRoute);
         assert_eq!(
             DialPlan::default().decide("030123456"),

@@ -18,6 +18,7 @@ pub mod cdr;
 pub mod dialog;
 pub mod dialplan;
 pub mod metrics;
+pub mod routing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -38,13 +39,13 @@ use switchyard_sip::inspect::Inbound;
 use switchyard_sip::transaction::{Event, TxId};
 use switchyard_sip_net::{DriverHandle, Hub, Peer, TuEvent};
 use switchyard_state::Locations;
-use switchyard_store::{Cdr, ChangeEvent, Extension, Store};
-use switchyard_types::TenantId;
+use switchyard_store::{Cdr, ChangeEvent, Store};
 
 use crate::cache::ConfigCache;
 use crate::cdr::CdrSender;
 use crate::dialog::{Dialog, random_token, uri_addr};
 use crate::metrics::{CallMetrics, Disposition};
+use crate::routing::{Refusal, RouteDeps, RouteRequest, Routed};
 
 /// Headers an edge sets (and strips from anything a phone sends).
 pub const TENANT_HEADER: &str = "X-Sy-Tenant";
@@ -182,6 +183,24 @@ impl Call {
     }
 }
 
+/// A caller's INVITE whose routing step runs in a task.
+#[derive(Debug)]
+struct Setup {
+    tx: TxId,
+    invite: Message,
+    invited_at: Instant,
+    /// The caller CANCELled meanwhile (and was answered `487`).
+    cancelled: bool,
+}
+
+/// A routing step's result, back in the engine.
+#[derive(Debug)]
+struct RouteDone {
+    call_id: String,
+    request: RouteRequest,
+    outcome: Result<Routed, Refusal>,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Fork(usize),
@@ -204,11 +223,14 @@ struct Engine {
     rtp_timeout: Option<Duration>,
     store: Store,
     cache: ConfigCache,
-    locations: Arc<Locations>,
     media: Arc<dyn MediaControl>,
     driver: DriverHandle,
     hub: Hub,
     calls: HashMap<u64, Call>,
+    /// Calls being routed, by the caller's Call-ID.
+    setups: HashMap<String, Setup>,
+    route_deps: RouteDeps,
+    routed_tx: mpsc::UnboundedSender<RouteDone>,
     by_call_id: HashMap<String, u64>,
     by_tx: HashMap<TxId, (u64, Purpose)>,
     timers: BTreeMap<(Instant, u64), (u64, Timer)>,
@@ -242,12 +264,21 @@ pub fn spawn_core(
         active: Arc::default(),
         cdrs_pending: cdrs.pending(),
     };
+    let cache = ConfigCache::new(store.clone());
+    let (routed_tx, mut routed) = mpsc::unbounded_channel();
     let mut engine = Engine {
+        route_deps: RouteDeps {
+            cache: cache.clone(),
+            locations: locations.clone(),
+            media: media.clone(),
+        },
+        routed_tx,
+        setups: HashMap::new(),
         local: settings.local,
         rtp_timeout: settings.rtp_timeout,
-        cache: ConfigCache::new(store.clone()),
+        cache,
         store,
-        locations,
+
         media,
         driver,
         hub,
@@ -275,9 +306,17 @@ pub fn spawn_core(
                     let Some(ev) = ev else { break };
                     engine.on_event(ev).await;
                 }
+                done = routed.recv() => {
+                    if let Some(done) = done {
+                        engine.on_routed(done).await;
+                    }
+                }
                 change = changes.recv() => match change {
                     Ok(e) => engine.cache.apply(&e),
-                    Err(broadcast::error::RecvError::Lagged(_)) => engine.cache = ConfigCache::new(engine.store.clone()),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        engine.cache = ConfigCache::new(engine.store.clone());
+                        engine.route_deps.cache = engine.cache.clone();
+                    }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
                 _ = sleep_until(next) => engine.on_timers().await,
@@ -300,7 +339,11 @@ pub fn spawn_core(
                 .handle
                 .active
                 .store(engine.calls.len(), Ordering::Relaxed);
-            if engine.draining && engine.calls.is_empty() && engine.hang_ups_in_flight() == 0 {
+            if engine.draining
+                && engine.calls.is_empty()
+                && engine.setups.is_empty()
+                && engine.hang_ups_in_flight() == 0
+            {
                 break;
             }
         }
@@ -309,6 +352,17 @@ pub fn spawn_core(
         let keys: Vec<u64> = engine.calls.keys().copied().collect();
         for key in keys {
             engine.hang_up_both(key, "shutdown").await;
+        }
+        for (call_id, setup) in std::mem::take(&mut engine.setups) {
+            let _ = engine
+                .media
+                .call(Request::Destroy { session: call_id })
+                .await;
+            if !setup.cancelled {
+                engine
+                    .reply(setup.tx, &setup.invite, 503, "Shutting Down")
+                    .await;
+            }
         }
         drop(engine);
         let _ = cdr_writer.await;
@@ -478,39 +532,12 @@ impl Engine {
                 .reply(tx, &msg, 403, "Calls must come through an edge")
                 .await;
         };
-        let config = match self.cache.get(&tenant_id).await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(tenant = tenant_id, error = %e, "tenant configuration unavailable");
-                return self.reply(tx, &msg, 500, "Configuration unavailable").await;
-            }
-        };
-        self.metrics.attempted(&tenant_id);
-        let dialled = msg
-            .request_uri()
-            .and_then(|u| u.ok())
-            .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
-            .unwrap_or_default();
-        let find = |user: &str| -> Option<Extension> {
-            config
-                .extensions
-                .iter()
-                .find(|e| e.number.to_string() == user || e.username.eq_ignore_ascii_case(user))
-                .cloned()
-        };
-        // Only this tenant's extensions are searched: a number of another tenant is 404.
-        let Some(callee) = find(&dialled) else {
-            info!(tenant = tenant_id, dialled, "no such extension");
-            return self.reply(tx, &msg, 404, "No such extension").await;
-        };
-        let caller_ext = find(&caller);
-        let domain = config.tenant.domain.clone();
         if msg.body().is_empty() {
             return self
                 .reply(tx, &msg, 488, "An SDP offer is required in the INVITE")
                 .await;
         }
-        let Ok(session_timer) = session_timer_of(&msg) else {
+        if session_timer_of(&msg).is_err() {
             let b = ResponseBuilder::for_request(
                 &msg,
                 422,
@@ -519,66 +546,109 @@ impl Engine {
             )
             .header("Min-SE", MIN_SE.to_string());
             return self.respond(tx, b).await;
-        };
+        }
         let Ok(call_id) = msg.call_id().map(str::to_owned) else {
             return self.reply(tx, &msg, 400, "Missing Call-ID").await;
         };
-        if self.by_call_id.contains_key(&call_id) {
+        if self.by_call_id.contains_key(&call_id) || self.setups.contains_key(&call_id) {
             return self.reply(tx, &msg, 482, "Loop Detected").await;
         }
+        if Dialog::as_uas(&msg, "probe").is_none() {
+            return self
+                .reply(tx, &msg, 400, "INVITE without a usable Contact")
+                .await;
+        }
+        let dialled = msg
+            .request_uri()
+            .and_then(|u| u.ok())
+            .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
+            .unwrap_or_default();
+        let request = RouteRequest {
+            tenant_id,
+            caller,
+            dialled,
+            sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+            session: call_id.clone(),
+        };
+        self.setups.insert(
+            call_id.clone(),
+            Setup {
+                tx,
+                invite: msg,
+                invited_at: Instant::now(),
+                cancelled: false,
+            },
+        );
+        let (deps, done) = (self.route_deps.clone(), self.routed_tx.clone());
+        tokio::spawn(async move {
+            let outcome = routing::route_call(deps, request.clone(), now_ms()).await;
+            let _ = done.send(RouteDone {
+                call_id,
+                request,
+                outcome,
+            });
+        });
+    }
+
+    /// A routing step came back: the call rings its callee's contacts, or its caller
+    /// gets the refusal. A call cancelled or a node draining meanwhile is let go (its
+    /// caller was answered already; the media session goes).
+    async fn on_routed(&mut self, done: RouteDone) {
+        let RouteDone {
+            call_id,
+            request,
+            outcome,
+        } = done;
+        let Some(setup) = self.setups.remove(&call_id) else {
+            return;
+        };
+        let Setup {
+            tx,
+            invite: msg,
+            invited_at,
+            cancelled,
+        } = setup;
+        let tenant_id = request.tenant_id;
+        let routed = match outcome {
+            Ok(r) => r,
+            Err(refusal) => {
+                if refusal.attempted {
+                    self.metrics.attempted(&tenant_id);
+                }
+                if !cancelled {
+                    self.reply(tx, &msg, refusal.status, &refusal.reason).await;
+                }
+                return;
+            }
+        };
+        self.metrics.attempted(&tenant_id);
+        let session = request.session;
+        if cancelled || self.draining {
+            let _ = self.media.call(Request::Destroy { session }).await;
+            if !cancelled {
+                let b = ResponseBuilder::for_request(&msg, 503, "Shutting Down", &random_token())
+                    .header("Retry-After", "5");
+                self.respond(tx, b).await;
+            }
+            return;
+        }
+        let Routed {
+            config,
+            callee,
+            caller_ext,
+            offer_b,
+            bindings,
+        } = routed;
+        let caller = request.caller;
+        let domain = config.tenant.domain.clone();
+        let session_timer = session_timer_of(&msg).ok().flatten();
         let a_tag = random_token();
         let Some(a) = Dialog::as_uas(&msg, &a_tag) else {
+            let _ = self.media.call(Request::Destroy { session }).await;
             return self
                 .reply(tx, &msg, 400, "INVITE without a usable Contact")
                 .await;
         };
-        let session = call_id.clone();
-        match self
-            .media
-            .call(Request::Create {
-                session: session.clone(),
-                tenant: tenant_id.clone(),
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(MediaError::Exhausted(why)) => {
-                warn!(tenant = tenant_id, why, "no media capacity");
-                return self.reply(tx, &msg, 503, "No media capacity").await;
-            }
-            Err(e) => return self.reply(tx, &msg, 500, &e.to_string()).await,
-        }
-        let offer_b = match self
-            .media
-            .call(Request::Offer {
-                session: session.clone(),
-                from: Leg::A,
-                sdp: String::from_utf8_lossy(msg.body()).into_owned(),
-            })
-            .await
-        {
-            Ok(Reply::Sdp { sdp }) => sdp,
-            other => {
-                let _ = self.media.call(Request::Destroy { session }).await;
-                return self.reply(tx, &msg, 488, &refusal(other)).await;
-            }
-        };
-        let tenant = TenantId::new(tenant_id.clone());
-        let aor = switchyard_state::aor(&callee.username, &domain);
-        let bindings = self
-            .locations
-            .lookup(&tenant, &aor, now_ms())
-            .await
-            .unwrap_or_default();
-        if bindings.is_empty() {
-            let _ = self.media.call(Request::Destroy { session }).await;
-            info!(
-                tenant = tenant_id,
-                callee = callee.username,
-                "callee not registered"
-            );
-            return self.reply(tx, &msg, 480, "Temporarily Unavailable").await;
-        }
         let key = self.next_key;
         self.next_key += 1;
         let b_call_id = format!("{}@sy", random_token());
@@ -687,7 +757,7 @@ impl Engine {
                 ringing_sent: false,
                 best_failure: None,
                 started_ms: now_ms(),
-                invited_at: Instant::now(),
+                invited_at,
                 answered_ms: None,
                 from_uri,
                 to_uri: format!("sip:{}@{}", callee.number, domain),
@@ -940,18 +1010,26 @@ impl Engine {
 
     async fn on_cancel(&mut self, tx: TxId, msg: &Message) {
         let call_id = msg.call_id().unwrap_or_default().to_owned();
+        if let Some(setup) = self.setups.get_mut(&call_id) {
+            if setup.cancelled || !cancels(msg, &setup.invite) {
+                return self.no_such_dialog(tx, msg).await;
+            }
+            setup.cancelled = true;
+            let (a_tx, invite) = (setup.tx, setup.invite.clone());
+            self.reply(tx, msg, 200, "OK").await;
+            self.reply(a_tx, &invite, 487, "Request Terminated").await;
+            info!(call_id, "call cancelled by the caller while being routed");
+            return;
+        }
         let Some(&key) = self.by_call_id.get(&call_id) else {
             return self.no_such_dialog(tx, msg).await;
         };
         // RFC 3261 §9.2: a CANCEL matches the INVITE transaction with its branch and
         // CSeq number; a CANCEL that merely names the Call-ID cancels nothing.
-        let matches_invite = self.calls.get(&key).is_some_and(|call| {
-            let branch = |m: &Message| m.top_via().ok().and_then(|v| v.branch().map(str::to_owned));
-            call.a.call_id == call_id
-                && branch(msg).is_some()
-                && branch(msg) == branch(&call.a_invite)
-                && msg.cseq().ok().map(|c| c.seq) == call.a_invite.cseq().ok().map(|c| c.seq)
-        });
+        let matches_invite = self
+            .calls
+            .get(&key)
+            .is_some_and(|call| call.a.call_id == call_id && cancels(msg, &call.a_invite));
         if !matches_invite {
             return self.no_such_dialog(tx, msg).await;
         }
@@ -1360,6 +1438,15 @@ impl Engine {
 
 /// The session timer a new INVITE asks for (RFC 4028): none without Session-Expires,
 /// `Err` when the interval is unreadable or below our Min-SE (the answer is `422`).
+/// RFC 3261 §9.2: a CANCEL matches the INVITE transaction with its branch and CSeq
+/// number; a CANCEL that merely names the Call-ID cancels nothing.
+fn cancels(cancel: &Message, invite: &Message) -> bool {
+    let branch = |m: &Message| m.top_via().ok().and_then(|v| v.branch().map(str::to_owned));
+    branch(cancel).is_some()
+        && branch(cancel) == branch(invite)
+        && cancel.cseq().ok().map(|c| c.seq) == invite.cseq().ok().map(|c| c.seq)
+}
+
 fn session_timer_of(msg: &Message) -> Result<Option<SessionTimer>, ()> {
     let Some(value) = msg.header(HeaderName::SessionExpires) else {
         return Ok(None);

@@ -1,0 +1,210 @@
+//! A new call's routing step: the tenant's configuration, the dial plan's decision, the
+//! media session and the callee's bindings. It runs in a task of its own and comes back
+//! to the engine as an event, so a slow store read, media request or location lookup
+//! delays only the call that asked for it; every other call of the node goes on.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use switchyard_media_control::{Leg, MediaControl, MediaError, Reply, Request};
+use switchyard_state::{Binding, Locations};
+use switchyard_store::{Extension, Target, TenantConfig};
+use switchyard_types::TenantId;
+
+use crate::cache::ConfigCache;
+use crate::dialplan::{Destination, DialPlan};
+
+/// What the routing step reads and asks.
+#[derive(Clone)]
+pub struct RouteDeps {
+    pub cache: ConfigCache,
+    pub locations: Arc<Locations>,
+    pub media: Arc<dyn MediaControl>,
+}
+
+impl std::fmt::Debug for RouteDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteDeps").finish_non_exhaustive()
+    }
+}
+
+/// A caller's INVITE, as far as routing needs it.
+#[derive(Debug, Clone)]
+pub struct RouteRequest {
+    pub tenant_id: String,
+    /// The authenticated caller (the edge's `X-Sy-Caller`).
+    pub caller: String,
+    /// The Request-URI's user part.
+    pub dialled: String,
+    /// The caller's SDP offer.
+    pub sdp: String,
+    /// The media session to create (the caller's Call-ID).
+    pub session: String,
+}
+
+/// A call that can ring: its callee, the offer for leg B and where to send it. The media
+/// session exists; whoever drops a `Routed` destroys it.
+#[derive(Debug)]
+pub struct Routed {
+    pub config: Arc<TenantConfig>,
+    pub callee: Extension,
+    pub caller_ext: Option<Extension>,
+    pub offer_b: String,
+    pub bindings: Vec<Binding>,
+}
+
+/// Why a call cannot be routed: the answer to the caller. No media session is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+    /// The tenant's configuration was read: the call counts as an attempt.
+    pub attempted: bool,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>, attempted: bool) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+            attempted,
+        }
+    }
+}
+
+/// Routes one call (see the module docs).
+pub async fn route_call(
+    deps: RouteDeps,
+    req: RouteRequest,
+    now_ms: i64,
+) -> Result<Routed, Refusal> {
+    let config = match deps.cache.get(&req.tenant_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(tenant = req.tenant_id, error = %e, "tenant configuration unavailable");
+            return Err(Refusal::new(500, "Configuration unavailable", false));
+        }
+    };
+    let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
+    // Only this tenant's plan is searched: a number of another tenant is never found.
+    let callee_id = match DialPlan::of(&config).decide(&req.dialled) {
+        Destination::Extension(id)
+        | Destination::OwnNumber {
+            target: Some(Target::Extension(id)),
+            ..
+        } => id,
+        Destination::OwnNumber { number, target } => {
+            let kind = target.as_ref().map_or("nothing", |t| t.parts().0);
+            info!(
+                tenant = req.tenant_id,
+                number, kind, "number's target not carried"
+            );
+            return refuse(480, "The number's target cannot take calls yet");
+        }
+        Destination::NotFound => {
+            info!(
+                tenant = req.tenant_id,
+                dialled = req.dialled,
+                "no such extension"
+            );
+            return refuse(404, "No such extension");
+        }
+        Destination::NoRoute => {
+            info!(
+                tenant = req.tenant_id,
+                dialled = req.dialled,
+                "no outbound route"
+            );
+            return refuse(403, "No outbound route for this number");
+        }
+        Destination::Emergency(attempts) => {
+            warn!(
+                tenant = req.tenant_id,
+                dialled = req.dialled,
+                routes = attempts.len(),
+                "emergency call could not be placed: no trunk carries it"
+            );
+            return refuse(503, "No emergency route available");
+        }
+        Destination::External(attempts) => {
+            info!(
+                tenant = req.tenant_id,
+                dialled = req.dialled,
+                routes = attempts.len(),
+                "outbound call refused: trunks are not carried yet"
+            );
+            return refuse(480, "Outbound calls are not carried yet");
+        }
+    };
+    let find =
+        |pred: &dyn Fn(&Extension) -> bool| config.extensions.iter().find(|e| pred(e)).cloned();
+    let Some(callee) = find(&|e| e.id == callee_id) else {
+        return refuse(404, "No such extension");
+    };
+    let caller_ext = find(&|e| {
+        e.number.to_string() == req.caller || e.username.eq_ignore_ascii_case(&req.caller)
+    });
+    let session = req.session.clone();
+    match deps
+        .media
+        .call(Request::Create {
+            session: session.clone(),
+            tenant: req.tenant_id.clone(),
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(MediaError::Exhausted(why)) => {
+            warn!(tenant = req.tenant_id, why, "no media capacity");
+            return refuse(503, "No media capacity");
+        }
+        Err(e) => return refuse(500, &e.to_string()),
+    }
+    let destroy = || async {
+        let _ = deps
+            .media
+            .call(Request::Destroy {
+                session: session.clone(),
+            })
+            .await;
+    };
+    let offer_b = match deps
+        .media
+        .call(Request::Offer {
+            session: session.clone(),
+            from: Leg::A,
+            sdp: req.sdp.clone(),
+        })
+        .await
+    {
+        Ok(Reply::Sdp { sdp }) => sdp,
+        other => {
+            destroy().await;
+            return refuse(488, &crate::refusal(other));
+        }
+    };
+    let tenant = TenantId::new(req.tenant_id.clone());
+    let aor = switchyard_state::aor(&callee.username, &config.tenant.domain);
+    let bindings = deps
+        .locations
+        .lookup(&tenant, &aor, now_ms)
+        .await
+        .unwrap_or_default();
+    if bindings.is_empty() {
+        destroy().await;
+        info!(
+            tenant = req.tenant_id,
+            callee = callee.username,
+            "callee not registered"
+        );
+        return refuse(480, "Temporarily Unavailable");
+    }
+    Ok(Routed {
+        config,
+        callee,
+        caller_ext,
+        offer_b,
+        bindings,
+    })
+}

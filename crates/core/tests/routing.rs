@@ -1,0 +1,200 @@
+//! The routing step of a new call against real parts: a SQLite store, the in-process
+//! media node and the memory location service. What the dial plan decides is what the
+//! caller gets, a number of the tenant reaches the extension it points at, and a refused
+//! call leaves no media session behind.
+
+use std::sync::Arc;
+
+use switchyard_core::cache::ConfigCache;
+use switchyard_core::routing::{RouteDeps, RouteRequest, route_call};
+use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_state::{Binding, BindingLimits, Locations};
+use switchyard_store::{NewExtension, NewTenant, ResourceKind, Store, Target};
+use switchyard_types::TenantId;
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
+const NOW_MS: i64 = 1_800_000_000_000;
+
+struct Tenant {
+    id: String,
+    reception: String,
+    number: String,
+}
+
+async fn tenant(store: &Store, domain: &str, did: &str) -> Tenant {
+    let t = store
+        .create_tenant(&NewTenant {
+            name: domain.into(),
+            domain: domain.into(),
+            ..NewTenant::default()
+        })
+        .await
+        .unwrap();
+    let range = store.add_extension_range(&t.id, 1000, 1099).await.unwrap();
+    let mut ids = Vec::new();
+    for number in [1000, 1001] {
+        let ext = store
+            .create_extension(
+                &t.id,
+                &NewExtension {
+                    range_id: range.id.clone(),
+                    number: Some(number),
+                    display_name: format!("Ext {number}"),
+                    username: None,
+                    password: "a-long-password".into(),
+                    voicemail: false,
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(ext.id);
+    }
+    store.add_dids(&[did.into()]).await.unwrap();
+    let number = store.assign_next_did(&t.id).await.unwrap().number;
+    store
+        .set_did_target(&t.id, &number, &Target::Extension(ids[0].clone()))
+        .await
+        .unwrap();
+    Tenant {
+        id: t.id,
+        reception: ids[0].clone(),
+        number,
+    }
+}
+
+fn binding(contact: &str) -> Binding {
+    Binding {
+        contact: contact.into(),
+        expires_at_ms: NOW_MS + 3_600_000,
+        flow: Some("<sip:token@127.0.0.1:5070;lr>".into()),
+        source: "UDP 127.0.0.1:40000".into(),
+        call_id: "reg".into(),
+        cseq: 1,
+        path: Vec::new(),
+        instance: None,
+    }
+}
+
+#[tokio::test]
+async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("sy.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let a = tenant(&store, "a.example.com", "+493000000001").await;
+    let b = tenant(&store, "b.example.com", "+493000000002").await;
+    let locations = Arc::new(Locations::memory());
+    let limits = BindingLimits {
+        per_aor: 5,
+        per_tenant: 100,
+    };
+    for (t, domain) in [(&a, "a.example.com"), (&b, "b.example.com")] {
+        locations
+            .register(
+                &TenantId::new(t.id.clone()),
+                &switchyard_state::aor("1000", domain),
+                binding(&format!("sip:1000@{domain}-phone")),
+                limits,
+                NOW_MS,
+            )
+            .await
+            .unwrap();
+    }
+    // A ring group behind a second number of A: not carried yet.
+    let group = store
+        .create_resource(
+            &a.id,
+            ResourceKind::RingGroup,
+            "sales",
+            serde_json::json!({"strategy": "simultaneous", "members": [a.reception], "ring_seconds": 20}),
+        )
+        .await
+        .unwrap();
+    store.add_dids(&["+493000000003".into()]).await.unwrap();
+    let group_number = store.assign_next_did(&a.id).await.unwrap().number;
+    store
+        .set_did_target(&a.id, &group_number, &Target::RingGroup(group.id))
+        .await
+        .unwrap();
+
+    let media = MediaNode::new(MediaConfig {
+        bind: "127.0.0.1".parse().unwrap(),
+        advertise: "127.0.0.1".parse().unwrap(),
+        port_min: 42000,
+        port_max: 42100,
+    });
+    let deps = RouteDeps {
+        cache: ConfigCache::new(store.clone()),
+        locations,
+        media: Arc::new(media.clone()),
+    };
+    let call = |tenant: &Tenant, dialled: &str, session: &str| RouteRequest {
+        tenant_id: tenant.id.clone(),
+        caller: "1001".into(),
+        dialled: dialled.into(),
+        sdp: SDP.into(),
+        session: session.into(),
+    };
+
+    // The tenant's own number, dialled with or without +, reaches the extension it
+    // points at, with that extension's contacts.
+    for (i, dialled) in [
+        a.number.clone(),
+        a.number.trim_start_matches('+').to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let routed = route_call(deps.clone(), call(&a, dialled, &format!("did-{i}")), NOW_MS)
+            .await
+            .unwrap();
+        assert_eq!(routed.callee.id, a.reception);
+        assert_eq!(routed.bindings[0].contact, "sip:1000@a.example.com-phone");
+        assert_eq!(routed.caller_ext.unwrap().number, 1001);
+        assert!(routed.offer_b.contains("m=audio"));
+    }
+    assert_eq!(
+        media.session_count(),
+        2,
+        "each routed call holds its session"
+    );
+
+    // Refusals, each with its answer; none keeps a media session.
+    let refused = [
+        ("2001", 404),                // short, no such extension
+        (b.number.as_str(), 403),     // another tenant's number: no route out
+        ("004930123456", 403),        // external, the tenant has no outbound route
+        ("112", 503),                 // emergency without a trunk: said loudly
+        (group_number.as_str(), 480), // a ring group: not carried yet
+        ("1001", 480),                // an extension with no contact
+    ];
+    for (dialled, status) in refused {
+        let refusal = route_call(deps.clone(), call(&a, dialled, dialled), NOW_MS)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal.status, status, "{dialled}: {refusal:?}");
+        assert!(refusal.attempted);
+    }
+    assert_eq!(media.session_count(), 2, "refused calls leave no session");
+
+    // B's extension 1000 is B's: A's caller never reaches B's phone by its number.
+    let routed = route_call(deps.clone(), call(&b, "1000", "b-call"), NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(routed.bindings[0].contact, "sip:1000@b.example.com-phone");
+    assert_eq!(routed.callee.id, b.reception);
+
+    let unknown = route_call(
+        deps.clone(),
+        RouteRequest {
+            tenant_id: "no-such-tenant".into(),
+            ..call(&a, "1000", "x")
+        },
+        NOW_MS,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.status, 500);
+    assert!(!unknown.attempted);
+}
