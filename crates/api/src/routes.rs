@@ -37,6 +37,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_resource, replace_resource, delete_resource))
         .routes(routes!(set_number_target))
         .routes(routes!(create_media_pool, list_media_pools))
+        .routes(routes!(create_carrier, list_carriers))
+        .routes(routes!(delete_carrier))
         .routes(routes!(list_cdrs))
         .routes(routes!(enqueue_import, list_jobs))
         .routes(routes!(get_job))
@@ -1107,6 +1109,86 @@ async fn set_number_target(
         state: d.state,
         target: d.target,
     }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CarrierInput {
+    /// 1 to 64 of A-Z a-z 0-9 - _.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    name: String,
+    /// The networks the carrier's calls come from: addresses or `address/length`.
+    #[schema(min_items = 1, max_items = 64)]
+    addresses: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct CarrierView {
+    name: String,
+    /// Canonical networks (`192.0.2.10/32`).
+    addresses: Vec<String>,
+    created_at: i64,
+}
+
+impl From<switchyard_store::Carrier> for CarrierView {
+    fn from(c: switchyard_store::Carrier) -> Self {
+        CarrierView {
+            name: c.name,
+            addresses: c.addresses,
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// Adds a carrier: INVITEs from its networks to an assigned number of the DID pool reach
+/// the tenant holding the number (operator keys). Edges pick it up within seconds.
+#[utoipa::path(post, path = "/v1/carriers", request_body = CarrierInput, security(("api_key" = [])),
+    responses((status = 201, body = CarrierView), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_carrier(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(input): Body<CarrierInput>,
+) -> Result<(StatusCode, Json<CarrierView>), ApiError> {
+    who.operator_write()?;
+    let c = state
+        .store
+        .create_carrier(&input.name, &input.addresses)
+        .await?;
+    Ok((StatusCode::CREATED, Json(c.into())))
+}
+
+/// Carriers (operator keys).
+#[utoipa::path(get, path = "/v1/carriers", security(("api_key" = [])),
+    responses((status = 200, body = [CarrierView]), (status = 403, body = Problem)))]
+async fn list_carriers(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<Vec<CarrierView>>, ApiError> {
+    if !who.is_operator() {
+        return Err(ApiError::Forbidden("needs an operator key"));
+    }
+    Ok(Json(
+        state
+            .store
+            .carriers()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Removes a carrier: calls from its networks are no longer taken (operator keys).
+#[utoipa::path(delete, path = "/v1/carriers/{name}", security(("api_key" = [])),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn delete_carrier(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    who.operator_write()?;
+    state.store.delete_carrier(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1681,3 +1681,71 @@ on_both!(a_time_condition_needs_a_real_time_zone, |store| {
     let (_, _, list) = api.call(Method::GET, &path, Some(&op), None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
 });
+
+on_both!(operators_add_list_and_remove_carriers, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let (s, _, c) = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&op),
+            Some(json!({"name": "pstn-a", "addresses": ["192.0.2.10", "198.51.100.0/24"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert_eq!(c["addresses"], json!(["192.0.2.10/32", "198.51.100.0/24"]));
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&op),
+            Some(json!({"name": "pstn-a", "addresses": ["192.0.2.11"]})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::CONFLICT, None);
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&op),
+            Some(json!({"name": "pstn-b", "addresses": ["not-an-address"]})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("addresses"));
+
+    // Carriers are the operator's: a tenant key neither sees nor adds them.
+    let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
+    let key = issue_key(&store, t["id"].as_str().unwrap(), false)
+        .await
+        .unwrap();
+    assert_problem(
+        &api.call(Method::GET, "/v1/carriers", Some(&key), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        None,
+    );
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&key),
+            Some(json!({"name": "mine", "addresses": ["192.0.2.99"]})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::FORBIDDEN, None);
+
+    let (s, _, list) = api.call(Method::GET, "/v1/carriers", Some(&op), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (s, _, _) = api
+        .call(Method::DELETE, "/v1/carriers/pstn-a", Some(&op), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_problem(
+        &api.call(Method::DELETE, "/v1/carriers/pstn-a", Some(&op), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        None,
+    );
+});

@@ -90,50 +90,8 @@ pub struct Ban {
     pub strikes: u32,
 }
 
-/// A network of the allow-list: address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Prefix {
-    /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
-    pub fn parse(text: &str) -> Result<Prefix, String> {
-        let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            Some(l) => l
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
-            None => max,
-        };
-        Ok(Prefix { addr, len })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
+/// A network of the allow-list (shared with the store, which validates carriers with it).
+pub use switchyard_types::Prefix;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod api_keys;
+mod carriers;
 mod dids;
 mod error;
 mod events;
@@ -46,6 +47,7 @@ pub(crate) fn check_version(version: i64, expected: Option<i64>) -> Result<()> {
 }
 
 pub use api_keys::ApiKey;
+pub use carriers::Carrier;
 pub use dids::check_e164;
 pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};

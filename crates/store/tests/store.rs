@@ -914,3 +914,58 @@ on_both!(no_extension_takes_an_emergency_number, |store| {
         "nothing written"
     );
 });
+
+on_both!(
+    carriers_keep_canonical_networks_and_refuse_bad_ones,
+    |store| {
+        let c = store
+            .create_carrier("pstn-a", &["192.0.2.10".into(), "2001:DB8::/48".into()])
+            .await
+            .unwrap();
+        assert_eq!(c.addresses, ["192.0.2.10/32", "2001:db8::/48"]);
+        assert_eq!(store.carriers().await.unwrap(), [c.clone()]);
+        assert!(c.networks()[0].contains("192.0.2.10".parse().unwrap()));
+        assert!(!c.networks()[0].contains("192.0.2.11".parse().unwrap()));
+        for (name, addresses, field) in [
+            ("pstn b", vec!["192.0.2.1".to_owned()], "name"),
+            ("pstn-b", vec![], "addresses"),
+            ("pstn-b", vec!["192.0.2.1/33".to_owned()], "addresses"),
+            ("pstn-b", vec!["0.0.0.0/0".to_owned()], "addresses"),
+            ("pstn-b", vec!["carrier.example".to_owned()], "addresses"),
+        ] {
+            match store.create_carrier(name, &addresses).await {
+                Err(StoreError::Invalid { field: f, .. }) => {
+                    assert_eq!(f, field, "{name} {addresses:?}")
+                }
+                other => panic!("{name} {addresses:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            store
+                .create_carrier("pstn-a", &["198.51.100.0/24".into()])
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(
+            store.carriers().await.unwrap().len(),
+            1,
+            "refusals wrote nothing"
+        );
+
+        // The numbers the edge routes carrier calls by.
+        let t = tenant(&store, "carrier-calls.example.com").await;
+        store
+            .add_dids(&["+15550001001".into(), "+15550001002".into()])
+            .await
+            .unwrap();
+        let n = store.assign_next_did(&t.id).await.unwrap().number;
+        assert_eq!(store.assigned_numbers().await.unwrap(), [(n, t.id.clone())]);
+
+        store.delete_carrier("pstn-a").await.unwrap();
+        assert!(store.carriers().await.unwrap().is_empty());
+        assert!(matches!(
+            store.delete_carrier("pstn-a").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+);
