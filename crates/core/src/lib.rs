@@ -50,6 +50,8 @@ use crate::routing::{Refusal, RouteDeps, RouteRequest, Routed};
 /// Headers an edge sets (and strips from anything a phone sends).
 pub const TENANT_HEADER: &str = "X-Sy-Tenant";
 pub const CALLER_HEADER: &str = "X-Sy-Caller";
+/// Set by an edge on a call from a carrier: the caller is a PSTN number.
+pub const CARRIER_HEADER: &str = "X-Sy-Carrier";
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -566,6 +568,7 @@ impl Engine {
         let request = RouteRequest {
             tenant_id,
             caller,
+            carrier: msg.extension_rows(CARRIER_HEADER).next().map(str::to_owned),
             dialled,
             sdp: String::from_utf8_lossy(msg.body()).into_owned(),
             session: call_id.clone(),

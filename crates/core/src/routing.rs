@@ -33,8 +33,11 @@ impl std::fmt::Debug for RouteDeps {
 #[derive(Debug, Clone)]
 pub struct RouteRequest {
     pub tenant_id: String,
-    /// The authenticated caller (the edge's `X-Sy-Caller`).
+    /// The authenticated caller (the edge's `X-Sy-Caller`): an extension, or the PSTN
+    /// number of a carrier's call.
     pub caller: String,
+    /// The carrier the call came from (the edge's `X-Sy-Carrier`).
+    pub carrier: Option<String>,
     /// The Request-URI's user part.
     pub dialled: String,
     /// The caller's SDP offer.
@@ -142,9 +145,16 @@ pub async fn route_call(
     let Some(callee) = find(&|e| e.id == callee_id) else {
         return refuse(404, "No such extension");
     };
-    let caller_ext = find(&|e| {
-        e.number.to_string() == req.caller || e.username.eq_ignore_ascii_case(&req.caller)
-    });
+    // A carrier's caller is a PSTN number, whatever it looks like.
+    let caller_ext = req
+        .carrier
+        .is_none()
+        .then(|| {
+            find(&|e| {
+                e.number.to_string() == req.caller || e.username.eq_ignore_ascii_case(&req.caller)
+            })
+        })
+        .flatten();
     let session = req.session.clone();
     match deps
         .media

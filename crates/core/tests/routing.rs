@@ -132,6 +132,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     let call = |tenant: &Tenant, dialled: &str, session: &str| RouteRequest {
         tenant_id: tenant.id.clone(),
         caller: "1001".into(),
+        carrier: None,
         dialled: dialled.into(),
         sdp: SDP.into(),
         session: session.into(),

@@ -7,6 +7,8 @@
 //!   the flow a [`token`] names.
 //! - [`auth`]: digest checks shared by both, with failure counting.
 //! - [`bans`]: sources refused for a while (growing bans, an allow-list).
+//! - [`carriers`]: the operator's carriers by source network and the tenant holding each
+//!   assigned number, for calls in from the PSTN.
 //! - [`calls`]: the one entry per admitted call that releases its tenant's slot when the
 //!   call ends (caps on calls in progress and calls per second).
 //! - [`directory`]: tenants and credentials in memory, kept true by change events.
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod bans;
 pub mod calls;
+pub mod carriers;
 pub mod directory;
 pub mod health;
 pub mod hrw;

@@ -36,6 +36,7 @@ use switchyard_types::TenantId;
 
 use crate::auth::{AuthOutcome, Authenticator};
 use crate::calls::NewCall;
+use crate::carriers::Carriers;
 use crate::directory::Directory;
 use crate::hrw::{WeightedNode, pick_by};
 use crate::registrar::Ingress;
@@ -44,6 +45,8 @@ use crate::token::{FlowToken, TRANSPORTS, TokenKey};
 /// Internal headers the edge sets for the core; never accepted from outside.
 pub const TENANT_HEADER: &str = "X-Sy-Tenant";
 pub const CALLER_HEADER: &str = "X-Sy-Caller";
+/// Set on a call from a carrier (its name): the caller is a PSTN number, not an extension.
+pub const CARRIER_HEADER: &str = "X-Sy-Carrier";
 
 /// Prefix of the To tags of the edge's own stateless answers, to absorb their ACKs.
 const OWN_TAG_PREFIX: &str = "syx";
@@ -101,6 +104,8 @@ pub struct Proxy {
     pub advertise: Option<IpAddr>,
     /// Which cores answer pings; without it every core counts as healthy.
     pub health: Option<Arc<crate::health::CoreHealth>>,
+    /// The operator's carriers and the numbers their calls are for.
+    pub carriers: Carriers,
 }
 
 impl Proxy {
@@ -197,6 +202,7 @@ impl Proxy {
         let Some(mut edit) = Editor::new(msg)
             .remove_other(TENANT_HEADER)
             .remove_other(CALLER_HEADER)
+            .remove_other(CARRIER_HEADER)
             .decrement_max_forwards()
         else {
             return self.answer(msg, ingress, 483, "Too Many Hops");
@@ -282,7 +288,52 @@ impl Proxy {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         let mut new_call = None;
-        if initial && !matches!(method, Method::Ack | Method::Cancel) {
+        let carrier = self.carriers.carrier_of(ingress.source.ip());
+        if let Some(carrier) = carrier.filter(|_| initial && method == Method::Invite) {
+            // From the PSTN: the number decides the tenant, and the number's tenant's
+            // caps apply, as for its own phones' calls.
+            let dialled = msg
+                .request_uri()
+                .and_then(|u| u.ok())
+                .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
+                .unwrap_or_default();
+            let Some((_, domain)) = self.carriers.holder_of(&dialled) else {
+                info!(carrier, dialled, "carrier call to a number not in service");
+                return self.answer(msg, ingress, 404, "Number not in service");
+            };
+            let entry = match self.directory.active_tenant(Some(&domain)).await {
+                Ok(t) => t,
+                Err((status, reason)) => return self.answer(msg, ingress, status, reason),
+            };
+            let tenant = &entry.tenant;
+            let from = msg.from_header().ok();
+            let caller = from
+                .and_then(|f| f.uri().ok())
+                .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
+                .unwrap_or_default();
+            info!(tenant = %tenant.id, carrier, dialled, caller, call_id, core = %core.node.id, "carrier call to core");
+            new_call = Some(NewCall {
+                tenant: TenantId::from(tenant.id.as_str()),
+                call_id: call_id.to_owned(),
+                tag: from.and_then(|f| f.tag()).unwrap_or_default().to_owned(),
+                cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
+                core: core.addr,
+                limits: CallLimits {
+                    max_calls: u32::try_from(tenant.max_calls).unwrap_or(0),
+                    calls_per_second: u32::try_from(tenant.calls_per_second).unwrap_or(0),
+                },
+            });
+            edit = edit
+                .add_header(TENANT_HEADER, &tenant.id)
+                .add_header(CALLER_HEADER, &caller)
+                .add_header(CARRIER_HEADER, &carrier)
+                .push_record_route(&format!("<sip:{back}@{};lr>", self.internal))
+                .push_record_route(&route_uri(
+                    &back,
+                    self.visible_addr(ingress.local),
+                    back_token.transport,
+                ));
+        } else if initial && !matches!(method, Method::Ack | Method::Cancel) {
             let domain = msg
                 .request_uri()
                 .and_then(|u| u.ok())
@@ -293,6 +344,16 @@ impl Proxy {
                     if status == 404 {
                         let name = format!("@{}", domain.as_deref().unwrap_or_default());
                         self.auth.unknown_name(ingress.source.ip(), &name, now_secs);
+                        // A call for one of the pool's numbers from a source that is no
+                        // carrier: refused as such (and counted like any unknown name).
+                        let for_a_number = msg
+                            .request_uri()
+                            .and_then(|u| u.ok())
+                            .and_then(|u| u.as_sip().and_then(|s| s.user))
+                            .is_some_and(|user| self.carriers.holder_of(user).is_some());
+                        if for_a_number {
+                            return self.answer(msg, ingress, 403, "Source is not a carrier");
+                        }
                     }
                     return self.answer(msg, ingress, status, reason);
                 }
@@ -494,6 +555,7 @@ mod tests {
             Arc::new(crate::bans::Bans::new(300, 3600, Vec::new())),
         ));
         let p = Proxy {
+            carriers: Default::default(),
             directory: Directory::new(store),
             auth,
             tokens: TokenKey::new(b"s"),
@@ -575,6 +637,7 @@ mod tests {
         ));
         health.answered(c2, std::time::Instant::now());
         let p = Proxy {
+            carriers: Default::default(),
             health: Some(health),
             ..p
         };

@@ -125,6 +125,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
             cores: Vec::new(),
             advertise: None,
             health: None,
+            carriers: Default::default(),
         },
         responder: Responder::new(b"s", 300),
         hub,

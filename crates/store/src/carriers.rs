@@ -131,11 +131,12 @@ impl Store {
         Ok(())
     }
 
-    /// Every assigned number of the pool and its tenant: (number, tenant id).
-    pub async fn assigned_numbers(&self) -> Result<Vec<(String, String)>> {
+    /// Every assigned number of the pool with its tenant: (number, tenant id, domain).
+    pub async fn assigned_numbers(&self) -> Result<Vec<(String, String, String)>> {
         Ok(on_pool!(self, |pool| {
             sqlx::query_as(
-                "SELECT number, tenant_id FROM dids WHERE state = 'assigned' AND tenant_id IS NOT NULL ORDER BY number",
+                "SELECT d.number, d.tenant_id, t.domain FROM dids d JOIN tenants t ON t.id = d.tenant_id \
+                 WHERE d.state = 'assigned' ORDER BY d.number",
             )
             .fetch_all(pool)
             .await?

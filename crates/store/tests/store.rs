@@ -923,7 +923,7 @@ on_both!(
             .await
             .unwrap();
         assert_eq!(c.addresses, ["192.0.2.10/32", "2001:db8::/48"]);
-        assert_eq!(store.carriers().await.unwrap(), [c.clone()]);
+        assert_eq!(store.carriers().await.unwrap(), std::slice::from_ref(&c));
         assert!(c.networks()[0].contains("192.0.2.10".parse().unwrap()));
         assert!(!c.networks()[0].contains("192.0.2.11".parse().unwrap()));
         for (name, addresses, field) in [
@@ -959,7 +959,10 @@ on_both!(
             .await
             .unwrap();
         let n = store.assign_next_did(&t.id).await.unwrap().number;
-        assert_eq!(store.assigned_numbers().await.unwrap(), [(n, t.id.clone())]);
+        assert_eq!(
+            store.assigned_numbers().await.unwrap(),
+            [(n, t.id.clone(), t.domain.clone())]
+        );
 
         store.delete_carrier("pstn-a").await.unwrap();
         assert!(store.carriers().await.unwrap().is_empty());

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use switchyard_core::{CoreSettings, spawn_core};
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
 use switchyard_edge::bans::{BanReason, Bans, Prefix, SuspicionPolicy};
+use switchyard_edge::carriers::Carriers;
 use switchyard_edge::directory::Directory;
 use switchyard_edge::health::{CoreHealth, ping};
 use switchyard_edge::limits::{LimitSettings, SourceLimits};
@@ -320,7 +321,15 @@ pub async fn serve(
         let (hub, stop) = (hub.clone(), stop_rx.clone());
         tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
     }
+    // Carriers and the pool's numbers in memory, refreshed off the hot path.
+    let carriers = Carriers::new();
+    carriers
+        .refresh(&store)
+        .await
+        .context("cannot read carriers for the edge")?;
+    carriers.spawn_refresher(store.clone(), changes.subscribe(), stop_rx.clone());
     let proxy = Proxy {
+        carriers,
         directory: directory.clone(),
         auth: auth.clone(),
         tokens: tokens.clone(),

@@ -1342,3 +1342,105 @@ fn sigterm_with_calls_up_hangs_every_call_up_and_writes_every_cdr() {
         assert_eq!(cdr.disposition, expected, "{cdr:?}");
     }
 }
+
+/// A carrier (its network added through the API) calls one of the tenant's numbers: the
+/// number's extension rings with the PSTN caller's number, the call is answered and hung
+/// up, and a CDR is written; the tenant's call cap counts carrier calls. A number not in
+/// service is `404`; the same call from a source that is no carrier is `403`.
+#[test]
+fn a_carrier_call_to_a_tenants_number_rings_the_extension_it_points_at() {
+    let d = demo();
+    let (s, c) = d.api(
+        "POST",
+        "/v1/carriers",
+        Some(r#"{"name":"pstn","addresses":["127.0.0.2"]}"#),
+    );
+    assert_eq!(s, 201, "{c}");
+    let (s, r) = d.api(
+        "POST",
+        "/v1/numbers",
+        Some(r#"{"numbers":["+15550100001","+15550100002"]}"#),
+    );
+    assert!(s == 200 || s == 201 || s == 204, "{s} {r}");
+    let (s, n) = d.api("POST", &format!("/v1/tenants/{}/numbers", d.tenant), None);
+    assert_eq!(s, 201, "{n}");
+    let number = n["number"].as_str().unwrap().to_owned();
+    let (_, exts) = d.api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None);
+    let items = exts["items"]
+        .as_array()
+        .or(exts.as_array())
+        .unwrap()
+        .clone();
+    let ext_1001 = items
+        .iter()
+        .find(|e| e["number"] == 1001)
+        .expect("extension 1001")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, t) = d.api(
+        "PUT",
+        &format!(
+            "/v1/tenants/{}/numbers/{}/target",
+            d.tenant,
+            number.replace('+', "%2B")
+        ),
+        Some(&format!(
+            r#"{{"target":{{"kind":"extension","id":"{ext_1001}"}}}}"#
+        )),
+    );
+    assert_eq!(s, 200, "{t}");
+    // The change event refreshes the edge's numbers (and carriers) within a moment.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut callee = d.phone("1001");
+    assert_eq!(callee.register(), 200);
+    let edge = d.server.addr("UDP");
+    let edge_host = edge.to_string();
+    let mut pstn = Phone::new_at("127.0.0.2", edge, &edge_host, "+4930111222", "unused");
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = pstn.call(&number, &[0]);
+        (pstn, number, r.status(), leg)
+    });
+    let invite = callee.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    let from = invite.header(switchyard_sip::HeaderName::From).unwrap();
+    assert!(
+        from.contains("+4930111222"),
+        "the PSTN caller's number: {from}"
+    );
+    for internal in ["X-Sy-Tenant", "X-Sy-Caller", "X-Sy-Carrier"] {
+        assert!(
+            invite.extension_rows(internal).next().is_none(),
+            "{internal} never reaches a phone"
+        );
+    }
+    let (mut pstn, number, status, leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200), "log:\n{}", d.server.log());
+    let mut leg = leg.unwrap();
+    // Carrier calls count against the number's tenant's caps like its phones' calls.
+    d.set_limits(&d.tenant, r#"{"max_calls":1}"#);
+    let mut second = Phone::new_at("127.0.0.2", edge, &edge_host, "+4930111333", "unused");
+    let (r, _) = second.call(&number, &[0]);
+    assert_eq!(r.status(), Some(486), "{r:?}");
+    assert!(r.reason().unwrap_or_default().contains("max_calls 1"), "{r:?}");
+    let callee_thread = std::thread::spawn(move || {
+        callee.answer_next("BYE", Duration::from_secs(5), &[]);
+    });
+    assert_eq!(pstn.request(&mut leg, "BYE", "").status(), Some(200));
+    callee_thread.join().unwrap();
+    let cdrs = d.cdrs(&d.tenant, 1);
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["hangup_side"], "caller", "{}", cdrs[0]);
+
+    // A number of the pool that no tenant holds: not in service.
+    let (r, _) = pstn.call("+15550100002", &[0]);
+    assert_eq!(r.status(), Some(404), "{r:?}");
+    // The tenant's number called from a source that is no carrier.
+    let mut stranger = Phone::new_at("127.0.0.3", edge, &edge_host, "+4930999888", "unused");
+    let (r, _) = stranger.call(&number, &[0]);
+    assert_eq!(r.status(), Some(403), "{r:?}");
+    assert!(
+        r.reason().unwrap_or_default().contains("not a carrier"),
+        "{r:?}"
+    );
+}
