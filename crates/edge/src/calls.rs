@@ -29,6 +29,13 @@ use switchyard_types::TenantId;
 /// answer. Only a core that went silent reaches it.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(660);
 
+/// How long an ended call's INVITE still counts as a retransmission rather than a new
+/// call: 64*T1, the life of the core's INVITE server transaction (RFC 3261 §17.2.1,
+/// timer H). A retransmission that crosses the final answer (it may even arrive after the
+/// ACK: the edge serves ACKs first) reaches the core's transaction, which absorbs it;
+/// admitting it again would hold a slot no answer ever releases.
+pub const RETRANSMISSION_WINDOW: Duration = Duration::from_secs(32);
+
 /// A call the edge is about to admit: its INVITE passed authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCall {
@@ -103,6 +110,8 @@ struct Entry {
 pub struct CallTracker {
     calls: HashMap<String, Entry>,
     released: Vec<(TenantId, String, Ending)>,
+    /// Calls ended within [`RETRANSMISSION_WINDOW`], and when.
+    ended: HashMap<String, Instant>,
 }
 
 impl CallTracker {
@@ -120,6 +129,17 @@ impl CallTracker {
 
     pub fn holds(&self, call: &NewCall) -> bool {
         self.calls.contains_key(&call.member())
+    }
+
+    /// `call`'s INVITE is a retransmission: of a call held now, or of one that ended
+    /// less than [`RETRANSMISSION_WINDOW`] ago. It is forwarded, never admitted again.
+    pub fn is_retransmission(&self, call: &NewCall, now: Instant) -> bool {
+        let member = call.member();
+        self.calls.contains_key(&member)
+            || self
+                .ended
+                .get(&member)
+                .is_some_and(|at| now.saturating_duration_since(*at) < RETRANSMISSION_WINDOW)
     }
 
     /// The call was admitted and its INVITE goes to `call.core`.
@@ -166,12 +186,12 @@ impl CallTracker {
                     .unwrap_or_default();
                 entry.phase = Phase::Up { core_tag };
             }
-            _ => self.release(key, Ending::Failed),
+            _ => self.release(key, Ending::Failed, now),
         }
     }
 
     /// A request forwarded by the edge: a BYE with both tags of a call ends it.
-    pub fn on_request(&mut self, msg: &Message, from_core: bool) {
+    pub fn on_request(&mut self, msg: &Message, from_core: bool, now: Instant) {
         if msg.method() != Some(&Method::Bye) {
             return;
         }
@@ -193,12 +213,12 @@ impl CallTracker {
             Phase::Setup { .. } => from_core,
         };
         if ends {
-            self.release(key, Ending::Bye);
+            self.release(key, Ending::Bye, now);
         }
     }
 
     /// `core` stopped answering: the calls it held are gone.
-    pub fn on_core_lost(&mut self, core: SocketAddr) {
+    pub fn on_core_lost(&mut self, core: SocketAddr, now: Instant) {
         let lost: Vec<String> = self
             .calls
             .iter()
@@ -206,7 +226,7 @@ impl CallTracker {
             .map(|(k, _)| k.clone())
             .collect();
         for key in lost {
-            self.release(key, Ending::CoreLost);
+            self.release(key, Ending::CoreLost, now);
         }
     }
 
@@ -219,8 +239,10 @@ impl CallTracker {
             .map(|(k, _)| k.clone())
             .collect();
         for key in late {
-            self.release(key, Ending::SetupTimeout);
+            self.release(key, Ending::SetupTimeout, now);
         }
+        self.ended
+            .retain(|_, at| now.saturating_duration_since(*at) < RETRANSMISSION_WINDOW);
     }
 
     /// Slots to give back since the last call: tenant, member, why.
@@ -245,8 +267,9 @@ impl CallTracker {
         counts
     }
 
-    fn release(&mut self, key: String, why: Ending) {
+    fn release(&mut self, key: String, why: Ending, now: Instant) {
         if let Some(e) = self.calls.remove(&key) {
+            self.ended.insert(key.clone(), now);
             self.released.push((e.tenant, key, why));
         }
     }
@@ -311,6 +334,28 @@ mod tests {
     }
 
     #[test]
+    fn an_invite_retransmitted_after_its_final_answer_is_not_a_new_call() {
+        let (mut t, now) = (CallTracker::new(), Instant::now());
+        let c = call("c1");
+        assert!(!t.is_retransmission(&c, now));
+        t.begin(&c, now);
+        assert!(t.is_retransmission(&c, now), "held: a retransmission");
+        t.on_core_response(&response("c1", 486, "2 INVITE", Some("core")), now);
+        assert_eq!(endings(&mut t), [Ending::Failed]);
+        // The copy that crossed the 486 (or arrived after the ACK) is not admitted again:
+        // the core's transaction absorbs it and no answer would release a second slot.
+        let later = now + RETRANSMISSION_WINDOW - Duration::from_secs(1);
+        assert!(t.is_retransmission(&c, later));
+        t.handle_timeout(later);
+        assert!(t.is_retransmission(&c, later));
+        // Past the core transaction's life the memory goes.
+        let gone = now + RETRANSMISSION_WINDOW;
+        t.handle_timeout(gone);
+        assert!(!t.is_retransmission(&c, gone));
+        assert!(t.ended.is_empty());
+    }
+
+    #[test]
     fn a_failed_or_cancelled_setup_releases_its_slot_once() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
         t.begin(&call("c1"), now);
@@ -334,15 +379,15 @@ mod tests {
         // A failure to a re-INVITE leaves it up.
         t.on_core_response(&response("c1", 491, "3 INVITE", Some("core")), now);
         // A BYE with the wrong tag (the core answers 481) does not release it.
-        t.on_request(&bye("c1", "caller", "guess"), false);
-        t.on_request(&bye("c1", "guess", "caller"), true);
+        t.on_request(&bye("c1", "caller", "guess"), false, now);
+        t.on_request(&bye("c1", "guess", "caller"), true, now);
         assert!(t.take_released().is_empty());
-        t.on_request(&bye("c1", "caller", "core"), false);
+        t.on_request(&bye("c1", "caller", "core"), false, now);
         assert_eq!(endings(&mut t), [Ending::Bye]);
         // The core ends another one.
         t.begin(&call("c2"), now);
         t.on_core_response(&response("c2", 200, "2 INVITE", Some("core")), now);
-        t.on_request(&bye("c2", "core", "caller"), true);
+        t.on_request(&bye("c2", "core", "caller"), true, now);
         assert_eq!(endings(&mut t), [Ending::Bye]);
         assert!(t.is_empty());
     }
@@ -351,7 +396,7 @@ mod tests {
     fn a_phone_cannot_end_a_ringing_call_with_a_bye() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
         t.begin(&call("c1"), now);
-        t.on_request(&bye("c1", "caller", "anything"), false);
+        t.on_request(&bye("c1", "caller", "anything"), false, now);
         assert_eq!(t.len(), 1);
     }
 
@@ -378,7 +423,7 @@ mod tests {
         let mut elsewhere = call("c2");
         elsewhere.core = "127.0.0.1:7102".parse().unwrap();
         t.begin(&elsewhere, now);
-        t.on_core_lost(CORE.parse().unwrap());
+        t.on_core_lost(CORE.parse().unwrap(), now);
         assert_eq!(endings(&mut t), [Ending::CoreLost]);
         assert_eq!(t.held(), [(TenantId::from("acme"), elsewhere.member())]);
     }

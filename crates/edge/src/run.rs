@@ -607,8 +607,11 @@ impl Shell {
             } => self.admit(incoming, call, target, bytes).await,
             verdict => {
                 if matches!(verdict, Verdict::Forward { .. }) {
-                    self.calls
-                        .on_request(msg, self.deps.proxy.is_from_core(&ingress));
+                    self.calls.on_request(
+                        msg,
+                        self.deps.proxy.is_from_core(&ingress),
+                        Instant::now(),
+                    );
                     self.release_ended().await;
                 }
                 self.forward(verdict, incoming.source).await
@@ -619,8 +622,9 @@ impl Shell {
     /// A new call: its slot is taken in the tenant's counters before it is forwarded.
     /// In memory that is immediate; in Redis it runs in a task and comes back as a replay.
     async fn admit(&mut self, incoming: Incoming, call: NewCall, target: Target, bytes: Bytes) {
-        if self.calls.holds(&call) {
-            // A retransmission: the core's transaction absorbs it.
+        if self.calls.is_retransmission(&call, Instant::now()) {
+            // A retransmission (of a call held, or just ended): the core's transaction
+            // absorbs it.
             return self
                 .forward(Verdict::Forward { target, bytes }, incoming.source)
                 .await;
@@ -751,7 +755,7 @@ impl Shell {
                     self.cores_up.insert(core.addr);
                 } else if self.cores_up.remove(&core.addr) {
                     warn!(core = %core.addr, "core stopped answering: its calls' slots are released");
-                    self.calls.on_core_lost(core.addr);
+                    self.calls.on_core_lost(core.addr, Instant::now());
                 }
             }
         }

@@ -1422,7 +1422,10 @@ fn a_carrier_call_to_a_tenants_number_rings_the_extension_it_points_at() {
     let mut second = Phone::new_at("127.0.0.2", edge, &edge_host, "+4930111333", "unused");
     let (r, _) = second.call(&number, &[0]);
     assert_eq!(r.status(), Some(486), "{r:?}");
-    assert!(r.reason().unwrap_or_default().contains("max_calls 1"), "{r:?}");
+    assert!(
+        r.reason().unwrap_or_default().contains("max_calls 1"),
+        "{r:?}"
+    );
     let callee_thread = std::thread::spawn(move || {
         callee.answer_next("BYE", Duration::from_secs(5), &[]);
     });
