@@ -6,7 +6,7 @@
 //!
 //! The engine's routing step (`routing::route_call`) acts on the decision.
 
-use switchyard_store::{OutboundRouteSpec, Target, TenantConfig};
+use switchyard_store::{OutboundRouteSpec, RingGroupSpec, Target, TenantConfig, TimeConditionSpec};
 
 /// Numbers that always reach an emergency route, before extensions and ignoring caps
 /// (the store keeps them from being any extension's number or username).
@@ -142,6 +142,80 @@ impl DialPlan {
             })
             .collect()
     }
+}
+
+/// What a number's target comes to at one instant: extensions to ring, or a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Ring these extensions (ids) at once; `ring_seconds` from a ring group.
+    Ring {
+        extensions: Vec<String>,
+        ring_seconds: Option<u32>,
+    },
+    /// Answer the caller with this status and reason.
+    Refuse(u16, &'static str),
+}
+
+/// How many targets one call may pass through (a time condition pointing at a time
+/// condition ...) before the configuration counts as a loop.
+const MAX_TARGET_DEPTH: usize = 8;
+
+/// Follows `target` through the tenant's configuration at `at` (the engine's clock: time
+/// conditions are open or closed at that instant, in their own zone). Pure: the same
+/// configuration and instant give the same answer.
+pub fn resolve_target(config: &TenantConfig, target: &Target, at: jiff::Timestamp) -> Resolution {
+    let mut target = target.clone();
+    for _ in 0..MAX_TARGET_DEPTH {
+        let spec = |id: &str, kind: &str| {
+            config
+                .resources
+                .iter()
+                .find(|r| r.id == id && r.kind == kind)
+                .map(|r| r.spec.clone())
+        };
+        match target {
+            Target::Extension(id) => {
+                return Resolution::Ring {
+                    extensions: vec![id],
+                    ring_seconds: None,
+                };
+            }
+            Target::RingGroup(id) => {
+                let Some(group) = spec(&id, "ring_group")
+                    .and_then(|s| serde_json::from_str::<RingGroupSpec>(&s).ok())
+                else {
+                    return Resolution::Refuse(404, "The number's ring group does not exist");
+                };
+                if group.strategy != "simultaneous" {
+                    return Resolution::Refuse(480, "Sequential ring groups cannot take calls yet");
+                }
+                return Resolution::Ring {
+                    extensions: group.members,
+                    ring_seconds: Some(group.ring_seconds),
+                };
+            }
+            Target::TimeCondition(id) => {
+                let Some(condition) = spec(&id, "time_condition")
+                    .and_then(|s| serde_json::from_str::<TimeConditionSpec>(&s).ok())
+                else {
+                    return Resolution::Refuse(404, "The number's time condition does not exist");
+                };
+                target = if condition.is_open(at) {
+                    condition.open_target
+                } else {
+                    condition.closed_target
+                };
+            }
+            Target::VoicemailBox(_) => {
+                return Resolution::Refuse(480, "Voicemail cannot take calls yet");
+            }
+            Target::IvrMenu(_) => {
+                return Resolution::Refuse(480, "IVR menus cannot take calls yet");
+            }
+            Target::Hangup => return Resolution::Refuse(603, "Declined"),
+        }
+    }
+    Resolution::Refuse(500, "The number's targets form a loop")
 }
 
 /// The number the tenant presents as caller ID on an outbound call: `wanted` when it is

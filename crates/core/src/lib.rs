@@ -641,6 +641,7 @@ impl Engine {
             caller_ext,
             offer_b,
             bindings,
+            ring_seconds,
         } = routed;
         let caller = request.caller;
         let domain = config.tenant.domain.clone();
@@ -742,7 +743,8 @@ impl Engine {
             .unwrap_or_default();
         self.by_call_id.insert(call_id.clone(), key);
         self.by_call_id.insert(b_call_id.clone(), key);
-        let timeout = Duration::from_secs(callee.no_answer_seconds.clamp(1, 600) as u64);
+        let ring_for = ring_seconds.map_or(callee.no_answer_seconds, i64::from);
+        let timeout = Duration::from_secs(ring_for.clamp(1, 600) as u64);
         self.arm(Instant::now() + timeout, key, Timer::NoAnswer);
         self.calls.insert(
             key,

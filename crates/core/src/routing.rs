@@ -9,11 +9,11 @@ use tracing::{info, warn};
 
 use switchyard_media_control::{Leg, MediaControl, MediaError, Reply, Request};
 use switchyard_state::{Binding, Locations};
-use switchyard_store::{Extension, Target, TenantConfig};
+use switchyard_store::{Extension, TenantConfig};
 use switchyard_types::TenantId;
 
 use crate::cache::ConfigCache;
-use crate::dialplan::{Destination, DialPlan};
+use crate::dialplan::{Destination, DialPlan, Resolution, resolve_target};
 
 /// What the routing step reads and asks.
 #[derive(Clone)]
@@ -51,10 +51,14 @@ pub struct RouteRequest {
 #[derive(Debug)]
 pub struct Routed {
     pub config: Arc<TenantConfig>,
+    /// The (first) extension rung: the CDR's callee.
     pub callee: Extension,
     pub caller_ext: Option<Extension>,
     pub offer_b: String,
+    /// Every contact to ring: the callee's, or every ring group member's.
     pub bindings: Vec<Binding>,
+    /// A ring group's ring time (else the callee's no-answer time applies).
+    pub ring_seconds: Option<u32>,
 }
 
 /// Why a call cannot be routed: the answer to the caller. No media session is left.
@@ -91,19 +95,31 @@ pub async fn route_call(
     };
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     // Only this tenant's plan is searched: a number of another tenant is never found.
-    let callee_id = match DialPlan::of(&config).decide(&req.dialled) {
-        Destination::Extension(id)
-        | Destination::OwnNumber {
-            target: Some(Target::Extension(id)),
-            ..
-        } => id,
-        Destination::OwnNumber { number, target } => {
-            let kind = target.as_ref().map_or("nothing", |t| t.parts().0);
-            info!(
-                tenant = req.tenant_id,
-                number, kind, "number's target not carried"
-            );
-            return refuse(480, "The number's target cannot take calls yet");
+    let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let (members, ring_seconds) = match DialPlan::of(&config).decide(&req.dialled) {
+        Destination::Extension(id) => (vec![id], None),
+        Destination::OwnNumber {
+            number,
+            target: Some(target),
+        } => match resolve_target(&config, &target, at) {
+            Resolution::Ring {
+                extensions,
+                ring_seconds,
+            } => (extensions, ring_seconds),
+            Resolution::Refuse(status, reason) => {
+                info!(
+                    tenant = req.tenant_id,
+                    number, status, reason, "number's call refused by its target"
+                );
+                return refuse(status, reason);
+            }
+        },
+        Destination::OwnNumber {
+            number,
+            target: None,
+        } => {
+            info!(tenant = req.tenant_id, number, "number points nowhere");
+            return refuse(480, "The number has no target");
         }
         Destination::NotFound => {
             info!(
@@ -142,7 +158,11 @@ pub async fn route_call(
     };
     let find =
         |pred: &dyn Fn(&Extension) -> bool| config.extensions.iter().find(|e| pred(e)).cloned();
-    let Some(callee) = find(&|e| e.id == callee_id) else {
+    let extensions: Vec<Extension> = members
+        .iter()
+        .filter_map(|id| find(&|e| &e.id == id))
+        .collect();
+    let Some(callee) = extensions.first().cloned() else {
         return refuse(404, "No such extension");
     };
     // A carrier's caller is a PSTN number, whatever it looks like.
@@ -195,12 +215,16 @@ pub async fn route_call(
         }
     };
     let tenant = TenantId::new(req.tenant_id.clone());
-    let aor = switchyard_state::aor(&callee.username, &config.tenant.domain);
-    let bindings = deps
-        .locations
-        .lookup(&tenant, &aor, now_ms)
-        .await
-        .unwrap_or_default();
+    let mut bindings = Vec::new();
+    for extension in &extensions {
+        let aor = switchyard_state::aor(&extension.username, &config.tenant.domain);
+        bindings.extend(
+            deps.locations
+                .lookup(&tenant, &aor, now_ms)
+                .await
+                .unwrap_or_default(),
+        );
+    }
     if bindings.is_empty() {
         destroy().await;
         info!(
@@ -216,5 +240,6 @@ pub async fn route_call(
         caller_ext,
         offer_b,
         bindings,
+        ring_seconds,
     })
 }

@@ -18,6 +18,7 @@ const NOW_MS: i64 = 1_800_000_000_000;
 struct Tenant {
     id: String,
     reception: String,
+    second: String,
     number: String,
 }
 
@@ -58,6 +59,7 @@ async fn tenant(store: &Store, domain: &str, did: &str) -> Tenant {
     Tenant {
         id: t.id,
         reception: ids[0].clone(),
+        second: ids[1].clone(),
         number,
     }
 }
@@ -101,22 +103,64 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
             .await
             .unwrap();
     }
-    // A ring group behind a second number of A: not carried yet.
-    let group = store
-        .create_resource(
-            &a.id,
-            ResourceKind::RingGroup,
-            "sales",
-            serde_json::json!({"strategy": "simultaneous", "members": [a.reception], "ring_seconds": 20}),
-        )
-        .await
-        .unwrap();
-    store.add_dids(&["+493000000003".into()]).await.unwrap();
-    let group_number = store.assign_next_did(&a.id).await.unwrap().number;
-    store
-        .set_did_target(&a.id, &group_number, &Target::RingGroup(group.id))
-        .await
-        .unwrap();
+    // More numbers of A, each pointing at another kind of target.
+    let resource = |kind, name: &str, spec: serde_json::Value| {
+        let (store, a) = (store.clone(), a.id.clone());
+        let name = name.to_owned();
+        async move {
+            store
+                .create_resource(&a, kind, &name, spec)
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let everyone = resource(
+        ResourceKind::RingGroup,
+        "everyone",
+        serde_json::json!({"strategy": "simultaneous", "members": [a.reception, a.second], "ring_seconds": 20}),
+    )
+    .await;
+    let hunt = resource(
+        ResourceKind::RingGroup,
+        "hunt",
+        serde_json::json!({"strategy": "sequential", "members": [a.reception], "ring_seconds": 20}),
+    )
+    .await;
+    // Open Monday to Friday 09:00-17:00 in Berlin: the reception; closed: declined.
+    let office = resource(
+        ResourceKind::TimeCondition,
+        "office-hours",
+        serde_json::json!({"timezone": "Europe/Berlin",
+            "rules": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}],
+            "open_target": {"kind": "extension", "id": a.reception},
+            "closed_target": {"kind": "hangup"}}),
+    )
+    .await;
+    let mailbox = resource(
+        ResourceKind::VoicemailBox,
+        "reception-box",
+        serde_json::json!({"extension_id": a.reception, "pin": "4711", "greeting": null, "max_messages": 50}),
+    )
+    .await;
+    let mut numbers = Vec::new();
+    for (i, target) in [
+        Target::RingGroup(everyone),
+        Target::RingGroup(hunt),
+        Target::TimeCondition(office),
+        Target::VoicemailBox(mailbox),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = format!("+49300000001{i}");
+        store.add_dids(std::slice::from_ref(&n)).await.unwrap();
+        let n = store.assign_next_did(&a.id).await.unwrap().number;
+        store.set_did_target(&a.id, &n, &target).await.unwrap();
+        numbers.push(n);
+    }
+    let [group_number, hunt_number, office_number, mailbox_number] =
+        <[String; 4]>::try_from(numbers).unwrap();
 
     let media = MediaNode::new(MediaConfig {
         bind: "127.0.0.1".parse().unwrap(),
@@ -163,12 +207,13 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
 
     // Refusals, each with its answer; none keeps a media session.
     let refused = [
-        ("2001", 404),                // short, no such extension
-        (b.number.as_str(), 403),     // another tenant's number: no route out
-        ("004930123456", 403),        // external, the tenant has no outbound route
-        ("112", 503),                 // emergency without a trunk: said loudly
-        (group_number.as_str(), 480), // a ring group: not carried yet
-        ("1001", 480),                // an extension with no contact
+        ("2001", 404),                  // short, no such extension
+        (b.number.as_str(), 403),       // another tenant's number: no route out
+        ("004930123456", 403),          // external, the tenant has no outbound route
+        ("112", 503),                   // emergency without a trunk: said loudly
+        (hunt_number.as_str(), 480),    // a sequential group: not carried yet
+        (mailbox_number.as_str(), 480), // voicemail: not there yet
+        ("1001", 480),                  // an extension with no contact
     ];
     for (dialled, status) in refused {
         let refusal = route_call(deps.clone(), call(&a, dialled, dialled), NOW_MS)
@@ -178,6 +223,35 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         assert!(refusal.attempted);
     }
     assert_eq!(media.session_count(), 2, "refused calls leave no session");
+
+    // A simultaneous group rings every member's contacts (1001 has none) for its time.
+    let routed = route_call(deps.clone(), call(&a, &group_number, "group"), NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(routed.ring_seconds, Some(20));
+    let contacts: Vec<&str> = routed.bindings.iter().map(|b| b.contact.as_str()).collect();
+    assert_eq!(contacts, ["sip:1000@a.example.com-phone"]);
+
+    // The time condition follows the engine's clock, in Berlin: Monday 2026-12-07 at
+    // 10:00 local (09:00 UTC) is open, 18:00 local is closed.
+    let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let open = route_call(
+        deps.clone(),
+        call(&a, &office_number, "open"),
+        at("2026-12-07T09:00:00Z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(open.callee.id, a.reception);
+    let closed = route_call(
+        deps.clone(),
+        call(&a, &office_number, "closed"),
+        at("2026-12-07T17:00:00Z"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((closed.status, closed.reason.as_str()), (603, "Declined"));
+    assert_eq!(media.session_count(), 4);
 
     // B's extension 1000 is B's: A's caller never reaches B's phone by its number.
     let routed = route_call(deps.clone(), call(&b, "1000", "b-call"), NOW_MS)
