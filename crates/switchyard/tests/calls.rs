@@ -1447,3 +1447,59 @@ fn a_carrier_call_to_a_tenants_number_rings_the_extension_it_points_at() {
         "{r:?}"
     );
 }
+
+/// A call whose routing step is stuck on the database (tenant B's configuration, read on
+/// its first call, waits on a lock held on PostgreSQL) holds up no other call: tenant A's
+/// call is set up and answered while B's still waits, and B's goes on once the lock goes.
+#[test]
+fn a_call_stuck_on_a_database_read_holds_up_no_other_call() {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = rt.block_on(store_common::postgres());
+    let url = pg.url.clone().unwrap();
+    let d = demo_with(&["--store-url", &url]);
+    let (b_tenant, b_range) = d.tenant("slow.example.com", 2000);
+    d.extension(&b_tenant, &b_range, 2001, "b-password-2001");
+    d.extension(&b_tenant, &b_range, 2002, "b-password-2002");
+    let edge = d.server.addr("UDP");
+    let mut b_caller = Phone::new(edge, "slow.example.com", "2001", "b-password-2001");
+    let mut b_callee = Phone::new(edge, "slow.example.com", "2002", "b-password-2002");
+    assert_eq!(b_caller.register(), 200);
+    assert_eq!(b_callee.register(), 200);
+    // A's configuration is in the core's cache after one call; B's is not.
+    let (mut a, mut a_callee) = d.registered_pair();
+    let warm = std::thread::spawn(move || (a.call("1002", &[0]).0.status(), a));
+    a_callee.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    let (status, mut a) = warm.join().unwrap();
+    assert_eq!(status, Some(200));
+
+    // Every read of extensions now waits on this transaction's lock.
+    let mut lock = rt.block_on(sqlx::PgConnection::connect(&url)).unwrap();
+    rt.block_on(async {
+        sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+        sqlx::query("LOCK TABLE extensions IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+    });
+    let b_call = std::thread::spawn(move || b_caller.call("2002", &[0]).0.status());
+    // B's INVITE is at the core, its configuration read stuck.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!b_call.is_finished(), "B's call waits on the lock");
+    let a_call = std::thread::spawn(move || a.call("1002", &[0]).0.status());
+    a_callee.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    assert_eq!(a_call.join().unwrap(), Some(200), "A's call is answered");
+    assert!(
+        !b_call.is_finished(),
+        "A's call went through while B's was still stuck"
+    );
+
+    rt.block_on(async {
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    });
+    b_callee.answer_next("INVITE", Duration::from_secs(10), &[0]);
+    assert_eq!(b_call.join().unwrap(), Some(200), "B's call goes on");
+}
