@@ -8,7 +8,10 @@ use switchyard::serve::{ServeOptions, serve};
 use tokio::sync::watch;
 
 // glibc's malloc grew and trimmed a worker arena about once per registration under load
-// (an mprotect and fresh page faults each time); mimalloc keeps its pages.
+// (an mprotect and fresh page faults each time); mimalloc keeps its pages. Built without
+// transparent huge pages (`no_thp`): each first touch zeroed 2 MiB, which the heap's
+// growth in a registration storm paid for (RSS after start 44 -> 26 MB, grown by 4,000
+// registrations 26.7 -> 18.4 MB; docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
