@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use switchyard_media_control::{Leg, MediaControl, MediaError, Reply, Request};
 use switchyard_state::{Binding, Locations};
-use switchyard_store::{Extension, TenantConfig};
+use switchyard_store::{Extension, Target, TenantConfig};
 use switchyard_types::TenantId;
 
 use crate::cache::ConfigCache;
@@ -158,10 +158,38 @@ pub async fn route_call(
     };
     let find =
         |pred: &dyn Fn(&Extension) -> bool| config.extensions.iter().find(|e| pred(e)).cloned();
-    let extensions: Vec<Extension> = members
+    let mut extensions: Vec<Extension> = members
         .iter()
         .filter_map(|id| find(&|e| &e.id == id))
         .collect();
+    // An extension called on its own follows its "forward always" (to another extension
+    // of the tenant, or a number of the tenant pointing at one); a group's members ring
+    // where they are.
+    let mut seen: Vec<String> = extensions.iter().map(|e| e.id.clone()).collect();
+    while let [only] = extensions.as_slice()
+        && let Some(forward) = only.forward_always.clone().filter(|f| !f.is_empty())
+    {
+        let next = match DialPlan::of(&config).decide(&forward) {
+            Destination::Extension(id)
+            | Destination::OwnNumber {
+                target: Some(Target::Extension(id)),
+                ..
+            } => id,
+            _ => {
+                info!(
+                    tenant = req.tenant_id,
+                    forward, "forwarded where calls cannot go yet"
+                );
+                return refuse(480, "Forwarded to a number that cannot take calls yet");
+            }
+        };
+        if seen.contains(&next) {
+            warn!(tenant = req.tenant_id, forward, "forwarding loop");
+            return refuse(482, "Forwarding loop");
+        }
+        seen.push(next.clone());
+        extensions = find(&|e| e.id == next).into_iter().collect();
+    }
     let Some(callee) = extensions.first().cloned() else {
         return refuse(404, "No such extension");
     };

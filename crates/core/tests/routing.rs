@@ -9,7 +9,7 @@ use switchyard_core::cache::ConfigCache;
 use switchyard_core::routing::{RouteDeps, RouteRequest, route_call};
 use switchyard_media::{MediaConfig, MediaNode};
 use switchyard_state::{Binding, BindingLimits, Locations};
-use switchyard_store::{NewExtension, NewTenant, ResourceKind, Store, Target};
+use switchyard_store::{ExtensionChanges, NewExtension, NewTenant, ResourceKind, Store, Target};
 use switchyard_types::TenantId;
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n";
@@ -252,6 +252,49 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     .unwrap_err();
     assert_eq!((closed.status, closed.reason.as_str()), (603, "Declined"));
     assert_eq!(media.session_count(), 4);
+
+    // Forward always: 1001 (no contact) to 1000 rings 1000; a loop and a forward to a
+    // number outside the tenant are refused. Each change is read fresh (a new cache, as
+    // a change event would make it).
+    let forward = |ext: String, to: &str| {
+        let (store, a) = (store.clone(), a.id.clone());
+        let to = to.to_owned();
+        async move {
+            store
+                .update_extension(
+                    &a,
+                    &ext,
+                    &ExtensionChanges {
+                        forward_always: Some(to),
+                        ..ExtensionChanges::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let fresh = || RouteDeps {
+        cache: ConfigCache::new(store.clone()),
+        ..deps.clone()
+    };
+    forward(a.second.clone(), "1000").await;
+    let routed = route_call(fresh(), call(&a, "1001", "forwarded"), NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(routed.callee.id, a.reception, "1001 forwards to 1000");
+    assert_eq!(routed.bindings[0].contact, "sip:1000@a.example.com-phone");
+    forward(a.reception.clone(), "1001").await;
+    let looped = route_call(fresh(), call(&a, "1001", "loop"), NOW_MS)
+        .await
+        .unwrap_err();
+    assert_eq!(looped.status, 482);
+    forward(a.reception.clone(), "").await;
+    forward(a.second.clone(), "+4930999888").await;
+    let out = route_call(fresh(), call(&a, "1001", "out"), NOW_MS)
+        .await
+        .unwrap_err();
+    assert_eq!(out.status, 480);
+    assert_eq!(media.session_count(), 5, "refusals leave no session");
 
     // B's extension 1000 is B's: A's caller never reaches B's phone by its number.
     let routed = route_call(deps.clone(), call(&b, "1000", "b-call"), NOW_MS)
