@@ -38,8 +38,9 @@ use switchyard_sip::build::{RequestBuilder, ResponseBuilder};
 use switchyard_sip::inspect::Inbound;
 use switchyard_sip::transaction::{Event, TxId};
 use switchyard_sip_net::{DriverHandle, Hub, Peer, TuEvent};
+use switchyard_state::Binding;
 use switchyard_state::Locations;
-use switchyard_store::{Cdr, ChangeEvent, Store};
+use switchyard_store::{Cdr, ChangeEvent, Store, TenantConfig};
 
 use crate::cache::ConfigCache;
 use crate::cdr::CdrSender;
@@ -146,6 +147,26 @@ struct Call {
     unacked: Option<Unacked>,
     /// RFC 4028 on leg A: the interval, who refreshes, and when the session lapses.
     session_timer: Option<SessionTimer>,
+    /// Leg B's identity and offer (every fork, a forward's included, sends these).
+    leg: BLeg,
+    /// The configuration the call was routed with (a forward is decided in it).
+    config: Arc<TenantConfig>,
+    /// The callee's forwards, each taken at most once (one forward per call).
+    forward_busy: Option<String>,
+    forward_no_answer: Option<String>,
+    /// A forward's contacts are being looked up: fork failures meanwhile end nothing.
+    rerouting: bool,
+    /// When the current ringing gives up.
+    ring_deadline: Instant,
+}
+
+/// What every fork of leg B carries.
+#[derive(Debug, Clone)]
+struct BLeg {
+    from: String,
+    to: String,
+    call_id: String,
+    offer: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +254,8 @@ struct Engine {
     setups: HashMap<String, Setup>,
     route_deps: RouteDeps,
     routed_tx: mpsc::UnboundedSender<RouteDone>,
+    /// Forwards' lookups come back here: (call key, the target and its contacts).
+    rerouted_tx: mpsc::UnboundedSender<(u64, routing::Forwarded)>,
     by_call_id: HashMap<String, u64>,
     by_tx: HashMap<TxId, (u64, Purpose)>,
     timers: BTreeMap<(Instant, u64), (u64, Timer)>,
@@ -268,6 +291,7 @@ pub fn spawn_core(
     };
     let cache = ConfigCache::new(store.clone());
     let (routed_tx, mut routed) = mpsc::unbounded_channel();
+    let (rerouted_tx, mut rerouted) = mpsc::unbounded_channel();
     let mut engine = Engine {
         route_deps: RouteDeps {
             cache: cache.clone(),
@@ -275,6 +299,7 @@ pub fn spawn_core(
             media: media.clone(),
         },
         routed_tx,
+        rerouted_tx,
         setups: HashMap::new(),
         local: settings.local,
         rtp_timeout: settings.rtp_timeout,
@@ -311,6 +336,11 @@ pub fn spawn_core(
                 done = routed.recv() => {
                     if let Some(done) = done {
                         engine.on_routed(done).await;
+                    }
+                }
+                done = rerouted.recv() => {
+                    if let Some((key, outcome)) = done {
+                        engine.on_rerouted(key, outcome).await;
                     }
                 }
                 change = changes.recv() => match change {
@@ -668,62 +698,13 @@ impl Engine {
             random_token()
         );
         let to_b = format!("<sip:{}@{}>", callee.number, domain);
-        let mut forks = Vec::new();
-        for binding in &bindings {
-            let Some(route) = binding.flow.clone() else {
-                continue;
-            };
-            let Some(next_hop) = uri_addr(&route) else {
-                continue;
-            };
-            let mut request = RequestBuilder::new(Method::Invite, binding.contact.clone())
-                .header(
-                    "Via",
-                    format!(
-                        "SIP/2.0/UDP {};branch=z9hG4bK{};rport",
-                        self.local,
-                        random_token()
-                    ),
-                )
-                .header("Max-Forwards", "70")
-                .header("Route", route);
-            // Then the proxies the phone registered through (RFC 3327 Path).
-            for p in &binding.path {
-                request = request.header("Route", p.clone());
-            }
-            let request = request
-                .header("From", from_b.clone())
-                .header("To", to_b.clone())
-                .header("Call-ID", b_call_id.clone())
-                .header("CSeq", "1 INVITE")
-                .header("Contact", format!("<sip:sy@{}>", self.local))
-                .header("Allow", ALLOW)
-                .body("application/sdp", Bytes::from(offer_b.clone()))
-                .build();
-            let Ok(request) = Message::parse_datagram(request) else {
-                continue;
-            };
-            let peer = Dialog {
-                call_id: String::new(),
-                local: String::new(),
-                remote: String::new(),
-                remote_target: String::new(),
-                route: Vec::new(),
-                cseq: 0,
-                next_hop,
-            }
-            .peer(self.local);
-            match self.driver.send_request(request.clone(), peer).await {
-                Ok(ftx) => {
-                    self.by_tx.insert(ftx, (key, Purpose::Fork(forks.len())));
-                    forks.push(Fork {
-                        request,
-                        done: false,
-                    });
-                }
-                Err(e) => warn!(error = %e, contact = binding.contact, "fork not sent"),
-            }
-        }
+        let legs = BLeg {
+            from: from_b,
+            to: to_b,
+            call_id: b_call_id.clone(),
+            offer: offer_b,
+        };
+        let forks = self.fork(key, 0, &legs, &bindings).await;
         if forks.is_empty() {
             let _ = self.media.call(Request::Destroy { session }).await;
             return self.reply(tx, &msg, 480, "Temporarily Unavailable").await;
@@ -745,7 +726,17 @@ impl Engine {
         self.by_call_id.insert(b_call_id.clone(), key);
         let ring_for = ring_seconds.map_or(callee.no_answer_seconds, i64::from);
         let timeout = Duration::from_secs(ring_for.clamp(1, 600) as u64);
-        self.arm(Instant::now() + timeout, key, Timer::NoAnswer);
+        let ring_deadline = Instant::now() + timeout;
+        self.arm(ring_deadline, key, Timer::NoAnswer);
+        // An extension's own forwards; a ring group's members ring where they are.
+        let forwards = |f: &Option<String>| {
+            f.clone()
+                .filter(|f| !f.is_empty() && ring_seconds.is_none())
+        };
+        let (forward_busy, forward_no_answer) = (
+            forwards(&callee.forward_busy),
+            forwards(&callee.forward_no_answer),
+        );
         self.calls.insert(
             key,
             Call {
@@ -769,6 +760,12 @@ impl Engine {
                 reinvite: None,
                 unacked: None,
                 session_timer,
+                leg: legs,
+                config,
+                forward_busy,
+                forward_no_answer,
+                rerouting: false,
+                ring_deadline,
             },
         );
     }
@@ -931,7 +928,11 @@ impl Engine {
             }
             return;
         }
-        // A final failure of one fork.
+        // A final failure of one fork; one we had CANCELled already (its 487) says
+        // nothing new.
+        if already_done {
+            return;
+        }
         let reason = msg.reason().unwrap_or("").to_owned();
         let call = self.calls.get_mut(&key).expect("call present");
         let better = match &call.best_failure {
@@ -941,18 +942,165 @@ impl Engine {
         if better {
             call.best_failure = Some((status, reason));
         }
-        if call.phase == Phase::Routing && call.forks.iter().all(|f| f.done) {
-            let (status, reason) = call.best_failure.clone().unwrap_or((480, String::new()));
-            let disposition = match status {
-                486 | 600 => Disposition::Busy,
-                487 => Disposition::Cancelled,
-                _ => Disposition::Failed,
-            };
-            let b = self.a_response(&self.calls[&key], status, &reason);
-            let tx = self.calls[&key].a_tx;
-            self.respond(tx, b).await;
-            self.finish(key, disposition, None).await;
+        if call.phase == Phase::Routing && !call.rerouting && call.forks.iter().all(|f| f.done) {
+            let busy = matches!(call.best_failure, Some((486 | 600, _)));
+            if busy && let Some(target) = call.forward_busy.take() {
+                call.forward_no_answer = None; // one forward per call
+                return self.reroute(key, target);
+            }
+            self.conclude_unanswered(key).await;
         }
+    }
+
+    /// Sends leg B's INVITE to each binding (forks numbered from `first`); the forks sent.
+    async fn fork(
+        &mut self,
+        key: u64,
+        first: usize,
+        leg: &BLeg,
+        bindings: &[Binding],
+    ) -> Vec<Fork> {
+        let mut forks = Vec::new();
+        for binding in bindings {
+            let Some(route) = binding.flow.clone() else {
+                continue;
+            };
+            let Some(next_hop) = uri_addr(&route) else {
+                continue;
+            };
+            let mut request = RequestBuilder::new(Method::Invite, binding.contact.clone())
+                .header(
+                    "Via",
+                    format!(
+                        "SIP/2.0/UDP {};branch=z9hG4bK{};rport",
+                        self.local,
+                        random_token()
+                    ),
+                )
+                .header("Max-Forwards", "70")
+                .header("Route", route);
+            // Then the proxies the phone registered through (RFC 3327 Path).
+            for p in &binding.path {
+                request = request.header("Route", p.clone());
+            }
+            let request = request
+                .header("From", leg.from.clone())
+                .header("To", leg.to.clone())
+                .header("Call-ID", leg.call_id.clone())
+                .header("CSeq", "1 INVITE")
+                .header("Contact", format!("<sip:sy@{}>", self.local))
+                .header("Allow", ALLOW)
+                .body("application/sdp", Bytes::from(leg.offer.clone()))
+                .build();
+            let Ok(request) = Message::parse_datagram(request) else {
+                continue;
+            };
+            let peer = Dialog {
+                call_id: String::new(),
+                local: String::new(),
+                remote: String::new(),
+                remote_target: String::new(),
+                route: Vec::new(),
+                cseq: 0,
+                next_hop,
+            }
+            .peer(self.local);
+            match self.driver.send_request(request.clone(), peer).await {
+                Ok(ftx) => {
+                    self.by_tx
+                        .insert(ftx, (key, Purpose::Fork(first + forks.len())));
+                    forks.push(Fork {
+                        request,
+                        done: false,
+                    });
+                }
+                Err(e) => warn!(error = %e, contact = binding.contact, "fork not sent"),
+            }
+        }
+        forks
+    }
+
+    /// The callee was busy or did not answer and forwards there: its target's contacts
+    /// are looked up in a task (the call rings nowhere meanwhile; failures of the forks
+    /// it had do not end it).
+    fn reroute(&mut self, key: u64, target: String) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.rerouting = true;
+        info!(call_id = call.a.call_id, target, "forwarding");
+        let (deps, done, config, tenant) = (
+            self.route_deps.clone(),
+            self.rerouted_tx.clone(),
+            call.config.clone(),
+            call.tenant_id.clone(),
+        );
+        tokio::spawn(async move {
+            let outcome = routing::forward_to(&deps, &config, &tenant, &target, now_ms()).await;
+            let _ = done.send((key, outcome));
+        });
+    }
+
+    /// A forward's contacts came back: they ring, or the call ends as it would have.
+    async fn on_rerouted(&mut self, key: u64, outcome: routing::Forwarded) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return; // cancelled or hung up meanwhile
+        };
+        if call.phase != Phase::Routing || !call.rerouting {
+            return;
+        }
+        call.rerouting = false;
+        let first = call.forks.len();
+        let ringing = match outcome {
+            Ok((target, bindings)) => {
+                let leg = BLeg {
+                    to: format!("<sip:{}@{}>", target.number, call.config.tenant.domain),
+                    ..call.leg.clone()
+                };
+                let forks = self.fork(key, first, &leg, &bindings).await;
+                let call = self.calls.get_mut(&key).expect("call present");
+                let sent = !forks.is_empty();
+                call.forks.extend(forks);
+                if sent {
+                    let timeout =
+                        Duration::from_secs(target.no_answer_seconds.clamp(1, 600) as u64);
+                    let deadline = Instant::now() + timeout;
+                    call.ring_deadline = deadline;
+                    self.arm(deadline, key, Timer::NoAnswer);
+                }
+                sent
+            }
+            Err(refusal) => {
+                info!(
+                    status = refusal.status,
+                    reason = refusal.reason,
+                    "forward not possible"
+                );
+                false
+            }
+        };
+        if !ringing {
+            self.conclude_unanswered(key).await;
+        }
+    }
+
+    /// Ends a call no fork answered: the caller gets the worst failure seen (`408` when
+    /// the ringing timed out), and the CDR its disposition.
+    async fn conclude_unanswered(&mut self, key: u64) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let (status, reason) = call.best_failure.clone().unwrap_or((480, String::new()));
+        let disposition = match status {
+            486 | 600 => Disposition::Busy,
+            487 => Disposition::Cancelled,
+            408 => Disposition::NoAnswer,
+            _ => Disposition::Failed,
+        };
+        let b = self.a_response(call, status, &reason);
+        let tx = call.a_tx;
+        self.respond(tx, b).await;
+        self.finish(key, disposition, None).await;
     }
 
     async fn cancel_fork(&mut self, key: u64, invite: &Message) {
@@ -1234,7 +1382,10 @@ impl Engine {
                 if call.best_failure.is_none() {
                     call.best_failure = Some((408, "Request Timeout".into()));
                 }
-                if call.phase == Phase::Routing && call.forks.iter().all(|f| f.done) {
+                if call.phase == Phase::Routing
+                    && !call.rerouting
+                    && call.forks.iter().all(|f| f.done)
+                {
                     let (status, reason) = call.best_failure.clone().unwrap_or_default();
                     let b = self.a_response(&self.calls[&key], status, &reason);
                     let a_tx = self.calls[&key].a_tx;
@@ -1265,18 +1416,27 @@ impl Engine {
                     let Some(call) = self.calls.get_mut(&key) else {
                         continue;
                     };
-                    if call.phase != Phase::Routing {
+                    // A forward rings anew: an earlier ringing's timer is not its.
+                    if call.phase != Phase::Routing || call.rerouting || call.ring_deadline > now {
                         continue;
+                    }
+                    let forward = call.forward_no_answer.take();
+                    if forward.is_some() {
+                        call.forward_busy = None; // one forward per call
+                        call.rerouting = true; // the CANCELled forks' 487s end nothing
                     }
                     let forks: Vec<Message> = call.take_ringing_forks();
                     for f in forks {
                         self.cancel_fork(key, &f).await;
                     }
-                    let b = self.a_response(&self.calls[&key], 408, "No Answer");
-                    let a_tx = self.calls[&key].a_tx;
-                    self.respond(a_tx, b).await;
+                    if let Some(target) = forward {
+                        self.reroute(key, target);
+                        continue;
+                    }
                     info!(call_id = self.calls[&key].a.call_id, "no answer");
-                    self.finish(key, Disposition::NoAnswer, None).await;
+                    self.calls.get_mut(&key).expect("call present").best_failure =
+                        Some((408, "No Answer".into()));
+                    self.conclude_unanswered(key).await;
                 }
                 Timer::SessionRefresh => {
                     let Some(t) = self.calls.get(&key).and_then(|c| c.session_timer) else {

@@ -271,3 +271,44 @@ pub async fn route_call(
         ring_seconds,
     })
 }
+
+/// A forward's target and its contacts, or why there is none.
+pub type Forwarded = Result<(Extension, Vec<Binding>), Refusal>;
+
+/// Where a forward of `tenant_id`'s callee goes: `target` (an extension number or a number
+/// of the tenant pointing at one) and its contacts. The media session is the call's own.
+pub async fn forward_to(
+    deps: &RouteDeps,
+    config: &TenantConfig,
+    tenant_id: &str,
+    target: &str,
+    now_ms: i64,
+) -> Forwarded {
+    let id = match DialPlan::of(config).decide(target) {
+        Destination::Extension(id)
+        | Destination::OwnNumber {
+            target: Some(Target::Extension(id)),
+            ..
+        } => id,
+        _ => {
+            return Err(Refusal::new(
+                480,
+                "Forwarded to a number that cannot take calls yet",
+                true,
+            ));
+        }
+    };
+    let Some(extension) = config.extensions.iter().find(|e| e.id == id).cloned() else {
+        return Err(Refusal::new(404, "No such extension", true));
+    };
+    let aor = switchyard_state::aor(&extension.username, &config.tenant.domain);
+    let bindings = deps
+        .locations
+        .lookup(&TenantId::new(tenant_id.to_owned()), &aor, now_ms)
+        .await
+        .unwrap_or_default();
+    if bindings.is_empty() {
+        return Err(Refusal::new(480, "Temporarily Unavailable", true));
+    }
+    Ok((extension, bindings))
+}

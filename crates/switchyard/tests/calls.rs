@@ -1503,3 +1503,89 @@ fn a_call_stuck_on_a_database_read_holds_up_no_other_call() {
     b_callee.answer_next("INVITE", Duration::from_secs(10), &[0]);
     assert_eq!(b_call.join().unwrap(), Some(200), "B's call goes on");
 }
+
+/// Forwarding on busy and on no answer: 1002 forwards to 1003. Busy at 1002 rings 1003
+/// (which answers); unanswered at 1002 (after its 5 s) CANCELs 1002 and rings 1003. One
+/// forward per call: 1003 busy after a forward ends the call busy. Each call one CDR.
+#[test]
+fn busy_and_unanswered_calls_follow_the_callees_forwards() {
+    let d = demo();
+    let (_, ranges) = d.api(
+        "GET",
+        &format!("/v1/tenants/{}/extension-ranges", d.tenant),
+        None,
+    );
+    let range = ranges[0]["id"].as_str().unwrap().to_owned();
+    d.extension(&d.tenant, &range, 1003, "forward-password-1003");
+    let (_, exts) = d.api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None);
+    let items = exts["items"]
+        .as_array()
+        .or(exts.as_array())
+        .unwrap()
+        .clone();
+    let id_1002 = items.iter().find(|e| e["number"] == 1002).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, e) = d.api(
+        "PATCH",
+        &format!("/v1/tenants/{}/extensions/{id_1002}", d.tenant),
+        Some(r#"{"forward_busy":"1003","forward_no_answer":"1003","no_answer_seconds":5}"#),
+    );
+    assert_eq!(s, 200, "{e}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut a, mut b) = d.registered_pair();
+    let mut c = Phone::new(
+        d.server.addr("UDP"),
+        &d.domain,
+        "1003",
+        "forward-password-1003",
+    );
+    assert_eq!(c.register(), 200);
+
+    // Busy: 1002 says 486, 1003 rings and answers.
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (inv, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    b.answer(&inv, from, 486, &[]);
+    let forwarded = c.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    assert!(
+        forwarded.request_uri_str().unwrap().contains("1003"),
+        "{forwarded:?}"
+    );
+    let (mut a, status, leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200), "log:\n{}", d.server.log());
+    let mut leg = leg.unwrap();
+    let c_thread = std::thread::spawn(move || {
+        c.answer_next("BYE", Duration::from_secs(5), &[]);
+        c
+    });
+    assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
+    let mut c = c_thread.join().unwrap();
+
+    // No answer: 1002 rings 5 s, is CANCELled, 1003 rings; 1003 is busy: the call ends
+    // busy (one forward per call: 1003's own forwards are not followed).
+    let caller = std::thread::spawn(move || a.call("1002", &[0]).0.status());
+    let (inv, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    b.answer(&inv, from, 180, &[]);
+    let rung = Instant::now();
+    b.answer_next("CANCEL", Duration::from_secs(10), &[]);
+    assert!(
+        rung.elapsed() >= Duration::from_secs(4),
+        "1002 rang its time"
+    );
+    b.answer(&inv, from, 487, &[]);
+    let (inv, from) = c.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    c.answer(&inv, from, 486, &[]);
+    assert_eq!(caller.join().unwrap(), Some(486));
+
+    let cdrs = d.cdrs(&d.tenant, 2);
+    let dispositions: Vec<&str> = cdrs
+        .iter()
+        .take(2)
+        .map(|c| c["disposition"].as_str().unwrap())
+        .collect();
+    assert_eq!(dispositions, ["busy", "answered"], "newest first: {cdrs:?}");
+}
