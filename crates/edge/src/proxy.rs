@@ -312,17 +312,7 @@ impl Proxy {
                 .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
                 .unwrap_or_default();
             info!(tenant = %tenant.id, carrier, dialled, caller, call_id, core = %core.node.id, "carrier call to core");
-            new_call = Some(NewCall {
-                tenant: TenantId::from(tenant.id.as_str()),
-                call_id: call_id.to_owned(),
-                tag: from.and_then(|f| f.tag()).unwrap_or_default().to_owned(),
-                cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
-                core: core.addr,
-                limits: CallLimits {
-                    max_calls: u32::try_from(tenant.max_calls).unwrap_or(0),
-                    calls_per_second: u32::try_from(tenant.calls_per_second).unwrap_or(0),
-                },
-            });
+            new_call = Some(new_call_of(tenant, msg, core.addr));
             edit = edit
                 .add_header(TENANT_HEADER, &tenant.id)
                 .add_header(CALLER_HEADER, &caller)
@@ -408,18 +398,7 @@ impl Proxy {
             };
             info!(tenant = %tenant.id, caller = %ext.username, method = %method, call_id, core = %core.node.id, "forwarding to core");
             if method == Method::Invite {
-                let tag = from.and_then(|f| f.tag()).unwrap_or_default();
-                new_call = Some(NewCall {
-                    tenant: TenantId::from(tenant.id.as_str()),
-                    call_id: call_id.to_owned(),
-                    tag: tag.to_owned(),
-                    cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
-                    core: core.addr,
-                    limits: CallLimits {
-                        max_calls: u32::try_from(tenant.max_calls).unwrap_or(0),
-                        calls_per_second: u32::try_from(tenant.calls_per_second).unwrap_or(0),
-                    },
-                });
+                new_call = Some(new_call_of(tenant, msg, core.addr));
             }
             edit = edit
                 .remove(HeaderName::ProxyAuthorization)
@@ -533,6 +512,25 @@ fn branch(msg: &Message) -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+/// The slot a new call of `tenant` takes (its caps), known by Call-ID and From tag.
+fn new_call_of(tenant: &switchyard_store::Tenant, msg: &Message, core: SocketAddr) -> NewCall {
+    NewCall {
+        tenant: TenantId::from(tenant.id.as_str()),
+        call_id: msg.call_id().unwrap_or_default().to_owned(),
+        tag: msg
+            .from_header()
+            .ok()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .unwrap_or_default(),
+        cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
+        core,
+        limits: CallLimits {
+            max_calls: u32::try_from(tenant.max_calls).unwrap_or(0),
+            calls_per_second: u32::try_from(tenant.calls_per_second).unwrap_or(0),
+        },
+    }
 }
 
 #[cfg(test)]
