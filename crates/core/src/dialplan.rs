@@ -147,10 +147,13 @@ impl DialPlan {
 /// What a number's target comes to at one instant: extensions to ring, or a refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    /// Ring these extensions (ids) at once; `ring_seconds` from a ring group.
+    /// Ring these extensions (ids) at once; `ring_seconds` from a ring group. A
+    /// sequential group rings its first member here and `then` the others, one at a
+    /// time, each for `ring_seconds`.
     Ring {
         extensions: Vec<String>,
         ring_seconds: Option<u32>,
+        then: Vec<String>,
     },
     /// Answer the caller with this status and reason.
     Refuse(u16, &'static str),
@@ -178,6 +181,7 @@ pub fn resolve_target(config: &TenantConfig, target: &Target, at: jiff::Timestam
                 return Resolution::Ring {
                     extensions: vec![id],
                     ring_seconds: None,
+                    then: Vec::new(),
                 };
             }
             Target::RingGroup(id) => {
@@ -186,12 +190,16 @@ pub fn resolve_target(config: &TenantConfig, target: &Target, at: jiff::Timestam
                 else {
                     return Resolution::Refuse(404, "The number's ring group does not exist");
                 };
-                if group.strategy != "simultaneous" {
-                    return Resolution::Refuse(480, "Sequential ring groups cannot take calls yet");
-                }
+                let mut members = group.members;
+                let then = if group.strategy == "sequential" && members.len() > 1 {
+                    members.split_off(1)
+                } else {
+                    Vec::new()
+                };
                 return Resolution::Ring {
-                    extensions: group.members,
+                    extensions: members,
                     ring_seconds: Some(group.ring_seconds),
+                    then,
                 };
             }
             Target::TimeCondition(id) => {

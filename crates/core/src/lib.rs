@@ -158,6 +158,10 @@ struct Call {
     rerouting: bool,
     /// When the current ringing gives up.
     ring_deadline: Instant,
+    /// A sequential group's members still to ring (extension numbers), in order, and
+    /// how long each rings.
+    hunt: std::collections::VecDeque<String>,
+    hunt_ring: Option<u32>,
 }
 
 /// What every fork of leg B carries.
@@ -672,6 +676,7 @@ impl Engine {
             offer_b,
             bindings,
             ring_seconds,
+            hunt,
         } = routed;
         let caller = request.caller;
         let domain = config.tenant.domain.clone();
@@ -733,6 +738,7 @@ impl Engine {
             f.clone()
                 .filter(|f| !f.is_empty() && ring_seconds.is_none())
         };
+        let hunt_is_empty = hunt.is_empty();
         let (forward_busy, forward_no_answer) = (
             forwards(&callee.forward_busy),
             forwards(&callee.forward_no_answer),
@@ -766,6 +772,8 @@ impl Engine {
                 forward_no_answer,
                 rerouting: false,
                 ring_deadline,
+                hunt: hunt.into(),
+                hunt_ring: ring_seconds.filter(|_| !hunt_is_empty),
             },
         );
     }
@@ -943,6 +951,9 @@ impl Engine {
             call.best_failure = Some((status, reason));
         }
         if call.phase == Phase::Routing && !call.rerouting && call.forks.iter().all(|f| f.done) {
+            if let Some(next) = call.hunt.pop_front() {
+                return self.reroute(key, next);
+            }
             let busy = matches!(call.best_failure, Some((486 | 600, _)));
             if busy && let Some(target) = call.forward_busy.take() {
                 call.forward_no_answer = None; // one forward per call
@@ -1062,8 +1073,8 @@ impl Engine {
                 let sent = !forks.is_empty();
                 call.forks.extend(forks);
                 if sent {
-                    let timeout =
-                        Duration::from_secs(target.no_answer_seconds.clamp(1, 600) as u64);
+                    let ring_for = call.hunt_ring.map_or(target.no_answer_seconds, i64::from);
+                    let timeout = Duration::from_secs(ring_for.clamp(1, 600) as u64);
                     let deadline = Instant::now() + timeout;
                     call.ring_deadline = deadline;
                     self.arm(deadline, key, Timer::NoAnswer);
@@ -1080,7 +1091,11 @@ impl Engine {
             }
         };
         if !ringing {
-            self.conclude_unanswered(key).await;
+            // A sequential group's member that cannot ring: the next one does.
+            match self.calls.get_mut(&key).and_then(|c| c.hunt.pop_front()) {
+                Some(next) => self.reroute(key, next),
+                None => self.conclude_unanswered(key).await,
+            }
         }
     }
 
@@ -1420,7 +1435,10 @@ impl Engine {
                     if call.phase != Phase::Routing || call.rerouting || call.ring_deadline > now {
                         continue;
                     }
-                    let forward = call.forward_no_answer.take();
+                    let forward = call
+                        .hunt
+                        .pop_front()
+                        .or_else(|| call.forward_no_answer.take());
                     if forward.is_some() {
                         call.forward_busy = None; // one forward per call
                         call.rerouting = true; // the CANCELled forks' 487s end nothing

@@ -59,6 +59,8 @@ pub struct Routed {
     pub bindings: Vec<Binding>,
     /// A ring group's ring time (else the callee's no-answer time applies).
     pub ring_seconds: Option<u32>,
+    /// A sequential group's next members (extension numbers), rung one at a time.
+    pub hunt: Vec<String>,
 }
 
 /// Why a call cannot be routed: the answer to the caller. No media session is left.
@@ -96,8 +98,8 @@ pub async fn route_call(
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     // Only this tenant's plan is searched: a number of another tenant is never found.
     let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let (members, ring_seconds) = match DialPlan::of(&config).decide(&req.dialled) {
-        Destination::Extension(id) => (vec![id], None),
+    let (members, ring_seconds, hunt) = match DialPlan::of(&config).decide(&req.dialled) {
+        Destination::Extension(id) => (vec![id], None, Vec::new()),
         Destination::OwnNumber {
             number,
             target: Some(target),
@@ -105,7 +107,8 @@ pub async fn route_call(
             Resolution::Ring {
                 extensions,
                 ring_seconds,
-            } => (extensions, ring_seconds),
+                then,
+            } => (extensions, ring_seconds, then),
             Resolution::Refuse(status, reason) => {
                 info!(
                     tenant = req.tenant_id,
@@ -190,7 +193,7 @@ pub async fn route_call(
         seen.push(next.clone());
         extensions = find(&|e| e.id == next).into_iter().collect();
     }
-    let Some(callee) = extensions.first().cloned() else {
+    let Some(mut callee) = extensions.first().cloned() else {
         return refuse(404, "No such extension");
     };
     // A carrier's caller is a PSTN number, whatever it looks like.
@@ -253,6 +256,22 @@ pub async fn route_call(
                 .unwrap_or_default(),
         );
     }
+    // A sequential group whose member has no contact starts with the next one.
+    let mut hunt = std::collections::VecDeque::from(hunt);
+    while bindings.is_empty()
+        && let Some(next) = hunt.pop_front()
+    {
+        let Some(member) = find(&|e| e.id == next) else {
+            continue;
+        };
+        let aor = switchyard_state::aor(&member.username, &config.tenant.domain);
+        bindings = deps
+            .locations
+            .lookup(&tenant, &aor, now_ms)
+            .await
+            .unwrap_or_default();
+        callee = member;
+    }
     if bindings.is_empty() {
         destroy().await;
         info!(
@@ -262,6 +281,11 @@ pub async fn route_call(
         );
         return refuse(480, "Temporarily Unavailable");
     }
+    let hunt = hunt
+        .iter()
+        .filter_map(|id| config.extensions.iter().find(|e| &e.id == id))
+        .map(|e| e.number.to_string())
+        .collect();
     Ok(Routed {
         config,
         callee,
@@ -269,6 +293,7 @@ pub async fn route_call(
         offer_b,
         bindings,
         ring_seconds,
+        hunt,
     })
 }
 

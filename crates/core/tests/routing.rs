@@ -124,7 +124,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     let hunt = resource(
         ResourceKind::RingGroup,
         "hunt",
-        serde_json::json!({"strategy": "sequential", "members": [a.reception], "ring_seconds": 20}),
+        serde_json::json!({"strategy": "sequential", "members": [a.second, a.reception], "ring_seconds": 15}),
     )
     .await;
     // Open Monday to Friday 09:00-17:00 in Berlin: the reception; closed: declined.
@@ -211,7 +211,6 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         (b.number.as_str(), 403),       // another tenant's number: no route out
         ("004930123456", 403),          // external, the tenant has no outbound route
         ("112", 503),                   // emergency without a trunk: said loudly
-        (hunt_number.as_str(), 480),    // a sequential group: not carried yet
         (mailbox_number.as_str(), 480), // voicemail: not there yet
         ("1001", 480),                  // an extension with no contact
     ];
@@ -232,6 +231,15 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     let contacts: Vec<&str> = routed.bindings.iter().map(|b| b.contact.as_str()).collect();
     assert_eq!(contacts, ["sip:1000@a.example.com-phone"]);
 
+    // A sequential group starts with its first member that has a contact (1001 has
+    // none): 1000, for the group's time, with nobody left to hunt.
+    let routed = route_call(deps.clone(), call(&a, &hunt_number, "hunt"), NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(routed.callee.id, a.reception);
+    assert_eq!(routed.ring_seconds, Some(15));
+    assert!(routed.hunt.is_empty(), "{:?}", routed.hunt);
+
     // The time condition follows the engine's clock, in Berlin: Monday 2026-12-07 at
     // 10:00 local (09:00 UTC) is open, 18:00 local is closed.
     let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap().as_millisecond();
@@ -251,7 +259,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     .await
     .unwrap_err();
     assert_eq!((closed.status, closed.reason.as_str()), (603, "Declined"));
-    assert_eq!(media.session_count(), 4);
+    assert_eq!(media.session_count(), 5);
 
     // Forward always: 1001 (no contact) to 1000 rings 1000; a loop and a forward to a
     // number outside the tenant are refused. Each change is read fresh (a new cache, as
@@ -294,7 +302,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         .await
         .unwrap_err();
     assert_eq!(out.status, 480);
-    assert_eq!(media.session_count(), 5, "refusals leave no session");
+    assert_eq!(media.session_count(), 6, "refusals leave no session");
 
     // B's extension 1000 is B's: A's caller never reaches B's phone by its number.
     let routed = route_call(deps.clone(), call(&b, "1000", "b-call"), NOW_MS)

@@ -1589,3 +1589,83 @@ fn busy_and_unanswered_calls_follow_the_callees_forwards() {
         .collect();
     assert_eq!(dispositions, ["busy", "answered"], "newest first: {cdrs:?}");
 }
+
+/// A number pointing at a sequential ring group: its members ring one at a time, the
+/// next when one is busy (or its ring time passes), until one answers.
+#[test]
+fn a_sequential_group_rings_its_members_one_at_a_time() {
+    let d = demo();
+    let (_, ranges) = d.api(
+        "GET",
+        &format!("/v1/tenants/{}/extension-ranges", d.tenant),
+        None,
+    );
+    let range = ranges[0]["id"].as_str().unwrap().to_owned();
+    let id_1003 = d.extension(&d.tenant, &range, 1003, "hunt-password-1003");
+    let (_, exts) = d.api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None);
+    let items = exts["items"]
+        .as_array()
+        .or(exts.as_array())
+        .unwrap()
+        .clone();
+    let id_1002 = items.iter().find(|e| e["number"] == 1002).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, group) = d.api(
+        "POST",
+        &format!("/v1/tenants/{}/resources/ring_group", d.tenant),
+        Some(&format!(
+            r#"{{"name":"support","spec":{{"strategy":"sequential","members":["{id_1002}","{id_1003}"],"ring_seconds":10,"fallback":null}}}}"#
+        )),
+    );
+    assert_eq!(s, 201, "{group}");
+    let (s, r) = d.api(
+        "POST",
+        "/v1/numbers",
+        Some(r#"{"numbers":["+15550100077"]}"#),
+    );
+    assert!(s < 300, "{s} {r}");
+    let (s, n) = d.api("POST", &format!("/v1/tenants/{}/numbers", d.tenant), None);
+    assert_eq!(s, 201, "{n}");
+    let number = n["number"].as_str().unwrap().to_owned();
+    let (s, t) = d.api(
+        "PUT",
+        &format!(
+            "/v1/tenants/{}/numbers/{}/target",
+            d.tenant,
+            number.replace('+', "%2B")
+        ),
+        Some(&format!(
+            r#"{{"target":{{"kind":"ring_group","id":"{}"}}}}"#,
+            group["id"].as_str().unwrap()
+        )),
+    );
+    assert_eq!(s, 200, "{t}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut a, mut b) = d.registered_pair();
+    let mut c = Phone::new(
+        d.server.addr("UDP"),
+        &d.domain,
+        "1003",
+        "hunt-password-1003",
+    );
+    assert_eq!(c.register(), 200);
+
+    // 1001 dials the number: 1002 rings first and is busy; then 1003 rings and answers.
+    let caller = std::thread::spawn(move || a.call(&number, &[0]).0.status());
+    let (inv, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    assert!(
+        c.wait_request("INVITE", Duration::from_millis(300))
+            .is_none(),
+        "one member at a time"
+    );
+    b.answer(&inv, from, 486, &[]);
+    c.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    assert_eq!(
+        caller.join().unwrap(),
+        Some(200),
+        "log:\n{}",
+        d.server.log()
+    );
+}
