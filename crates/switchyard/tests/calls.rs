@@ -106,6 +106,66 @@ impl Demo {
         (id, r["id"].as_str().unwrap().to_owned())
     }
 
+    /// The demo tenant's extension range.
+    fn demo_range(&self) -> String {
+        let (_, ranges) = self.api(
+            "GET",
+            &format!("/v1/tenants/{}/extension-ranges", self.tenant),
+            None,
+        );
+        ranges[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The id of the demo tenant's extension `number`.
+    fn extension_id(&self, number: i64) -> String {
+        let (_, exts) = self.api(
+            "GET",
+            &format!("/v1/tenants/{}/extensions", self.tenant),
+            None,
+        );
+        let items = exts["items"]
+            .as_array()
+            .or(exts.as_array())
+            .unwrap()
+            .clone();
+        items
+            .iter()
+            .find(|e| e["number"] == number)
+            .expect("the extension")["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Adds `number` to the pool, assigns it to the demo tenant and points it at `target`
+    /// (`{"kind": ..., "id": ...}`); returns the number as assigned.
+    fn number_to(&self, number: &str, target: &str) -> String {
+        let (s, r) = self.api(
+            "POST",
+            "/v1/numbers",
+            Some(&format!(r#"{{"numbers":["{number}"]}}"#)),
+        );
+        assert!(s < 300, "{s} {r}");
+        let (s, n) = self.api(
+            "POST",
+            &format!("/v1/tenants/{}/numbers", self.tenant),
+            None,
+        );
+        assert_eq!(s, 201, "{n}");
+        let assigned = n["number"].as_str().unwrap().to_owned();
+        let (s, t) = self.api(
+            "PUT",
+            &format!(
+                "/v1/tenants/{}/numbers/{}/target",
+                self.tenant,
+                assigned.replace('+', "%2B")
+            ),
+            Some(&format!(r#"{{"target":{target}}}"#)),
+        );
+        assert_eq!(s, 200, "{t}");
+        assigned
+    }
+
     fn extension(&self, tenant: &str, range: &str, number: i64, password: &str) -> String {
         let (s, e) = self.api(
             "POST",
@@ -1356,40 +1416,18 @@ fn a_carrier_call_to_a_tenants_number_rings_the_extension_it_points_at() {
         Some(r#"{"name":"pstn","addresses":["127.0.0.2"]}"#),
     );
     assert_eq!(s, 201, "{c}");
+    let ext_1001 = d.extension_id(1001);
+    let number = d.number_to(
+        "+15550100001",
+        &format!(r#"{{"kind":"extension","id":"{ext_1001}"}}"#),
+    );
+    // A number of the pool that no tenant holds.
     let (s, r) = d.api(
         "POST",
         "/v1/numbers",
-        Some(r#"{"numbers":["+15550100001","+15550100002"]}"#),
+        Some(r#"{"numbers":["+15550100002"]}"#),
     );
-    assert!(s == 200 || s == 201 || s == 204, "{s} {r}");
-    let (s, n) = d.api("POST", &format!("/v1/tenants/{}/numbers", d.tenant), None);
-    assert_eq!(s, 201, "{n}");
-    let number = n["number"].as_str().unwrap().to_owned();
-    let (_, exts) = d.api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None);
-    let items = exts["items"]
-        .as_array()
-        .or(exts.as_array())
-        .unwrap()
-        .clone();
-    let ext_1001 = items
-        .iter()
-        .find(|e| e["number"] == 1001)
-        .expect("extension 1001")["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (s, t) = d.api(
-        "PUT",
-        &format!(
-            "/v1/tenants/{}/numbers/{}/target",
-            d.tenant,
-            number.replace('+', "%2B")
-        ),
-        Some(&format!(
-            r#"{{"target":{{"kind":"extension","id":"{ext_1001}"}}}}"#
-        )),
-    );
-    assert_eq!(s, 200, "{t}");
+    assert!(s < 300, "{s} {r}");
     // The change event refreshes the edge's numbers (and carriers) within a moment.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -1510,23 +1548,8 @@ fn a_call_stuck_on_a_database_read_holds_up_no_other_call() {
 #[test]
 fn busy_and_unanswered_calls_follow_the_callees_forwards() {
     let d = demo();
-    let (_, ranges) = d.api(
-        "GET",
-        &format!("/v1/tenants/{}/extension-ranges", d.tenant),
-        None,
-    );
-    let range = ranges[0]["id"].as_str().unwrap().to_owned();
-    d.extension(&d.tenant, &range, 1003, "forward-password-1003");
-    let (_, exts) = d.api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None);
-    let items = exts["items"]
-        .as_array()
-        .or(exts.as_array())
-        .unwrap()
-        .clone();
-    let id_1002 = items.iter().find(|e| e["number"] == 1002).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    d.extension(&d.tenant, &d.demo_range(), 1003, "forward-password-1003");
+    let id_1002 = d.extension_id(1002);
     let (s, e) = d.api(
         "PATCH",
         &format!("/v1/tenants/{}/extensions/{id_1002}", d.tenant),
@@ -1595,23 +1618,8 @@ fn busy_and_unanswered_calls_follow_the_callees_forwards() {
 #[test]
 fn a_sequential_group_rings_its_members_one_at_a_time() {
     let d = demo();
-    let (_, ranges) = d.api(
-        "GET",
-        &format!("/v1/tenants/{}/extension-ranges", d.tenant),
-        None,
-    );
-    let range = ranges[0]["id"].as_str().unwrap().to_owned();
-    let id_1003 = d.extension(&d.tenant, &range, 1003, "hunt-password-1003");
-    let (_, exts) = d.api("GET", &format!("/v1/tenants/{}/extensions", d.tenant), None);
-    let items = exts["items"]
-        .as_array()
-        .or(exts.as_array())
-        .unwrap()
-        .clone();
-    let id_1002 = items.iter().find(|e| e["number"] == 1002).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id_1003 = d.extension(&d.tenant, &d.demo_range(), 1003, "hunt-password-1003");
+    let id_1002 = d.extension_id(1002);
     let (s, group) = d.api(
         "POST",
         &format!("/v1/tenants/{}/resources/ring_group", d.tenant),
@@ -1620,28 +1628,13 @@ fn a_sequential_group_rings_its_members_one_at_a_time() {
         )),
     );
     assert_eq!(s, 201, "{group}");
-    let (s, r) = d.api(
-        "POST",
-        "/v1/numbers",
-        Some(r#"{"numbers":["+15550100077"]}"#),
-    );
-    assert!(s < 300, "{s} {r}");
-    let (s, n) = d.api("POST", &format!("/v1/tenants/{}/numbers", d.tenant), None);
-    assert_eq!(s, 201, "{n}");
-    let number = n["number"].as_str().unwrap().to_owned();
-    let (s, t) = d.api(
-        "PUT",
+    let number = d.number_to(
+        "+15550100077",
         &format!(
-            "/v1/tenants/{}/numbers/{}/target",
-            d.tenant,
-            number.replace('+', "%2B")
-        ),
-        Some(&format!(
-            r#"{{"target":{{"kind":"ring_group","id":"{}"}}}}"#,
+            r#"{{"kind":"ring_group","id":"{}"}}"#,
             group["id"].as_str().unwrap()
-        )),
+        ),
     );
-    assert_eq!(s, 200, "{t}");
     std::thread::sleep(Duration::from_secs(1));
     let (mut a, mut b) = d.registered_pair();
     let mut c = Phone::new(
