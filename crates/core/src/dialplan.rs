@@ -154,6 +154,8 @@ pub enum Resolution {
         extensions: Vec<String>,
         ring_seconds: Option<u32>,
         then: Vec<String>,
+        /// A group's target once nobody answered.
+        fallback: Option<Target>,
     },
     /// Answer the caller with this status and reason.
     Refuse(u16, &'static str),
@@ -182,6 +184,7 @@ pub fn resolve_target(config: &TenantConfig, target: &Target, at: jiff::Timestam
                     extensions: vec![id],
                     ring_seconds: None,
                     then: Vec::new(),
+                    fallback: None,
                 };
             }
             Target::RingGroup(id) => {
@@ -200,6 +203,7 @@ pub fn resolve_target(config: &TenantConfig, target: &Target, at: jiff::Timestam
                     extensions: members,
                     ring_seconds: Some(group.ring_seconds),
                     then,
+                    fallback: group.fallback,
                 };
             }
             Target::TimeCondition(id) => {

@@ -40,13 +40,13 @@ use switchyard_sip::transaction::{Event, TxId};
 use switchyard_sip_net::{DriverHandle, Hub, Peer, TuEvent};
 use switchyard_state::Binding;
 use switchyard_state::Locations;
-use switchyard_store::{Cdr, ChangeEvent, Store, TenantConfig};
+use switchyard_store::{Cdr, ChangeEvent, Store, Target, TenantConfig};
 
 use crate::cache::ConfigCache;
 use crate::cdr::CdrSender;
 use crate::dialog::{Dialog, random_token, uri_addr};
 use crate::metrics::{CallMetrics, Disposition};
-use crate::routing::{Refusal, RouteDeps, RouteRequest, Routed};
+use crate::routing::{Refusal, Reroute, RouteDeps, RouteRequest, Routed};
 
 /// Headers an edge sets (and strips from anything a phone sends).
 pub const TENANT_HEADER: &str = "X-Sy-Tenant";
@@ -162,6 +162,33 @@ struct Call {
     /// how long each rings.
     hunt: std::collections::VecDeque<String>,
     hunt_ring: Option<u32>,
+    /// A group's target once nobody answered (taken once).
+    fallback: Option<Target>,
+}
+
+impl Call {
+    /// Where the call rings next when its forks failed (`busy`: all of them busy) or its
+    /// ringing time passed (`unanswered`): a sequential group's next member, then the
+    /// group's fallback, then the callee's forward for that case. Each taken once; one
+    /// forward per call.
+    fn next_reroute(&mut self, busy: bool, unanswered: bool) -> Option<Reroute> {
+        if let Some(next) = self.hunt.pop_front() {
+            return Some(Reroute::Dialled(next));
+        }
+        if let Some(fallback) = self.fallback.take() {
+            return Some(Reroute::Target(fallback));
+        }
+        let forward = if busy {
+            self.forward_busy.take()
+        } else if unanswered {
+            self.forward_no_answer.take()
+        } else {
+            None
+        }?;
+        self.forward_busy = None;
+        self.forward_no_answer = None;
+        Some(Reroute::Dialled(forward))
+    }
 }
 
 /// What every fork of leg B carries.
@@ -677,6 +704,7 @@ impl Engine {
             bindings,
             ring_seconds,
             hunt,
+            fallback,
         } = routed;
         let caller = request.caller;
         let domain = config.tenant.domain.clone();
@@ -773,6 +801,7 @@ impl Engine {
                 rerouting: false,
                 ring_deadline,
                 hunt: hunt.into(),
+                fallback,
                 hunt_ring: ring_seconds.filter(|_| !hunt_is_empty),
             },
         );
@@ -951,13 +980,9 @@ impl Engine {
             call.best_failure = Some((status, reason));
         }
         if call.phase == Phase::Routing && !call.rerouting && call.forks.iter().all(|f| f.done) {
-            if let Some(next) = call.hunt.pop_front() {
-                return self.reroute(key, next);
-            }
             let busy = matches!(call.best_failure, Some((486 | 600, _)));
-            if busy && let Some(target) = call.forward_busy.take() {
-                call.forward_no_answer = None; // one forward per call
-                return self.reroute(key, target);
+            if let Some(next) = call.next_reroute(busy, false) {
+                return self.reroute(key, next);
             }
             self.conclude_unanswered(key).await;
         }
@@ -1034,12 +1059,12 @@ impl Engine {
     /// The callee was busy or did not answer and forwards there: its target's contacts
     /// are looked up in a task (the call rings nowhere meanwhile; failures of the forks
     /// it had do not end it).
-    fn reroute(&mut self, key: u64, target: String) {
+    fn reroute(&mut self, key: u64, target: Reroute) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         call.rerouting = true;
-        info!(call_id = call.a.call_id, target, "forwarding");
+        info!(call_id = call.a.call_id, ?target, "forwarding");
         let (deps, done, config, tenant) = (
             self.route_deps.clone(),
             self.rerouted_tx.clone(),
@@ -1092,7 +1117,11 @@ impl Engine {
         };
         if !ringing {
             // A sequential group's member that cannot ring: the next one does.
-            match self.calls.get_mut(&key).and_then(|c| c.hunt.pop_front()) {
+            match self
+                .calls
+                .get_mut(&key)
+                .and_then(|c| c.next_reroute(false, false))
+            {
                 Some(next) => self.reroute(key, next),
                 None => self.conclude_unanswered(key).await,
             }
@@ -1435,12 +1464,8 @@ impl Engine {
                     if call.phase != Phase::Routing || call.rerouting || call.ring_deadline > now {
                         continue;
                     }
-                    let forward = call
-                        .hunt
-                        .pop_front()
-                        .or_else(|| call.forward_no_answer.take());
+                    let forward = call.next_reroute(false, true);
                     if forward.is_some() {
-                        call.forward_busy = None; // one forward per call
                         call.rerouting = true; // the CANCELled forks' 487s end nothing
                     }
                     let forks: Vec<Message> = call.take_ringing_forks();

@@ -61,6 +61,16 @@ pub struct Routed {
     pub ring_seconds: Option<u32>,
     /// A sequential group's next members (extension numbers), rung one at a time.
     pub hunt: Vec<String>,
+    /// A group's target once nobody answered.
+    pub fallback: Option<Target>,
+}
+
+/// Where a ringing call goes next: a dialled string (an extension number, a number of
+/// the tenant) or a target of the configuration (a group's fallback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reroute {
+    Dialled(String),
+    Target(Target),
 }
 
 /// Why a call cannot be routed: the answer to the caller. No media session is left.
@@ -98,8 +108,8 @@ pub async fn route_call(
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     // Only this tenant's plan is searched: a number of another tenant is never found.
     let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let (members, ring_seconds, hunt) = match DialPlan::of(&config).decide(&req.dialled) {
-        Destination::Extension(id) => (vec![id], None, Vec::new()),
+    let (members, ring_seconds, hunt, fallback) = match DialPlan::of(&config).decide(&req.dialled) {
+        Destination::Extension(id) => (vec![id], None, Vec::new(), None),
         Destination::OwnNumber {
             number,
             target: Some(target),
@@ -108,7 +118,8 @@ pub async fn route_call(
                 extensions,
                 ring_seconds,
                 then,
-            } => (extensions, ring_seconds, then),
+                fallback,
+            } => (extensions, ring_seconds, then, fallback),
             Resolution::Refuse(status, reason) => {
                 info!(
                     tenant = req.tenant_id,
@@ -294,46 +305,64 @@ pub async fn route_call(
         bindings,
         ring_seconds,
         hunt,
+        fallback,
     })
 }
 
 /// A forward's target and its contacts, or why there is none.
 pub type Forwarded = Result<(Extension, Vec<Binding>), Refusal>;
 
-/// Where a forward of `tenant_id`'s callee goes: `target` (an extension number or a number
-/// of the tenant pointing at one) and its contacts. The media session is the call's own.
+/// Where a ringing call of `tenant_id` goes next (a forward, a group's next member or
+/// its fallback): the first extension rung and the contacts of every extension the
+/// target comes to. The media session is the call's own.
 pub async fn forward_to(
     deps: &RouteDeps,
     config: &TenantConfig,
     tenant_id: &str,
-    target: &str,
+    next: &Reroute,
     now_ms: i64,
 ) -> Forwarded {
-    let id = match DialPlan::of(config).decide(target) {
-        Destination::Extension(id)
-        | Destination::OwnNumber {
-            target: Some(Target::Extension(id)),
-            ..
-        } => id,
-        _ => {
-            return Err(Refusal::new(
-                480,
-                "Forwarded to a number that cannot take calls yet",
-                true,
-            ));
-        }
+    let cannot = || {
+        Refusal::new(
+            480,
+            "Forwarded to a number that cannot take calls yet",
+            true,
+        )
     };
-    let Some(extension) = config.extensions.iter().find(|e| e.id == id).cloned() else {
+    let target = match next {
+        Reroute::Target(t) => t.clone(),
+        Reroute::Dialled(dialled) => match DialPlan::of(config).decide(dialled) {
+            Destination::Extension(id) => Target::Extension(id),
+            Destination::OwnNumber {
+                target: Some(t), ..
+            } => t,
+            _ => return Err(cannot()),
+        },
+    };
+    let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let extensions: Vec<Extension> = match resolve_target(config, &target, at) {
+        Resolution::Ring { extensions, .. } => extensions
+            .iter()
+            .filter_map(|id| config.extensions.iter().find(|e| &e.id == id).cloned())
+            .collect(),
+        Resolution::Refuse(status, reason) => return Err(Refusal::new(status, reason, true)),
+    };
+    let Some(first) = extensions.first().cloned() else {
         return Err(Refusal::new(404, "No such extension", true));
     };
-    let aor = switchyard_state::aor(&extension.username, &config.tenant.domain);
-    let bindings = deps
-        .locations
-        .lookup(&TenantId::new(tenant_id.to_owned()), &aor, now_ms)
-        .await
-        .unwrap_or_default();
+    let tenant = TenantId::new(tenant_id.to_owned());
+    let mut bindings = Vec::new();
+    for extension in &extensions {
+        let aor = switchyard_state::aor(&extension.username, &config.tenant.domain);
+        bindings.extend(
+            deps.locations
+                .lookup(&tenant, &aor, now_ms)
+                .await
+                .unwrap_or_default(),
+        );
+    }
     if bindings.is_empty() {
         return Err(Refusal::new(480, "Temporarily Unavailable", true));
     }
-    Ok((extension, bindings))
+    Ok((first, bindings))
 }

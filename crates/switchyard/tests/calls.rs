@@ -1614,17 +1614,19 @@ fn busy_and_unanswered_calls_follow_the_callees_forwards() {
 }
 
 /// A number pointing at a sequential ring group: its members ring one at a time, the
-/// next when one is busy (or its ring time passes), until one answers.
+/// next when one is busy (or its ring time passes), until one answers; when none does,
+/// the group's fallback (here extension 1004) rings.
 #[test]
 fn a_sequential_group_rings_its_members_one_at_a_time() {
     let d = demo();
     let id_1003 = d.extension(&d.tenant, &d.demo_range(), 1003, "hunt-password-1003");
+    let id_1004 = d.extension(&d.tenant, &d.demo_range(), 1004, "hunt-password-1004");
     let id_1002 = d.extension_id(1002);
     let (s, group) = d.api(
         "POST",
         &format!("/v1/tenants/{}/resources/ring_group", d.tenant),
         Some(&format!(
-            r#"{{"name":"support","spec":{{"strategy":"sequential","members":["{id_1002}","{id_1003}"],"ring_seconds":10,"fallback":null}}}}"#
+            r#"{{"name":"support","spec":{{"strategy":"sequential","members":["{id_1002}","{id_1003}"],"ring_seconds":10,"fallback":{{"kind":"extension","id":"{id_1004}"}}}}}}"#
         )),
     );
     assert_eq!(s, 201, "{group}");
@@ -1644,9 +1646,17 @@ fn a_sequential_group_rings_its_members_one_at_a_time() {
         "hunt-password-1003",
     );
     assert_eq!(c.register(), 200);
+    let mut fallback = Phone::new(
+        d.server.addr("UDP"),
+        &d.domain,
+        "1004",
+        "hunt-password-1004",
+    );
+    assert_eq!(fallback.register(), 200);
 
     // 1001 dials the number: 1002 rings first and is busy; then 1003 rings and answers.
-    let caller = std::thread::spawn(move || a.call(&number, &[0]).0.status());
+    let dialled = number.clone();
+    let caller = std::thread::spawn(move || (a.call(&dialled, &[0]).0.status(), a));
     let (inv, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
     assert!(
         c.wait_request("INVITE", Duration::from_millis(300))
@@ -1655,6 +1665,16 @@ fn a_sequential_group_rings_its_members_one_at_a_time() {
     );
     b.answer(&inv, from, 486, &[]);
     c.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    let (status, mut a) = caller.join().unwrap();
+    assert_eq!(status, Some(200), "log:\n{}", d.server.log());
+
+    // Both members busy: the fallback rings and answers.
+    let caller = std::thread::spawn(move || a.call(&number, &[0]).0.status());
+    let (inv, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    b.answer(&inv, from, 486, &[]);
+    let (inv, from) = c.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    c.answer(&inv, from, 486, &[]);
+    fallback.answer_next("INVITE", Duration::from_secs(5), &[0]);
     assert_eq!(
         caller.join().unwrap(),
         Some(200),
