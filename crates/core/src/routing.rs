@@ -256,17 +256,7 @@ pub async fn route_call(
             return refuse(488, &crate::refusal(other));
         }
     };
-    let tenant = TenantId::new(req.tenant_id.clone());
-    let mut bindings = Vec::new();
-    for extension in &extensions {
-        let aor = switchyard_state::aor(&extension.username, &config.tenant.domain);
-        bindings.extend(
-            deps.locations
-                .lookup(&tenant, &aor, now_ms)
-                .await
-                .unwrap_or_default(),
-        );
-    }
+    let mut bindings = contacts_of(&deps, &config, &req.tenant_id, &extensions, now_ms).await;
     // A sequential group whose member has no contact starts with the next one.
     let mut hunt = std::collections::VecDeque::from(hunt);
     while bindings.is_empty()
@@ -275,12 +265,14 @@ pub async fn route_call(
         let Some(member) = find(&|e| e.id == next) else {
             continue;
         };
-        let aor = switchyard_state::aor(&member.username, &config.tenant.domain);
-        bindings = deps
-            .locations
-            .lookup(&tenant, &aor, now_ms)
-            .await
-            .unwrap_or_default();
+        bindings = contacts_of(
+            &deps,
+            &config,
+            &req.tenant_id,
+            std::slice::from_ref(&member),
+            now_ms,
+        )
+        .await;
         callee = member;
     }
     if bindings.is_empty() {
@@ -350,9 +342,24 @@ pub async fn forward_to(
     let Some(first) = extensions.first().cloned() else {
         return Err(Refusal::new(404, "No such extension", true));
     };
+    let bindings = contacts_of(deps, config, tenant_id, &extensions, now_ms).await;
+    if bindings.is_empty() {
+        return Err(Refusal::new(480, "Temporarily Unavailable", true));
+    }
+    Ok((first, bindings))
+}
+
+/// Every live contact of `extensions`, in their order (a failed lookup counts as none).
+async fn contacts_of(
+    deps: &RouteDeps,
+    config: &TenantConfig,
+    tenant_id: &str,
+    extensions: &[Extension],
+    now_ms: i64,
+) -> Vec<Binding> {
     let tenant = TenantId::new(tenant_id.to_owned());
     let mut bindings = Vec::new();
-    for extension in &extensions {
+    for extension in extensions {
         let aor = switchyard_state::aor(&extension.username, &config.tenant.domain);
         bindings.extend(
             deps.locations
@@ -361,8 +368,5 @@ pub async fn forward_to(
                 .unwrap_or_default(),
         );
     }
-    if bindings.is_empty() {
-        return Err(Refusal::new(480, "Temporarily Unavailable", true));
-    }
-    Ok((first, bindings))
+    bindings
 }
