@@ -247,6 +247,13 @@ pub fn caller_id<'a>(plan: &'a DialPlan, wanted: Option<&str>) -> Option<&'a str
     plan.numbers.iter().map(|(n, _)| n.as_str()).min()
 }
 
+/// `dialled` as an E.164 number with its `+` (digits only, `+` optional), if it is one.
+pub fn e164(dialled: &str) -> Option<String> {
+    let digits = dialled.strip_prefix('+').unwrap_or(dialled);
+    (!digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("+{digits}"))
+}
+
 /// Whether `dialled` is a phone number at all: digits, with `+` first, `*` and `#`.
 fn is_dialable(dialled: &str) -> bool {
     let digits = dialled.strip_prefix('+').unwrap_or(dialled);

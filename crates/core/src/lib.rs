@@ -46,7 +46,7 @@ use crate::cache::ConfigCache;
 use crate::cdr::CdrSender;
 use crate::dialog::{Dialog, random_token, uri_addr};
 use crate::metrics::{CallMetrics, Disposition};
-use crate::routing::{Refusal, Reroute, RouteDeps, RouteRequest, Routed};
+use crate::routing::{Refusal, Reroute, Ring, RouteDeps, RouteRequest, Routed, TrunkLeg};
 
 /// Headers an edge sets (and strips from anything a phone sends).
 pub const TENANT_HEADER: &str = "X-Sy-Tenant";
@@ -61,6 +61,16 @@ const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 const MIN_SE: u32 = 90;
 /// How long a stopping engine waits for the answers to its BYEs and CANCELs.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// A trunk that has said nothing (not even `100 Trying`) this long after an INVITE is
+/// given up for the next route (its late answers are ACKed and hung up).
+const TRUNK_SILENCE: Duration = Duration::from_secs(5);
+/// How long a call out through a trunk may ring (the PSTN callee has no no-answer time
+/// of ours; the caller usually gives up first).
+const OUTBOUND_RING_LIMIT: Duration = Duration::from_secs(180);
+/// How often the leases of held trunk channels are renewed (Redis).
+const CHANNEL_RENEW_EVERY: Duration = Duration::from_secs(30);
+/// The Route parameter that tells an edge to send a request out to a trunk's address.
+pub const TRUNK_ROUTE_PARAM: &str = "sy-trunk";
 
 /// Where the engine listens and what it may read.
 #[derive(Debug, Clone)]
@@ -71,6 +81,8 @@ pub struct CoreSettings {
     pub rtp_timeout: Option<Duration>,
     /// Per-tenant call series (registered in the node's registry by the caller).
     pub metrics: Arc<CallMetrics>,
+    /// Trunks' channels in use, shared with the other cores on Redis.
+    pub channels: Arc<switchyard_state::calls::LiveCalls>,
 }
 
 /// What the outside may watch of a running engine.
@@ -102,6 +114,8 @@ enum Phase {
 struct Fork {
     request: Message,
     done: bool,
+    /// A provisional or final answer came.
+    heard: bool,
 }
 
 #[derive(Debug)]
@@ -164,9 +178,41 @@ struct Call {
     hunt_ring: Option<u32>,
     /// A group's target once nobody answered (taken once).
     fallback: Option<Target>,
+    /// The edge that brought the call: calls out through trunks leave through it.
+    edge: SocketAddr,
+    /// The number presented to trunks.
+    presented: Option<String>,
+    /// The trunk leg ringing or answered, and the routes left for failover.
+    trunk: Option<TrunkState>,
+}
+
+/// A call's current trunk leg.
+#[derive(Debug, Clone)]
+struct TrunkState {
+    leg: TrunkLeg,
+    rest: Vec<dialplan::OutboundAttempt>,
+    dialled: String,
+    emergency: bool,
+    /// The fork that carries it.
+    fork: usize,
 }
 
 impl Call {
+    /// The next outbound route when fork `i`, the trunk leg, failed with `status`
+    /// (`5xx`, `408` or silence; a busy or unknown number is the same on every trunk).
+    fn failover_after(&mut self, i: usize, status: u16) -> Option<Reroute> {
+        let trunk = self.trunk.as_mut()?;
+        let worth_it = (500..600).contains(&status) || status == 408;
+        if trunk.fork != i || !worth_it || trunk.rest.is_empty() || self.phase != Phase::Routing {
+            return None;
+        }
+        Some(Reroute::Failover {
+            rest: std::mem::take(&mut trunk.rest),
+            dialled: trunk.dialled.clone(),
+            emergency: trunk.emergency,
+        })
+    }
+
     /// Where the call rings next when its forks failed (`busy`: all of them busy) or its
     /// ringing time passed (`unanswered`): a sequential group's next member, then the
     /// group's fallback, then the callee's forward for that case. Each taken once; one
@@ -198,6 +244,38 @@ struct BLeg {
     to: String,
     call_id: String,
     offer: String,
+}
+
+/// Where one fork's INVITE goes: a phone's contact through the edge that holds its flow,
+/// or a trunk through the edge that brought the call.
+#[derive(Debug, Clone)]
+struct ForkTarget {
+    uri: String,
+    routes: Vec<String>,
+    next_hop: SocketAddr,
+}
+
+impl ForkTarget {
+    fn of_binding(binding: &Binding) -> Option<ForkTarget> {
+        let route = binding.flow.clone()?;
+        let next_hop = uri_addr(&route)?;
+        let mut routes = vec![route];
+        // Then the proxies the phone registered through (RFC 3327 Path).
+        routes.extend(binding.path.iter().cloned());
+        Some(ForkTarget {
+            uri: binding.contact.clone(),
+            routes,
+            next_hop,
+        })
+    }
+
+    fn of_trunk(leg: &TrunkLeg, edge: SocketAddr) -> ForkTarget {
+        ForkTarget {
+            uri: leg.request_uri(),
+            routes: vec![format!("<sip:{edge};lr;{TRUNK_ROUTE_PARAM}={}>", leg.dest)],
+            next_hop: edge,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +320,7 @@ impl Call {
 struct Setup {
     tx: TxId,
     invite: Message,
+    edge: SocketAddr,
     invited_at: Instant,
     /// The caller CANCELled meanwhile (and was answered `487`).
     cancelled: bool,
@@ -266,6 +345,8 @@ enum Purpose {
 #[derive(Debug, Clone, Copy)]
 enum Timer {
     NoAnswer,
+    /// A trunk fork has had this long to say anything.
+    TrunkSilence(usize),
     Retransmit2xx,
     /// The session timer: hang up if no refresh came (caller refreshes) or refresh now.
     SessionRefresh,
@@ -328,6 +409,7 @@ pub fn spawn_core(
             cache: cache.clone(),
             locations: locations.clone(),
             media: media.clone(),
+            channels: settings.channels.clone(),
         },
         routed_tx,
         rerouted_tx,
@@ -356,6 +438,7 @@ pub fn spawn_core(
             (t / 4).max(Duration::from_millis(250))
         });
         let mut media_check = tokio::time::interval(check_every);
+        let mut channel_renewal = tokio::time::interval(CHANNEL_RENEW_EVERY);
         let mut drain_deadline = None;
         loop {
             let next = engine.timers.keys().next().map(|(at, _)| *at);
@@ -384,6 +467,7 @@ pub fn spawn_core(
                 },
                 _ = sleep_until(next) => engine.on_timers().await,
                 _ = media_check.tick(), if engine.rtp_timeout.is_some() => engine.check_media().await,
+                _ = channel_renewal.tick() => engine.renew_channels(),
                 _ = shutdown.changed(), if !engine.draining => {
                     info!(calls = engine.calls.len(), "draining: hanging up every call");
                     engine.draining = true;
@@ -567,7 +651,7 @@ impl Engine {
         let method = msg.method().cloned().unwrap_or(Method::Ack);
         let in_dialog = msg.to_header().ok().and_then(|t| t.tag()).is_some();
         match method {
-            Method::Invite if !in_dialog => self.new_call(tx, msg).await,
+            Method::Invite if !in_dialog => self.new_call(tx, msg, peer.source).await,
             Method::Cancel => self.on_cancel(tx, &msg).await,
             _ if in_dialog => self.in_dialog(tx, msg).await,
             Method::Options => {
@@ -578,10 +662,9 @@ impl Engine {
             Method::Extension(_) => self.reply(tx, &msg, 501, "Not Implemented").await,
             _ => self.reply(tx, &msg, 405, "Method Not Allowed").await,
         }
-        let _ = peer;
     }
 
-    async fn new_call(&mut self, tx: TxId, msg: Message) {
+    async fn new_call(&mut self, tx: TxId, msg: Message, edge: SocketAddr) {
         if self.draining {
             let b = ResponseBuilder::for_request(&msg, 503, "Shutting Down", &random_token())
                 .header("Retry-After", "5");
@@ -633,12 +716,14 @@ impl Engine {
             dialled,
             sdp: String::from_utf8_lossy(msg.body()).into_owned(),
             session: call_id.clone(),
+            leg_b: format!("{}@sy", random_token()),
         };
         self.setups.insert(
             call_id.clone(),
             Setup {
                 tx,
                 invite: msg,
+                edge,
                 invited_at: Instant::now(),
                 cancelled: false,
             },
@@ -669,6 +754,7 @@ impl Engine {
         let Setup {
             tx,
             invite: msg,
+            edge,
             invited_at,
             cancelled,
         } = setup;
@@ -689,6 +775,7 @@ impl Engine {
         let session = request.session;
         if cancelled || self.draining {
             let _ = self.media.call(Request::Destroy { session }).await;
+            release_channel(&self.route_deps.channels, &routed.ring, &request.leg_b);
             if !cancelled {
                 let b = ResponseBuilder::for_request(&msg, 503, "Shutting Down", &random_token())
                     .header("Retry-After", "5");
@@ -698,27 +785,28 @@ impl Engine {
         }
         let Routed {
             config,
-            callee,
             caller_ext,
             offer_b,
-            bindings,
+            ring,
             ring_seconds,
             hunt,
             fallback,
+            presented,
         } = routed;
         let caller = request.caller;
         let domain = config.tenant.domain.clone();
         let session_timer = session_timer_of(&msg).ok().flatten();
         let a_tag = random_token();
+        let b_call_id = request.leg_b;
         let Some(a) = Dialog::as_uas(&msg, &a_tag) else {
             let _ = self.media.call(Request::Destroy { session }).await;
+            release_channel(&self.route_deps.channels, &ring, &b_call_id);
             return self
                 .reply(tx, &msg, 400, "INVITE without a usable Contact")
                 .await;
         };
         let key = self.next_key;
         self.next_key += 1;
-        let b_call_id = format!("{}@sy", random_token());
         let (caller_name, caller_number) = match &caller_ext {
             Some(e) => (e.display_name.clone(), e.number.to_string()),
             None => (String::new(), caller.clone()),
@@ -730,26 +818,80 @@ impl Engine {
             domain,
             random_token()
         );
-        let to_b = format!("<sip:{}@{}>", callee.number, domain);
-        let legs = BLeg {
+        let mut legs = BLeg {
             from: from_b,
-            to: to_b,
+            to: String::new(),
             call_id: b_call_id.clone(),
             offer: offer_b,
         };
-        let forks = self.fork(key, 0, &legs, &bindings).await;
+        let (targets, to_uri, ring_for, callee_name, trunk, forwards) = match ring {
+            Ring::Phones { callee, bindings } => {
+                legs.to = format!("<sip:{}@{}>", callee.number, domain);
+                let targets: Vec<ForkTarget> =
+                    bindings.iter().filter_map(ForkTarget::of_binding).collect();
+                let ring_for = ring_seconds.map_or(callee.no_answer_seconds, i64::from);
+                // An extension's own forwards; a ring group's members ring where they are.
+                let forwards = |f: &Option<String>| {
+                    f.clone()
+                        .filter(|f| !f.is_empty() && ring_seconds.is_none())
+                };
+                (
+                    targets,
+                    format!("sip:{}@{}", callee.number, domain),
+                    Duration::from_secs(ring_for.clamp(1, 600) as u64),
+                    callee.username.clone(),
+                    None,
+                    (
+                        forwards(&callee.forward_busy),
+                        forwards(&callee.forward_no_answer),
+                    ),
+                )
+            }
+            Ring::Trunk {
+                leg,
+                rest,
+                dialled,
+                emergency,
+            } => {
+                let presenting = presented.clone().unwrap_or_else(|| caller_number.clone());
+                legs = trunk_leg_identity(&legs, &leg, &presenting);
+                let target = ForkTarget::of_trunk(&leg, edge);
+                (
+                    vec![target],
+                    format!("sip:{dialled}@{domain}"),
+                    OUTBOUND_RING_LIMIT,
+                    dialled.clone(),
+                    Some(TrunkState {
+                        leg,
+                        rest,
+                        dialled,
+                        emergency,
+                        fork: 0,
+                    }),
+                    (None, None),
+                )
+            }
+        };
+        let forks = self.fork(key, 0, &legs, &targets).await;
         if forks.is_empty() {
             let _ = self.media.call(Request::Destroy { session }).await;
+            if let Some(t) = &trunk {
+                release_leg(&self.route_deps.channels, &t.leg, &b_call_id);
+            }
             return self.reply(tx, &msg, 480, "Temporarily Unavailable").await;
         }
         info!(
             tenant = tenant_id,
             caller,
-            callee = callee.username,
+            callee = callee_name,
+            trunk = trunk.as_ref().map(|t| t.leg.trunk_id.as_str()),
             forks = forks.len(),
             call_id,
             "call routed"
         );
+        if trunk.is_some() {
+            self.arm(Instant::now() + TRUNK_SILENCE, key, Timer::TrunkSilence(0));
+        }
         let from_uri = msg
             .from_header()
             .ok()
@@ -757,20 +899,10 @@ impl Engine {
             .unwrap_or_default();
         self.by_call_id.insert(call_id.clone(), key);
         self.by_call_id.insert(b_call_id.clone(), key);
-        let ring_for = ring_seconds.map_or(callee.no_answer_seconds, i64::from);
-        let timeout = Duration::from_secs(ring_for.clamp(1, 600) as u64);
-        let ring_deadline = Instant::now() + timeout;
+        let ring_deadline = Instant::now() + ring_for;
         self.arm(ring_deadline, key, Timer::NoAnswer);
-        // An extension's own forwards; a ring group's members ring where they are.
-        let forwards = |f: &Option<String>| {
-            f.clone()
-                .filter(|f| !f.is_empty() && ring_seconds.is_none())
-        };
         let hunt_is_empty = hunt.is_empty();
-        let (forward_busy, forward_no_answer) = (
-            forwards(&callee.forward_busy),
-            forwards(&callee.forward_no_answer),
-        );
+        let (forward_busy, forward_no_answer) = forwards;
         self.calls.insert(
             key,
             Call {
@@ -790,7 +922,7 @@ impl Engine {
                 invited_at,
                 answered_ms: None,
                 from_uri,
-                to_uri: format!("sip:{}@{}", callee.number, domain),
+                to_uri,
                 reinvite: None,
                 unacked: None,
                 session_timer,
@@ -803,6 +935,9 @@ impl Engine {
                 hunt: hunt.into(),
                 fallback,
                 hunt_ring: ring_seconds.filter(|_| !hunt_is_empty),
+                edge,
+                presented,
+                trunk,
             },
         );
     }
@@ -869,6 +1004,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        call.forks[i].heard = true;
         if status < 200 {
             if status > 100 && !call.ringing_sent && call.phase == Phase::Routing {
                 call.ringing_sent = true;
@@ -979,6 +1115,11 @@ impl Engine {
         if better {
             call.best_failure = Some((status, reason));
         }
+        if !call.rerouting
+            && let Some(next) = call.failover_after(i, status)
+        {
+            return self.reroute(key, next);
+        }
         if call.phase == Phase::Routing && !call.rerouting && call.forks.iter().all(|f| f.done) {
             let busy = matches!(call.best_failure, Some((486 | 600, _)));
             if let Some(next) = call.next_reroute(busy, false) {
@@ -988,23 +1129,17 @@ impl Engine {
         }
     }
 
-    /// Sends leg B's INVITE to each binding (forks numbered from `first`); the forks sent.
+    /// Sends leg B's INVITE to each target (forks numbered from `first`); the forks sent.
     async fn fork(
         &mut self,
         key: u64,
         first: usize,
         leg: &BLeg,
-        bindings: &[Binding],
+        targets: &[ForkTarget],
     ) -> Vec<Fork> {
         let mut forks = Vec::new();
-        for binding in bindings {
-            let Some(route) = binding.flow.clone() else {
-                continue;
-            };
-            let Some(next_hop) = uri_addr(&route) else {
-                continue;
-            };
-            let mut request = RequestBuilder::new(Method::Invite, binding.contact.clone())
+        for target in targets {
+            let mut request = RequestBuilder::new(Method::Invite, target.uri.clone())
                 .header(
                     "Via",
                     format!(
@@ -1013,11 +1148,9 @@ impl Engine {
                         random_token()
                     ),
                 )
-                .header("Max-Forwards", "70")
-                .header("Route", route);
-            // Then the proxies the phone registered through (RFC 3327 Path).
-            for p in &binding.path {
-                request = request.header("Route", p.clone());
+                .header("Max-Forwards", "70");
+            for route in &target.routes {
+                request = request.header("Route", route.clone());
             }
             let request = request
                 .header("From", leg.from.clone())
@@ -1038,7 +1171,7 @@ impl Engine {
                 remote_target: String::new(),
                 route: Vec::new(),
                 cseq: 0,
-                next_hop,
+                next_hop: target.next_hop,
             }
             .peer(self.local);
             match self.driver.send_request(request.clone(), peer).await {
@@ -1048,9 +1181,10 @@ impl Engine {
                     forks.push(Fork {
                         request,
                         done: false,
+                        heard: false,
                     });
                 }
-                Err(e) => warn!(error = %e, contact = binding.contact, "fork not sent"),
+                Err(e) => warn!(error = %e, target = target.uri, "fork not sent"),
             }
         }
         forks
@@ -1065,14 +1199,29 @@ impl Engine {
         };
         call.rerouting = true;
         info!(call_id = call.a.call_id, ?target, "forwarding");
-        let (deps, done, config, tenant) = (
+        // A trunk leg that failed gives its channel back before the next route seizes
+        // one (the same trunk may carry the next route too).
+        let held = call.trunk.take().filter(|t| t.leg.holds_channel).map(|t| {
+            (
+                routing::trunk_channels(&t.leg.trunk_id),
+                call.b_call_id.clone(),
+            )
+        });
+        let (deps, done, config, tenant, leg_b) = (
             self.route_deps.clone(),
             self.rerouted_tx.clone(),
             call.config.clone(),
             call.tenant_id.clone(),
+            call.b_call_id.clone(),
         );
         tokio::spawn(async move {
-            let outcome = routing::forward_to(&deps, &config, &tenant, &target, now_ms()).await;
+            if let Some(held) = held
+                && let Err(e) = deps.channels.release(&[held]).await
+            {
+                warn!(error = %e, "trunk channel not released");
+            }
+            let outcome =
+                routing::forward_to(&deps, &config, &tenant, &leg_b, &target, now_ms()).await;
             let _ = done.send((key, outcome));
         });
     }
@@ -1088,12 +1237,17 @@ impl Engine {
         call.rerouting = false;
         let first = call.forks.len();
         let ringing = match outcome {
-            Ok((target, bindings)) => {
+            Ok(Ring::Phones {
+                callee: target,
+                bindings,
+            }) => {
                 let leg = BLeg {
                     to: format!("<sip:{}@{}>", target.number, call.config.tenant.domain),
                     ..call.leg.clone()
                 };
-                let forks = self.fork(key, first, &leg, &bindings).await;
+                let targets: Vec<ForkTarget> =
+                    bindings.iter().filter_map(ForkTarget::of_binding).collect();
+                let forks = self.fork(key, first, &leg, &targets).await;
                 let call = self.calls.get_mut(&key).expect("call present");
                 let sent = !forks.is_empty();
                 call.forks.extend(forks);
@@ -1103,6 +1257,48 @@ impl Engine {
                     let deadline = Instant::now() + timeout;
                     call.ring_deadline = deadline;
                     self.arm(deadline, key, Timer::NoAnswer);
+                }
+                sent
+            }
+            Ok(Ring::Trunk {
+                leg: trunk_leg,
+                rest,
+                dialled,
+                emergency,
+            }) => {
+                let presenting = call
+                    .presented
+                    .clone()
+                    .unwrap_or_else(|| "anonymous".to_owned());
+                let leg = trunk_leg_identity(&call.leg, &trunk_leg, &presenting);
+                let target = ForkTarget::of_trunk(&trunk_leg, call.edge);
+                let forks = self.fork(key, first, &leg, &[target]).await;
+                let call = self.calls.get_mut(&key).expect("call present");
+                let sent = !forks.is_empty();
+                call.forks.extend(forks);
+                if sent {
+                    info!(
+                        call_id = call.a.call_id,
+                        trunk = trunk_leg.trunk_id,
+                        "out through the next route"
+                    );
+                    call.trunk = Some(TrunkState {
+                        leg: trunk_leg,
+                        rest,
+                        dialled,
+                        emergency,
+                        fork: first,
+                    });
+                    let deadline = Instant::now() + OUTBOUND_RING_LIMIT;
+                    call.ring_deadline = deadline;
+                    self.arm(deadline, key, Timer::NoAnswer);
+                    self.arm(
+                        Instant::now() + TRUNK_SILENCE,
+                        key,
+                        Timer::TrunkSilence(first),
+                    );
+                } else if trunk_leg.holds_channel {
+                    release_leg(&self.route_deps.channels, &trunk_leg, &call.b_call_id);
                 }
                 sent
             }
@@ -1426,6 +1622,11 @@ impl Engine {
                 if call.best_failure.is_none() {
                     call.best_failure = Some((408, "Request Timeout".into()));
                 }
+                if !call.rerouting
+                    && let Some(next) = call.failover_after(i, 408)
+                {
+                    return self.reroute(key, next);
+                }
                 if call.phase == Phase::Routing
                     && !call.rerouting
                     && call.forks.iter().all(|f| f.done)
@@ -1456,6 +1657,30 @@ impl Engine {
             }
             self.timers.remove(&(at, seq));
             match timer {
+                Timer::TrunkSilence(i) => {
+                    let Some(call) = self.calls.get_mut(&key) else {
+                        continue;
+                    };
+                    let silent = call.forks.get(i).is_some_and(|f| !f.done && !f.heard);
+                    if !silent || call.phase != Phase::Routing || call.rerouting {
+                        continue;
+                    }
+                    // Given up: a late answer from it is ACKed and hung up.
+                    call.forks[i].done = true;
+                    warn!(
+                        call_id = call.a.call_id,
+                        trunk = call.trunk.as_ref().map(|t| t.leg.trunk_id.clone()),
+                        "trunk silent: trying the next route"
+                    );
+                    if call.best_failure.is_none() {
+                        call.best_failure = Some((408, "Trunk Not Answering".into()));
+                    }
+                    if let Some(next) = call.failover_after(i, 408) {
+                        self.reroute(key, next);
+                    } else if call.forks.iter().all(|f| f.done) {
+                        self.conclude_unanswered(key).await;
+                    }
+                }
                 Timer::NoAnswer => {
                     let Some(call) = self.calls.get_mut(&key) else {
                         continue;
@@ -1524,6 +1749,31 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Renews the leases of the trunk channels this node's calls hold (Redis), in a task.
+    fn renew_channels(&self) {
+        let held: Vec<(switchyard_types::TenantId, String)> = self
+            .calls
+            .values()
+            .filter_map(|c| {
+                let t = c.trunk.as_ref().filter(|t| t.leg.holds_channel)?;
+                Some((
+                    routing::trunk_channels(&t.leg.trunk_id),
+                    c.b_call_id.clone(),
+                ))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let channels = self.route_deps.channels.clone();
+        let until = now_ms() + routing::CHANNEL_LEASE.as_millis() as i64;
+        tokio::spawn(async move {
+            if let Err(e) = channels.renew(&held, until).await {
+                warn!(error = %e, "trunk channel leases not renewed");
+            }
+        });
     }
 
     /// Hangs up answered calls whose media stopped (RTP timeout), unless on hold.
@@ -1606,6 +1856,9 @@ impl Engine {
         };
         self.by_call_id.remove(&call.a.call_id);
         self.by_call_id.remove(&call.b_call_id);
+        if let Some(t) = &call.trunk {
+            release_leg(&self.route_deps.channels, &t.leg, &call.b_call_id);
+        }
         self.by_tx
             .retain(|_, (k, p)| *k != key || matches!(p, Purpose::Cancel | Purpose::Bye));
         let stats = match self
@@ -1641,6 +1894,42 @@ impl Engine {
         self.handle
             .active
             .store(self.calls.len(), Ordering::Relaxed);
+    }
+}
+
+/// Frees the trunk channel a routed call holds, if any.
+fn release_channel(channels: &Arc<switchyard_state::calls::LiveCalls>, ring: &Ring, leg_b: &str) {
+    if let Ring::Trunk { leg, .. } = ring {
+        release_leg(channels, leg, leg_b);
+    }
+}
+
+/// Frees a trunk leg's channel (in a task: on Redis it is a round trip).
+fn release_leg(channels: &Arc<switchyard_state::calls::LiveCalls>, leg: &TrunkLeg, leg_b: &str) {
+    if !leg.holds_channel {
+        return;
+    }
+    let (channels, held) = (
+        channels.clone(),
+        (routing::trunk_channels(&leg.trunk_id), leg_b.to_owned()),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = channels.release(&[held]).await {
+            warn!(error = %e, "trunk channel not released");
+        }
+    });
+}
+
+/// Leg B's identity towards a trunk: the presented number (one of the tenant's own) as
+/// the caller and the number as the trunk gets it, both at the trunk's host; the From tag
+/// stays the call's.
+fn trunk_leg_identity(leg: &BLeg, trunk: &TrunkLeg, presenting: &str) -> BLeg {
+    let tag = leg.from.rsplit_once(";tag=").map_or("", |(_, t)| t);
+    let host = trunk.uri_host();
+    BLeg {
+        from: format!("<sip:{presenting}@{host}>;tag={tag}"),
+        to: format!("<sip:{}@{host}>", trunk.number),
+        ..leg.clone()
     }
 }
 

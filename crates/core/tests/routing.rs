@@ -8,6 +8,7 @@ use std::sync::Arc;
 use switchyard_core::cache::ConfigCache;
 use switchyard_core::routing::{RouteDeps, RouteRequest, route_call};
 use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_state::calls::LiveCalls;
 use switchyard_state::{Binding, BindingLimits, Locations};
 use switchyard_store::{ExtensionChanges, NewExtension, NewTenant, ResourceKind, Store, Target};
 use switchyard_types::TenantId;
@@ -172,6 +173,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         cache: ConfigCache::new(store.clone()),
         locations,
         media: Arc::new(media.clone()),
+        channels: Arc::new(LiveCalls::memory()),
     };
     let call = |tenant: &Tenant, dialled: &str, session: &str| RouteRequest {
         tenant_id: tenant.id.clone(),
@@ -180,6 +182,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         dialled: dialled.into(),
         sdp: SDP.into(),
         session: session.into(),
+        leg_b: format!("{session}-b"),
     };
 
     // The tenant's own number, dialled with or without +, reaches the extension it
@@ -194,8 +197,8 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         let routed = route_call(deps.clone(), call(&a, dialled, &format!("did-{i}")), NOW_MS)
             .await
             .unwrap();
-        assert_eq!(routed.callee.id, a.reception);
-        assert_eq!(routed.bindings[0].contact, "sip:1000@a.example.com-phone");
+        assert_eq!(routed.callee().unwrap().id, a.reception);
+        assert_eq!(routed.bindings()[0].contact, "sip:1000@a.example.com-phone");
         assert_eq!(routed.caller_ext.unwrap().number, 1001);
         assert!(routed.offer_b.contains("m=audio"));
     }
@@ -228,7 +231,11 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         .await
         .unwrap();
     assert_eq!(routed.ring_seconds, Some(20));
-    let contacts: Vec<&str> = routed.bindings.iter().map(|b| b.contact.as_str()).collect();
+    let contacts: Vec<&str> = routed
+        .bindings()
+        .iter()
+        .map(|b| b.contact.as_str())
+        .collect();
     assert_eq!(contacts, ["sip:1000@a.example.com-phone"]);
 
     // A sequential group starts with its first member that has a contact (1001 has
@@ -236,7 +243,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     let routed = route_call(deps.clone(), call(&a, &hunt_number, "hunt"), NOW_MS)
         .await
         .unwrap();
-    assert_eq!(routed.callee.id, a.reception);
+    assert_eq!(routed.callee().unwrap().id, a.reception);
     assert_eq!(routed.ring_seconds, Some(15));
     assert!(routed.hunt.is_empty(), "{:?}", routed.hunt);
 
@@ -250,7 +257,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     )
     .await
     .unwrap();
-    assert_eq!(open.callee.id, a.reception);
+    assert_eq!(open.callee().unwrap().id, a.reception);
     let closed = route_call(
         deps.clone(),
         call(&a, &office_number, "closed"),
@@ -289,8 +296,12 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     let routed = route_call(fresh(), call(&a, "1001", "forwarded"), NOW_MS)
         .await
         .unwrap();
-    assert_eq!(routed.callee.id, a.reception, "1001 forwards to 1000");
-    assert_eq!(routed.bindings[0].contact, "sip:1000@a.example.com-phone");
+    assert_eq!(
+        routed.callee().unwrap().id,
+        a.reception,
+        "1001 forwards to 1000"
+    );
+    assert_eq!(routed.bindings()[0].contact, "sip:1000@a.example.com-phone");
     forward(a.reception.clone(), "1001").await;
     let looped = route_call(fresh(), call(&a, "1001", "loop"), NOW_MS)
         .await
@@ -308,8 +319,8 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     let routed = route_call(deps.clone(), call(&b, "1000", "b-call"), NOW_MS)
         .await
         .unwrap();
-    assert_eq!(routed.bindings[0].contact, "sip:1000@b.example.com-phone");
-    assert_eq!(routed.callee.id, b.reception);
+    assert_eq!(routed.bindings()[0].contact, "sip:1000@b.example.com-phone");
+    assert_eq!(routed.callee().unwrap().id, b.reception);
 
     let unknown = route_call(
         deps.clone(),
@@ -323,4 +334,159 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     .unwrap_err();
     assert_eq!(unknown.status, 500);
     assert!(!unknown.attempted);
+}
+
+/// External and emergency numbers go out through the tenant's routes: the first route
+/// whose trunk has a channel free carries the call (the rest stay for failover), the
+/// caller ID is the tenant's own number, a full trunk passes the call to the next route,
+/// an emergency call holds no channel and goes out on a full trunk, and a tenant without
+/// a number to present cannot call out. A refusal leaves no channel and no session.
+#[tokio::test]
+async fn external_numbers_go_out_through_the_first_trunk_with_a_channel_free() {
+    use switchyard_core::routing::{Reroute, Ring, forward_to, trunk_channels};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("sy.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let a = tenant(&store, "a.example.com", "+493000000001").await;
+    let trunk = |name: &'static str, host: &'static str, channels: u32| {
+        let (store, a) = (store.clone(), a.id.clone());
+        async move {
+            store
+                .create_resource(
+                    &a,
+                    ResourceKind::Trunk,
+                    name,
+                    serde_json::json!({"host": host, "port": 5080, "transport": "udp",
+                        "codecs": ["PCMU"], "max_channels": channels,
+                        "username": null, "password": null}),
+                )
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let small = trunk("small", "127.0.0.4", 1).await;
+    let big = trunk("big", "127.0.0.5", 10).await;
+    for (name, pattern, trunk, priority) in [
+        ("first", "00.", &small, 1),
+        ("second", "00.", &big, 2),
+        ("emergency", "112", &small, 1),
+    ] {
+        store
+            .create_resource(
+                &a.id,
+                ResourceKind::OutboundRoute,
+                name,
+                serde_json::json!({"pattern": pattern, "trunk_id": trunk,
+                    "strip_digits": if pattern == "112" { 0 } else { 2 },
+                    "prefix": if pattern == "112" { "" } else { "+" },
+                    "priority": priority}),
+            )
+            .await
+            .unwrap();
+    }
+    let media = MediaNode::new(MediaConfig {
+        bind: "127.0.0.1".parse().unwrap(),
+        advertise: "127.0.0.1".parse().unwrap(),
+        port_min: 42200,
+        port_max: 42300,
+    });
+    let channels = Arc::new(LiveCalls::memory());
+    let deps = RouteDeps {
+        cache: ConfigCache::new(store.clone()),
+        locations: Arc::new(Locations::memory()),
+        media: Arc::new(media.clone()),
+        channels: channels.clone(),
+    };
+    let call = |dialled: &str, session: &str| RouteRequest {
+        tenant_id: a.id.clone(),
+        caller: "1001".into(),
+        carrier: None,
+        dialled: dialled.into(),
+        sdp: SDP.into(),
+        session: session.into(),
+        leg_b: format!("{session}-b"),
+    };
+    let held = |trunk: &str| {
+        let channels = channels.clone();
+        let trunk = trunk_channels(trunk);
+        async move { channels.active(&trunk, NOW_MS).await.unwrap() }
+    };
+
+    let first = route_call(deps.clone(), call("004930123456", "out-1"), NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(first.presented.as_deref(), Some(a.number.as_str()));
+    let Ring::Trunk { leg, rest, .. } = &first.ring else {
+        panic!("{:?}", first.ring)
+    };
+    assert_eq!(leg.trunk_id, small);
+    assert_eq!(leg.request_uri(), "sip:+4930123456@127.0.0.4:5080");
+    assert_eq!(leg.dest, "127.0.0.4:5080".parse().unwrap());
+    assert!(leg.holds_channel);
+    assert_eq!(rest.len(), 1, "the second route stays for failover");
+    assert_eq!(held(&small).await, 1);
+
+    // The small trunk is full: the next call goes out on the big one.
+    let second = route_call(deps.clone(), call("004930123457", "out-2"), NOW_MS)
+        .await
+        .unwrap();
+    let Ring::Trunk { leg, rest, .. } = &second.ring else {
+        panic!()
+    };
+    assert_eq!((leg.trunk_id.as_str(), rest.len()), (big.as_str(), 0));
+
+    // Emergency: out on the full trunk, holding no channel.
+    let emergency = route_call(deps.clone(), call("112", "sos"), NOW_MS)
+        .await
+        .unwrap();
+    let Ring::Trunk { leg, emergency, .. } = &emergency.ring else {
+        panic!()
+    };
+    assert!(*emergency && !leg.holds_channel);
+    assert_eq!(leg.trunk_id, small);
+    assert_eq!(held(&small).await, 1);
+
+    // Failover from the small trunk: the big one, once the small one's channel is back.
+    let next = forward_to(
+        &deps,
+        &first.config,
+        &a.id,
+        "out-1-b",
+        &Reroute::Failover {
+            rest: match &first.ring {
+                Ring::Trunk { rest, .. } => rest.clone(),
+                _ => unreachable!(),
+            },
+            dialled: "004930123456".into(),
+            emergency: false,
+        },
+        NOW_MS,
+    )
+    .await
+    .unwrap();
+    let Ring::Trunk { leg, .. } = next else {
+        panic!()
+    };
+    assert_eq!(leg.trunk_id, big);
+    assert_eq!(held(&big).await, 2);
+
+    // A tenant with no number of its own cannot call out (emergency calls still can).
+    store
+        .release_did(&a.id, &a.number, NOW_MS + 86_400_000, None)
+        .await
+        .unwrap();
+    let bare = RouteDeps {
+        cache: ConfigCache::new(store.clone()),
+        ..deps.clone()
+    };
+    let sessions = media.session_count();
+    let refused = route_call(bare.clone(), call("004930123458", "bare"), NOW_MS)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(media.session_count(), sessions, "no session left");
+    assert!(route_call(bare, call("112", "sos-2"), NOW_MS).await.is_ok());
 }

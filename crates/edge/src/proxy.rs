@@ -13,7 +13,10 @@
 //!   carrying the phone's flow token); it goes to the core node that rendezvous hashing of
 //!   its Call-ID picks, in dialog or not, so a dialog always reaches the same core.
 //! - From a core: the flow token in the Route the core put there (from the registration,
-//!   or from our Record-Route) says which phone, over which connection.
+//!   or from our Record-Route) says which phone, over which connection. A call out
+//!   through a trunk names the trunk's address instead (`sy-trunk` in a Route to us); it
+//!   leaves from our public UDP socket and we Record-Route it like a phone's call, so the
+//!   carrier's in-dialog requests come back through us.
 //! - Responses: our Via carries the token of the previous hop; it is popped and the
 //!   response goes back there. Nothing is kept per call.
 
@@ -47,6 +50,8 @@ pub const TENANT_HEADER: &str = "X-Sy-Tenant";
 pub const CALLER_HEADER: &str = "X-Sy-Caller";
 /// Set on a call from a carrier (its name): the caller is a PSTN number, not an extension.
 pub const CARRIER_HEADER: &str = "X-Sy-Carrier";
+/// The parameter of a core's Route to us that names a trunk's address (`IP:port`).
+pub const TRUNK_ROUTE_PARAM: &str = "sy-trunk";
 
 /// Prefix of the To tags of the edge's own stateless answers, to absorb their ACKs.
 const OWN_TAG_PREFIX: &str = "syx";
@@ -106,6 +111,9 @@ pub struct Proxy {
     pub health: Option<Arc<crate::health::CoreHealth>>,
     /// The operator's carriers and the numbers their calls are for.
     pub carriers: Carriers,
+    /// Our public UDP sockets: calls out through trunks leave from the first one of the
+    /// trunk's address family.
+    pub public_udp: Vec<SocketAddr>,
 }
 
 impl Proxy {
@@ -207,8 +215,10 @@ impl Proxy {
         else {
             return self.answer(msg, ingress, 483, "Too Many Hops");
         };
-        // Pop every Route entry that names us, keeping the flow token it carries.
+        // Pop every Route entry that names us, keeping the flow token it carries (or the
+        // trunk address a core named).
         let mut route_token = None;
+        let mut trunk = None;
         for value in msg.values(HeaderName::Route) {
             let Ok(na) = NameAddr::parse_header(value, "Route") else {
                 break;
@@ -225,12 +235,23 @@ impl Proxy {
                 break;
             }
             route_token = route_token.or(token);
+            trunk = trunk.or_else(|| {
+                uri.params
+                    .get(TRUNK_ROUTE_PARAM)
+                    .flatten()
+                    .and_then(|v| v.parse::<SocketAddr>().ok())
+            });
             edit = edit.pop_route();
         }
         let initial = to_tag.is_none();
         if self.is_from_core(ingress) {
-            let Some(dest) = route_token else {
-                return self.answer(msg, ingress, 404, "No route to the target");
+            let dest = match (route_token, trunk) {
+                (Some(token), _) => token,
+                (None, Some(addr)) => match self.trunk_token(addr) {
+                    Ok(token) => token,
+                    Err(reason) => return self.answer(msg, ingress, 403, reason),
+                },
+                (None, None) => return self.answer(msg, ingress, 404, "No route to the target"),
             };
             let via_local = self.visible_addr(dest.local);
             if initial && dialog_creating(&method) {
@@ -397,7 +418,13 @@ impl Proxy {
                 }
             };
             info!(tenant = %tenant.id, caller = %ext.username, method = %method, call_id, core = %core.node.id, "forwarding to core");
-            if method == Method::Invite {
+            // Emergency calls go through whatever the tenant's caps say.
+            let emergency = msg
+                .request_uri()
+                .and_then(|u| u.ok())
+                .and_then(|u| u.as_sip().and_then(|s| s.user))
+                .is_some_and(switchyard_store::is_emergency_number);
+            if method == Method::Invite && !emergency {
                 new_call = Some(new_call_of(tenant, msg, core.addr));
             }
             edit = edit
@@ -435,6 +462,31 @@ impl Proxy {
                 bytes: edit.write(),
             },
         }
+    }
+
+    /// Where a request a core sends out to a trunk at `addr` goes: from our public UDP
+    /// socket of that family. Never to one of the cluster's own SIP sockets (a trunk
+    /// provisioned at the edge or a core would loop calls through us or reach a core
+    /// from outside the edge).
+    fn trunk_token(&self, addr: SocketAddr) -> Result<FlowToken, &'static str> {
+        let own = |a: &SocketAddr| self.visible_addr(*a) == addr || *a == addr;
+        if own(&self.internal)
+            || self.public_udp.iter().any(own)
+            || self.cores.iter().any(|c| c.addr == addr)
+        {
+            return Err("Trunk address is one of the cluster's own");
+        }
+        let local = self
+            .public_udp
+            .iter()
+            .find(|l| l.is_ipv4() == addr.is_ipv4())
+            .ok_or("No public UDP socket of the trunk's address family")?;
+        Ok(FlowToken {
+            transport: 0,
+            flow: 0,
+            local: *local,
+            remote: addr,
+        })
     }
 
     /// The core node whose address the Request-URI names, if any.
@@ -561,6 +613,7 @@ mod tests {
             cores,
             advertise: None,
             health: None,
+            public_udp: Vec::new(),
         };
         (p, dir)
     }
@@ -715,5 +768,67 @@ mod tests {
             }
         );
         assert_eq!(Message::parse_datagram(bytes).unwrap().vias().count(), 1);
+    }
+
+    /// A core's INVITE out to a trunk: it leaves from our public UDP socket to the address
+    /// the core named, Record-Routed through us; a core cannot aim it at the cluster's own
+    /// sockets, and nobody but a core can use the parameter.
+    #[tokio::test]
+    async fn calls_out_to_trunks_leave_from_the_public_socket_and_never_loop_back() {
+        let core: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let (mut p, _dir) = proxy(vec![CoreNode::new("c1", core)]).await;
+        p.public_udp = vec!["127.0.0.1:5060".parse().unwrap()];
+        let from_core = Ingress {
+            transport: Transport::Udp,
+            source: core,
+            local: p.internal,
+            flow: None,
+        };
+        let invite = |trunk: &str| {
+            let text = format!(
+                "INVITE sip:+4930123456@carrier.example SIP/2.0\r\nVia: SIP/2.0/UDP {core};branch=z9hG4bKout1\r\nMax-Forwards: 70\r\nRoute: <sip:127.0.0.1:7000;lr;sy-trunk={trunk}>\r\nFrom: <sip:+15550100050@carrier.example>;tag=f\r\nTo: <sip:+4930123456@carrier.example>\r\nCall-ID: out-1\r\nCSeq: 1 INVITE\r\nContact: <sip:sy@{core}>\r\nContent-Length: 0\r\n\r\n"
+            );
+            Message::parse_datagram(Bytes::from(text)).unwrap()
+        };
+        let Verdict::Forward { target, bytes } =
+            p.request(&invite("192.0.2.10:5080"), &from_core, 0).await
+        else {
+            panic!("forwarded")
+        };
+        assert_eq!(
+            target,
+            Target::Datagram {
+                local: "127.0.0.1:5060".parse().unwrap(),
+                dest: "192.0.2.10:5080".parse().unwrap(),
+            }
+        );
+        let out = Message::parse_datagram(bytes).unwrap();
+        assert_eq!(
+            out.values(HeaderName::Route).count(),
+            0,
+            "our Route is popped"
+        );
+        assert_eq!(out.top_via().unwrap().sent_by(), "127.0.0.1:5060");
+        let rr: Vec<&str> = out.values(HeaderName::RecordRoute).collect();
+        assert_eq!(rr.len(), 2, "{rr:?}");
+        assert!(
+            rr[0].contains("@127.0.0.1:5060;lr"),
+            "carrier-facing on top: {rr:?}"
+        );
+        // The cluster's own sockets are no trunk.
+        for own in ["127.0.0.1:7101", "127.0.0.1:7000", "127.0.0.1:5060"] {
+            let Verdict::Answer { status, .. } = p.request(&invite(own), &from_core, 0).await
+            else {
+                panic!("refused")
+            };
+            assert_eq!(status, 403, "{own}");
+        }
+        // From a phone the parameter means nothing: no tenant, no trunk.
+        let Verdict::Answer { status, .. } =
+            p.request(&invite("192.0.2.10:5080"), &phone(), 0).await
+        else {
+            panic!("answered")
+        };
+        assert_eq!(status, 404);
     }
 }

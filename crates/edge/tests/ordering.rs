@@ -126,6 +126,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
             advertise: None,
             health: None,
             carriers: Default::default(),
+            public_udp: Vec::new(),
         },
         responder: Responder::new(b"s", 300),
         hub,

@@ -163,6 +163,7 @@ pub async fn serve(
             rtp_timeout: (config.core.rtp_timeout_secs > 0)
                 .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
             metrics: call_metrics.clone(),
+            channels: live_calls.clone(),
         },
         store.clone(),
         locations.clone(),
@@ -337,6 +338,7 @@ pub async fn serve(
         cores: core_nodes,
         advertise: config.edge.advertise,
         health: Some(core_health.clone()),
+        public_udp: bound.udp.clone(),
     };
     let visible_udp = bound
         .udp

@@ -1682,3 +1682,180 @@ fn a_sequential_group_rings_its_members_one_at_a_time() {
         d.server.log()
     );
 }
+
+/// Calls out through the tenant's outbound routes, to two "carriers" (UDP sockets on
+/// 127.0.0.4 and 127.0.0.5 speaking SIP): the first route's trunk answers `503`, the
+/// second carries the call; the carrier sees the tenant's own number as the caller and
+/// none of our internal headers, and the call comes from the edge. With its one channel
+/// taken the second trunk takes no second call; an emergency call goes out on it anyway,
+/// past the tenant's call cap too. A trunk that stays silent is left after 5 s for the
+/// next route; a busy answer is passed on without failover. The carrier's BYE reaches the
+/// caller through the edge.
+#[test]
+fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
+    let d = demo();
+    let ext_1002 = d.extension_id(1002);
+    let presented = d.number_to(
+        "+15550100050",
+        &format!(r#"{{"kind":"extension","id":"{ext_1002}"}}"#),
+    );
+    let edge = d.server.addr("UDP");
+    let mut first = Phone::new_at("127.0.0.4", edge, "carrier-a", "carrier", "unused");
+    let mut second = Phone::new_at("127.0.0.5", edge, "carrier-b", "carrier", "unused");
+    let resource = |kind: &str, name: &str, spec: String| -> String {
+        let (s, r) = d.api(
+            "POST",
+            &format!("/v1/tenants/{}/resources/{kind}", d.tenant),
+            Some(&format!(r#"{{"name":"{name}","spec":{spec}}}"#)),
+        );
+        assert_eq!(s, 201, "{r}");
+        r["id"].as_str().unwrap().to_owned()
+    };
+    let trunk = |name: &str, carrier: &Phone, channels: u32| {
+        let at = carrier.local();
+        resource(
+            "trunk",
+            name,
+            format!(
+                r#"{{"host":"{}","port":{},"transport":"udp","codecs":["PCMU"],"max_channels":{channels},"username":null,"password":null}}"#,
+                at.ip(),
+                at.port()
+            ),
+        )
+    };
+    let route = |name: &str, pattern: &str, trunk: &str, strip: u8, priority: u32| {
+        resource(
+            "outbound_route",
+            name,
+            format!(
+                r#"{{"pattern":"{pattern}","trunk_id":"{trunk}","strip_digits":{strip},"prefix":"{}","priority":{priority}}}"#,
+                if strip > 0 { "+" } else { "" }
+            ),
+        )
+    };
+    let first_trunk = trunk("first", &first, 10);
+    let second_trunk = trunk("second", &second, 1);
+    route("out-first", "00.", &first_trunk, 2, 1);
+    route("out-second", "00.", &second_trunk, 2, 2);
+    route("emergency", "112", &second_trunk, 0, 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut caller, mut other) = d.registered_pair();
+
+    // The first route's trunk refuses: the second carries the call.
+    let call = std::thread::spawn(move || {
+        let (r, leg) = caller.call("004930123456", &[0]);
+        (caller, r.status(), leg)
+    });
+    let (invite, from) = first
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the first trunk gets the call");
+    assert_eq!(from, edge, "calls out leave from the edge's public socket");
+    assert_eq!(
+        invite.request_uri_str().unwrap(),
+        format!("sip:+4930123456@{}", first.local()),
+        "strip 2, prefix +"
+    );
+    let caller_id = invite.header(switchyard_sip::HeaderName::From).unwrap();
+    assert!(
+        caller_id.contains(&format!("<sip:{presented}@")),
+        "the tenant's own number as the caller: {caller_id}"
+    );
+    for internal in ["X-Sy-Tenant", "X-Sy-Caller", "X-Sy-Carrier"] {
+        assert!(
+            invite.extension_rows(internal).next().is_none(),
+            "{internal}"
+        );
+    }
+    assert!(
+        !invite.to_bytes().windows(8).any(|w| w == b"sy-trunk"),
+        "the core's Route to the edge never leaves it"
+    );
+    first.answer(&invite, from, 503, &[]);
+    first
+        .wait_request("ACK", Duration::from_secs(5))
+        .expect("the 503 is acknowledged through the edge");
+    let (invite, from) = second
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the second route's trunk gets the call");
+    let mut out_leg = second.answer(&invite, from, 200, &[0]);
+    let (mut caller, status, leg) = call.join().unwrap();
+    assert_eq!(status, Some(200), "log:\n{}", d.server.log());
+    assert!(leg.is_some());
+    second
+        .wait_request("ACK", Duration::from_secs(5))
+        .expect("the carrier's 200 is acknowledged");
+
+    // Its one channel taken, the second trunk takes no other call: the first fails
+    // again and the caller hears the first trunk's answer.
+    let call = std::thread::spawn(move || {
+        let status = other.call("004930999999", &[0]).0.status();
+        (other, status)
+    });
+    let (invite, from) = first
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the first trunk gets the second call");
+    first.answer(&invite, from, 503, &[]);
+    let (mut other, status) = call.join().unwrap();
+    assert_eq!(status, Some(503), "log:\n{}", d.server.log());
+    assert!(
+        second
+            .wait_request("INVITE", Duration::from_millis(500))
+            .is_none(),
+        "a full trunk gets no INVITE"
+    );
+
+    // An emergency call goes out on the full trunk, past the tenant's call cap.
+    d.set_limits(&d.tenant, r#"{"max_calls":1}"#);
+    let call = std::thread::spawn(move || {
+        let status = other.call("112", &[0]).0.status();
+        (other, status)
+    });
+    let (invite, from) = second
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the emergency call reaches its trunk");
+    assert_eq!(
+        invite.request_uri_str().unwrap(),
+        format!("sip:112@{}", second.local())
+    );
+    let mut emergency_leg = second.answer(&invite, from, 200, &[0]);
+    let (mut other, status) = call.join().unwrap();
+    assert_eq!(status, Some(200), "log:\n{}", d.server.log());
+
+    // The carrier hangs up both: its BYEs reach the callers through the edge.
+    let hang_up = std::thread::spawn(move || {
+        caller.answer_next("BYE", Duration::from_secs(5), &[]);
+        other.answer_next("BYE", Duration::from_secs(5), &[]);
+        (caller, other)
+    });
+    assert_eq!(second.request(&mut out_leg, "BYE", "").status(), Some(200));
+    assert_eq!(
+        second.request(&mut emergency_leg, "BYE", "").status(),
+        Some(200)
+    );
+    let (mut caller, _) = hang_up.join().unwrap();
+    let cdrs = d.cdrs(&d.tenant, 3);
+    let out = cdrs
+        .iter()
+        .find(|c| c["to_uri"].as_str().unwrap_or("").contains("004930123456"))
+        .expect("the first call's CDR");
+    assert_eq!(out["disposition"], "answered", "{out}");
+    assert_eq!(out["hangup_side"], "callee", "{out}");
+
+    // A trunk that says nothing is left after 5 s; the next one's busy is the answer.
+    d.set_limits(&d.tenant, r#"{"max_calls":10}"#);
+    let started = std::time::Instant::now();
+    let call = std::thread::spawn(move || caller.call("004930777777", &[0]).0.status());
+    first
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the first trunk gets the call");
+    let (invite, from) = second
+        .wait_request("INVITE", Duration::from_secs(10))
+        .expect("the next route after the silence");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "not before the silence limit: {:?}",
+        started.elapsed()
+    );
+    second.answer(&invite, from, 486, &[]);
+    assert_eq!(call.join().unwrap(), Some(486));
+}
