@@ -195,6 +195,8 @@ struct TrunkState {
     emergency: bool,
     /// The fork that carries it.
     fork: usize,
+    /// The carrier's challenge was answered once (a second one fails the route).
+    authenticated: bool,
 }
 
 impl Call {
@@ -253,6 +255,9 @@ struct ForkTarget {
     uri: String,
     routes: Vec<String>,
     next_hop: SocketAddr,
+    cseq: u32,
+    /// An answer to a trunk's challenge: (header name, value).
+    credentials: Option<(&'static str, String)>,
 }
 
 impl ForkTarget {
@@ -266,6 +271,8 @@ impl ForkTarget {
             uri: binding.contact.clone(),
             routes,
             next_hop,
+            cseq: 1,
+            credentials: None,
         })
     }
 
@@ -274,6 +281,8 @@ impl ForkTarget {
             uri: leg.request_uri(),
             routes: vec![format!("<sip:{edge};lr;{TRUNK_ROUTE_PARAM}={}>", leg.dest)],
             next_hop: edge,
+            cseq: 1,
+            credentials: None,
         }
     }
 }
@@ -867,6 +876,7 @@ impl Engine {
                         dialled,
                         emergency,
                         fork: 0,
+                        authenticated: false,
                     }),
                     (None, None),
                 )
@@ -1106,6 +1116,9 @@ impl Engine {
         if already_done {
             return;
         }
+        if matches!(status, 401 | 407) && self.answer_trunk_challenge(key, i, &msg).await {
+            return;
+        }
         let reason = msg.reason().unwrap_or("").to_owned();
         let call = self.calls.get_mut(&key).expect("call present");
         let better = match &call.best_failure {
@@ -1152,11 +1165,14 @@ impl Engine {
             for route in &target.routes {
                 request = request.header("Route", route.clone());
             }
+            if let Some((name, value)) = &target.credentials {
+                request = request.header(name, value.clone());
+            }
             let request = request
                 .header("From", leg.from.clone())
                 .header("To", leg.to.clone())
                 .header("Call-ID", leg.call_id.clone())
-                .header("CSeq", "1 INVITE")
+                .header("CSeq", format!("{} INVITE", target.cseq))
                 .header("Contact", format!("<sip:sy@{}>", self.local))
                 .header("Allow", ALLOW)
                 .body("application/sdp", Bytes::from(leg.offer.clone()))
@@ -1188,6 +1204,74 @@ impl Engine {
             }
         }
         forks
+    }
+
+    /// A trunk fork's `401`/`407`: the INVITE goes again with the trunk's credentials
+    /// (once per route; CSeq 2, a new branch). False when it cannot (no credentials, a
+    /// second challenge, a challenge we cannot answer): the failure then counts as such.
+    async fn answer_trunk_challenge(&mut self, key: u64, i: usize, msg: &Message) -> bool {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        let Some(trunk) = call
+            .trunk
+            .as_mut()
+            .filter(|t| t.fork == i && !t.authenticated)
+        else {
+            return false;
+        };
+        let Some(creds) = trunk.leg.credentials.clone() else {
+            warn!(
+                trunk = trunk.leg.trunk_id,
+                "trunk asks for credentials it has none of"
+            );
+            return false;
+        };
+        let (challenge, answer) = if msg.status() == Some(401) {
+            (HeaderName::WwwAuthenticate, "Authorization")
+        } else {
+            (HeaderName::ProxyAuthenticate, "Proxy-Authorization")
+        };
+        let mut target = ForkTarget::of_trunk(&trunk.leg, call.edge);
+        let Some(value) = msg.header_rows(challenge).find_map(|c| {
+            switchyard_sip::digest::answer_challenge(
+                c,
+                "INVITE",
+                &target.uri,
+                &creds.username,
+                &creds.password,
+                &random_token(),
+            )
+        }) else {
+            warn!(
+                trunk = trunk.leg.trunk_id,
+                "trunk's challenge cannot be answered"
+            );
+            return false;
+        };
+        trunk.authenticated = true;
+        target.cseq = 2;
+        target.credentials = Some((answer, value));
+        let presenting = call.presented.clone().unwrap_or_else(|| "anonymous".into());
+        let leg = trunk_leg_identity(&call.leg, &trunk.leg, &presenting);
+        let first = call.forks.len();
+        let forks = self.fork(key, first, &leg, &[target]).await;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        if forks.is_empty() {
+            return false;
+        }
+        call.forks.extend(forks);
+        if let Some(t) = call.trunk.as_mut() {
+            t.fork = first;
+        }
+        self.arm(
+            Instant::now() + TRUNK_SILENCE,
+            key,
+            Timer::TrunkSilence(first),
+        );
+        true
     }
 
     /// The callee was busy or did not answer and forwards there: its target's contacts
@@ -1288,6 +1372,7 @@ impl Engine {
                         dialled,
                         emergency,
                         fork: first,
+                        authenticated: false,
                     });
                     let deadline = Instant::now() + OUTBOUND_RING_LIMIT;
                     call.ring_deadline = deadline;

@@ -96,6 +96,23 @@ pub struct TrunkLeg {
     pub dest: SocketAddr,
     /// A channel is held (release it when the leg ends).
     pub holds_channel: bool,
+    /// What the carrier's digest challenge is answered with, if the trunk has them.
+    pub credentials: Option<TrunkCredentials>,
+}
+
+/// A trunk's username and password (the password never shows in a log line).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for TrunkCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TrunkLeg {
@@ -594,6 +611,11 @@ async fn seize_trunk(
                 port: spec.port,
                 dest,
                 holds_channel,
+                credentials: spec
+                    .username
+                    .clone()
+                    .zip(spec.password.clone())
+                    .map(|(username, password)| TrunkCredentials { username, password }),
             },
             rest: attempts.into(),
             dialled: dialled.to_owned(),

@@ -1844,7 +1844,10 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
     // A trunk that says nothing is left after 5 s; the next one's busy is the answer.
     d.set_limits(&d.tenant, r#"{"max_calls":10}"#);
     let started = std::time::Instant::now();
-    let call = std::thread::spawn(move || caller.call("004930777777", &[0]).0.status());
+    let call = std::thread::spawn(move || {
+        let status = caller.call("004930777777", &[0]).0.status();
+        (caller, status)
+    });
     first
         .wait_request("INVITE", Duration::from_secs(5))
         .expect("the first trunk gets the call");
@@ -1857,5 +1860,78 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
         started.elapsed()
     );
     second.answer(&invite, from, 486, &[]);
-    assert_eq!(call.join().unwrap(), Some(486));
+    let (mut caller, status) = call.join().unwrap();
+    assert_eq!(status, Some(486));
+
+    // A trunk with credentials: the carrier's challenge is answered once, CSeq 2.
+    let mut third = Phone::new_at("127.0.0.6", edge, "carrier-c", "carrier", "unused");
+    let at = third.local();
+    let secured = resource(
+        "trunk",
+        "secured",
+        format!(
+            r#"{{"host":"{}","port":{},"transport":"udp","codecs":["PCMU"],"max_channels":5,"username":"tenant-a","password":"carrier-secret"}}"#,
+            at.ip(),
+            at.port()
+        ),
+    );
+    route("secured", "01.", &secured, 1, 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let call = std::thread::spawn(move || {
+        let (r, leg) = caller.call("0130123", &[0]);
+        (caller, r.status(), leg)
+    });
+    let (invite, from) = third
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the secured trunk gets the call");
+    assert_eq!(from, edge, "the challenge goes back to the edge");
+    assert!(
+        invite
+            .header(switchyard_sip::HeaderName::ProxyAuthorization)
+            .is_none()
+    );
+    let mut challenge = String::from("SIP/2.0 407 Proxy Authentication Required\r\n");
+    for v in invite.header_rows(switchyard_sip::HeaderName::Via) {
+        challenge += &format!("Via: {v}\r\n");
+    }
+    challenge += &format!(
+        "From: {}\r\nTo: {};tag=c407\r\nCall-ID: {}\r\nCSeq: {}\r\nProxy-Authenticate: Digest realm=\"carrier.example\", nonce=\"abc123\", algorithm=MD5, qop=\"auth\"\r\nContent-Length: 0\r\n\r\n",
+        invite.header(switchyard_sip::HeaderName::From).unwrap(),
+        invite.header(switchyard_sip::HeaderName::To).unwrap(),
+        invite.call_id().unwrap(),
+        invite.header(switchyard_sip::HeaderName::CSeq).unwrap(),
+    );
+    third.send_raw(challenge.as_bytes());
+    let (again, from) = third
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the INVITE again, with credentials");
+    assert_eq!(again.cseq().unwrap().seq, 2);
+    let creds = switchyard_sip::digest::Credentials::parse(
+        again
+            .header(switchyard_sip::HeaderName::ProxyAuthorization)
+            .expect("credentials"),
+    )
+    .unwrap();
+    assert_eq!(creds.username, "tenant-a");
+    assert_eq!(creds.uri, again.request_uri_str().unwrap());
+    let ha1 = switchyard_sip::digest::ha1(
+        switchyard_sip::digest::Algorithm::Md5,
+        "tenant-a",
+        "carrier.example",
+        "carrier-secret",
+    );
+    assert!(creds.verify("INVITE", &ha1), "the right password");
+    third.answer(&again, from, 200, &[0]);
+    let (mut caller, status, leg) = call.join().unwrap();
+    assert_eq!(status, Some(200), "log:\n{}", d.server.log());
+    // The caller hangs up; the carrier gets the BYE through the edge.
+    let carrier = std::thread::spawn(move || {
+        third.answer_next("BYE", Duration::from_secs(5), &[]);
+        third
+    });
+    assert_eq!(
+        caller.request(&mut leg.unwrap(), "BYE", "").status(),
+        Some(200)
+    );
+    carrier.join().unwrap();
 }
