@@ -96,6 +96,24 @@ impl Server {
         }
     }
 
+    /// One API request with the demo operator key: (status, JSON body or null).
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let key = self.api_key.clone().expect("serve --demo prints a key");
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(self.addr("API"))
+                    .request(method, path, &key, None, body)
+                    .await
+            })
+            .unwrap();
+        let json = serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null);
+        (reply.status, json)
+    }
+
     pub fn addr(&self, transport: &str) -> SocketAddr {
         self.addrs[transport]
     }

@@ -1,0 +1,289 @@
+//! Calls to and from the phone network through a real carrier: Kamailio (Debian package)
+//! plays the carrier on 127.0.0.7, with a baresip "PSTN phone" registered to it. The
+//! operator adds Kamailio as a carrier (by source address) and the tenant a trunk to it
+//! with an outbound route. A PSTN call to the tenant's number rings the extension it
+//! points at (a baresip office phone) and each side hears the other's tone; the office
+//! phone's call to an external number goes out through the trunk and rings the PSTN
+//! phone. Runs in its own network namespace (`common::netns`).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::Server;
+use common::baresip::{Baresip, account, free_port_pair, goertzel, read_wav};
+
+const CARRIER_IP: &str = "127.0.0.7";
+const DID: &str = "+15550100001";
+const PSTN_PHONE: &str = "+4930555";
+
+struct Kamailio {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Kamailio {
+    fn start(edge: std::net::SocketAddr) -> Kamailio {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let cfg = include_str!("carrier/kamailio.cfg")
+            .replace("@LISTEN@", &format!("{CARRIER_IP}:{port}"))
+            .replace("@EDGE_PORT@", &edge.port().to_string())
+            .replace("@EDGE@", &edge.to_string());
+        let path = dir.path().join("kamailio.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
+        let child = Command::new("kamailio")
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
+            .arg(dir.path())
+            .arg("-P")
+            .arg(dir.path().join("kamailio.pid"))
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("kamailio is installed (.ci/run installs it)");
+        // Ready once it answers an OPTIONS... it answers 405 to it, which is an answer.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let local = probe.local_addr().unwrap();
+        for i in 0..50 {
+            let options = common::options("UDP", local, &format!("probe-{i}"));
+            probe
+                .send_to(options.as_bytes(), (CARRIER_IP, port))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            if probe.recv_from(&mut buf).is_ok() {
+                return Kamailio { child, dir, port };
+            }
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "kamailio did not start; its log:\n{}",
+            std::fs::read_to_string(dir.path().join("kamailio.log")).unwrap_or_default()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn created(server: &Server, path: &str, body: &str) -> serde_json::Value {
+    let (status, reply) = server.api("POST", path, Some(body));
+    assert!(status == 201 || status == 200, "{path}: {status} {reply}");
+    reply
+}
+
+/// Each phone heard the other's tone and not its own.
+fn heard_each_other(a: &Baresip, a_tone: f64, b: &Baresip, b_tone: f64) {
+    for (phone, own, other) in [(a, a_tone, b_tone), (b, b_tone, a_tone)] {
+        let (rate, samples) = read_wav(&phone.heard());
+        assert!(
+            samples.len() as u32 > rate,
+            "{} heard too little",
+            phone.name
+        );
+        let (heard_other, heard_own) = (
+            goertzel(&samples, rate, other),
+            goertzel(&samples, rate, own),
+        );
+        assert!(
+            heard_other > 1000.0 * heard_own.max(1.0),
+            "{} should hear {other} Hz, not {own} Hz: {heard_other:.0} vs {heard_own:.0}",
+            phone.name
+        );
+    }
+}
+
+#[test]
+fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
+    if common::netns::run_isolated(
+        "calls_to_and_from_the_phone_network_pass_through_a_real_carrier",
+    ) {
+        return;
+    }
+    let server = Server::start(&[]);
+    let creds: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let domain = creds["domain"].as_str().unwrap();
+    let tenant = creds["tenant_id"].as_str().unwrap();
+    let office_ext = &creds["extensions"][0];
+    let edge = server.addr("UDP");
+    let carrier = Kamailio::start(edge);
+
+    // The operator's carrier, the tenant's number pointing at extension 1001, and the
+    // tenant's trunk to the carrier with a route for numbers dialled with 00.
+    created(
+        &server,
+        "/v1/carriers",
+        &format!(r#"{{"name":"kamailio","addresses":["{CARRIER_IP}"]}}"#),
+    );
+    created(
+        &server,
+        "/v1/numbers",
+        &format!(r#"{{"numbers":["{DID}"]}}"#),
+    );
+    let number = created(&server, &format!("/v1/tenants/{tenant}/numbers"), "");
+    assert_eq!(number["number"], DID);
+    let (_, exts) = server.api("GET", &format!("/v1/tenants/{tenant}/extensions"), None);
+    let office_id = exts["items"]
+        .as_array()
+        .or(exts.as_array())
+        .unwrap()
+        .iter()
+        .find(|e| e["username"] == office_ext["username"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, r) = server.api(
+        "PUT",
+        &format!(
+            "/v1/tenants/{tenant}/numbers/{}/target",
+            DID.replace('+', "%2B")
+        ),
+        Some(&format!(
+            r#"{{"target":{{"kind":"extension","id":"{office_id}"}}}}"#
+        )),
+    );
+    assert!(s < 300, "{s} {r}");
+    let trunk = created(
+        &server,
+        &format!("/v1/tenants/{tenant}/resources/trunk"),
+        &format!(
+            r#"{{"name":"carrier","spec":{{"host":"{CARRIER_IP}","port":{},"transport":"udp","codecs":["PCMU","PCMA"],"max_channels":10,"username":null,"password":null}}}}"#,
+            carrier.port
+        ),
+    );
+    created(
+        &server,
+        &format!("/v1/tenants/{tenant}/resources/outbound_route"),
+        &format!(
+            r#"{{"name":"international","spec":{{"pattern":"00.","trunk_id":"{}","strip_digits":2,"prefix":"+","priority":1}}}}"#,
+            trunk["id"].as_str().unwrap()
+        ),
+    );
+    // The change events reach the edge's carrier table and the core's cache.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut pstn = Baresip::start("pstn", 1000.0, 30.0);
+    pstn.register(&format!(
+        "<sip:{PSTN_PHONE}@{CARRIER_IP}:{}>;regint=600;answermode=auto",
+        carrier.port
+    ));
+    let mut office = Baresip::start("office", 440.0, 30.0);
+    office.register(&account(domain, office_ext, edge, ";answermode=auto"));
+
+    // In: the PSTN phone dials the tenant's number at its carrier.
+    pstn.command("dial", &format!("sip:{DID}@{CARRIER_IP}:{}", carrier.port));
+    let established = |phone: &Baresip, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let n = phone
+                .events()
+                .iter()
+                .filter(|e| e["type"] == "CALL_ESTABLISHED")
+                .count();
+            if n > 0 {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{what}: {} never established; serve:\n{}\nkamailio:\n{}",
+            phone.name,
+            server.log(),
+            carrier.log()
+        );
+    };
+    established(&pstn, "PSTN call in");
+    established(&office, "PSTN call in");
+    std::thread::sleep(Duration::from_secs(3));
+    pstn.command("hangup", "");
+    pstn.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    office.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    heard_each_other(&pstn, 1000.0, &office, 440.0);
+
+    // Out: the office phone dials an international number; it leaves through the trunk
+    // and rings the PSTN phone registered at the carrier.
+    let closed_before = |phone: &Baresip| {
+        phone
+            .events()
+            .iter()
+            .filter(|e| e["type"] == "CALL_CLOSED")
+            .count()
+    };
+    let (pstn_closed, office_closed) = (closed_before(&pstn), closed_before(&office));
+    office.command("dial", &format!("00{}", PSTN_PHONE.trim_start_matches('+')));
+    let wait_n = |phone: &Baresip, kind: &str, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if phone.events().iter().filter(|e| e["type"] == kind).count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{}: no {kind} #{n}; serve:\n{}\nkamailio:\n{}",
+            phone.name,
+            server.log(),
+            carrier.log()
+        );
+    };
+    wait_n(&office, "CALL_ESTABLISHED", 2);
+    wait_n(&pstn, "CALL_ESTABLISHED", 2);
+    std::thread::sleep(Duration::from_secs(1));
+    office.command("hangup", "");
+    wait_n(&office, "CALL_CLOSED", office_closed + 1);
+    wait_n(&pstn, "CALL_CLOSED", pstn_closed + 1);
+
+    // Two CDRs: in from the PSTN number, out to the dialled number.
+    let mut cdrs = Vec::new();
+    for _ in 0..100 {
+        let (_, page) = server.api("GET", &format!("/v1/tenants/{tenant}/cdrs"), None);
+        cdrs = page.as_array().cloned().unwrap_or_default();
+        if cdrs.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    let inbound = cdrs
+        .iter()
+        .find(|c| c["from_uri"].as_str().unwrap_or("").contains(PSTN_PHONE))
+        .unwrap_or_else(|| panic!("the call in: {cdrs:?}"));
+    assert_eq!(inbound["disposition"], "answered", "{inbound}");
+    assert_eq!(inbound["hangup_side"], "caller", "{inbound}");
+    let outbound = cdrs
+        .iter()
+        .find(|c| c["to_uri"].as_str().unwrap_or("").contains("004930555"))
+        .unwrap_or_else(|| panic!("the call out: {cdrs:?}"));
+    assert_eq!(outbound["disposition"], "answered", "{outbound}");
+    assert!(
+        carrier
+            .log()
+            .contains(&format!("carrier: {PSTN_PHONE} to a PSTN phone")),
+        "the call out reached the carrier: {}",
+        carrier.log()
+    );
+}
