@@ -408,6 +408,8 @@ struct TenantView {
     max_registrations: i64,
     max_extensions: i64,
     config_version: i64,
+    /// The number calls out present when the extension names none.
+    caller_id: Option<String>,
 }
 
 impl From<switchyard_store::Tenant> for TenantView {
@@ -422,6 +424,7 @@ impl From<switchyard_store::Tenant> for TenantView {
             max_registrations: t.max_registrations,
             max_extensions: t.max_extensions,
             config_version: t.config_version,
+            caller_id: t.caller_id,
         }
     }
 }
@@ -545,6 +548,9 @@ struct TenantPatch {
     reg_expiry_min: Option<i64>,
     reg_expiry_max: Option<i64>,
     reg_expiry_default: Option<i64>,
+    /// One of the tenant's numbers, presented on calls out when the extension names
+    /// none; `""` clears it.
+    caller_id: Option<String>,
 }
 
 /// The version an `If-Match: "N"` header names (`*` or absent: any).
@@ -603,6 +609,7 @@ async fn update_tenant(
                 reg_expiry_min: input.reg_expiry_min,
                 reg_expiry_max: input.reg_expiry_max,
                 reg_expiry_default: input.reg_expiry_default,
+                caller_id: input.caller_id,
             },
             expected,
         )
@@ -737,6 +744,8 @@ struct ExtensionView {
     forward_busy: Option<String>,
     forward_no_answer: Option<String>,
     no_answer_seconds: i64,
+    /// The number this extension presents on calls out.
+    caller_id: Option<String>,
 }
 
 impl From<switchyard_store::Extension> for ExtensionView {
@@ -753,6 +762,7 @@ impl From<switchyard_store::Extension> for ExtensionView {
             forward_busy: e.forward_busy,
             forward_no_answer: e.forward_no_answer,
             no_answer_seconds: e.no_answer_seconds,
+            caller_id: e.caller_id,
         }
     }
 }
@@ -1340,6 +1350,8 @@ struct ExtensionPatch {
     forward_busy: Option<String>,
     forward_no_answer: Option<String>,
     no_answer_seconds: Option<i64>,
+    /// One of the tenant's numbers, presented on this extension's calls out; `""` clears.
+    caller_id: Option<String>,
 }
 
 /// One extension.
@@ -1378,6 +1390,7 @@ async fn update_extension(
                 forward_busy: input.forward_busy,
                 forward_no_answer: input.forward_no_answer,
                 no_answer_seconds: input.no_answer_seconds,
+                caller_id: input.caller_id,
                 expected_version: if_match(&headers)?,
             },
         )

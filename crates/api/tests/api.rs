@@ -1749,3 +1749,67 @@ on_both!(operators_add_list_and_remove_carriers, |store| {
         None,
     );
 });
+
+on_both!(caller_ids_are_the_tenants_own_numbers, |store| {
+    let api = Api::new(&store);
+    let op = issue_key(&store, "operator", false).await.unwrap();
+    let a = api.create_tenant(&op, "Acme", "acme.example.com").await;
+    let b = api.create_tenant(&op, "Beta", "beta.example.com").await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/numbers",
+            Some(&op),
+            Some(json!({"numbers": ["+15550100101", "+15550100102"]})),
+        )
+        .await;
+    assert!(r.0.is_success(), "{:?}", r.2);
+    let mut held = Vec::new();
+    for t in [a, b] {
+        let (s, _, n) = api
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{t}/numbers"),
+                Some(&op),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{n}");
+        held.push(n["number"].as_str().unwrap().to_owned());
+    }
+    // B's number is not A's to present; nothing changes.
+    let r = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{a}"),
+            Some(&op),
+            Some(json!({"caller_id": held[1], "max_calls": 7})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("caller_id"));
+    let (_, _, t) = api
+        .call(Method::GET, &format!("/v1/tenants/{a}"), Some(&op), None)
+        .await;
+    assert_ne!(t["max_calls"], 7, "a refused change leaves nothing behind");
+    let (s, _, t) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{a}"),
+            Some(&op),
+            Some(json!({"caller_id": held[0]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["caller_id"], held[0]);
+    let (s, _, t) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/tenants/{a}"),
+            Some(&op),
+            Some(json!({"caller_id": ""})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["caller_id"], Value::Null);
+});

@@ -347,23 +347,8 @@ pub async fn route_call(
     let plan = plan_of(&config, &req.tenant_id, &req.dialled, at)?;
     let dial_plan = DialPlan::of(&config);
     // A carrier's call presents the number it came in on when it goes out again; a
-    // phone's call the tenant's first number. Never a number the tenant does not hold.
-    let wanted = req
-        .carrier
-        .as_ref()
-        .and_then(|_| crate::dialplan::e164(&req.dialled));
-    let presented = caller_id(&dial_plan, wanted.as_deref()).map(str::to_owned);
-    if let Plan::Out {
-        emergency: false, ..
-    } = &plan
-        && presented.is_none()
-    {
-        info!(
-            tenant = req.tenant_id,
-            "outbound call without a number to present"
-        );
-        return refuse(403, "The tenant has no number to present as caller ID");
-    }
+    // phone's call its extension's chosen number, else the tenant's, else the tenant's
+    // first. Never a number the tenant does not hold (one released since is skipped).
     let find =
         |pred: &dyn Fn(&Extension) -> bool| config.extensions.iter().find(|e| pred(e)).cloned();
     // A carrier's caller is a PSTN number, whatever it looks like.
@@ -376,6 +361,25 @@ pub async fn route_call(
             })
         })
         .flatten();
+    let wanted = match &req.carrier {
+        Some(_) => crate::dialplan::e164(&req.dialled),
+        None => caller_ext
+            .as_ref()
+            .and_then(|e| e.caller_id.clone())
+            .or_else(|| config.tenant.caller_id.clone()),
+    };
+    let presented = caller_id(&dial_plan, wanted.as_deref()).map(str::to_owned);
+    if let Plan::Out {
+        emergency: false, ..
+    } = &plan
+        && presented.is_none()
+    {
+        info!(
+            tenant = req.tenant_id,
+            "outbound call without a number to present"
+        );
+        return refuse(403, "The tenant has no number to present as caller ID");
+    }
     let session = req.session.clone();
     match deps
         .media

@@ -473,6 +473,65 @@ async fn external_numbers_go_out_through_the_first_trunk_with_a_channel_free() {
     assert_eq!(leg.trunk_id, big);
     assert_eq!(held(&big).await, 2);
 
+    // The caller's own choice of number, else the tenant's: each must be the tenant's.
+    store.add_dids(&["+493000000009".into()]).await.unwrap();
+    let second_number = store.assign_next_did(&a.id).await.unwrap().number;
+    let presented = |deps: RouteDeps, session: &'static str| {
+        let request = call("004930123459", session);
+        async move {
+            let routed = route_call(deps, request, NOW_MS).await.unwrap();
+            routed.presented.clone().unwrap()
+        }
+    };
+    let fresh = || RouteDeps {
+        cache: ConfigCache::new(store.clone()),
+        ..deps.clone()
+    };
+    store
+        .update_tenant(
+            &a.id,
+            &switchyard_store::TenantChanges {
+                caller_id: Some(second_number.clone()),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(presented(fresh(), "cid-tenant").await, second_number);
+    store
+        .update_extension(
+            &a.id,
+            &a.second,
+            &ExtensionChanges {
+                caller_id: Some(a.number.clone()),
+                ..ExtensionChanges::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        presented(fresh(), "cid-extension").await,
+        a.number,
+        "1001's own choice"
+    );
+    let foreign = store
+        .update_extension(
+            &a.id,
+            &a.second,
+            &ExtensionChanges {
+                caller_id: Some("+493000000077".into()),
+                ..ExtensionChanges::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(foreign.to_string().contains("caller_id"), "{foreign}");
+    store
+        .release_did(&a.id, &second_number, NOW_MS + 86_400_000, None)
+        .await
+        .unwrap();
+
     // A tenant with no number of its own cannot call out (emergency calls still can).
     store
         .release_did(&a.id, &a.number, NOW_MS + 86_400_000, None)

@@ -388,6 +388,7 @@ mod tests {
             reg_expiry_default: 600,
             config_version: 1,
             created_at: 0,
+            caller_id: None,
         };
         let ext = Extension {
             id: "e1".into(),
@@ -405,6 +406,7 @@ mod tests {
             forward_busy: None,
             forward_no_answer: None,
             no_answer_seconds: 20,
+            caller_id: None,
         };
         TenantEntry::new(tenant, vec![ext])
     }

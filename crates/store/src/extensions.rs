@@ -317,6 +317,7 @@ impl Store {
                 forward_busy: None,
                 forward_no_answer: None,
                 no_answer_seconds: 25,
+                caller_id: None,
             };
             sqlx::query(
                 "INSERT INTO extensions (id, tenant_id, range_id, number, display_name, username, ha1_md5, \
@@ -438,6 +439,26 @@ impl Store {
                     .await?
                     .ok_or(StoreError::NotFound { what: "extension" })?;
             let pick = |change: Option<Option<String>>, old: Option<String>| change.unwrap_or(old);
+            let caller_id = match c.caller_id.as_deref() {
+                None => current.caller_id.clone(),
+                Some("") => None,
+                Some(number) => {
+                    let held: Option<String> = sqlx::query_scalar(
+                        "SELECT number FROM dids WHERE number = $1 AND tenant_id = $2 AND state = 'assigned'",
+                    )
+                    .bind(number)
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if held.is_none() {
+                        return Err(StoreError::invalid(
+                            "caller_id",
+                            "must be one of the tenant's numbers",
+                        ));
+                    }
+                    Some(number.to_owned())
+                }
+            };
             let updated = Extension {
                 display_name: c
                     .display_name
@@ -449,11 +470,12 @@ impl Store {
                 forward_busy: pick(busy, current.forward_busy.clone()),
                 forward_no_answer: pick(no_answer, current.forward_no_answer.clone()),
                 no_answer_seconds: c.no_answer_seconds.unwrap_or(current.no_answer_seconds),
+                caller_id,
                 ..current
             };
             sqlx::query(
                 "UPDATE extensions SET display_name = $1, voicemail = $2, max_registrations = $3, forward_always = $4, \
-                 forward_busy = $5, forward_no_answer = $6, no_answer_seconds = $7 WHERE id = $8 AND tenant_id = $9",
+                 forward_busy = $5, forward_no_answer = $6, no_answer_seconds = $7, caller_id = $10 WHERE id = $8 AND tenant_id = $9",
             )
             .bind(&updated.display_name)
             .bind(updated.voicemail)
@@ -464,6 +486,7 @@ impl Store {
             .bind(updated.no_answer_seconds)
             .bind(extension_id)
             .bind(tenant_id)
+            .bind(&updated.caller_id)
             .execute(&mut *tx)
             .await?;
             updated

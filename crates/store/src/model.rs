@@ -20,6 +20,8 @@ pub struct Tenant {
     pub reg_expiry_default: i64,
     pub config_version: i64,
     pub created_at: i64,
+    /// The number presented on calls out when the extension names none.
+    pub caller_id: Option<String>,
 }
 
 impl Tenant {
@@ -54,6 +56,8 @@ pub struct TenantChanges {
     pub reg_expiry_min: Option<i64>,
     pub reg_expiry_max: Option<i64>,
     pub reg_expiry_default: Option<i64>,
+    /// One of the tenant's numbers; `""` clears it.
+    pub caller_id: Option<String>,
 }
 
 /// A block of extension numbers a tenant may use.
@@ -84,6 +88,8 @@ pub struct Extension {
     pub forward_busy: Option<String>,
     pub forward_no_answer: Option<String>,
     pub no_answer_seconds: i64,
+    /// The number this extension presents on calls out (one of the tenant's).
+    pub caller_id: Option<String>,
 }
 
 /// Changes to an extension; absent fields stay. `Some("")` clears a forward.
@@ -96,6 +102,8 @@ pub struct ExtensionChanges {
     pub forward_busy: Option<String>,
     pub forward_no_answer: Option<String>,
     pub no_answer_seconds: Option<i64>,
+    /// One of the tenant's numbers; `""` clears it.
+    pub caller_id: Option<String>,
     /// Apply only if the tenant is still at this config version (If-Match).
     pub expected_version: Option<i64>,
 }

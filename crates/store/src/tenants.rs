@@ -90,6 +90,7 @@ impl Store {
             reg_expiry_default: 600,
             config_version: 1,
             created_at: self.now(),
+            caller_id: None,
         };
         let t = &tenant;
         in_tx!(self, |tx, _pg| {
@@ -230,6 +231,31 @@ impl Store {
                 }
             }
             crate::check_version(version, expected_version)?;
+            if let Some(number) = changes.caller_id.as_deref().filter(|n| !n.is_empty()) {
+                let held: Option<String> = sqlx::query_scalar(
+                    "SELECT number FROM dids WHERE number = $1 AND tenant_id = $2 AND state = 'assigned'",
+                )
+                .bind(number)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if held.is_none() {
+                    return Err(StoreError::invalid(
+                        "caller_id",
+                        "must be one of the tenant's numbers",
+                    ));
+                }
+                sqlx::query("UPDATE tenants SET caller_id = $1 WHERE id = $2")
+                    .bind(number)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else if changes.caller_id.as_deref() == Some("") {
+                sqlx::query("UPDATE tenants SET caller_id = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query(
                 "UPDATE tenants SET name = COALESCE($1, name), state = COALESCE($2, state), max_calls = COALESCE($3, max_calls), calls_per_second = COALESCE($4, calls_per_second), max_registrations = COALESCE($5, max_registrations), max_extensions = COALESCE($6, max_extensions), placement = COALESCE($7, placement), reg_expiry_min = COALESCE($8, reg_expiry_min), reg_expiry_max = COALESCE($9, reg_expiry_max), reg_expiry_default = COALESCE($10, reg_expiry_default) WHERE id = $11",
             )
