@@ -45,7 +45,7 @@ use switchyard_store::{Cdr, ChangeEvent, Store, Target, TenantConfig};
 use crate::cache::ConfigCache;
 use crate::cdr::CdrSender;
 use crate::dialog::{Dialog, random_token, uri_addr};
-use crate::metrics::{CallMetrics, Disposition};
+use crate::metrics::{CallMetrics, Disposition, TrunkOutcome};
 use crate::routing::{Refusal, Reroute, Ring, RouteDeps, RouteRequest, Routed, TrunkLeg};
 
 /// Headers an edge sets (and strips from anything a phone sends).
@@ -899,7 +899,8 @@ impl Engine {
             call_id,
             "call routed"
         );
-        if trunk.is_some() {
+        if let Some(t) = &trunk {
+            self.metrics.trunk_attempted(&tenant_id, &t.leg.trunk_id);
             self.arm(Instant::now() + TRUNK_SILENCE, key, Timer::TrunkSilence(0));
         }
         let from_uri = msg
@@ -1029,6 +1030,9 @@ impl Engine {
         let fork_request = call.forks[i].request.clone();
         let already_done = call.forks[i].done;
         call.forks[i].done = true;
+        if !already_done && !matches!(status, 401 | 407) {
+            self.note_trunk_outcome(key, i, status);
+        }
         if (200..300).contains(&status) {
             let Some(dialog) = Dialog::as_uac(&fork_request, &msg, 1) else {
                 warn!("2xx without Contact from the callee");
@@ -1116,8 +1120,11 @@ impl Engine {
         if already_done {
             return;
         }
-        if matches!(status, 401 | 407) && self.answer_trunk_challenge(key, i, &msg).await {
-            return;
+        if matches!(status, 401 | 407) {
+            if self.answer_trunk_challenge(key, i, &msg).await {
+                return;
+            }
+            self.note_trunk_outcome(key, i, status);
         }
         let reason = msg.reason().unwrap_or("").to_owned();
         let call = self.calls.get_mut(&key).expect("call present");
@@ -1206,6 +1213,20 @@ impl Engine {
         forks
     }
 
+    /// Counts a final answer (or none) of fork `i` if it is the call's trunk leg.
+    fn note_trunk_outcome(&self, key: u64, i: usize, status: u16) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if let Some(t) = call.trunk.as_ref().filter(|t| t.fork == i) {
+            self.metrics.trunk_outcome(
+                &call.tenant_id,
+                &t.leg.trunk_id,
+                TrunkOutcome::of_status(status),
+            );
+        }
+    }
+
     /// A trunk fork's `401`/`407`: the INVITE goes again with the trunk's credentials
     /// (once per route; CSeq 2, a new branch). False when it cannot (no credentials, a
     /// second challenge, a challenge we cannot answer): the failure then counts as such.
@@ -1285,6 +1306,10 @@ impl Engine {
         info!(call_id = call.a.call_id, ?target, "forwarding");
         // A trunk leg that failed gives its channel back before the next route seizes
         // one (the same trunk may carry the next route too).
+        if let (Reroute::Failover { .. }, Some(t)) = (&target, &call.trunk) {
+            self.metrics
+                .trunk_failed_over(&call.tenant_id, &t.leg.trunk_id);
+        }
         let held = call.trunk.take().filter(|t| t.leg.holds_channel).map(|t| {
             (
                 routing::trunk_channels(&t.leg.trunk_id),
@@ -1366,6 +1391,8 @@ impl Engine {
                         trunk = trunk_leg.trunk_id,
                         "out through the next route"
                     );
+                    self.metrics
+                        .trunk_attempted(&call.tenant_id, &trunk_leg.trunk_id);
                     call.trunk = Some(TrunkState {
                         leg: trunk_leg,
                         rest,
@@ -1707,6 +1734,10 @@ impl Engine {
                 if call.best_failure.is_none() {
                     call.best_failure = Some((408, "Request Timeout".into()));
                 }
+                self.note_trunk_outcome(key, i, 408);
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
                 if !call.rerouting
                     && let Some(next) = call.failover_after(i, 408)
                 {
@@ -1760,6 +1791,10 @@ impl Engine {
                     if call.best_failure.is_none() {
                         call.best_failure = Some((408, "Trunk Not Answering".into()));
                     }
+                    self.note_trunk_outcome(key, i, 408);
+                    let Some(call) = self.calls.get_mut(&key) else {
+                        continue;
+                    };
                     if let Some(next) = call.failover_after(i, 408) {
                         self.reroute(key, next);
                     } else if call.forks.iter().all(|f| f.done) {

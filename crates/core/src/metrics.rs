@@ -24,6 +24,55 @@ pub struct DispositionLabels {
     pub disposition: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabels {
+    pub tenant: String,
+    pub trunk: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkOutcomeLabels {
+    pub tenant: String,
+    pub trunk: String,
+    pub outcome: &'static str,
+}
+
+/// What a trunk made of one INVITE sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrunkOutcome {
+    Answered,
+    /// `486`/`600`: the number is busy.
+    Busy,
+    /// Another `4xx` or `6xx`: the number or the call refused.
+    Refused,
+    /// `5xx`: the trunk failed.
+    Failed,
+    /// `408`, no answer to the transaction, or silence past the limit.
+    NoResponse,
+}
+
+impl TrunkOutcome {
+    pub fn of_status(status: u16) -> TrunkOutcome {
+        match status {
+            200..=299 => TrunkOutcome::Answered,
+            486 | 600 => TrunkOutcome::Busy,
+            408 => TrunkOutcome::NoResponse,
+            500..=599 => TrunkOutcome::Failed,
+            _ => TrunkOutcome::Refused,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrunkOutcome::Answered => "answered",
+            TrunkOutcome::Busy => "busy",
+            TrunkOutcome::Refused => "refused",
+            TrunkOutcome::Failed => "failed",
+            TrunkOutcome::NoResponse => "no-response",
+        }
+    }
+}
+
 /// How a call ended, as its CDR says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -72,6 +121,9 @@ pub struct CallMetrics {
     asr: Family<TenantLabel, Gauge<f64, AtomicU64>>,
     post_dial_delay: HistogramFamily,
     duration: HistogramFamily,
+    trunk_attempts: Family<TrunkLabels, Counter>,
+    trunk_outcomes: Family<TrunkOutcomeLabels, Counter>,
+    trunk_failovers: Family<TrunkLabels, Counter>,
 }
 
 impl Default for CallMetrics {
@@ -83,7 +135,17 @@ impl Default for CallMetrics {
             asr: Family::default(),
             post_dial_delay: Family::new_with_constructor(pdd_histogram),
             duration: Family::new_with_constructor(duration_histogram),
+            trunk_attempts: Family::default(),
+            trunk_outcomes: Family::default(),
+            trunk_failovers: Family::default(),
         }
+    }
+}
+
+fn trunk_label(tenant: &str, trunk: &str) -> TrunkLabels {
+    TrunkLabels {
+        tenant: tenant.to_owned(),
+        trunk: trunk.to_owned(),
     }
 }
 
@@ -94,8 +156,25 @@ fn label(tenant: &str) -> TenantLabel {
 }
 
 impl CallMetrics {
-    /// Registers every family in `registry` (prefix `switchyard_tenant`).
+    /// Registers every family in `registry` (prefixes `switchyard_tenant` and
+    /// `switchyard_trunk`; trunk series carry the tenant and the trunk's id).
     pub fn register(&self, registry: &mut Registry) {
+        let trunks = registry.sub_registry_with_prefix("switchyard_trunk");
+        trunks.register(
+            "attempts",
+            "INVITEs sent out through the trunk (an answered challenge is the same attempt)",
+            self.trunk_attempts.clone(),
+        );
+        trunks.register(
+            "outcomes",
+            "What the trunk made of the INVITEs sent to it",
+            self.trunk_outcomes.clone(),
+        );
+        trunks.register(
+            "failovers",
+            "Calls the trunk failed that went on to the next route",
+            self.trunk_failovers.clone(),
+        );
         let sub = registry.sub_registry_with_prefix("switchyard_tenant");
         sub.register(
             "call_attempts",
@@ -162,6 +241,30 @@ impl CallMetrics {
         }
     }
 
+    /// An INVITE went out through `trunk`.
+    pub fn trunk_attempted(&self, tenant: &str, trunk: &str) {
+        self.trunk_attempts
+            .get_or_create(&trunk_label(tenant, trunk))
+            .inc();
+    }
+
+    pub fn trunk_outcome(&self, tenant: &str, trunk: &str, outcome: TrunkOutcome) {
+        self.trunk_outcomes
+            .get_or_create(&TrunkOutcomeLabels {
+                tenant: tenant.to_owned(),
+                trunk: trunk.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// The call left `trunk` for the next route.
+    pub fn trunk_failed_over(&self, tenant: &str, trunk: &str) {
+        self.trunk_failovers
+            .get_or_create(&trunk_label(tenant, trunk))
+            .inc();
+    }
+
     fn update_asr(&self, tenant: &str) {
         let key = label(tenant);
         let attempts = self.attempts.get_or_create(&key).get();
@@ -197,6 +300,11 @@ mod tests {
         m.ended("t1", Disposition::Answered, Some(Duration::from_secs(42)));
         m.ended("t1", Disposition::Busy, None);
         m.attempted("t2");
+        m.trunk_attempted("t1", "k1");
+        m.trunk_attempted("t1", "k1");
+        m.trunk_outcome("t1", "k1", TrunkOutcome::of_status(503));
+        m.trunk_failed_over("t1", "k1");
+        m.trunk_outcome("t1", "k1", TrunkOutcome::of_status(200));
         let text = text(&registry);
         for line in [
             "switchyard_tenant_call_attempts_total{tenant=\"t1\"} 4",
@@ -209,6 +317,10 @@ mod tests {
             "switchyard_tenant_post_dial_delay_seconds_bucket{le=\"0.05\",tenant=\"t1\"} 1",
             "switchyard_tenant_call_duration_seconds_sum{tenant=\"t1\"} 42.0",
             "switchyard_tenant_call_duration_seconds_count{tenant=\"t1\"} 1",
+            "switchyard_trunk_attempts_total{tenant=\"t1\",trunk=\"k1\"} 2",
+            "switchyard_trunk_outcomes_total{tenant=\"t1\",trunk=\"k1\",outcome=\"failed\"} 1",
+            "switchyard_trunk_outcomes_total{tenant=\"t1\",trunk=\"k1\",outcome=\"answered\"} 1",
+            "switchyard_trunk_failovers_total{tenant=\"t1\",trunk=\"k1\"} 1",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

@@ -1862,6 +1862,34 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
     second.answer(&invite, from, 486, &[]);
     let (mut caller, status) = call.join().unwrap();
     assert_eq!(status, Some(486));
+    // Per trunk: what each made of its INVITEs, and the calls that left it.
+    let metrics = d.server.metrics();
+    let series = |name: &str, trunk: &str, outcome: Option<&str>| {
+        let labels = match outcome {
+            Some(o) => format!(
+                "{{tenant=\"{}\",trunk=\"{trunk}\",outcome=\"{o}\"}}",
+                d.tenant
+            ),
+            None => format!("{{tenant=\"{}\",trunk=\"{trunk}\"}}", d.tenant),
+        };
+        metrics
+            .get(&format!("switchyard_trunk_{name}{labels}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(series("attempts_total", &first_trunk, None), 3.0);
+    assert_eq!(series("outcomes_total", &first_trunk, Some("failed")), 2.0);
+    assert_eq!(
+        series("outcomes_total", &first_trunk, Some("no-response")),
+        1.0
+    );
+    assert_eq!(series("failovers_total", &first_trunk, None), 3.0);
+    assert_eq!(series("attempts_total", &second_trunk, None), 3.0);
+    assert_eq!(
+        series("outcomes_total", &second_trunk, Some("answered")),
+        2.0
+    );
+    assert_eq!(series("outcomes_total", &second_trunk, Some("busy")), 1.0);
 
     // A trunk with credentials: the carrier's challenge is answered once, CSeq 2.
     let mut third = Phone::new_at("127.0.0.6", edge, "carrier-c", "carrier", "unused");
