@@ -419,6 +419,7 @@ pub fn spawn_core(
             locations: locations.clone(),
             media: media.clone(),
             channels: settings.channels.clone(),
+            turns: Default::default(),
         },
         routed_tx,
         rerouted_tx,

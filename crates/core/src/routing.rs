@@ -34,6 +34,8 @@ pub struct RouteDeps {
     pub media: Arc<dyn MediaControl>,
     /// Trunks' channels in use (`max_channels`).
     pub channels: Arc<LiveCalls>,
+    /// Where round-robin groups start their next call.
+    pub turns: Arc<crate::dialplan::Turns>,
 }
 
 impl std::fmt::Debug for RouteDeps {
@@ -227,6 +229,7 @@ fn plan_of(
     tenant_id: &str,
     dialled: &str,
     at: jiff::Timestamp,
+    turns: &crate::dialplan::Turns,
 ) -> Result<Plan, Refusal> {
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     let plan = DialPlan::of(config);
@@ -236,7 +239,7 @@ fn plan_of(
         Destination::OwnNumber {
             number,
             target: Some(target),
-        } => match resolve_target(config, &target, at) {
+        } => match resolve_target(config, &target, at, turns) {
             Resolution::Ring {
                 extensions,
                 ring_seconds,
@@ -344,7 +347,7 @@ pub async fn route_call(
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     // Only this tenant's plan is searched: a number of another tenant is never found.
     let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let plan = plan_of(&config, &req.tenant_id, &req.dialled, at)?;
+    let plan = plan_of(&config, &req.tenant_id, &req.dialled, at, &deps.turns)?;
     let dial_plan = DialPlan::of(&config);
     // A carrier's call presents the number it came in on when it goes out again; a
     // phone's call its extension's chosen number, else the tenant's, else the tenant's
@@ -694,7 +697,7 @@ pub async fn forward_to(
             }
         },
     };
-    let extensions: Vec<Extension> = match resolve_target(config, &target, at) {
+    let extensions: Vec<Extension> = match resolve_target(config, &target, at, &deps.turns) {
         Resolution::Ring { extensions, .. } => extensions
             .iter()
             .filter_map(|id| config.extensions.iter().find(|e| &e.id == id).cloned())

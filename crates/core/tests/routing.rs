@@ -128,6 +128,12 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         serde_json::json!({"strategy": "sequential", "members": [a.second, a.reception], "ring_seconds": 15}),
     )
     .await;
+    let rotating = resource(
+        ResourceKind::RingGroup,
+        "rotating",
+        serde_json::json!({"strategy": "round_robin", "members": [a.reception, a.second], "ring_seconds": 15}),
+    )
+    .await;
     // Open Monday to Friday 09:00-17:00 in Berlin: the reception; closed: declined.
     let office = resource(
         ResourceKind::TimeCondition,
@@ -150,6 +156,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         Target::RingGroup(hunt),
         Target::TimeCondition(office),
         Target::VoicemailBox(mailbox),
+        Target::RingGroup(rotating),
     ]
     .into_iter()
     .enumerate()
@@ -160,8 +167,13 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         store.set_did_target(&a.id, &n, &target).await.unwrap();
         numbers.push(n);
     }
-    let [group_number, hunt_number, office_number, mailbox_number] =
-        <[String; 4]>::try_from(numbers).unwrap();
+    let [
+        group_number,
+        hunt_number,
+        office_number,
+        mailbox_number,
+        rotating_number,
+    ] = <[String; 5]>::try_from(numbers).unwrap();
 
     let media = MediaNode::new(MediaConfig {
         bind: "127.0.0.1".parse().unwrap(),
@@ -174,6 +186,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         locations,
         media: Arc::new(media.clone()),
         channels: Arc::new(LiveCalls::memory()),
+        turns: Default::default(),
     };
     let call = |tenant: &Tenant, dialled: &str, session: &str| RouteRequest {
         tenant_id: tenant.id.clone(),
@@ -247,6 +260,25 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     assert_eq!(routed.ring_seconds, Some(15));
     assert!(routed.hunt.is_empty(), "{:?}", routed.hunt);
 
+    // A round-robin group starts each call one member further: 1000 then 1001 next, then
+    // 1001 (no contact, so 1000 with nobody after it), then 1000 again.
+    let mut hunts = Vec::new();
+    for i in 0..3 {
+        let routed = route_call(
+            deps.clone(),
+            call(&a, &rotating_number, &format!("rr-{i}")),
+            NOW_MS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(routed.callee().unwrap().id, a.reception);
+        hunts.push(routed.hunt.clone());
+    }
+    assert_eq!(
+        hunts,
+        [vec!["1001".to_owned()], vec![], vec!["1001".to_owned()]]
+    );
+
     // The time condition follows the engine's clock, in Berlin: Monday 2026-12-07 at
     // 10:00 local (09:00 UTC) is open, 18:00 local is closed.
     let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap().as_millisecond();
@@ -266,7 +298,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
     .await
     .unwrap_err();
     assert_eq!((closed.status, closed.reason.as_str()), (603, "Declined"));
-    assert_eq!(media.session_count(), 5);
+    assert_eq!(media.session_count(), 8);
 
     // Forward always: 1001 (no contact) to 1000 rings 1000; a loop and a forward to a
     // number outside the tenant are refused. Each change is read fresh (a new cache, as
@@ -313,7 +345,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         .await
         .unwrap_err();
     assert_eq!(out.status, 480);
-    assert_eq!(media.session_count(), 6, "refusals leave no session");
+    assert_eq!(media.session_count(), 9, "refusals leave no session");
 
     // B's extension 1000 is B's: A's caller never reaches B's phone by its number.
     let routed = route_call(deps.clone(), call(&b, "1000", "b-call"), NOW_MS)
@@ -399,6 +431,7 @@ async fn external_numbers_go_out_through_the_first_trunk_with_a_channel_free() {
         locations: Arc::new(Locations::memory()),
         media: Arc::new(media.clone()),
         channels: channels.clone(),
+        turns: Default::default(),
     };
     let call = |dialled: &str, session: &str| RouteRequest {
         tenant_id: a.id.clone(),

@@ -140,7 +140,8 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RingGroupSpec {
-    /// `simultaneous` or `sequential`.
+    /// `simultaneous`, `sequential`, or `round_robin` (sequential, each call starting
+    /// with the member after the one the previous call started with).
     pub strategy: String,
     /// Extension ids, in ringing order for `sequential`.
     pub members: Vec<String>,
@@ -293,8 +294,13 @@ fn references(kind: ResourceKind, spec: &serde_json::Value) -> Result<Vec<(&'sta
     match kind {
         ResourceKind::RingGroup => {
             let s: RingGroupSpec = serde_json::from_value(spec.clone()).map_err(parse_err)?;
-            if !matches!(s.strategy.as_str(), "simultaneous" | "sequential") {
-                return Err(invalid("strategy must be simultaneous or sequential"));
+            if !matches!(
+                s.strategy.as_str(),
+                "simultaneous" | "sequential" | "round_robin"
+            ) {
+                return Err(invalid(
+                    "strategy must be simultaneous, sequential or round_robin",
+                ));
             }
             if s.members.is_empty() || s.members.len() > 100 {
                 return Err(invalid("1 to 100 members"));
