@@ -138,6 +138,24 @@ impl Dialog {
         body: Option<&str>,
         ack_cseq: Option<u32>,
     ) -> Message {
+        self.request_with(
+            method,
+            local,
+            &[],
+            body.map(|sdp| ("application/sdp", sdp)),
+            ack_cseq,
+        )
+    }
+
+    /// A request in the dialog with extra headers and a body of any type.
+    pub fn request_with(
+        &mut self,
+        method: Method,
+        local: SocketAddr,
+        headers: &[(&str, String)],
+        body: Option<(&str, &str)>,
+        ack_cseq: Option<u32>,
+    ) -> Message {
         let cseq = match ack_cseq {
             Some(n) => n,
             None => {
@@ -160,8 +178,11 @@ impl Dialog {
             .header("Call-ID", self.call_id.clone())
             .header("CSeq", format!("{cseq} {method}"))
             .header("Contact", format!("<sip:sy@{local}>"));
-        if let Some(sdp) = body {
-            b = b.body("application/sdp", Bytes::from(sdp.to_owned()));
+        for (name, value) in headers {
+            b = b.header(name, value.clone());
+        }
+        if let Some((content_type, text)) = body {
+            b = b.body(content_type, Bytes::from(text.to_owned()));
         }
         Message::parse_datagram(b.build()).expect("requests we build parse")
     }

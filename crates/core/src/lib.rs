@@ -184,6 +184,23 @@ struct Call {
     presented: Option<String>,
     /// The trunk leg ringing or answered, and the routes left for failover.
     trunk: Option<TrunkState>,
+    /// Each leg's last SDP (A's offer, B's answer, then re-INVITEs): a transfer offers
+    /// the new party what the party staying in the call last said.
+    remote_sdp: [String; 2],
+    /// A blind transfer in progress.
+    transfer: Option<Transfer>,
+}
+
+/// A blind transfer (REFER): the referrer's leg is replaced by a new party once it
+/// answers; until then the call stays as it was.
+#[derive(Debug)]
+struct Transfer {
+    referrer: Leg,
+    /// The number the Refer-To named.
+    target: String,
+    /// The new party's INVITEs (empty while its contacts are looked up).
+    forks: Vec<Fork>,
+    leg: Option<BLeg>,
 }
 
 /// A call's current trunk leg.
@@ -346,9 +363,13 @@ struct RouteDone {
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Fork(usize),
+    /// An INVITE to a transfer's new party.
+    Transfer(usize),
     Cancel,
     Bye,
     Reinvite,
+    /// A NOTIFY of a transfer's progress.
+    Notify,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -377,6 +398,8 @@ struct Engine {
     routed_tx: mpsc::UnboundedSender<RouteDone>,
     /// Forwards' lookups come back here: (call key, the target and its contacts).
     rerouted_tx: mpsc::UnboundedSender<(u64, routing::Forwarded)>,
+    /// Transfer targets' lookups come back here.
+    transfer_tx: mpsc::UnboundedSender<(u64, routing::Forwarded)>,
     by_call_id: HashMap<String, u64>,
     by_tx: HashMap<TxId, (u64, Purpose)>,
     timers: BTreeMap<(Instant, u64), (u64, Timer)>,
@@ -413,6 +436,7 @@ pub fn spawn_core(
     let cache = ConfigCache::new(store.clone());
     let (routed_tx, mut routed) = mpsc::unbounded_channel();
     let (rerouted_tx, mut rerouted) = mpsc::unbounded_channel();
+    let (transfer_tx, mut transferred) = mpsc::unbounded_channel();
     let mut engine = Engine {
         route_deps: RouteDeps {
             cache: cache.clone(),
@@ -423,6 +447,7 @@ pub fn spawn_core(
         },
         routed_tx,
         rerouted_tx,
+        transfer_tx,
         setups: HashMap::new(),
         local: settings.local,
         rtp_timeout: settings.rtp_timeout,
@@ -465,6 +490,11 @@ pub fn spawn_core(
                 done = rerouted.recv() => {
                     if let Some((key, outcome)) = done {
                         engine.on_rerouted(key, outcome).await;
+                    }
+                }
+                done = transferred.recv() => {
+                    if let Some((key, outcome)) = done {
+                        engine.on_transfer_routed(key, outcome).await;
                     }
                 }
                 change = changes.recv() => match change {
@@ -564,7 +594,7 @@ impl Engine {
             TuEvent::Transaction(Event::Terminated { tx }) => {
                 if matches!(
                     self.by_tx.get(&tx),
-                    Some((_, Purpose::Cancel | Purpose::Bye))
+                    Some((_, Purpose::Cancel | Purpose::Bye | Purpose::Notify))
                 ) {
                     self.by_tx.remove(&tx);
                 }
@@ -950,6 +980,8 @@ impl Engine {
                 edge,
                 presented,
                 trunk,
+                remote_sdp: [request.sdp, String::new()],
+                transfer: None,
             },
         );
     }
@@ -961,8 +993,9 @@ impl Engine {
         let status = msg.status().unwrap_or(0);
         match purpose {
             Purpose::Fork(i) => self.on_fork_response(key, i, msg).await,
+            Purpose::Transfer(i) => self.on_transfer_response(key, i, msg).await,
             Purpose::Reinvite => self.on_reinvite_response(key, msg).await,
-            Purpose::Cancel | Purpose::Bye => {
+            Purpose::Cancel | Purpose::Bye | Purpose::Notify => {
                 if status >= 200 {
                     self.by_tx.remove(&tx);
                 }
@@ -1060,6 +1093,7 @@ impl Engine {
             }
             self.metrics.answered(&call.tenant_id);
             call.b = Some(dialog);
+            call.remote_sdp[1] = String::from_utf8_lossy(msg.body()).into_owned();
             let session = call.session.clone();
             let others: Vec<Message> = call.take_ringing_forks();
             for other in others {
@@ -1158,6 +1192,18 @@ impl Engine {
         leg: &BLeg,
         targets: &[ForkTarget],
     ) -> Vec<Fork> {
+        self.fork_as(key, first, leg, targets, Purpose::Fork).await
+    }
+
+    /// [`Self::fork`] with the purpose its transactions answer to.
+    async fn fork_as(
+        &mut self,
+        key: u64,
+        first: usize,
+        leg: &BLeg,
+        targets: &[ForkTarget],
+        purpose: fn(usize) -> Purpose,
+    ) -> Vec<Fork> {
         let mut forks = Vec::new();
         for target in targets {
             let mut request = RequestBuilder::new(Method::Invite, target.uri.clone())
@@ -1200,8 +1246,7 @@ impl Engine {
             .peer(self.local);
             match self.driver.send_request(request.clone(), peer).await {
                 Ok(ftx) => {
-                    self.by_tx
-                        .insert(ftx, (key, Purpose::Fork(first + forks.len())));
+                    self.by_tx.insert(ftx, (key, purpose(first + forks.len())));
                     forks.push(Fork {
                         request,
                         done: false,
@@ -1612,6 +1657,10 @@ impl Engine {
                     Ok(Reply::Sdp { sdp }) => sdp,
                     other => return self.reply(tx, &msg, 488, &refusal(other)).await,
                 };
+                if let Some(call) = self.calls.get_mut(&key) {
+                    call.remote_sdp[leg_index(leg)] =
+                        String::from_utf8_lossy(msg.body()).into_owned();
+                }
                 if let Some(out) = self
                     .send_in_dialog(key, leg.other(), Method::Invite, Some(&sdp))
                     .await
@@ -1636,11 +1685,313 @@ impl Engine {
                 self.respond(tx, b).await;
                 self.restart_session_timer(key);
             }
+            Method::Refer => self.on_refer(key, leg, tx, msg).await,
             Method::Options | Method::Info | Method::Update | Method::Notify => {
                 self.reply(tx, &msg, 200, "OK").await
             }
             _ => self.reply(tx, &msg, 501, "Not Implemented").await,
         }
+    }
+
+    /// A REFER on `leg` of an answered call (blind transfer, RFC 3515): `202`, a NOTIFY
+    /// of `100 Trying`, and the Refer-To's number is looked up in the tenant's dial plan
+    /// in a task. Attended transfer (Refer-To with Replaces) is refused for now.
+    async fn on_refer(&mut self, key: u64, leg: Leg, tx: TxId, msg: Message) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.phase != Phase::Answered || call.transfer.is_some() || call.reinvite.is_some() {
+            return self.reply(tx, &msg, 491, "Request Pending").await;
+        }
+        let Some(refer_to) = msg.header(HeaderName::ReferTo).map(str::to_owned) else {
+            return self.reply(tx, &msg, 400, "Missing Refer-To").await;
+        };
+        let Ok(target) = switchyard_sip::headers::NameAddr::parse_header(&refer_to, "Refer-To")
+        else {
+            return self.reply(tx, &msg, 400, "Malformed Refer-To").await;
+        };
+        let uri = target.uri().ok();
+        let sip = uri.as_ref().and_then(|u| u.as_sip());
+        if sip
+            .and_then(|s| s.headers)
+            .is_some_and(|h| h.to_ascii_lowercase().contains("replaces"))
+        {
+            return self
+                .reply(
+                    tx,
+                    &msg,
+                    501,
+                    "Attended transfer (Replaces) is not supported yet",
+                )
+                .await;
+        }
+        let Some(number) = sip.and_then(|s| s.user).map(str::to_owned) else {
+            return self.reply(tx, &msg, 400, "Refer-To names no number").await;
+        };
+        self.reply(tx, &msg, 202, "Accepted").await;
+        info!(call_id = call.a.call_id, ?leg, number, "blind transfer");
+        let (deps, done, config, tenant, leg_b) = (
+            self.route_deps.clone(),
+            self.transfer_tx.clone(),
+            call.config.clone(),
+            call.tenant_id.clone(),
+            format!("{}@sy", random_token()),
+        );
+        self.calls.get_mut(&key).expect("call").transfer = Some(Transfer {
+            referrer: leg,
+            target: number.clone(),
+            forks: Vec::new(),
+            leg: None,
+        });
+        self.notify_transfer(key, leg, "SIP/2.0 100 Trying", false)
+            .await;
+        tokio::spawn(async move {
+            let outcome = routing::forward_to(
+                &deps,
+                &config,
+                &tenant,
+                &leg_b,
+                &Reroute::Dialled(number),
+                now_ms(),
+            )
+            .await;
+            let _ = done.send((key, outcome));
+        });
+    }
+
+    /// A NOTIFY of a transfer's progress to the referrer (`message/sipfrag`).
+    async fn notify_transfer(&mut self, key: u64, leg: Leg, frag: &str, done: bool) {
+        let local = self.local;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let dialog = match leg {
+            Leg::A => &mut call.a,
+            Leg::B => match call.b.as_mut() {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        let state = if done {
+            "terminated;reason=noresource".to_owned()
+        } else {
+            "active;expires=60".to_owned()
+        };
+        let request = dialog.request_with(
+            Method::Notify,
+            local,
+            &[("Event", "refer".to_owned()), ("Subscription-State", state)],
+            Some(("message/sipfrag;version=2.0", &format!("{frag}\r\n"))),
+            None,
+        );
+        let peer = dialog.peer(local);
+        match self.driver.send_request(request, peer).await {
+            Ok(tx) => {
+                self.by_tx.insert(tx, (key, Purpose::Notify));
+            }
+            Err(e) => debug!(error = %e, "NOTIFY not sent"),
+        }
+    }
+
+    /// The transfer target's contacts (or trunk) came back: it rings with an offer of
+    /// what the party staying in the call last said.
+    async fn on_transfer_routed(&mut self, key: u64, outcome: routing::Forwarded) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(transfer) = call.transfer.as_ref() else {
+            return;
+        };
+        let referrer = transfer.referrer;
+        let stays = referrer.other();
+        let ring = match outcome {
+            Ok(ring) => ring,
+            Err(refusal) => {
+                let reason = refusal.reason.clone();
+                return self
+                    .transfer_failed(key, None, refusal.status, &reason)
+                    .await;
+            }
+        };
+        // The staying party's identity towards the new one.
+        let domain = call.config.tenant.domain.clone();
+        let from = match stays {
+            Leg::A => call.from_uri.clone(),
+            Leg::B => call.to_uri.clone(),
+        };
+        let leg = BLeg {
+            from: format!("<{from}>;tag={}", random_token()),
+            to: String::new(),
+            call_id: format!("{}@sy", random_token()),
+            offer: String::new(),
+        };
+        let (leg, targets) = match &ring {
+            Ring::Phones { callee, bindings } => (
+                BLeg {
+                    to: format!("<sip:{}@{domain}>", callee.number),
+                    ..leg
+                },
+                bindings
+                    .iter()
+                    .filter_map(ForkTarget::of_binding)
+                    .collect::<Vec<_>>(),
+            ),
+            Ring::Trunk { leg: trunk, .. } => {
+                let presenting = call.presented.clone().unwrap_or_else(|| "anonymous".into());
+                (
+                    trunk_leg_identity(&leg, trunk, &presenting),
+                    vec![ForkTarget::of_trunk(trunk, call.edge)],
+                )
+            }
+        };
+        // The relay's side towards the referrer, offered to the new party.
+        let offer = self
+            .media
+            .call(Request::Offer {
+                session: call.session.clone(),
+                from: stays,
+                sdp: call.remote_sdp[leg_index(stays)].clone(),
+            })
+            .await;
+        let Ok(Reply::Sdp { sdp }) = offer else {
+            release_channel(&self.route_deps.channels, &ring, &leg.call_id);
+            return self
+                .transfer_failed(key, None, 488, "Not Acceptable Here")
+                .await;
+        };
+        let leg = BLeg { offer: sdp, ..leg };
+        let forks = self
+            .fork_as(key, 0, &leg, &targets, Purpose::Transfer)
+            .await;
+        // A trunk's channel for the new party is not held past the transfer's ringing:
+        // let it go now (the call's own accounting stays with the original legs).
+        release_channel(&self.route_deps.channels, &ring, &leg.call_id);
+        if forks.is_empty() {
+            return self
+                .transfer_failed(key, None, 480, "Temporarily Unavailable")
+                .await;
+        }
+        if let Some(t) = self.calls.get_mut(&key).and_then(|c| c.transfer.as_mut()) {
+            t.forks = forks;
+            t.leg = Some(leg);
+        }
+    }
+
+    /// An answer from a transfer's new party: on `2xx` it takes the referrer's place
+    /// (media re-pointed, the referrer told `200 OK` and hung up); a failure of every
+    /// fork leaves the call as it was and tells the referrer why.
+    async fn on_transfer_response(&mut self, key: u64, i: usize, msg: Message) {
+        let status = msg.status().unwrap_or(0);
+        if status < 200 {
+            return;
+        }
+        let Some(transfer) = self.calls.get_mut(&key).and_then(|c| c.transfer.as_mut()) else {
+            return;
+        };
+        let Some(fork) = transfer.forks.get_mut(i) else {
+            return;
+        };
+        let already_done = fork.done;
+        fork.done = true;
+        let request = fork.request.clone();
+        if !(200..300).contains(&status) {
+            if already_done {
+                return;
+            }
+            let reason = msg.reason().unwrap_or("").to_owned();
+            return self.transfer_failed(key, Some(i), status, &reason).await;
+        }
+        let Some(dialog) = Dialog::as_uac(&request, &msg, 1) else {
+            return;
+        };
+        self.send_ack(&dialog, 1).await;
+        if already_done {
+            // A second answer: hung up at once.
+            let mut d = dialog;
+            let bye = d.request(Method::Bye, self.local, None, None);
+            let _ = self.driver.send_request(bye, d.peer(self.local)).await;
+            return;
+        }
+        let call = self.calls.get_mut(&key).expect("call present");
+        let transfer = call.transfer.take().expect("transfer present");
+        let referrer = transfer.referrer;
+        let answer = self
+            .media
+            .call(Request::Answer {
+                session: call.session.clone(),
+                from: referrer,
+                sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+            })
+            .await;
+        for other in transfer.forks.iter().filter(|f| !f.done) {
+            self.cancel_fork(key, &other.request).await;
+        }
+        if answer.is_err() {
+            let mut d = dialog;
+            let bye = d.request(Method::Bye, self.local, None, None);
+            let _ = self.driver.send_request(bye, d.peer(self.local)).await;
+            self.notify_transfer(key, referrer, "SIP/2.0 488 Not Acceptable Here", true)
+                .await;
+            return;
+        }
+        self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true)
+            .await;
+        self.send_in_dialog(key, referrer, Method::Bye, None).await;
+        let call = self.calls.get_mut(&key).expect("call present");
+        call.remote_sdp[leg_index(referrer)] = String::from_utf8_lossy(msg.body()).into_owned();
+        let old = match referrer {
+            Leg::A => {
+                // The caller's transaction is long over; its session timer was its own.
+                call.session_timer = None;
+                call.unacked = None;
+                std::mem::replace(&mut call.a, dialog)
+            }
+            Leg::B => match call.b.replace(dialog) {
+                Some(old) => old,
+                None => return,
+            },
+        };
+        let new_call_id = match referrer {
+            Leg::A => call.a.call_id.clone(),
+            Leg::B => {
+                call.b_call_id = call
+                    .b
+                    .as_ref()
+                    .map(|b| b.call_id.clone())
+                    .unwrap_or_default();
+                call.b_call_id.clone()
+            }
+        };
+        info!(
+            old = old.call_id,
+            new = new_call_id,
+            target = transfer.target,
+            "transferred"
+        );
+        self.by_call_id.remove(&old.call_id);
+        self.by_call_id.insert(new_call_id, key);
+    }
+
+    /// A transfer did not reach its target (fork `i` failed, or the lookup did): once
+    /// every fork failed, the referrer hears why and the call goes on as it was.
+    async fn transfer_failed(&mut self, key: u64, i: Option<usize>, status: u16, reason: &str) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(transfer) = call.transfer.as_mut() else {
+            return;
+        };
+        if let Some(fork) = i.and_then(|i| transfer.forks.get_mut(i)) {
+            fork.done = true;
+        }
+        if transfer.forks.iter().any(|f| !f.done) {
+            return;
+        }
+        let referrer = transfer.referrer;
+        call.transfer = None;
+        info!(status, reason, "transfer failed");
+        self.notify_transfer(key, referrer, &format!("SIP/2.0 {status} {reason}"), true)
+            .await;
     }
 
     async fn on_reinvite_response(&mut self, key: u64, msg: Message) {
@@ -1662,24 +2013,29 @@ impl Engine {
                 Leg::B => call.b.clone().expect("answered call has leg B"),
             };
             self.send_ack(&dialog, cseq).await;
+            let body = String::from_utf8_lossy(msg.body()).into_owned();
             let answer = self
                 .media
                 .call(Request::Answer {
                     session: self.calls[&key].session.clone(),
                     from: to,
-                    sdp: String::from_utf8_lossy(msg.body()).into_owned(),
+                    sdp: body.clone(),
                 })
                 .await;
+            if answer.is_ok()
+                && let Some(call) = self.calls.get_mut(&key)
+            {
+                call.remote_sdp[leg_index(to)] = body;
+            }
             let call = &self.calls[&key];
+            // Our tag is in the local side of the dialog (a transfer may have replaced
+            // the party on either leg).
             let tag = match pending.from {
-                Leg::A => call.a_tag.clone(),
-                // Our tag towards B is in the From of our requests to it.
-                Leg::B => call
-                    .b
-                    .as_ref()
-                    .and_then(|b| switchyard_sip::headers::tag_of(&b.local).map(str::to_owned))
-                    .unwrap_or_default(),
-            };
+                Leg::A => Some(&call.a),
+                Leg::B => call.b.as_ref(),
+            }
+            .and_then(|d| switchyard_sip::headers::tag_of(&d.local).map(str::to_owned))
+            .unwrap_or_default();
             match answer {
                 Ok(Reply::Sdp { sdp }) => {
                     let mut ok = self.dialog_response(&pending.request, &tag, 200, "OK");
@@ -1762,7 +2118,11 @@ impl Engine {
                     self.respond(pending.tx, b).await;
                 }
             }
-            Purpose::Cancel | Purpose::Bye => {}
+            Purpose::Transfer(i) => {
+                self.transfer_failed(key, Some(i), 408, "Request Timeout")
+                    .await
+            }
+            Purpose::Cancel | Purpose::Bye | Purpose::Notify => {}
         }
     }
 
@@ -1977,6 +2337,15 @@ impl Engine {
         };
         self.by_call_id.remove(&call.a.call_id);
         self.by_call_id.remove(&call.b_call_id);
+        // A transfer's new party still ringing stops ringing.
+        for fork in call
+            .transfer
+            .iter()
+            .flat_map(|t| &t.forks)
+            .filter(|f| !f.done)
+        {
+            self.cancel_fork(key, &fork.request).await;
+        }
         if let Some(t) = &call.trunk {
             release_leg(&self.route_deps.channels, &t.leg, &call.b_call_id);
         }
@@ -2015,6 +2384,13 @@ impl Engine {
         self.handle
             .active
             .store(self.calls.len(), Ordering::Relaxed);
+    }
+}
+
+fn leg_index(leg: Leg) -> usize {
+    match leg {
+        Leg::A => 0,
+        Leg::B => 1,
     }
 }
 

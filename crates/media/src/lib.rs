@@ -492,7 +492,16 @@ async fn relay(
             _ = b_rtcp.readable() => 3,
             changed = plan_rx.changed() => {
                 if changed.is_err() { break }
-                plan = *plan_rx.borrow_and_update();
+                let next = *plan_rx.borrow_and_update();
+                // A leg signalled at a new address (a re-INVITE from a phone that moved,
+                // or a transfer's new party): it latches again to what comes from there.
+                for (i, (old, new)) in [(plan.a, next.a), (plan.b, next.b)].into_iter().enumerate() {
+                    if old.rtp_dest != new.rtp_dest {
+                        counters[i].latched_rtp = None;
+                        counters[i].latched_rtcp = None;
+                    }
+                }
+                plan = next;
                 continue;
             }
             _ = stop.changed() => break,

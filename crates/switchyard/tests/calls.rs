@@ -1963,3 +1963,121 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
     );
     carrier.join().unwrap();
 }
+
+/// Blind transfer (REFER): 1002, in a call with 1001, refers it to 1003. 1002 gets
+/// `202`, a NOTIFY of `100 Trying`; 1003 rings with 1001 as the caller and answers; 1002
+/// is told `200 OK` (the subscription ends) and hung up; 1001 and 1003 hear each other
+/// (the relay re-latches to 1003) and 1002 hears nothing more. Attended transfer
+/// (Replaces) is refused with `501` and leaves the call as it was.
+#[test]
+fn a_blind_transfer_hands_the_caller_to_the_new_party() {
+    let d = demo();
+    d.extension(&d.tenant, &d.demo_range(), 1003, "transfer-password-1003");
+    let (mut a, mut b) = d.registered_pair();
+    let mut c = Phone::new(
+        d.server.addr("UDP"),
+        &d.domain,
+        "1003",
+        "transfer-password-1003",
+    );
+    assert_eq!(c.register(), 200);
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (invite, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    let mut b_leg = b.answer(&invite, from, 200, &[0]);
+    let (mut a, status, a_leg) = caller.join().unwrap();
+    assert_eq!(status, Some(200));
+    let mut a_leg = a_leg.unwrap();
+    // Both talk, so the relay latches to each.
+    for seq in 0..5 {
+        a.send_rtp(&a_leg, 0, seq);
+        b.send_rtp(&b_leg, 0, seq);
+    }
+    assert!(
+        b.count_rtp(Duration::from_millis(400)) > 0,
+        "1002 hears 1001"
+    );
+    assert!(
+        a.count_rtp(Duration::from_millis(400)) > 0,
+        "1001 hears 1002"
+    );
+
+    let domain = d.domain.clone();
+    let attended = b.request_with(
+        &mut b_leg,
+        "REFER",
+        &format!("Refer-To: <sip:1003@{domain}?Replaces=abc%3Bto-tag%3Dx%3Bfrom-tag%3Dy>\r\n"),
+        "",
+    );
+    assert_eq!(attended.status(), Some(501), "{attended:?}");
+    let accepted = b.request_with(
+        &mut b_leg,
+        "REFER",
+        &format!("Refer-To: <sip:1003@{domain}>\r\nReferred-By: <sip:1002@{domain}>\r\n"),
+        "",
+    );
+    assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    let (notify, from) = b
+        .wait_request("NOTIFY", Duration::from_secs(5))
+        .expect("NOTIFY 100 Trying");
+    assert!(String::from_utf8_lossy(notify.body()).starts_with("SIP/2.0 100"));
+    assert_eq!(
+        notify.header(switchyard_sip::HeaderName::Event),
+        Some("refer")
+    );
+    b.answer(&notify, from, 200, &[]);
+    let (invite, from) = c
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the transfer's target rings");
+    let shown = invite.header(switchyard_sip::HeaderName::From).unwrap();
+    assert!(shown.contains("1001"), "1001 as the caller: {shown}");
+    let c_leg = c.answer(&invite, from, 200, &[0]);
+    let (notify, from) = b
+        .wait_request("NOTIFY", Duration::from_secs(5))
+        .expect("NOTIFY 200 OK");
+    assert!(
+        String::from_utf8_lossy(notify.body()).starts_with("SIP/2.0 200"),
+        "{notify:?}"
+    );
+    assert!(
+        notify
+            .header(switchyard_sip::HeaderName::SubscriptionState)
+            .unwrap()
+            .starts_with("terminated")
+    );
+    b.answer(&notify, from, 200, &[]);
+    let (bye, from) = b
+        .wait_request("BYE", Duration::from_secs(5))
+        .expect("the transferor is hung up");
+    b.answer(&bye, from, 200, &[]);
+
+    // 1001 and 1003 hear each other; 1002 hears nothing more.
+    for seq in 10..20 {
+        a.send_rtp(&a_leg, 0, seq);
+        c.send_rtp(&c_leg, 0, seq);
+    }
+    assert!(
+        c.count_rtp(Duration::from_millis(800)) >= 5,
+        "1003 hears 1001"
+    );
+    assert!(
+        a.count_rtp(Duration::from_millis(400)) >= 5,
+        "1001 hears 1003"
+    );
+    assert_eq!(
+        b.count_rtp(Duration::from_millis(200)),
+        0,
+        "1002 hears nothing"
+    );
+
+    let callee = std::thread::spawn(move || {
+        c.answer_next("BYE", Duration::from_secs(5), &[]);
+    });
+    assert_eq!(a.request(&mut a_leg, "BYE", "").status(), Some(200));
+    callee.join().unwrap();
+    let cdrs = d.cdrs(&d.tenant, 1);
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["hangup_side"], "caller", "{}", cdrs[0]);
+}

@@ -434,6 +434,17 @@ impl Phone {
     }
 
     fn in_dialog_text(&self, leg: &CallLeg, method: &str, seq: u32, body: &str) -> String {
+        self.in_dialog_text_with(leg, method, seq, "", body)
+    }
+
+    fn in_dialog_text_with(
+        &self,
+        leg: &CallLeg,
+        method: &str,
+        seq: u32,
+        extra: &str,
+        body: &str,
+    ) -> String {
         let local = self.local();
         let mut text = format!(
             "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n",
@@ -447,6 +458,7 @@ impl Phone {
             "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:{}@{local}>\r\n",
             leg.from, leg.to, leg.call_id, self.user
         );
+        text += extra;
         if !body.is_empty() {
             text += "Content-Type: application/sdp\r\n";
         }
@@ -457,8 +469,19 @@ impl Phone {
     /// Sends a request in the dialog (to the first route, i.e. the edge) and waits for
     /// its final response; an INVITE's 2xx is ACKed.
     pub fn request(&mut self, leg: &mut CallLeg, method: &str, body: &str) -> Message {
+        self.request_with(leg, method, "", body)
+    }
+
+    /// [`Self::request`] with extra header lines (each ending in CRLF).
+    pub fn request_with(
+        &mut self,
+        leg: &mut CallLeg,
+        method: &str,
+        extra: &str,
+        body: &str,
+    ) -> Message {
         leg.cseq += 1;
-        let text = self.in_dialog_text(leg, method, leg.cseq, body);
+        let text = self.in_dialog_text_with(leg, method, leg.cseq, extra, body);
         self.send_raw(text.as_bytes());
         let r = self
             .final_response(&leg.call_id, leg.cseq, Duration::from_secs(10))
