@@ -1,10 +1,12 @@
 //! Calls to and from the phone network through a real carrier: Kamailio (Debian package)
 //! plays the carrier on 127.0.0.7, with a baresip "PSTN phone" registered to it. The
-//! operator adds Kamailio as a carrier (by source address) and the tenant a trunk to it
-//! with an outbound route. A PSTN call to the tenant's number rings the extension it
-//! points at (a baresip office phone) and each side hears the other's tone; the office
-//! phone's call to an external number goes out through the trunk and rings the PSTN
-//! phone. Runs in its own network namespace (`common::netns`).
+//! operator adds Kamailio as a carrier (by source address) and the tenant two trunks to
+//! it with outbound routes: the first to a gateway of the carrier that answers `503`, the
+//! second to the working one. A PSTN call to the tenant's number rings the ring group it
+//! points at (two baresip office phones; one answers) and each side hears the other's
+//! tone; an office phone's call to an external number fails over from the first trunk to
+//! the second, shows the tenant's number as the caller and rings the PSTN phone. Runs in
+//! its own network namespace (`common::netns`).
 
 mod common;
 
@@ -22,14 +24,24 @@ struct Kamailio {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    /// A socket of the carrier that answers every INVITE `503`.
+    failing_port: u16,
 }
 
 impl Kamailio {
     fn start(edge: std::net::SocketAddr) -> Kamailio {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port_pair();
+        let failing_port = loop {
+            let p = free_port_pair();
+            if p != port && p != port + 1 && p + 1 != port {
+                break p;
+            }
+        };
         let cfg = include_str!("carrier/kamailio.cfg")
             .replace("@LISTEN@", &format!("{CARRIER_IP}:{port}"))
+            .replace("@FAILING_PORT@", &failing_port.to_string())
+            .replace("@FAILING@", &format!("{CARRIER_IP}:{failing_port}"))
             .replace("@EDGE_PORT@", &edge.port().to_string())
             .replace("@EDGE@", &edge.to_string());
         let path = dir.path().join("kamailio.cfg");
@@ -60,7 +72,12 @@ impl Kamailio {
                 .unwrap();
             let mut buf = [0u8; 2048];
             if probe.recv_from(&mut buf).is_ok() {
-                return Kamailio { child, dir, port };
+                return Kamailio {
+                    child,
+                    dir,
+                    port,
+                    failing_port,
+                };
             }
         }
         let mut child = child;
@@ -146,16 +163,28 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
     let number = created(&server, &format!("/v1/tenants/{tenant}/numbers"), "");
     assert_eq!(number["number"], DID);
     let (_, exts) = server.api("GET", &format!("/v1/tenants/{tenant}/extensions"), None);
-    let office_id = exts["items"]
-        .as_array()
-        .or(exts.as_array())
-        .unwrap()
-        .iter()
-        .find(|e| e["username"] == office_ext["username"])
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id_of = |ext: &serde_json::Value| {
+        exts["items"]
+            .as_array()
+            .or(exts.as_array())
+            .unwrap()
+            .iter()
+            .find(|e| e["username"] == ext["username"])
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let desk_ext = &creds["extensions"][1];
+    let group = created(
+        &server,
+        &format!("/v1/tenants/{tenant}/resources/ring_group"),
+        &format!(
+            r#"{{"name":"front-desk","spec":{{"strategy":"simultaneous","members":["{}","{}"],"ring_seconds":20}}}}"#,
+            id_of(office_ext),
+            id_of(desk_ext)
+        ),
+    );
     let (s, r) = server.api(
         "PUT",
         &format!(
@@ -163,26 +192,31 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
             DID.replace('+', "%2B")
         ),
         Some(&format!(
-            r#"{{"target":{{"kind":"extension","id":"{office_id}"}}}}"#
+            r#"{{"target":{{"kind":"ring_group","id":"{}"}}}}"#,
+            group["id"].as_str().unwrap()
         )),
     );
     assert!(s < 300, "{s} {r}");
-    let trunk = created(
-        &server,
-        &format!("/v1/tenants/{tenant}/resources/trunk"),
-        &format!(
-            r#"{{"name":"carrier","spec":{{"host":"{CARRIER_IP}","port":{},"transport":"udp","codecs":["PCMU","PCMA"],"max_channels":10,"username":null,"password":null}}}}"#,
-            carrier.port
-        ),
-    );
-    created(
-        &server,
-        &format!("/v1/tenants/{tenant}/resources/outbound_route"),
-        &format!(
-            r#"{{"name":"international","spec":{{"pattern":"00.","trunk_id":"{}","strip_digits":2,"prefix":"+","priority":1}}}}"#,
-            trunk["id"].as_str().unwrap()
-        ),
-    );
+    for (name, port, priority) in [
+        ("failing-gateway", carrier.failing_port, 1),
+        ("carrier", carrier.port, 2),
+    ] {
+        let trunk = created(
+            &server,
+            &format!("/v1/tenants/{tenant}/resources/trunk"),
+            &format!(
+                r#"{{"name":"{name}","spec":{{"host":"{CARRIER_IP}","port":{port},"transport":"udp","codecs":["PCMU","PCMA"],"max_channels":10,"username":null,"password":null}}}}"#
+            ),
+        );
+        created(
+            &server,
+            &format!("/v1/tenants/{tenant}/resources/outbound_route"),
+            &format!(
+                r#"{{"name":"international-{priority}","spec":{{"pattern":"00.","trunk_id":"{}","strip_digits":2,"prefix":"+","priority":{priority}}}}}"#,
+                trunk["id"].as_str().unwrap()
+            ),
+        );
+    }
     // The change events reach the edge's carrier table and the core's cache.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -193,6 +227,9 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
     ));
     let mut office = Baresip::start("office", 440.0, 30.0);
     office.register(&account(domain, office_ext, edge, ";answermode=auto"));
+    // The desk phone rings but does not answer.
+    let mut desk = Baresip::start("desk", 700.0, 30.0);
+    desk.register(&account(domain, desk_ext, edge, ";answermode=manual"));
 
     // In: the PSTN phone dials the tenant's number at its carrier.
     pstn.command("dial", &format!("sip:{DID}@{CARRIER_IP}:{}", carrier.port));
@@ -218,6 +255,8 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
     };
     established(&pstn, "PSTN call in");
     established(&office, "PSTN call in");
+    desk.wait_event("CALL_INCOMING", Duration::from_secs(5));
+    desk.wait_event("CALL_CLOSED", Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(3));
     pstn.command("hangup", "");
     pstn.wait_event("CALL_CLOSED", Duration::from_secs(10));
@@ -279,11 +318,15 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
         .find(|c| c["to_uri"].as_str().unwrap_or("").contains("004930555"))
         .unwrap_or_else(|| panic!("the call out: {cdrs:?}"));
     assert_eq!(outbound["disposition"], "answered", "{outbound}");
+    let log = carrier.log();
     assert!(
-        carrier
-            .log()
-            .contains(&format!("carrier: {PSTN_PHONE} to a PSTN phone")),
-        "the call out reached the carrier: {}",
-        carrier.log()
+        log.contains(&format!(
+            "carrier: {PSTN_PHONE} refused by the failing gateway"
+        )),
+        "the first route's trunk was tried: {log}"
+    );
+    assert!(
+        log.contains(&format!("carrier: {PSTN_PHONE} to a PSTN phone from {DID}")),
+        "the call out failed over and showed the tenant's number: {log}"
     );
 }
