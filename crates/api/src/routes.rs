@@ -1298,7 +1298,10 @@ struct CdrView {
     duration_ms: i64,
     disposition: String,
     hangup_side: Option<String>,
-    /// Per-leg counters (packets, bytes, loss, jitter).
+    /// The legs: A's and B's media counters (packets, bytes, loss, jitter; `leg` is `a`
+    /// or `b`), then each destination the call rang in order (`leg` is `attempt`: `to`,
+    /// `via`, `reason` such as `dialled`, `forward-busy`, `hunt`, `failover`, `transfer`,
+    /// and `result`, the final status it gave).
     #[schema(value_type = Vec<Object>)]
     legs: serde_json::Value,
 }

@@ -189,6 +189,45 @@ struct Call {
     remote_sdp: [String; 2],
     /// A blind transfer in progress.
     transfer: Option<Transfer>,
+    /// Every destination the call rang, in order (the CDR's legs after A and B).
+    attempts: Vec<Attempt>,
+    /// Why the re-route being looked up happens.
+    reroute_reason: &'static str,
+}
+
+/// One destination a call rang: for the CDR.
+#[derive(Debug, Clone)]
+struct Attempt {
+    /// An extension number, or the number as a trunk got it.
+    to: String,
+    /// `extension`, `trunk:ID`.
+    via: String,
+    /// `dialled`, `hunt`, `fallback`, `forward-busy`, `forward-no-answer`, `failover`,
+    /// `transfer`.
+    reason: &'static str,
+    at_ms: i64,
+    /// The final status it gave (`200` answered), none if the call moved on or ended
+    /// while it rang.
+    result: Option<u16>,
+}
+
+impl Call {
+    fn begin_attempt(&mut self, to: String, via: String, reason: &'static str) {
+        self.attempts.push(Attempt {
+            to,
+            via,
+            reason,
+            at_ms: now_ms(),
+            result: None,
+        });
+    }
+
+    /// The current destination's outcome (kept if it already has one).
+    fn conclude_attempt(&mut self, status: u16) {
+        if let Some(a) = self.attempts.last_mut() {
+            a.result.get_or_insert(status);
+        }
+    }
 }
 
 /// A blind transfer (REFER): the referrer's leg is replaced by a new party once it
@@ -225,6 +264,7 @@ impl Call {
         if trunk.fork != i || !worth_it || trunk.rest.is_empty() || self.phase != Phase::Routing {
             return None;
         }
+        self.reroute_reason = "failover";
         Some(Reroute::Failover {
             rest: std::mem::take(&mut trunk.rest),
             dialled: trunk.dialled.clone(),
@@ -238,11 +278,18 @@ impl Call {
     /// forward per call.
     fn next_reroute(&mut self, busy: bool, unanswered: bool) -> Option<Reroute> {
         if let Some(next) = self.hunt.pop_front() {
+            self.reroute_reason = "hunt";
             return Some(Reroute::Dialled(next));
         }
         if let Some(fallback) = self.fallback.take() {
+            self.reroute_reason = "fallback";
             return Some(Reroute::Target(fallback));
         }
+        self.reroute_reason = if busy {
+            "forward-busy"
+        } else {
+            "forward-no-answer"
+        };
         let forward = if busy {
             self.forward_busy.take()
         } else if unanswered {
@@ -945,6 +992,17 @@ impl Engine {
         self.arm(ring_deadline, key, Timer::NoAnswer);
         let hunt_is_empty = hunt.is_empty();
         let (forward_busy, forward_no_answer) = forwards;
+        let (first_to, first_via) = match &trunk {
+            Some(t) => (t.leg.number.clone(), format!("trunk:{}", t.leg.trunk_id)),
+            None => (
+                to_uri
+                    .strip_prefix("sip:")
+                    .and_then(|u| u.split('@').next())
+                    .unwrap_or_default()
+                    .to_owned(),
+                "extension".to_owned(),
+            ),
+        };
         self.calls.insert(
             key,
             Call {
@@ -982,6 +1040,14 @@ impl Engine {
                 trunk,
                 remote_sdp: [request.sdp, String::new()],
                 transfer: None,
+                attempts: vec![Attempt {
+                    to: first_to,
+                    via: first_via,
+                    reason: "dialled",
+                    at_ms: now_ms(),
+                    result: None,
+                }],
+                reroute_reason: "",
             },
         );
     }
@@ -1092,6 +1158,7 @@ impl Engine {
                     .post_dial_delay(&call.tenant_id, call.invited_at.elapsed());
             }
             self.metrics.answered(&call.tenant_id);
+            call.conclude_attempt(200);
             call.b = Some(dialog);
             call.remote_sdp[1] = String::from_utf8_lossy(msg.body()).into_owned();
             let session = call.session.clone();
@@ -1173,10 +1240,14 @@ impl Engine {
         if !call.rerouting
             && let Some(next) = call.failover_after(i, status)
         {
+            call.conclude_attempt(status);
             return self.reroute(key, next);
         }
         if call.phase == Phase::Routing && !call.rerouting && call.forks.iter().all(|f| f.done) {
             let busy = matches!(call.best_failure, Some((486 | 600, _)));
+            if let Some((worst, _)) = call.best_failure {
+                call.conclude_attempt(worst);
+            }
             if let Some(next) = call.next_reroute(busy, false) {
                 return self.reroute(key, next);
             }
@@ -1406,6 +1477,11 @@ impl Engine {
                 let call = self.calls.get_mut(&key).expect("call present");
                 let sent = !forks.is_empty();
                 call.forks.extend(forks);
+                let reason = call.reroute_reason;
+                call.begin_attempt(target.number.to_string(), "extension".into(), reason);
+                if !sent {
+                    call.conclude_attempt(480);
+                }
                 if sent {
                     let ring_for = call.hunt_ring.map_or(target.no_answer_seconds, i64::from);
                     let timeout = Duration::from_secs(ring_for.clamp(1, 600) as u64);
@@ -1431,6 +1507,12 @@ impl Engine {
                 let call = self.calls.get_mut(&key).expect("call present");
                 let sent = !forks.is_empty();
                 call.forks.extend(forks);
+                let reason = call.reroute_reason;
+                call.begin_attempt(
+                    trunk_leg.number.clone(),
+                    format!("trunk:{}", trunk_leg.trunk_id),
+                    reason,
+                );
                 if sent {
                     info!(
                         call_id = call.a.call_id,
@@ -1489,6 +1571,12 @@ impl Engine {
             return;
         };
         let (status, reason) = call.best_failure.clone().unwrap_or((480, String::new()));
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.conclude_attempt(status);
+        }
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
         let disposition = match status {
             486 | 600 => Disposition::Busy,
             487 => Disposition::Cancelled,
@@ -1737,7 +1825,13 @@ impl Engine {
             call.tenant_id.clone(),
             format!("{}@sy", random_token()),
         );
-        self.calls.get_mut(&key).expect("call").transfer = Some(Transfer {
+        let call = self.calls.get_mut(&key).expect("call");
+        call.begin_attempt(
+            number.clone(),
+            format!("transfer:{}", leg_name(leg)),
+            "transfer",
+        );
+        call.transfer = Some(Transfer {
             referrer: leg,
             target: number.clone(),
             forks: Vec::new(),
@@ -1934,6 +2028,9 @@ impl Engine {
                 .await;
             return;
         }
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.conclude_attempt(200);
+        }
         self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true)
             .await;
         self.send_in_dialog(key, referrer, Method::Bye, None).await;
@@ -1989,6 +2086,7 @@ impl Engine {
         }
         let referrer = transfer.referrer;
         call.transfer = None;
+        call.conclude_attempt(status);
         info!(status, reason, "transfer failed");
         self.notify_transfer(key, referrer, &format!("SIP/2.0 {status} {reason}"), true)
             .await;
@@ -2095,6 +2193,9 @@ impl Engine {
                 let Some(call) = self.calls.get_mut(&key) else {
                     return;
                 };
+                if call.forks.iter().all(|f| f.done) {
+                    call.conclude_attempt(408);
+                }
                 if !call.rerouting
                     && let Some(next) = call.failover_after(i, 408)
                 {
@@ -2156,6 +2257,7 @@ impl Engine {
                     let Some(call) = self.calls.get_mut(&key) else {
                         continue;
                     };
+                    call.conclude_attempt(408);
                     if let Some(next) = call.failover_after(i, 408) {
                         self.reroute(key, next);
                     } else if call.forks.iter().all(|f| f.done) {
@@ -2170,6 +2272,7 @@ impl Engine {
                     if call.phase != Phase::Routing || call.rerouting || call.ring_deadline > now {
                         continue;
                     }
+                    call.conclude_attempt(408);
                     let forward = call.next_reroute(false, true);
                     if forward.is_some() {
                         call.rerouting = true; // the CANCELled forks' 487s end nothing
@@ -2374,7 +2477,7 @@ impl Engine {
             duration_ms: call.answered_ms.map_or(0, |a| ended - a),
             disposition: disposition.as_str().to_owned(),
             hangup_side: hangup_side.map(str::to_owned),
-            legs: legs_json(&stats),
+            legs: legs_json(&stats, &call.attempts),
         };
         let talked = call
             .answered_ms
@@ -2471,13 +2574,33 @@ fn refusal(outcome: Result<Reply, MediaError>) -> String {
 }
 
 /// The CDR's legs: an array of per-leg counters, the caller's leg first.
-fn legs_json(stats: &SessionStats) -> String {
+/// The CDR's legs: A's and B's media counters (B is whoever held leg B last), then each
+/// destination the call rang, in order (`"leg": "attempt"`).
+fn legs_json(stats: &SessionStats, attempts: &[Attempt]) -> String {
     let leg = |name: &str, l: &switchyard_media_control::LegStats| {
         let mut v = serde_json::to_value(l).unwrap_or_default();
         v["leg"] = serde_json::Value::from(name);
         v
     };
-    serde_json::Value::Array(vec![leg("a", &stats.a), leg("b", &stats.b)]).to_string()
+    let mut legs = vec![leg("a", &stats.a), leg("b", &stats.b)];
+    legs.extend(attempts.iter().map(|a| {
+        serde_json::json!({
+            "leg": "attempt",
+            "to": a.to,
+            "via": a.via,
+            "reason": a.reason,
+            "at_ms": a.at_ms,
+            "result": a.result,
+        })
+    }));
+    serde_json::Value::Array(legs).to_string()
+}
+
+fn leg_name(leg: Leg) -> &'static str {
+    match leg {
+        Leg::A => "caller",
+        Leg::B => "callee",
+    }
 }
 
 /// Which failure to pass on when every fork failed (RFC 3261 §16.7 in spirit): a busy or

@@ -212,6 +212,23 @@ impl Demo {
     }
 }
 
+/// The destinations a CDR says its call rang: (reason, to, result).
+fn attempts(cdr: &serde_json::Value) -> Vec<(String, String, Option<u64>)> {
+    cdr["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["leg"] == "attempt")
+        .map(|l| {
+            (
+                l["reason"].as_str().unwrap().to_owned(),
+                l["to"].as_str().unwrap().to_owned(),
+                l["result"].as_u64(),
+            )
+        })
+        .collect()
+}
+
 fn header_names(m: &switchyard_sip::Message) -> Vec<String> {
     m.rows().map(|(n, _)| n.to_ascii_lowercase()).collect()
 }
@@ -1611,6 +1628,23 @@ fn busy_and_unanswered_calls_follow_the_callees_forwards() {
         .map(|c| c["disposition"].as_str().unwrap())
         .collect();
     assert_eq!(dispositions, ["busy", "answered"], "newest first: {cdrs:?}");
+    // Each CDR follows its call through the forward.
+    let step =
+        |reason: &str, to: &str, result: u64| (reason.to_owned(), to.to_owned(), Some(result));
+    assert_eq!(
+        attempts(&cdrs[0]),
+        [
+            step("dialled", "1002", 408),
+            step("forward-no-answer", "1003", 486)
+        ]
+    );
+    assert_eq!(
+        attempts(&cdrs[1]),
+        [
+            step("dialled", "1002", 486),
+            step("forward-busy", "1003", 200)
+        ]
+    );
 }
 
 /// A number pointing at a sequential ring group: its members ring one at a time, the
@@ -1840,6 +1874,14 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
         .expect("the first call's CDR");
     assert_eq!(out["disposition"], "answered", "{out}");
     assert_eq!(out["hangup_side"], "callee", "{out}");
+    assert_eq!(
+        attempts(out),
+        [
+            ("dialled".to_owned(), "+4930123456".to_owned(), Some(503)),
+            ("failover".to_owned(), "+4930123456".to_owned(), Some(200)),
+        ],
+        "{out}"
+    );
 
     // A trunk that says nothing is left after 5 s; the next one's busy is the answer.
     d.set_limits(&d.tenant, r#"{"max_calls":10}"#);
@@ -2080,4 +2122,13 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
     let cdrs = d.cdrs(&d.tenant, 1);
     assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
     assert_eq!(cdrs[0]["hangup_side"], "caller", "{}", cdrs[0]);
+    assert_eq!(
+        attempts(&cdrs[0]),
+        [
+            ("dialled".to_owned(), "1002".to_owned(), Some(200)),
+            ("transfer".to_owned(), "1003".to_owned(), Some(200)),
+        ],
+        "one CDR with the transferred leg: {}",
+        cdrs[0]
+    );
 }
