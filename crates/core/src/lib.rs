@@ -240,6 +240,21 @@ struct Transfer {
     /// The new party's INVITEs (empty while its contacts are looked up).
     forks: Vec<Fork>,
     leg: Option<BLeg>,
+    /// Attended transfer: the consultation call whose other party takes the referrer's
+    /// place (re-INVITEd with this call's media).
+    replacing: Option<Replacing>,
+}
+
+/// The consultation call of an attended transfer (RFC 3891 Replaces).
+#[derive(Debug, Clone, Copy)]
+struct Replacing {
+    call: u64,
+    /// The consultation call's leg towards the new party.
+    party: Leg,
+    /// Its leg towards the referrer.
+    referrer: Leg,
+    /// The re-INVITE's CSeq (its ACK carries it).
+    cseq: u32,
 }
 
 /// A call's current trunk leg.
@@ -417,6 +432,8 @@ enum Purpose {
     Reinvite,
     /// A NOTIFY of a transfer's progress.
     Notify,
+    /// The re-INVITE that moves an attended transfer's new party onto this call.
+    Replace,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1060,6 +1077,7 @@ impl Engine {
         match purpose {
             Purpose::Fork(i) => self.on_fork_response(key, i, msg).await,
             Purpose::Transfer(i) => self.on_transfer_response(key, i, msg).await,
+            Purpose::Replace => self.on_replace_response(key, msg).await,
             Purpose::Reinvite => self.on_reinvite_response(key, msg).await,
             Purpose::Cancel | Purpose::Bye | Purpose::Notify => {
                 if status >= 200 {
@@ -1800,18 +1818,8 @@ impl Engine {
         };
         let uri = target.uri().ok();
         let sip = uri.as_ref().and_then(|u| u.as_sip());
-        if sip
-            .and_then(|s| s.headers)
-            .is_some_and(|h| h.to_ascii_lowercase().contains("replaces"))
-        {
-            return self
-                .reply(
-                    tx,
-                    &msg,
-                    501,
-                    "Attended transfer (Replaces) is not supported yet",
-                )
-                .await;
+        if let Some(replaces) = sip.and_then(|s| s.headers).and_then(replaces_of) {
+            return self.on_attended_refer(key, leg, tx, msg, replaces).await;
         }
         let Some(number) = sip.and_then(|s| s.user).map(str::to_owned) else {
             return self.reply(tx, &msg, 400, "Refer-To names no number").await;
@@ -1836,6 +1844,7 @@ impl Engine {
             target: number.clone(),
             forks: Vec::new(),
             leg: None,
+            replacing: None,
         });
         self.notify_transfer(key, leg, "SIP/2.0 100 Trying", false)
             .await;
@@ -2034,39 +2043,200 @@ impl Engine {
         self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true)
             .await;
         self.send_in_dialog(key, referrer, Method::Bye, None).await;
-        let call = self.calls.get_mut(&key).expect("call present");
-        call.remote_sdp[leg_index(referrer)] = String::from_utf8_lossy(msg.body()).into_owned();
-        let old = match referrer {
+        let body = String::from_utf8_lossy(msg.body()).into_owned();
+        self.replace_leg(key, referrer, dialog, body);
+        info!(target = transfer.target, "transferred");
+    }
+
+    /// Puts a new party's dialog on `leg` of the call (the referrer's, already hung up):
+    /// its Call-ID now leads to this call, the old one to nothing.
+    fn replace_leg(&mut self, key: u64, leg: Leg, dialog: Dialog, sdp: String) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.remote_sdp[leg_index(leg)] = sdp;
+        let new_call_id = dialog.call_id.clone();
+        let old = match leg {
             Leg::A => {
                 // The caller's transaction is long over; its session timer was its own.
                 call.session_timer = None;
                 call.unacked = None;
                 std::mem::replace(&mut call.a, dialog)
             }
-            Leg::B => match call.b.replace(dialog) {
-                Some(old) => old,
-                None => return,
-            },
-        };
-        let new_call_id = match referrer {
-            Leg::A => call.a.call_id.clone(),
             Leg::B => {
-                call.b_call_id = call
-                    .b
-                    .as_ref()
-                    .map(|b| b.call_id.clone())
-                    .unwrap_or_default();
-                call.b_call_id.clone()
+                call.b_call_id = new_call_id.clone();
+                match call.b.replace(dialog) {
+                    Some(old) => old,
+                    None => return,
+                }
             }
         };
-        info!(
-            old = old.call_id,
-            new = new_call_id,
-            target = transfer.target,
-            "transferred"
-        );
+        info!(old = old.call_id, new = new_call_id, "leg replaced");
         self.by_call_id.remove(&old.call_id);
         self.by_call_id.insert(new_call_id, key);
+    }
+
+    /// Attended transfer: a REFER whose Refer-To replaces the referrer's consultation
+    /// call (RFC 3891). That call's other party is re-INVITEd with this call's media and,
+    /// once it accepts, takes the referrer's place here; the referrer is hung up on both
+    /// calls. The consultation call must be the same tenant's, and the Replaces must name
+    /// both of its tags (knowing a Call-ID is not enough to take a call over).
+    async fn on_attended_refer(
+        &mut self,
+        key: u64,
+        leg: Leg,
+        tx: TxId,
+        msg: Message,
+        replaces: (String, String, String),
+    ) {
+        let (call_id, to_tag, from_tag) = replaces;
+        let found = self.by_call_id.get(&call_id).copied().filter(|k| *k != key);
+        let consultation = found.and_then(|k| {
+            let other = self.calls.get(&k)?;
+            let this = self.calls.get(&key)?;
+            if other.tenant_id != this.tenant_id || other.phase != Phase::Answered {
+                return None;
+            }
+            let referrer = if other.a.call_id == call_id {
+                Leg::A
+            } else {
+                Leg::B
+            };
+            let dialog = match referrer {
+                Leg::A => Some(&other.a),
+                Leg::B => other.b.as_ref(),
+            }?;
+            let tags = [
+                switchyard_sip::headers::tag_of(&dialog.local)?,
+                switchyard_sip::headers::tag_of(&dialog.remote)?,
+            ];
+            let named = [to_tag.as_str(), from_tag.as_str()];
+            (tags == named || tags == [named[1], named[0]]).then_some((k, referrer))
+        });
+        let Some((other, other_referrer)) = consultation else {
+            return self.reply(tx, &msg, 481, "No such call to replace").await;
+        };
+        let call = self.calls.get_mut(&key).expect("call");
+        let stays = leg.other();
+        let offer = self
+            .media
+            .call(Request::Offer {
+                session: call.session.clone(),
+                from: stays,
+                sdp: call.remote_sdp[leg_index(stays)].clone(),
+            })
+            .await;
+        let Ok(Reply::Sdp { sdp }) = offer else {
+            return self.reply(tx, &msg, 488, "Not Acceptable Here").await;
+        };
+        self.reply(tx, &msg, 202, "Accepted").await;
+        let call = self.calls.get_mut(&key).expect("call");
+        call.begin_attempt(
+            call_id.clone(),
+            format!("transfer:{}", leg_name(leg)),
+            "attended-transfer",
+        );
+        let party = other_referrer.other();
+        let local = self.local;
+        let Some(dialog) = self.calls.get_mut(&other).and_then(|c| match party {
+            Leg::A => Some(&mut c.a),
+            Leg::B => c.b.as_mut(),
+        }) else {
+            return;
+        };
+        let request = dialog.request(Method::Invite, local, Some(&sdp), None);
+        let cseq = dialog.cseq;
+        let peer = dialog.peer(local);
+        let sent = self.driver.send_request(request, peer).await;
+        let call = self.calls.get_mut(&key).expect("call");
+        call.transfer = Some(Transfer {
+            referrer: leg,
+            target: call_id,
+            forks: Vec::new(),
+            leg: None,
+            replacing: Some(Replacing {
+                call: other,
+                party,
+                referrer: other_referrer,
+                cseq,
+            }),
+        });
+        match sent {
+            Ok(out) => {
+                self.by_tx.insert(out, (key, Purpose::Replace));
+                self.notify_transfer(key, leg, "SIP/2.0 100 Trying", false)
+                    .await;
+            }
+            Err(_) => {
+                self.transfer_failed(key, None, 500, "Cannot reach the other party")
+                    .await
+            }
+        }
+    }
+
+    /// The attended transfer's new party answered our re-INVITE: on `2xx` it takes the
+    /// referrer's place (media re-pointed), the consultation call ends without it, and
+    /// the referrer is told `200 OK` and hung up.
+    async fn on_replace_response(&mut self, key: u64, msg: Message) {
+        let status = msg.status().unwrap_or(0);
+        if status < 200 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(replacing) = call.transfer.as_ref().and_then(|t| t.replacing) else {
+            return;
+        };
+        let Some(mut dialog) =
+            self.calls
+                .get(&replacing.call)
+                .and_then(|c| match replacing.party {
+                    Leg::A => Some(c.a.clone()),
+                    Leg::B => c.b.clone(),
+                })
+        else {
+            return self.transfer_failed(key, None, 481, "Call Gone").await;
+        };
+        if !(200..300).contains(&status) {
+            let reason = msg.reason().unwrap_or("").to_owned();
+            return self.transfer_failed(key, None, status, &reason).await;
+        }
+        // The re-INVITE's CSeq is the dialog's from now on.
+        dialog.cseq = replacing.cseq;
+        self.send_ack(&dialog, replacing.cseq).await;
+        let call = self.calls.get_mut(&key).expect("call");
+        let transfer = call.transfer.take().expect("transfer");
+        let referrer = transfer.referrer;
+        let body = String::from_utf8_lossy(msg.body()).into_owned();
+        let answer = self
+            .media
+            .call(Request::Answer {
+                session: call.session.clone(),
+                from: referrer,
+                sdp: body.clone(),
+            })
+            .await;
+        if answer.is_err() {
+            self.notify_transfer(key, referrer, "SIP/2.0 488 Not Acceptable Here", true)
+                .await;
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.conclude_attempt(200);
+        }
+        // The consultation call ends: its referrer's leg hung up, the party kept.
+        let party_call_id = dialog.call_id.clone();
+        self.send_in_dialog(replacing.call, replacing.referrer, Method::Bye, None)
+            .await;
+        self.finish(replacing.call, Disposition::Answered, Some("transferred"))
+            .await;
+        self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true)
+            .await;
+        self.send_in_dialog(key, referrer, Method::Bye, None).await;
+        self.replace_leg(key, referrer, dialog, body);
+        self.by_call_id.insert(party_call_id, key);
+        info!("attended transfer done");
     }
 
     /// A transfer did not reach its target (fork `i` failed, or the lookup did): once
@@ -2221,6 +2391,10 @@ impl Engine {
             }
             Purpose::Transfer(i) => {
                 self.transfer_failed(key, Some(i), 408, "Request Timeout")
+                    .await
+            }
+            Purpose::Replace => {
+                self.transfer_failed(key, None, 408, "Request Timeout")
                     .await
             }
             Purpose::Cancel | Purpose::Bye | Purpose::Notify => {}
@@ -2488,6 +2662,45 @@ impl Engine {
             .active
             .store(self.calls.len(), Ordering::Relaxed);
     }
+}
+
+/// The Replaces of a Refer-To URI's headers (`Replaces=CALLID%3Bto-tag%3DX%3Bfrom-tag%3DY`),
+/// decoded: (Call-ID, to-tag, from-tag).
+fn replaces_of(headers: &str) -> Option<(String, String, String)> {
+    let value = headers.split('&').find_map(|h| {
+        let (name, value) = h.split_once('=')?;
+        name.eq_ignore_ascii_case("replaces").then_some(value)
+    })?;
+    let decoded = percent_decode(value)?;
+    let mut parts = decoded.split(';');
+    let call_id = parts.next()?.trim().to_owned();
+    let (mut to_tag, mut from_tag) = (None, None);
+    for p in parts {
+        match p.trim().split_once('=') {
+            Some((n, v)) if n.eq_ignore_ascii_case("to-tag") => to_tag = Some(v.to_owned()),
+            Some((n, v)) if n.eq_ignore_ascii_case("from-tag") => from_tag = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    Some((call_id, to_tag?, from_tag?))
+}
+
+/// `%XX` escapes decoded (`None` for a broken escape or a result that is not UTF-8).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn leg_index(leg: Leg) -> usize {

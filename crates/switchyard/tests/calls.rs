@@ -2009,8 +2009,8 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
 /// Blind transfer (REFER): 1002, in a call with 1001, refers it to 1003. 1002 gets
 /// `202`, a NOTIFY of `100 Trying`; 1003 rings with 1001 as the caller and answers; 1002
 /// is told `200 OK` (the subscription ends) and hung up; 1001 and 1003 hear each other
-/// (the relay re-latches to 1003) and 1002 hears nothing more. Attended transfer
-/// (Replaces) is refused with `501` and leaves the call as it was.
+/// (the relay re-latches to 1003) and 1002 hears nothing more. A Replaces naming no call
+/// of ours is refused with `481` and leaves the call as it was.
 #[test]
 fn a_blind_transfer_hands_the_caller_to_the_new_party() {
     let d = demo();
@@ -2053,7 +2053,7 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
         &format!("Refer-To: <sip:1003@{domain}?Replaces=abc%3Bto-tag%3Dx%3Bfrom-tag%3Dy>\r\n"),
         "",
     );
-    assert_eq!(attended.status(), Some(501), "{attended:?}");
+    assert_eq!(attended.status(), Some(481), "{attended:?}");
     let accepted = b.request_with(
         &mut b_leg,
         "REFER",
@@ -2130,5 +2130,127 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
         ],
         "one CDR with the transferred leg: {}",
         cdrs[0]
+    );
+}
+
+/// Attended transfer (REFER with Replaces, RFC 3891): 1001 calls 1002; 1002 calls 1003
+/// to consult, then refers 1001 to 1003 replacing that consultation call. 1003 is
+/// re-INVITEd onto 1001's call (one relay: they hear each other), 1002 is told `200 OK`
+/// and hung up on both calls, the consultation call's CDR says it was transferred, and a
+/// Replaces that names the Call-ID without its tags is refused (`481`).
+#[test]
+fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
+    let d = demo();
+    d.extension(&d.tenant, &d.demo_range(), 1003, "transfer-password-1003");
+    let (mut a, mut b) = d.registered_pair();
+    let mut c = Phone::new(
+        d.server.addr("UDP"),
+        &d.domain,
+        "1003",
+        "transfer-password-1003",
+    );
+    assert_eq!(c.register(), 200);
+    let first = std::thread::spawn(move || {
+        let (r, leg) = a.call("1002", &[0]);
+        (a, r.status(), leg)
+    });
+    let (invite, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    let mut b_first = b.answer(&invite, from, 200, &[0]);
+    let (mut a, status, a_leg) = first.join().unwrap();
+    assert_eq!(status, Some(200));
+    let mut a_leg = a_leg.unwrap();
+    // 1002 consults 1003.
+    let consult = std::thread::spawn(move || {
+        let (r, leg) = b.call("1003", &[0]);
+        (b, r.status(), leg)
+    });
+    let (invite, from) = c.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    c.answer(&invite, from, 200, &[0]);
+    let (mut b, status, b_second) = consult.join().unwrap();
+    assert_eq!(status, Some(200));
+    let b_second = b_second.unwrap();
+    let tag = |header: &str| {
+        header
+            .split(";tag=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (call_id, to_tag, from_tag) = (
+        b_second.call_id.clone(),
+        tag(&b_second.to),
+        tag(&b_second.from),
+    );
+    let domain = d.domain.clone();
+    let refer = |to_tag: &str| {
+        format!(
+            "Refer-To: <sip:1003@{domain}?Replaces={call_id}%3Bto-tag%3D{to_tag}%3Bfrom-tag%3D{from_tag}>\r\n"
+        )
+    };
+    let guessed = b.request_with(&mut b_first, "REFER", &refer("guessed"), "");
+    assert_eq!(guessed.status(), Some(481), "{guessed:?}");
+    let accepted = b.request_with(&mut b_first, "REFER", &refer(&to_tag), "");
+    assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    let (notify, from) = b.wait_request("NOTIFY", Duration::from_secs(5)).unwrap();
+    assert!(String::from_utf8_lossy(notify.body()).starts_with("SIP/2.0 100"));
+    b.answer(&notify, from, 200, &[]);
+    // 1003 is moved onto 1001's call: a re-INVITE in its existing dialog.
+    let (reinvite, from) = c
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the consulted party is re-INVITEd");
+    assert!(
+        reinvite
+            .header(switchyard_sip::HeaderName::To)
+            .unwrap()
+            .contains("tag="),
+        "in its dialog"
+    );
+    let c_leg = c.answer(&reinvite, from, 200, &[0]);
+    let (notify, from) = b.wait_request("NOTIFY", Duration::from_secs(5)).unwrap();
+    assert!(String::from_utf8_lossy(notify.body()).starts_with("SIP/2.0 200"));
+    b.answer(&notify, from, 200, &[]);
+    for _ in 0..2 {
+        let (bye, from) = b
+            .wait_request("BYE", Duration::from_secs(5))
+            .expect("1002 hung up on both calls");
+        b.answer(&bye, from, 200, &[]);
+    }
+    for seq in 0..10 {
+        a.send_rtp(&a_leg, 0, seq);
+        c.send_rtp(&c_leg, 0, seq);
+    }
+    assert!(
+        c.count_rtp(Duration::from_millis(800)) >= 5,
+        "1003 hears 1001"
+    );
+    assert!(
+        a.count_rtp(Duration::from_millis(400)) >= 5,
+        "1001 hears 1003"
+    );
+
+    let callee = std::thread::spawn(move || {
+        c.answer_next("BYE", Duration::from_secs(5), &[]);
+    });
+    assert_eq!(a.request(&mut a_leg, "BYE", "").status(), Some(200));
+    callee.join().unwrap();
+    let cdrs = d.cdrs(&d.tenant, 2);
+    let consultation = cdrs
+        .iter()
+        .find(|c| c["hangup_side"] == "transferred")
+        .unwrap_or_else(|| panic!("the consultation call's CDR: {cdrs:?}"));
+    assert_eq!(consultation["disposition"], "answered");
+    let main = cdrs
+        .iter()
+        .find(|c| c["hangup_side"] == "caller")
+        .unwrap_or_else(|| panic!("the main call's CDR: {cdrs:?}"));
+    assert_eq!(
+        attempts(main)
+            .last()
+            .map(|(reason, _, result)| (reason.as_str(), *result)),
+        Some(("attended-transfer", Some(200))),
+        "{main}"
     );
 }
