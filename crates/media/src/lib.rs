@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -428,6 +428,14 @@ impl MediaControl for MediaNode {
     }
 }
 
+/// How long a leg signalled at a new address ignores the source it was latched to.
+const REPLACED_HOLD_OFF: Duration = Duration::from_secs(2);
+
+/// The plan of the leg a packet came from.
+fn from_plan_of(plan: &Plan, from_a: bool) -> LegPlan {
+    if from_a { plan.a } else { plan.b }
+}
+
 /// Per-leg counters kept by the relay task.
 #[derive(Debug, Default)]
 struct LegCounters {
@@ -438,6 +446,12 @@ struct LegCounters {
     transcoded: u64,
     latched_rtp: Option<SocketAddr>,
     latched_rtcp: Option<SocketAddr>,
+    /// The source this leg was latched to (RTP, RTCP) before it was signalled elsewhere
+    /// (a transfer's old party), and until when its packets are dropped rather than
+    /// latched to again: long enough for the new party's first packets, short enough
+    /// that a phone whose SDP changed but whose source did not is heard again soon.
+    replaced: [Option<SocketAddr>; 2],
+    replaced_until: Option<Instant>,
     /// When this leg's RTP last arrived.
     last_rtp: Option<Instant>,
 }
@@ -497,8 +511,9 @@ async fn relay(
                 // or a transfer's new party): it latches again to what comes from there.
                 for (i, (old, new)) in [(plan.a, next.a), (plan.b, next.b)].into_iter().enumerate() {
                     if old.rtp_dest != new.rtp_dest {
-                        counters[i].latched_rtp = None;
-                        counters[i].latched_rtcp = None;
+                        let c = &mut counters[i];
+                        c.replaced = [c.latched_rtp.take(), c.latched_rtcp.take()];
+                        c.replaced_until = Some(Instant::now() + REPLACED_HOLD_OFF);
                     }
                 }
                 plan = next;
@@ -514,6 +529,19 @@ async fn relay(
         let from_a = which < 2;
         let is_rtcp = which % 2 == 1;
         let (fi, ti) = if from_a { (0, 1) } else { (1, 0) };
+        let signalled = if is_rtcp {
+            from_plan_of(&plan, from_a).rtcp_dest
+        } else {
+            from_plan_of(&plan, from_a).rtp_dest
+        };
+        if counters[fi].replaced[usize::from(is_rtcp)] == Some(src)
+            && Some(src) != signalled
+            && counters[fi]
+                .replaced_until
+                .is_some_and(|until| Instant::now() < until)
+        {
+            continue; // the party this leg had before it was signalled elsewhere
+        }
         let (from_plan, to_plan) = if from_a {
             (plan.a, plan.b)
         } else {

@@ -407,3 +407,67 @@ fn provisioning_and_bad_input_during_a_softphone_call_leave_it_untouched() {
         assert_eq!(l["packets_lost"], 0, "no gap in the call's RTP: {l}");
     }
 }
+
+/// Blind transfer between real phones: baresip A (440 Hz) calls B (1000 Hz), B transfers
+/// the call to C (700 Hz) with its own `transfer` command (REFER); C answers, B leaves,
+/// and A and C hear each other's tones.
+#[test]
+fn a_baresip_transfers_its_caller_to_a_third_baresip() {
+    if common::netns::run_isolated("a_baresip_transfers_its_caller_to_a_third_baresip") {
+        return;
+    }
+    let server = Server::start(&[]);
+    let creds = demo_credentials(&server);
+    let domain = creds["domain"].as_str().unwrap();
+    let tenant = creds["tenant_id"].as_str().unwrap();
+    let exts = creds["extensions"].as_array().unwrap();
+    let ranges = api_get(&server, &format!("/v1/tenants/{tenant}/extension-ranges"));
+    api_post(
+        &server,
+        &format!("/v1/tenants/{tenant}/extensions"),
+        &format!(
+            r#"{{"range_id":"{}","number":1003,"password":"transfer-target-1003"}}"#,
+            ranges[0]["id"].as_str().unwrap()
+        ),
+    );
+    let third = serde_json::json!({"username": "1003", "password": "transfer-target-1003"});
+    let udp = server.addr("UDP");
+    let mut a = Baresip::start("a", 440.0, 30.0);
+    let mut b = Baresip::start("b", 1000.0, 30.0);
+    let mut c = Baresip::start("c", 700.0, 30.0);
+    a.register(&account(domain, &exts[0], udp, ""));
+    b.register(&account(domain, &exts[1], udp, ";answermode=auto"));
+    c.register(&account(domain, &third, udp, ";answermode=auto"));
+    a.command("dial", exts[1]["number"].as_str().unwrap());
+    a.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    b.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    b.command("transfer", &format!("sip:1003@{domain}"));
+    c.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    b.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    a.command("hangup", "");
+    a.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    c.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    let (rate, heard_by_a) = read_wav(&a.heard());
+    let (c_rate, heard_by_c) = read_wav(&c.heard());
+    let (c_tone, a_own) = (
+        goertzel(&heard_by_a, rate, 700.0),
+        goertzel(&heard_by_a, rate, 440.0),
+    );
+    assert!(
+        c_tone > 1000.0 * a_own.max(1.0),
+        "A hears C after the transfer: {c_tone:.0} vs own {a_own:.0}; serve:\n{}",
+        server.log()
+    );
+    let (a_tone, c_own) = (
+        goertzel(&heard_by_c, c_rate, 440.0),
+        goertzel(&heard_by_c, c_rate, 700.0),
+    );
+    assert!(
+        a_tone > 1000.0 * c_own.max(1.0),
+        "C hears A: {a_tone:.0} vs own {c_own:.0}"
+    );
+    let cdr = wait_cdr(&server, tenant);
+    assert_eq!(cdr["disposition"], "answered", "{cdr}");
+}
