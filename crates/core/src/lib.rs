@@ -1862,6 +1862,24 @@ impl Engine {
         });
     }
 
+    /// The relay's side towards a transfer's referrer, offered to the new party: the
+    /// staying party's last SDP offered again (`None` when the media node refuses it).
+    async fn offer_for_new_party(&self, key: u64, stays: Leg) -> Option<String> {
+        let call = self.calls.get(&key)?;
+        let offer = self
+            .media
+            .call(Request::Offer {
+                session: call.session.clone(),
+                from: stays,
+                sdp: call.remote_sdp[leg_index(stays)].clone(),
+            })
+            .await;
+        match offer {
+            Ok(Reply::Sdp { sdp }) => Some(sdp),
+            _ => None,
+        }
+    }
+
     /// A NOTIFY of a transfer's progress to the referrer (`message/sipfrag`).
     async fn notify_transfer(&mut self, key: u64, leg: Leg, frag: &str, done: bool) {
         let local = self.local;
@@ -1947,16 +1965,7 @@ impl Engine {
                 )
             }
         };
-        // The relay's side towards the referrer, offered to the new party.
-        let offer = self
-            .media
-            .call(Request::Offer {
-                session: call.session.clone(),
-                from: stays,
-                sdp: call.remote_sdp[leg_index(stays)].clone(),
-            })
-            .await;
-        let Ok(Reply::Sdp { sdp }) = offer else {
+        let Some(sdp) = self.offer_for_new_party(key, stays).await else {
             release_channel(&self.route_deps.channels, &ring, &leg.call_id);
             return self
                 .transfer_failed(key, None, 488, "Not Acceptable Here")
@@ -2116,17 +2125,7 @@ impl Engine {
         let Some((other, other_referrer)) = consultation else {
             return self.reply(tx, &msg, 481, "No such call to replace").await;
         };
-        let call = self.calls.get_mut(&key).expect("call");
-        let stays = leg.other();
-        let offer = self
-            .media
-            .call(Request::Offer {
-                session: call.session.clone(),
-                from: stays,
-                sdp: call.remote_sdp[leg_index(stays)].clone(),
-            })
-            .await;
-        let Ok(Reply::Sdp { sdp }) = offer else {
+        let Some(sdp) = self.offer_for_new_party(key, leg.other()).await else {
             return self.reply(tx, &msg, 488, "Not Acceptable Here").await;
         };
         self.reply(tx, &msg, 202, "Accepted").await;

@@ -443,19 +443,7 @@ impl Store {
                 None => current.caller_id.clone(),
                 Some("") => None,
                 Some(number) => {
-                    let held: Option<String> = sqlx::query_scalar(
-                        "SELECT number FROM dids WHERE number = $1 AND tenant_id = $2 AND state = 'assigned'",
-                    )
-                    .bind(number)
-                    .bind(tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if held.is_none() {
-                        return Err(StoreError::invalid(
-                            "caller_id",
-                            "must be one of the tenant's numbers",
-                        ));
-                    }
+                    crate::tenants::check_caller_id!(tx, tenant_id, number);
                     Some(number.to_owned())
                 }
             };

@@ -64,6 +64,27 @@ macro_rules! bump_version {
 }
 pub(crate) use bump_version;
 
+/// Fails with `422` on `caller_id` unless `$number` is assigned to the tenant (inside the
+/// write's transaction, so a number released meanwhile is not taken).
+macro_rules! check_caller_id {
+    ($tx:ident, $tenant_id:expr, $number:expr) => {{
+        let held: Option<String> = sqlx::query_scalar(
+            "SELECT number FROM dids WHERE number = $1 AND tenant_id = $2 AND state = 'assigned'",
+        )
+        .bind($number)
+        .bind($tenant_id)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        if held.is_none() {
+            return Err(StoreError::invalid(
+                "caller_id",
+                "must be one of the tenant's numbers",
+            ));
+        }
+    }};
+}
+pub(crate) use check_caller_id;
+
 impl Store {
     pub async fn create_tenant(&self, new: &NewTenant) -> Result<Tenant> {
         let name = new.name.trim();
@@ -232,19 +253,7 @@ impl Store {
             }
             crate::check_version(version, expected_version)?;
             if let Some(number) = changes.caller_id.as_deref().filter(|n| !n.is_empty()) {
-                let held: Option<String> = sqlx::query_scalar(
-                    "SELECT number FROM dids WHERE number = $1 AND tenant_id = $2 AND state = 'assigned'",
-                )
-                .bind(number)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if held.is_none() {
-                    return Err(StoreError::invalid(
-                        "caller_id",
-                        "must be one of the tenant's numbers",
-                    ));
-                }
+                check_caller_id!(tx, id, number);
                 sqlx::query("UPDATE tenants SET caller_id = $1 WHERE id = $2")
                     .bind(number)
                     .bind(id)

@@ -9,7 +9,7 @@ mod store_common;
 use std::time::{Duration, Instant};
 
 use common::Server;
-use common::phone::{Phone, sdp};
+use common::phone::{CallLeg, Phone, sdp};
 
 struct Demo {
     server: Server,
@@ -83,6 +83,34 @@ impl Demo {
         let (s, t) = self.api("PATCH", &format!("/v1/tenants/{tenant}"), Some(limits));
         assert_eq!(s, 200, "{t}");
         std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// 1001 in an answered call with 1002, and 1003 (created now) registered: the
+    /// parties of a transfer. Returns (1001, its leg, 1002, its leg, 1003).
+    fn answered_call_and_a_third_phone(&self) -> (Phone, CallLeg, Phone, CallLeg, Phone) {
+        self.extension(
+            &self.tenant,
+            &self.demo_range(),
+            1003,
+            "transfer-password-1003",
+        );
+        let (mut a, mut b) = self.registered_pair();
+        let mut c = Phone::new(
+            self.server.addr("UDP"),
+            &self.domain,
+            "1003",
+            "transfer-password-1003",
+        );
+        assert_eq!(c.register(), 200);
+        let caller = std::thread::spawn(move || {
+            let (r, leg) = a.call("1002", &[0]);
+            (a, r.status(), leg)
+        });
+        let (invite, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+        let b_leg = b.answer(&invite, from, 200, &[0]);
+        let (a, status, a_leg) = caller.join().unwrap();
+        assert_eq!(status, Some(200));
+        (a, a_leg.unwrap(), b, b_leg, c)
     }
 
     /// A second tenant with one range; returns (tenant id, range id).
@@ -2014,24 +2042,7 @@ fn outbound_calls_fail_over_between_trunks_and_respect_their_channels() {
 #[test]
 fn a_blind_transfer_hands_the_caller_to_the_new_party() {
     let d = demo();
-    d.extension(&d.tenant, &d.demo_range(), 1003, "transfer-password-1003");
-    let (mut a, mut b) = d.registered_pair();
-    let mut c = Phone::new(
-        d.server.addr("UDP"),
-        &d.domain,
-        "1003",
-        "transfer-password-1003",
-    );
-    assert_eq!(c.register(), 200);
-    let caller = std::thread::spawn(move || {
-        let (r, leg) = a.call("1002", &[0]);
-        (a, r.status(), leg)
-    });
-    let (invite, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
-    let mut b_leg = b.answer(&invite, from, 200, &[0]);
-    let (mut a, status, a_leg) = caller.join().unwrap();
-    assert_eq!(status, Some(200));
-    let mut a_leg = a_leg.unwrap();
+    let (mut a, mut a_leg, mut b, mut b_leg, mut c) = d.answered_call_and_a_third_phone();
     // Both talk, so the relay latches to each.
     for seq in 0..5 {
         a.send_rtp(&a_leg, 0, seq);
@@ -2141,24 +2152,7 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
 #[test]
 fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
     let d = demo();
-    d.extension(&d.tenant, &d.demo_range(), 1003, "transfer-password-1003");
-    let (mut a, mut b) = d.registered_pair();
-    let mut c = Phone::new(
-        d.server.addr("UDP"),
-        &d.domain,
-        "1003",
-        "transfer-password-1003",
-    );
-    assert_eq!(c.register(), 200);
-    let first = std::thread::spawn(move || {
-        let (r, leg) = a.call("1002", &[0]);
-        (a, r.status(), leg)
-    });
-    let (invite, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
-    let mut b_first = b.answer(&invite, from, 200, &[0]);
-    let (mut a, status, a_leg) = first.join().unwrap();
-    assert_eq!(status, Some(200));
-    let mut a_leg = a_leg.unwrap();
+    let (mut a, mut a_leg, mut b, mut b_first, mut c) = d.answered_call_and_a_third_phone();
     // 1002 consults 1003.
     let consult = std::thread::spawn(move || {
         let (r, leg) = b.call("1003", &[0]);
