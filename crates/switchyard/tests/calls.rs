@@ -240,6 +240,23 @@ impl Demo {
     }
 }
 
+/// 1001 (`a`) and 1003 (`c`) each send ten packets; each hears at least five of the
+/// other's through the relay.
+fn hear_each_other(a: &Phone, a_leg: &CallLeg, c: &Phone, c_leg: &CallLeg) {
+    for seq in 10..20 {
+        a.send_rtp(a_leg, 0, seq);
+        c.send_rtp(c_leg, 0, seq);
+    }
+    assert!(
+        c.count_rtp(Duration::from_millis(800)) >= 5,
+        "1003 hears 1001"
+    );
+    assert!(
+        a.count_rtp(Duration::from_millis(400)) >= 5,
+        "1001 hears 1003"
+    );
+}
+
 /// The destinations a CDR says its call rang: (reason, to, result).
 fn attempts(cdr: &serde_json::Value) -> Vec<(String, String, Option<u64>)> {
     cdr["legs"]
@@ -2107,18 +2124,7 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
     b.answer(&bye, from, 200, &[]);
 
     // 1001 and 1003 hear each other; 1002 hears nothing more.
-    for seq in 10..20 {
-        a.send_rtp(&a_leg, 0, seq);
-        c.send_rtp(&c_leg, 0, seq);
-    }
-    assert!(
-        c.count_rtp(Duration::from_millis(800)) >= 5,
-        "1003 hears 1001"
-    );
-    assert!(
-        a.count_rtp(Duration::from_millis(400)) >= 5,
-        "1001 hears 1003"
-    );
+    hear_each_other(&a, &a_leg, &c, &c_leg);
     assert_eq!(
         b.count_rtp(Duration::from_millis(200)),
         0,
@@ -2212,18 +2218,7 @@ fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
             .expect("1002 hung up on both calls");
         b.answer(&bye, from, 200, &[]);
     }
-    for seq in 0..10 {
-        a.send_rtp(&a_leg, 0, seq);
-        c.send_rtp(&c_leg, 0, seq);
-    }
-    assert!(
-        c.count_rtp(Duration::from_millis(800)) >= 5,
-        "1003 hears 1001"
-    );
-    assert!(
-        a.count_rtp(Duration::from_millis(400)) >= 5,
-        "1001 hears 1003"
-    );
+    hear_each_other(&a, &a_leg, &c, &c_leg);
 
     let callee = std::thread::spawn(move || {
         c.answer_next("BYE", Duration::from_secs(5), &[]);
