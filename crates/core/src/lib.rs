@@ -240,6 +240,10 @@ struct Transfer {
     /// The new party's INVITEs (empty while its contacts are looked up).
     forks: Vec<Fork>,
     leg: Option<BLeg>,
+    /// The new party's Call-ID, under which a trunk channel it seized is held.
+    call_id: String,
+    /// The trunk the new party is reached through, if it is outside.
+    trunk: Option<TrunkLeg>,
     /// Attended transfer: the consultation call whose other party takes the referrer's
     /// place (re-INVITEd with this call's media).
     replacing: Option<Replacing>,
@@ -268,6 +272,8 @@ struct TrunkState {
     fork: usize,
     /// The carrier's challenge was answered once (a second one fails the route).
     authenticated: bool,
+    /// The Call-ID its channel is held under.
+    member: String,
 }
 
 impl Call {
@@ -972,6 +978,7 @@ impl Engine {
                         emergency,
                         fork: 0,
                         authenticated: false,
+                        member: b_call_id.clone(),
                     }),
                     (None, None),
                 )
@@ -1445,12 +1452,11 @@ impl Engine {
             self.metrics
                 .trunk_failed_over(&call.tenant_id, &t.leg.trunk_id);
         }
-        let held = call.trunk.take().filter(|t| t.leg.holds_channel).map(|t| {
-            (
-                routing::trunk_channels(&t.leg.trunk_id),
-                call.b_call_id.clone(),
-            )
-        });
+        let held = call
+            .trunk
+            .take()
+            .filter(|t| t.leg.holds_channel)
+            .map(|t| (routing::trunk_channels(&t.leg.trunk_id), t.member));
         let (deps, done, config, tenant, leg_b) = (
             self.route_deps.clone(),
             self.rerouted_tx.clone(),
@@ -1546,6 +1552,7 @@ impl Engine {
                         emergency,
                         fork: first,
                         authenticated: false,
+                        member: call.b_call_id.clone(),
                     });
                     let deadline = Instant::now() + OUTBOUND_RING_LIMIT;
                     call.ring_deadline = deadline;
@@ -1844,6 +1851,8 @@ impl Engine {
             target: number.clone(),
             forks: Vec::new(),
             leg: None,
+            call_id: leg_b.clone(),
+            trunk: None,
             replacing: None,
         });
         self.notify_transfer(key, leg, "SIP/2.0 100 Trying", false)
@@ -1924,6 +1933,7 @@ impl Engine {
             return;
         };
         let referrer = transfer.referrer;
+        let member = transfer.call_id.clone();
         let stays = referrer.other();
         let ring = match outcome {
             Ok(ring) => ring,
@@ -1943,7 +1953,7 @@ impl Engine {
         let leg = BLeg {
             from: format!("<{from}>;tag={}", random_token()),
             to: String::new(),
-            call_id: format!("{}@sy", random_token()),
+            call_id: member,
             offer: String::new(),
         };
         let (leg, targets) = match &ring {
@@ -1975,10 +1985,8 @@ impl Engine {
         let forks = self
             .fork_as(key, 0, &leg, &targets, Purpose::Transfer)
             .await;
-        // A trunk's channel for the new party is not held past the transfer's ringing:
-        // let it go now (the call's own accounting stays with the original legs).
-        release_channel(&self.route_deps.channels, &ring, &leg.call_id);
         if forks.is_empty() {
+            release_channel(&self.route_deps.channels, &ring, &leg.call_id);
             return self
                 .transfer_failed(key, None, 480, "Temporarily Unavailable")
                 .await;
@@ -1986,6 +1994,11 @@ impl Engine {
         if let Some(t) = self.calls.get_mut(&key).and_then(|c| c.transfer.as_mut()) {
             t.forks = forks;
             t.leg = Some(leg);
+            // The channel the new party's trunk leg holds stays held while it rings.
+            t.trunk = match ring {
+                Ring::Trunk { leg, .. } => Some(leg),
+                Ring::Phones { .. } => None,
+            };
         }
     }
 
@@ -2054,7 +2067,56 @@ impl Engine {
         self.send_in_dialog(key, referrer, Method::Bye, None).await;
         let body = String::from_utf8_lossy(msg.body()).into_owned();
         self.replace_leg(key, referrer, dialog, body);
+        if let Some(trunk) = transfer.trunk {
+            self.keep_transferred_trunk(key, referrer, trunk, transfer.call_id);
+        }
         info!(target = transfer.target, "transferred");
+    }
+
+    /// A transfer's new party reached through a trunk takes over the call's trunk
+    /// accounting when it replaced leg B (the old B's channel, if any, is freed). The
+    /// call tracks one trunk leg: a new party on leg A beside a trunk on leg B gives its
+    /// channel back now (it goes uncounted; logged).
+    fn keep_transferred_trunk(&mut self, key: u64, referrer: Leg, trunk: TrunkLeg, member: String) {
+        let channels = self.route_deps.channels.clone();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return release_leg(&channels, &trunk, &member);
+        };
+        match (referrer, call.trunk.take()) {
+            (Leg::B, old) => {
+                if let Some(old) = old {
+                    release_leg(&channels, &old.leg, &old.member);
+                }
+                call.trunk = Some(TrunkState {
+                    leg: trunk,
+                    rest: Vec::new(),
+                    dialled: String::new(),
+                    emergency: false,
+                    fork: usize::MAX,
+                    authenticated: true,
+                    member,
+                });
+            }
+            (Leg::A, None) => {
+                call.trunk = Some(TrunkState {
+                    leg: trunk,
+                    rest: Vec::new(),
+                    dialled: String::new(),
+                    emergency: false,
+                    fork: usize::MAX,
+                    authenticated: true,
+                    member,
+                });
+            }
+            (Leg::A, Some(kept)) => {
+                warn!(
+                    trunk = trunk.trunk_id,
+                    "second trunk leg on one call: its channel goes uncounted"
+                );
+                release_leg(&channels, &trunk, &member);
+                call.trunk = Some(kept);
+            }
+        }
     }
 
     /// Puts a new party's dialog on `leg` of the call (the referrer's, already hung up):
@@ -2153,6 +2215,8 @@ impl Engine {
             target: call_id,
             forks: Vec::new(),
             leg: None,
+            call_id: String::new(),
+            trunk: None,
             replacing: Some(Replacing {
                 call: other,
                 party,
@@ -2254,6 +2318,9 @@ impl Engine {
             return;
         }
         let referrer = transfer.referrer;
+        if let Some(trunk) = &transfer.trunk {
+            release_leg(&self.route_deps.channels, trunk, &transfer.call_id);
+        }
         call.transfer = None;
         call.conclude_attempt(status);
         info!(status, reason, "transfer failed");
@@ -2515,10 +2582,7 @@ impl Engine {
             .values()
             .filter_map(|c| {
                 let t = c.trunk.as_ref().filter(|t| t.leg.holds_channel)?;
-                Some((
-                    routing::trunk_channels(&t.leg.trunk_id),
-                    c.b_call_id.clone(),
-                ))
+                Some((routing::trunk_channels(&t.leg.trunk_id), t.member.clone()))
             })
             .collect();
         if held.is_empty() {
@@ -2623,7 +2687,12 @@ impl Engine {
             self.cancel_fork(key, &fork.request).await;
         }
         if let Some(t) = &call.trunk {
-            release_leg(&self.route_deps.channels, &t.leg, &call.b_call_id);
+            release_leg(&self.route_deps.channels, &t.leg, &t.member);
+        }
+        if let Some(t) = &call.transfer
+            && let Some(trunk) = &t.trunk
+        {
+            release_leg(&self.route_deps.channels, trunk, &t.call_id);
         }
         self.by_tx
             .retain(|_, (k, p)| *k != key || matches!(p, Purpose::Cancel | Purpose::Bye));

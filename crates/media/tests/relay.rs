@@ -282,3 +282,103 @@ async fn a_thousand_short_sessions_give_every_port_back() {
         std::net::UdpSocket::bind(("127.0.0.1", p)).expect("port free again");
     }
 }
+
+/// A leg signalled at a new address (a transfer's new party on leg B): the relay sends
+/// A's audio to the new party, not to the source it had latched to, and the old party's
+/// packets, still arriving, reach nobody.
+#[tokio::test]
+async fn a_leg_signalled_elsewhere_latches_to_its_new_party() {
+    let node = node(41200);
+    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let old_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let new_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let session = || "x1".to_owned();
+    node.call(Request::Create {
+        session: session(),
+        tenant: "t1".into(),
+    })
+    .await
+    .unwrap();
+    let to_b = sdp(
+        &node,
+        Request::Offer {
+            session: session(),
+            from: Leg::A,
+            sdp: offer(port(&phone_a), 0),
+        },
+    )
+    .await;
+    let to_a = sdp(
+        &node,
+        Request::Answer {
+            session: session(),
+            from: Leg::B,
+            sdp: offer(port(&old_b), 0),
+        },
+    )
+    .await;
+    let relay_a = SocketAddr::from(([127, 0, 0, 1], sdp_port(&to_a)));
+    let relay_b = SocketAddr::from(([127, 0, 0, 1], sdp_port(&to_b)));
+    // Both talk: the relay latches to each.
+    old_b
+        .send_to(&rtp(0, 1, &[0xd5; 160]), relay_b)
+        .await
+        .unwrap();
+    recv(&phone_a).await;
+    phone_a
+        .send_to(&rtp(0, 1, &[0xd5; 160]), relay_a)
+        .await
+        .unwrap();
+    recv(&old_b).await;
+
+    // Leg B is now the new party: offered again from A, answered from its address.
+    sdp(
+        &node,
+        Request::Offer {
+            session: session(),
+            from: Leg::A,
+            sdp: offer(port(&phone_a), 0),
+        },
+    )
+    .await;
+    sdp(
+        &node,
+        Request::Answer {
+            session: session(),
+            from: Leg::B,
+            sdp: offer(port(&new_b), 0),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The old party still sends: nobody hears it.
+    old_b
+        .send_to(&rtp(0, 2, &[0xd5; 160]), relay_b)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), phone_a.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "the replaced party is not relayed"
+    );
+    // A's audio goes to the new party, whose own audio reaches A.
+    phone_a
+        .send_to(&rtp(0, 2, &[0xd5; 160]), relay_a)
+        .await
+        .unwrap();
+    recv(&new_b).await;
+    new_b
+        .send_to(&rtp(0, 3, &[0xd5; 160]), relay_b)
+        .await
+        .unwrap();
+    recv(&phone_a).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), old_b.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "the old party hears nothing more"
+    );
+}
