@@ -277,6 +277,14 @@ struct TrunkState {
 }
 
 impl Call {
+    /// The number a trunk is shown as the caller (`anonymous` only for an emergency
+    /// call of a tenant that holds no number).
+    fn presenting(&self) -> String {
+        self.presented
+            .clone()
+            .unwrap_or_else(|| "anonymous".to_owned())
+    }
+
     /// The next outbound route when fork `i`, the trunk leg, failed with `status`
     /// (`5xx`, `408` or silence; a busy or unknown number is the same on every trunk).
     fn failover_after(&mut self, i: usize, status: u16) -> Option<Reroute> {
@@ -1170,9 +1178,7 @@ impl Engine {
                 // second answer is hung up at once.
                 let same = call.b.as_ref().is_some_and(|b| b.remote == dialog.remote);
                 if !same {
-                    let mut d = dialog;
-                    let bye = d.request(Method::Bye, self.local, None, None);
-                    let _ = self.driver.send_request(bye, d.peer(self.local)).await;
+                    self.hang_up_dialog(dialog).await;
                 }
                 return;
             }
@@ -1355,6 +1361,12 @@ impl Engine {
         forks
     }
 
+    /// A BYE in a dialog no call keeps (a second answer, a new party we cannot relay).
+    async fn hang_up_dialog(&self, mut dialog: Dialog) {
+        let bye = dialog.request(Method::Bye, self.local, None, None);
+        let _ = self.driver.send_request(bye, dialog.peer(self.local)).await;
+    }
+
     /// Counts a final answer (or none) of fork `i` if it is the call's trunk leg.
     fn note_trunk_outcome(&self, key: u64, i: usize, status: u16) {
         let Some(call) = self.calls.get(&key) else {
@@ -1376,6 +1388,7 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return false;
         };
+        let presenting = call.presenting();
         let Some(trunk) = call
             .trunk
             .as_mut()
@@ -1415,7 +1428,6 @@ impl Engine {
         trunk.authenticated = true;
         target.cseq = 2;
         target.credentials = Some((answer, value));
-        let presenting = call.presented.clone().unwrap_or_else(|| "anonymous".into());
         let leg = trunk_leg_identity(&call.leg, &trunk.leg, &presenting);
         let first = call.forks.len();
         let forks = self.fork(key, first, &leg, &[target]).await;
@@ -1521,10 +1533,7 @@ impl Engine {
                 dialled,
                 emergency,
             }) => {
-                let presenting = call
-                    .presented
-                    .clone()
-                    .unwrap_or_else(|| "anonymous".to_owned());
+                let presenting = call.presenting();
                 let leg = trunk_leg_identity(&call.leg, &trunk_leg, &presenting);
                 let target = ForkTarget::of_trunk(&trunk_leg, call.edge);
                 let forks = self.fork(key, first, &leg, &[target]).await;
@@ -1968,7 +1977,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
             ),
             Ring::Trunk { leg: trunk, .. } => {
-                let presenting = call.presented.clone().unwrap_or_else(|| "anonymous".into());
+                let presenting = call.presenting();
                 (
                     trunk_leg_identity(&leg, trunk, &presenting),
                     vec![ForkTarget::of_trunk(trunk, call.edge)],
@@ -2032,10 +2041,7 @@ impl Engine {
         self.send_ack(&dialog, 1).await;
         if already_done {
             // A second answer: hung up at once.
-            let mut d = dialog;
-            let bye = d.request(Method::Bye, self.local, None, None);
-            let _ = self.driver.send_request(bye, d.peer(self.local)).await;
-            return;
+            return self.hang_up_dialog(dialog).await;
         }
         let call = self.calls.get_mut(&key).expect("call present");
         let transfer = call.transfer.take().expect("transfer present");
@@ -2052,9 +2058,7 @@ impl Engine {
             self.cancel_fork(key, &other.request).await;
         }
         if answer.is_err() {
-            let mut d = dialog;
-            let bye = d.request(Method::Bye, self.local, None, None);
-            let _ = self.driver.send_request(bye, d.peer(self.local)).await;
+            self.hang_up_dialog(dialog).await;
             self.notify_transfer(key, referrer, "SIP/2.0 488 Not Acceptable Here", true)
                 .await;
             return;

@@ -321,15 +321,9 @@ async fn a_leg_signalled_elsewhere_latches_to_its_new_party() {
     let relay_a = SocketAddr::from(([127, 0, 0, 1], sdp_port(&to_a)));
     let relay_b = SocketAddr::from(([127, 0, 0, 1], sdp_port(&to_b)));
     // Both talk: the relay latches to each.
-    old_b
-        .send_to(&rtp(0, 1, &[0xd5; 160]), relay_b)
-        .await
-        .unwrap();
+    talk(&old_b, 1, relay_b).await;
     recv(&phone_a).await;
-    phone_a
-        .send_to(&rtp(0, 1, &[0xd5; 160]), relay_a)
-        .await
-        .unwrap();
+    talk(&phone_a, 1, relay_a).await;
     recv(&old_b).await;
 
     // Leg B is now the new party: offered again from A, answered from its address.
@@ -353,32 +347,31 @@ async fn a_leg_signalled_elsewhere_latches_to_its_new_party() {
     .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The old party still sends: nobody hears it.
-    old_b
-        .send_to(&rtp(0, 2, &[0xd5; 160]), relay_b)
-        .await
-        .unwrap();
-    let mut buf = [0u8; 2048];
+    talk(&old_b, 2, relay_b).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), phone_a.recv_from(&mut buf))
-            .await
-            .is_err(),
+        silent(&phone_a, 300).await,
         "the replaced party is not relayed"
     );
     // A's audio goes to the new party, whose own audio reaches A.
-    phone_a
-        .send_to(&rtp(0, 2, &[0xd5; 160]), relay_a)
-        .await
-        .unwrap();
+    talk(&phone_a, 2, relay_a).await;
     recv(&new_b).await;
-    new_b
-        .send_to(&rtp(0, 3, &[0xd5; 160]), relay_b)
-        .await
-        .unwrap();
+    talk(&new_b, 3, relay_b).await;
     recv(&phone_a).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), old_b.recv_from(&mut buf))
-            .await
-            .is_err(),
+        silent(&old_b, 200).await,
         "the old party hears nothing more"
     );
+}
+
+/// One 20 ms μ-law packet from `phone` to the relay at `to`.
+async fn talk(phone: &UdpSocket, seq: u16, to: SocketAddr) {
+    phone.send_to(&rtp(0, seq, &[0xd5; 160]), to).await.unwrap();
+}
+
+/// Nothing arrives at `phone` within `ms`.
+async fn silent(phone: &UdpSocket, ms: u64) -> bool {
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_millis(ms), phone.recv_from(&mut buf))
+        .await
+        .is_err()
 }
