@@ -567,7 +567,7 @@ async fn seize_trunk(
         };
         let holds_channel = !emergency;
         if holds_channel {
-            let now = crate::now_ms();
+            let now = crate::engine::Clock::now().unix_ms;
             let admitted = deps
                 .channels
                 .admit(

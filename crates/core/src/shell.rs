@@ -1,0 +1,334 @@
+//! The engine's shell: the one place the core does I/O. It feeds the engine the
+//! transaction driver's events (client transactions renamed to the engine's own
+//! [`ReqId`]s), the answers of the lookups and media requests it runs in tasks, and the
+//! time; and it runs what the engine asks for. Lookups and media requests run
+//! concurrently, each in its own task, so one call's slow read delays no other call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use switchyard_media_control::MediaControl;
+use switchyard_sip::HeaderName;
+use switchyard_sip::build::ResponseBuilder;
+use switchyard_sip::inspect::Inbound;
+use switchyard_sip::transaction::{Event, TxId};
+use switchyard_sip_net::{DriverHandle, Hub, TuEvent};
+use switchyard_state::Locations;
+use switchyard_store::{ChangeEvent, Store};
+
+use crate::cache::ConfigCache;
+use crate::cdr::{self, CdrSender};
+use crate::dialog::random_token;
+use crate::engine::{Clock, Engine, EngineSettings, Lookup, MediaAnswer, Output, ReqId, SipInput};
+use crate::routing::{self, RouteDeps};
+use crate::{CoreHandle, CoreSettings};
+
+/// How long a stopped engine waits for the media node's last counters (the CDRs of the
+/// calls it hung up) before it writes them without.
+const LAST_COUNTERS_LIMIT: Duration = Duration::from_secs(2);
+
+/// Starts the engine on the events of a transaction driver. When `shutdown` fires the
+/// engine drains: it refuses new calls (`503`), hangs up every call (BYE on both legs of
+/// answered calls, CANCEL to ringing forks and `503` to their callers), waits up to
+/// [`crate::DRAIN_LIMIT`] for those requests' answers, and ends once every CDR is
+/// written. The task it returns ends then; keep the driver and the edge running until it
+/// does.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_core(
+    settings: CoreSettings,
+    store: Store,
+    locations: Arc<Locations>,
+    media: Arc<dyn MediaControl>,
+    driver: DriverHandle,
+    hub: Hub,
+    mut events: mpsc::Receiver<TuEvent>,
+    mut changes: broadcast::Receiver<ChangeEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (CoreHandle, tokio::task::JoinHandle<()>) {
+    let (cdrs, cdr_writer) = cdr::spawn_writer(store.clone());
+    let handle = CoreHandle {
+        active: Arc::default(),
+        cdrs_pending: cdrs.pending(),
+        cdrs_waiting: Arc::default(),
+    };
+    let cache = ConfigCache::new(store.clone());
+    let (lookups_tx, mut lookups) = mpsc::unbounded_channel();
+    let (media_tx, mut media_answers) = mpsc::unbounded_channel();
+    let mut shell = Shell {
+        engine: Engine::new(
+            EngineSettings {
+                local: settings.local,
+                rtp_timeout: settings.rtp_timeout,
+                metrics: settings.metrics.clone(),
+            },
+            Clock::now(),
+        ),
+        deps: RouteDeps {
+            cache,
+            locations,
+            media: media.clone(),
+            channels: settings.channels.clone(),
+            turns: Default::default(),
+        },
+        store,
+        media,
+        driver,
+        hub,
+        txs: HashMap::new(),
+        lookups: lookups_tx,
+        media_answers: media_tx,
+        cdrs,
+        handle: handle.clone(),
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            shell.run_outputs().await;
+            if shell.engine.drained() {
+                break;
+            }
+            let next = shell.engine.poll_timeout();
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    shell.on_event(ev).await;
+                }
+                Some(lookup) = lookups.recv() => shell.engine.handle_lookup(lookup, Clock::now()),
+                Some(answer) = media_answers.recv() => shell.engine.handle_media(answer, Clock::now()),
+                change = changes.recv() => match change {
+                    Ok(e) => shell.deps.cache.apply(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        shell.deps.cache = ConfigCache::new(shell.store.clone());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                },
+                _ = sleep_until(next) => shell.engine.handle_timeout(Clock::now()),
+                _ = shutdown.changed(), if !shell.engine.draining() => {
+                    shell.engine.shutdown(Clock::now());
+                }
+            }
+        }
+        // Whatever is still up when the events stop is hung up as well (its requests may
+        // no longer leave, but its CDR is written once the media node has said its last).
+        shell.engine.abandon(Clock::now());
+        let limit = tokio::time::Instant::now() + LAST_COUNTERS_LIMIT;
+        loop {
+            shell.run_outputs().await;
+            if shell.engine.cdrs_waiting() == 0 {
+                break;
+            }
+            tokio::select! {
+                Some(answer) = media_answers.recv() => shell.engine.handle_media(answer, Clock::now()),
+                _ = tokio::time::sleep_until(limit) => {
+                    warn!(cdrs = shell.engine.cdrs_waiting(), "media node silent: CDRs lost");
+                    break;
+                }
+            }
+        }
+        drop(shell);
+        let _ = cdr_writer.await;
+        info!("core stopped: every CDR written");
+    });
+    (handle, task)
+}
+
+struct Shell {
+    engine: Engine,
+    deps: RouteDeps,
+    store: Store,
+    media: Arc<dyn MediaControl>,
+    driver: DriverHandle,
+    hub: Hub,
+    /// The driver's client transactions, by the engine's names for them.
+    txs: HashMap<TxId, ReqId>,
+    lookups: mpsc::UnboundedSender<Lookup>,
+    media_answers: mpsc::UnboundedSender<MediaAnswer>,
+    cdrs: CdrSender,
+    handle: CoreHandle,
+}
+
+impl Shell {
+    async fn on_event(&mut self, ev: TuEvent) {
+        let input = match ev {
+            TuEvent::Transaction(Event::Request { tx, msg, peer }) => {
+                SipInput::Request { tx, msg, peer }
+            }
+            TuEvent::Transaction(Event::Ack { msg, .. }) => SipInput::Ack { msg },
+            TuEvent::Transaction(Event::Response { tx, msg }) => {
+                let Some(&req) = self.txs.get(&tx) else {
+                    return;
+                };
+                SipInput::Response { req, msg }
+            }
+            TuEvent::Transaction(Event::Timeout { tx } | Event::TransportError { tx }) => {
+                let Some(&req) = self.txs.get(&tx) else {
+                    return;
+                };
+                SipInput::Failed { req }
+            }
+            TuEvent::Transaction(Event::Terminated { tx }) => {
+                let Some(req) = self.txs.remove(&tx) else {
+                    return;
+                };
+                SipInput::Ended { req }
+            }
+            TuEvent::Transaction(Event::StrayResponse { msg, .. }) => {
+                // A 2xx retransmission for a fork we already ACKed, or for a dialog that
+                // ended: nothing to do.
+                debug!(status = msg.status(), "stray response");
+                return;
+            }
+            TuEvent::Stateless(incoming) => {
+                if let Inbound::Reject { rejection, rows } = &incoming.inbound {
+                    let bytes = ResponseBuilder::from_rows(
+                        rejection.status,
+                        &rejection.reason,
+                        rows.clone(),
+                        &random_token(),
+                    )
+                    .build();
+                    let via_text = rows
+                        .iter()
+                        .find(|(n, _)| *n == HeaderName::Via)
+                        .map(|(_, v)| v.clone());
+                    let via = via_text
+                        .as_deref()
+                        .and_then(switchyard_sip::headers::Via::parse_lenient);
+                    let _ = self.hub.respond(&incoming, via.as_ref(), bytes).await;
+                }
+                return;
+            }
+        };
+        self.engine.handle_sip(input, Clock::now());
+    }
+
+    /// Runs everything the engine asked for; SIP goes out in order, lookups and media
+    /// requests start in tasks.
+    async fn run_outputs(&mut self) {
+        while let Some(output) = self.engine.poll_output() {
+            self.run(output).await;
+        }
+        self.handle
+            .active
+            .store(self.engine.active_calls(), Ordering::Relaxed);
+        self.handle
+            .cdrs_waiting
+            .store(self.engine.cdrs_waiting(), Ordering::Relaxed);
+    }
+
+    async fn run(&mut self, output: Output) {
+        match output {
+            Output::Respond {
+                tx,
+                status,
+                bytes,
+                retransmit,
+            } => {
+                let sent = if retransmit {
+                    self.driver.respond(tx, status, bytes).await
+                } else {
+                    self.driver.respond_once(tx, status, bytes).await
+                };
+                if let Err(e) = sent {
+                    debug!(error = %e, status, "response not sent");
+                }
+            }
+            Output::Send { req, request, peer } => {
+                let method = request.method().cloned();
+                match self.driver.send_request(request, peer).await {
+                    Ok(tx) => {
+                        self.txs.insert(tx, req);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, ?method, "request not sent");
+                        self.engine
+                            .handle_sip(SipInput::Failed { req }, Clock::now());
+                    }
+                }
+            }
+            Output::Transmit { target, bytes } => {
+                if let Err(e) = self.hub.send(target, bytes).await {
+                    debug!(error = %e, "datagram not sent");
+                }
+            }
+            Output::Route {
+                call_id,
+                request,
+                at_ms,
+            } => {
+                let (deps, done) = (self.deps.clone(), self.lookups.clone());
+                tokio::spawn(async move {
+                    let outcome = routing::route_call(deps, request.clone(), at_ms).await;
+                    let _ = done.send(Lookup::Routed {
+                        call_id,
+                        request,
+                        outcome: Box::new(outcome),
+                    });
+                });
+            }
+            Output::Forward {
+                key,
+                purpose,
+                config,
+                tenant,
+                leg_b,
+                target,
+                release,
+                at_ms,
+            } => {
+                let (deps, done) = (self.deps.clone(), self.lookups.clone());
+                tokio::spawn(async move {
+                    if let Some(held) = release
+                        && let Err(e) = deps.channels.release(&[held]).await
+                    {
+                        warn!(error = %e, "trunk channel not released");
+                    }
+                    let outcome =
+                        routing::forward_to(&deps, &config, &tenant, &leg_b, &target, at_ms).await;
+                    let _ = done.send(Lookup::Forwarded {
+                        key,
+                        purpose,
+                        outcome,
+                    });
+                });
+            }
+            Output::Media { job, request } => {
+                let (media, done) = (self.media.clone(), self.media_answers.clone());
+                tokio::spawn(async move {
+                    let reply = media.call(request).await;
+                    if let Some(job) = job {
+                        let _ = done.send(MediaAnswer { job, reply });
+                    }
+                });
+            }
+            Output::ReleaseChannels(held) => {
+                let channels = self.deps.channels.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = channels.release(&held).await {
+                        warn!(error = %e, "trunk channel not released");
+                    }
+                });
+            }
+            Output::RenewChannels { held, until_ms } => {
+                let channels = self.deps.channels.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = channels.renew(&held, until_ms).await {
+                        warn!(error = %e, "trunk channel leases not renewed");
+                    }
+                });
+            }
+            Output::Cdr(cdr) => self.cdrs.send(cdr),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
