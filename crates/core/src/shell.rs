@@ -100,7 +100,10 @@ pub fn spawn_core(
                 Some(lookup) = lookups.recv() => shell.engine.handle_lookup(lookup, Clock::now()),
                 Some(answer) = media_answers.recv() => shell.engine.handle_media(answer, Clock::now()),
                 change = changes.recv() => match change {
-                    Ok(e) => shell.deps.cache.apply(&e),
+                    Ok(e) => {
+                        debug!(tenant = e.tenant_id, version = e.config_version, "configuration changed");
+                        shell.deps.cache.apply(&e)
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         shell.deps.cache = ConfigCache::new(shell.store.clone());
                     }
