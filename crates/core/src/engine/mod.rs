@@ -271,6 +271,18 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("calls", &self.calls.len())
             .field("setups", &self.setups.len())
+            .field("by_call_id", &self.by_call_id.keys().collect::<Vec<_>>())
+            .field("requests", &self.by_req.values().collect::<Vec<_>>())
+            .field("jobs", &self.jobs.len())
+            .field("orphaned", &self.orphaned.len())
+            .field(
+                "call_timers",
+                &self
+                    .timers
+                    .values()
+                    .filter(|(k, _)| *k != NODE)
+                    .collect::<Vec<_>>(),
+            )
             .field("draining", &self.draining)
             .finish_non_exhaustive()
     }

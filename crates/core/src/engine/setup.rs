@@ -677,14 +677,9 @@ impl Engine {
     pub(super) fn on_rerouted(&mut self, key: CallKey, outcome: routing::Forwarded) {
         let Some(call) = self.calls.get_mut(&key) else {
             // Ended meanwhile: a channel the lookup seized goes back.
-            if let Ok(ring) = &outcome {
-                let member = match ring {
-                    Ring::Trunk { .. } => self.orphaned.remove(&(key, ForwardFor::Reroute)),
-                    Ring::Phones { .. } => None,
-                };
-                if let Some(member) = member {
-                    self.release(held_by_ring(ring, &member));
-                }
+            let member = self.orphaned.remove(&(key, ForwardFor::Reroute));
+            if let (Ok(ring), Some(member)) = (&outcome, member) {
+                self.release(held_by_ring(ring, &member));
             }
             return;
         };

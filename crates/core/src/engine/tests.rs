@@ -60,3 +60,908 @@ fn the_worst_failure_is_passed_on() {
     assert!(rank(603) > rank(486));
     assert!(rank(408) > rank(500));
 }
+
+// --- the engine in a world of its own -------------------------------------------------
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use switchyard_media_control::{LegStats, Reply, Request, SessionStats};
+use switchyard_sip::build::ResponseBuilder;
+use switchyard_sip::transaction::TxId;
+use switchyard_sip::{HeaderName, Method};
+use switchyard_state::Binding;
+use switchyard_store::{Cdr, Extension, Tenant, TenantConfig};
+
+use super::setup::hop_peer;
+use super::{
+    Clock, Engine, EngineSettings, ForwardFor, Lookup, MediaAnswer, Output, ReqId, SipInput,
+};
+use crate::metrics::CallMetrics;
+use crate::routing::{Reroute, Ring, RouteRequest, Routed};
+
+const TENANT: &str = "t1";
+const DOMAIN: &str = "t1.example";
+
+fn local() -> SocketAddr {
+    "127.0.0.1:5080".parse().unwrap()
+}
+
+fn edge() -> SocketAddr {
+    "127.0.0.1:5070".parse().unwrap()
+}
+
+fn extension(number: i64, no_answer_seconds: i64, forward_no_answer: Option<&str>) -> Extension {
+    Extension {
+        id: format!("ext-{number}"),
+        tenant_id: TENANT.into(),
+        range_id: "r".into(),
+        number,
+        display_name: format!("Ext {number}"),
+        username: number.to_string(),
+        ha1_md5: String::new(),
+        ha1_sha256: String::new(),
+        voicemail: false,
+        max_registrations: 5,
+        created_at: 0,
+        forward_always: None,
+        forward_busy: None,
+        forward_no_answer: forward_no_answer.map(str::to_owned),
+        no_answer_seconds,
+        caller_id: None,
+    }
+}
+
+fn config() -> Arc<TenantConfig> {
+    Arc::new(TenantConfig {
+        version: 1,
+        tenant: Tenant {
+            id: TENANT.into(),
+            name: "T1".into(),
+            domain: DOMAIN.into(),
+            state: "active".into(),
+            placement: "shared".into(),
+            max_calls: 100,
+            calls_per_second: 100,
+            max_registrations: 100,
+            max_extensions: 100,
+            reg_expiry_min: 60,
+            reg_expiry_max: 3600,
+            reg_expiry_default: 600,
+            config_version: 1,
+            created_at: 0,
+            caller_id: None,
+        },
+        ranges: Vec::new(),
+        extensions: Vec::new(),
+        dids: Vec::new(),
+        resources: Vec::new(),
+    })
+}
+
+fn binding(number: i64) -> Binding {
+    Binding {
+        contact: format!("sip:{number}@127.0.0.1:4{number}"),
+        expires_at_ms: i64::MAX,
+        flow: Some(format!("<sip:{};lr>", edge())),
+        source: format!("127.0.0.1:4{number}"),
+        call_id: format!("reg-{number}"),
+        cseq: 1,
+        path: Vec::new(),
+        instance: None,
+    }
+}
+
+fn phones(number: i64, no_answer_seconds: i64, forward_no_answer: Option<&str>) -> Ring {
+    Ring::Phones {
+        callee: extension(number, no_answer_seconds, forward_no_answer),
+        bindings: vec![binding(number)],
+    }
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+
+fn parse(bytes: Bytes) -> Message {
+    Message::parse_datagram(bytes).expect("the engine's messages parse")
+}
+
+fn to_tag(msg: &Message) -> Option<String> {
+    msg.header(HeaderName::To)
+        .and_then(switchyard_sip::headers::tag_of)
+        .map(str::to_owned)
+}
+
+/// One caller's side of a call, as the world sees it.
+#[derive(Debug, Clone)]
+struct Caller {
+    tx: TxId,
+    invite: String,
+    /// The engine's tag in its answers (from the first answer with one).
+    tag: Option<String>,
+    finals: Vec<u16>,
+    /// Leg B's Call-ID (from the routing request).
+    leg_b: Option<String>,
+    cseq: u32,
+    /// Its routing step came back while it still waited for an answer: it rang.
+    rang: bool,
+}
+
+/// The engine with everything around it simulated: media answers at once, BYEs, CANCELs
+/// and NOTIFYs are answered `200` (a CANCELled INVITE `487`), lookups wait for the test.
+struct World {
+    engine: Engine,
+    now: Clock,
+    next_tx: u64,
+    callers: HashMap<String, Caller>,
+    /// Requests the engine sent, in order, and whether the world answered them finally.
+    sent: Vec<(ReqId, Message, bool)>,
+    transmits: Vec<(Instant, Message)>,
+    routes: Vec<(String, RouteRequest)>,
+    forwards: Vec<(u64, ForwardFor, Reroute)>,
+    sessions: HashSet<String>,
+    cdrs: Vec<Cdr>,
+    /// What the media node says a call's legs have been silent for.
+    silent_ms: u64,
+    /// Every answer the engine gave: (transaction, status).
+    answers: Vec<(TxId, u16)>,
+}
+
+impl World {
+    fn new(rtp_timeout: Option<Duration>) -> World {
+        let now = Clock {
+            at: Instant::now(),
+            unix_ms: 1_800_000_000_000,
+        };
+        World {
+            engine: Engine::new(
+                EngineSettings {
+                    local: local(),
+                    rtp_timeout,
+                    metrics: Arc::new(CallMetrics::default()),
+                },
+                now,
+            ),
+            now,
+            next_tx: 1,
+            callers: HashMap::new(),
+            sent: Vec::new(),
+            transmits: Vec::new(),
+            routes: Vec::new(),
+            forwards: Vec::new(),
+            sessions: HashSet::new(),
+            cdrs: Vec::new(),
+            silent_ms: 0,
+            answers: Vec::new(),
+        }
+    }
+
+    fn tx(&mut self) -> TxId {
+        self.next_tx += 1;
+        TxId(self.next_tx)
+    }
+
+    fn request(&mut self, text: String) -> TxId {
+        let tx = self.tx();
+        let msg = parse(Bytes::from(text));
+        self.engine.handle_sip(
+            SipInput::Request {
+                tx,
+                msg,
+                peer: hop_peer(local(), edge()),
+            },
+            self.now,
+        );
+        self.settle();
+        tx
+    }
+
+    /// A caller's INVITE (through the edge) for `dialled`.
+    fn invite(&mut self, call_id: &str, dialled: &str, extra: &str) -> TxId {
+        let text = format!(
+            "INVITE sip:{dialled}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {edge};branch=z9hG4bK-{call_id}\r\nRecord-Route: <sip:{edge};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{DOMAIN}>;tag=a-{call_id}\r\nTo: <sip:{dialled}@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:41001>\r\nX-Sy-Tenant: {TENANT}\r\nX-Sy-Caller: 1001\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+            SDP.len(),
+            edge = edge(),
+        );
+        let tx = self.tx();
+        self.callers.insert(
+            call_id.to_owned(),
+            Caller {
+                tx,
+                invite: text.clone(),
+                tag: None,
+                finals: Vec::new(),
+                leg_b: None,
+                cseq: 1,
+                rang: false,
+            },
+        );
+        let msg = parse(Bytes::from(text));
+        self.engine.handle_sip(
+            SipInput::Request {
+                tx,
+                msg,
+                peer: hop_peer(local(), edge()),
+            },
+            self.now,
+        );
+        self.settle();
+        tx
+    }
+
+    /// Answers the routing step of `call_id` (its media session now exists).
+    fn route(&mut self, call_id: &str, ring: Ring) {
+        let i = self
+            .routes
+            .iter()
+            .position(|(c, _)| c == call_id)
+            .expect("a routing step asked for");
+        let (call_id, request) = self.routes.remove(i);
+        self.sessions.insert(request.session.clone());
+        if let Some(c) = self.callers.get_mut(&call_id) {
+            c.rang = c.finals.is_empty();
+        }
+        let routed = Routed {
+            config: config(),
+            caller_ext: Some(extension(1001, 20, None)),
+            offer_b: SDP.into(),
+            ring,
+            ring_seconds: None,
+            hunt: Vec::new(),
+            fallback: None,
+            presented: None,
+        };
+        self.engine.handle_lookup(
+            Lookup::Routed {
+                call_id,
+                request,
+                outcome: Box::new(Ok(routed)),
+            },
+            self.now,
+        );
+        self.settle();
+    }
+
+    /// Answers the oldest forward lookup.
+    fn forward(&mut self, ring: Ring) {
+        let (key, purpose, _) = self.forwards.remove(0);
+        self.engine.handle_lookup(
+            Lookup::Forwarded {
+                key,
+                purpose,
+                outcome: Ok(ring),
+            },
+            self.now,
+        );
+        self.settle();
+    }
+
+    /// The INVITEs the engine sent that no final answer reached, with their ids.
+    fn ringing(&self) -> Vec<(ReqId, Message)> {
+        self.sent
+            .iter()
+            .filter(|(_, m, done)| !done && m.method() == Some(&Method::Invite))
+            .map(|(r, m, _)| (*r, m.clone()))
+            .collect()
+    }
+
+    /// The engine's INVITE `req` answered with `status`.
+    fn answer_fork(&mut self, req: ReqId, status: u16) {
+        let request = self
+            .sent
+            .iter()
+            .find(|(r, _, _)| *r == req)
+            .map(|(_, m, _)| m.clone())
+            .expect("a request of the engine");
+        let mut b = ResponseBuilder::for_request(&request, status, "Answer", "b-tag");
+        if (200..300).contains(&status) {
+            b = b
+                .header("Contact", "<sip:1002@127.0.0.1:41002>")
+                .body("application/sdp", Bytes::from(SDP));
+        }
+        let msg = parse(b.build());
+        if status >= 200 {
+            for s in self.sent.iter_mut().filter(|(r, _, _)| *r == req) {
+                s.2 = true;
+            }
+        }
+        self.engine
+            .handle_sip(SipInput::Response { req, msg }, self.now);
+        self.settle();
+    }
+
+    /// An in-dialog request from the caller of `call_id` (after its `200`).
+    fn from_caller(&mut self, call_id: &str, method: &str, extra: &str) -> Option<TxId> {
+        let caller = self.callers.get_mut(call_id)?;
+        let tag = caller.tag.clone()?;
+        let seq = if method == "ACK" {
+            1
+        } else {
+            caller.cseq += 1;
+            caller.cseq
+        };
+        let text = format!(
+            "{method} sip:sy@{local} SIP/2.0\r\nVia: SIP/2.0/UDP {edge};branch=z9hG4bK-{call_id}-{method}-{seq}\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{DOMAIN}>;tag=a-{call_id}\r\nTo: <sip:1002@{DOMAIN}>;tag={tag}\r\nCall-ID: {call_id}\r\nCSeq: {seq} {method}\r\n{extra}{body}",
+            local = local(),
+            edge = edge(),
+            body = if method == "INVITE" {
+                format!(
+                    "Contact: <sip:1001@127.0.0.1:41001>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+                    SDP.len()
+                )
+            } else {
+                "Content-Length: 0\r\n\r\n".to_owned()
+            },
+        );
+        if method == "ACK" {
+            let msg = parse(Bytes::from(text));
+            self.engine.handle_sip(SipInput::Ack { msg }, self.now);
+            self.settle();
+            return None;
+        }
+        Some(self.request(text))
+    }
+
+    fn cancel(&mut self, call_id: &str) -> Option<TxId> {
+        let caller = self.callers.get(call_id)?;
+        let invite = parse(Bytes::from(caller.invite.clone()));
+        let text = format!(
+            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+            invite.request_uri_str().unwrap(),
+            invite.header(HeaderName::Via).unwrap(),
+            invite.header(HeaderName::From).unwrap(),
+            invite.header(HeaderName::To).unwrap(),
+        );
+        Some(self.request(text))
+    }
+
+    /// Moves the clock on by `d`, firing what falls due on the way (each timer at its
+    /// own instant, as the shell would).
+    fn advance(&mut self, d: Duration) {
+        let until = self.now.at + d;
+        while let Some(at) = self.engine.poll_timeout().filter(|at| *at <= until) {
+            let step = at.saturating_duration_since(self.now.at);
+            self.now = self.now.after(step);
+            self.engine.handle_timeout(self.now);
+            self.settle();
+        }
+        let rest = until.saturating_duration_since(self.now.at);
+        self.now = self.now.after(rest);
+    }
+
+    /// Runs the engine's outputs until it has nothing more to say.
+    fn settle(&mut self) {
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Respond { tx, bytes, .. } => {
+                    let msg = parse(bytes);
+                    let status = msg.status().unwrap_or(0);
+                    self.answers.push((tx, status));
+                    let call_id = msg.call_id().unwrap_or_default().to_owned();
+                    if let Some(c) = self.callers.get_mut(&call_id).filter(|c| c.tx == tx) {
+                        if c.tag.is_none() && status > 100 {
+                            c.tag = to_tag(&msg);
+                        }
+                        if status >= 200 {
+                            c.finals.push(status);
+                        }
+                    }
+                }
+                Output::Send { req, request, .. } => {
+                    let method = request.method().cloned();
+                    self.sent.push((req, request.clone(), false));
+                    match method {
+                        Some(Method::Invite) => {}
+                        Some(Method::Cancel) => {
+                            // The CANCELled INVITE ends with 487, then the CANCEL's 200.
+                            let invite = self.sent.iter().find(|(_, m, done)| {
+                                !done
+                                    && m.method() == Some(&Method::Invite)
+                                    && m.call_id().ok() == request.call_id().ok()
+                                    && m.top_via().ok().and_then(|v| v.branch().map(str::to_owned))
+                                        == request
+                                            .top_via()
+                                            .ok()
+                                            .and_then(|v| v.branch().map(str::to_owned))
+                            });
+                            if let Some((invite_req, _, _)) = invite {
+                                let invite_req = *invite_req;
+                                self.reply_final(req, &request, 200);
+                                self.answer_fork(invite_req, 487);
+                            } else {
+                                self.reply_final(req, &request, 200);
+                            }
+                        }
+                        _ => self.reply_final(req, &request, 200),
+                    }
+                }
+                Output::Transmit { bytes, .. } => {
+                    let msg = parse(bytes);
+                    self.transmits.push((self.now.at, msg));
+                }
+                Output::Route {
+                    call_id, request, ..
+                } => {
+                    if let Some(c) = self.callers.get_mut(&call_id) {
+                        c.leg_b = Some(request.leg_b.clone());
+                    }
+                    self.routes.push((call_id, request));
+                }
+                Output::Forward {
+                    key,
+                    purpose,
+                    target,
+                    ..
+                } => self.forwards.push((key, purpose, target)),
+                Output::Media { job, request } => {
+                    let reply = match request {
+                        Request::Offer { .. } | Request::Answer { .. } => {
+                            Ok(Reply::Sdp { sdp: SDP.into() })
+                        }
+                        Request::Stats { .. } => Ok(Reply::Stats {
+                            stats: SessionStats {
+                                a: LegStats {
+                                    silent_ms: self.silent_ms,
+                                    ..Default::default()
+                                },
+                                b: LegStats::default(),
+                            },
+                        }),
+                        Request::Destroy { session } => {
+                            self.sessions.remove(&session);
+                            Ok(Reply::Stats {
+                                stats: SessionStats::default(),
+                            })
+                        }
+                        Request::Create { .. } => Ok(Reply::Created),
+                    };
+                    if let Some(job) = job {
+                        self.engine
+                            .handle_media(MediaAnswer { job, reply }, self.now);
+                    }
+                }
+                Output::ReleaseChannels(_) | Output::RenewChannels { .. } => {}
+                Output::Cdr(cdr) => self.cdrs.push(cdr),
+            }
+        }
+    }
+
+    /// A final `status` to the engine's request `req` (a non-INVITE), and its end.
+    fn reply_final(&mut self, req: ReqId, request: &Message, status: u16) {
+        for s in self.sent.iter_mut().filter(|(r, _, _)| *r == req) {
+            s.2 = true;
+        }
+        let msg = parse(ResponseBuilder::for_request(request, status, "OK", "x").build());
+        self.engine
+            .handle_sip(SipInput::Response { req, msg }, self.now);
+        self.engine.handle_sip(SipInput::Ended { req }, self.now);
+    }
+
+    fn sent_methods(&self, method: Method) -> Vec<Message> {
+        self.sent
+            .iter()
+            .filter(|(_, m, _)| m.method() == Some(&method))
+            .map(|(_, m, _)| m.clone())
+            .collect()
+    }
+
+    /// A call from 1001 to 1002, answered; `ack`: the caller ACKs the `200`.
+    fn answered_call(&mut self, call_id: &str, extra: &str, ack: bool) {
+        self.invite(call_id, "1002", extra);
+        self.route(call_id, phones(1002, 20, None));
+        let (fork, _) = self.ringing().pop().expect("leg B rings");
+        self.answer_fork(fork, 180);
+        self.answer_fork(fork, 200);
+        assert_eq!(
+            self.callers[call_id].finals,
+            vec![200],
+            "the caller is answered"
+        );
+        if ack {
+            self.from_caller(call_id, "ACK", "");
+        }
+    }
+}
+
+#[test]
+fn a_2xx_is_retransmitted_until_its_ack_and_a_call_never_acked_is_hung_up() {
+    let mut w = World::new(None);
+    w.answered_call("acked", "", false);
+    let start = w.now.at;
+    w.advance(Duration::from_millis(1600));
+    let acked_resends = w
+        .transmits
+        .iter()
+        .filter(|(_, m)| m.status() == Some(200))
+        .count();
+    assert_eq!(acked_resends, 2, "at 0.5 s and 1.5 s");
+    w.from_caller("acked", "ACK", "");
+    w.advance(Duration::from_secs(60));
+    let resends: Vec<Duration> = w
+        .transmits
+        .iter()
+        .filter(|(_, m)| m.status() == Some(200))
+        .map(|(at, _)| *at - start)
+        .collect();
+    assert_eq!(resends.len(), 2, "none after the ACK: {resends:?}");
+    assert!(w.sent_methods(Method::Bye).is_empty(), "the call goes on");
+
+    // RFC 3261 §13.3.1.4: T1 doubling to T2, for 64*T1; then the call is over.
+    let mut w = World::new(None);
+    w.answered_call("never-acked", "", false);
+    let start = w.now.at;
+    w.advance(Duration::from_secs(40));
+    let resends: Vec<f64> = w
+        .transmits
+        .iter()
+        .filter(|(_, m)| m.status() == Some(200))
+        .map(|(at, _)| (*at - start).as_secs_f64())
+        .collect();
+    assert_eq!(
+        resends,
+        vec![0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    );
+    let byes = w.sent_methods(Method::Bye);
+    assert_eq!(byes.len(), 2, "both legs hung up");
+    assert_eq!(w.cdrs.len(), 1);
+    assert_eq!(w.cdrs[0].hangup_side.as_deref(), Some("no-ack"));
+    assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn an_unanswered_call_times_out_on_the_callees_no_answer_time() {
+    let mut w = World::new(None);
+    w.invite("c1", "1002", "");
+    w.route("c1", phones(1002, 15, None));
+    let (fork, _) = w.ringing().pop().unwrap();
+    w.answer_fork(fork, 180);
+    w.advance(Duration::from_millis(14_999));
+    assert!(w.sent_methods(Method::Cancel).is_empty(), "still ringing");
+    assert!(w.callers["c1"].finals.is_empty());
+    w.advance(Duration::from_millis(1));
+    assert_eq!(
+        w.sent_methods(Method::Cancel).len(),
+        1,
+        "the fork is CANCELled"
+    );
+    assert_eq!(w.callers["c1"].finals, vec![408]);
+    assert_eq!(w.cdrs.len(), 1);
+    assert_eq!(w.cdrs[0].disposition, "no-answer");
+    assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn an_unanswered_call_follows_the_forward_on_no_answer() {
+    let mut w = World::new(None);
+    w.invite("c1", "1002", "");
+    w.route("c1", phones(1002, 5, Some("1003")));
+    let (first, _) = w.ringing().pop().unwrap();
+    w.advance(Duration::from_secs(5));
+    assert_eq!(
+        w.sent_methods(Method::Cancel).len(),
+        1,
+        "1002 stops ringing"
+    );
+    assert!(w.callers["c1"].finals.is_empty(), "the caller waits");
+    let (_, _, target) = w
+        .forwards
+        .first()
+        .cloned()
+        .expect("the forward is looked up");
+    assert_eq!(target, Reroute::Dialled("1003".into()));
+    w.forward(phones(1003, 20, None));
+    let ringing = w.ringing();
+    assert_eq!(ringing.len(), 1, "1003 rings");
+    assert_ne!(ringing[0].0, first);
+    assert!(ringing[0].1.request_uri_str().unwrap().contains("1003"));
+    // The first ringing's timer is not the forward's: 1003 rings its own 20 s.
+    w.advance(Duration::from_secs(19));
+    assert!(w.callers["c1"].finals.is_empty());
+    w.answer_fork(ringing[0].0, 200);
+    assert_eq!(w.callers["c1"].finals, vec![200]);
+    w.from_caller("c1", "BYE", "");
+    let cdr = &w.cdrs[0];
+    assert_eq!(cdr.disposition, "answered");
+    assert!(cdr.legs.contains("forward-no-answer"), "{}", cdr.legs);
+    assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn a_session_the_caller_stops_refreshing_is_hung_up_before_its_interval_ends() {
+    let mut w = World::new(None);
+    w.answered_call("c1", "Session-Expires: 90\r\nSupported: timer\r\n", true);
+    // Refreshed at 50 s: the timer starts again.
+    w.advance(Duration::from_secs(50));
+    let update = w.from_caller("c1", "UPDATE", "Session-Expires: 90;refresher=uac\r\n");
+    assert!(update.is_some());
+    w.advance(Duration::from_secs(59));
+    assert!(w.sent_methods(Method::Bye).is_empty(), "refreshed 59 s ago");
+    // RFC 4028 §10: 90 - min(32, 30) = 60 s after the last refresh.
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.sent_methods(Method::Bye).len(), 2, "both legs hung up");
+    assert_eq!(w.cdrs[0].hangup_side.as_deref(), Some("session-timer"));
+    assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn when_the_caller_asks_us_to_refresh_we_send_updates_at_half_the_interval() {
+    let mut w = World::new(None);
+    w.answered_call(
+        "c1",
+        "Session-Expires: 120;refresher=uas\r\nSupported: timer\r\n",
+        true,
+    );
+    w.advance(Duration::from_secs(59));
+    assert!(w.sent_methods(Method::Update).is_empty());
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.sent_methods(Method::Update).len(), 1, "at 60 s");
+    w.advance(Duration::from_secs(60));
+    assert_eq!(w.sent_methods(Method::Update).len(), 2, "and every 60 s");
+    assert!(w.sent_methods(Method::Bye).is_empty());
+}
+
+#[test]
+fn a_call_whose_media_stops_is_hung_up_on_the_next_check() {
+    let mut w = World::new(Some(Duration::from_secs(10)));
+    w.answered_call("c1", "", true);
+    w.advance(Duration::from_secs(30));
+    assert!(w.sent_methods(Method::Bye).is_empty(), "RTP flows");
+    w.silent_ms = 10_001;
+    w.advance(Duration::from_millis(2_500));
+    assert_eq!(w.sent_methods(Method::Bye).len(), 2);
+    assert_eq!(w.cdrs[0].hangup_side.as_deref(), Some("rtp-timeout"));
+}
+
+#[test]
+fn a_drain_hangs_up_every_call_and_ends_once_they_are_answered() {
+    let mut w = World::new(None);
+    w.answered_call("up", "", true);
+    w.invite("ringing", "1002", "");
+    w.route("ringing", phones(1002, 20, None));
+    w.invite("routing", "1002", "");
+    w.engine.shutdown(w.now);
+    w.settle();
+    assert_eq!(w.sent_methods(Method::Bye).len(), 2);
+    assert_eq!(w.sent_methods(Method::Cancel).len(), 1);
+    assert_eq!(w.callers["ringing"].finals, vec![503]);
+    assert!(!w.engine.drained(), "a call is still being routed");
+    w.route("routing", phones(1002, 20, None));
+    assert_eq!(w.callers["routing"].finals, vec![503]);
+    assert!(w.engine.drained());
+    assert_eq!(w.cdrs.len(), 2, "every call that rang has its CDR");
+    assert!(w.engine.idle() && w.sessions.is_empty());
+    // A new call meanwhile is refused.
+    w.invite("late", "1002", "");
+    assert_eq!(w.callers["late"].finals, vec![503]);
+}
+
+// --- the property: nothing is left behind ----------------------------------------------
+
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Call,
+    Route(usize),
+    Ring(usize),
+    Answer(usize),
+    Busy(usize),
+    NoReply(usize),
+    Cancel(usize),
+    Ack(usize),
+    CallerBye(usize),
+    CalleeBye(usize),
+    Reinvite(usize),
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => Just(Step::Call),
+        3 => (0..8usize).prop_map(Step::Route),
+        2 => (0..8usize).prop_map(Step::Ring),
+        3 => (0..8usize).prop_map(Step::Answer),
+        1 => (0..8usize).prop_map(Step::Busy),
+        1 => (0..8usize).prop_map(Step::NoReply),
+        1 => (0..8usize).prop_map(Step::Cancel),
+        2 => (0..8usize).prop_map(Step::Ack),
+        1 => (0..8usize).prop_map(Step::CallerBye),
+        1 => (0..8usize).prop_map(Step::CalleeBye),
+        1 => (0..8usize).prop_map(Step::Reinvite),
+        2 => (0..40_000u64).prop_map(Step::Wait),
+    ]
+}
+
+impl World {
+    fn call_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.callers.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn pick(&self, i: usize) -> Option<String> {
+        let ids = self.call_ids();
+        (!ids.is_empty()).then(|| ids[i % ids.len()].clone())
+    }
+
+    /// The INVITE forks of call `call_id` still open.
+    fn forks_of(&self, call_id: &str) -> Vec<ReqId> {
+        let Some(leg_b) = self.callers.get(call_id).and_then(|c| c.leg_b.clone()) else {
+            return Vec::new();
+        };
+        self.ringing()
+            .into_iter()
+            .filter(|(_, m)| m.call_id().ok() == Some(leg_b.as_str()))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// A request from the callee on leg B, once it answered.
+    fn from_callee(&mut self, call_id: &str, method: &str) {
+        let Some(leg_b) = self.callers.get(call_id).and_then(|c| c.leg_b.clone()) else {
+            return;
+        };
+        let Some(invite) = self
+            .sent
+            .iter()
+            .find(|(_, m, _)| m.call_id().ok() == Some(leg_b.as_str()))
+            .map(|(_, m, _)| m.clone())
+        else {
+            return;
+        };
+        let text = format!(
+            "{method} sip:sy@{local} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:41002;branch=z9hG4bK-b-{leg_b}-{method}\r\nMax-Forwards: 70\r\nFrom: {to};tag=b-tag\r\nTo: {from}\r\nCall-ID: {leg_b}\r\nCSeq: 7 {method}\r\nContact: <sip:1002@127.0.0.1:41002>\r\nContent-Length: 0\r\n\r\n",
+            local = local(),
+            to = invite.header(HeaderName::To).unwrap(),
+            from = invite.header(HeaderName::From).unwrap(),
+        );
+        self.request(text);
+    }
+
+    fn play(&mut self, step: Step, n: &mut usize) {
+        match step {
+            Step::Call => {
+                *n += 1;
+                self.invite(&format!("call-{n}"), "1002", "Session-Expires: 90\r\n");
+            }
+            Step::Route(i) => {
+                if !self.routes.is_empty() {
+                    let call_id = self.routes[i % self.routes.len()].0.clone();
+                    self.route(&call_id, phones(1002, 20, Some("1003")));
+                }
+            }
+            Step::Ring(i) | Step::Answer(i) | Step::Busy(i) | Step::NoReply(i) => {
+                let Some(call_id) = self.pick(i) else { return };
+                let Some(&fork) = self.forks_of(&call_id).first() else {
+                    return;
+                };
+                match step {
+                    Step::Ring(_) => self.answer_fork(fork, 180),
+                    Step::Answer(_) => self.answer_fork(fork, 200),
+                    Step::Busy(_) => self.answer_fork(fork, 486),
+                    _ => {
+                        for s in self.sent.iter_mut().filter(|(r, _, _)| *r == fork) {
+                            s.2 = true;
+                        }
+                        self.engine
+                            .handle_sip(SipInput::Failed { req: fork }, self.now);
+                        self.settle();
+                    }
+                }
+            }
+            Step::Cancel(i) => {
+                if let Some(call_id) = self.pick(i) {
+                    self.cancel(&call_id);
+                }
+            }
+            Step::Ack(i) => {
+                if let Some(call_id) = self.pick(i) {
+                    self.from_caller(&call_id, "ACK", "");
+                }
+            }
+            Step::CallerBye(i) => {
+                if let Some(call_id) = self.pick(i) {
+                    self.from_caller(&call_id, "BYE", "");
+                }
+            }
+            Step::CalleeBye(i) => {
+                if let Some(call_id) = self.pick(i) {
+                    self.from_callee(&call_id, "BYE");
+                }
+            }
+            Step::Reinvite(i) => {
+                if let Some(call_id) = self.pick(i) {
+                    self.from_caller(&call_id, "INVITE", "");
+                }
+            }
+            Step::Wait(ms) => self.advance(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Every party hangs up and every question is answered.
+    fn end_everything(&mut self) {
+        while let Some((call_id, _)) = self.routes.first().cloned() {
+            self.route(&call_id, phones(1002, 20, None));
+        }
+        for call_id in self.call_ids() {
+            self.from_caller(&call_id, "ACK", "");
+            self.from_caller(&call_id, "BYE", "");
+            self.cancel(&call_id);
+        }
+        for _ in 0..20 {
+            while !self.forwards.is_empty() {
+                self.forward(phones(1003, 20, None));
+            }
+            self.advance(Duration::from_secs(60));
+        }
+        for (req, _) in self.ringing() {
+            self.answer_fork(req, 487);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Any sequence of SIP events, lookup answers and waits leaves no call, timer, pending
+    /// answer or media session behind once every leg has ended; every caller gets exactly
+    /// one final answer, and every call that rang one CDR.
+    #[test]
+    fn nothing_is_left_behind_once_every_leg_has_ended(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut w = World::new(Some(Duration::from_secs(30)));
+        let mut n = 0;
+        for s in steps {
+            w.play(s, &mut n);
+        }
+        w.end_everything();
+        prop_assert!(w.engine.idle(), "left behind: {:?}", w.engine);
+        prop_assert!(w.sessions.is_empty(), "media sessions left: {:?}", w.sessions);
+        for (call_id, caller) in &w.callers {
+            prop_assert_eq!(caller.finals.len(), 1, "{} got {:?}", call_id, caller.finals);
+        }
+        let routed = w.callers.values().filter(|c| c.rang).count();
+        prop_assert_eq!(w.cdrs.len(), routed);
+    }
+}
+
+#[test]
+fn a_reinvite_is_relayed_to_the_other_leg_and_its_answer_comes_back() {
+    let mut w = World::new(None);
+    w.answered_call("c1", "", true);
+    let tx = w.from_caller("c1", "INVITE", "").unwrap();
+    let reinvites: Vec<(ReqId, Message)> = w
+        .ringing()
+        .into_iter()
+        .filter(|(_, m)| m.cseq().unwrap().seq > 1)
+        .collect();
+    assert_eq!(reinvites.len(), 1, "the callee is re-INVITEd");
+    assert_eq!(w.callers["c1"].finals, vec![200], "the offerer waits");
+    assert!(
+        !w.answers.iter().any(|(t, _)| *t == tx),
+        "no answer before the callee's"
+    );
+    // A second offer meanwhile is told to wait.
+    let second = w.from_caller("c1", "INVITE", "").unwrap();
+    assert!(w.answers.contains(&(second, 491)));
+    w.answer_fork(reinvites[0].0, 200);
+    assert!(
+        w.answers.contains(&(tx, 200)),
+        "the offerer gets the relay's answer"
+    );
+    assert!(
+        w.transmits
+            .iter()
+            .any(|(_, m)| m.method() == Some(&Method::Ack) && m.cseq().unwrap().seq > 1),
+        "the callee's 200 is ACKed"
+    );
+    // Refused by the callee: the offerer hears it, the call goes on.
+    let third = w.from_caller("c1", "INVITE", "").unwrap();
+    let (req, _) = w
+        .ringing()
+        .into_iter()
+        .find(|(_, m)| m.cseq().unwrap().seq > 2)
+        .unwrap();
+    w.answer_fork(req, 488);
+    assert!(w.answers.contains(&(third, 488)));
+    assert!(w.sent_methods(Method::Bye).is_empty());
+}
