@@ -371,7 +371,7 @@ impl World {
     }
 
     /// An in-dialog request from the caller of `call_id` (after its `200`).
-    fn from_caller(&mut self, call_id: &str, method: &str, extra: &str) -> Option<TxId> {
+    fn caller_sends(&mut self, call_id: &str, method: &str, extra: &str) -> Option<TxId> {
         let caller = self.callers.get_mut(call_id)?;
         let tag = caller.tag.clone()?;
         let seq = if method == "ACK" {
@@ -558,7 +558,7 @@ impl World {
             "the caller is answered"
         );
         if ack {
-            self.from_caller(call_id, "ACK", "");
+            self.caller_sends(call_id, "ACK", "");
         }
     }
 }
@@ -575,7 +575,7 @@ fn a_2xx_is_retransmitted_until_its_ack_and_a_call_never_acked_is_hung_up() {
         .filter(|(_, m)| m.status() == Some(200))
         .count();
     assert_eq!(acked_resends, 2, "at 0.5 s and 1.5 s");
-    w.from_caller("acked", "ACK", "");
+    w.caller_sends("acked", "ACK", "");
     w.advance(Duration::from_secs(60));
     let resends: Vec<Duration> = w
         .transmits
@@ -659,7 +659,7 @@ fn an_unanswered_call_follows_the_forward_on_no_answer() {
     assert!(w.callers["c1"].finals.is_empty());
     w.answer_fork(ringing[0].0, 200);
     assert_eq!(w.callers["c1"].finals, vec![200]);
-    w.from_caller("c1", "BYE", "");
+    w.caller_sends("c1", "BYE", "");
     let cdr = &w.cdrs[0];
     assert_eq!(cdr.disposition, "answered");
     assert!(cdr.legs.contains("forward-no-answer"), "{}", cdr.legs);
@@ -672,7 +672,7 @@ fn a_session_the_caller_stops_refreshing_is_hung_up_before_its_interval_ends() {
     w.answered_call("c1", "Session-Expires: 90\r\nSupported: timer\r\n", true);
     // Refreshed at 50 s: the timer starts again.
     w.advance(Duration::from_secs(50));
-    let update = w.from_caller("c1", "UPDATE", "Session-Expires: 90;refresher=uac\r\n");
+    let update = w.caller_sends("c1", "UPDATE", "Session-Expires: 90;refresher=uac\r\n");
     assert!(update.is_some());
     w.advance(Duration::from_secs(59));
     assert!(w.sent_methods(Method::Bye).is_empty(), "refreshed 59 s ago");
@@ -797,7 +797,7 @@ impl World {
     }
 
     /// A request from the callee on leg B, once it answered.
-    fn from_callee(&mut self, call_id: &str, method: &str) {
+    fn callee_sends(&mut self, call_id: &str, method: &str) {
         let Some(leg_b) = self.callers.get(call_id).and_then(|c| c.leg_b.clone()) else {
             return;
         };
@@ -856,22 +856,22 @@ impl World {
             }
             Step::Ack(i) => {
                 if let Some(call_id) = self.pick(i) {
-                    self.from_caller(&call_id, "ACK", "");
+                    self.caller_sends(&call_id, "ACK", "");
                 }
             }
             Step::CallerBye(i) => {
                 if let Some(call_id) = self.pick(i) {
-                    self.from_caller(&call_id, "BYE", "");
+                    self.caller_sends(&call_id, "BYE", "");
                 }
             }
             Step::CalleeBye(i) => {
                 if let Some(call_id) = self.pick(i) {
-                    self.from_callee(&call_id, "BYE");
+                    self.callee_sends(&call_id, "BYE");
                 }
             }
             Step::Reinvite(i) => {
                 if let Some(call_id) = self.pick(i) {
-                    self.from_caller(&call_id, "INVITE", "");
+                    self.caller_sends(&call_id, "INVITE", "");
                 }
             }
             Step::Wait(ms) => self.advance(Duration::from_millis(ms)),
@@ -884,8 +884,8 @@ impl World {
             self.route(&call_id, phones(1002, 20, None));
         }
         for call_id in self.call_ids() {
-            self.from_caller(&call_id, "ACK", "");
-            self.from_caller(&call_id, "BYE", "");
+            self.caller_sends(&call_id, "ACK", "");
+            self.caller_sends(&call_id, "BYE", "");
             self.cancel(&call_id);
         }
         for _ in 0..20 {
@@ -928,7 +928,7 @@ proptest! {
 fn a_reinvite_is_relayed_to_the_other_leg_and_its_answer_comes_back() {
     let mut w = World::new(None);
     w.answered_call("c1", "", true);
-    let tx = w.from_caller("c1", "INVITE", "").unwrap();
+    let tx = w.caller_sends("c1", "INVITE", "").unwrap();
     let reinvites: Vec<(ReqId, Message)> = w
         .ringing()
         .into_iter()
@@ -941,7 +941,7 @@ fn a_reinvite_is_relayed_to_the_other_leg_and_its_answer_comes_back() {
         "no answer before the callee's"
     );
     // A second offer meanwhile is told to wait.
-    let second = w.from_caller("c1", "INVITE", "").unwrap();
+    let second = w.caller_sends("c1", "INVITE", "").unwrap();
     assert!(w.answers.contains(&(second, 491)));
     w.answer_fork(reinvites[0].0, 200);
     assert!(
@@ -955,7 +955,7 @@ fn a_reinvite_is_relayed_to_the_other_leg_and_its_answer_comes_back() {
         "the callee's 200 is ACKed"
     );
     // Refused by the callee: the offerer hears it, the call goes on.
-    let third = w.from_caller("c1", "INVITE", "").unwrap();
+    let third = w.caller_sends("c1", "INVITE", "").unwrap();
     let (req, _) = w
         .ringing()
         .into_iter()
