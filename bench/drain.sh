@@ -26,7 +26,7 @@ T0=$(date +%s.%N)
 kill -TERM $SERVER; wait $SERVER; RC=$?
 T1=$(date +%s.%N)
 echo "server exit rc=$RC after $(python3 -c "print(round($T1 - $T0, 3))") s"
-echo "BYEs not sent: $(grep -ac 'in-dialog request not sent' "$OUT/serve.log")"
+echo "BYEs not sent: $(grep -ac 'request not sent' "$OUT/serve.log")"
 python3 - "$OUT" <<'PY'
 import json, sqlite3, sys
 out = sys.argv[1]
