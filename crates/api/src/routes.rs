@@ -1127,9 +1127,26 @@ struct CarrierInput {
     /// 1 to 64 of A-Z a-z 0-9 - _.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
-    /// The networks the carrier's calls come from: addresses or `address/length`.
-    #[schema(min_items = 1, max_items = 64)]
+    /// The networks the carrier's calls come from: addresses or `address/length` (may
+    /// be empty for a carrier we register to).
+    #[serde(default)]
+    #[schema(max_items = 64)]
     addresses: Vec<String>,
+    /// Register to the carrier with digest credentials; calls from its registrar's
+    /// address are then its calls.
+    registration: Option<CarrierRegistrationInput>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CarrierRegistrationInput {
+    /// `host` or `host:port` (UDP; port 5060 when none is given).
+    registrar: String,
+    username: String,
+    /// Kept to answer the carrier's challenges; never returned.
+    password: String,
+    /// Seconds asked for in each REGISTER (60 to 86400; 600 when absent).
+    expires: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -1137,7 +1154,16 @@ struct CarrierView {
     name: String,
     /// Canonical networks (`192.0.2.10/32`).
     addresses: Vec<String>,
+    /// The registration we keep with the carrier (without its password).
+    registration: Option<CarrierRegistrationView>,
     created_at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct CarrierRegistrationView {
+    registrar: String,
+    username: String,
+    expires: u32,
 }
 
 impl From<switchyard_store::Carrier> for CarrierView {
@@ -1145,13 +1171,19 @@ impl From<switchyard_store::Carrier> for CarrierView {
         CarrierView {
             name: c.name,
             addresses: c.addresses,
+            registration: c.registration.map(|r| CarrierRegistrationView {
+                registrar: r.registrar,
+                username: r.username,
+                expires: r.expires,
+            }),
             created_at: c.created_at,
         }
     }
 }
 
-/// Adds a carrier: INVITEs from its networks to an assigned number of the DID pool reach
-/// the tenant holding the number (operator keys). Edges pick it up within seconds.
+/// Adds a carrier: INVITEs from its networks (or, for a carrier we register to, from its
+/// registrar's address) to an assigned number of the DID pool reach the tenant holding
+/// the number (operator keys). Edges pick it up within seconds and start registering.
 #[utoipa::path(post, path = "/v1/carriers", request_body = CarrierInput, security(("api_key" = [])),
     responses((status = 201, body = CarrierView), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_carrier(
@@ -1160,9 +1192,17 @@ async fn create_carrier(
     Body(input): Body<CarrierInput>,
 ) -> Result<(StatusCode, Json<CarrierView>), ApiError> {
     who.operator_write()?;
+    let registration = input
+        .registration
+        .map(|r| switchyard_store::CarrierRegistration {
+            registrar: r.registrar,
+            username: r.username,
+            password: r.password,
+            expires: r.expires.unwrap_or(600),
+        });
     let c = state
         .store
-        .create_carrier(&input.name, &input.addresses)
+        .create_carrier_with(&input.name, &input.addresses, registration)
         .await?;
     Ok((StatusCode::CREATED, Json(c.into())))
 }

@@ -1714,6 +1714,47 @@ on_both!(operators_add_list_and_remove_carriers, |store| {
         .await;
     assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("addresses"));
 
+    // A carrier we register to: no networks needed, its password never shown.
+    let (s, _, c) = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&op),
+            Some(json!({"name": "pstn-reg", "registration": {
+                "registrar": "sip.carrier.example:5070", "username": "pbx-1", "password": "s3cret"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    assert_eq!(
+        c["registration"],
+        json!({"registrar": "sip.carrier.example:5070", "username": "pbx-1", "expires": 600})
+    );
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&op),
+            Some(json!({"name": "pstn-c", "registration": {
+                "registrar": "sip.carrier.example", "username": "pbx-1", "password": "", "expires": 600}})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("registration"));
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/carriers",
+            Some(&op),
+            Some(json!({"name": "pstn-c"})),
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("addresses"));
+    let (_, _, list) = api.call(Method::GET, "/v1/carriers", Some(&op), None).await;
+    assert!(!list.to_string().contains("s3cret"), "{list}");
+    let (s, _, _) = api
+        .call(Method::DELETE, "/v1/carriers/pstn-reg", Some(&op), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
     // Carriers are the operator's: a tenant key neither sees nor adds them.
     let t = api.create_tenant(&op, "Acme", "acme.example.com").await;
     let key = issue_key(&store, t["id"].as_str().unwrap(), false)

@@ -1,13 +1,15 @@
-//! Carriers and the numbers they call, in memory: which source networks are a carrier's,
-//! and which tenant holds each assigned number of the DID pool. A call from a carrier is
-//! routed by the number it is for (the Request-URI's user), never by a domain it names.
+//! Carriers and the numbers they call, in memory: which source networks are a carrier's
+//! (or, for a carrier we register to, its registrar's address), and which tenant holds
+//! each assigned number of the DID pool. A call from a carrier is routed by the number it
+//! is for (the Request-URI's user; `To`'s when the Request-URI is the Contact we
+//! registered), never by a domain it names.
 //!
 //! Refreshed off the hot path ([`Carriers::spawn_refresher`]): at start, every few
 //! seconds, and soon after a tenant's change event (a number assigned, released or
 //! pointed elsewhere bumps its tenant's version).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,10 +19,14 @@ use tracing::{debug, warn};
 use switchyard_store::{ChangeEvent, Store, StoreError};
 use switchyard_types::Prefix;
 
+use crate::uplinks::UplinkSpec;
+
 /// How often carriers and numbers are read again without a change event.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// After a change event, how soon they are read again (events in a burst share it).
 const AFTER_CHANGE: Duration = Duration::from_millis(200);
+/// How long a registrar's name may take to resolve.
+const RESOLVE_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct Table {
@@ -28,6 +34,8 @@ struct Table {
     networks: Vec<(Prefix, String)>,
     /// E.164 number -> (tenant id, tenant domain)
     numbers: HashMap<String, (String, String)>,
+    /// The registrations we keep, their registrars resolved.
+    uplinks: Vec<UplinkSpec>,
 }
 
 /// The edge's carriers and the pool's assigned numbers.
@@ -41,13 +49,34 @@ impl Carriers {
         Carriers::default()
     }
 
-    /// The carrier whose networks hold `source`.
+    /// The carrier whose networks hold `source`, or whose registrar it is.
     pub fn carrier_of(&self, source: IpAddr) -> Option<String> {
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         t.networks
             .iter()
             .find(|(net, _)| net.contains(source))
             .map(|(_, name)| name.clone())
+            .or_else(|| {
+                t.uplinks
+                    .iter()
+                    .find(|u| u.registrar.ip() == source)
+                    .map(|u| u.carrier.clone())
+            })
+    }
+
+    /// Whether `user` is the name `carrier` knows us by (the user of the Contact we
+    /// registered): its calls then name the number in `To`.
+    pub fn is_our_registered_user(&self, carrier: &str, user: &str) -> bool {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.uplinks
+            .iter()
+            .any(|u| u.carrier == carrier && u.username == user)
+    }
+
+    /// The registrations to keep, as last read.
+    pub fn uplinks(&self) -> Vec<UplinkSpec> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.uplinks.clone()
     }
 
     /// The tenant (id, domain) holding `number`: E.164 with or without the `+`.
@@ -61,7 +90,40 @@ impl Carriers {
     pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
         let carriers = store.carriers().await?;
         let numbers = store.assigned_numbers().await?;
+        let mut uplinks = Vec::new();
+        for c in &carriers {
+            let Some(r) = &c.registration else { continue };
+            let (host, port) = r.host_port();
+            let target = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let resolved =
+                tokio::time::timeout(RESOLVE_LIMIT, tokio::net::lookup_host(target)).await;
+            let registrar: Option<SocketAddr> = match resolved {
+                Ok(Ok(mut addrs)) => addrs.next(),
+                _ => None,
+            };
+            let Some(registrar) = registrar else {
+                warn!(
+                    carrier = c.name,
+                    registrar = r.registrar,
+                    "carrier registrar does not resolve"
+                );
+                continue;
+            };
+            uplinks.push(UplinkSpec {
+                carrier: c.name.clone(),
+                domain: host,
+                registrar,
+                username: r.username.clone(),
+                password: r.password.clone(),
+                expires: r.expires,
+            });
+        }
         let table = Table {
+            uplinks,
             networks: carriers
                 .iter()
                 .flat_map(|c| c.networks().into_iter().map(|n| (n, c.name.clone())))

@@ -34,5 +34,6 @@ pub mod registrar;
 pub mod responder;
 pub mod run;
 pub mod token;
+pub mod uplinks;
 
 pub use run::{EdgeCounters, EdgeDeps, EdgeSettings, run};

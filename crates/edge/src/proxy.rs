@@ -313,11 +313,21 @@ impl Proxy {
         if let Some(carrier) = carrier.filter(|_| initial && method == Method::Invite) {
             // From the PSTN: the number decides the tenant, and the number's tenant's
             // caps apply, as for its own phones' calls.
-            let dialled = msg
+            let mut dialled = msg
                 .request_uri()
                 .and_then(|u| u.ok())
                 .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
                 .unwrap_or_default();
+            let to_our_contact = self.carriers.is_our_registered_user(&carrier, &dialled);
+            if to_our_contact {
+                // Sent to the Contact we registered: the number is in To.
+                dialled = msg
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.uri().ok())
+                    .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
+                    .unwrap_or_default();
+            }
             let Some((_, domain)) = self.carriers.holder_of(&dialled) else {
                 info!(carrier, dialled, "carrier call to a number not in service");
                 return self.answer(msg, ingress, 404, "Number not in service");
@@ -334,6 +344,10 @@ impl Proxy {
                 .unwrap_or_default();
             info!(tenant = %tenant.id, carrier, dialled, caller, call_id, core = %core.node.id, "carrier call to core");
             new_call = Some(new_call_of(tenant, msg, core.addr));
+            if to_our_contact {
+                // The core routes by the Request-URI: it names the number.
+                edit = edit.set_request_uri(&format!("sip:{dialled}@{domain}"));
+            }
             edit = edit
                 .add_header(TENANT_HEADER, &tenant.id)
                 .add_header(CALLER_HEADER, &caller)

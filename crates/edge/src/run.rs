@@ -46,6 +46,7 @@ use crate::metrics::{Rejection, TenantMetrics};
 use crate::proxy::{Proxy, Verdict};
 use crate::registrar::{Ingress, Registrar};
 use crate::responder::{Decision, Responder};
+use crate::uplinks::Uplinks;
 
 /// Settings of the shell.
 #[derive(Debug, Clone)]
@@ -113,6 +114,8 @@ pub struct EdgeCounters {
     /// Server and client transactions alive in the edge (each holds its messages until
     /// its timers end: 32 s for a non-INVITE over UDP).
     pub transactions: AtomicU64,
+    /// Each carrier we register to and whether its registration is current.
+    pub uplinks: std::sync::Mutex<Vec<(String, bool)>>,
 }
 
 impl EdgeCounters {
@@ -187,6 +190,19 @@ impl EdgeCounters {
                 get(c),
             )
         }))
+        .chain(
+            self.uplinks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(carrier, up)| {
+                    (
+                        format!("switchyard_carrier_registered{{carrier=\"{carrier}\"}}"),
+                        f64::from(u8::from(*up)),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
         .collect()
     }
 }
@@ -210,6 +226,7 @@ pub async fn run(
         calls: CallTracker::new(),
         cores_up: HashSet::new(),
         next_renewal: Instant::now() + LEASE_RENEW_EVERY,
+        uplinks: Uplinks::new(),
     };
     let mut purge = tokio::time::interval(Duration::from_secs(60));
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -331,6 +348,8 @@ struct Shell {
     /// Cores seen answering pings at the last sweep: one that stops has lost its calls.
     cores_up: HashSet<SocketAddr>,
     next_renewal: Instant,
+    /// The registrations we keep with carriers.
+    uplinks: Uplinks,
 }
 
 impl Shell {
@@ -529,6 +548,16 @@ impl Shell {
                 }
                 let verdict = self.deps.proxy.response(&msg);
                 self.forward(verdict, peer.source).await
+            }
+            Event::Response { tx, msg } if self.uplinks.owns(tx) => {
+                if let Some(again) = self.uplinks.on_response(tx, &msg, Instant::now()) {
+                    self.send_uplink(again);
+                }
+                self.publish_uplinks();
+            }
+            Event::Timeout { tx } | Event::TransportError { tx } if self.uplinks.owns(tx) => {
+                self.uplinks.on_failure(tx, Instant::now());
+                self.publish_uplinks();
             }
             Event::Ack { .. } | Event::Response { .. } | Event::Terminated { .. } => {}
             Event::Timeout { tx } => debug!(?tx, "transaction timed out"),
@@ -749,6 +778,7 @@ impl Shell {
     async fn housekeeping(&mut self) {
         let now = Instant::now();
         self.calls.handle_timeout(now);
+        self.keep_uplinks(now);
         if let Some(health) = &self.deps.proxy.health {
             for core in &self.deps.proxy.cores {
                 if health.is_healthy(core.addr, now) {
@@ -772,6 +802,52 @@ impl Shell {
                 });
             }
         }
+    }
+
+    /// Registrations to carriers: the configured ones followed, the due REGISTERs sent
+    /// from the public socket of the registrar's family.
+    fn keep_uplinks(&mut self, now: Instant) {
+        let specs = self.deps.proxy.carriers.uplinks();
+        self.uplinks.update(&specs, now);
+        let public = self.deps.proxy.public_udp.clone();
+        let due = self.uplinks.due(now, |registrar| {
+            public
+                .iter()
+                .find(|l| l.is_ipv4() == registrar.is_ipv4())
+                .copied()
+        });
+        for out in due {
+            self.send_uplink(out);
+        }
+        self.publish_uplinks();
+    }
+
+    fn send_uplink(&mut self, out: crate::uplinks::Outgoing) {
+        let peer = Peer {
+            target: switchyard_sip_net::Target::Datagram {
+                local: out.local,
+                dest: out.registrar,
+            },
+            source: out.registrar,
+            transport: switchyard_sip_net::Transport::Udp,
+            local: out.local,
+        };
+        match self
+            .layer
+            .send_request(out.request, peer, false, Instant::now())
+        {
+            Ok(tx) => self.uplinks.sent(&out.carrier, tx),
+            Err(e) => warn!(carrier = out.carrier, error = %e, "REGISTER to the carrier not sent"),
+        }
+    }
+
+    fn publish_uplinks(&self) {
+        *self
+            .deps
+            .counters
+            .uplinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.uplinks.status(Instant::now());
     }
 
     async fn send_answer(&self, incoming: &Incoming, msg: &Message, status: u16, bytes: Bytes) {

@@ -47,7 +47,7 @@ pub(crate) fn check_version(version: i64, expected: Option<i64>) -> Result<()> {
 }
 
 pub use api_keys::ApiKey;
-pub use carriers::Carrier;
+pub use carriers::{Carrier, CarrierRegistration};
 pub use dids::check_e164;
 pub use error::StoreError;
 pub use events::{ChangeEvent, spawn_dispatcher};

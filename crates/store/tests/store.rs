@@ -972,3 +972,73 @@ on_both!(
         ));
     }
 );
+
+on_both!(
+    carriers_we_register_to_keep_their_credentials_and_refuse_bad_ones,
+    |store| {
+        use switchyard_store::CarrierRegistration;
+        let registration =
+            |registrar: &str, username: &str, password: &str, expires| CarrierRegistration {
+                registrar: registrar.into(),
+                username: username.into(),
+                password: password.into(),
+                expires,
+            };
+        let c = store
+            .create_carrier_with(
+                "pstn-reg",
+                &[],
+                Some(registration(
+                    "sip.carrier.example:5070",
+                    "pbx-1",
+                    "s3cret!",
+                    300,
+                )),
+            )
+            .await
+            .unwrap();
+        assert!(c.addresses.is_empty(), "no networks needed");
+        let stored = store.carriers().await.unwrap();
+        assert_eq!(stored, std::slice::from_ref(&c));
+        let r = stored[0].registration.as_ref().unwrap();
+        assert_eq!(r.host_port(), ("sip.carrier.example".to_owned(), 5070));
+        assert_eq!(r.password, "s3cret!");
+        assert_eq!(
+            registration("[2001:db8::1]", "u", "p", 600).host_port(),
+            ("2001:db8::1".to_owned(), 5060)
+        );
+        for (registration, why) in [
+            (registration("", "u", "p", 600), "registrar"),
+            (
+                registration("carrier.example:0", "u", "p", 600),
+                "registrar",
+            ),
+            (registration("carrier example", "u", "p", 600), "registrar"),
+            (registration("carrier.example", "u@x", "p", 600), "username"),
+            (registration("carrier.example", "u", "", 600), "password"),
+            (registration("carrier.example", "u", "a b", 600), "password"),
+            (registration("carrier.example", "u", "p", 10), "expires"),
+        ] {
+            match store
+                .create_carrier_with("pstn-bad", &[], Some(registration.clone()))
+                .await
+            {
+                Err(StoreError::Invalid { field, rule }) => {
+                    assert_eq!(field, "registration");
+                    assert!(rule.contains(why), "{registration:?}: {rule}");
+                }
+                other => panic!("{registration:?}: {other:?}"),
+            }
+        }
+        // A carrier with neither networks nor a registration cannot be recognised.
+        assert!(matches!(
+            store.create_carrier_with("pstn-bad", &[], None).await,
+            Err(StoreError::Invalid { .. })
+        ));
+        assert_eq!(
+            store.carriers().await.unwrap().len(),
+            1,
+            "refusals wrote nothing"
+        );
+    }
+);

@@ -7,6 +7,11 @@
 //! tone; an office phone's call to an external number fails over from the first trunk to
 //! the second, shows the tenant's number as the caller and rings the PSTN phone. Runs in
 //! its own network namespace (`common::netns`).
+//!
+//! A second carrier (Kamailio on 127.0.0.9) wants its customers to register: the operator
+//! adds it with digest credentials and no networks; the edge registers, answering the
+//! challenge, and the carrier's call to a number, sent to the Contact we registered with
+//! the number in To, rings the extension the number points at.
 
 mod common;
 
@@ -17,6 +22,8 @@ use common::Server;
 use common::baresip::{Baresip, account, free_port_pair, goertzel, read_wav};
 
 const CARRIER_IP: &str = "127.0.0.7";
+/// The carrier we register to.
+const REGISTRAR_IP: &str = "127.0.0.9";
 const DID: &str = "+15550100001";
 const PSTN_PHONE: &str = "+4930555";
 
@@ -30,7 +37,6 @@ struct Kamailio {
 
 impl Kamailio {
     fn start(edge: std::net::SocketAddr) -> Kamailio {
-        let dir = tempfile::tempdir().unwrap();
         let port = free_port_pair();
         let failing_port = loop {
             let p = free_port_pair();
@@ -44,6 +50,22 @@ impl Kamailio {
             .replace("@FAILING@", &format!("{CARRIER_IP}:{failing_port}"))
             .replace("@EDGE_PORT@", &edge.port().to_string())
             .replace("@EDGE@", &edge.to_string());
+        Kamailio::run(&cfg, CARRIER_IP, port, failing_port)
+    }
+
+    /// The carrier that wants us to register as `user` with `password`.
+    fn registrar(user: &str, password: &str) -> Kamailio {
+        let port = free_port_pair();
+        let cfg = include_str!("carrier/registrar.cfg")
+            .replace("@LISTEN@", &format!("{REGISTRAR_IP}:{port}"))
+            .replace("@HOST@", REGISTRAR_IP)
+            .replace("@USER@", user)
+            .replace("@PASSWORD@", password);
+        Kamailio::run(&cfg, REGISTRAR_IP, port, 0)
+    }
+
+    fn run(cfg: &str, ip: &str, port: u16, failing_port: u16) -> Kamailio {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kamailio.cfg");
         std::fs::write(&path, cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
@@ -67,9 +89,7 @@ impl Kamailio {
         let local = probe.local_addr().unwrap();
         for i in 0..50 {
             let options = common::options("UDP", local, &format!("probe-{i}"));
-            probe
-                .send_to(options.as_bytes(), (CARRIER_IP, port))
-                .unwrap();
+            probe.send_to(options.as_bytes(), (ip, port)).unwrap();
             let mut buf = [0u8; 2048];
             if probe.recv_from(&mut buf).is_ok() {
                 return Kamailio {
@@ -328,5 +348,176 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
     assert!(
         log.contains(&format!("carrier: {PSTN_PHONE} to a PSTN phone from {DID}")),
         "the call out failed over and showed the tenant's number: {log}"
+    );
+}
+
+#[test]
+fn a_carrier_we_register_to_sends_its_calls_to_our_registration() {
+    if common::netns::run_isolated("a_carrier_we_register_to_sends_its_calls_to_our_registration") {
+        return;
+    }
+    const NUMBER: &str = "+15550100002";
+    let server = Server::start(&[]);
+    let creds: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let domain = creds["domain"].as_str().unwrap();
+    let tenant = creds["tenant_id"].as_str().unwrap();
+    let office_ext = &creds["extensions"][0];
+    let edge = server.addr("UDP");
+    let carrier = Kamailio::registrar("pbx-7", "s3cret-7");
+
+    created(
+        &server,
+        "/v1/carriers",
+        &format!(
+            r#"{{"name":"registering","registration":{{"registrar":"{REGISTRAR_IP}:{}","username":"pbx-7","password":"s3cret-7","expires":120}}}}"#,
+            carrier.port
+        ),
+    );
+    created(
+        &server,
+        "/v1/numbers",
+        &format!(r#"{{"numbers":["{NUMBER}"]}}"#),
+    );
+    let number = created(&server, &format!("/v1/tenants/{tenant}/numbers"), "");
+    assert_eq!(number["number"], NUMBER);
+    let (_, exts) = server.api("GET", &format!("/v1/tenants/{tenant}/extensions"), None);
+    let office_id = exts["items"]
+        .as_array()
+        .or(exts.as_array())
+        .unwrap()
+        .iter()
+        .find(|e| e["username"] == office_ext["username"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, r) = server.api(
+        "PUT",
+        &format!(
+            "/v1/tenants/{tenant}/numbers/{}/target",
+            NUMBER.replace('+', "%2B")
+        ),
+        Some(&format!(
+            r#"{{"target":{{"kind":"extension","id":"{office_id}"}}}}"#
+        )),
+    );
+    assert!(s < 300, "{s} {r}");
+
+    // The edge registers within seconds (the carrier table is read every 5 s, sooner
+    // after a change), answering the carrier's challenge.
+    let registered = |server: &Server| {
+        server
+            .metrics()
+            .get("switchyard_carrier_registered{carrier=\"registering\"}")
+            .copied()
+            == Some(1.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !registered(&server) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not registered; serve:\n{}\nkamailio:\n{}",
+            server.log(),
+            carrier.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = carrier.log();
+    assert!(
+        log.contains("carrier: challenging the PBX's REGISTER"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "carrier: the PBX registered as pbx-7 with contact <sip:pbx-7@{edge}>"
+        )),
+        "{log}"
+    );
+
+    // Someone who is not the carrier cannot use our registered name to reach the number.
+    let spoof = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    spoof
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let local = spoof.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:pbx-7@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKspoof1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:+4930666@{local}>;tag=s\r\nTo: <sip:{NUMBER}@{edge}>\r\nCall-ID: spoof-1\r\nCSeq: 1 INVITE\r\nContact: <sip:x@{local}>\r\nContent-Length: 0\r\n\r\n"
+    );
+    spoof.send_to(invite.as_bytes(), edge).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = spoof
+        .recv_from(&mut buf)
+        .expect("an answer to the spoofed INVITE");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let status: u16 = answer[8..11].parse().unwrap();
+    assert!(
+        matches!(status, 403 | 404),
+        "a non-carrier source is refused: {answer}"
+    );
+
+    // The PSTN phone (registered at the carrier) calls the number: the carrier sends it
+    // to our registration, and extension 1001 answers.
+    let mut pstn = Baresip::start("pstn", 1000.0, 30.0);
+    pstn.register(&format!(
+        "<sip:{PSTN_PHONE}@{REGISTRAR_IP}:{}>;regint=600;answermode=auto",
+        carrier.port
+    ));
+    let mut office = Baresip::start("office", 440.0, 30.0);
+    office.register(&account(domain, office_ext, edge, ";answermode=auto"));
+    pstn.command(
+        "dial",
+        &format!("sip:{NUMBER}@{REGISTRAR_IP}:{}", carrier.port),
+    );
+    for phone in [&pstn, &office] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !phone
+            .events()
+            .iter()
+            .any(|e| e["type"] == "CALL_ESTABLISHED")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never established; serve:\n{}\nkamailio:\n{}",
+                phone.name,
+                server.log(),
+                carrier.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    pstn.command("hangup", "");
+    pstn.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    office.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    heard_each_other(&pstn, 1000.0, &office, 440.0);
+    assert!(
+        carrier
+            .log()
+            .contains(&format!("carrier: {NUMBER} to the PBX at sip:pbx-7@{edge}")),
+        "{}",
+        carrier.log()
+    );
+
+    let mut cdrs = Vec::new();
+    for _ in 0..100 {
+        let (_, page) = server.api("GET", &format!("/v1/tenants/{tenant}/cdrs"), None);
+        cdrs = page.as_array().cloned().unwrap_or_default();
+        if !cdrs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
+    assert!(
+        cdrs[0]["from_uri"]
+            .as_str()
+            .unwrap_or("")
+            .contains(PSTN_PHONE),
+        "{}",
+        cdrs[0]
     );
 }
