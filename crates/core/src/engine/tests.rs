@@ -198,13 +198,18 @@ struct World {
     sent: Vec<(ReqId, Message, bool)>,
     transmits: Vec<(Instant, Message)>,
     routes: Vec<(String, RouteRequest)>,
-    forwards: Vec<(u64, ForwardFor, Reroute)>,
+    forwards: Vec<(u64, ForwardFor, Reroute, String)>,
+    /// Trunk channels the lookups seized: (trunk key, Call-ID).
+    seized: Vec<(String, String)>,
     sessions: HashSet<String>,
     cdrs: Vec<Cdr>,
     /// What the media node says a call's legs have been silent for.
     silent_ms: u64,
     /// Every answer the engine gave: (transaction, status).
     answers: Vec<(TxId, u16)>,
+    /// Trunk channels given back and leases renewed: (trunk key, Call-ID).
+    released: Vec<(String, String)>,
+    renewed: Vec<Vec<(String, String)>>,
 }
 
 impl World {
@@ -229,10 +234,13 @@ impl World {
             transmits: Vec::new(),
             routes: Vec::new(),
             forwards: Vec::new(),
+            seized: Vec::new(),
             sessions: HashSet::new(),
             cdrs: Vec::new(),
             silent_ms: 0,
             answers: Vec::new(),
+            released: Vec::new(),
+            renewed: Vec::new(),
         }
     }
 
@@ -298,6 +306,10 @@ impl World {
             .expect("a routing step asked for");
         let (call_id, request) = self.routes.remove(i);
         self.sessions.insert(request.session.clone());
+        if let Ring::Trunk { leg, .. } = &ring {
+            self.seized
+                .push((format!("trunk:{}", leg.trunk_id), request.leg_b.clone()));
+        }
         if let Some(c) = self.callers.get_mut(&call_id) {
             c.rang = c.finals.is_empty();
         }
@@ -324,7 +336,10 @@ impl World {
 
     /// Answers the oldest forward lookup.
     fn forward(&mut self, ring: Ring) {
-        let (key, purpose, _) = self.forwards.remove(0);
+        let (key, purpose, _, leg_b) = self.forwards.remove(0);
+        if let Ring::Trunk { leg, .. } = &ring {
+            self.seized.push((format!("trunk:{}", leg.trunk_id), leg_b));
+        }
         self.engine.handle_lookup(
             Lookup::Forwarded {
                 key,
@@ -491,8 +506,16 @@ impl World {
                     key,
                     purpose,
                     target,
+                    release,
+                    leg_b,
                     ..
-                } => self.forwards.push((key, purpose, target)),
+                } => {
+                    // The shell gives the channel back before it looks the target up.
+                    if let Some((k, m)) = release {
+                        self.released.push((k.as_str().to_owned(), m));
+                    }
+                    self.forwards.push((key, purpose, target, leg_b))
+                }
                 Output::Media { job, request } => {
                     let reply = match request {
                         Request::Offer { .. } | Request::Answer { .. } => {
@@ -520,7 +543,14 @@ impl World {
                             .handle_media(MediaAnswer { job, reply }, self.now);
                     }
                 }
-                Output::ReleaseChannels(_) | Output::RenewChannels { .. } => {}
+                Output::ReleaseChannels(held) => self
+                    .released
+                    .extend(held.into_iter().map(|(k, m)| (k.as_str().to_owned(), m))),
+                Output::RenewChannels { held, .. } => self.renewed.push(
+                    held.into_iter()
+                        .map(|(k, m)| (k.as_str().to_owned(), m))
+                        .collect(),
+                ),
                 Output::Cdr(cdr) => self.cdrs.push(cdr),
             }
         }
@@ -643,7 +673,7 @@ fn an_unanswered_call_follows_the_forward_on_no_answer() {
         "1002 stops ringing"
     );
     assert!(w.callers["c1"].finals.is_empty(), "the caller waits");
-    let (_, _, target) = w
+    let (_, _, target, _) = w
         .forwards
         .first()
         .cloned()
@@ -827,7 +857,12 @@ impl World {
             Step::Route(i) => {
                 if !self.routes.is_empty() {
                     let call_id = self.routes[i % self.routes.len()].0.clone();
-                    self.route(&call_id, phones(1002, 20, Some("1003")));
+                    let ring = if i % 2 == 0 {
+                        phones(1002, 20, Some("1003"))
+                    } else {
+                        trunk("t-a", &["t-b"])
+                    };
+                    self.route(&call_id, ring);
                 }
             }
             Step::Ring(i) | Step::Answer(i) | Step::Busy(i) | Step::NoReply(i) => {
@@ -889,8 +924,12 @@ impl World {
             self.cancel(&call_id);
         }
         for _ in 0..20 {
-            while !self.forwards.is_empty() {
-                self.forward(phones(1003, 20, None));
+            while let Some((_, _, target, _)) = self.forwards.first() {
+                let ring = match target {
+                    Reroute::Failover { .. } => trunk("t-b", &[]),
+                    _ => phones(1003, 20, None),
+                };
+                self.forward(ring);
             }
             self.advance(Duration::from_secs(60));
         }
@@ -904,8 +943,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     /// Any sequence of SIP events, lookup answers and waits leaves no call, timer, pending
-    /// answer or media session behind once every leg has ended; every caller gets exactly
-    /// one final answer, and every call that rang one CDR.
+    /// answer, trunk channel or media session behind once every leg has ended; every
+    /// caller gets exactly one final answer, and every call that rang one CDR.
     #[test]
     fn nothing_is_left_behind_once_every_leg_has_ended(steps in proptest::collection::vec(step(), 1..60)) {
         let mut w = World::new(Some(Duration::from_secs(30)));
@@ -921,6 +960,9 @@ proptest! {
         }
         let routed = w.callers.values().filter(|c| c.rang).count();
         prop_assert_eq!(w.cdrs.len(), routed);
+        for held in &w.seized {
+            prop_assert!(w.released.contains(held), "channel {:?} never given back", held);
+        }
     }
 }
 
@@ -964,4 +1006,118 @@ fn a_reinvite_is_relayed_to_the_other_leg_and_its_answer_comes_back() {
     w.answer_fork(req, 488);
     assert!(w.answers.contains(&(third, 488)));
     assert!(w.sent_methods(Method::Bye).is_empty());
+}
+
+fn trunk(id: &str, rest: &[&str]) -> Ring {
+    Ring::Trunk {
+        leg: crate::routing::TrunkLeg {
+            trunk_id: id.into(),
+            route_id: format!("route-{id}"),
+            number: "+4930555".into(),
+            host: "carrier.example".into(),
+            port: None,
+            dest: "192.0.2.7:5060".parse().unwrap(),
+            holds_channel: true,
+            credentials: None,
+        },
+        rest: rest
+            .iter()
+            .map(|t| crate::dialplan::OutboundAttempt {
+                route_id: format!("route-{t}"),
+                trunk_id: (*t).into(),
+                number: "+4930555".into(),
+            })
+            .collect(),
+        dialled: "004930555".into(),
+        emergency: false,
+    }
+}
+
+#[test]
+fn a_silent_trunk_is_given_up_after_five_seconds_for_the_next_route() {
+    let mut w = World::new(None);
+    w.invite("c1", "004930555", "");
+    w.route("c1", trunk("t-a", &["t-b"]));
+    let (first, invite) = w.ringing().pop().unwrap();
+    assert!(
+        invite
+            .header(HeaderName::Route)
+            .unwrap()
+            .contains("sy-trunk=192.0.2.7:5060"),
+        "through the edge to the trunk"
+    );
+    let leg_b = w.callers["c1"].leg_b.clone().unwrap();
+    w.advance(Duration::from_millis(4_999));
+    assert!(w.forwards.is_empty(), "the trunk has 5 s to say anything");
+    w.advance(Duration::from_millis(1));
+    let (_, _, target, _) = w
+        .forwards
+        .first()
+        .cloned()
+        .expect("the next route is looked up");
+    assert!(matches!(target, Reroute::Failover { ref rest, .. } if rest.len() == 1));
+    assert_eq!(
+        w.released,
+        vec![("trunk:t-a".to_owned(), leg_b.clone())],
+        "the silent trunk's channel goes back"
+    );
+    w.forward(trunk("t-b", &[]));
+    let ringing = w.ringing();
+    let second = ringing.iter().find(|(r, _)| *r != first).unwrap().0;
+    // A trunk that answered something is not silent: no failover after 5 s.
+    w.answer_fork(second, 100);
+    w.advance(Duration::from_secs(10));
+    assert_eq!(w.forwards.len(), 0);
+    assert!(w.callers["c1"].finals.is_empty());
+    w.answer_fork(second, 200);
+    assert_eq!(w.callers["c1"].finals, vec![200]);
+    // The held channel's lease is renewed every 30 s while the call lasts.
+    w.caller_sends("c1", "ACK", "");
+    w.advance(Duration::from_secs(30));
+    assert!(
+        w.renewed
+            .iter()
+            .any(|held| held.contains(&("trunk:t-b".to_owned(), leg_b.clone()))),
+        "{:?}",
+        w.renewed
+    );
+    w.caller_sends("c1", "BYE", "");
+    assert!(w.released.contains(&("trunk:t-b".to_owned(), leg_b)));
+    assert!(w.cdrs[0].legs.contains("failover"), "{}", w.cdrs[0].legs);
+    assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn a_drain_stops_waiting_for_answers_after_its_limit() {
+    let mut w = World::new(None);
+    w.answered_call("up", "", true);
+    // The world answers nothing from now on: BYEs stay unanswered.
+    let before = w.sent.len();
+    let tx = w.tx();
+    let _ = tx;
+    w.engine.shutdown(w.now);
+    // Take the BYEs out without answering them.
+    while let Some(output) = w.engine.poll_output() {
+        match output {
+            Output::Send { req, request, .. } => w.sent.push((req, request, false)),
+            Output::Media { job: Some(job), .. } => w.engine.handle_media(
+                MediaAnswer {
+                    job,
+                    reply: Ok(Reply::Stats {
+                        stats: SessionStats::default(),
+                    }),
+                },
+                w.now,
+            ),
+            Output::Cdr(cdr) => w.cdrs.push(cdr),
+            _ => {}
+        }
+    }
+    assert_eq!(w.sent.len() - before, 2, "two BYEs sent");
+    assert_eq!(w.cdrs.len(), 1, "the CDR is written at once");
+    assert!(!w.engine.drained(), "waiting for the BYEs' answers");
+    w.advance(Duration::from_millis(4_999));
+    assert!(!w.engine.drained());
+    w.advance(Duration::from_millis(1));
+    assert!(w.engine.drained(), "5 s is the limit");
 }
