@@ -92,13 +92,15 @@ pub fn spawn_core(
                 break;
             }
             let next = shell.engine.poll_timeout();
+            // The signal and configuration changes first, then work already under way
+            // (media answers, lookups, timers), then what the network brings: under
+            // overload calls in progress finish instead of every call slowing down
+            // together.
             tokio::select! {
-                ev = events.recv() => {
-                    let Some(ev) = ev else { break };
-                    shell.on_event(ev).await;
+                biased;
+                _ = shutdown.changed(), if !shell.engine.draining() => {
+                    shell.engine.shutdown(Clock::now());
                 }
-                Some(lookup) = lookups.recv() => shell.engine.handle_lookup(lookup, Clock::now()),
-                Some(answer) = media_answers.recv() => shell.engine.handle_media(answer, Clock::now()),
                 change = changes.recv() => match change {
                     Ok(e) => {
                         debug!(tenant = e.tenant_id, version = e.config_version, "configuration changed");
@@ -109,9 +111,12 @@ pub fn spawn_core(
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
+                Some(answer) = media_answers.recv() => shell.engine.handle_media(answer, Clock::now()),
+                Some(lookup) = lookups.recv() => shell.engine.handle_lookup(lookup, Clock::now()),
                 _ = sleep_until(next) => shell.engine.handle_timeout(Clock::now()),
-                _ = shutdown.changed(), if !shell.engine.draining() => {
-                    shell.engine.shutdown(Clock::now());
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    shell.on_event(ev).await;
                 }
             }
         }
