@@ -269,14 +269,19 @@ impl Shell {
                 at_ms,
             } => {
                 let (deps, done) = (self.deps.clone(), self.lookups.clone());
-                tokio::spawn(async move {
+                let work = async move {
                     let outcome = routing::route_call(deps, request.clone(), at_ms).await;
-                    let _ = done.send(Lookup::Routed {
+                    Lookup::Routed {
                         call_id,
                         request,
                         outcome: Box::new(outcome),
-                    });
-                });
+                    }
+                };
+                if let Some(lookup) = now_or_in_task(work, move |l| {
+                    let _ = done.send(l);
+                }) {
+                    self.engine.handle_lookup(lookup, Clock::now());
+                }
             }
             Output::Forward {
                 key,
@@ -289,7 +294,7 @@ impl Shell {
                 at_ms,
             } => {
                 let (deps, done) = (self.deps.clone(), self.lookups.clone());
-                tokio::spawn(async move {
+                let work = async move {
                     if let Some(held) = release
                         && let Err(e) = deps.channels.release(&[held]).await
                     {
@@ -297,21 +302,30 @@ impl Shell {
                     }
                     let outcome =
                         routing::forward_to(&deps, &config, &tenant, &leg_b, &target, at_ms).await;
-                    let _ = done.send(Lookup::Forwarded {
+                    Lookup::Forwarded {
                         key,
                         purpose,
                         outcome,
-                    });
-                });
+                    }
+                };
+                if let Some(lookup) = now_or_in_task(work, move |l| {
+                    let _ = done.send(l);
+                }) {
+                    self.engine.handle_lookup(lookup, Clock::now());
+                }
             }
             Output::Media { job, request } => {
                 let (media, done) = (self.media.clone(), self.media_answers.clone());
-                tokio::spawn(async move {
-                    let reply = media.call(request).await;
+                let work = async move { media.call(request).await };
+                let deliver = move |reply| {
                     if let Some(job) = job {
                         let _ = done.send(MediaAnswer { job, reply });
                     }
-                });
+                };
+                if let (Some(reply), Some(job)) = (now_or_in_task(work, deliver), job) {
+                    self.engine
+                        .handle_media(MediaAnswer { job, reply }, Clock::now());
+                }
             }
             Output::ReleaseChannels(held) => {
                 let channels = self.deps.channels.clone();
@@ -330,6 +344,27 @@ impl Shell {
                 });
             }
             Output::Cdr(cdr) => self.cdrs.send(cdr),
+        }
+    }
+}
+
+/// Runs `work` at once when it finishes without waiting (the in-process media node, a
+/// configuration and contacts already in memory): its result is returned and handled in
+/// line, as cheap as a function call. Otherwise it goes on in a task that hands its
+/// result to `deliver`, so it holds up no other call.
+fn now_or_in_task<T, F, D>(work: F, deliver: D) -> Option<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+    D: FnOnce(T) + Send + 'static,
+{
+    let mut work = Box::pin(work);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match work.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(done) => Some(done),
+        std::task::Poll::Pending => {
+            tokio::spawn(async move { deliver(work.await) });
+            None
         }
     }
 }
