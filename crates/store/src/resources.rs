@@ -690,27 +690,35 @@ impl Store {
 
     /// Records a finished call (the core calls this).
     pub async fn insert_cdr(&self, cdr: &Cdr) -> Result<()> {
+        self.insert_cdrs(std::slice::from_ref(cdr)).await
+    }
+
+    /// Writes `cdrs` in one transaction (all or none); an id already written is skipped,
+    /// so a batch retried after a commit whose answer was lost writes nothing twice.
+    pub async fn insert_cdrs(&self, cdrs: &[Cdr]) -> Result<()> {
         in_tx!(self, |tx, _pg| {
-            sqlx::query(
-                "INSERT INTO cdrs (id, tenant_id, call_id, from_uri, to_uri, started_at, answered_at, ended_at, \
-                 duration_ms, disposition, hangup_side, legs) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&cdr.id)
-            .bind(&cdr.tenant_id)
-            .bind(&cdr.call_id)
-            .bind(&cdr.from_uri)
-            .bind(&cdr.to_uri)
-            .bind(cdr.started_at)
-            .bind(cdr.answered_at)
-            .bind(cdr.ended_at)
-            .bind(cdr.duration_ms)
-            .bind(&cdr.disposition)
-            .bind(&cdr.hangup_side)
-            .bind(&cdr.legs)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from_write)?;
+            for cdr in cdrs {
+                sqlx::query(
+                    "INSERT INTO cdrs (id, tenant_id, call_id, from_uri, to_uri, started_at, answered_at, ended_at, \
+                     duration_ms, disposition, hangup_side, legs) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&cdr.id)
+                .bind(&cdr.tenant_id)
+                .bind(&cdr.call_id)
+                .bind(&cdr.from_uri)
+                .bind(&cdr.to_uri)
+                .bind(cdr.started_at)
+                .bind(cdr.answered_at)
+                .bind(cdr.ended_at)
+                .bind(cdr.duration_ms)
+                .bind(&cdr.disposition)
+                .bind(&cdr.hangup_side)
+                .bind(&cdr.legs)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_write)?;
+            }
         });
         Ok(())
     }
