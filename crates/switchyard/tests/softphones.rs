@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::Server;
 use common::baresip::{Baresip, account, goertzel, read_wav};
+use common::linphone::Linphone;
 
 fn demo_credentials(server: &Server) -> serde_json::Value {
     let text = std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json"))
@@ -470,4 +471,156 @@ fn a_baresip_transfers_its_caller_to_a_third_baresip() {
     );
     let cdr = wait_cdr(&server, tenant);
     assert_eq!(cdr["disposition"], "answered", "{cdr}");
+}
+
+/// Attended transfer by a real client: baresip A calls linphone B, B holds A and calls
+/// baresip C, then joins them (`transfer 1 --to-call 2`: REFER with Replaces). The engine
+/// re-INVITEs C onto A's call and A off hold; A and C stay up with each other, B is hung
+/// up on both calls, each call has its CDR, and C's RTP reaches A through the relay.
+#[test]
+fn linphone_joins_its_caller_to_the_party_it_consulted() {
+    if common::netns::run_isolated("linphone_joins_its_caller_to_the_party_it_consulted") {
+        return;
+    }
+    let server = Server::start(&[]);
+    let creds = demo_credentials(&server);
+    let domain = creds["domain"].as_str().unwrap();
+    let tenant = creds["tenant_id"].as_str().unwrap();
+    let exts = creds["extensions"].as_array().unwrap();
+    let ranges = api_get(&server, &format!("/v1/tenants/{tenant}/extension-ranges"));
+    api_post(
+        &server,
+        &format!("/v1/tenants/{tenant}/extensions"),
+        &format!(
+            r#"{{"range_id":"{}","number":1003,"password":"consulted-1003"}}"#,
+            ranges[0]["id"].as_str().unwrap()
+        ),
+    );
+    let third = serde_json::json!({"username": "1003", "password": "consulted-1003"});
+    let udp = server.addr("UDP");
+    let mut a = Baresip::start("a", 440.0, 40.0);
+    let mut c = Baresip::start("c", 700.0, 40.0);
+    a.register(&account(domain, &exts[0], udp, ""));
+    c.register(&account(domain, &third, udp, ";answermode=auto"));
+    let mut b = Linphone::start(
+        domain,
+        exts[1]["username"].as_str().unwrap(),
+        exts[1]["password"].as_str().unwrap(),
+        udp,
+    );
+    b.wait_for("to [LinphoneRegistrationOk]", Duration::from_secs(10));
+
+    a.command("dial", exts[1]["number"].as_str().unwrap());
+    a.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    b.wait_for("connected", Duration::from_secs(10));
+    // B holds A (a re-INVITE through the engine), then consults C.
+    b.command("pause 1");
+    b.wait_for("paused", Duration::from_secs(10));
+    b.command(&format!("call sip:1003@{domain}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !c.events().iter().any(|e| e["type"] == "CALL_ESTABLISHED") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "C never answered B's call:\n{}\nserve:\n{}",
+            b.output(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.count("connected") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's consultation call never connected:\n{}\nserve:\n{}",
+            b.output(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    b.command("transfer 1 --to-call 2");
+    // B is hung up on both of its calls; A and C stay up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.count("ended") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still has its calls:\n{}\nserve:\n{}",
+            b.output(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !a.events().iter().any(|e| e["type"] == "CALL_CLOSED")
+            && !c.events().iter().any(|e| e["type"] == "CALL_CLOSED"),
+        "A and C are still up after the transfer; serve:\n{}",
+        server.log()
+    );
+    a.command("hangup", "");
+    a.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    c.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    // Two CDRs: the consultation call ended by the transfer, the joined call by A.
+    let mut cdrs = Vec::new();
+    for _ in 0..100 {
+        cdrs = api_get(&server, &format!("/v1/tenants/{tenant}/cdrs"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if cdrs.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    assert!(
+        cdrs.iter().any(|c| c["hangup_side"] == "transferred"),
+        "the consultation call: {cdrs:?}"
+    );
+    let joined = cdrs
+        .iter()
+        .find(|c| c["hangup_side"] == "caller")
+        .unwrap_or_else(|| panic!("the joined call: {cdrs:?}"));
+    let legs = joined["legs"].clone();
+    assert!(legs.to_string().contains("attended-transfer"), "{joined}");
+    // Media after the join, from the relay's counters: C's RTP arrives on leg B (B,
+    // linphone, sent none: it has no sound card here) and reaches A on leg A, which was
+    // taken off hold by the engine's re-INVITE. (baresip 1.0 stops its own audio when
+    // held and does not start it again on resume, so A's recording and sending cannot
+    // show it; the relay can.)
+    let counter = |leg: &str, what: &str| {
+        legs.as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["leg"] == leg)
+            .and_then(|l| l[what].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        counter("b", "packets_received") > 100,
+        "C's packets reached the relay: {legs}"
+    );
+    assert!(
+        counter("a", "packets_sent") > 100,
+        "and went on to A: {legs}"
+    );
+    assert!(
+        counter("a", "packets_received") > 100 && counter("b", "packets_sent") > 100,
+        "A's RTP went to C: {legs}"
+    );
+    // C, never held, heard A's tone once joined (and never its own).
+    let (rate, heard_by_c) = read_wav(&c.heard());
+    let (a_tone, c_own) = (
+        goertzel(&heard_by_c, rate, 440.0),
+        goertzel(&heard_by_c, rate, 700.0),
+    );
+    assert!(
+        a_tone > 1000.0 * c_own.max(1.0),
+        "C hears A: {a_tone:.0} vs own {c_own:.0}"
+    );
+    let resumed = a.log();
+    assert!(
+        resumed.contains("receiving from 127.0.0.1:"),
+        "A receives the relay's RTP after the transfer: {resumed}"
+    );
 }

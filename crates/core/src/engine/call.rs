@@ -371,6 +371,8 @@ pub(crate) enum MediaJob {
     AttendedOffer(Box<AttendedOffer>),
     /// An attended transfer's new party accepted our re-INVITE.
     ReplaceAnswer(Box<ReplaceAnswer>),
+    /// The relay's offer to take the staying party of a transfer off hold.
+    ResumeOffer(Leg),
     /// An answered call's media counters (RTP timeout).
     Stats,
     /// The session is gone; its counters complete the ended call's CDR.

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use switchyard_media_control::{MediaError, Reply, Request};
+use switchyard_media_control::{Leg, MediaError, Reply, Request};
 use switchyard_sip::HeaderName;
 use switchyard_sip::Message;
 use switchyard_sip::Method;
@@ -208,6 +208,8 @@ pub(crate) enum Purpose {
     Replace,
     /// A refresh UPDATE (session timer, we refresh).
     Refresh,
+    /// Our re-INVITE that takes a transfer's staying party (this leg) off hold.
+    Resume(Leg),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,6 +442,7 @@ impl Engine {
             MediaJob::TransferAnswer(answer) => self.on_transfer_answer(key, *answer, reply),
             MediaJob::AttendedOffer(offer) => self.on_attended_offer(key, *offer, reply),
             MediaJob::ReplaceAnswer(answer) => self.on_replace_answer(key, *answer, reply),
+            MediaJob::ResumeOffer(stays) => self.on_resume_offer(key, stays, reply),
             MediaJob::Stats => self.on_media_stats(key, reply),
             MediaJob::Destroyed(ended) => self.on_destroyed(*ended, reply),
         }
@@ -618,6 +621,11 @@ impl Engine {
             Purpose::Transfer(i) => self.on_transfer_response(key, i, msg),
             Purpose::Replace => self.on_replace_response(key, msg),
             Purpose::Reinvite => self.on_reinvite_response(key, msg),
+            Purpose::Resume(stays) => {
+                if status >= 200 {
+                    self.on_resume_response(key, stays, msg);
+                }
+            }
             Purpose::Cancel | Purpose::Bye | Purpose::Notify | Purpose::Refresh => {
                 if status >= 200 {
                     self.by_req.remove(&req);
@@ -636,7 +644,11 @@ impl Engine {
             Purpose::Reinvite => self.on_reinvite_failed(key),
             Purpose::Transfer(i) => self.transfer_failed(key, Some(i), 408, "Request Timeout"),
             Purpose::Replace => self.transfer_failed(key, None, 408, "Request Timeout"),
-            Purpose::Cancel | Purpose::Bye | Purpose::Notify | Purpose::Refresh => {}
+            Purpose::Cancel
+            | Purpose::Bye
+            | Purpose::Notify
+            | Purpose::Refresh
+            | Purpose::Resume(_) => {}
         }
     }
 }

@@ -81,12 +81,89 @@ impl Engine {
         let Some(call) = self.calls.get(&key) else {
             return;
         };
+        // The staying party may be on hold (the referrer held it while it consulted):
+        // the new party is offered a two-way stream, and the staying party is taken off
+        // hold once the new party answers (`resume`).
         let request = Request::Offer {
             session: call.session.clone(),
             from: stays,
-            sdp: call.remote_sdp[leg_index(stays)].clone(),
+            sdp: two_way(&call.remote_sdp[leg_index(stays)]),
         };
         self.media(Some((key, job)), request);
+    }
+
+    /// After a transfer: the staying party is re-INVITEd with the relay's side of the
+    /// new party's SDP, so it learns the new party's media and leaves a hold the referrer
+    /// put it on.
+    fn resume(&mut self, key: CallKey, stays: Leg, new_party_sdp: String) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let request = Request::Offer {
+            session: call.session.clone(),
+            from: stays.other(),
+            sdp: new_party_sdp,
+        };
+        self.media(Some((key, MediaJob::ResumeOffer(stays))), request);
+    }
+
+    /// The relay's offer for the staying party is ready: the re-INVITE goes out.
+    pub(super) fn on_resume_offer(
+        &mut self,
+        key: CallKey,
+        stays: Leg,
+        reply: Result<Reply, MediaError>,
+    ) {
+        let Ok(Reply::Sdp { sdp }) = reply else {
+            return warn!("no offer to take the staying party off hold");
+        };
+        let local = self.local;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.reinvite.is_some() {
+            // A re-INVITE of the parties' own is under way; it carries the media.
+            return;
+        }
+        let dialog = match stays {
+            Leg::A => Some(&mut call.a),
+            Leg::B => call.b.as_mut(),
+        };
+        let Some(dialog) = dialog else { return };
+        let request = dialog.request(Method::Invite, local, Some(&sdp), None);
+        let peer = dialog.peer(local);
+        self.send(key, Purpose::Resume(stays), request, peer);
+    }
+
+    /// The staying party's answer to our resuming re-INVITE: ACKed, and its SDP given
+    /// to the media node.
+    pub(super) fn on_resume_response(&mut self, key: CallKey, stays: Leg, msg: Message) {
+        let status = msg.status().unwrap_or(0);
+        if !(200..300).contains(&status) {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+        let dialog = match stays {
+            Leg::A => Some(call.a.clone()),
+            Leg::B => call.b.clone(),
+        };
+        let body = String::from_utf8_lossy(msg.body()).into_owned();
+        call.remote_sdp[leg_index(stays)] = body.clone();
+        let session = call.session.clone();
+        if let Some(dialog) = dialog {
+            self.send_ack(&dialog, cseq);
+        }
+        self.media(
+            None,
+            Request::Answer {
+                session,
+                from: stays,
+                sdp: body,
+            },
+        );
     }
 
     /// A NOTIFY of a transfer's progress to the referrer (`message/sipfrag`).
@@ -295,7 +372,8 @@ impl Engine {
         }
         self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true);
         self.send_in_dialog(key, referrer, Method::Bye, None);
-        self.replace_leg(key, referrer, dialog, body);
+        self.replace_leg(key, referrer, dialog, body.clone());
+        self.resume(key, referrer.other(), body);
         if let Some(trunk) = transfer.trunk {
             self.keep_transferred_trunk(key, referrer, trunk, transfer.call_id);
         }
@@ -583,8 +661,9 @@ impl Engine {
         self.finish(replacing.call, Disposition::Answered, Some("transferred"));
         self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true);
         self.send_in_dialog(key, referrer, Method::Bye, None);
-        self.replace_leg(key, referrer, dialog, body);
+        self.replace_leg(key, referrer, dialog, body.clone());
         self.by_call_id.insert(party_call_id, key);
+        self.resume(key, referrer.other(), body);
         info!("attended transfer done");
     }
 
@@ -666,5 +745,33 @@ pub(super) fn leg_name(leg: Leg) -> &'static str {
     match leg {
         Leg::A => "caller",
         Leg::B => "callee",
+    }
+}
+
+/// `sdp` with its direction attributes made two-way (`a=sendonly`, `a=recvonly` and
+/// `a=inactive` lines become `a=sendrecv`).
+fn two_way(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            let bare = line.trim_end();
+            if matches!(bare, "a=sendonly" | "a=recvonly" | "a=inactive") {
+                line.replacen(bare, "a=sendrecv", 1)
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod sdp_tests {
+    #[test]
+    fn a_held_stream_is_offered_two_way() {
+        let held = "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=recvonly\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert_eq!(
+            super::two_way(held),
+            "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        assert_eq!(super::two_way("a=inactive\n"), "a=sendrecv\n");
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod baresip;
+pub mod linphone;
 pub mod netns;
 pub mod phone;
 
