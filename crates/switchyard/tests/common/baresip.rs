@@ -240,18 +240,6 @@ snd_path .\n"
             .unwrap_or_else(|| panic!("baresip {} recorded nothing", self.name))
     }
 
-    /// Every recording of what this phone heard, oldest first (`sndfile` starts a new
-    /// one each time the stream is set up again, a re-INVITE's included).
-    pub fn heard_all(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
-            .collect();
-        files.sort();
-        files
-    }
-
     /// Adds the account and waits until it is registered.
     pub fn register(&mut self, account: &str) {
         self.command("uanew", account);
