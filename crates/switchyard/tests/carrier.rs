@@ -123,6 +123,28 @@ impl Drop for Kamailio {
     }
 }
 
+fn demo_credentials(server: &Server) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The id of the tenant's extension whose username `ext` (from the demo credentials) has.
+fn extension_id(server: &Server, tenant: &str, ext: &serde_json::Value) -> String {
+    let (_, exts) = server.api("GET", &format!("/v1/tenants/{tenant}/extensions"), None);
+    exts["items"]
+        .as_array()
+        .or(exts.as_array())
+        .unwrap()
+        .iter()
+        .find(|e| e["username"] == ext["username"])
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn created(server: &Server, path: &str, body: &str) -> serde_json::Value {
     let (status, reply) = server.api("POST", path, Some(body));
     assert!(status == 201 || status == 200, "{path}: {status} {reply}");
@@ -158,10 +180,7 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
         return;
     }
     let server = Server::start(&[]);
-    let creds: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap(),
-    )
-    .unwrap();
+    let creds = demo_credentials(&server);
     let domain = creds["domain"].as_str().unwrap();
     let tenant = creds["tenant_id"].as_str().unwrap();
     let office_ext = &creds["extensions"][0];
@@ -182,19 +201,7 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
     );
     let number = created(&server, &format!("/v1/tenants/{tenant}/numbers"), "");
     assert_eq!(number["number"], DID);
-    let (_, exts) = server.api("GET", &format!("/v1/tenants/{tenant}/extensions"), None);
-    let id_of = |ext: &serde_json::Value| {
-        exts["items"]
-            .as_array()
-            .or(exts.as_array())
-            .unwrap()
-            .iter()
-            .find(|e| e["username"] == ext["username"])
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let id_of = |ext: &serde_json::Value| extension_id(&server, tenant, ext);
     let desk_ext = &creds["extensions"][1];
     let group = created(
         &server,
@@ -358,10 +365,7 @@ fn a_carrier_we_register_to_sends_its_calls_to_our_registration() {
     }
     const NUMBER: &str = "+15550100002";
     let server = Server::start(&[]);
-    let creds: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(server.data_dir.path().join("demo-credentials.json")).unwrap(),
-    )
-    .unwrap();
+    let creds = demo_credentials(&server);
     let domain = creds["domain"].as_str().unwrap();
     let tenant = creds["tenant_id"].as_str().unwrap();
     let office_ext = &creds["extensions"][0];
@@ -383,17 +387,7 @@ fn a_carrier_we_register_to_sends_its_calls_to_our_registration() {
     );
     let number = created(&server, &format!("/v1/tenants/{tenant}/numbers"), "");
     assert_eq!(number["number"], NUMBER);
-    let (_, exts) = server.api("GET", &format!("/v1/tenants/{tenant}/extensions"), None);
-    let office_id = exts["items"]
-        .as_array()
-        .or(exts.as_array())
-        .unwrap()
-        .iter()
-        .find(|e| e["username"] == office_ext["username"])
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let office_id = extension_id(&server, tenant, office_ext);
     let (s, r) = server.api(
         "PUT",
         &format!(

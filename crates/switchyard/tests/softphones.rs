@@ -55,6 +55,20 @@ fn api_post(server: &Server, path: &str, body: &str) -> serde_json::Value {
 }
 
 /// Waits for the call's CDR to appear.
+/// Adds extension 1003 to the demo tenant; its credentials as the demo's are written.
+fn third_extension(server: &Server, tenant: &str, password: &str) -> serde_json::Value {
+    let ranges = api_get(server, &format!("/v1/tenants/{tenant}/extension-ranges"));
+    api_post(
+        server,
+        &format!("/v1/tenants/{tenant}/extensions"),
+        &format!(
+            r#"{{"range_id":"{}","number":1003,"password":"{password}"}}"#,
+            ranges[0]["id"].as_str().unwrap()
+        ),
+    );
+    serde_json::json!({"username": "1003", "password": password})
+}
+
 fn wait_cdr(server: &Server, tenant: &str) -> serde_json::Value {
     for _ in 0..100 {
         let page = api_get(server, &format!("/v1/tenants/{tenant}/cdrs"));
@@ -422,16 +436,7 @@ fn a_baresip_transfers_its_caller_to_a_third_baresip() {
     let domain = creds["domain"].as_str().unwrap();
     let tenant = creds["tenant_id"].as_str().unwrap();
     let exts = creds["extensions"].as_array().unwrap();
-    let ranges = api_get(&server, &format!("/v1/tenants/{tenant}/extension-ranges"));
-    api_post(
-        &server,
-        &format!("/v1/tenants/{tenant}/extensions"),
-        &format!(
-            r#"{{"range_id":"{}","number":1003,"password":"transfer-target-1003"}}"#,
-            ranges[0]["id"].as_str().unwrap()
-        ),
-    );
-    let third = serde_json::json!({"username": "1003", "password": "transfer-target-1003"});
+    let third = third_extension(&server, tenant, "transfer-target-1003");
     let udp = server.addr("UDP");
     let mut a = Baresip::start("a", 440.0, 30.0);
     let mut b = Baresip::start("b", 1000.0, 30.0);
@@ -487,16 +492,7 @@ fn linphone_joins_its_caller_to_the_party_it_consulted() {
     let domain = creds["domain"].as_str().unwrap();
     let tenant = creds["tenant_id"].as_str().unwrap();
     let exts = creds["extensions"].as_array().unwrap();
-    let ranges = api_get(&server, &format!("/v1/tenants/{tenant}/extension-ranges"));
-    api_post(
-        &server,
-        &format!("/v1/tenants/{tenant}/extensions"),
-        &format!(
-            r#"{{"range_id":"{}","number":1003,"password":"consulted-1003"}}"#,
-            ranges[0]["id"].as_str().unwrap()
-        ),
-    );
-    let third = serde_json::json!({"username": "1003", "password": "consulted-1003"});
+    let third = third_extension(&server, tenant, "consulted-1003");
     let udp = server.addr("UDP");
     let mut a = Baresip::start("a", 440.0, 40.0);
     let mut c = Baresip::start("c", 700.0, 40.0);

@@ -175,6 +175,27 @@ pub(crate) struct Transfer {
     pub(crate) replacing: Option<Replacing>,
 }
 
+impl Transfer {
+    /// A transfer by `referrer` to `target`: blind (the new party's Call-ID `call_id`),
+    /// or attended (`replacing` the consultation call; no Call-ID of its own).
+    pub(crate) fn new(
+        referrer: Leg,
+        target: String,
+        call_id: String,
+        replacing: Option<Replacing>,
+    ) -> Transfer {
+        Transfer {
+            referrer,
+            target,
+            forks: Vec::new(),
+            leg: None,
+            call_id,
+            trunk: None,
+            replacing,
+        }
+    }
+}
+
 /// The consultation call of an attended transfer (RFC 3891 Replaces).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Replacing {

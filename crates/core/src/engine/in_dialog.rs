@@ -231,21 +231,7 @@ impl Engine {
                 }
                 let bytes = ok.body("application/sdp", Bytes::from(sdp)).build();
                 let seq = pending.request.cseq().map(|c| c.seq).unwrap_or(0);
-                self.push(Output::Respond {
-                    tx: pending.tx,
-                    status: 200,
-                    bytes: bytes.clone(),
-                    retransmit: true,
-                });
-                let now = self.now.at;
-                self.calls.get_mut(&key).expect("call").unacked = Some(Unacked {
-                    bytes,
-                    peer,
-                    cseq: seq,
-                    interval: T1,
-                    since: now,
-                });
-                self.arm(now + T1, key, Timer::Retransmit2xx);
+                self.answer_until_acked(key, pending.tx, bytes, peer, seq);
                 if pending.from == Leg::A {
                     self.restart_session_timer(key);
                 }

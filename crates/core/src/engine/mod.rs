@@ -568,6 +568,29 @@ impl Engine {
         b
     }
 
+    /// Sends a `200` with SDP on server transaction `tx` and retransmits it from the core
+    /// until its ACK comes (RFC 3261 §13.3.1.4: the transaction layer stops at the first
+    /// 2xx).
+    fn answer_until_acked(&mut self, key: CallKey, tx: TxId, bytes: Bytes, peer: Peer, cseq: u32) {
+        self.push(Output::Respond {
+            tx,
+            status: 200,
+            bytes: bytes.clone(),
+            retransmit: true,
+        });
+        let now = self.now.at;
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.unacked = Some(Unacked {
+                bytes,
+                peer,
+                cseq,
+                interval: crate::T1,
+                since: now,
+            });
+        }
+        self.arm(now + crate::T1, key, Timer::Retransmit2xx);
+    }
+
     /// Starts a client transaction for call `key`.
     fn send(&mut self, key: CallKey, purpose: Purpose, request: Message, peer: Peer) -> ReqId {
         let req = ReqId(self.next_req);

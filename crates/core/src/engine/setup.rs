@@ -536,21 +536,7 @@ impl Engine {
                     call_id = call.a.call_id,
                     "call answered"
                 );
-                self.push(Output::Respond {
-                    tx,
-                    status: 200,
-                    bytes: bytes.clone(),
-                    retransmit: true,
-                });
-                let now = self.now.at;
-                self.calls.get_mut(&key).expect("call").unacked = Some(Unacked {
-                    bytes,
-                    peer,
-                    cseq,
-                    interval: T1,
-                    since: now,
-                });
-                self.arm(now + T1, key, Timer::Retransmit2xx);
+                self.answer_until_acked(key, tx, bytes, peer, cseq);
                 self.restart_session_timer(key);
             }
             _ => {

@@ -251,6 +251,12 @@ impl World {
 
     fn request(&mut self, text: String) -> TxId {
         let tx = self.tx();
+        self.deliver(tx, text);
+        tx
+    }
+
+    /// A request through the edge as server transaction `tx`.
+    fn deliver(&mut self, tx: TxId, text: String) {
         let msg = parse(Bytes::from(text));
         self.engine.handle_sip(
             SipInput::Request {
@@ -261,7 +267,6 @@ impl World {
             self.now,
         );
         self.settle();
-        tx
     }
 
     /// A caller's INVITE (through the edge) for `dialled`.
@@ -284,16 +289,7 @@ impl World {
                 rang: false,
             },
         );
-        let msg = parse(Bytes::from(text));
-        self.engine.handle_sip(
-            SipInput::Request {
-                tx,
-                msg,
-                peer: hop_peer(local(), edge()),
-            },
-            self.now,
-        );
-        self.settle();
+        self.deliver(tx, text);
         tx
     }
 

@@ -62,15 +62,7 @@ impl Engine {
             "transfer",
             at_ms,
         );
-        call.transfer = Some(Transfer {
-            referrer: leg,
-            target: number,
-            forks: Vec::new(),
-            leg: None,
-            call_id: leg_b,
-            trunk: None,
-            replacing: None,
-        });
+        call.transfer = Some(Transfer::new(leg, number, leg_b, None));
         self.notify_transfer(key, leg, "SIP/2.0 100 Trying", false);
         self.push(output);
     }
@@ -492,15 +484,7 @@ impl Engine {
         };
         // Nothing else may start on this call while the offer is made.
         if let Some(call) = self.calls.get_mut(&key) {
-            call.transfer = Some(Transfer {
-                referrer: leg,
-                target: call_id.clone(),
-                forks: Vec::new(),
-                leg: None,
-                call_id: String::new(),
-                trunk: None,
-                replacing: None,
-            });
+            call.transfer = Some(Transfer::new(leg, call_id.clone(), String::new(), None));
         }
         let job = MediaJob::AttendedOffer(Box::new(AttendedOffer {
             tx,
@@ -559,20 +543,13 @@ impl Engine {
             "attended-transfer",
             at_ms,
         );
-        call.transfer = Some(Transfer {
-            referrer: leg,
-            target: call_id,
-            forks: Vec::new(),
-            leg: None,
-            call_id: String::new(),
-            trunk: None,
-            replacing: Some(Replacing {
-                call: other,
-                party,
-                referrer: other_referrer,
-                cseq,
-            }),
-        });
+        let replacing = Replacing {
+            call: other,
+            party,
+            referrer: other_referrer,
+            cseq,
+        };
+        call.transfer = Some(Transfer::new(leg, call_id, String::new(), Some(replacing)));
         self.send(key, Purpose::Replace, request, peer);
         self.notify_transfer(key, leg, "SIP/2.0 100 Trying", false);
     }
