@@ -10,8 +10,7 @@ use switchyard_sip::transaction::TxId;
 use switchyard_sip::{Message, Method};
 
 use super::call::*;
-use super::{CallKey, Engine, MediaError, Output, Purpose, Timer};
-use crate::T1;
+use super::{CallKey, Engine, MediaError, Purpose};
 use crate::dialog::Dialog;
 use crate::metrics::Disposition;
 

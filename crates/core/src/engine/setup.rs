@@ -18,8 +18,7 @@ use crate::dialog::{Dialog, random_token, uri_addr};
 use crate::metrics::{Disposition, TrunkOutcome};
 use crate::routing::{self, Refusal, Reroute, Ring, RouteRequest, Routed};
 use crate::{
-    ALLOW, CALLER_HEADER, CARRIER_HEADER, MIN_SE, OUTBOUND_RING_LIMIT, T1, TENANT_HEADER,
-    TRUNK_SILENCE,
+    ALLOW, CALLER_HEADER, CARRIER_HEADER, MIN_SE, OUTBOUND_RING_LIMIT, TENANT_HEADER, TRUNK_SILENCE,
 };
 
 impl Engine {
