@@ -5,8 +5,9 @@
 //! second to the working one. A PSTN call to the tenant's number rings the ring group it
 //! points at (two baresip office phones; one answers) and each side hears the other's
 //! tone; an office phone's call to an external number fails over from the first trunk to
-//! the second, shows the tenant's number as the caller and rings the PSTN phone. Runs in
-//! its own network namespace (`common::netns`).
+//! the second, shows the tenant's number as the caller and rings the PSTN phone; the
+//! office phone then transfers the PSTN party to the desk phone. Runs in its own network
+//! namespace (`common::netns`).
 //!
 //! A second carrier (Kamailio on 127.0.0.9) wants its customers to register: the operator
 //! adds it with digest credentials and no networks; the edge registers, answering the
@@ -319,9 +320,28 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
     wait_n(&office, "CALL_ESTABLISHED", 2);
     wait_n(&pstn, "CALL_ESTABLISHED", 2);
     std::thread::sleep(Duration::from_secs(1));
-    office.command("hangup", "");
+    // The office phone hands the PSTN party to the desk phone: a blind transfer on a call
+    // whose other leg is the trunk. The desk answers, the office leaves, the PSTN phone
+    // stays up with the desk.
+    let desk_closed = closed_before(&desk);
+    office.command(
+        "transfer",
+        &format!("sip:{}@{domain}", desk_ext["number"].as_str().unwrap()),
+    );
+    wait_n(&desk, "CALL_INCOMING", 2);
+    desk.command("accept", "");
+    wait_n(&desk, "CALL_ESTABLISHED", 1);
     wait_n(&office, "CALL_CLOSED", office_closed + 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        closed_before(&pstn),
+        pstn_closed,
+        "the PSTN phone stays up through the transfer; serve:\n{}",
+        server.log()
+    );
+    pstn.command("hangup", "");
     wait_n(&pstn, "CALL_CLOSED", pstn_closed + 1);
+    wait_n(&desk, "CALL_CLOSED", desk_closed + 1);
 
     // Two CDRs: in from the PSTN number, out to the dialled number.
     let mut cdrs = Vec::new();
@@ -345,6 +365,23 @@ fn calls_to_and_from_the_phone_network_pass_through_a_real_carrier() {
         .find(|c| c["to_uri"].as_str().unwrap_or("").contains("004930555"))
         .unwrap_or_else(|| panic!("the call out: {cdrs:?}"));
     assert_eq!(outbound["disposition"], "answered", "{outbound}");
+    // It followed the transfer: the desk on leg A after it, RTP both ways through the
+    // trunk leg, hung up by the PSTN side.
+    assert_eq!(outbound["hangup_side"], "callee", "{outbound}");
+    let legs = outbound["legs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        legs.iter()
+            .any(|l| l["reason"] == "transfer" && l["result"] == 200),
+        "{outbound}"
+    );
+    for leg in ["a", "b"] {
+        let counters = legs.iter().find(|l| l["leg"] == leg).unwrap();
+        assert!(
+            counters["packets_received"].as_u64().unwrap_or(0) > 100
+                && counters["packets_sent"].as_u64().unwrap_or(0) > 100,
+            "leg {leg}: {outbound}"
+        );
+    }
     let log = carrier.log();
     assert!(
         log.contains(&format!(
