@@ -54,7 +54,6 @@ fn api_post(server: &Server, path: &str, body: &str) -> serde_json::Value {
     serde_json::from_str(&reply.body).unwrap()
 }
 
-/// Waits for the call's CDR to appear.
 /// Adds extension 1003 to the demo tenant; its credentials as the demo's are written.
 fn third_extension(server: &Server, tenant: &str, password: &str) -> serde_json::Value {
     let ranges = api_get(server, &format!("/v1/tenants/{tenant}/extension-ranges"));
@@ -69,11 +68,13 @@ fn third_extension(server: &Server, tenant: &str, password: &str) -> serde_json:
     serde_json::json!({"username": "1003", "password": password})
 }
 
+/// Waits for the CDR of the softphones' call: the newest of a call that was answered
+/// (calls refused along the way, bad input included, have CDRs of their own).
 fn wait_cdr(server: &Server, tenant: &str) -> serde_json::Value {
     for _ in 0..100 {
         let page = api_get(server, &format!("/v1/tenants/{tenant}/cdrs"));
         let items = page.as_array().cloned().unwrap_or_default();
-        if let Some(cdr) = items.first() {
+        if let Some(cdr) = items.iter().find(|c| !c["answered_at"].is_null()) {
             return cdr.clone();
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -410,6 +411,21 @@ fn provisioning_and_bad_input_during_a_softphone_call_leave_it_untouched() {
     assert_eq!(r.status(), Some(400));
     let (r, _) = intruder.call_with_body("1002", "v=0\r\nbroken\r\n");
     assert_eq!(r.status(), Some(488));
+    // The refused attempt has a CDR of its own, with the status it got.
+    let refused_cdr = || {
+        let cdrs = api_get(&server, &format!("/v1/tenants/{tenant}/cdrs"));
+        cdrs.as_array().unwrap().iter().any(|c| {
+            c["disposition"] == "failed" && c["legs"].to_string().contains(r#""result":488"#)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !refused_cdr() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CDR for the refused call"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     std::thread::sleep(Duration::from_secs(1));
     a.command("hangup", "");

@@ -371,6 +371,8 @@ pub(crate) struct Setup {
     pub(crate) invite: Message,
     pub(crate) edge: SocketAddr,
     pub(crate) invited_at: Instant,
+    /// The same instant on the wall clock (a CDR's start).
+    pub(crate) invited_ms: i64,
     /// The caller CANCELled meanwhile (and was answered `487`).
     pub(crate) cancelled: bool,
 }

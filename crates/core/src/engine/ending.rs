@@ -139,7 +139,7 @@ impl Engine {
 
 /// The CDR's legs: A's and B's media counters (B is whoever held leg B last), then each
 /// destination the call rang, in order (`"leg": "attempt"`).
-fn legs_json(stats: &SessionStats, attempts: &[Attempt]) -> String {
+pub(super) fn legs_json(stats: &SessionStats, attempts: &[Attempt]) -> String {
     let leg = |name: &str, l: &switchyard_media_control::LegStats| {
         let mut v = serde_json::to_value(l).unwrap_or_default();
         v["leg"] = serde_json::Value::from(name);

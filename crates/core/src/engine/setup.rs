@@ -77,6 +77,7 @@ impl Engine {
                 invite: msg,
                 edge,
                 invited_at: self.now.at,
+                invited_ms: self.now.unix_ms,
                 cancelled: false,
             },
         );
@@ -105,6 +106,7 @@ impl Engine {
             invite: msg,
             edge,
             invited_at,
+            invited_ms,
             cancelled,
         } = setup;
         let tenant_id = request.tenant_id;
@@ -113,6 +115,21 @@ impl Engine {
             Err(refusal) => {
                 if refusal.attempted {
                     self.metrics.attempted(&tenant_id);
+                    let disposition = match (cancelled, refusal.status) {
+                        (true, _) => Disposition::Cancelled,
+                        (false, 486 | 600) => Disposition::Busy,
+                        _ => Disposition::Failed,
+                    };
+                    let side = cancelled.then_some("caller");
+                    self.refused_cdr(
+                        &tenant_id,
+                        &msg,
+                        &request.dialled,
+                        refusal.status,
+                        disposition,
+                        side,
+                        invited_ms,
+                    );
                 }
                 if !cancelled {
                     self.reply(tx, &msg, refusal.status, &refusal.reason);
@@ -125,6 +142,20 @@ impl Engine {
         if cancelled || self.draining {
             self.media(None, Request::Destroy { session });
             self.release(held_by_ring(&routed.ring, &request.leg_b));
+            let (status, disposition, side) = if cancelled {
+                (487, Disposition::Cancelled, "caller")
+            } else {
+                (503, Disposition::Failed, "shutdown")
+            };
+            self.refused_cdr(
+                &tenant_id,
+                &msg,
+                &request.dialled,
+                status,
+                disposition,
+                Some(side),
+                invited_ms,
+            );
             if !cancelled {
                 let b = ResponseBuilder::for_request(&msg, 503, "Shutting Down", &random_token())
                     .header("Retry-After", "5");
@@ -316,6 +347,52 @@ impl Engine {
         if let Some(call) = self.calls.get_mut(&key) {
             call.forks = forks;
         }
+    }
+
+    /// The CDR of a call that never rang: refused by the dial plan, cancelled while it
+    /// was being routed, or let go by a drain. One attempt leg says what was dialled and
+    /// the status the caller got.
+    #[allow(clippy::too_many_arguments)]
+    fn refused_cdr(
+        &mut self,
+        tenant_id: &str,
+        invite: &Message,
+        dialled: &str,
+        status: u16,
+        disposition: Disposition,
+        hangup_side: Option<&str>,
+        started_ms: i64,
+    ) {
+        let uri = |h: HeaderName| {
+            invite
+                .header(h)
+                .and_then(|v| switchyard_sip::headers::NameAddr::parse_header(v, "name-addr").ok())
+                .map(|n| n.uri_str.to_owned())
+                .unwrap_or_default()
+        };
+        let attempt = Attempt {
+            to: dialled.to_owned(),
+            via: "refused".to_owned(),
+            reason: "dialled",
+            at_ms: started_ms,
+            result: Some(status),
+        };
+        let ended_ms = self.now.unix_ms;
+        self.metrics.ended(tenant_id, disposition, None);
+        self.push(Output::Cdr(switchyard_store::Cdr {
+            id: format!("cdr-{}", random_token()),
+            tenant_id: tenant_id.to_owned(),
+            call_id: invite.call_id().unwrap_or_default().to_owned(),
+            from_uri: uri(HeaderName::From),
+            to_uri: uri(HeaderName::To),
+            started_at: started_ms,
+            answered_at: None,
+            ended_at: ended_ms,
+            duration_ms: 0,
+            disposition: disposition.as_str().to_owned(),
+            hangup_side: hangup_side.map(str::to_owned),
+            legs: super::ending::legs_json(&Default::default(), &[attempt]),
+        }));
     }
 
     /// Leg B's INVITE to each target (forks numbered from `first`); the forks sent.

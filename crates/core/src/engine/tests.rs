@@ -183,8 +183,8 @@ struct Caller {
     /// Leg B's Call-ID (from the routing request).
     leg_b: Option<String>,
     cseq: u32,
-    /// Its routing step came back while it still waited for an answer: it rang.
-    rang: bool,
+    /// Its routing step came back (every such call has a CDR, rung or refused).
+    routed: bool,
 }
 
 /// The engine with everything around it simulated: media answers at once, BYEs, CANCELs
@@ -286,7 +286,7 @@ impl World {
                 finals: Vec::new(),
                 leg_b: None,
                 cseq: 1,
-                rang: false,
+                routed: false,
             },
         );
         self.deliver(tx, text);
@@ -307,7 +307,7 @@ impl World {
                 .push((format!("trunk:{}", leg.trunk_id), request.leg_b.clone()));
         }
         if let Some(c) = self.callers.get_mut(&call_id) {
-            c.rang = c.finals.is_empty();
+            c.routed = true;
         }
         let routed = Routed {
             config: config(),
@@ -754,7 +754,12 @@ fn a_drain_hangs_up_every_call_and_ends_once_they_are_answered() {
     w.route("routing", phones(1002, 20, None));
     assert_eq!(w.callers["routing"].finals, vec![503]);
     assert!(w.engine.drained());
-    assert_eq!(w.cdrs.len(), 2, "every call that rang has its CDR");
+    assert_eq!(
+        w.cdrs.len(),
+        3,
+        "every call has its CDR, the one let go while routed too"
+    );
+    assert_eq!(w.cdrs[2].hangup_side.as_deref(), Some("shutdown"));
     assert!(w.engine.idle() && w.sessions.is_empty());
     // A new call meanwhile is refused.
     w.invite("late", "1002", "");
@@ -940,7 +945,8 @@ proptest! {
 
     /// Any sequence of SIP events, lookup answers and waits leaves no call, timer, pending
     /// answer, trunk channel or media session behind once every leg has ended; every
-    /// caller gets exactly one final answer, and every call that rang one CDR.
+    /// caller gets exactly one final answer, and every call routed one CDR (one
+    /// cancelled while it was routed included).
     #[test]
     fn nothing_is_left_behind_once_every_leg_has_ended(steps in proptest::collection::vec(step(), 1..60)) {
         let mut w = World::new(Some(Duration::from_secs(30)));
@@ -954,7 +960,7 @@ proptest! {
         for (call_id, caller) in &w.callers {
             prop_assert_eq!(caller.finals.len(), 1, "{} got {:?}", call_id, caller.finals);
         }
-        let routed = w.callers.values().filter(|c| c.rang).count();
+        let routed = w.callers.values().filter(|c| c.routed).count();
         prop_assert_eq!(w.cdrs.len(), routed);
         for held in &w.seized {
             prop_assert!(w.released.contains(held), "channel {:?} never given back", held);
@@ -1116,4 +1122,53 @@ fn a_drain_stops_waiting_for_answers_after_its_limit() {
     assert!(!w.engine.drained());
     w.advance(Duration::from_millis(1));
     assert!(w.engine.drained(), "5 s is the limit");
+}
+
+#[test]
+fn a_call_refused_by_the_dial_plan_or_cancelled_while_routed_has_its_cdr() {
+    let mut w = World::new(None);
+    w.invite("unknown", "1999", "");
+    let (call_id, request) = w.routes.remove(0);
+    w.engine.handle_lookup(
+        Lookup::Routed {
+            call_id,
+            request,
+            outcome: Box::new(Err(crate::routing::Refusal {
+                status: 404,
+                reason: "No such extension".into(),
+                attempted: true,
+            })),
+        },
+        w.now,
+    );
+    w.settle();
+    assert_eq!(w.callers["unknown"].finals, vec![404]);
+    assert_eq!(w.cdrs.len(), 1);
+    let cdr = &w.cdrs[0];
+    assert_eq!(
+        (
+            cdr.disposition.as_str(),
+            cdr.call_id.as_str(),
+            cdr.answered_at
+        ),
+        ("failed", "unknown", None)
+    );
+    assert!(cdr.to_uri.contains("1999"), "{cdr:?}");
+    assert!(
+        cdr.legs.contains(r#""result":404"#) && cdr.legs.contains(r#""via":"refused""#),
+        "{}",
+        cdr.legs
+    );
+
+    // Cancelled while its routing step ran: `487` at once, a `cancelled` CDR once the
+    // step comes back, no media session left.
+    w.invite("changed-mind", "1002", "");
+    w.cancel("changed-mind");
+    assert_eq!(w.callers["changed-mind"].finals, vec![487]);
+    w.route("changed-mind", phones(1002, 20, None));
+    assert_eq!(w.cdrs.len(), 2);
+    assert_eq!(w.cdrs[1].disposition, "cancelled");
+    assert_eq!(w.cdrs[1].hangup_side.as_deref(), Some("caller"));
+    assert!(w.ringing().is_empty(), "nothing rang");
+    assert!(w.engine.idle() && w.sessions.is_empty());
 }
