@@ -41,7 +41,8 @@ pub const CARRIER_HEADER: &str = "X-Sy-Carrier";
 
 pub(crate) const T1: Duration = Duration::from_millis(500);
 pub(crate) const T2: Duration = Duration::from_secs(4);
-pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+/// What the core takes (REFER for transfers, RFC 3515; NOTIFY answered `200`).
+pub(crate) const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 /// RFC 4028 §4: the smallest session interval we accept (and the protocol's minimum).
 pub(crate) const MIN_SE: u32 = 90;
 /// How long a stopping engine waits for the answers to its BYEs and CANCELs.
