@@ -1095,8 +1095,6 @@ fn a_drain_stops_waiting_for_answers_after_its_limit() {
     w.answered_call("up", "", true);
     // The world answers nothing from now on: BYEs stay unanswered.
     let before = w.sent.len();
-    let tx = w.tx();
-    let _ = tx;
     w.engine.shutdown(w.now);
     // Take the BYEs out without answering them.
     while let Some(output) = w.engine.poll_output() {
