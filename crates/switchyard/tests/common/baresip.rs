@@ -106,49 +106,25 @@ pub fn goertzel(samples: &[f64], rate: u32, freq: f64) -> f64 {
 }
 
 impl Baresip {
-    /// Starts a baresip that plays a tone of `freq` Hz for `secs` seconds.
+    /// Starts a baresip that plays a tone of `freq` Hz for `secs` seconds. A baresip that
+    /// exits at start (a port picked as free was taken before it bound it) is started
+    /// again on other ports; its log is shown if it never comes up.
     pub fn start(name: &str, freq: f64, secs: f64) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
-        let sip_port = free_port_pair();
-        let ctrl_port = free_tcp_port();
         write_tone(&dir.path().join("tone.wav"), freq, secs);
-        let config = format!(
-            "poll_method epoll\n\
-sip_listen 127.0.0.1:{sip_port}\n\
-sip_trans_def udp\n\
-audio_source aufile,tone.wav\n\
-audio_alert aufile,tone.wav\n\
-audio_player aufile,/dev/null\n\
-module_path /usr/lib/baresip/modules\n\
-module g711.so\n\
-module aufile.so\n\
-module sndfile.so\n\
-module_app menu.so\n\
-module_app ctrl_tcp.so\n\
-ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
-net_interface 127.0.0.1\n\
-snd_path .\n"
-        );
-        std::fs::write(dir.path().join("config"), config).unwrap();
-        std::fs::write(dir.path().join("accounts"), "").unwrap();
-        let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
-        let child = Command::new("baresip")
-            .args(["-4", "-s", "-f"])
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("baresip is installed (.ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ctrl = loop {
-            match TcpStream::connect(("127.0.0.1", ctrl_port)) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
+        let mut attempt = 0;
+        let (child, ctrl, sip_port) = loop {
+            attempt += 1;
+            match Self::spawn(dir.path()) {
+                Ok(started) => break started,
+                Err(why) if attempt < 3 => {
+                    eprintln!("baresip {name} did not start ({why}); trying other ports")
                 }
-                Err(e) => panic!("baresip {name} ctrl_tcp: {e}"),
+                Err(why) => {
+                    let log =
+                        std::fs::read_to_string(dir.path().join("baresip.log")).unwrap_or_default();
+                    panic!("baresip {name} ctrl_tcp: {why}\n{log}")
+                }
             }
         };
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -187,6 +163,58 @@ snd_path .\n"
             ctrl,
             events,
             sip_port,
+        }
+    }
+
+    /// One try at starting baresip in `dir`: its process, control connection and SIP port.
+    fn spawn(dir: &Path) -> Result<(Child, TcpStream, u16), String> {
+        let sip_port = free_port_pair();
+        let ctrl_port = free_tcp_port();
+        let config = format!(
+            "poll_method epoll\n\
+sip_listen 127.0.0.1:{sip_port}\n\
+sip_trans_def udp\n\
+audio_source aufile,tone.wav\n\
+audio_alert aufile,tone.wav\n\
+audio_player aufile,/dev/null\n\
+module_path /usr/lib/baresip/modules\n\
+module g711.so\n\
+module aufile.so\n\
+module sndfile.so\n\
+module_app menu.so\n\
+module_app ctrl_tcp.so\n\
+ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
+net_interface 127.0.0.1\n\
+snd_path .\n"
+        );
+        std::fs::write(dir.join("config"), config).unwrap();
+        std::fs::write(dir.join("accounts"), "").unwrap();
+        let log = std::fs::File::create(dir.join("baresip.log")).unwrap();
+        let mut child = Command::new("baresip")
+            .args(["-4", "-s", "-f"])
+            .arg(dir)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("baresip is installed (.ci/run installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match TcpStream::connect(("127.0.0.1", ctrl_port)) {
+                Ok(s) => return Ok((child, s, sip_port)),
+                Err(e) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!("exited with {status} ({e})"));
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(e.to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+            }
         }
     }
 
