@@ -1042,3 +1042,33 @@ on_both!(
         );
     }
 );
+
+on_both!(
+    cdrs_written_in_one_batch_all_read_back_and_a_retried_batch_writes_nothing_twice,
+    |store| {
+        let t = tenant(&store, "cdrs.example.com").await;
+        let cdr = |i: i64| switchyard_store::Cdr {
+            id: format!("cdr-{i}"),
+            tenant_id: t.id.clone(),
+            call_id: format!("call-{i}"),
+            from_uri: "sip:100@cdrs.example.com".into(),
+            to_uri: "sip:101@cdrs.example.com".into(),
+            started_at: 1_000 + i,
+            answered_at: (i % 2 == 0).then_some(2_000 + i),
+            ended_at: 3_000 + i,
+            duration_ms: i,
+            disposition: if i % 2 == 0 { "answered" } else { "busy" }.into(),
+            hangup_side: Some("caller".into()),
+            legs: format!("[{{\"n\": {i}}}]"),
+        };
+        // More than one statement's worth, and one record written before (a batch
+        // retried after a commit whose answer was lost).
+        store.insert_cdr(&cdr(7)).await.unwrap();
+        let batch: Vec<_> = (0..300).map(cdr).collect();
+        store.insert_cdrs(&batch).await.unwrap();
+        store.insert_cdrs(&batch).await.unwrap();
+        let mut read = store.cdrs(&t.id, None, 1000).await.unwrap();
+        read.sort_by_key(|c| c.started_at);
+        assert_eq!(read, batch, "every record once, every field as written");
+    }
+);
