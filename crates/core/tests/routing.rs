@@ -180,6 +180,7 @@ async fn calls_route_by_the_dial_plan_and_refusals_leave_no_media_session() {
         advertise: "127.0.0.1".parse().unwrap(),
         port_min: 42000,
         port_max: 42100,
+        ..MediaConfig::default()
     });
     let deps = RouteDeps {
         cache: ConfigCache::new(store.clone()),
@@ -424,6 +425,7 @@ async fn external_numbers_go_out_through_the_first_trunk_with_a_channel_free() {
         advertise: "127.0.0.1".parse().unwrap(),
         port_min: 42200,
         port_max: 42300,
+        ..MediaConfig::default()
     });
     let channels = Arc::new(LiveCalls::memory());
     let deps = RouteDeps {

@@ -277,15 +277,104 @@ async fn a_thousand_short_sessions_give_every_port_back() {
     assert_eq!(node.session_count(), 0);
     assert_eq!(node.running_relays(), 0);
     assert_eq!(node.free_pairs(), before, "every port pair is back");
-    // No socket of this process is left on a port of the range. (Binding each port again
-    // would also trip over other tests' sockets: the kernel hands out ephemeral ports
-    // from this range to any process.)
-    let ours = udp_ports_of_this_process();
-    let left: Vec<u16> = ours
-        .into_iter()
-        .filter(|p| (40800..40998).contains(p))
-        .collect();
-    assert!(left.is_empty(), "sockets left open on {left:?}");
+    // The sockets of this process on the range are exactly the free pairs it keeps
+    // bound, and none once the node is gone. (Binding each port again would also trip
+    // over other tests' sockets: the kernel hands out ephemeral ports from this range
+    // to any process.)
+    let in_range = || {
+        udp_ports_of_this_process()
+            .into_iter()
+            .filter(|p| (40800..=40999).contains(p))
+            .count()
+    };
+    assert!(node.bound_free_pairs() > 0, "pairs are kept bound");
+    assert_eq!(in_range(), 2 * node.bound_free_pairs());
+    drop(node);
+    assert_eq!(in_range(), 0, "sockets left open once the node is gone");
+}
+
+/// A pair kept bound is reused only after every other free pair, and what reached it
+/// after its session ended is dropped: a late packet of the last call neither reaches
+/// the next call's parties nor latches its legs.
+#[tokio::test]
+async fn a_reused_pair_drops_the_last_calls_late_packets() {
+    // One session's worth of ports: the second session gets the first one's pairs.
+    let node = MediaNode::new(MediaConfig {
+        port_min: 41400,
+        port_max: 41403,
+        ..MediaConfig::default()
+    });
+    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let mut relay_ports = Vec::new();
+    for session in ["first", "second"] {
+        node.call(Request::Create {
+            session: session.into(),
+            tenant: "t1".into(),
+        })
+        .await
+        .unwrap();
+        let to_b = sdp(
+            &node,
+            Request::Offer {
+                session: session.into(),
+                from: Leg::A,
+                sdp: offer(port(&phone_a), 0),
+            },
+        )
+        .await;
+        let to_a = sdp(
+            &node,
+            Request::Answer {
+                session: session.into(),
+                from: Leg::B,
+                sdp: offer(port(&phone_b), 0),
+            },
+        )
+        .await;
+        relay_ports.push((sdp_port(&to_a), sdp_port(&to_b)));
+        if session == "first" {
+            node.call(Request::Destroy {
+                session: session.into(),
+            })
+            .await
+            .unwrap();
+            assert_eq!(node.bound_free_pairs(), 2);
+            // The first call's far end keeps sending for a moment after the hang-up.
+            for (seq, relay) in [relay_ports[0].0, relay_ports[0].1].into_iter().enumerate() {
+                let to: SocketAddr = format!("127.0.0.1:{relay}").parse().unwrap();
+                stranger
+                    .send_to(&rtp(0, seq as u16, &[0x55; 160]), to)
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (mut first, mut second) = (relay_ports[0], relay_ports[1]);
+    for pair in [&mut first, &mut second] {
+        if pair.0 > pair.1 {
+            *pair = (pair.1, pair.0);
+        }
+    }
+    assert_eq!(first, second, "the second session reuses the kept pairs");
+
+    // A speaks: B hears it at the address B signalled, not the stranger.
+    let relay_a: SocketAddr = format!("127.0.0.1:{}", relay_ports[1].0).parse().unwrap();
+    phone_a
+        .send_to(&rtp(0, 7, &[0xff; 160]), relay_a)
+        .await
+        .unwrap();
+    let got = recv(&phone_b).await;
+    assert_eq!(RtpHeader::parse(&got).unwrap().sequence, 7);
+    let mut buf = [0u8; 2048];
+    for (who, socket) in [("phone A", &phone_a), ("the stranger", &stranger)] {
+        let late =
+            tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await;
+        assert!(late.is_err(), "{who} got a packet: {late:?}");
+    }
 }
 
 /// The local ports of this process's UDP sockets (Linux: its socket inodes matched

@@ -51,6 +51,10 @@ pub struct MediaSection {
     /// RTP port range (inclusive); two even/odd pairs per call.
     pub port_min: u16,
     pub port_max: u16,
+    /// Port pairs kept bound between calls (two descriptors each). Default: as many as
+    /// the open-files limit leaves room for after 4,096 for everything else, at most
+    /// the whole range.
+    pub keep_bound: Option<usize>,
 }
 
 impl Default for MediaSection {
@@ -60,6 +64,7 @@ impl Default for MediaSection {
             advertise: None,
             port_min: 20000,
             port_max: 29999,
+            keep_bound: None,
         }
     }
 }

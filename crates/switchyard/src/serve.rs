@@ -116,11 +116,17 @@ pub async fn serve(
         None => LiveCalls::memory(),
     });
     // Media: one node in this process, reached through the media-control trait.
+    let pairs = usize::from(config.media.port_max.saturating_sub(config.media.port_min) / 2);
+    let keep_bound = config.media.keep_bound.unwrap_or_else(|| {
+        let room = raise_open_files_limit().saturating_sub(FILES_FOR_EVERYTHING_ELSE);
+        usize::try_from(room / 2).unwrap_or(usize::MAX).min(pairs)
+    });
     let media = MediaNode::new(MediaConfig {
         bind: config.media.bind,
         advertise: config.media.advertise.unwrap_or(config.media.bind),
         port_min: config.media.port_min,
         port_max: config.media.port_max,
+        keep_bound,
     });
 
     // Core: its own SIP socket and transaction layer; the edge reaches it over SIP.
@@ -539,5 +545,49 @@ impl switchyard_api::BanList for EdgeBans {
             info!(%source, "ban lifted by an operator");
         }
         lifted
+    }
+}
+
+/// Descriptors left for listeners, connections, the database and logs when the media
+/// node sizes the port pairs it keeps bound.
+const FILES_FOR_EVERYTHING_ELSE: u64 = 4096;
+
+/// Raises this process's soft open-files limit to its hard limit (a server holds a
+/// socket per connection and two per media leg); returns the limit now in force.
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return u64::MAX; // unlimited
+    };
+    match limit.maximum {
+        Some(hard) if hard > soft => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    info!(from = soft, to = hard, "open files limit raised");
+                    hard
+                }
+                Err(e) => {
+                    warn!(soft, hard, error = %e, "cannot raise the open files limit");
+                    soft
+                }
+            }
+        }
+        None => {
+            let raised = Rlimit {
+                current: None,
+                maximum: None,
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                u64::MAX
+            } else {
+                soft
+            }
+        }
+        Some(_) => soft,
     }
 }
