@@ -83,7 +83,7 @@ impl Engine {
         self.release(held);
         self.by_req
             .retain(|_, (k, p)| *k != key || matches!(p, Purpose::Cancel | Purpose::Bye));
-        self.timers.retain(|_, (k, _)| *k != key);
+        self.disarm_all(key);
         if !call.a_final_sent && call.phase != Phase::Answered {
             // Every path answers the caller before it ends the call; this one did not.
             let tx = call.a_tx;

@@ -256,6 +256,9 @@ pub struct Engine {
     /// is held under (given back when the answer comes).
     orphaned: HashMap<(CallKey, ForwardFor), String>,
     timers: BTreeMap<(Instant, u64), (CallKey, Timer)>,
+    /// Each call's entries in `timers` (some may have fired): a call that ends takes
+    /// its own timers out without a walk over every call's.
+    timers_of: HashMap<CallKey, Vec<(Instant, u64)>>,
     next_key: CallKey,
     next_req: u64,
     next_job: u64,
@@ -303,6 +306,7 @@ impl Engine {
             jobs: HashMap::new(),
             orphaned: HashMap::new(),
             timers: BTreeMap::new(),
+            timers_of: HashMap::new(),
             next_key: NODE + 1,
             next_req: 1,
             next_job: 1,
@@ -373,6 +377,7 @@ impl Engine {
                 .values()
                 .all(|(_, p)| matches!(p, Purpose::Cancel | Purpose::Bye))
             && self.timers.values().all(|(key, _)| *key == NODE)
+            && self.timers_of.keys().all(|key| *key == NODE)
     }
 
     /// BYEs and CANCELs sent and not yet answered.
@@ -490,6 +495,26 @@ impl Engine {
             seq += 1;
         }
         self.timers.insert((at, seq), (key, timer));
+        self.timers_of.entry(key).or_default().push((at, seq));
+    }
+
+    /// Takes every timer of `key` out of the table.
+    pub(crate) fn disarm_all(&mut self, key: CallKey) {
+        for slot in self.timers_of.remove(&key).unwrap_or_default() {
+            if self.timers.get(&slot).is_some_and(|(k, _)| *k == key) {
+                self.timers.remove(&slot);
+            }
+        }
+    }
+
+    /// Forgets a fired timer in its call's list.
+    fn forget_timer(&mut self, key: CallKey, slot: (Instant, u64)) {
+        if let Some(slots) = self.timers_of.get_mut(&key) {
+            slots.retain(|s| *s != slot);
+            if slots.is_empty() {
+                self.timers_of.remove(&key);
+            }
+        }
     }
 
     fn push(&mut self, output: Output) {

@@ -22,6 +22,7 @@ impl Engine {
                 break;
             }
             self.timers.remove(&(at, seq));
+            self.forget_timer(key, (at, seq));
             self.on_timer(key, timer);
         }
     }
