@@ -4,7 +4,8 @@
 # long it took to exit, the BYEs it could not send, its CDRs, and the generator's report
 # (`hung_up_by_far_end`: calls whose phones got the server's BYE).
 #
-# Usage: bench/drain.sh [SERVER_BIN] [WORK_DIR]   (BENCH=... picks another generator binary)
+# Usage: bench/drain.sh [SERVER_BIN] [WORK_DIR]   (BENCH=... picks another generator binary;
+# CALLS=, RATE=, HOLD_MS= and TERM_AFTER= change the load and when SIGTERM comes)
 # Everything runs on 127.0.0.1.
 BIN=${1:-target/release/switchyard}
 OUT=${2:-$(mktemp -d)}
@@ -17,11 +18,11 @@ SWITCHYARD_LOG=info taskset -c 0 "$BIN" serve --data-dir "$OUT/sy" --config "$OU
   > /dev/null 2> "$OUT/serve.log" &
 SERVER=$!
 sleep 2
-taskset -c 1 "$BENCH" bench calls --target 127.0.0.1:$PORT --calls 300 --rate 100 \
-  --hold-ms 10000 --endings caller-bye --provision-store "sqlite://$OUT/sy/switchyard.db" \
+taskset -c 1 "$BENCH" bench calls --target 127.0.0.1:$PORT --calls ${CALLS:-300} --rate ${RATE:-100} \
+  --hold-ms ${HOLD_MS:-10000} --endings caller-bye --provision-store "sqlite://$OUT/sy/switchyard.db" \
   --json > "$OUT/report.json" 2> "$OUT/bench.err" &
 GENERATOR=$!
-sleep 4
+sleep ${TERM_AFTER:-4}
 T0=$(date +%s.%N)
 kill -TERM $SERVER; wait $SERVER; RC=$?
 T1=$(date +%s.%N)

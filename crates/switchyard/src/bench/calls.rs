@@ -30,6 +30,8 @@ use super::storm::{Population, quoted_param};
 const T1: Duration = Duration::from_millis(500);
 /// A transaction gives up after 64 × T1, as RFC 3261's timers B and F.
 const GIVE_UP: Duration = Duration::from_secs(32);
+/// How long the phones try to remove their registrations when the calls are done.
+const UNREGISTER_FOR: Duration = Duration::from_secs(5);
 
 /// How a call ends; the callee's behaviour follows from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
@@ -238,16 +240,21 @@ impl Phones {
     }
 
     /// Removes the callees' registrations of `tenants` (they would count against the
-    /// tenants' registration caps for an hour).
+    /// tenants' registration caps for an hour), for a few seconds at most: a server that
+    /// has stopped (a drain run) answers none of them, and each would wait out a
+    /// transaction timeout.
     pub async fn unregister(&self, population: &Population, tenants: &[usize]) {
-        for &t in tenants {
-            for ending in Ending::ALL {
-                if ending != Ending::Unavailable {
-                    let user = ending.callee().to_string();
-                    let _ = register(&self.net, population, t, &user, 0).await;
+        let all = async {
+            for &t in tenants {
+                for ending in Ending::ALL {
+                    if ending != Ending::Unavailable {
+                        let user = ending.callee().to_string();
+                        let _ = register(&self.net, population, t, &user, 0).await;
+                    }
                 }
             }
-        }
+        };
+        let _ = tokio::time::timeout(UNREGISTER_FOR, all).await;
     }
 }
 
@@ -659,15 +666,29 @@ async fn caller_call(
                 tokio::time::sleep_until(hold_ends).await;
                 let bye = dialog.request("BYE", 3, local, &format!("{call_id}-bye"));
                 net.send(socket, net.target, &bye).await;
-                let ok = exchange(net, socket, net.target, Some(&bye), &mut rx, |m, _| {
-                    if m.status() == Some(200) && m.cseq().is_ok_and(|c| c.method == Method::Bye)
-                    {
-                        return Some(true);
+                // Until the answer to our BYE; a BYE of the far end that crossed ours
+                // (the server hanging up as it stops) is answered, as a phone does.
+                let answered = loop {
+                    let got = exchange(net, socket, net.target, Some(&bye), &mut rx, |m, from| {
+                        if m.method() == Some(&Method::Bye) {
+                            return Some(Err((m.clone(), from)));
+                        }
+                        (m.status().is_some() && m.cseq().is_ok_and(|c| c.method == Method::Bye))
+                            .then(|| Ok(m.status() == Some(200)))
+                    })
+                    .await;
+                    match got {
+                        Some(Err((theirs, from))) => {
+                            net.send(socket, from, &response_to(&theirs, 200, "OK", None, ""))
+                                .await;
+                            net.far_end_byes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Some(Ok(ok)) => break ok,
+                        None => break false,
                     }
-                    None
-                })
-                .await;
-                Some((200, ok.is_some() && ending.expected() == 200, setup))
+                };
+                Some((200, answered && ending.expected() == 200, setup))
             }
             _ => {
                 // Wait for the callee's BYE (a 200 retransmitted meanwhile gets its ACK).
@@ -782,11 +803,31 @@ async fn callee_call(
         }
     };
     net.send(socket, from, &final_answer).await;
-    // Retransmitted until the ACK (and a retransmitted INVITE gets it again).
-    let acked = exchange(&net, socket, from, Some(&final_answer), &mut rx, |m, _| {
-        (m.method() == Some(&Method::Ack)).then_some(())
-    })
-    .await;
+    // Retransmitted until the ACK (and a retransmitted INVITE gets it again). A CANCEL
+    // that crossed the answer is answered `200` and changes nothing (RFC 3261 9.2).
+    let acked = loop {
+        let got = exchange(
+            &net,
+            socket,
+            from,
+            Some(&final_answer),
+            &mut rx,
+            |m, at| match m.method() {
+                Some(Method::Ack) => Some(None),
+                Some(Method::Cancel) => Some(Some((m.clone(), at))),
+                _ => None,
+            },
+        )
+        .await;
+        match got {
+            Some(Some((cancel, at))) => {
+                net.send(socket, at, &response_to(&cancel, 200, "OK", Some(&tag), ""))
+                    .await;
+            }
+            Some(None) => break Some(()),
+            None => break None,
+        }
+    };
     if acked.is_none() || behaviour != Ending::CalleeBye {
         if behaviour == Ending::CallerBye && acked.is_some() {
             let bye = exchange(&net, socket, from, None, &mut rx, |m, from| {
