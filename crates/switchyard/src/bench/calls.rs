@@ -23,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use switchyard_sip::digest::{Algorithm, expected_response, ha1};
+use switchyard_sip::headers::tag_of;
 use switchyard_sip::{HeaderName, Message, Method};
 
 use super::storm::{Population, quoted_param};
@@ -30,6 +31,10 @@ use super::storm::{Population, quoted_param};
 const T1: Duration = Duration::from_millis(500);
 /// A transaction gives up after 64 × T1, as RFC 3261's timers B and F.
 const GIVE_UP: Duration = Duration::from_secs(32);
+/// The start of every From tag our callers choose: through a proxy that keeps the
+/// Call-ID (Kamailio in `bench/kamailio/calls.py`), the caller and the callee of one
+/// call are both in this process, and the tags tell which side a message is for.
+const CALLER_TAG: &str = "sybc";
 /// How long the phones try to remove their registrations when the calls are done.
 const UNREGISTER_FOR: Duration = Duration::from_secs(5);
 
@@ -367,19 +372,36 @@ async fn read_loop(net: Arc<Net>, socket: usize) {
         let Ok(call_id) = msg.call_id().map(str::to_owned) else {
             continue;
         };
+        // Sent by one of our callers (a request) or answering one of our callees (a
+        // response whose To tag is a caller's): for the callee side of the call.
+        let ours = |name| {
+            msg.header(name)
+                .and_then(tag_of)
+                .is_some_and(|t| t.starts_with(CALLER_TAG))
+        };
+        let for_callee = if msg.is_request() {
+            ours(HeaderName::From)
+        } else {
+            ours(HeaderName::To)
+        };
+        let key = if for_callee {
+            format!("{call_id}/callee")
+        } else {
+            call_id
+        };
         let inbox = net
             .calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&call_id)
+            .get(&key)
             .cloned();
         match inbox {
             Some(inbox) => {
                 let _ = inbox.send((msg, from));
             }
             None if msg.method() == Some(&Method::Invite) => {
-                let rx = net.route(&call_id);
-                tokio::spawn(callee_call(net.clone(), socket, msg, from, rx));
+                let rx = net.route(&key);
+                tokio::spawn(callee_call(net.clone(), socket, key, msg, from, rx));
             }
             None => {}
         }
@@ -552,7 +574,7 @@ async fn caller_call(
     let user = caller.to_string();
     let password = format!("storm-{t}-{user}-secret");
     let call_id = format!("bc-{}-{batch:08x}-{t}-{i}", net.run);
-    let tag = format!("c{t}x{i}");
+    let tag = format!("{CALLER_TAG}{t}x{i}");
     let callee = ending.callee();
     let uri = format!("sip:{callee}@{domain}");
     let mut rx = net.route(&call_id);
@@ -747,6 +769,7 @@ fn response_to(
 async fn callee_call(
     net: Arc<Net>,
     socket: usize,
+    key: String,
     invite: Message,
     from: SocketAddr,
     mut rx: mpsc::UnboundedReceiver<(Message, SocketAddr)>,
@@ -777,7 +800,7 @@ async fn callee_call(
             });
             let Ok(Some(cancel)) = tokio::time::timeout(Duration::from_secs(700), cancel).await
             else {
-                net.forget(&call_id);
+                net.forget(&key);
                 return;
             };
             net.send(
@@ -840,7 +863,7 @@ async fn callee_call(
         }
         // Linger briefly for retransmissions, then forget the call.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        net.forget(&call_id);
+        net.forget(&key);
         return;
     }
     tokio::time::sleep(net.hold).await;
@@ -874,7 +897,7 @@ async fn callee_call(
             .then_some(())
     })
     .await;
-    net.forget(&call_id);
+    net.forget(&key);
 }
 
 /// Sets the call caps of tenant `t` of the population (provisioned already).
