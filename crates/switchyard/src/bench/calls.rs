@@ -693,14 +693,15 @@ async fn caller_call(
                 let answered = loop {
                     let got = exchange(net, socket, net.target, Some(&bye), &mut rx, |m, from| {
                         if m.method() == Some(&Method::Bye) {
-                            return Some(Err((m.clone(), from)));
+                            return Some(Err(Box::new((m.clone(), from))));
                         }
                         (m.status().is_some() && m.cseq().is_ok_and(|c| c.method == Method::Bye))
                             .then(|| Ok(m.status() == Some(200)))
                     })
                     .await;
                     match got {
-                        Some(Err((theirs, from))) => {
+                        Some(Err(crossed)) => {
+                            let (theirs, from) = *crossed;
                             net.send(socket, from, &response_to(&theirs, 200, "OK", None, ""))
                                 .await;
                             net.far_end_byes
