@@ -492,3 +492,38 @@ async fn silent(phone: &UdpSocket, ms: u64) -> bool {
         .await
         .is_err()
 }
+
+/// No more pairs stay bound than `keep_bound` allows; the rest are closed when freed.
+#[tokio::test]
+async fn pairs_beyond_keep_bound_are_closed_when_freed() {
+    let node = MediaNode::new(MediaConfig {
+        port_min: 41600,
+        port_max: 41639,
+        keep_bound: 3,
+        ..MediaConfig::default()
+    });
+    for i in 0..4 {
+        node.call(Request::Create {
+            session: format!("k{i}"),
+            tenant: "t1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let in_range = || {
+        udp_ports_of_this_process()
+            .into_iter()
+            .filter(|p| (41600..=41639).contains(p))
+            .count()
+    };
+    assert_eq!(in_range(), 16, "four sessions, two legs each, RTP and RTCP");
+    for i in 0..4 {
+        node.call(Request::Destroy {
+            session: format!("k{i}"),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(node.bound_free_pairs(), 3);
+    assert_eq!(in_range(), 6, "three pairs kept, five closed");
+}
