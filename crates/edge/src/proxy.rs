@@ -303,31 +303,22 @@ impl Proxy {
             self.core_named_by(msg)
                 .filter(|c| candidates.iter().any(|x| x.addr == c.addr))
         };
-        let Some(core) =
-            owner.or_else(|| pick_by(call_id, candidates.iter().copied(), |c| &c.node))
+        let carrier = self.carriers.carrier_of(ingress.source.ip());
+        // Outside a dialog, the tenant's core: every call of a tenant, and so both calls
+        // an attended transfer joins, lives in one engine (the tenant's domain hashed;
+        // the Call-ID when no tenant can be named).
+        let key = self
+            .tenant_key(msg, carrier.as_deref())
+            .unwrap_or_else(|| call_id.to_owned());
+        let Some(core) = owner.or_else(|| pick_by(&key, candidates.iter().copied(), |c| &c.node))
         else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         let mut new_call = None;
-        let carrier = self.carriers.carrier_of(ingress.source.ip());
         if let Some(carrier) = carrier.filter(|_| initial && method == Method::Invite) {
             // From the PSTN: the number decides the tenant, and the number's tenant's
             // caps apply, as for its own phones' calls.
-            let mut dialled = msg
-                .request_uri()
-                .and_then(|u| u.ok())
-                .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
-                .unwrap_or_default();
-            let to_our_contact = self.carriers.is_our_registered_user(&carrier, &dialled);
-            if to_our_contact {
-                // Sent to the Contact we registered: the number is in To.
-                dialled = msg
-                    .to_header()
-                    .ok()
-                    .and_then(|t| t.uri().ok())
-                    .and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
-                    .unwrap_or_default();
-            }
+            let (dialled, to_our_contact) = self.dialled_by_carrier(&carrier, msg);
             let Some((_, domain)) = self.carriers.holder_of(&dialled) else {
                 info!(carrier, dialled, "carrier call to a number not in service");
                 return self.answer(msg, ingress, 404, "Number not in service");
@@ -501,6 +492,34 @@ impl Proxy {
             local: *local,
             remote: addr,
         })
+    }
+
+    /// What a carrier's request dials, and whether it came to the Contact we registered
+    /// with that carrier (then the number is in To, not in the Request-URI).
+    fn dialled_by_carrier(&self, carrier: &str, msg: &Message) -> (String, bool) {
+        let user_of = |uri: Option<switchyard_sip::Uri<'_>>| {
+            uri.and_then(|u| u.as_sip().and_then(|s| s.user.map(str::to_owned)))
+                .unwrap_or_default()
+        };
+        let dialled = user_of(msg.request_uri().and_then(|u| u.ok()));
+        if self.carriers.is_our_registered_user(carrier, &dialled) {
+            let to = msg.to_header().ok().and_then(|t| t.uri().ok());
+            (user_of(to), true)
+        } else {
+            (dialled, false)
+        }
+    }
+
+    /// The tenant a request outside a dialog is for, as the key that picks its core: the
+    /// Request-URI's domain from a phone, the holder of the dialled number from a
+    /// carrier (a CANCEL, or the ACK of a failure, names it as its INVITE did).
+    fn tenant_key(&self, msg: &Message, carrier: Option<&str>) -> Option<String> {
+        if let Some(carrier) = carrier {
+            let (dialled, _) = self.dialled_by_carrier(carrier, msg);
+            return self.carriers.holder_of(&dialled).map(|(_, domain)| domain);
+        }
+        let uri = msg.request_uri()?.ok()?;
+        Some(uri.as_sip()?.host.to_ascii_lowercase())
     }
 
     /// The core node whose address the Request-URI names, if any.
@@ -691,10 +710,27 @@ mod tests {
             dest(p.request(&bye(&named(c1), &on_c2), &phone(), 0).await),
             c1
         );
-        // A URI that names no core: rendezvous hashing decides.
-        let other = "sip:1002@127.0.0.1:9999";
-        assert_eq!(dest(p.request(&bye(other, &on_c1), &phone(), 0).await), c1);
-        assert_eq!(dest(p.request(&bye(other, &on_c2), &phone(), 0).await), c2);
+        // A URI that names no core: rendezvous hashing of its domain (the tenant's)
+        // decides, whatever the Call-ID, so a tenant's calls share one core.
+        let in_domain = |domain: &str| format!("sip:1002@{domain}");
+        for call_id in [&on_c1, &on_c2] {
+            assert_eq!(
+                dest(
+                    p.request(&bye(&in_domain(&on_c1), call_id), &phone(), 0)
+                        .await
+                ),
+                c1
+            );
+            assert_eq!(
+                dest(
+                    p.request(&bye(&in_domain(&on_c2), call_id), &phone(), 0)
+                        .await
+                ),
+                c2
+            );
+        }
+        let other = in_domain(&on_c1);
+        let other = other.as_str();
 
         // c1 stops answering pings: its dialogs and new ones go to c2.
         let health = Arc::new(crate::health::CoreHealth::new(

@@ -29,12 +29,17 @@ pub struct CoreSection {
     /// Hang up an answered call when a leg sends no RTP for this many seconds (never while
     /// the call is on hold); 0 turns it off.
     pub rtp_timeout_secs: u64,
+    /// Call engines in this process (each with its own internal socket and transaction
+    /// layer); the edge gives each tenant's calls to one of them, so a tenant's calls and
+    /// transfers stay together.
+    pub shards: usize,
 }
 
 impl Default for CoreSection {
     fn default() -> Self {
         CoreSection {
             rtp_timeout_secs: 60,
+            shards: 1,
         }
     }
 }
@@ -277,6 +282,9 @@ impl Config {
         }
         if s.idle_timeout_secs == 0 || s.message_timeout_secs == 0 {
             bail!("sip.idle_timeout_secs and sip.message_timeout_secs must be at least 1");
+        }
+        if self.core.shards == 0 || self.core.shards > 256 {
+            bail!("core.shards must be between 1 and 256");
         }
         if s.udp_buffer_bytes > 1 << 30 {
             bail!("sip.udp_buffer_bytes must be at most 1073741824");

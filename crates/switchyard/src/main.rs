@@ -458,6 +458,9 @@ struct ServeArgs {
     /// RTP port range, `MIN-MAX`.
     #[arg(long, env = "SWITCHYARD_MEDIA_PORTS", value_parser = parse_port_range)]
     media_ports: Option<(u16, u16)>,
+    /// Call engines in this process (`core.shards`).
+    #[arg(long, env = "SWITCHYARD_CORE_SHARDS")]
+    core_shards: Option<usize>,
     /// Demo mode: a demo tenant with two extensions (credentials printed and written to
     /// `demo-credentials.json` in the data directory), a demo API key, a self-signed TLS
     /// certificate.
@@ -985,6 +988,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((min, max)) = args.media_ports {
         config.media.port_min = min;
         config.media.port_max = max;
+    }
+    if let Some(n) = args.core_shards {
+        config.core.shards = n;
     }
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new()?;

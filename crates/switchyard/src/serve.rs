@@ -129,10 +129,8 @@ pub async fn serve(
         keep_bound,
     });
 
-    // Core: its own SIP socket and transaction layer; the edge reaches it over SIP.
-    let core_hub = Hub::new();
-    let (core_in_tx, core_in_rx) = mpsc::channel::<Incoming>(8192);
-    let (core_tu_tx, core_tu_rx) = mpsc::channel::<TuEvent>(8192);
+    // Cores: each its own SIP socket, transaction layer and call engine; the edge
+    // reaches them over SIP and gives each tenant's calls to one of them.
     let internal_listen = |addr: SocketAddr| ListenConfig {
         udp: vec![addr],
         tcp: Vec::new(),
@@ -144,42 +142,53 @@ pub async fn serve(
         udp_buffer: listen.udp_buffer,
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let core_bound = spawn_listeners(
-        internal_listen(loopback),
-        core_hub.clone(),
-        core_in_tx,
-        stop_rx.clone(),
-    )
-    .await?;
-    let core_addr = core_bound.udp[0];
-    let core_driver = spawn_driver(
-        core_hub.clone(),
-        TimerConfig::default(),
-        core_in_rx,
-        core_tu_tx,
-        stop_rx.clone(),
-    );
-    // The core drains on its own signal, before the rest stops: its BYEs still need the
-    // driver, the listeners and the edge.
+    // The cores drain on their own signal, before the rest stops: their BYEs still need
+    // the drivers, the listeners and the edge.
     let (drain_tx, drain_rx) = watch::channel(false);
     let call_metrics = Arc::new(switchyard_core::metrics::CallMetrics::default());
-    let (core, core_task) = spawn_core(
-        CoreSettings {
-            local: core_addr,
-            rtp_timeout: (config.core.rtp_timeout_secs > 0)
-                .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
-            metrics: call_metrics.clone(),
-            channels: live_calls.clone(),
-        },
-        store.clone(),
-        locations.clone(),
-        Arc::new(media.clone()),
-        core_driver,
-        core_hub,
-        core_tu_rx,
-        changes.subscribe(),
-        drain_rx,
-    );
+    let mut cores = Vec::new();
+    for shard in 1..=config.core.shards {
+        let core_hub = Hub::new();
+        let (core_in_tx, core_in_rx) = mpsc::channel::<Incoming>(8192);
+        let (core_tu_tx, core_tu_rx) = mpsc::channel::<TuEvent>(8192);
+        let core_bound = spawn_listeners(
+            internal_listen(loopback),
+            core_hub.clone(),
+            core_in_tx,
+            stop_rx.clone(),
+        )
+        .await?;
+        let core_addr = core_bound.udp[0];
+        let core_driver = spawn_driver(
+            core_hub.clone(),
+            TimerConfig::default(),
+            core_in_rx,
+            core_tu_tx,
+            stop_rx.clone(),
+        );
+        let (handle, task) = spawn_core(
+            CoreSettings {
+                local: core_addr,
+                rtp_timeout: (config.core.rtp_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
+                metrics: call_metrics.clone(),
+                channels: live_calls.clone(),
+            },
+            store.clone(),
+            locations.clone(),
+            Arc::new(media.clone()),
+            core_driver,
+            core_hub,
+            core_tu_rx,
+            changes.subscribe(),
+            drain_rx.clone(),
+        );
+        cores.push((format!("core-{shard}"), core_addr, handle, task));
+    }
+    let active_calls = {
+        let handles: Vec<_> = cores.iter().map(|(_, _, h, _)| h.clone()).collect();
+        move || handles.iter().map(|h| h.active_calls()).sum::<usize>()
+    };
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -216,15 +225,35 @@ pub async fn serve(
         Arc::new(r)
     };
     let gauges = {
-        let (core, media, health) = (core.clone(), media.clone(), core_health.clone());
+        let (media, health) = (media.clone(), core_health.clone());
+        let shards: Vec<_> = cores
+            .iter()
+            .map(|(name, addr, h, _)| (name.clone(), *addr, h.clone()))
+            .collect();
         let (edge, bans) = (counters.clone(), bans.clone());
         let runtime = tokio::runtime::Handle::current();
         switchyard_api::Metrics(Arc::new(move || {
+            let now = std::time::Instant::now();
+            let per_core = shards.iter().map(|(name, _, h)| {
+                (
+                    format!("switchyard_core_calls_active{{core=\"{name}\"}}"),
+                    h.active_calls() as f64,
+                )
+            });
             vec![
-                ("switchyard_calls_active".into(), core.active_calls() as f64),
+                (
+                    "switchyard_calls_active".into(),
+                    shards
+                        .iter()
+                        .map(|(_, _, h)| h.active_calls())
+                        .sum::<usize>() as f64,
+                ),
                 (
                     "switchyard_core_cdrs_pending".into(),
-                    core.cdrs_pending() as f64,
+                    shards
+                        .iter()
+                        .map(|(_, _, h)| h.cdrs_pending())
+                        .sum::<usize>() as f64,
                 ),
                 (
                     "switchyard_media_sessions".into(),
@@ -240,12 +269,14 @@ pub async fn serve(
                 ),
                 (
                     "switchyard_core_nodes_healthy".into(),
-                    f64::from(u8::from(
-                        health.is_healthy(core_addr, std::time::Instant::now()),
-                    )),
+                    shards
+                        .iter()
+                        .filter(|(_, addr, _)| health.is_healthy(*addr, now))
+                        .count() as f64,
                 ),
             ]
             .into_iter()
+            .chain(per_core)
             .chain(edge.snapshot())
             .chain(BanReason::ALL.iter().zip(&bans.issued_by).map(|(r, n)| {
                 (
@@ -322,7 +353,10 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     // The cores the edge routes to are the ones it pings.
-    let core_nodes = vec![CoreNode::new("core-1", core_addr)];
+    let core_nodes: Vec<CoreNode> = cores
+        .iter()
+        .map(|(name, addr, _, _)| CoreNode::new(name, *addr))
+        .collect();
     {
         let cores = core_nodes.iter().map(|c| c.addr).collect();
         let (hub, stop) = (hub.clone(), stop_rx.clone());
@@ -389,7 +423,7 @@ pub async fn serve(
         }
     }
     println!("ready");
-    info!(core = %core_addr, edge_internal = %internal, "ready");
+    info!(cores = ?cores.iter().map(|(_, a, _, _)| *a).collect::<Vec<_>>(), edge_internal = %internal, "ready");
 
     let edge = tokio::spawn(switchyard_edge::run(
         EdgeSettings {
@@ -405,7 +439,7 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     let _ = shutdown.changed().await;
-    info!(active_calls = core.active_calls(), "shutting down");
+    info!(active_calls = active_calls(), "shutting down");
     if let Some(writes) = locations.batch_stats() {
         info!(
             registrations = writes.writes(),
@@ -416,11 +450,12 @@ pub async fn serve(
     // First the calls: BYEs out and answered, every CDR written (bounded: the core gives
     // up on unanswered BYEs after 5 s, a CDR retries for about 6 s).
     let _ = drain_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(15), core_task)
+    let drained = join_every(cores.into_iter().map(|(_, _, _, task)| task));
+    if tokio::time::timeout(Duration::from_secs(15), drained)
         .await
         .is_err()
     {
-        warn!("the core did not finish draining in 15 s");
+        warn!("the cores did not finish draining in 15 s");
     }
     let _ = stop_tx.send(true);
     let _ = edge.await;
@@ -590,4 +625,15 @@ fn raise_open_files_limit() -> u64 {
         }
         Some(_) => soft,
     }
+}
+
+/// Waits for every task (the cores' drains run side by side).
+async fn join_every(tasks: impl Iterator<Item = tokio::task::JoinHandle<()>>) {
+    let mut set = tokio::task::JoinSet::new();
+    for task in tasks {
+        set.spawn(async move {
+            let _ = task.await;
+        });
+    }
+    while set.join_next().await.is_some() {}
 }

@@ -2161,7 +2161,8 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
 /// Replaces that names the Call-ID without its tags is refused (`481`).
 #[test]
 fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
-    let d = demo();
+    // Two engines: the consultation call must land where the call it replaces lives.
+    let d = demo_with(&["--core-shards", "2"]);
     let (mut a, mut a_leg, mut b, mut b_first, mut c) = d.answered_call_and_a_third_phone();
     // 1002 consults 1003.
     let consult = std::thread::spawn(move || {
@@ -2246,4 +2247,59 @@ fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
         Some(("attended-transfer", Some(200))),
         "{main}"
     );
+}
+
+/// With two call engines in the process (`--core-shards 2`), the edge gives each tenant's
+/// calls to one of them (the dialog's requests follow), and tenants spread over both:
+/// the Contact each caller gets names the engine's own socket.
+#[test]
+fn with_two_shards_each_tenants_calls_share_one_engine_and_tenants_spread() {
+    let d = demo_with(&["--core-shards", "2"]);
+    let mut engines_of_tenants = Vec::new();
+    for i in 0..8i64 {
+        let domain = format!("shard{i}.example");
+        let first = 3000 + 100 * i;
+        let (t, r) = d.tenant(&domain, first);
+        let (pa, pb) = (format!("password-a-{i}"), format!("password-b-{i}"));
+        d.extension(&t, &r, first, &pa);
+        d.extension(&t, &r, first + 1, &pb);
+        let addr = d.server.addr("UDP");
+        let mut a = Phone::new(addr, &domain, &first.to_string(), &pa);
+        let mut b = Phone::new(addr, &domain, &(first + 1).to_string(), &pb);
+        assert_eq!(a.register(), 200);
+        assert_eq!(b.register(), 200);
+        let mut engines = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            let callee = std::thread::spawn(move || {
+                b.answer_next("INVITE", Duration::from_secs(5), &[0]);
+                let _ = b.wait_request("ACK", Duration::from_secs(2));
+                b.answer_next("BYE", Duration::from_secs(5), &[]);
+                b
+            });
+            let (r, leg) = a.call(&(first + 1).to_string(), &[0]);
+            assert_eq!(r.status(), Some(200), "{r:?}");
+            let mut leg = leg.unwrap();
+            engines.insert(leg.target.split('@').nth(1).unwrap_or_default().to_owned());
+            assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
+            b = callee.join().unwrap();
+        }
+        assert_eq!(
+            engines.len(),
+            1,
+            "{domain}'s calls on one engine: {engines:?}"
+        );
+        engines_of_tenants.extend(engines);
+    }
+    let distinct: std::collections::BTreeSet<_> = engines_of_tenants.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        2,
+        "tenants on both engines: {engines_of_tenants:?}"
+    );
+    let metrics = d.metrics();
+    for core in ["core-1", "core-2"] {
+        let name = format!("switchyard_core_calls_active{{core=\"{core}\"}}");
+        assert_eq!(metrics.get(&name), Some(&0.0), "{name} in {metrics:?}");
+    }
+    assert_eq!(metrics.get("switchyard_core_nodes_healthy"), Some(&2.0));
 }

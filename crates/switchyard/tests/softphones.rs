@@ -503,7 +503,8 @@ fn linphone_joins_its_caller_to_the_party_it_consulted() {
     if common::netns::run_isolated("linphone_joins_its_caller_to_the_party_it_consulted") {
         return;
     }
-    let server = Server::start(&[]);
+    // Two call engines: the consultation call lands where the call it replaces lives.
+    let server = Server::start(&["--core-shards", "2"]);
     let creds = demo_credentials(&server);
     let domain = creds["domain"].as_str().unwrap();
     let tenant = creds["tenant_id"].as_str().unwrap();
