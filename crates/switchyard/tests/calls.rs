@@ -692,7 +692,9 @@ fn bad_input_during_a_call_is_answered_and_the_call_goes_on() {
 
 #[test]
 fn every_contact_rings_the_first_answer_wins_and_the_caller_can_cancel() {
-    let d = demo();
+    // Two call engines: the CANCEL (and the carrier's requests) must reach the engine
+    // its INVITE did.
+    let d = demo_with(&["--core-shards", "2"]);
     let mut a = d.phone("1001");
     let mut desk = d.phone("1002");
     let mut mobile = d.phone("1002");
@@ -1475,7 +1477,9 @@ fn sigterm_with_calls_up_hangs_every_call_up_and_writes_every_cdr() {
 /// service is `404`; the same call from a source that is no carrier is `403`.
 #[test]
 fn a_carrier_call_to_a_tenants_number_rings_the_extension_it_points_at() {
-    let d = demo();
+    // Two call engines: the CANCEL (and the carrier's requests) must reach the engine
+    // its INVITE did.
+    let d = demo_with(&["--core-shards", "2"]);
     let (s, c) = d.api(
         "POST",
         "/v1/carriers",
