@@ -307,11 +307,14 @@ impl Proxy {
         // Outside a dialog, the tenant's core: every call of a tenant, and so both calls
         // an attended transfer joins, lives in one engine (the tenant's domain hashed;
         // the Call-ID when no tenant can be named).
-        let key = self
-            .tenant_key(msg, carrier.as_deref())
-            .unwrap_or_else(|| call_id.to_owned());
-        let Some(core) = owner.or_else(|| pick_by(&key, candidates.iter().copied(), |c| &c.node))
-        else {
+        let by_tenant = || {
+            let key = self
+                .tenant_key(msg, carrier.as_deref())
+                .unwrap_or_else(|| call_id.to_owned());
+            pick_by(&key, candidates.iter().copied(), |c| &c.node)
+        };
+        let only = (candidates.len() == 1).then(|| candidates[0]);
+        let Some(core) = owner.or(only).or_else(by_tenant) else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         let mut new_call = None;
