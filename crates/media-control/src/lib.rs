@@ -78,6 +78,10 @@ pub struct LegStats {
     /// The leg's SDP says it does not both send and receive (hold): silence is expected.
     #[serde(default)]
     pub held: bool,
+    /// Packets that came for this leg from a source other than the one it latched to
+    /// (injection attempts, a previous call's party), dropped.
+    #[serde(default)]
+    pub foreign_dropped: u64,
 }
 
 /// Counters of a session.

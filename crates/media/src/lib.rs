@@ -520,6 +520,8 @@ struct LegCounters {
     replaced_until: Option<Instant>,
     /// When this leg's RTP last arrived.
     last_rtp: Option<Instant>,
+    /// Packets from a source other than the latched one, dropped.
+    foreign_dropped: u64,
 }
 
 /// The relay's counters as last published, and when each leg's RTP last arrived.
@@ -544,6 +546,7 @@ impl LegCounters {
             // Filled in by `Session::snapshot` at query time.
             silent_ms: 0,
             held: false,
+            foreign_dropped: self.foreign_dropped,
         }
     }
 }
@@ -614,6 +617,25 @@ async fn relay(
             (plan.b, plan.a)
         };
         let packet = &mut buf[..n];
+        // Once latched, a leg hears only its source; the address its SDP signalled wins
+        // over a first source that was not it (an attacker racing the phone).
+        let latched = if is_rtcp {
+            &mut counters[fi].latched_rtcp
+        } else {
+            &mut counters[fi].latched_rtp
+        };
+        match *latched {
+            Some(l) if l != src && Some(src) == signalled => *latched = Some(src),
+            Some(l) if l != src => {
+                counters[fi].foreign_dropped += 1;
+                // Seen at once, without a flood of them costing a publish each.
+                if counters[fi].foreign_dropped % PUBLISH_EVERY == 1 {
+                    publish(&shared, &counters);
+                }
+                continue;
+            }
+            _ => {}
+        }
         if is_rtcp {
             counters[fi].latched_rtcp.get_or_insert(src);
             let dest = counters[ti].latched_rtcp.or(to_plan.rtcp_dest);

@@ -527,3 +527,150 @@ async fn pairs_beyond_keep_bound_are_closed_when_freed() {
     assert_eq!(node.bound_free_pairs(), 3);
     assert_eq!(in_range(), 6, "three pairs kept, five closed");
 }
+
+async fn answered_session(
+    node: &MediaNode,
+    id: &str,
+    pa: u16,
+    pb: u16,
+) -> (SocketAddr, SocketAddr) {
+    node.call(Request::Create {
+        session: id.into(),
+        tenant: "t1".into(),
+    })
+    .await
+    .unwrap();
+    let to_b = sdp(
+        node,
+        Request::Offer {
+            session: id.into(),
+            from: Leg::A,
+            sdp: offer(pa, 0),
+        },
+    )
+    .await;
+    let to_a = sdp(
+        node,
+        Request::Answer {
+            session: id.into(),
+            from: Leg::B,
+            sdp: offer(pb, 0),
+        },
+    )
+    .await;
+    let at = |sdp: &str| format!("127.0.0.1:{}", sdp_port(sdp)).parse().unwrap();
+    (at(&to_a), at(&to_b))
+}
+
+async fn leg_stats(node: &MediaNode, id: &str) -> switchyard_media_control::SessionStats {
+    match node
+        .call(Request::Stats { session: id.into() })
+        .await
+        .unwrap()
+    {
+        Reply::Stats { stats } => stats,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn nothing_for(socket: &UdpSocket) -> bool {
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf))
+        .await
+        .is_err()
+}
+
+/// Once a leg has latched, packets for it from anywhere else are dropped and counted: a
+/// stranger who learns the relay's port cannot speak into the call.
+#[tokio::test]
+async fn a_second_source_after_latching_is_dropped_and_counted() {
+    let node = node(41800);
+    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let (relay_a, relay_b) = answered_session(&node, "s1", port(&phone_a), port(&phone_b)).await;
+    phone_b
+        .send_to(&rtp(0, 1, &[0x11; 160]), relay_b)
+        .await
+        .unwrap();
+    assert_eq!(RtpHeader::parse(&recv(&phone_a).await).unwrap().sequence, 1);
+    // The stranger pretends to be B, and to be A.
+    stranger
+        .send_to(&rtp(0, 2, &[0x22; 160]), relay_b)
+        .await
+        .unwrap();
+    assert!(
+        nothing_for(&phone_a).await,
+        "the stranger's packet reached A"
+    );
+    phone_a
+        .send_to(&rtp(0, 3, &[0x33; 160]), relay_a)
+        .await
+        .unwrap();
+    assert_eq!(RtpHeader::parse(&recv(&phone_b).await).unwrap().sequence, 3);
+    stranger
+        .send_to(&rtp(0, 4, &[0x44; 160]), relay_a)
+        .await
+        .unwrap();
+    assert!(
+        nothing_for(&phone_b).await,
+        "the stranger's packet reached B"
+    );
+    // B is still heard.
+    phone_b
+        .send_to(&rtp(0, 5, &[0x55; 160]), relay_b)
+        .await
+        .unwrap();
+    assert_eq!(RtpHeader::parse(&recv(&phone_a).await).unwrap().sequence, 5);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = leg_stats(&node, "s1").await;
+    assert_eq!((stats.a.foreign_dropped, stats.b.foreign_dropped), (1, 1));
+    assert_eq!(
+        stats.b.latched,
+        Some(phone_b.local_addr().unwrap().to_string())
+    );
+}
+
+/// A stranger whose packet arrives before the phone's gets the leg only until the address
+/// the SDP signalled speaks: then the leg is the phone's, and the stranger hears nothing.
+#[tokio::test]
+async fn the_signalled_address_wins_over_a_stranger_who_spoke_first() {
+    let node = node(42000);
+    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let (relay_a, relay_b) = answered_session(&node, "s2", port(&phone_a), port(&phone_b)).await;
+    stranger
+        .send_to(&rtp(0, 1, &[0x11; 160]), relay_b)
+        .await
+        .unwrap();
+    let _ = recv(&phone_a).await;
+    phone_b
+        .send_to(&rtp(0, 2, &[0x22; 160]), relay_b)
+        .await
+        .unwrap();
+    assert_eq!(RtpHeader::parse(&recv(&phone_a).await).unwrap().sequence, 2);
+    phone_a
+        .send_to(&rtp(0, 3, &[0x33; 160]), relay_a)
+        .await
+        .unwrap();
+    assert_eq!(RtpHeader::parse(&recv(&phone_b).await).unwrap().sequence, 3);
+    assert!(
+        nothing_for(&stranger).await,
+        "A's audio went to the stranger"
+    );
+    stranger
+        .send_to(&rtp(0, 4, &[0x44; 160]), relay_b)
+        .await
+        .unwrap();
+    assert!(nothing_for(&phone_a).await, "the stranger is still heard");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = leg_stats(&node, "s2").await;
+    assert_eq!(stats.b.foreign_dropped, 1);
+    assert_eq!(
+        stats.b.latched,
+        Some(phone_b.local_addr().unwrap().to_string())
+    );
+}
