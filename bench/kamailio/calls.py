@@ -23,25 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import Kamailio, Switchyard, cpu_seconds  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TENANTS, PER_TENANT = 10, 20
-
-
-class KamailioProxy(Kamailio):
-    name = "kamailio"
-
-    def start(self):
-        cfg = open(os.path.join(HERE, "calls.cfg")).read()
-        cfg = cfg.replace("@DB@", os.path.join(self.work, "db")).replace("@LISTEN@", self.target)
-        path = os.path.join(self.work, "kamailio.cfg")
-        open(path, "w").write(cfg)
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", "0", "kamailio", "-DD", "-E", "-f", path, "-P",
-             os.path.join(self.work, "kamailio.pid"), "-m", "512", "-M", "64"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, "kamailio.log"), "a"),
-            start_new_session=True)
-        from run import wait_for_options
-        wait_for_options(self.target)
 
 
 def generate(args, target, calls, rate, hold_ms, extra=()):
@@ -110,7 +92,7 @@ def main():
         for line in open(htable):
             key, ha1 = line.strip().split("=>")
             f.write(f"{key}:0:0:{ha1}:0\n")
-    servers = (KamailioProxy(work, 25160), Switchyard(work, 25170, args.bin))
+    servers = (Kamailio(work, 25160, cfg="calls.cfg"), Switchyard(work, 25170, args.bin))
     rows = []
     for rate in [int(r) for r in args.rates.split(",")]:
         for server in servers:

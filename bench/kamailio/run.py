@@ -51,12 +51,12 @@ def tree(pid):
 class Kamailio:
     name = "kamailio"
 
-    def __init__(self, work, port):
-        self.work, self.port, self.proc = work, port, None
+    def __init__(self, work, port, cfg="kamailio.cfg"):
+        self.work, self.port, self.cfg, self.proc = work, port, cfg, None
         self.target = f"127.0.0.1:{port}"
 
     def start(self):
-        cfg = open(os.path.join(HERE, "kamailio.cfg")).read()
+        cfg = open(os.path.join(HERE, self.cfg)).read()
         cfg = cfg.replace("@DB@", os.path.join(self.work, "db")).replace("@LISTEN@", self.target)
         path = os.path.join(self.work, "kamailio.cfg")
         open(path, "w").write(cfg)

@@ -580,56 +580,55 @@ async fn nothing_for(socket: &UdpSocket) -> bool {
         .is_err()
 }
 
+/// Sends one PCMU packet numbered `seq` from `from` to `to`.
+async fn speak(from: &UdpSocket, seq: u16, to: SocketAddr) {
+    from.send_to(&rtp(0, seq, &[0x55; 160]), to).await.unwrap();
+}
+
+/// The sequence number of the next packet `by` hears.
+async fn heard(by: &UdpSocket) -> u16 {
+    RtpHeader::parse(&recv(by).await).unwrap().sequence
+}
+
+/// Two phones in an answered session and a stranger; the relay's A and B addresses.
+async fn two_phones_and_a_stranger(
+    node: &MediaNode,
+    id: &str,
+) -> ([UdpSocket; 3], SocketAddr, SocketAddr) {
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let (relay_a, relay_b) = answered_session(node, id, port(&sockets[0]), port(&sockets[1])).await;
+    let sockets: [UdpSocket; 3] = sockets.try_into().unwrap();
+    (sockets, relay_a, relay_b)
+}
+
 /// Once a leg has latched, packets for it from anywhere else are dropped and counted: a
 /// stranger who learns the relay's port cannot speak into the call.
 #[tokio::test]
 async fn a_second_source_after_latching_is_dropped_and_counted() {
     let node = node(41800);
-    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
-    let (relay_a, relay_b) = answered_session(&node, "s1", port(&phone_a), port(&phone_b)).await;
-    phone_b
-        .send_to(&rtp(0, 1, &[0x11; 160]), relay_b)
-        .await
-        .unwrap();
-    assert_eq!(RtpHeader::parse(&recv(&phone_a).await).unwrap().sequence, 1);
+    let ([phone_a, phone_b, stranger], relay_a, relay_b) =
+        two_phones_and_a_stranger(&node, "s1").await;
+    speak(&phone_b, 1, relay_b).await;
+    assert_eq!(heard(&phone_a).await, 1);
     // The stranger pretends to be B, and to be A.
-    stranger
-        .send_to(&rtp(0, 2, &[0x22; 160]), relay_b)
-        .await
-        .unwrap();
-    assert!(
-        nothing_for(&phone_a).await,
-        "the stranger's packet reached A"
-    );
-    phone_a
-        .send_to(&rtp(0, 3, &[0x33; 160]), relay_a)
-        .await
-        .unwrap();
-    assert_eq!(RtpHeader::parse(&recv(&phone_b).await).unwrap().sequence, 3);
-    stranger
-        .send_to(&rtp(0, 4, &[0x44; 160]), relay_a)
-        .await
-        .unwrap();
-    assert!(
-        nothing_for(&phone_b).await,
-        "the stranger's packet reached B"
-    );
+    speak(&stranger, 2, relay_b).await;
+    assert!(nothing_for(&phone_a).await, "the stranger reached A");
+    speak(&phone_a, 3, relay_a).await;
+    assert_eq!(heard(&phone_b).await, 3);
+    speak(&stranger, 4, relay_a).await;
+    assert!(nothing_for(&phone_b).await, "the stranger reached B");
     // B is still heard.
-    phone_b
-        .send_to(&rtp(0, 5, &[0x55; 160]), relay_b)
-        .await
-        .unwrap();
-    assert_eq!(RtpHeader::parse(&recv(&phone_a).await).unwrap().sequence, 5);
+    speak(&phone_b, 5, relay_b).await;
+    assert_eq!(heard(&phone_a).await, 5);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let stats = leg_stats(&node, "s1").await;
     assert_eq!((stats.a.foreign_dropped, stats.b.foreign_dropped), (1, 1));
-    assert_eq!(
-        stats.b.latched,
-        Some(phone_b.local_addr().unwrap().to_string())
-    );
+    let b = phone_b.local_addr().unwrap().to_string();
+    assert_eq!(stats.b.latched, Some(b));
 }
 
 /// A stranger whose packet arrives before the phone's gets the leg only until the address
@@ -637,40 +636,23 @@ async fn a_second_source_after_latching_is_dropped_and_counted() {
 #[tokio::test]
 async fn the_signalled_address_wins_over_a_stranger_who_spoke_first() {
     let node = node(42000);
-    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
-    let (relay_a, relay_b) = answered_session(&node, "s2", port(&phone_a), port(&phone_b)).await;
-    stranger
-        .send_to(&rtp(0, 1, &[0x11; 160]), relay_b)
-        .await
-        .unwrap();
-    let _ = recv(&phone_a).await;
-    phone_b
-        .send_to(&rtp(0, 2, &[0x22; 160]), relay_b)
-        .await
-        .unwrap();
-    assert_eq!(RtpHeader::parse(&recv(&phone_a).await).unwrap().sequence, 2);
-    phone_a
-        .send_to(&rtp(0, 3, &[0x33; 160]), relay_a)
-        .await
-        .unwrap();
-    assert_eq!(RtpHeader::parse(&recv(&phone_b).await).unwrap().sequence, 3);
+    let ([phone_a, phone_b, stranger], relay_a, relay_b) =
+        two_phones_and_a_stranger(&node, "s2").await;
+    speak(&stranger, 1, relay_b).await;
+    assert_eq!(heard(&phone_a).await, 1);
+    speak(&phone_b, 2, relay_b).await;
+    assert_eq!(heard(&phone_a).await, 2);
+    speak(&phone_a, 3, relay_a).await;
+    assert_eq!(heard(&phone_b).await, 3);
     assert!(
         nothing_for(&stranger).await,
         "A's audio went to the stranger"
     );
-    stranger
-        .send_to(&rtp(0, 4, &[0x44; 160]), relay_b)
-        .await
-        .unwrap();
+    speak(&stranger, 4, relay_b).await;
     assert!(nothing_for(&phone_a).await, "the stranger is still heard");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let stats = leg_stats(&node, "s2").await;
     assert_eq!(stats.b.foreign_dropped, 1);
-    assert_eq!(
-        stats.b.latched,
-        Some(phone_b.local_addr().unwrap().to_string())
-    );
+    let b = phone_b.local_addr().unwrap().to_string();
+    assert_eq!(stats.b.latched, Some(b));
 }
