@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import Kamailio, Switchyard, cpu_seconds  # noqa: E402
+from run import Kamailio, Switchyard, cpu_seconds, write_ha1_table  # noqa: E402
 
 TENANTS, PER_TENANT = 10, 20
 
@@ -85,13 +85,7 @@ def main():
                     "--tenants", str(TENANTS), "--no-storm", "--quiet",
                     "--provision-store", f"sqlite://{work}/sy/switchyard.db",
                     "--kamailio-htable", htable], check=True)
-    with open(os.path.join(work, "db", "version"), "w") as f:
-        f.write("table_name(str) table_version(int)\nha1:2\n")
-    with open(os.path.join(work, "db", "ha1"), "w") as f:
-        f.write("key_name(str) key_type(int) value_type(int) key_value(str) expires(int)\n")
-        for line in open(htable):
-            key, ha1 = line.strip().split("=>")
-            f.write(f"{key}:0:0:{ha1}:0\n")
+    write_ha1_table(work, htable)
     servers = (Kamailio(work, 25160, cfg="calls.cfg"), Switchyard(work, 25170, args.bin))
     rows = []
     for rate in [int(r) for r in args.rates.split(",")]:

@@ -120,6 +120,17 @@ class Switchyard:
         return time.time() - t0
 
 
+def write_ha1_table(work, htable):
+    """Kamailio's db_text table of HA1s (work/db) from the generator's `KEY=>HA1` lines."""
+    with open(os.path.join(work, "db", "version"), "w") as f:
+        f.write("table_name(str) table_version(int)\nha1:2\n")
+    with open(os.path.join(work, "db", "ha1"), "w") as f:
+        f.write("key_name(str) key_type(int) value_type(int) key_value(str) expires(int)\n")
+        for line in open(htable):
+            key, ha1 = line.strip().split("=>")
+            f.write(f"{key}:0:0:{ha1}:0\n")
+
+
 def wait_for_options(target):
     import socket
     host, port = target.rsplit(":", 1)
@@ -208,13 +219,7 @@ def main():
                     "--tenants", str(args.tenants), "--no-storm", "--quiet",
                     "--provision-store", f"sqlite://{work}/sy/switchyard.db",
                     "--kamailio-htable", htable], check=True)
-    with open(os.path.join(work, "db", "version"), "w") as f:
-        f.write("table_name(str) table_version(int)\nha1:2\n")
-    with open(os.path.join(work, "db", "ha1"), "w") as f:
-        f.write("key_name(str) key_type(int) value_type(int) key_value(str) expires(int)\n")
-        for line in open(htable):
-            key, ha1 = line.strip().split("=>")
-            f.write(f"{key}:0:0:{ha1}:0\n")
+    write_ha1_table(work, htable)
 
     results = {}
     servers = (Kamailio(work, 25060), Switchyard(work, 25070, args.bin))

@@ -241,36 +241,9 @@ async fn a_thousand_short_sessions_give_every_port_back() {
     let port = phone.local_addr().unwrap().port();
     for i in 0..1000 {
         let id = format!("s{i}");
-        node.call(Request::Create {
-            session: id.clone(),
-            tenant: "t".into(),
-        })
-        .await
-        .unwrap();
-        let to_b = sdp(
-            &node,
-            Request::Offer {
-                session: id.clone(),
-                from: Leg::A,
-                sdp: offer(port, 0),
-            },
-        )
-        .await;
-        let _ = sdp(
-            &node,
-            Request::Answer {
-                session: id.clone(),
-                from: Leg::B,
-                sdp: offer(port, 0),
-            },
-        )
-        .await;
+        let (_, relay_b) = answered_session(&node, &id, port, port).await;
         if i % 100 == 0 {
-            let relay_b: SocketAddr = format!("127.0.0.1:{}", sdp_port(&to_b)).parse().unwrap();
-            phone
-                .send_to(&rtp(0, 1, &[0xff; 160]), relay_b)
-                .await
-                .unwrap();
+            speak(&phone, 1, relay_b).await;
         }
         node.call(Request::Destroy { session: id }).await.unwrap();
     }
@@ -310,31 +283,9 @@ async fn a_reused_pair_drops_the_last_calls_late_packets() {
     let port = |s: &UdpSocket| s.local_addr().unwrap().port();
     let mut relay_ports = Vec::new();
     for session in ["first", "second"] {
-        node.call(Request::Create {
-            session: session.into(),
-            tenant: "t1".into(),
-        })
-        .await
-        .unwrap();
-        let to_b = sdp(
-            &node,
-            Request::Offer {
-                session: session.into(),
-                from: Leg::A,
-                sdp: offer(port(&phone_a), 0),
-            },
-        )
-        .await;
-        let to_a = sdp(
-            &node,
-            Request::Answer {
-                session: session.into(),
-                from: Leg::B,
-                sdp: offer(port(&phone_b), 0),
-            },
-        )
-        .await;
-        relay_ports.push((sdp_port(&to_a), sdp_port(&to_b)));
+        let (relay_a, relay_b) =
+            answered_session(&node, session, port(&phone_a), port(&phone_b)).await;
+        relay_ports.push((relay_a.port(), relay_b.port()));
         if session == "first" {
             node.call(Request::Destroy {
                 session: session.into(),
@@ -343,13 +294,8 @@ async fn a_reused_pair_drops_the_last_calls_late_packets() {
             .unwrap();
             assert_eq!(node.bound_free_pairs(), 2);
             // The first call's far end keeps sending for a moment after the hang-up.
-            for (seq, relay) in [relay_ports[0].0, relay_ports[0].1].into_iter().enumerate() {
-                let to: SocketAddr = format!("127.0.0.1:{relay}").parse().unwrap();
-                stranger
-                    .send_to(&rtp(0, seq as u16, &[0x55; 160]), to)
-                    .await
-                    .unwrap();
-            }
+            speak(&stranger, 1, relay_a).await;
+            speak(&stranger, 2, relay_b).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -363,18 +309,13 @@ async fn a_reused_pair_drops_the_last_calls_late_packets() {
 
     // A speaks: B hears it at the address B signalled, not the stranger.
     let relay_a: SocketAddr = format!("127.0.0.1:{}", relay_ports[1].0).parse().unwrap();
-    phone_a
-        .send_to(&rtp(0, 7, &[0xff; 160]), relay_a)
-        .await
-        .unwrap();
-    let got = recv(&phone_b).await;
-    assert_eq!(RtpHeader::parse(&got).unwrap().sequence, 7);
-    let mut buf = [0u8; 2048];
-    for (who, socket) in [("phone A", &phone_a), ("the stranger", &stranger)] {
-        let late =
-            tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await;
-        assert!(late.is_err(), "{who} got a packet: {late:?}");
-    }
+    speak(&phone_a, 7, relay_a).await;
+    assert_eq!(heard(&phone_b).await, 7);
+    assert!(nothing_for(&phone_a).await, "A heard the last call");
+    assert!(
+        nothing_for(&stranger).await,
+        "A's audio went to the last call's party"
+    );
 }
 
 /// The local ports of this process's UDP sockets (Linux: its socket inodes matched
