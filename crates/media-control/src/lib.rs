@@ -82,6 +82,10 @@ pub struct LegStats {
     /// (injection attempts, a previous call's party), dropped.
     #[serde(default)]
     pub foreign_dropped: u64,
+    /// RTCP from this leg dropped: not well-formed RTCP (RFC 3550 §6.1), or a sender SSRC
+    /// other than that of the leg's RTP.
+    #[serde(default)]
+    pub rtcp_dropped: u64,
 }
 
 /// Counters of a session.
@@ -94,6 +98,8 @@ pub struct SessionStats {
 /// What the media node answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
+// One reply per request, moved once and dropped: a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Created,
     Sdp { sdp: String },

@@ -25,7 +25,7 @@ use switchyard_media_control::{
     BoxFuture, Leg, LegStats, MediaControl, MediaError, Reply, Request, SessionStats,
 };
 use switchyard_rtp::g711;
-use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, set_payload_type};
+use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, rtcp_sender_ssrc, set_payload_type};
 use switchyard_rtp::stats::ReceiverStats;
 use switchyard_sdp::{Direction, Sdp, relay_answer, relay_offer};
 
@@ -522,6 +522,8 @@ struct LegCounters {
     last_rtp: Option<Instant>,
     /// Packets from a source other than the latched one, dropped.
     foreign_dropped: u64,
+    /// RTCP not well-formed or not from the leg's RTP SSRC, dropped.
+    rtcp_dropped: u64,
 }
 
 /// The relay's counters as last published, and when each leg's RTP last arrived.
@@ -547,6 +549,7 @@ impl LegCounters {
             silent_ms: 0,
             held: false,
             foreign_dropped: self.foreign_dropped,
+            rtcp_dropped: self.rtcp_dropped,
         }
     }
 }
@@ -637,6 +640,17 @@ async fn relay(
             _ => {}
         }
         if is_rtcp {
+            // Only RTCP, and only about the leg's own stream once its RTP has been seen.
+            let rtp_ssrc = counters[fi].received.ssrc();
+            let valid =
+                rtcp_sender_ssrc(packet).is_some_and(|ssrc| rtp_ssrc.is_none_or(|own| own == ssrc));
+            if !valid {
+                counters[fi].rtcp_dropped += 1;
+                if counters[fi].rtcp_dropped % PUBLISH_EVERY == 1 {
+                    publish(&shared, &counters);
+                }
+                continue;
+            }
             counters[fi].latched_rtcp.get_or_insert(src);
             let dest = counters[ti].latched_rtcp.or(to_plan.rtcp_dest);
             let out = if from_a { &b_rtcp } else { &a_rtcp };

@@ -597,3 +597,70 @@ async fn the_signalled_address_wins_over_a_stranger_who_spoke_first() {
     let b = phone_b.local_addr().unwrap().to_string();
     assert_eq!(stats.b.latched, Some(b));
 }
+
+/// An RTP socket on an even port and its RTCP socket on the next one.
+async fn rtp_and_rtcp() -> (UdpSocket, UdpSocket) {
+    loop {
+        let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        if port % 2 == 0
+            && let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)).await
+        {
+            return (rtp, rtcp);
+        }
+    }
+}
+
+/// A receiver report from `ssrc`.
+fn receiver_report(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 201, 0, 1];
+    p.extend(ssrc.to_be_bytes());
+    p
+}
+
+/// RTCP is relayed only when it is RTCP and speaks for the leg's own RTP stream: junk on
+/// the RTCP port, or a report under another SSRC, is dropped and counted.
+#[tokio::test]
+async fn rtcp_is_relayed_only_when_well_formed_and_from_the_legs_own_stream() {
+    let node = node(42200);
+    let (a_rtp, a_rtcp) = rtp_and_rtcp().await;
+    let (b_rtp, b_rtcp) = rtp_and_rtcp().await;
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let (relay_a, _) = answered_session(&node, "s3", port(&a_rtp), port(&b_rtp)).await;
+    let relay_a_rtcp = SocketAddr::new(relay_a.ip(), relay_a.port() + 1);
+    // A's RTP (SSRC 0x1234, as `rtp` writes) reaches B: the leg's stream is known.
+    speak(&a_rtp, 1, relay_a).await;
+    assert_eq!(heard(&b_rtp).await, 1);
+    a_rtcp
+        .send_to(&receiver_report(0x1234), relay_a_rtcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&b_rtcp).await,
+        receiver_report(0x1234),
+        "A's report reaches B"
+    );
+    a_rtcp
+        .send_to(b"not rtcp at all", relay_a_rtcp)
+        .await
+        .unwrap();
+    a_rtcp
+        .send_to(&receiver_report(0x9999), relay_a_rtcp)
+        .await
+        .unwrap();
+    assert!(
+        nothing_for(&b_rtcp).await,
+        "junk or a stranger's SSRC reached B"
+    );
+    // The counters as the session ends (drops are published at once only now and then).
+    let ended = node
+        .call(Request::Destroy {
+            session: "s3".into(),
+        })
+        .await
+        .unwrap();
+    let Reply::Stats { stats } = ended else {
+        panic!("{ended:?}")
+    };
+    assert_eq!(stats.a.rtcp_dropped, 2);
+}

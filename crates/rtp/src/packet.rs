@@ -60,9 +60,71 @@ pub fn looks_like_rtcp(p: &[u8]) -> bool {
     p.len() >= 8 && p[0] >> 6 == 2 && (200..=204).contains(&p[1])
 }
 
+/// The sender SSRC of a compound RTCP packet (RFC 3550 §6.1), or `None` when it is not
+/// one: every packet in it version 2, of an RTCP type (SR, RR, SDES, BYE, APP, and the
+/// RFC 4585 feedback types), its length field (32-bit words minus one) ending exactly at
+/// the next packet or at the datagram's end.
+pub fn rtcp_sender_ssrc(p: &[u8]) -> Option<u32> {
+    let mut at = 0;
+    while at < p.len() {
+        let head = p.get(at..at + 4)?;
+        if head[0] >> 6 != 2 || !(200..=206).contains(&head[1]) {
+            return None;
+        }
+        let words = usize::from(u16::from_be_bytes([head[2], head[3]])) + 1;
+        at = at.checked_add(words * 4)?;
+        if at > p.len() {
+            return None;
+        }
+    }
+    let ssrc = p.get(4..8)?;
+    Some(u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An RR with no report block from `ssrc`, then an SDES chunk header of 2 words.
+    fn compound(ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 201, 0, 1];
+        p.extend(ssrc.to_be_bytes());
+        p.extend([0x81, 202, 0, 2]);
+        p.extend(ssrc.to_be_bytes());
+        p.extend([1, 2, b'a', 0]);
+        p
+    }
+
+    #[test]
+    fn rtcp_is_accepted_only_when_every_packet_of_it_is_well_formed() {
+        assert_eq!(rtcp_sender_ssrc(&compound(0x1234_5678)), Some(0x1234_5678));
+        let mut truncated = compound(7);
+        truncated.pop();
+        assert_eq!(rtcp_sender_ssrc(&truncated), None, "a length past the end");
+        let mut trailing = compound(7);
+        trailing.extend([0, 0]);
+        assert_eq!(
+            rtcp_sender_ssrc(&trailing),
+            None,
+            "bytes after the last packet"
+        );
+        let mut version = compound(7);
+        version[8] = 0x41;
+        assert_eq!(
+            rtcp_sender_ssrc(&version),
+            None,
+            "a second packet not version 2"
+        );
+        let mut kind = compound(7);
+        kind[1] = 96;
+        assert_eq!(
+            rtcp_sender_ssrc(&kind),
+            None,
+            "an RTP payload type, not RTCP"
+        );
+        assert_eq!(rtcp_sender_ssrc(&[]), None);
+        assert_eq!(rtcp_sender_ssrc(&[0x80, 201, 0, 0]), None, "no SSRC");
+    }
 
     fn packet(pt: u8, seq: u16, extra_first: u8) -> Vec<u8> {
         let mut p = vec![0x80 | extra_first, 0x80 | pt];

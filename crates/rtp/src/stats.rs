@@ -20,6 +20,11 @@ pub struct ReceiverStats {
 }
 
 impl ReceiverStats {
+    /// The SSRC of the stream now being received, once a packet arrived.
+    pub fn ssrc(&self) -> Option<u32> {
+        self.started.then_some(self.ssrc)
+    }
+
     /// Records a packet; `clock_rate` is the payload's RTP clock (8000 for G.711).
     pub fn record(
         &mut self,
