@@ -424,7 +424,6 @@ impl MediaNode {
         }
         let stats = session.snapshot();
         // The relay task has ended, so these are the sockets' only owners again.
-        drop(session.plan);
         self.release(session.a);
         self.release(session.b);
         info!(
@@ -557,6 +556,13 @@ impl LegCounters {
 /// How often (in packets) the relay publishes its counters.
 const PUBLISH_EVERY: u64 = 25;
 
+/// Counts a dropped packet; true when the count should be published now: the first drop
+/// at once, then every `PUBLISH_EVERY`th (a flood costs no publish per packet).
+fn note_drop(count: &mut u64) -> bool {
+    *count += 1;
+    *count % PUBLISH_EVERY == 1
+}
+
 async fn relay(
     sockets: [Arc<UdpSocket>; 4],
     mut plan_rx: watch::Receiver<Plan>,
@@ -630,9 +636,7 @@ async fn relay(
         match *latched {
             Some(l) if l != src && Some(src) == signalled => *latched = Some(src),
             Some(l) if l != src => {
-                counters[fi].foreign_dropped += 1;
-                // Seen at once, without a flood of them costing a publish each.
-                if counters[fi].foreign_dropped % PUBLISH_EVERY == 1 {
+                if note_drop(&mut counters[fi].foreign_dropped) {
                     publish(&shared, &counters);
                 }
                 continue;
@@ -645,8 +649,7 @@ async fn relay(
             let valid =
                 rtcp_sender_ssrc(packet).is_some_and(|ssrc| rtp_ssrc.is_none_or(|own| own == ssrc));
             if !valid {
-                counters[fi].rtcp_dropped += 1;
-                if counters[fi].rtcp_dropped % PUBLISH_EVERY == 1 {
+                if note_drop(&mut counters[fi].rtcp_dropped) {
                     publish(&shared, &counters);
                 }
                 continue;

@@ -185,11 +185,6 @@ pub async fn serve(
         );
         cores.push((format!("core-{shard}"), core_addr, handle, task));
     }
-    let active_calls = {
-        let handles: Vec<_> = cores.iter().map(|(_, _, h, _)| h.clone()).collect();
-        move || handles.iter().map(|h| h.active_calls()).sum::<usize>()
-    };
-
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
@@ -439,7 +434,8 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     let _ = shutdown.changed().await;
-    info!(active_calls = active_calls(), "shutting down");
+    let active_calls: usize = cores.iter().map(|(_, _, h, _)| h.active_calls()).sum();
+    info!(active_calls, "shutting down");
     if let Some(writes) = locations.batch_stats() {
         info!(
             registrations = writes.writes(),
