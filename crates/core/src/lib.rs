@@ -20,6 +20,7 @@ pub mod cdr;
 pub mod dialog;
 pub mod dialplan;
 pub mod engine;
+pub mod media_client;
 pub mod metrics;
 pub mod routing;
 mod shell;

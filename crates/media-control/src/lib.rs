@@ -14,6 +14,8 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
+pub mod wire;
+
 /// A side of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +55,8 @@ pub enum Request {
     Stats { session: String },
     /// Release the ports; the reply carries the final counters.
     Destroy { session: String },
+    /// Is the node alive, and how full is it? (The core's health check and placement.)
+    Ping,
 }
 
 /// Counters of one leg, as seen from the media node (received = from that leg's endpoint).
@@ -102,8 +106,32 @@ pub struct SessionStats {
 #[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Created,
-    Sdp { sdp: String },
-    Stats { stats: SessionStats },
+    Sdp {
+        sdp: String,
+    },
+    Stats {
+        stats: SessionStats,
+    },
+    /// The answer to `ping`.
+    Load(Load),
+}
+
+/// How full a media node is: placement compares sessions against `max_sessions`
+/// (concurrent calls, not CPU, are what a media node runs out of).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    pub sessions: u64,
+    pub max_sessions: u64,
+    pub free_port_pairs: u64,
+}
+
+impl Load {
+    /// Sessions the node can still take.
+    pub fn room(&self) -> u64 {
+        self.max_sessions
+            .saturating_sub(self.sessions)
+            .min(self.free_port_pairs / 2)
+    }
 }
 
 /// Why a request failed.
@@ -123,6 +151,9 @@ pub enum MediaError {
     Exhausted(String),
     #[error("media node unreachable: {0}")]
     Unreachable(String),
+    /// The media node could not read the request (another version's body, say).
+    #[error("unreadable media-control request: {0}")]
+    BadRequest(String),
 }
 
 /// A boxed future, so the trait is object safe (the core holds `Arc<dyn MediaControl>`).

@@ -17,12 +17,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod control;
+
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 use switchyard_media_control::{
-    BoxFuture, Leg, LegStats, MediaControl, MediaError, Reply, Request, SessionStats,
+    BoxFuture, Leg, LegStats, Load, MediaControl, MediaError, Reply, Request, SessionStats,
 };
 use switchyard_rtp::g711;
 use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, rtcp_sender_ssrc, set_payload_type};
@@ -43,6 +45,9 @@ pub struct MediaConfig {
     /// session skips the bind and close (a tenth of a core at 3,500 calls/s); beyond
     /// this many, a released pair is closed. 0 closes every pair at once.
     pub keep_bound: usize,
+    /// Sessions this node takes at most (its capacity in placement); 0: as many as the
+    /// port range holds.
+    pub max_sessions: usize,
 }
 
 impl Default for MediaConfig {
@@ -53,6 +58,7 @@ impl Default for MediaConfig {
             port_min: 20000,
             port_max: 29999,
             keep_bound: 1024,
+            max_sessions: 0,
         }
     }
 }
@@ -180,6 +186,47 @@ impl MediaNode {
             .len()
     }
 
+    /// Sessions alive per tenant, for `/metrics`.
+    pub fn sessions_by_tenant(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for s in self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            *counts.entry(s.tenant.clone()).or_default() += 1;
+        }
+        let mut counts: Vec<_> = counts.into_iter().collect();
+        counts.sort();
+        counts
+    }
+
+    /// How full the node is (the answer to `ping`).
+    pub fn load(&self) -> Load {
+        Load {
+            sessions: self.session_count() as u64,
+            max_sessions: self.capacity() as u64,
+            free_port_pairs: self.free_pairs() as u64,
+        }
+    }
+
+    /// Port pairs in the range.
+    fn pair_count(&self) -> usize {
+        let c = &self.inner.config;
+        usize::from(c.port_max.saturating_sub(c.port_min + c.port_min % 2)).div_ceil(2)
+    }
+
+    /// Sessions the node takes at most.
+    pub fn capacity(&self) -> usize {
+        let by_ports = self.pair_count() / 2;
+        match self.inner.config.max_sessions {
+            0 => by_ports,
+            n => n.min(by_ports),
+        }
+    }
+
     /// Relay tasks still running (each session has at most one).
     pub fn running_relays(&self) -> usize {
         self.inner
@@ -268,6 +315,24 @@ impl MediaNode {
         };
         let (plan, _) = watch::channel(Plan::default());
         let (stop, _) = watch::channel(false);
+        let capacity = self.capacity();
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Checked where the session goes in, so concurrent creates cannot overshoot.
+        if sessions.len() >= capacity || sessions.contains_key(&session) {
+            let full = sessions.len() >= capacity;
+            drop(sessions);
+            self.release(a);
+            self.release(b);
+            return Err(if full {
+                MediaError::Exhausted(format!("the node holds its maximum of {capacity} sessions"))
+            } else {
+                MediaError::Exists
+            });
+        }
         info!(
             session,
             tenant,
@@ -275,25 +340,21 @@ impl MediaNode {
             b = b.port,
             "media session created"
         );
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                session,
-                Session {
-                    tenant,
-                    a,
-                    b,
-                    plan,
-                    pending_offer: None,
-                    published: Arc::new(Mutex::new(Published::default())),
-                    relay_started: None,
-                    held: [false, false],
-                    stop,
-                    relay: None,
-                },
-            );
+        sessions.insert(
+            session,
+            Session {
+                tenant,
+                a,
+                b,
+                plan,
+                pending_offer: None,
+                published: Arc::new(Mutex::new(Published::default())),
+                relay_started: None,
+                held: [false, false],
+                stop,
+                relay: None,
+            },
+        );
         Ok(Reply::Created)
     }
 
@@ -488,6 +549,7 @@ impl MediaControl for MediaNode {
                 Request::Answer { session, from, sdp } => self.answer(&session, from, &sdp),
                 Request::Stats { session } => self.stats(&session),
                 Request::Destroy { session } => self.destroy(&session).await,
+                Request::Ping => Ok(Reply::Load(self.load())),
             }
         })
     }

@@ -20,6 +20,57 @@ pub struct Config {
     pub edge: EdgeSection,
     pub state: StateSection,
     pub core: CoreSection,
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: what the processes of one cluster share.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Signs internal traffic between tiers (media control today): a media node obeys
+    /// only messages signed with it. Every process of the cluster has the same one; long
+    /// and random (32 bytes of `openssl rand -hex 32`). Required once roles run apart.
+    pub secret: Option<String>,
+}
+
+/// A media node a core reaches over the network: `ADDR` (pool `shared`) or `POOL@ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaNodeAddr {
+    pub pool: String,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for MediaNodeAddr {
+    type Err = String;
+
+    fn from_str(v: &str) -> Result<Self, String> {
+        let (pool, addr) = match v.split_once('@') {
+            Some((pool, addr)) => (pool.trim(), addr.trim()),
+            None => (switchyard_core::media_client::SHARED_POOL, v.trim()),
+        };
+        if pool.is_empty()
+            || !pool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!("{v:?}: a pool name is letters, digits, - and _"));
+        }
+        let addr = addr.parse().map_err(|e| {
+            format!("{v:?} is not ADDR or POOL@ADDR (like shared@10.0.0.5:7070): {e}")
+        })?;
+        Ok(MediaNodeAddr {
+            pool: pool.to_owned(),
+            addr,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MediaNodeAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[core]`: the call engine.
@@ -33,6 +84,9 @@ pub struct CoreSection {
     /// layer); the edge gives each tenant's calls to one of them, so a tenant's calls and
     /// transfers stay together.
     pub shards: usize,
+    /// Media nodes running apart (`switchyard media`), `ADDR` or `POOL@ADDR`; empty: the
+    /// media node in this process (`serve` only).
+    pub media_nodes: Vec<MediaNodeAddr>,
 }
 
 impl Default for CoreSection {
@@ -40,6 +94,7 @@ impl Default for CoreSection {
         CoreSection {
             rtp_timeout_secs: 60,
             shards: 1,
+            media_nodes: Vec::new(),
         }
     }
 }
@@ -60,6 +115,15 @@ pub struct MediaSection {
     /// the open-files limit leaves room for after 4,096 for everything else, at most
     /// the whole range.
     pub keep_bound: Option<usize>,
+    /// Sessions (calls) this node takes at most: its capacity when cores place calls.
+    /// 0: as many as the port range holds.
+    pub max_sessions: usize,
+    /// `switchyard media`: where it takes media-control requests from cores.
+    pub control: SocketAddr,
+    /// `switchyard media`: the pool it serves (tenants are placed on pools).
+    pub pool: String,
+    /// `switchyard media`: where it serves `/metrics` (off when absent).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for MediaSection {
@@ -70,6 +134,10 @@ impl Default for MediaSection {
             port_min: 20000,
             port_max: 29999,
             keep_bound: None,
+            max_sessions: 0,
+            control: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            pool: switchyard_core::media_client::SHARED_POOL.to_owned(),
+            metrics: None,
         }
     }
 }
@@ -175,6 +243,16 @@ pub struct StoreConfig {
 }
 
 impl Config {
+    /// The cluster secret, when one is set and not empty.
+    pub fn cluster_secret(&self) -> Option<&[u8]> {
+        self.cluster
+            .secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::as_bytes)
+    }
+
     /// The store URL in effect.
     pub fn store_url(&self) -> String {
         self.store.url.clone().unwrap_or_else(|| {
@@ -292,6 +370,9 @@ impl Config {
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             bail!("sip.tls_cert and sip.tls_key go together");
         }
+        if !self.core.media_nodes.is_empty() && self.cluster_secret().is_none() {
+            bail!("core.media_nodes needs cluster.secret (media nodes obey only signed requests)");
+        }
         let m = &self.media;
         if m.port_min < 1024 || m.port_max < m.port_min.saturating_add(3) {
             bail!("media.port_min must be at least 1024 and media.port_max at least port_min + 3");
@@ -380,6 +461,38 @@ mod tests {
         assert_eq!(c.sip.tcp[0].port(), 5060, "untouched keys keep defaults");
         let err = toml::from_str::<Config>("[sip]\nupd = []\n").unwrap_err();
         assert!(err.to_string().contains("upd"), "{err}");
+    }
+
+    #[test]
+    fn media_nodes_name_their_pool_or_join_the_shared_one() {
+        let c: Config = toml::from_str(
+            "[core]\nmedia_nodes = [\"127.0.0.1:7070\", \"gold@[::1]:7071\"]\n[cluster]\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.core.media_nodes,
+            vec![
+                MediaNodeAddr {
+                    pool: "shared".into(),
+                    addr: "127.0.0.1:7070".parse().unwrap()
+                },
+                MediaNodeAddr {
+                    pool: "gold".into(),
+                    addr: "[::1]:7071".parse().unwrap()
+                },
+            ]
+        );
+        c.validate().unwrap();
+        let err =
+            toml::from_str::<Config>("[core]\nmedia_nodes = [\"gold@nowhere\"]\n").unwrap_err();
+        assert!(err.to_string().contains("POOL@ADDR"), "{err}");
+        let err =
+            toml::from_str::<Config>("[core]\nmedia_nodes = [\"a b@127.0.0.1:1\"]\n").unwrap_err();
+        assert!(err.to_string().contains("pool name"), "{err}");
+        // Remote media without a secret would be an open relay for anyone who can reach it.
+        let c: Config = toml::from_str("[core]\nmedia_nodes = [\"127.0.0.1:7070\"]\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("cluster.secret"), "{err}");
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod config;
 pub mod demo;
 pub mod http_client;
 pub mod import;
+pub mod roles;
 pub mod serve;

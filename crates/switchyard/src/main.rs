@@ -50,6 +50,8 @@ enum Command {
     Bench(BenchCommand),
     /// Run only the provisioning API (on the configured store).
     Api(ApiArgs),
+    /// Run a media node that cores drive over the network (`core.media_nodes`).
+    Media(MediaArgs),
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
@@ -461,11 +463,108 @@ struct ServeArgs {
     /// Call engines in this process (`core.shards`).
     #[arg(long, env = "SWITCHYARD_CORE_SHARDS")]
     core_shards: Option<usize>,
+    /// Media nodes running apart, comma-separated `ADDR` or `POOL@ADDR`
+    /// (`core.media_nodes`); needs the cluster secret.
+    #[arg(long, env = "SWITCHYARD_MEDIA_NODES", value_delimiter = ',')]
+    media_nodes: Option<Vec<switchyard::config::MediaNodeAddr>>,
+    /// The cluster's shared secret (`cluster.secret`).
+    #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Demo mode: a demo tenant with two extensions (credentials printed and written to
     /// `demo-credentials.json` in the data directory), a demo API key, a self-signed TLS
     /// certificate.
     #[arg(long)]
     demo: bool,
+}
+
+#[derive(Debug, Args)]
+struct MediaArgs {
+    /// TOML configuration file (its `[media]` and `[cluster]` sections).
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where cores send media-control requests (`media.control`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_CONTROL")]
+    control: Option<std::net::SocketAddr>,
+    /// Address RTP sockets bind to (`media.bind`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_BIND")]
+    bind: Option<std::net::IpAddr>,
+    /// Address written into SDP (`media.advertise`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_ADVERTISE")]
+    advertise: Option<std::net::IpAddr>,
+    /// RTP port range, `MIN-MAX`.
+    #[arg(long, env = "SWITCHYARD_MEDIA_PORTS", value_parser = parse_port_range)]
+    media_ports: Option<(u16, u16)>,
+    /// Sessions this node takes at most (`media.max_sessions`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_MAX_SESSIONS")]
+    max_sessions: Option<usize>,
+    /// The pool this node serves (`media.pool`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_POOL")]
+    pool: Option<String>,
+    /// Where `/metrics` is served (`media.metrics`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
+    /// The cluster's shared secret (`cluster.secret`).
+    #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+}
+
+fn run_media(args: MediaArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    let m = &mut config.media;
+    if let Some(a) = args.control {
+        m.control = a;
+    }
+    if let Some(a) = args.bind {
+        m.bind = a;
+    }
+    if let Some(a) = args.advertise {
+        m.advertise = Some(a);
+    }
+    if let Some((min, max)) = args.media_ports {
+        m.port_min = min;
+        m.port_max = max;
+    }
+    if let Some(n) = args.max_sessions {
+        m.max_sessions = n;
+    }
+    if let Some(p) = args.pool {
+        m.pool = p;
+    }
+    if let Some(a) = args.metrics {
+        m.metrics = Some(a);
+    }
+    if let Some(s) = args.cluster_secret {
+        config.cluster.secret = Some(s);
+    }
+    run_until_signal(|stop| switchyard::roles::run_media(config, stop))
+}
+
+/// Runs a role on a runtime until SIGTERM or Ctrl-C (then, at the latest
+/// `SHUTDOWN_DEADLINE` later, the process exits).
+fn run_until_signal<F, Fut>(role: F) -> anyhow::Result<()>
+where
+    F: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = tx.send(true);
+            // The last resort: whatever state the process is in, it is gone within
+            // seconds of SIGTERM. A thread of its own, so a stuck runtime cannot hold it.
+            std::thread::spawn(|| {
+                std::thread::sleep(SHUTDOWN_DEADLINE);
+                tracing::error!(
+                    "not stopped {} s after the signal: exiting without a clean shutdown",
+                    SHUTDOWN_DEADLINE.as_secs()
+                );
+                std::process::exit(3);
+            });
+        });
+        role(rx).await
+    })
 }
 
 fn parse_port_range(v: &str) -> Result<(u16, u16), String> {
@@ -506,6 +605,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::NoisyNeighbour(args)) => bench_noisy(args),
         Command::Import(args) => import(args),
         Command::Api(args) => api_only(args),
+        Command::Media(args) => run_media(args),
         Command::Tenant(c) => resource(c.into()),
         Command::Range(c) => resource(c.into()),
         Command::Extension(c) => resource(c.into()),
@@ -992,26 +1092,15 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.core_shards {
         config.core.shards = n;
     }
+    if let Some(nodes) = args.media_nodes {
+        config.core.media_nodes = nodes;
+    }
+    if let Some(s) = args.cluster_secret {
+        config.cluster.secret = Some(s);
+    }
     config.validate()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            let _ = tx.send(true);
-            // The last resort: whatever state the process is in, it is gone within
-            // seconds of SIGTERM. A thread of its own, so a stuck runtime cannot hold it.
-            std::thread::spawn(|| {
-                std::thread::sleep(SHUTDOWN_DEADLINE);
-                tracing::error!(
-                    "not stopped {} s after the signal: exiting without a clean shutdown",
-                    SHUTDOWN_DEADLINE.as_secs()
-                );
-                std::process::exit(3);
-            });
-        });
-        serve(config, ServeOptions { demo: args.demo }, rx).await
-    })
+    let demo = args.demo;
+    run_until_signal(|stop| serve(config, ServeOptions { demo }, stop))
 }
 
 /// How long a clean shutdown may take before the process exits regardless.

@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use switchyard_core::media_client::{MediaCluster, MediaMember, RemoteMedia, Retry};
 use switchyard_core::{CoreSettings, spawn_core};
 use switchyard_edge::auth::{Authenticator, FailurePolicy};
 use switchyard_edge::bans::{BanReason, Bans, Prefix, SuspicionPolicy};
@@ -23,6 +24,8 @@ use switchyard_edge::responder::Responder;
 use switchyard_edge::token::TokenKey;
 use switchyard_edge::{EdgeDeps, EdgeSettings};
 use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_media_control::MediaControl;
+use switchyard_media_control::wire::ControlKey;
 use switchyard_sip::digest::{Algorithm, Nonces};
 use switchyard_sip::transaction::TimerConfig;
 use switchyard_sip_net::{
@@ -115,19 +118,9 @@ pub async fn serve(
             .with_context(|| format!("cannot reach Redis at {url}"))?,
         None => LiveCalls::memory(),
     });
-    // Media: one node in this process, reached through the media-control trait.
-    let pairs = usize::from(config.media.port_max.saturating_sub(config.media.port_min) / 2);
-    let keep_bound = config.media.keep_bound.unwrap_or_else(|| {
-        let room = raise_open_files_limit().saturating_sub(FILES_FOR_EVERYTHING_ELSE);
-        usize::try_from(room / 2).unwrap_or(usize::MAX).min(pairs)
-    });
-    let media = MediaNode::new(MediaConfig {
-        bind: config.media.bind,
-        advertise: config.media.advertise.unwrap_or(config.media.bind),
-        port_min: config.media.port_min,
-        port_max: config.media.port_max,
-        keep_bound,
-    });
+    // Media: one node in this process, or the media nodes named in `core.media_nodes`
+    // over the network.
+    let media = MediaTier::start(&config, stop_rx.clone()).await?;
 
     // Cores: each its own SIP socket, transaction layer and call engine; the edge
     // reaches them over SIP and gives each tenant's calls to one of them.
@@ -176,7 +169,7 @@ pub async fn serve(
             },
             store.clone(),
             locations.clone(),
-            Arc::new(media.clone()),
+            media.control(),
             core_driver,
             core_hub,
             core_tu_rx,
@@ -251,14 +244,6 @@ pub async fn serve(
                         .sum::<usize>() as f64,
                 ),
                 (
-                    "switchyard_media_sessions".into(),
-                    media.session_count() as f64,
-                ),
-                (
-                    "switchyard_media_free_port_pairs".into(),
-                    media.free_pairs() as f64,
-                ),
-                (
                     "switchyard_runtime_tasks_alive".into(),
                     runtime.metrics().num_alive_tasks() as f64,
                 ),
@@ -271,6 +256,7 @@ pub async fn serve(
                 ),
             ]
             .into_iter()
+            .chain(media.gauges())
             .chain(per_core)
             .chain(edge.snapshot())
             .chain(BanReason::ALL.iter().zip(&bans.issued_by).map(|(r, n)| {
@@ -464,6 +450,126 @@ pub async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The media tier as a core sees it.
+#[derive(Debug, Clone)]
+pub enum MediaTier {
+    /// The media node of this process (`serve` on its own).
+    Local(MediaNode),
+    /// Media nodes running apart, over the network.
+    Remote(MediaCluster),
+}
+
+impl MediaTier {
+    pub async fn start(config: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<MediaTier> {
+        if config.core.media_nodes.is_empty() {
+            return Ok(MediaTier::Local(media_node(config)));
+        }
+        let key = ControlKey::new(
+            config
+                .cluster_secret()
+                .context("core.media_nodes needs cluster.secret")?,
+        );
+        let mut members = Vec::new();
+        for (i, node) in config.core.media_nodes.iter().enumerate() {
+            let local = if node.addr.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            };
+            let remote = RemoteMedia::connect(node.addr, local, key.clone(), Retry::default())
+                .await
+                .with_context(|| {
+                    format!("cannot open a socket towards media node {}", node.addr)
+                })?;
+            members.push(MediaMember {
+                name: format!("media-{}", i + 1),
+                pool: node.pool.clone(),
+                control: Arc::new(remote),
+                addr: node.addr,
+            });
+        }
+        let cluster = MediaCluster::new(members);
+        cluster.spawn_health_checks(MEDIA_PING_EVERY, stop);
+        Ok(MediaTier::Remote(cluster))
+    }
+
+    pub fn control(&self) -> Arc<dyn MediaControl> {
+        match self {
+            MediaTier::Local(node) => Arc::new(node.clone()),
+            MediaTier::Remote(cluster) => Arc::new(cluster.clone()),
+        }
+    }
+
+    /// What `/metrics` shows of the media tier.
+    pub fn gauges(&self) -> Vec<(String, f64)> {
+        match self {
+            MediaTier::Local(node) => vec![
+                (
+                    "switchyard_media_sessions".into(),
+                    node.session_count() as f64,
+                ),
+                (
+                    "switchyard_media_free_port_pairs".into(),
+                    node.free_pairs() as f64,
+                ),
+            ],
+            MediaTier::Remote(cluster) => {
+                let held = cluster.sessions_by_member();
+                let mut out = vec![(
+                    "switchyard_media_sessions".into(),
+                    held.iter().sum::<usize>() as f64,
+                )];
+                for (view, held) in cluster.members().into_iter().zip(held) {
+                    let labels = format!(
+                        "{{node=\"{}\",pool=\"{}\",addr=\"{}\"}}",
+                        view.name, view.pool, view.addr
+                    );
+                    out.push((
+                        format!("switchyard_media_node_up{labels}"),
+                        f64::from(u8::from(view.up)),
+                    ));
+                    out.push((
+                        format!("switchyard_media_node_sessions_placed{labels}"),
+                        held as f64,
+                    ));
+                    if let Some(load) = view.load {
+                        out.push((
+                            format!("switchyard_media_node_sessions{labels}"),
+                            load.sessions as f64,
+                        ));
+                        out.push((
+                            format!("switchyard_media_node_capacity{labels}"),
+                            load.max_sessions as f64,
+                        ));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// How often a core pings each media node (two missed pings take it out of its pool).
+const MEDIA_PING_EVERY: Duration = Duration::from_secs(1);
+
+/// The media node this process runs (`serve`, `switchyard media`), sized by the config
+/// and the open-files limit.
+pub fn media_node(config: &Config) -> MediaNode {
+    let pairs = usize::from(config.media.port_max.saturating_sub(config.media.port_min) / 2);
+    let keep_bound = config.media.keep_bound.unwrap_or_else(|| {
+        let room = raise_open_files_limit().saturating_sub(FILES_FOR_EVERYTHING_ELSE);
+        usize::try_from(room / 2).unwrap_or(usize::MAX).min(pairs)
+    });
+    MediaNode::new(MediaConfig {
+        bind: config.media.bind,
+        advertise: config.media.advertise.unwrap_or(config.media.bind),
+        port_min: config.media.port_min,
+        port_max: config.media.port_max,
+        keep_bound,
+        max_sessions: config.media.max_sessions,
+    })
 }
 
 /// Keeps the edge's directory true: a change event newer than what memory holds reloads

@@ -533,6 +533,7 @@ impl World {
                             })
                         }
                         Request::Create { .. } => Ok(Reply::Created),
+                        Request::Ping => panic!("the engine never pings media nodes"),
                     };
                     if let Some(job) = job {
                         self.engine

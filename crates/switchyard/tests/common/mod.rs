@@ -185,3 +185,103 @@ CSeq: 1 OPTIONS\r\n\
 Content-Length: 0\r\n\r\n"
     )
 }
+
+/// A role run as a process of its own (`switchyard media`, ...): what it printed as
+/// `listening NAME ADDR` before `ready`.
+pub struct RoleProcess {
+    pub child: Child,
+    pub listening: HashMap<String, String>,
+    pub dir: tempfile::TempDir,
+    pub log_path: PathBuf,
+}
+
+impl RoleProcess {
+    pub fn start(args: &[&str]) -> RoleProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("role.log");
+        let stderr = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .env("SWITCHYARD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the switchyard binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut listening = HashMap::new();
+        let mut ready = false;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line == "ready" {
+                ready = true;
+                break;
+            }
+            if let Some((name, addr)) = line
+                .strip_prefix("listening ")
+                .and_then(|r| r.split_once(' '))
+            {
+                listening.insert(
+                    name.to_owned(),
+                    addr.trim_start_matches("http://").to_owned(),
+                );
+            }
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            ready,
+            "switchyard {args:?} did not become ready; its log:\n{log}"
+        );
+        RoleProcess {
+            child,
+            listening,
+            dir,
+            log_path,
+        }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listening[name].parse().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The series its `/metrics` serves (`listening metrics`), by name with labels.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reply = rt
+            .block_on(async {
+                switchyard::http_client::Conn::new(self.addr("metrics"))
+                    .request("GET", "/metrics", "", None, None)
+                    .await
+            })
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        reply
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// SIGKILL: the process dies with whatever it held.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
