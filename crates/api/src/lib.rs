@@ -73,6 +73,35 @@ pub trait BanList: Send + Sync + std::fmt::Debug {
     fn lift(&self, source: std::net::IpAddr) -> bool;
 }
 
+/// Gauges in the Prometheus text format: one TYPE line per family (`counter` for names
+/// ending `_total`), each family's series together (the order given otherwise).
+pub fn render_gauges(mut gauges: Vec<(String, f64)>) -> String {
+    use std::fmt::Write;
+    let family = |name: &str| name.split('{').next().unwrap_or(name).to_owned();
+    // First appearance decides a family's place; a stable sort keeps its series' order.
+    let mut first_seen = std::collections::HashMap::new();
+    for (i, (name, _)) in gauges.iter().enumerate() {
+        first_seen.entry(family(name)).or_insert(i);
+    }
+    gauges.sort_by_key(|(name, _)| first_seen[&family(name)]);
+    let mut out = String::new();
+    let mut last = String::new();
+    for (name, value) in gauges {
+        let f = family(&name);
+        if f != last {
+            let kind = if f.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# TYPE {f} {kind}");
+            last = f;
+        }
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
 /// A source of gauges: `(name, value)` pairs read when `/metrics` is scraped.
 #[derive(Clone)]
 pub struct Metrics(pub std::sync::Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>);
@@ -291,4 +320,24 @@ pub async fn serve(
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await
+}
+
+#[cfg(test)]
+mod render_tests {
+    #[test]
+    fn each_familys_series_come_together_under_one_type_line() {
+        let text = super::render_gauges(vec![
+            ("up{node=\"a\"}".into(), 1.0),
+            ("sessions{node=\"a\"}".into(), 3.0),
+            ("up{node=\"b\"}".into(), 0.0),
+            ("refused_total".into(), 7.0),
+            ("sessions{node=\"b\"}".into(), 4.0),
+        ]);
+        assert_eq!(
+            text,
+            "# TYPE up gauge\nup{node=\"a\"} 1\nup{node=\"b\"} 0\n\
+             # TYPE sessions gauge\nsessions{node=\"a\"} 3\nsessions{node=\"b\"} 4\n\
+             # TYPE refused_total counter\nrefused_total 7\n"
+        );
+    }
 }

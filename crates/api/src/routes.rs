@@ -1,8 +1,6 @@
 //! Handlers. Every tenant-scoped route checks the caller's scope first: a tenant key on
 //! another tenant's id gets 404.
 
-use std::fmt::Write as _;
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -345,23 +343,10 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    if let Some(m) = &state.metrics {
-        let mut typed = std::collections::HashSet::new();
-        for (name, value) in (m.0)() {
-            // One TYPE line per family; the labels follow the family name.
-            let family = name.split('{').next().unwrap_or(&name).to_owned();
-            let kind = if family.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            if typed.insert(family.clone()) {
-                let _ = writeln!(out, "# TYPE {family} {kind}");
-            }
-            let _ = writeln!(out, "{name} {value}");
-        }
-    }
+    let mut out = match &state.metrics {
+        Some(m) => crate::render_gauges((m.0)()),
+        None => String::new(),
+    };
     if let Some(text) = &state.metrics_text {
         out.push_str(&(text.0)());
     }

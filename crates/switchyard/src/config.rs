@@ -87,6 +87,11 @@ pub struct CoreSection {
     /// Media nodes running apart (`switchyard media`), `ADDR` or `POOL@ADDR`; empty: the
     /// media node in this process (`serve` only).
     pub media_nodes: Vec<MediaNodeAddr>,
+    /// `switchyard core`: its SIP sockets towards the edges, one call engine each
+    /// (`shards` is for `serve`).
+    pub listen: Vec<SocketAddr>,
+    /// `switchyard core`: where it serves `/metrics` (off when absent).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for CoreSection {
@@ -95,6 +100,8 @@ impl Default for CoreSection {
             rtp_timeout_secs: 60,
             shards: 1,
             media_nodes: Vec::new(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5070))],
+            metrics: None,
         }
     }
 }
@@ -183,6 +190,12 @@ pub struct EdgeSection {
     /// Malformed messages from one source within a minute before it is banned (silently
     /// ignored while banned).
     pub malformed_flood: u32,
+    /// `switchyard edge`: the cores it sends calls to (their `core.listen` addresses).
+    pub cores: Vec<SocketAddr>,
+    /// `switchyard edge`: its SIP socket towards the cores (on the internal network).
+    pub internal: SocketAddr,
+    /// `switchyard edge`: where it serves `/metrics` (off when absent).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for EdgeSection {
@@ -203,6 +216,9 @@ impl Default for EdgeSection {
             network_bits_v6: 64,
             scan_unknown_names: 10,
             malformed_flood: 50,
+            cores: Vec::new(),
+            internal: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
         }
     }
 }
@@ -251,6 +267,28 @@ impl Config {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::as_bytes)
+    }
+
+    /// What a role running apart from the others needs: the cluster secret, a PostgreSQL
+    /// store (change events reach other processes through its NOTIFY) and Redis (the
+    /// registrations and live calls every edge and core shares).
+    pub fn require_cluster(&self, role: &str) -> anyhow::Result<()> {
+        if self.cluster_secret().is_none() {
+            bail!(
+                "switchyard {role} needs cluster.secret (SWITCHYARD_CLUSTER_SECRET): internal traffic is signed with it"
+            );
+        }
+        if !self.store_url().starts_with("postgres") {
+            bail!(
+                "switchyard {role} needs a PostgreSQL store (store.url = postgres://...): other processes hear its changes through PostgreSQL's NOTIFY; SQLite is for serve on one machine"
+            );
+        }
+        if self.state.redis_url.is_none() {
+            bail!(
+                "switchyard {role} needs state.redis_url: registrations and calls in progress are shared through Redis"
+            );
+        }
+        Ok(())
     }
 
     /// The store URL in effect.

@@ -52,6 +52,11 @@ enum Command {
     Api(ApiArgs),
     /// Run a media node that cores drive over the network (`core.media_nodes`).
     Media(MediaArgs),
+    /// Run a core: call engines that edges send calls to (needs PostgreSQL and Redis).
+    Core(CoreArgs),
+    /// Run an edge: SIP listeners, registrar and proxy in front of cores (needs
+    /// PostgreSQL and Redis).
+    Edge(EdgeArgs),
     /// Manage API keys directly on the store (no server needed).
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
@@ -508,6 +513,152 @@ struct MediaArgs {
     cluster_secret: Option<String>,
 }
 
+/// What every role running apart from the others is told.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Store URL (`postgres://...`).
+    #[arg(long, env = "SWITCHYARD_STORE_URL")]
+    store_url: Option<String>,
+    /// Redis URL (`state.redis_url`).
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    redis_url: Option<String>,
+    /// The cluster's shared secret (`cluster.secret`).
+    #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Where `/metrics` is served.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+impl ClusterArgs {
+    fn load(self) -> anyhow::Result<(Config, Option<std::net::SocketAddr>)> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(d) = self.data_dir {
+            config.node.data_dir = d;
+        }
+        if let Some(u) = self.store_url {
+            config.store.url = Some(u);
+        }
+        if let Some(u) = self.redis_url {
+            config.state.redis_url = Some(u);
+        }
+        if let Some(s) = self.cluster_secret {
+            config.cluster.secret = Some(s);
+        }
+        Ok((config, self.metrics))
+    }
+}
+
+#[derive(Debug, Args)]
+struct CoreArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// SIP sockets towards the edges, one call engine each (`core.listen`).
+    #[arg(long, env = "SWITCHYARD_CORE_LISTEN", value_parser = parse_listen_list)]
+    listen: Option<Addrs>,
+    /// Media nodes, comma-separated `ADDR` or `POOL@ADDR` (`core.media_nodes`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_NODES", value_delimiter = ',')]
+    media_nodes: Option<Vec<switchyard::config::MediaNodeAddr>>,
+    /// RTP port range of the core's own media node, when it has no media nodes apart.
+    #[arg(long, env = "SWITCHYARD_MEDIA_PORTS", value_parser = parse_port_range)]
+    media_ports: Option<(u16, u16)>,
+    /// Seconds without RTP from a leg before an answered call is hung up (0: never).
+    #[arg(long, env = "SWITCHYARD_RTP_TIMEOUT_SECS")]
+    rtp_timeout_secs: Option<u64>,
+}
+
+fn run_core(args: CoreArgs) -> anyhow::Result<()> {
+    let (mut config, metrics) = args.cluster.load()?;
+    if let Some(l) = args.listen {
+        config.core.listen = l;
+    }
+    if let Some(n) = args.media_nodes {
+        config.core.media_nodes = n;
+    }
+    if let Some((min, max)) = args.media_ports {
+        config.media.port_min = min;
+        config.media.port_max = max;
+    }
+    if let Some(t) = args.rtp_timeout_secs {
+        config.core.rtp_timeout_secs = t;
+    }
+    if metrics.is_some() {
+        config.core.metrics = metrics;
+    }
+    run_until_signal(|stop| switchyard::roles::run_core(config, stop))
+}
+
+#[derive(Debug, Args)]
+struct EdgeArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The cores, comma-separated (`edge.cores`).
+    #[arg(long, env = "SWITCHYARD_EDGE_CORES", value_parser = parse_listen_list)]
+    cores: Option<Addrs>,
+    /// The edge's SIP socket towards the cores (`edge.internal`).
+    #[arg(long, env = "SWITCHYARD_EDGE_INTERNAL")]
+    internal: Option<std::net::SocketAddr>,
+    /// UDP listen addresses, comma-separated, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_UDP", value_parser = parse_listen_list)]
+    udp: Option<Addrs>,
+    /// TCP listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_TCP", value_parser = parse_listen_list)]
+    tcp: Option<Addrs>,
+    /// TLS listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_TLS", value_parser = parse_listen_list)]
+    tls: Option<Addrs>,
+    /// WebSocket listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_WS", value_parser = parse_listen_list)]
+    ws: Option<Addrs>,
+    /// Secure WebSocket listen addresses, or `off`.
+    #[arg(long, env = "SWITCHYARD_SIP_WSS", value_parser = parse_listen_list)]
+    wss: Option<Addrs>,
+    /// Address phones reach the listeners at (`edge.advertise`).
+    #[arg(long, env = "SWITCHYARD_EDGE_ADVERTISE")]
+    advertise: Option<std::net::IpAddr>,
+    /// Secret for digest nonces and flow tokens, the same on every edge (`sip.nonce_secret`).
+    #[arg(long, env = "SWITCHYARD_NONCE_SECRET", hide_env_values = true)]
+    nonce_secret: Option<String>,
+}
+
+fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let (mut config, metrics) = args.cluster.load()?;
+    let sip = &mut config.sip;
+    for (flag, slot) in [
+        (args.udp, &mut sip.udp),
+        (args.tcp, &mut sip.tcp),
+        (args.tls, &mut sip.tls),
+        (args.ws, &mut sip.ws),
+        (args.wss, &mut sip.wss),
+    ] {
+        if let Some(v) = flag {
+            *slot = v;
+        }
+    }
+    if let Some(s) = args.nonce_secret {
+        sip.nonce_secret = Some(s);
+    }
+    if let Some(c) = args.cores {
+        config.edge.cores = c;
+    }
+    if let Some(a) = args.internal {
+        config.edge.internal = a;
+    }
+    if let Some(a) = args.advertise {
+        config.edge.advertise = Some(a);
+    }
+    if metrics.is_some() {
+        config.edge.metrics = metrics;
+    }
+    run_until_signal(|stop| switchyard::roles::run_edge(config, stop))
+}
+
 fn run_media(args: MediaArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     let m = &mut config.media;
@@ -606,6 +757,8 @@ fn run() -> anyhow::Result<()> {
         Command::Import(args) => import(args),
         Command::Api(args) => api_only(args),
         Command::Media(args) => run_media(args),
+        Command::Core(args) => run_core(args),
+        Command::Edge(args) => run_edge(args),
         Command::Tenant(c) => resource(c.into()),
         Command::Range(c) => resource(c.into()),
         Command::Extension(c) => resource(c.into()),

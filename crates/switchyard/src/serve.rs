@@ -51,16 +51,355 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    create_data_dir(&config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Shared::open(&config, stop_rx.clone()).await?;
+    // Media: one node in this process, or the media nodes named in `core.media_nodes`
+    // over the network.
+    let media = MediaTier::start(&config, stop_rx.clone()).await?;
+
+    // Cores: each its own SIP socket, transaction layer and call engine; the edge
+    // reaches them over SIP and gives each tenant's calls to one of them.
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    // The cores drain on their own signal, before the rest stops: their BYEs still need
+    // the drivers, the listeners and the edge.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let call_metrics = Arc::new(switchyard_core::metrics::CallMetrics::default());
+    let cores = start_cores(
+        &config,
+        &shared,
+        &media,
+        &vec![loopback; config.core.shards],
+        call_metrics.clone(),
+        &stop_rx,
+        &drain_rx,
+    )
+    .await?;
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let core_nodes: Vec<CoreNode> = cores
+        .iter()
+        .map(|c| CoreNode::new(&c.name, c.addr))
+        .collect();
+    let edge = start_edge(
+        &config,
+        &shared,
+        core_nodes,
+        loopback,
+        options.demo,
+        &stop_rx,
+    )
+    .await?;
+    let tenant_metrics = edge.tenant_metrics.clone();
+    let registry = {
+        let mut r = prometheus_client::registry::Registry::default();
+        tenant_metrics.register(&mut r);
+        call_metrics.register(&mut r);
+        Arc::new(r)
+    };
+    let gauges = {
+        let (media, edge_gauges) = (media.clone(), edge.gauges());
+        let core_gauges = core_gauges(&cores);
+        let runtime = tokio::runtime::Handle::current();
+        switchyard_api::Metrics(Arc::new(move || {
+            let mut all = core_gauges();
+            all.extend(media.gauges());
+            all.push((
+                "switchyard_runtime_tasks_alive".into(),
+                runtime.metrics().num_alive_tasks() as f64,
+            ));
+            all.extend(edge_gauges());
+            all
+        }))
+    };
+    let api_state = switchyard_api::AppState::with_rate(
+        shared.store.clone(),
+        config.api.requests_per_second_per_key,
+    )
+    .with_metrics(gauges)
+    .with_bans(Arc::new(EdgeBans(edge.bans.clone())))
+    .with_metrics_text(switchyard_api::MetricsText(Arc::new(move || {
+        switchyard_edge::metrics::encode(&registry)
+    })));
+    let api_task = tokio::spawn(switchyard_api::serve(
+        api_listener,
+        api_state,
+        stop_rx.clone(),
+    ));
+    for (transport, addr) in edge.bound.all() {
+        println!("listening {transport} {addr}");
+    }
+    println!("listening API http://{api_addr}");
+    if options.demo {
+        let key = switchyard_api::issue_key(&shared.store, "operator", false)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the demo API key: {e}"))?;
+        println!("demo operator API key: {key}");
+        let creds =
+            crate::demo::ensure_demo(&shared.store, &config.node.data_dir, &edge.visible_udp)
+                .await?;
+        for line in
+            crate::demo::describe(&creds, &config.node.data_dir.join("demo-credentials.json"))
+        {
+            println!("{line}");
+        }
+    }
+    println!("ready");
+    info!(cores = ?cores.iter().map(|c| c.addr).collect::<Vec<_>>(), edge_internal = %edge.internal, "ready");
+    let edge_hub = edge.hub.clone();
+    let edge_task = edge.run(&config, stop_rx.clone());
+    let _ = shutdown.changed().await;
+    let active_calls: usize = cores.iter().map(|c| c.handle.active_calls()).sum();
+    info!(active_calls, "shutting down");
+    shared.log_batch_stats();
+    // First the calls: BYEs out and answered, every CDR written (bounded: the core gives
+    // up on unanswered BYEs after 5 s, a CDR retries for about 6 s).
+    drain_cores(drain_tx, cores).await;
+    let _ = stop_tx.send(true);
+    let _ = edge_task.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    shared.store.close().await;
+    wait_for_flows(&edge_hub).await;
+    info!("stopped");
+    Ok(())
+}
+
+pub(crate) fn create_data_dir(config: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.node.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
             config.node.data_dir.display()
         )
-    })?;
+    })
+}
+
+/// Gives connection tasks a moment to flush queued answers and close.
+pub(crate) async fn wait_for_flows(hub: &Hub) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while hub.flow_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the roles of a process share: the store with its change events, and the
+/// runtime state (registrations, live calls).
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub store: switchyard_store::Store,
+    pub changes: tokio::sync::broadcast::Sender<switchyard_store::ChangeEvent>,
+    pub locations: Arc<Locations>,
+    pub live_calls: Arc<LiveCalls>,
+}
+
+impl Shared {
+    pub async fn open(config: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<Shared> {
+        let store = switchyard_store::Store::connect(&config.store_url())
+            .await
+            .with_context(|| format!("cannot open the store at {}", config.store_url()))?;
+        store.migrate().await.context("cannot migrate the store")?;
+        // Change events: every committed change reaches in-process subscribers (the core's
+        // configuration cache, the edge's directory), in order per tenant; on PostgreSQL
+        // every process of the cluster hears them.
+        let changes =
+            switchyard_store::spawn_dispatcher(store.clone(), Duration::from_millis(100), stop);
+        let locations = Arc::new(match &config.state.redis_url {
+            Some(url) => Locations::redis(url, "sy")
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?,
+            None => Locations::memory(),
+        });
+        let live_calls = Arc::new(match &config.state.redis_url {
+            Some(url) => LiveCalls::redis(url, "sy")
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?,
+            None => LiveCalls::memory(),
+        });
+        Ok(Shared {
+            store,
+            changes,
+            locations,
+            live_calls,
+        })
+    }
+
+    pub fn log_batch_stats(&self) {
+        if let Some(writes) = self.locations.batch_stats() {
+            info!(
+                registrations = writes.writes(),
+                round_trips = writes.batches(),
+                "binding writes to Redis"
+            );
+        }
+    }
+}
+
+/// One call engine with its socket.
+pub(crate) struct CoreShard {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub handle: switchyard_core::CoreHandle,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// An internal SIP socket (edge to core, core to edge): UDP only.
+fn internal_listen(config: &Config, addr: SocketAddr) -> ListenConfig {
+    ListenConfig {
+        udp: vec![addr],
+        tcp: Vec::new(),
+        tls: Vec::new(),
+        ws: Vec::new(),
+        wss: Vec::new(),
+        tls_config: None,
+        limits: limits(config),
+        udp_buffer: config.sip.udp_buffer_bytes,
+    }
+}
+
+fn limits(config: &Config) -> LimitsConfig {
+    let sip = &config.sip;
+    LimitsConfig {
+        per_source: sip.connections_per_source,
+        total: sip.max_connections,
+        idle_timeout: Duration::from_secs(sip.idle_timeout_secs),
+        message_timeout: Duration::from_secs(sip.message_timeout_secs),
+        max_message: sip.max_message_bytes,
+    }
+}
+
+/// Starts one call engine per address, each its own socket, driver and shell.
+pub(crate) async fn start_cores(
+    config: &Config,
+    shared: &Shared,
+    media: &MediaTier,
+    addrs: &[SocketAddr],
+    call_metrics: Arc<switchyard_core::metrics::CallMetrics>,
+    stop_rx: &watch::Receiver<bool>,
+    drain_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<CoreShard>> {
+    let mut cores = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let core_hub = Hub::new();
+        let (core_in_tx, core_in_rx) = mpsc::channel::<Incoming>(8192);
+        let (core_tu_tx, core_tu_rx) = mpsc::channel::<TuEvent>(8192);
+        let core_bound = spawn_listeners(
+            internal_listen(config, *addr),
+            core_hub.clone(),
+            core_in_tx,
+            stop_rx.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot bind the core's SIP socket on {addr}"))?;
+        let core_addr = core_bound.udp[0];
+        let core_driver = spawn_driver(
+            core_hub.clone(),
+            TimerConfig::default(),
+            core_in_rx,
+            core_tu_tx,
+            stop_rx.clone(),
+        );
+        let (handle, task) = spawn_core(
+            CoreSettings {
+                local: core_addr,
+                rtp_timeout: (config.core.rtp_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
+                metrics: call_metrics.clone(),
+                channels: shared.live_calls.clone(),
+            },
+            shared.store.clone(),
+            shared.locations.clone(),
+            media.control(),
+            core_driver,
+            core_hub,
+            core_tu_rx,
+            shared.changes.subscribe(),
+            drain_rx.clone(),
+        );
+        cores.push(CoreShard {
+            name: format!("core-{}", i + 1),
+            addr: core_addr,
+            handle,
+            task,
+        });
+    }
+    Ok(cores)
+}
+
+/// The cores' series for `/metrics`.
+pub(crate) fn core_gauges(
+    cores: &[CoreShard],
+) -> impl Fn() -> Vec<(String, f64)> + Send + Sync + 'static {
+    let shards: Vec<_> = cores
+        .iter()
+        .map(|c| (c.name.clone(), c.handle.clone()))
+        .collect();
+    move || {
+        let mut out = vec![
+            (
+                "switchyard_calls_active".into(),
+                shards.iter().map(|(_, h)| h.active_calls()).sum::<usize>() as f64,
+            ),
+            (
+                "switchyard_core_cdrs_pending".into(),
+                shards.iter().map(|(_, h)| h.cdrs_pending()).sum::<usize>() as f64,
+            ),
+        ];
+        out.extend(shards.iter().map(|(name, h)| {
+            (
+                format!("switchyard_core_calls_active{{core=\"{name}\"}}"),
+                h.active_calls() as f64,
+            )
+        }));
+        out
+    }
+}
+
+/// Ends every call of the cores (BYEs out and answered, CDRs written), at most 15 s.
+pub(crate) async fn drain_cores(drain_tx: watch::Sender<bool>, cores: Vec<CoreShard>) {
+    let _ = drain_tx.send(true);
+    let drained = join_every(cores.into_iter().map(|c| c.task));
+    if tokio::time::timeout(Duration::from_secs(15), drained)
+        .await
+        .is_err()
+    {
+        warn!("the cores did not finish draining in 15 s");
+    }
+}
+
+/// A started edge, not yet taking messages (`run`).
+pub(crate) struct Edge {
+    pub hub: Hub,
+    pub bound: switchyard_sip_net::BoundListeners,
+    pub internal: SocketAddr,
+    pub visible_udp: String,
+    pub bans: Arc<Bans>,
+    pub counters: Arc<switchyard_edge::EdgeCounters>,
+    pub tenant_metrics: Arc<TenantMetrics>,
+    pub core_health: Arc<CoreHealth>,
+    pub core_addrs: Vec<SocketAddr>,
+    deps: EdgeDeps,
+    rx: mpsc::Receiver<Incoming>,
+}
+
+/// Cores answer the edge's OPTIONS pings every PING_EVERY; three missed make one
+/// unhealthy.
+const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Binds the edge's public listeners and its internal socket (on `internal_addr`),
+/// warms its directory and carriers, and starts pinging `cores`.
+pub(crate) async fn start_edge(
+    config: &Config,
+    shared: &Shared,
+    cores: Vec<CoreNode>,
+    internal_addr: SocketAddr,
+    demo: bool,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Edge> {
     let sip = &config.sip;
     let tls_config = match (&sip.tls_cert, &sip.tls_key) {
         (Some(cert), Some(key)) => Some(tls::from_pem_files(cert, key)?),
-        _ if options.demo => Some(demo_certificate(&config.node.data_dir)?),
+        _ if demo => Some(demo_certificate(&config.node.data_dir)?),
         _ => None,
     };
     let (tls_addrs, wss_addrs) = if tls_config.is_some() {
@@ -80,13 +419,7 @@ pub async fn serve(
         ws: sip.ws.clone(),
         wss: wss_addrs,
         tls_config,
-        limits: LimitsConfig {
-            per_source: sip.connections_per_source,
-            total: sip.max_connections,
-            idle_timeout: Duration::from_secs(sip.idle_timeout_secs),
-            message_timeout: Duration::from_secs(sip.message_timeout_secs),
-            max_message: sip.max_message_bytes,
-        },
+        limits: limits(config),
         udp_buffer: sip.udp_buffer_bytes,
     };
     let secret = match &sip.nonce_secret {
@@ -94,97 +427,6 @@ pub async fn serve(
         None => rand::random::<[u8; 32]>().to_vec(),
     };
     let responder = Responder::new(&secret, sip.nonce_lifetime_secs);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let store = switchyard_store::Store::connect(&config.store_url())
-        .await
-        .with_context(|| format!("cannot open the store at {}", config.store_url()))?;
-    store.migrate().await.context("cannot migrate the store")?;
-    // Change events: every committed change reaches in-process subscribers (the core's
-    // configuration cache), in order per tenant.
-    let changes = switchyard_store::spawn_dispatcher(
-        store.clone(),
-        Duration::from_millis(100),
-        stop_rx.clone(),
-    );
-    let locations = Arc::new(match &config.state.redis_url {
-        Some(url) => Locations::redis(url, "sy")
-            .await
-            .with_context(|| format!("cannot reach Redis at {url}"))?,
-        None => Locations::memory(),
-    });
-    let live_calls = Arc::new(match &config.state.redis_url {
-        Some(url) => LiveCalls::redis(url, "sy")
-            .await
-            .with_context(|| format!("cannot reach Redis at {url}"))?,
-        None => LiveCalls::memory(),
-    });
-    // Media: one node in this process, or the media nodes named in `core.media_nodes`
-    // over the network.
-    let media = MediaTier::start(&config, stop_rx.clone()).await?;
-
-    // Cores: each its own SIP socket, transaction layer and call engine; the edge
-    // reaches them over SIP and gives each tenant's calls to one of them.
-    let internal_listen = |addr: SocketAddr| ListenConfig {
-        udp: vec![addr],
-        tcp: Vec::new(),
-        tls: Vec::new(),
-        ws: Vec::new(),
-        wss: Vec::new(),
-        tls_config: None,
-        limits: listen.limits.clone(),
-        udp_buffer: listen.udp_buffer,
-    };
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    // The cores drain on their own signal, before the rest stops: their BYEs still need
-    // the drivers, the listeners and the edge.
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let call_metrics = Arc::new(switchyard_core::metrics::CallMetrics::default());
-    let mut cores = Vec::new();
-    for shard in 1..=config.core.shards {
-        let core_hub = Hub::new();
-        let (core_in_tx, core_in_rx) = mpsc::channel::<Incoming>(8192);
-        let (core_tu_tx, core_tu_rx) = mpsc::channel::<TuEvent>(8192);
-        let core_bound = spawn_listeners(
-            internal_listen(loopback),
-            core_hub.clone(),
-            core_in_tx,
-            stop_rx.clone(),
-        )
-        .await?;
-        let core_addr = core_bound.udp[0];
-        let core_driver = spawn_driver(
-            core_hub.clone(),
-            TimerConfig::default(),
-            core_in_rx,
-            core_tu_tx,
-            stop_rx.clone(),
-        );
-        let (handle, task) = spawn_core(
-            CoreSettings {
-                local: core_addr,
-                rtp_timeout: (config.core.rtp_timeout_secs > 0)
-                    .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
-                metrics: call_metrics.clone(),
-                channels: live_calls.clone(),
-            },
-            store.clone(),
-            locations.clone(),
-            media.control(),
-            core_driver,
-            core_hub,
-            core_tu_rx,
-            changes.subscribe(),
-            drain_rx.clone(),
-        );
-        cores.push((format!("core-{shard}"), core_addr, handle, task));
-    }
-    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
-    let api_addr = api_listener.local_addr()?;
-    // Cores answer the edge's OPTIONS pings every PING_EVERY; three missed make one
-    // unhealthy.
-    const PING_EVERY: Duration = Duration::from_secs(2);
     let core_health = Arc::new(CoreHealth::new(PING_EVERY * 3));
     let bans = Arc::new(
         Bans::new(
@@ -206,98 +448,18 @@ pub async fn serve(
     let counters = Arc::new(switchyard_edge::EdgeCounters::default());
     // Per-tenant series (prometheus-client), appended to /metrics.
     let tenant_metrics = Arc::new(TenantMetrics::default());
-    let registry = {
-        let mut r = prometheus_client::registry::Registry::default();
-        tenant_metrics.register(&mut r);
-        call_metrics.register(&mut r);
-        Arc::new(r)
-    };
-    let gauges = {
-        let (media, health) = (media.clone(), core_health.clone());
-        let shards: Vec<_> = cores
-            .iter()
-            .map(|(name, addr, h, _)| (name.clone(), *addr, h.clone()))
-            .collect();
-        let (edge, bans) = (counters.clone(), bans.clone());
-        let runtime = tokio::runtime::Handle::current();
-        switchyard_api::Metrics(Arc::new(move || {
-            let now = std::time::Instant::now();
-            let per_core = shards.iter().map(|(name, _, h)| {
-                (
-                    format!("switchyard_core_calls_active{{core=\"{name}\"}}"),
-                    h.active_calls() as f64,
-                )
-            });
-            vec![
-                (
-                    "switchyard_calls_active".into(),
-                    shards
-                        .iter()
-                        .map(|(_, _, h)| h.active_calls())
-                        .sum::<usize>() as f64,
-                ),
-                (
-                    "switchyard_core_cdrs_pending".into(),
-                    shards
-                        .iter()
-                        .map(|(_, _, h)| h.cdrs_pending())
-                        .sum::<usize>() as f64,
-                ),
-                (
-                    "switchyard_runtime_tasks_alive".into(),
-                    runtime.metrics().num_alive_tasks() as f64,
-                ),
-                (
-                    "switchyard_core_nodes_healthy".into(),
-                    shards
-                        .iter()
-                        .filter(|(_, addr, _)| health.is_healthy(*addr, now))
-                        .count() as f64,
-                ),
-            ]
-            .into_iter()
-            .chain(media.gauges())
-            .chain(per_core)
-            .chain(edge.snapshot())
-            .chain(BanReason::ALL.iter().zip(&bans.issued_by).map(|(r, n)| {
-                (
-                    format!(
-                        "switchyard_edge_bans_issued_total{{reason=\"{}\"}}",
-                        r.as_str()
-                    ),
-                    n.load(std::sync::atomic::Ordering::Relaxed) as f64,
-                )
-            }))
-            .chain([(
-                "switchyard_edge_bans_active".into(),
-                bans.list(unix_now()).len() as f64,
-            )])
-            .collect()
-        }))
-    };
-    let api_state =
-        switchyard_api::AppState::with_rate(store.clone(), config.api.requests_per_second_per_key)
-            .with_metrics(gauges)
-            .with_bans(Arc::new(EdgeBans(bans.clone())))
-            .with_metrics_text(switchyard_api::MetricsText(Arc::new(move || {
-                switchyard_edge::metrics::encode(&registry)
-            })));
-    let api_task = tokio::spawn(switchyard_api::serve(
-        api_listener,
-        api_state,
-        stop_rx.clone(),
-    ));
 
-    // Edge: public listeners plus an internal socket towards the core.
+    // Public listeners plus an internal socket towards the cores.
     let hub = Hub::new();
     let (tx, rx) = mpsc::channel::<Incoming>(8192);
     let internal_bound = spawn_listeners(
-        internal_listen(loopback),
+        internal_listen(config, internal_addr),
         hub.clone(),
         tx.clone(),
         stop_rx.clone(),
     )
-    .await?;
+    .await
+    .with_context(|| format!("cannot bind the edge's internal socket on {internal_addr}"))?;
     let internal = internal_bound.udp[0];
     let bound = spawn_listeners(listen, hub.clone(), tx, stop_rx.clone()).await?;
     let auth = Arc::new(
@@ -317,12 +479,12 @@ pub async fn serve(
                 .filter_map(|a| Algorithm::from_token(Some(a)))
                 .collect(),
         )
-        .with_metrics(tenant_metrics),
+        .with_metrics(tenant_metrics.clone()),
     );
     let tokens = TokenKey::new(&secret);
     // Tenants and credentials in memory before the first message; change events keep
     // them true from then on.
-    let directory = Directory::new(store.clone());
+    let directory = Directory::new(shared.store.clone());
     let warmed = directory
         .warm()
         .await
@@ -330,33 +492,36 @@ pub async fn serve(
     info!(tenants = warmed, "edge directory warmed");
     tokio::spawn(follow_changes(
         directory.clone(),
-        changes.subscribe(),
+        shared.changes.subscribe(),
         stop_rx.clone(),
     ));
     // The cores the edge routes to are the ones it pings.
-    let core_nodes: Vec<CoreNode> = cores
-        .iter()
-        .map(|(name, addr, _, _)| CoreNode::new(name, *addr))
-        .collect();
-    {
-        let cores = core_nodes.iter().map(|c| c.addr).collect();
-        let (hub, stop) = (hub.clone(), stop_rx.clone());
-        tokio::spawn(ping_cores(hub, internal, cores, PING_EVERY, stop));
-    }
+    let core_addrs: Vec<SocketAddr> = cores.iter().map(|c| c.addr).collect();
+    tokio::spawn(ping_cores(
+        hub.clone(),
+        internal,
+        core_addrs.clone(),
+        PING_EVERY,
+        stop_rx.clone(),
+    ));
     // Carriers and the pool's numbers in memory, refreshed off the hot path.
     let carriers = Carriers::new();
     carriers
-        .refresh(&store)
+        .refresh(&shared.store)
         .await
         .context("cannot read carriers for the edge")?;
-    carriers.spawn_refresher(store.clone(), changes.subscribe(), stop_rx.clone());
+    carriers.spawn_refresher(
+        shared.store.clone(),
+        shared.changes.subscribe(),
+        stop_rx.clone(),
+    );
     let proxy = Proxy {
         carriers,
         directory: directory.clone(),
         auth: auth.clone(),
         tokens: tokens.clone(),
         internal,
-        cores: core_nodes,
+        cores,
         advertise: config.edge.advertise,
         health: Some(core_health.clone()),
         public_udp: bound.udp.clone(),
@@ -367,10 +532,10 @@ pub async fn serve(
         .or(bound.tcp.first())
         .map(|a| proxy.visible_addr(*a).to_string())
         .unwrap_or_default();
-    let edge_deps = EdgeDeps {
+    let deps = EdgeDeps {
         registrar: Registrar {
             directory: directory.clone(),
-            locations: locations.clone(),
+            locations: shared.locations.clone(),
             auth: auth.clone(),
             tokens,
             internal,
@@ -378,7 +543,7 @@ pub async fn serve(
         proxy,
         responder,
         hub: hub.clone(),
-        live_calls,
+        live_calls: shared.live_calls.clone(),
         limits: SourceLimits::new(LimitSettings {
             per_address: config.edge.source_rate_per_sec,
             per_network: config.edge.network_rate_per_sec,
@@ -387,69 +552,69 @@ pub async fn serve(
         }),
         counters: counters.clone(),
     };
-    for (transport, addr) in bound.all() {
-        println!("listening {transport} {addr}");
-    }
-    println!("listening API http://{api_addr}");
-    if options.demo {
-        let key = switchyard_api::issue_key(&store, "operator", false)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create the demo API key: {e}"))?;
-        println!("demo operator API key: {key}");
-        let creds = crate::demo::ensure_demo(&store, &config.node.data_dir, &visible_udp).await?;
-        for line in
-            crate::demo::describe(&creds, &config.node.data_dir.join("demo-credentials.json"))
-        {
-            println!("{line}");
+    Ok(Edge {
+        hub,
+        bound,
+        internal,
+        visible_udp,
+        bans,
+        counters,
+        tenant_metrics,
+        core_health,
+        core_addrs,
+        deps,
+        rx,
+    })
+}
+
+impl Edge {
+    /// The edge's series for `/metrics`.
+    pub fn gauges(&self) -> impl Fn() -> Vec<(String, f64)> + Send + Sync + 'static {
+        let (health, cores) = (self.core_health.clone(), self.core_addrs.clone());
+        let (edge, bans) = (self.counters.clone(), self.bans.clone());
+        move || {
+            let now = std::time::Instant::now();
+            let mut out = vec![(
+                "switchyard_core_nodes_healthy".into(),
+                cores
+                    .iter()
+                    .filter(|addr| health.is_healthy(**addr, now))
+                    .count() as f64,
+            )];
+            out.extend(edge.snapshot());
+            out.extend(BanReason::ALL.iter().zip(&bans.issued_by).map(|(r, n)| {
+                (
+                    format!(
+                        "switchyard_edge_bans_issued_total{{reason=\"{}\"}}",
+                        r.as_str()
+                    ),
+                    n.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                )
+            }));
+            out.push((
+                "switchyard_edge_bans_active".into(),
+                bans.list(unix_now()).len() as f64,
+            ));
+            out
         }
     }
-    println!("ready");
-    info!(cores = ?cores.iter().map(|(_, a, _, _)| *a).collect::<Vec<_>>(), edge_internal = %internal, "ready");
 
-    let edge = tokio::spawn(switchyard_edge::run(
-        EdgeSettings {
-            shed_after: Duration::from_millis(config.edge.shed_after_ms),
-            retry_after_secs: (
-                config.edge.retry_after_min_secs,
-                config.edge.retry_after_max_secs,
-            ),
-            ..EdgeSettings::default()
-        },
-        edge_deps,
-        rx,
-        stop_rx.clone(),
-    ));
-    let _ = shutdown.changed().await;
-    let active_calls: usize = cores.iter().map(|(_, _, h, _)| h.active_calls()).sum();
-    info!(active_calls, "shutting down");
-    if let Some(writes) = locations.batch_stats() {
-        info!(
-            registrations = writes.writes(),
-            round_trips = writes.batches(),
-            "binding writes to Redis"
-        );
+    /// Starts taking messages.
+    pub fn run(self, config: &Config, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(switchyard_edge::run(
+            EdgeSettings {
+                shed_after: Duration::from_millis(config.edge.shed_after_ms),
+                retry_after_secs: (
+                    config.edge.retry_after_min_secs,
+                    config.edge.retry_after_max_secs,
+                ),
+                ..EdgeSettings::default()
+            },
+            self.deps,
+            self.rx,
+            stop,
+        ))
     }
-    // First the calls: BYEs out and answered, every CDR written (bounded: the core gives
-    // up on unanswered BYEs after 5 s, a CDR retries for about 6 s).
-    let _ = drain_tx.send(true);
-    let drained = join_every(cores.into_iter().map(|(_, _, _, task)| task));
-    if tokio::time::timeout(Duration::from_secs(15), drained)
-        .await
-        .is_err()
-    {
-        warn!("the cores did not finish draining in 15 s");
-    }
-    let _ = stop_tx.send(true);
-    let _ = edge.await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
-    store.close().await;
-    // Give connection tasks a moment to flush queued answers and close.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while hub.flow_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    info!("stopped");
-    Ok(())
 }
 
 /// The media tier as a core sees it.

@@ -1,0 +1,310 @@
+//! A cluster of separate processes on PostgreSQL and Redis: `switchyard edge` ×2,
+//! `switchyard core` ×2, `switchyard media` ×2, on loopback. Phones register through
+//! either edge and call each other; calls spread over both cores and both media nodes.
+
+mod common;
+#[path = "../../store/tests/common/mod.rs"]
+mod store_common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::RoleProcess;
+use common::phone::{CallLeg, Phone};
+use switchyard_store::{NewExtension, NewTenant, Store};
+
+const SECRET: &str = "cluster test secret";
+const NONCES: &str = "cluster test nonce secret";
+
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    store: Store,
+    media: Vec<RoleProcess>,
+    cores: Vec<RoleProcess>,
+    edges: Vec<RoleProcess>,
+}
+
+fn redis_url() -> String {
+    std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+impl Cluster {
+    /// Two media nodes (ports `media_ports[i]`), two cores driving both, two edges in
+    /// front of both cores.
+    fn start(media_ports: [&str; 2]) -> Cluster {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pg = rt.block_on(store_common::postgres());
+        let pg_url = pg.url.clone().unwrap();
+        let store = pg.store.clone();
+        std::mem::forget(pg); // the database outlives the processes using it
+        let redis = redis_url();
+        let cluster_args = |role: &'static str| -> Vec<String> {
+            vec![
+                role.into(),
+                "--store-url".into(),
+                pg_url.clone(),
+                "--redis-url".into(),
+                redis.clone(),
+                "--cluster-secret".into(),
+                SECRET.into(),
+                "--metrics".into(),
+                "127.0.0.1:0".into(),
+            ]
+        };
+        let media: Vec<RoleProcess> = media_ports
+            .iter()
+            .map(|ports| {
+                RoleProcess::start(&[
+                    "media",
+                    "--control",
+                    "127.0.0.1:0",
+                    "--metrics",
+                    "127.0.0.1:0",
+                    "--media-ports",
+                    ports,
+                    "--cluster-secret",
+                    SECRET,
+                ])
+            })
+            .collect();
+        let media_nodes = media
+            .iter()
+            .map(|m| m.addr("media-control").to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let cores: Vec<RoleProcess> = (0..2)
+            .map(|_| {
+                let mut args = cluster_args("core");
+                args.extend(
+                    ["--listen", "127.0.0.1:0", "--media-nodes", &media_nodes].map(String::from),
+                );
+                RoleProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect();
+        let core_addrs = cores
+            .iter()
+            .map(|c| c.addr("core").to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let edges: Vec<RoleProcess> = (0..2)
+            .map(|_| {
+                let mut args = cluster_args("edge");
+                args.extend(
+                    [
+                        "--cores",
+                        &core_addrs,
+                        "--udp",
+                        "127.0.0.1:0",
+                        "--tcp",
+                        "off",
+                        "--tls",
+                        "off",
+                        "--ws",
+                        "off",
+                        "--wss",
+                        "off",
+                        "--nonce-secret",
+                        NONCES,
+                    ]
+                    .map(String::from),
+                );
+                RoleProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect();
+        Cluster {
+            rt,
+            store,
+            media,
+            cores,
+            edges,
+        }
+    }
+
+    /// A tenant with extensions 2001 and 2002 (passwords `pw-2001-DOMAIN`...).
+    fn tenant(&self, domain: &str) -> String {
+        self.rt.block_on(async {
+            let t = self
+                .store
+                .create_tenant(&NewTenant {
+                    name: domain.into(),
+                    domain: domain.into(),
+                    ..NewTenant::default()
+                })
+                .await
+                .unwrap();
+            let range = self
+                .store
+                .add_extension_range(&t.id, 2000, 2099)
+                .await
+                .unwrap();
+            for n in [2001, 2002] {
+                self.store
+                    .create_extension(
+                        &t.id,
+                        &NewExtension {
+                            range_id: range.id.clone(),
+                            number: Some(n),
+                            display_name: format!("x{n}"),
+                            username: None,
+                            password: password(n, domain),
+                            voicemail: false,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            t.id
+        })
+    }
+
+    fn edge(&self, i: usize) -> SocketAddr {
+        self.edges[i].addr("UDP")
+    }
+}
+
+fn password(n: i64, domain: &str) -> String {
+    format!("pw-{n}-{domain}")
+}
+
+/// A registered phone of `domain` through edge `via`; waits until the edges know the
+/// tenant (a change event away).
+fn phone(cluster: &Cluster, domain: &str, n: i64, via: usize) -> Phone {
+    let mut p = Phone::new(
+        cluster.edge(via),
+        domain,
+        &n.to_string(),
+        &password(n, domain),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = p.register();
+        if status == 200 {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{domain} {n} via edge {via}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `a` calls `b`'s number; RTP flows both ways; `a` hangs up. Returns the core's address
+/// (the Contact it gave the caller) and the media port the caller was given.
+fn call_and_hang_up(a: Phone, b: Phone, dialled: &str) -> (Phone, Phone, String, u16) {
+    let dialled = dialled.to_owned();
+    let caller = std::thread::spawn(move || {
+        let mut a = a;
+        let (r, leg) = a.call(&dialled, &[0]);
+        assert_eq!(r.status(), Some(200), "{r:?}");
+        (a, leg.unwrap())
+    });
+    let mut b = b;
+    let (inv, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("INVITE at the callee");
+    let b_leg = b.answer(&inv, from, 200, &[0]);
+    let (mut a, mut a_leg): (Phone, CallLeg) = caller.join().unwrap();
+    let _ = b.wait_request("ACK", Duration::from_secs(2));
+    for seq in 0..10 {
+        a.send_rtp(&a_leg, 0, seq);
+        b.send_rtp(&b_leg, 0, seq);
+    }
+    assert_eq!(b.count_rtp(Duration::from_millis(500)), 10, "RTP a→b");
+    assert_eq!(a.count_rtp(Duration::from_millis(300)), 10, "RTP b→a");
+    let core = a_leg
+        .target
+        .split('@')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let port = a_leg.remote_rtp.unwrap().port();
+    let callee = std::thread::spawn(move || {
+        b.answer_next("BYE", Duration::from_secs(5), &[]);
+        b
+    });
+    assert_eq!(a.request(&mut a_leg, "BYE", "").status(), Some(200));
+    (a, callee.join().unwrap(), core, port)
+}
+
+#[test]
+fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() {
+    let cluster = Cluster::start(["47000-47099", "47200-47299"]);
+    let (mut cores, mut ports) = (BTreeSet::new(), Vec::new());
+    let mut tenants = Vec::new();
+    for i in 0..6 {
+        let domain = format!("t{i}.cluster.example");
+        let tenant = cluster.tenant(&domain);
+        // The caller on one edge, the callee on the other.
+        let a = phone(&cluster, &domain, 2001, i % 2);
+        let b = phone(&cluster, &domain, 2002, (i + 1) % 2);
+        let (_a, _b, core, port) = call_and_hang_up(a, b, "2002");
+        cores.insert(core);
+        ports.push(port);
+        tenants.push(tenant);
+    }
+    let core_addrs: BTreeSet<String> = cluster
+        .cores
+        .iter()
+        .map(|c| c.addr("core").to_string())
+        .collect();
+    assert!(
+        cores
+            .iter()
+            .all(|c| core_addrs.iter().any(|a| c.contains(a.as_str()))),
+        "{cores:?} vs {core_addrs:?}"
+    );
+    assert_eq!(cores.len(), 2, "calls on both cores: {cores:?}");
+    let on_first = ports.iter().filter(|p| (47000..47100).contains(*p)).count();
+    let on_second = ports.iter().filter(|p| (47200..47300).contains(*p)).count();
+    assert!(
+        on_first > 0 && on_second > 0 && on_first + on_second == 6,
+        "{ports:?}"
+    );
+    // Every call has its CDR in PostgreSQL, answered, with RTP counted on both legs.
+    cluster.rt.block_on(async {
+        for tenant in &tenants {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let cdrs = loop {
+                let cdrs = cluster.store.cdrs(tenant, None, 10).await.unwrap();
+                if !cdrs.is_empty() || std::time::Instant::now() > deadline {
+                    break cdrs;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(cdrs.len(), 1, "one CDR for {tenant}");
+            assert_eq!(cdrs[0].disposition, "answered");
+            let legs: serde_json::Value = serde_json::from_str(&cdrs[0].legs).unwrap();
+            for (i, leg) in ["a", "b"].iter().enumerate() {
+                assert_eq!(legs[i]["leg"], *leg, "{legs}");
+                assert_eq!(legs[i]["packets_received"], 10, "{legs}");
+            }
+        }
+    });
+    // Each role's /metrics.
+    for core in &cluster.cores {
+        let m = core.metrics();
+        assert_eq!(m.get("switchyard_calls_active"), Some(&0.0), "{m:?}");
+    }
+    for edge in &cluster.edges {
+        let m = edge.metrics();
+        assert_eq!(m.get("switchyard_core_nodes_healthy"), Some(&2.0), "{m:?}");
+    }
+    for node in &cluster.media {
+        let m = node.metrics();
+        assert_eq!(
+            m["switchyard_media_sessions{pool=\"shared\"}"], 0.0,
+            "{m:?}"
+        );
+        assert!(m["switchyard_media_control_requests_total{pool=\"shared\"}"] > 0.0);
+        // Two cores ping it every second: none refused.
+        assert_eq!(
+            m["switchyard_media_control_refused_total{pool=\"shared\"}"],
+            0.0
+        );
+    }
+}
