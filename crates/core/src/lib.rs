@@ -70,6 +70,8 @@ pub struct CoreSettings {
     pub metrics: Arc<CallMetrics>,
     /// Trunks' channels in use, shared with the other cores on Redis.
     pub channels: Arc<switchyard_state::calls::LiveCalls>,
+    /// Checks the edges' `X-Sy-Seal` (the cluster secret).
+    pub seal: switchyard_sip::seal::SealKey,
 }
 
 /// What the outside may watch of a running engine.

@@ -65,6 +65,7 @@ pub fn spawn_core(
                 local: settings.local,
                 rtp_timeout: settings.rtp_timeout,
                 metrics: settings.metrics.clone(),
+                seal: settings.seal.clone(),
             },
             Clock::now(),
         ),

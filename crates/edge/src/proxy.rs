@@ -30,6 +30,7 @@ use switchyard_sip::Message;
 use switchyard_sip::Method;
 use switchyard_sip::build::{Editor, ResponseBuilder};
 use switchyard_sip::headers::{NameAddr, Via};
+use switchyard_sip::seal::{SEAL_HEADER, SealKey, Sealed};
 use switchyard_sip_net::{FlowId, Target};
 use switchyard_types::NodeId;
 use tracing::info;
@@ -114,9 +115,32 @@ pub struct Proxy {
     /// Our public UDP sockets: calls out through trunks leave from the first one of the
     /// trunk's address family.
     pub public_udp: Vec<SocketAddr>,
+    /// Seals what we tell a core about a call (`X-Sy-Seal`), with the cluster secret.
+    pub seal: SealKey,
 }
 
 impl Proxy {
+    /// The `X-Sy-Seal` value for a request we vouch for.
+    fn seal_for(
+        &self,
+        msg: &Message,
+        tenant: &str,
+        caller: &str,
+        carrier: &str,
+        now_secs: u64,
+    ) -> String {
+        self.seal.seal(
+            &Sealed {
+                call_id: msg.call_id().unwrap_or_default(),
+                cseq: msg.header(HeaderName::CSeq).unwrap_or_default().trim(),
+                tenant,
+                caller,
+                carrier,
+            },
+            now_secs,
+        )
+    }
+
     /// The address phones see for one of our sockets.
     pub fn visible_addr(&self, addr: SocketAddr) -> SocketAddr {
         if !addr.ip().is_unspecified() {
@@ -211,6 +235,7 @@ impl Proxy {
             .remove_other(TENANT_HEADER)
             .remove_other(CALLER_HEADER)
             .remove_other(CARRIER_HEADER)
+            .remove_other(SEAL_HEADER)
             .decrement_max_forwards()
         else {
             return self.answer(msg, ingress, 483, "Too Many Hops");
@@ -342,10 +367,12 @@ impl Proxy {
                 // The core routes by the Request-URI: it names the number.
                 edit = edit.set_request_uri(&format!("sip:{dialled}@{domain}"));
             }
+            let seal = self.seal_for(msg, &tenant.id, &caller, &carrier, now_secs);
             edit = edit
                 .add_header(TENANT_HEADER, &tenant.id)
                 .add_header(CALLER_HEADER, &caller)
                 .add_header(CARRIER_HEADER, &carrier)
+                .add_header(SEAL_HEADER, &seal)
                 .push_record_route(&format!("<sip:{back}@{};lr>", self.internal))
                 .push_record_route(&route_uri(
                     &back,
@@ -435,10 +462,12 @@ impl Proxy {
             if method == Method::Invite && !emergency {
                 new_call = Some(new_call_of(tenant, msg, core.addr));
             }
+            let seal = self.seal_for(msg, &tenant.id, &ext.username, "", now_secs);
             edit = edit
                 .remove(HeaderName::ProxyAuthorization)
                 .add_header(TENANT_HEADER, &tenant.id)
-                .add_header(CALLER_HEADER, &ext.username);
+                .add_header(CALLER_HEADER, &ext.username)
+                .add_header(SEAL_HEADER, &seal);
             if dialog_creating(&method) {
                 // The core-facing entry on top: the core (UAS) uses the route set in order.
                 edit = edit
@@ -650,6 +679,7 @@ mod tests {
             advertise: None,
             health: None,
             public_udp: Vec::new(),
+            seal: switchyard_sip::seal::SealKey::new(b"test cluster"),
         };
         (p, dir)
     }
@@ -785,7 +815,10 @@ mod tests {
         let (p, _dir) = proxy(vec![CoreNode::new("c1", c1)]).await;
         let text = String::from_utf8(bye("sip:sy@127.0.0.1:7101", "c-9").to_bytes().to_vec())
             .unwrap()
-            .replace("Content-Length", "X-Sy-Tenant: forged\r\nContent-Length");
+            .replace(
+                "Content-Length",
+                "X-Sy-Tenant: forged\r\nX-Sy-Seal: 1.00000000000000000000000000000000\r\nContent-Length",
+            );
         let msg = Message::parse_datagram(Bytes::from(text)).unwrap();
         let Verdict::Forward { bytes, .. } = p.request(&msg, &phone(), 0).await else {
             panic!()
@@ -796,6 +829,7 @@ mod tests {
             0,
             "a phone cannot set it"
         );
+        assert_eq!(out.extension_rows(SEAL_HEADER).count(), 0, "nor a seal");
         let top = out.top_via().unwrap();
         assert_eq!(top.sent_by(), "127.0.0.1:7000");
         let back = p

@@ -127,6 +127,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
             health: None,
             carriers: Default::default(),
             public_udp: Vec::new(),
+            seal: switchyard_sip::seal::SealKey::new(b"s"),
         },
         responder: Responder::new(b"s", 300),
         hub,

@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod message;
 pub mod method;
 pub mod scan;
+pub mod seal;
 pub mod transaction;
 pub mod uri;
 

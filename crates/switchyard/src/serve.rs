@@ -27,6 +27,7 @@ use switchyard_media::{MediaConfig, MediaNode};
 use switchyard_media_control::MediaControl;
 use switchyard_media_control::wire::ControlKey;
 use switchyard_sip::digest::{Algorithm, Nonces};
+use switchyard_sip::seal::SealKey;
 use switchyard_sip::transaction::TimerConfig;
 use switchyard_sip_net::{
     Hub, Incoming, LimitsConfig, ListenConfig, Target, TuEvent, spawn_driver, spawn_listeners, tls,
@@ -191,6 +192,9 @@ pub(crate) struct Shared {
     pub changes: tokio::sync::broadcast::Sender<switchyard_store::ChangeEvent>,
     pub locations: Arc<Locations>,
     pub live_calls: Arc<LiveCalls>,
+    /// Seals what edges tell cores (`X-Sy-Seal`): the cluster secret, or a random one
+    /// for a `serve` without one (its edge and cores are one process).
+    pub seal: SealKey,
 }
 
 impl Shared {
@@ -216,11 +220,16 @@ impl Shared {
                 .with_context(|| format!("cannot reach Redis at {url}"))?,
             None => LiveCalls::memory(),
         });
+        let seal = match config.cluster_secret() {
+            Some(secret) => SealKey::new(secret),
+            None => SealKey::new(&rand::random::<[u8; 32]>()),
+        };
         Ok(Shared {
             store,
             changes,
             locations,
             live_calls,
+            seal,
         })
     }
 
@@ -306,6 +315,7 @@ pub(crate) async fn start_cores(
                     .then(|| Duration::from_secs(config.core.rtp_timeout_secs)),
                 metrics: call_metrics.clone(),
                 channels: shared.live_calls.clone(),
+                seal: shared.seal.clone(),
             },
             shared.store.clone(),
             shared.locations.clone(),
@@ -525,6 +535,7 @@ pub(crate) async fn start_edge(
         advertise: config.edge.advertise,
         health: Some(core_health.clone()),
         public_udp: bound.udp.clone(),
+        seal: shared.seal.clone(),
     };
     let visible_udp = bound
         .udp

@@ -294,6 +294,40 @@ fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() 
         let m = edge.metrics();
         assert_eq!(m.get("switchyard_core_nodes_healthy"), Some(&2.0), "{m:?}");
     }
+    // A core believes the edge's headers only under the cluster's seal: an INVITE sent
+    // straight to a core, naming a tenant and caller, is refused and nothing rings.
+    let tenant = &tenants[0];
+    for core in &cluster.cores {
+        for seal in [
+            "",
+            "X-Sy-Seal: 1800000000.0123456789abcdef0123456789abcdef\r\n",
+        ] {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let local = socket.local_addr().unwrap();
+            let body = common::phone::sdp(local.port() + 1, &[0]);
+            let invite = format!(
+                "INVITE sip:2002@t0.cluster.example SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-forged{}\r\nMax-Forwards: 70\r\nFrom: <sip:2001@t0.cluster.example>;tag=f\r\nTo: <sip:2002@t0.cluster.example>\r\nCall-ID: forged-{}@x\r\nCSeq: 1 INVITE\r\nContact: <sip:2001@{local}>\r\nX-Sy-Tenant: {tenant}\r\nX-Sy-Caller: 2001\r\n{seal}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                seal.len(),
+                seal.len(),
+                body.len()
+            );
+            socket
+                .send_to(invite.as_bytes(), core.addr("core"))
+                .unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let status = loop {
+                let (n, _) = socket.recv_from(&mut buf).expect("an answer from the core");
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if !text.starts_with("SIP/2.0 100") {
+                    break text;
+                }
+            };
+            assert!(status.starts_with("SIP/2.0 403"), "{status}");
+        }
+    }
     for node in &cluster.media {
         let m = node.metrics();
         assert_eq!(

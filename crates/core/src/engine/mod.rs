@@ -39,6 +39,7 @@ use switchyard_sip::HeaderName;
 use switchyard_sip::Message;
 use switchyard_sip::Method;
 use switchyard_sip::build::ResponseBuilder;
+use switchyard_sip::seal::SealKey;
 use switchyard_sip::transaction::TxId;
 use switchyard_sip_net::{Peer, Target as SendTarget};
 use switchyard_store::{Cdr, TenantConfig};
@@ -239,11 +240,14 @@ pub struct EngineSettings {
     /// Hang up an answered call when a leg sends no RTP for this long (not while on hold).
     pub rtp_timeout: Option<Duration>,
     pub metrics: Arc<CallMetrics>,
+    /// Checks the edges' `X-Sy-Seal` (the cluster secret).
+    pub seal: SealKey,
 }
 
 /// The engine: every call of one core.
 pub struct Engine {
     local: SocketAddr,
+    seal: SealKey,
     rtp_timeout: Option<Duration>,
     metrics: Arc<CallMetrics>,
     calls: HashMap<CallKey, Call>,
@@ -297,6 +301,7 @@ impl Engine {
     pub fn new(settings: EngineSettings, now: Clock) -> Engine {
         let mut engine = Engine {
             local: settings.local,
+            seal: settings.seal,
             rtp_timeout: settings.rtp_timeout,
             metrics: settings.metrics,
             calls: HashMap::new(),

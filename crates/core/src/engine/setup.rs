@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use switchyard_media_control::{Leg, Reply, Request};
 use switchyard_sip::build::{RequestBuilder, ResponseBuilder};
+use switchyard_sip::seal::{SEAL_HEADER, Sealed};
 use switchyard_sip::transaction::TxId;
 use switchyard_sip::{HeaderName, Message, Method};
 use switchyard_sip_net::Peer;
@@ -34,6 +35,24 @@ impl Engine {
         ) else {
             return self.reply(tx, &msg, 403, "Calls must come through an edge");
         };
+        // Only an edge of the cluster may say who calls: the seal covers this request's
+        // Call-ID and CSeq and the three values, with the cluster secret.
+        let carrier = msg.extension_rows(CARRIER_HEADER).next().map(str::to_owned);
+        let sealed = Sealed {
+            call_id: msg.call_id().unwrap_or_default(),
+            cseq: msg.header(HeaderName::CSeq).unwrap_or_default().trim(),
+            tenant: &tenant_id,
+            caller: &caller,
+            carrier: carrier.as_deref().unwrap_or_default(),
+        };
+        let seal = msg.extension_rows(SEAL_HEADER).next();
+        if let Err(why) = self
+            .seal
+            .verify(seal, &sealed, self.now.unix_ms.max(0) as u64 / 1000)
+        {
+            warn!(%edge, error = %why, "INVITE with edge headers refused");
+            return self.reply(tx, &msg, 403, "Calls must come through an edge");
+        }
         if msg.body().is_empty() {
             return self.reply(tx, &msg, 488, "An SDP offer is required in the INVITE");
         }
@@ -64,7 +83,7 @@ impl Engine {
         let request = RouteRequest {
             tenant_id,
             caller,
-            carrier: msg.extension_rows(CARRIER_HEADER).next().map(str::to_owned),
+            carrier,
             dialled,
             sdp: String::from_utf8_lossy(msg.body()).into_owned(),
             session: call_id.clone(),

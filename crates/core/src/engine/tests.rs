@@ -74,6 +74,8 @@ use switchyard_sip::{HeaderName, Method};
 use switchyard_state::Binding;
 use switchyard_store::{Cdr, Extension, Tenant, TenantConfig};
 
+use switchyard_sip::seal::{SealKey, Sealed};
+
 use super::setup::hop_peer;
 use super::{
     Clock, Engine, EngineSettings, ForwardFor, Lookup, MediaAnswer, Output, ReqId, SipInput,
@@ -83,6 +85,7 @@ use crate::routing::{Reroute, Ring, RouteRequest, Routed};
 
 const TENANT: &str = "t1";
 const DOMAIN: &str = "t1.example";
+const CLUSTER_SECRET: &[u8] = b"engine test cluster";
 
 fn local() -> SocketAddr {
     "127.0.0.1:5080".parse().unwrap()
@@ -224,6 +227,7 @@ impl World {
                     local: local(),
                     rtp_timeout,
                     metrics: Arc::new(CallMetrics::default()),
+                    seal: SealKey::new(CLUSTER_SECRET),
                 },
                 now,
             ),
@@ -269,8 +273,23 @@ impl World {
         self.settle();
     }
 
-    /// A caller's INVITE (through the edge) for `dialled`.
+    /// A caller's INVITE (through the edge, which seals it) for `dialled`.
     fn invite(&mut self, call_id: &str, dialled: &str, extra: &str) -> TxId {
+        let seal = SealKey::new(CLUSTER_SECRET).seal(
+            &Sealed {
+                call_id,
+                cseq: "1 INVITE",
+                tenant: TENANT,
+                caller: "1001",
+                carrier: "",
+            },
+            self.now.unix_ms as u64 / 1000,
+        );
+        self.invite_sealed(call_id, dialled, &format!("{extra}X-Sy-Seal: {seal}\r\n"))
+    }
+
+    /// An INVITE with the edge's headers and whatever seal `extra` brings (or none).
+    fn invite_sealed(&mut self, call_id: &str, dialled: &str, extra: &str) -> TxId {
         let text = format!(
             "INVITE sip:{dialled}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {edge};branch=z9hG4bK-{call_id}\r\nRecord-Route: <sip:{edge};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:1001@{DOMAIN}>;tag=a-{call_id}\r\nTo: <sip:{dialled}@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:41001>\r\nX-Sy-Tenant: {TENANT}\r\nX-Sy-Caller: 1001\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
             SDP.len(),
@@ -633,6 +652,68 @@ fn a_2xx_is_retransmitted_until_its_ack_and_a_call_never_acked_is_hung_up() {
     assert_eq!(w.cdrs.len(), 1);
     assert_eq!(w.cdrs[0].hangup_side.as_deref(), Some("no-ack"));
     assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn edge_headers_count_only_under_a_seal_of_this_cluster_for_this_request() {
+    let mut w = World::new(None);
+    let now_secs = w.now.unix_ms as u64 / 1000;
+    let seal = |secret: &[u8], call_id: &str, caller: &str, at: u64| {
+        SealKey::new(secret).seal(
+            &Sealed {
+                call_id,
+                cseq: "1 INVITE",
+                tenant: TENANT,
+                caller,
+                carrier: "",
+            },
+            at,
+        )
+    };
+    for (call_id, extra) in [
+        ("none", String::new()),
+        ("garbage", "X-Sy-Seal: 123.abc\r\n".to_owned()),
+        (
+            "other-cluster",
+            format!(
+                "X-Sy-Seal: {}\r\n",
+                seal(b"another cluster", "other-cluster", "1001", now_secs)
+            ),
+        ),
+        (
+            "other-call",
+            format!(
+                "X-Sy-Seal: {}\r\n",
+                seal(CLUSTER_SECRET, "c9", "1001", now_secs)
+            ),
+        ),
+        (
+            "other-caller",
+            format!(
+                "X-Sy-Seal: {}\r\n",
+                seal(CLUSTER_SECRET, "other-caller", "1002", now_secs)
+            ),
+        ),
+        (
+            "replayed",
+            format!(
+                "X-Sy-Seal: {}\r\n",
+                seal(CLUSTER_SECRET, "replayed", "1001", now_secs - 120)
+            ),
+        ),
+    ] {
+        w.invite_sealed(call_id, "1002", &extra);
+        assert_eq!(w.callers[call_id].finals, vec![403], "{call_id}");
+    }
+    assert!(
+        w.routes.is_empty(),
+        "nothing was routed: {:?}",
+        w.routes.len()
+    );
+    // The edge's own seal: routed.
+    w.invite("sealed", "1002", "");
+    assert!(w.callers["sealed"].finals.is_empty());
+    assert_eq!(w.routes.len(), 1);
 }
 
 #[test]
