@@ -211,18 +211,32 @@ const MISSED_PINGS: u32 = 2;
 /// Several media nodes behind one [`MediaControl`]: a new session goes to the node of its
 /// pool with the most room (sessions against `max_sessions`, not CPU); every later
 /// request of the session goes to the node that holds it. A node that stops answering
-/// leaves the pool until it answers a ping again.
-#[derive(Debug, Clone)]
+/// leaves the pool until it answers a ping again; a draining node takes no new session.
+/// Nodes join while the core runs (from the cluster's membership in Redis).
+#[derive(Debug, Clone, Default)]
 pub struct MediaCluster {
     inner: Arc<ClusterInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ClusterInner {
-    members: Vec<MediaMember>,
-    health: Mutex<Vec<Health>>,
+    members: std::sync::RwLock<Vec<Arc<Entry>>>,
     /// Which member holds each session.
-    sessions: Mutex<HashMap<String, usize>>,
+    sessions: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    member: MediaMember,
+    health: Mutex<Health>,
+    /// Its membership record says draining: no new sessions.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+impl Entry {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A node's state, for `/metrics`.
@@ -232,25 +246,63 @@ pub struct MemberView {
     pub pool: String,
     pub addr: SocketAddr,
     pub up: bool,
+    pub draining: bool,
     pub load: Option<Load>,
+    /// Sessions this core holds on it.
+    pub placed: usize,
 }
 
 impl MediaCluster {
     pub fn new(members: Vec<MediaMember>) -> MediaCluster {
-        let health = members
-            .iter()
-            .map(|_| Health {
+        let cluster = MediaCluster::default();
+        for m in members {
+            cluster.add(m);
+        }
+        cluster
+    }
+
+    /// Adds a node unless one with its address is known; true when added.
+    pub fn add(&self, member: MediaMember) -> bool {
+        let mut members = self
+            .inner
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if members.iter().any(|e| e.member.addr == member.addr) {
+            return false;
+        }
+        info!(node = member.name, pool = member.pool, addr = %member.addr, "media node joins");
+        members.push(Arc::new(Entry {
+            member,
+            health: Mutex::new(Health {
                 up: true,
                 ..Health::default()
-            })
-            .collect();
-        MediaCluster {
-            inner: Arc::new(ClusterInner {
-                members,
-                health: Mutex::new(health),
-                sessions: Mutex::default(),
             }),
+            draining: Default::default(),
+        }));
+        true
+    }
+
+    /// Whether the node at `addr` is known.
+    pub fn knows(&self, addr: SocketAddr) -> bool {
+        self.entries().iter().any(|e| e.member.addr == addr)
+    }
+
+    /// Marks the node at `addr` draining (no new sessions) or not.
+    pub fn set_draining(&self, addr: SocketAddr, draining: bool) {
+        for e in self.entries() {
+            if e.member.addr == addr {
+                e.draining.store(draining, Ordering::Relaxed);
+            }
         }
+    }
+
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.inner
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Pings every node every `every` until `stop`.
@@ -268,53 +320,16 @@ impl MediaCluster {
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
-                let pings = (0..cluster.inner.members.len()).map(|i| {
-                    let cluster = cluster.clone();
-                    async move {
-                        let reply = cluster.inner.members[i].control.call(Request::Ping).await;
-                        cluster.heard(i, reply);
-                    }
+                let pings = cluster.entries().into_iter().map(|entry| async move {
+                    let reply = entry.member.control.call(Request::Ping).await;
+                    heard(&entry, reply);
                 });
                 futures_join_all(pings).await;
             }
         })
     }
 
-    fn heard(&self, i: usize, reply: Result<Reply, MediaError>) {
-        let member = &self.inner.members[i];
-        let mut health = self.health();
-        let h = &mut health[i];
-        match reply {
-            Ok(Reply::Load(load)) => {
-                if !h.up {
-                    info!(
-                        node = member.name,
-                        pool = member.pool,
-                        "media node answers again: back in its pool"
-                    );
-                }
-                *h = Health {
-                    up: true,
-                    load: Some(load),
-                    placed_since: 0,
-                    missed: 0,
-                };
-            }
-            other => {
-                h.missed += 1;
-                if h.up && h.missed >= MISSED_PINGS {
-                    h.up = false;
-                    warn!(node = member.name, pool = member.pool, answer = ?other.err(), "media node silent: out of its pool");
-                }
-            }
-        }
-    }
-
-    fn health(&self) -> std::sync::MutexGuard<'_, Vec<Health>> {
-        self.inner.health.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
         self.inner
             .sessions
             .lock()
@@ -323,62 +338,64 @@ impl MediaCluster {
 
     /// Every node and what is known of it.
     pub fn members(&self) -> Vec<MemberView> {
-        let health = self.health();
-        self.inner
-            .members
+        let sessions = self.sessions();
+        self.entries()
             .iter()
-            .zip(health.iter())
-            .map(|(m, h)| MemberView {
-                name: m.name.clone(),
-                pool: m.pool.clone(),
-                addr: m.addr,
-                up: h.up,
-                load: h.load,
+            .map(|e| {
+                let h = *e.health();
+                MemberView {
+                    name: e.member.name.clone(),
+                    pool: e.member.pool.clone(),
+                    addr: e.member.addr,
+                    up: h.up,
+                    draining: e.draining.load(Ordering::Relaxed),
+                    load: h.load,
+                    placed: sessions.values().filter(|s| Arc::ptr_eq(s, e)).count(),
+                }
             })
             .collect()
     }
 
-    /// Sessions this core holds on each node (by index).
-    pub fn sessions_by_member(&self) -> Vec<usize> {
-        let mut counts = vec![0; self.inner.members.len()];
-        for i in self.sessions().values() {
-            counts[*i] += 1;
-        }
-        counts
+    /// Sessions this core holds, on every node.
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
     }
 
     /// The live members of `pool` with room, most room first.
-    fn candidates(&self, pool: &str) -> Vec<usize> {
-        let health = self.health();
-        let mut found: Vec<(u64, usize)> = self
-            .inner
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| m.pool == pool && health[*i].up && health[*i].room() > 0)
-            .map(|(i, _)| (health[i].room(), i))
+    fn candidates(&self, pool: &str) -> Vec<Arc<Entry>> {
+        let mut found: Vec<(u64, Arc<Entry>)> = self
+            .entries()
+            .into_iter()
+            .filter(|e| e.member.pool == pool && !e.draining.load(Ordering::Relaxed))
+            .filter_map(|e| {
+                let h = *e.health();
+                (h.up && h.room() > 0).then(|| (h.room(), e))
+            })
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        found.into_iter().map(|(_, i)| i).collect()
+        // Most room first; the order nodes joined breaks ties.
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.into_iter().map(|(_, e)| e).collect()
     }
 
     async fn create(
         &self,
         session: String,
         tenant: String,
-        pool: &str,
+        pool: Option<String>,
     ) -> Result<Reply, MediaError> {
+        let pool = pool.as_deref().unwrap_or(SHARED_POOL);
         let mut last = MediaError::Exhausted(format!("no media node of pool {pool} has room"));
-        for i in self.candidates(pool) {
-            self.health()[i].placed_since += 1;
-            let member = &self.inner.members[i];
+        for entry in self.candidates(pool) {
+            entry.health().placed_since += 1;
+            let member = &entry.member;
             let request = Request::Create {
                 session: session.clone(),
                 tenant: tenant.clone(),
+                pool: Some(pool.to_owned()),
             };
             match member.control.call(request).await {
                 Ok(reply) => {
-                    self.sessions().insert(session, i);
+                    self.sessions().insert(session, entry.clone());
                     return Ok(reply);
                 }
                 Err(MediaError::Unreachable(why)) => {
@@ -386,9 +403,9 @@ impl MediaCluster {
                         node = member.name,
                         why, "media node unreachable: out of its pool, trying another"
                     );
-                    let mut health = self.health();
-                    health[i].up = false;
-                    health[i].missed = MISSED_PINGS;
+                    let mut h = entry.health();
+                    h.up = false;
+                    h.missed = MISSED_PINGS;
                     last = MediaError::Exhausted(format!("media node {} unreachable", member.name));
                 }
                 Err(MediaError::Exhausted(why)) => {
@@ -410,12 +427,41 @@ impl MediaCluster {
         let holder = if forget {
             self.sessions().remove(session)
         } else {
-            self.sessions().get(session).copied()
+            self.sessions().get(session).cloned()
         };
-        let Some(i) = holder else {
+        let Some(entry) = holder else {
             return Err(MediaError::NoSession);
         };
-        self.inner.members[i].control.call(request).await
+        entry.member.control.call(request).await
+    }
+}
+
+fn heard(entry: &Entry, reply: Result<Reply, MediaError>) {
+    let member = &entry.member;
+    let mut h = entry.health();
+    match reply {
+        Ok(Reply::Load(load)) => {
+            if !h.up {
+                info!(
+                    node = member.name,
+                    pool = member.pool,
+                    "media node answers again: back in its pool"
+                );
+            }
+            *h = Health {
+                up: true,
+                load: Some(load),
+                placed_since: 0,
+                missed: 0,
+            };
+        }
+        other => {
+            h.missed += 1;
+            if h.up && h.missed >= MISSED_PINGS {
+                h.up = false;
+                warn!(node = member.name, pool = member.pool, answer = ?other.err(), "media node silent: out of its pool");
+            }
+        }
     }
 }
 
@@ -426,9 +472,11 @@ impl MediaControl for MediaCluster {
     fn call(&self, request: Request) -> BoxFuture<'_, Result<Reply, MediaError>> {
         Box::pin(async move {
             match request {
-                Request::Create { session, tenant } => {
-                    self.create(session, tenant, SHARED_POOL).await
-                }
+                Request::Create {
+                    session,
+                    tenant,
+                    pool,
+                } => self.create(session, tenant, pool).await,
                 Request::Offer { ref session, .. }
                 | Request::Answer { ref session, .. }
                 | Request::Stats { ref session } => {
@@ -439,19 +487,20 @@ impl MediaControl for MediaCluster {
                     let session = session.clone();
                     self.on_holder(&session, request, true).await
                 }
-                Request::Ping => Ok(Reply::Load(Load {
-                    sessions: self.sessions().len() as u64,
-                    max_sessions: self
-                        .members()
-                        .iter()
-                        .filter_map(|m| m.load.map(|l| l.max_sessions))
-                        .sum(),
-                    free_port_pairs: self
-                        .members()
-                        .iter()
-                        .filter_map(|m| m.load.map(|l| l.free_port_pairs))
-                        .sum(),
-                })),
+                Request::Ping => {
+                    let members = self.members();
+                    Ok(Reply::Load(Load {
+                        sessions: self.session_count() as u64,
+                        max_sessions: members
+                            .iter()
+                            .filter_map(|m| m.load.map(|l| l.max_sessions))
+                            .sum(),
+                        free_port_pairs: members
+                            .iter()
+                            .filter_map(|m| m.load.map(|l| l.free_port_pairs))
+                            .sum(),
+                    }))
+                }
             }
         })
     }

@@ -389,6 +389,8 @@ pub async fn route_call(
         .call(Request::Create {
             session: session.clone(),
             tenant: req.tenant_id.clone(),
+            // The tenant's placement: its calls only ever use that pool's media nodes.
+            pool: Some(config.tenant.placement.clone()),
         })
         .await
     {

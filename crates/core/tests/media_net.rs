@@ -69,6 +69,7 @@ fn create(session: &str) -> Request {
     Request::Create {
         session: session.into(),
         tenant: "t1".into(),
+        pool: None,
     }
 }
 

@@ -58,7 +58,7 @@ pub const TRUNK_ROUTE_PARAM: &str = "sy-trunk";
 const OWN_TAG_PREFIX: &str = "syx";
 
 /// A core node the edge may send dialogs to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CoreNode {
     pub node: WeightedNode,
     pub addr: SocketAddr,
@@ -97,6 +97,59 @@ pub enum Verdict {
     Drop(String),
 }
 
+/// The cores an edge knows, and which of them are draining (no new calls; their
+/// dialogs still reach them). Fixed from the configuration, or replaced as the cluster's
+/// membership in Redis changes; each message reads one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Cores {
+    inner: Arc<std::sync::RwLock<Arc<CoreList>>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoreList {
+    pub nodes: Vec<CoreNode>,
+    pub draining: std::collections::HashSet<SocketAddr>,
+}
+
+impl CoreList {
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.nodes.iter().any(|c| c.addr == addr)
+    }
+}
+
+impl Cores {
+    pub fn fixed(nodes: Vec<CoreNode>) -> Cores {
+        Cores {
+            inner: Arc::new(std::sync::RwLock::new(Arc::new(CoreList {
+                nodes,
+                draining: Default::default(),
+            }))),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<CoreList> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the list; true when it changed.
+    pub fn replace(&self, list: CoreList) -> bool {
+        let mut current = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if **current == list {
+            return false;
+        }
+        *current = Arc::new(list);
+        true
+    }
+}
+
+/// The core node whose address the Request-URI names, if any.
+fn core_named_by<'a>(msg: &Message, cores: &'a CoreList) -> Option<&'a CoreNode> {
+    let uri = msg.request_uri()?.ok()?;
+    let sip = uri.as_sip()?;
+    let addr = SocketAddr::new(split_host(sip.host)?, sip.port.unwrap_or(5060));
+    cores.nodes.iter().find(|c| c.addr == addr)
+}
+
 /// The forwarding logic of one edge node.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -105,7 +158,7 @@ pub struct Proxy {
     pub tokens: TokenKey,
     /// The socket cores talk to.
     pub internal: SocketAddr,
-    pub cores: Vec<CoreNode>,
+    pub cores: Cores,
     /// The address phones see when a listener is bound to the unspecified address.
     pub advertise: Option<IpAddr>,
     /// Which cores answer pings; without it every core counts as healthy.
@@ -154,7 +207,7 @@ impl Proxy {
     }
 
     pub fn is_from_core(&self, ingress: &Ingress) -> bool {
-        ingress.local == self.internal && self.cores.iter().any(|c| c.addr == ingress.source)
+        ingress.local == self.internal && self.cores.snapshot().contains(ingress.source)
     }
 
     fn stateless_answer(
@@ -318,15 +371,26 @@ impl Proxy {
         // In a dialog, the Request-URI is the Contact of the core that owns the dialog
         // (its own Call-ID on leg B need not hash to it); otherwise rendezvous hashing.
         // A dead owner's dialogs go where hashing over the live cores sends them.
-        let candidates: Vec<&CoreNode> = match &self.health {
-            Some(h) => h.choose(&self.cores, std::time::Instant::now()),
-            None => self.cores.iter().collect(),
+        let cores = self.cores.snapshot();
+        let live: Vec<&CoreNode> = match &self.health {
+            Some(h) => h.choose(&cores.nodes, std::time::Instant::now()),
+            None => cores.nodes.iter().collect(),
         };
         let owner = if initial {
             None
         } else {
-            self.core_named_by(msg)
-                .filter(|c| candidates.iter().any(|x| x.addr == c.addr))
+            core_named_by(msg, &cores).filter(|c| live.iter().any(|x| x.addr == c.addr))
+        };
+        // New dialogs avoid draining cores (unless every live core drains).
+        let accepting: Vec<&CoreNode> = live
+            .iter()
+            .copied()
+            .filter(|c| !cores.draining.contains(&c.addr))
+            .collect();
+        let candidates = if accepting.is_empty() {
+            live
+        } else {
+            accepting
         };
         let carrier = self.carriers.carrier_of(ingress.source.ip());
         // Outside a dialog, the tenant's core: every call of a tenant, and so both calls
@@ -509,7 +573,7 @@ impl Proxy {
         let own = |a: &SocketAddr| self.visible_addr(*a) == addr || *a == addr;
         if own(&self.internal)
             || self.public_udp.iter().any(own)
-            || self.cores.iter().any(|c| c.addr == addr)
+            || self.cores.snapshot().contains(addr)
         {
             return Err("Trunk address is one of the cluster's own");
         }
@@ -552,14 +616,6 @@ impl Proxy {
         }
         let uri = msg.request_uri()?.ok()?;
         Some(uri.as_sip()?.host.to_ascii_lowercase())
-    }
-
-    /// The core node whose address the Request-URI names, if any.
-    fn core_named_by(&self, msg: &Message) -> Option<&CoreNode> {
-        let uri = msg.request_uri()?.ok()?;
-        let sip = uri.as_sip()?;
-        let addr = SocketAddr::new(split_host(sip.host)?, sip.port.unwrap_or(5060));
-        self.cores.iter().find(|c| c.addr == addr)
     }
 
     /// Decides where a response goes: back to the hop our top Via names.
@@ -675,7 +731,7 @@ mod tests {
             auth,
             tokens: TokenKey::new(b"s"),
             internal: "127.0.0.1:7000".parse().unwrap(),
-            cores,
+            cores: Cores::fixed(cores),
             advertise: None,
             health: None,
             public_udp: Vec::new(),
@@ -726,7 +782,13 @@ mod tests {
         let c2: SocketAddr = "127.0.0.1:7102".parse().unwrap();
         let (p, _dir) = proxy(vec![CoreNode::new("c1", c1), CoreNode::new("c2", c2)]).await;
         // Find Call-IDs that hash to each core, then name the other core in the URI.
-        let nodes: Vec<WeightedNode> = p.cores.iter().map(|c| c.node.clone()).collect();
+        let nodes: Vec<WeightedNode> = p
+            .cores
+            .snapshot()
+            .nodes
+            .iter()
+            .map(|c| c.node.clone())
+            .collect();
         let to = |id: &str| {
             (0..)
                 .map(|i| format!("call-{i}"))

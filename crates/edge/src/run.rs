@@ -534,14 +534,14 @@ impl Shell {
             {
                 // Only the cores' own answers count: anyone can send a response.
                 if let Some(h) = &self.deps.proxy.health
-                    && self.deps.proxy.cores.iter().any(|c| c.addr == peer.source)
+                    && self.deps.proxy.cores.snapshot().contains(peer.source)
                 {
                     h.answered(peer.source, Instant::now());
                 }
             }
             Event::StrayResponse { msg, peer } => {
                 if peer.local == self.deps.proxy.internal
-                    && self.deps.proxy.cores.iter().any(|c| c.addr == peer.source)
+                    && self.deps.proxy.cores.snapshot().contains(peer.source)
                 {
                     self.calls.on_core_response(&msg, Instant::now());
                     self.release_ended().await;
@@ -780,7 +780,7 @@ impl Shell {
         self.calls.handle_timeout(now);
         self.keep_uplinks(now);
         if let Some(health) = &self.deps.proxy.health {
-            for core in &self.deps.proxy.cores {
+            for core in &self.deps.proxy.cores.snapshot().nodes {
                 if health.is_healthy(core.addr, now) {
                     self.cores_up.insert(core.addr);
                 } else if self.cores_up.remove(&core.addr) {

@@ -122,7 +122,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
             auth,
             tokens: TokenKey::new(b"s"),
             internal,
-            cores: Vec::new(),
+            cores: Default::default(),
             advertise: None,
             health: None,
             carriers: Default::default(),

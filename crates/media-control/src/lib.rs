@@ -37,8 +37,14 @@ impl Leg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Reserve port pairs for both legs.
-    Create { session: String, tenant: String },
+    /// Reserve port pairs for both legs. `pool`: the tenant's placement; a node of
+    /// another pool refuses the session (absent: any).
+    Create {
+        session: String,
+        tenant: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
     /// `from` sent an offer: the reply is the offer to send to the other leg.
     Offer {
         session: String,

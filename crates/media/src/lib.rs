@@ -48,6 +48,9 @@ pub struct MediaConfig {
     /// Sessions this node takes at most (its capacity in placement); 0: as many as the
     /// port range holds.
     pub max_sessions: usize,
+    /// The pool this node serves: sessions placed on another pool are refused. None: any
+    /// (the one node of `serve`).
+    pub pool: Option<String>,
 }
 
 impl Default for MediaConfig {
@@ -59,6 +62,7 @@ impl Default for MediaConfig {
             port_max: 29999,
             keep_bound: 1024,
             max_sessions: 0,
+            pool: None,
         }
     }
 }
@@ -544,7 +548,20 @@ impl MediaControl for MediaNode {
     fn call(&self, request: Request) -> BoxFuture<'_, Result<Reply, MediaError>> {
         Box::pin(async move {
             match request {
-                Request::Create { session, tenant } => self.create(session, tenant).await,
+                Request::Create {
+                    session,
+                    tenant,
+                    pool,
+                } => {
+                    if let (Some(mine), Some(wanted)) = (&self.inner.config.pool, &pool)
+                        && mine != wanted
+                    {
+                        return Err(MediaError::Exhausted(format!(
+                            "this node serves pool {mine}, not {wanted}"
+                        )));
+                    }
+                    self.create(session, tenant).await
+                }
                 Request::Offer { session, from, sdp } => self.offer(&session, from, &sdp),
                 Request::Answer { session, from, sdp } => self.answer(&session, from, &sdp),
                 Request::Stats { session } => self.stats(&session),

@@ -65,6 +65,7 @@ async fn pcmu_caller_and_pcma_callee_hear_each_other_through_the_relay() {
     node.call(Request::Create {
         session: "c1".into(),
         tenant: "t1".into(),
+        pool: None,
     })
     .await
     .unwrap();
@@ -190,6 +191,7 @@ async fn bad_sdp_and_unknown_sessions_are_refused_without_leaking() {
     node.call(Request::Create {
         session: "x".into(),
         tenant: "t".into(),
+        pool: None,
     })
     .await
     .unwrap();
@@ -213,7 +215,8 @@ async fn bad_sdp_and_unknown_sessions_are_refused_without_leaking() {
     assert_eq!(
         node.call(Request::Create {
             session: "x".into(),
-            tenant: "t".into()
+            tenant: "t".into(),
+            pool: None,
         })
         .await,
         Err(MediaError::Exists)
@@ -355,6 +358,7 @@ async fn a_leg_signalled_elsewhere_latches_to_its_new_party() {
     node.call(Request::Create {
         session: session(),
         tenant: "t1".into(),
+        pool: None,
     })
     .await
     .unwrap();
@@ -447,6 +451,7 @@ async fn pairs_beyond_keep_bound_are_closed_when_freed() {
         node.call(Request::Create {
             session: format!("k{i}"),
             tenant: "t1".into(),
+            pool: None,
         })
         .await
         .unwrap();
@@ -478,6 +483,7 @@ async fn answered_session(
     node.call(Request::Create {
         session: id.into(),
         tenant: "t1".into(),
+        pool: None,
     })
     .await
     .unwrap();

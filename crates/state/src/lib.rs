@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calls;
+pub mod cluster;
 
 use std::collections::HashMap;
 use std::sync::Arc;

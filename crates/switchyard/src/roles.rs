@@ -20,7 +20,7 @@ use crate::serve::{
     MediaTier, Shared, core_gauges, create_data_dir, drain_cores, media_node, start_cores,
     start_edge, wait_for_flows,
 };
-use switchyard_edge::proxy::CoreNode;
+use switchyard_edge::proxy::{CoreNode, Cores};
 
 /// `switchyard core`: call engines (one per `core.listen` address) that edges send calls
 /// to, driving the media nodes of `core.media_nodes` (or one of their own).
@@ -89,12 +89,14 @@ pub async fn run_edge(config: Config, mut shutdown: watch::Receiver<bool>) -> an
     create_data_dir(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared::open(&config, stop_rx.clone()).await?;
-    let cores: Vec<CoreNode> = config
-        .edge
-        .cores
-        .iter()
-        .map(|addr| CoreNode::new(&format!("core@{addr}"), *addr))
-        .collect();
+    let cores = Cores::fixed(
+        config
+            .edge
+            .cores
+            .iter()
+            .map(|addr| CoreNode::new(&format!("core@{addr}"), *addr))
+            .collect(),
+    );
     let edge = start_edge(
         &config,
         &shared,
@@ -143,7 +145,7 @@ pub async fn run_media(config: Config, mut shutdown: watch::Receiver<bool>) -> a
     let secret = config.cluster_secret().context(
         "switchyard media needs cluster.secret (SWITCHYARD_CLUSTER_SECRET): it obeys only signed requests",
     )?;
-    let node = media_node(&config);
+    let node = media_node(&config, Some(config.media.pool.clone()));
     let socket = tokio::net::UdpSocket::bind(config.media.control)
         .await
         .with_context(|| format!("cannot bind media control on {}", config.media.control))?;

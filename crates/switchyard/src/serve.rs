@@ -18,7 +18,7 @@ use switchyard_edge::directory::Directory;
 use switchyard_edge::health::{CoreHealth, ping};
 use switchyard_edge::limits::{LimitSettings, SourceLimits};
 use switchyard_edge::metrics::TenantMetrics;
-use switchyard_edge::proxy::{CoreNode, Proxy};
+use switchyard_edge::proxy::{CoreNode, Cores, Proxy};
 use switchyard_edge::registrar::Registrar;
 use switchyard_edge::responder::Responder;
 use switchyard_edge::token::TokenKey;
@@ -80,10 +80,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot bind the API on {}", config.api.listen))?;
     let api_addr = api_listener.local_addr()?;
-    let core_nodes: Vec<CoreNode> = cores
-        .iter()
-        .map(|c| CoreNode::new(&c.name, c.addr))
-        .collect();
+    let core_nodes = Cores::fixed(
+        cores
+            .iter()
+            .map(|c| CoreNode::new(&c.name, c.addr))
+            .collect(),
+    );
     let edge = start_edge(
         &config,
         &shared,
@@ -387,7 +389,7 @@ pub(crate) struct Edge {
     pub counters: Arc<switchyard_edge::EdgeCounters>,
     pub tenant_metrics: Arc<TenantMetrics>,
     pub core_health: Arc<CoreHealth>,
-    pub core_addrs: Vec<SocketAddr>,
+    pub cores: Cores,
     deps: EdgeDeps,
     rx: mpsc::Receiver<Incoming>,
 }
@@ -401,7 +403,7 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 pub(crate) async fn start_edge(
     config: &Config,
     shared: &Shared,
-    cores: Vec<CoreNode>,
+    cores: Cores,
     internal_addr: SocketAddr,
     demo: bool,
     stop_rx: &watch::Receiver<bool>,
@@ -506,11 +508,10 @@ pub(crate) async fn start_edge(
         stop_rx.clone(),
     ));
     // The cores the edge routes to are the ones it pings.
-    let core_addrs: Vec<SocketAddr> = cores.iter().map(|c| c.addr).collect();
     tokio::spawn(ping_cores(
         hub.clone(),
         internal,
-        core_addrs.clone(),
+        cores.clone(),
         PING_EVERY,
         stop_rx.clone(),
     ));
@@ -531,7 +532,7 @@ pub(crate) async fn start_edge(
         auth: auth.clone(),
         tokens: tokens.clone(),
         internal,
-        cores,
+        cores: cores.clone(),
         advertise: config.edge.advertise,
         health: Some(core_health.clone()),
         public_udp: bound.udp.clone(),
@@ -572,7 +573,7 @@ pub(crate) async fn start_edge(
         counters,
         tenant_metrics,
         core_health,
-        core_addrs,
+        cores,
         deps,
         rx,
     })
@@ -581,15 +582,17 @@ pub(crate) async fn start_edge(
 impl Edge {
     /// The edge's series for `/metrics`.
     pub fn gauges(&self) -> impl Fn() -> Vec<(String, f64)> + Send + Sync + 'static {
-        let (health, cores) = (self.core_health.clone(), self.core_addrs.clone());
+        let (health, cores) = (self.core_health.clone(), self.cores.clone());
         let (edge, bans) = (self.counters.clone(), self.bans.clone());
         move || {
             let now = std::time::Instant::now();
             let mut out = vec![(
                 "switchyard_core_nodes_healthy".into(),
                 cores
+                    .snapshot()
+                    .nodes
                     .iter()
-                    .filter(|addr| health.is_healthy(**addr, now))
+                    .filter(|c| health.is_healthy(c.addr, now))
                     .count() as f64,
             )];
             out.extend(edge.snapshot());
@@ -640,7 +643,7 @@ pub enum MediaTier {
 impl MediaTier {
     pub async fn start(config: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<MediaTier> {
         if config.core.media_nodes.is_empty() {
-            return Ok(MediaTier::Local(media_node(config)));
+            return Ok(MediaTier::Local(media_node(config, None)));
         }
         let key = ControlKey::new(
             config
@@ -692,12 +695,12 @@ impl MediaTier {
                 ),
             ],
             MediaTier::Remote(cluster) => {
-                let held = cluster.sessions_by_member();
                 let mut out = vec![(
                     "switchyard_media_sessions".into(),
-                    held.iter().sum::<usize>() as f64,
+                    cluster.session_count() as f64,
                 )];
-                for (view, held) in cluster.members().into_iter().zip(held) {
+                for view in cluster.members() {
+                    let held = view.placed;
                     let labels = format!(
                         "{{node=\"{}\",pool=\"{}\",addr=\"{}\"}}",
                         view.name, view.pool, view.addr
@@ -731,8 +734,8 @@ impl MediaTier {
 const MEDIA_PING_EVERY: Duration = Duration::from_secs(1);
 
 /// The media node this process runs (`serve`, `switchyard media`), sized by the config
-/// and the open-files limit.
-pub fn media_node(config: &Config) -> MediaNode {
+/// and the open-files limit; `pool`: the pool it serves (None: any).
+pub fn media_node(config: &Config, pool: Option<String>) -> MediaNode {
     let pairs = usize::from(config.media.port_max.saturating_sub(config.media.port_min) / 2);
     let keep_bound = config.media.keep_bound.unwrap_or_else(|| {
         let room = raise_open_files_limit().saturating_sub(FILES_FOR_EVERYTHING_ELSE);
@@ -745,6 +748,7 @@ pub fn media_node(config: &Config) -> MediaNode {
         port_max: config.media.port_max,
         keep_bound,
         max_sessions: config.media.max_sessions,
+        pool,
     })
 }
 
@@ -790,7 +794,7 @@ async fn follow_changes(
 async fn ping_cores(
     hub: Hub,
     internal: SocketAddr,
-    cores: Vec<SocketAddr>,
+    cores: Cores,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -801,13 +805,13 @@ async fn ping_cores(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        for core in &cores {
+        for core in cores.snapshot().nodes.iter().map(|c| c.addr) {
             seq += 1;
             let target = Target::Datagram {
                 local: internal,
-                dest: *core,
+                dest: core,
             };
-            if let Err(e) = hub.send(target, ping(internal, *core, seq).into()).await {
+            if let Err(e) = hub.send(target, ping(internal, core, seq).into()).await {
                 debug!(%core, error = %e, "health ping not sent");
             }
         }
