@@ -373,7 +373,7 @@ impl MediaCluster {
             })
             .collect();
         // Most room first; the order nodes joined breaks ties.
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(room, _)| std::cmp::Reverse(*room));
         found.into_iter().map(|(_, e)| e).collect()
     }
 
