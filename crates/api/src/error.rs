@@ -44,6 +44,9 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("internal error")]
     Internal,
+    /// A service the request needs (the cluster's Redis) did not answer.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -97,6 +100,11 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
             ),
         }
     }

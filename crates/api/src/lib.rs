@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Option<Metrics>,
     /// The edge's banned sources, listed and lifted under `/v1/bans`.
     pub bans: Option<std::sync::Arc<dyn BanList>>,
+    /// The cluster's cores and media nodes, listed and drained under `/v1/cluster/nodes`.
+    pub cluster: Option<std::sync::Arc<dyn ClusterNodes>>,
     /// Series already in the Prometheus text format (per-tenant families), appended to
     /// `/metrics`.
     pub metrics_text: Option<MetricsText>,
@@ -64,6 +66,39 @@ pub struct BanView {
     pub until: u64,
     /// Bans of this source within the last day, this one included.
     pub strikes: u32,
+}
+
+/// A node of the cluster, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    /// `core@ADDR` or `media@ADDR`.
+    pub id: String,
+    /// `core` or `media`.
+    pub role: String,
+    pub addr: String,
+    /// A media node's pool.
+    pub pool: String,
+    /// Calls (core) or sessions (media) it takes at most; 0: not limited.
+    pub capacity: u64,
+    /// Calls or sessions it holds.
+    pub load: u64,
+    /// `active`, `draining` (no new calls; its calls go on) or `drained` (draining and
+    /// empty: it may be stopped).
+    pub state: String,
+    /// An operator asked it to drain.
+    pub drain_requested: bool,
+    /// Its last heartbeat, Unix ms.
+    pub seen_ms: i64,
+}
+
+/// A boxed future (the cluster's state is remote).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The cluster's membership (the API does not depend on the state crate's Redis types).
+pub trait ClusterNodes: Send + Sync + std::fmt::Debug {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<NodeView>, String>>;
+    /// Asks node `id` to drain, or to take calls again; false when no such node is live.
+    fn set_drain(&self, id: String, drain: bool) -> BoxFuture<'_, Result<bool, String>>;
 }
 
 /// The bans of the edge in this process (the API does not depend on the edge crate).
@@ -125,6 +160,7 @@ impl AppState {
             limiter: std::sync::Arc::new(KeyLimiter::new(per_second)),
             metrics: None,
             bans: None,
+            cluster: None,
             metrics_text: None,
         }
     }
@@ -138,6 +174,12 @@ impl AppState {
     /// Lists and lifts these bans under `/v1/bans`.
     pub fn with_bans(mut self, bans: std::sync::Arc<dyn BanList>) -> AppState {
         self.bans = Some(bans);
+        self
+    }
+
+    /// Lists and drains the cluster's nodes under `/v1/cluster/nodes`.
+    pub fn with_cluster(mut self, cluster: std::sync::Arc<dyn ClusterNodes>) -> AppState {
+        self.cluster = Some(cluster);
         self
     }
 

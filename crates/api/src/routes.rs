@@ -44,6 +44,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_api_key))
         .routes(routes!(list_bans))
         .routes(routes!(lift_ban))
+        .routes(routes!(list_nodes))
+        .routes(routes!(drain_node, resume_node))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -163,6 +165,65 @@ async fn lift_ban(
     match &state.bans {
         Some(bans) if bans.lift(ip) => Ok(StatusCode::NO_CONTENT),
         _ => Err(ApiError::NotFound("ban".into())),
+    }
+}
+
+/// The cluster's cores and media nodes with a live heartbeat (operator keys only); empty
+/// when this process has no cluster state (no Redis).
+#[utoipa::path(get, path = "/v1/cluster/nodes", security(("api_key" = [])),
+    responses((status = 200, body = [crate::NodeView]), (status = 403, body = Problem), (status = 503, body = Problem)))]
+async fn list_nodes(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<Vec<crate::NodeView>>, ApiError> {
+    if !who.is_operator() {
+        return Err(ApiError::Forbidden("needs an operator key"));
+    }
+    match &state.cluster {
+        Some(c) => c.list().await.map(Json).map_err(ApiError::Unavailable),
+        None => Ok(Json(Vec::new())),
+    }
+}
+
+/// Drains a node (operator keys only): it takes no new calls, its calls go on, and its
+/// state becomes `drained` once the last has ended.
+#[utoipa::path(post, path = "/v1/cluster/nodes/{id}/drain", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The node's id, like core@10.0.0.5:5070")),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+async fn drain_node(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_drain(state, who, id, true).await
+}
+
+/// Lets a drained or draining node take calls again (operator keys only).
+#[utoipa::path(delete, path = "/v1/cluster/nodes/{id}/drain", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The node's id")),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)))]
+async fn resume_node(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_drain(state, who, id, false).await
+}
+
+async fn set_drain(
+    state: AppState,
+    who: Principal,
+    id: String,
+    drain: bool,
+) -> Result<StatusCode, ApiError> {
+    who.operator_write()?;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::NotFound("node".into()));
+    };
+    match cluster.set_drain(id, drain).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::NotFound("node".into())),
+        Err(why) => Err(ApiError::Unavailable(why)),
     }
 }
 

@@ -29,7 +29,7 @@ pub use shell::spawn_core;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::metrics::CallMetrics;
@@ -75,16 +75,40 @@ pub struct CoreSettings {
 }
 
 /// What the outside may watch of a running engine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CoreHandle {
     active: Arc<AtomicUsize>,
+    /// New calls are taken (false while an operator drains the core).
+    accepting: Arc<AtomicBool>,
     /// CDRs in the writer's queue.
     cdrs_pending: Arc<AtomicUsize>,
     /// Ended calls whose CDR waits for the media session's counters.
     cdrs_waiting: Arc<AtomicUsize>,
 }
 
+impl Default for CoreHandle {
+    fn default() -> Self {
+        CoreHandle {
+            active: Arc::default(),
+            accepting: Arc::new(AtomicBool::new(true)),
+            cdrs_pending: Arc::default(),
+            cdrs_waiting: Arc::default(),
+        }
+    }
+}
+
 impl CoreHandle {
+    /// Stops (false) or resumes (true) taking new calls; calls in progress go on. New
+    /// INVITEs meanwhile get `503` with `Retry-After` (edges stop sending them once the
+    /// core's record says it drains).
+    pub fn set_accepting(&self, accepting: bool) {
+        self.accepting.store(accepting, Ordering::Relaxed);
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
+
     /// Calls in progress (ringing or answered).
     pub fn active_calls(&self) -> usize {
         self.active.load(Ordering::Relaxed)

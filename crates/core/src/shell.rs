@@ -52,9 +52,8 @@ pub fn spawn_core(
 ) -> (CoreHandle, tokio::task::JoinHandle<()>) {
     let (cdrs, cdr_writer) = cdr::spawn_writer(store.clone());
     let handle = CoreHandle {
-        active: Arc::default(),
         cdrs_pending: cdrs.pending(),
-        cdrs_waiting: Arc::default(),
+        ..CoreHandle::default()
     };
     let cache = ConfigCache::new(store.clone());
     let (lookups_tx, mut lookups) = mpsc::unbounded_channel();
@@ -66,6 +65,7 @@ pub fn spawn_core(
                 rtp_timeout: settings.rtp_timeout,
                 metrics: settings.metrics.clone(),
                 seal: settings.seal.clone(),
+                accepting: handle.accepting.clone(),
             },
             Clock::now(),
         ),

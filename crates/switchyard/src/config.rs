@@ -224,11 +224,23 @@ impl Default for EdgeSection {
 }
 
 /// `[state]`: runtime state (registrations).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateSection {
     /// `redis://...` for a cluster; in memory when absent.
     pub redis_url: Option<String>,
+    /// What every key of this cluster starts with, so several clusters can share one
+    /// Redis.
+    pub prefix: String,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            redis_url: None,
+            prefix: "sy".into(),
+        }
+    }
 }
 
 /// `[api]`: the provisioning API.

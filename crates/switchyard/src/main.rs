@@ -43,6 +43,10 @@ enum Command {
     /// Sources the running edge has banned (needs --api and an operator --key).
     #[command(subcommand)]
     Ban(BanCommand),
+    /// The cluster's cores and media nodes: list, drain, resume (needs --api and an
+    /// operator --key, an API with the cluster's Redis).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Bulk provisioning from a JSON or CSV file; idempotent and resumable.
     Import(ImportArgs),
     /// Load tools (see docs/benchmarks.md).
@@ -224,6 +228,55 @@ impl From<BanCommand> for Call {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Nodes with a live heartbeat: id, role, address, pool, load, capacity, state.
+    List {
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Drain a node: no new calls; its calls go on; `drained` once empty.
+    Drain {
+        /// The node's id (`core@ADDR`, `media@ADDR`).
+        id: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Let a draining or drained node take calls again.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+impl From<NodeCommand> for Call {
+    fn from(c: NodeCommand) -> Call {
+        let call = |method, path: String, reach| Call {
+            method,
+            path,
+            body: None,
+            columns: &["id", "role", "addr", "pool", "load", "capacity", "state"],
+            reach,
+        };
+        // IPv6 addresses in ids carry brackets, which a path must escape.
+        let escaped = |id: &str| id.replace('[', "%5B").replace(']', "%5D");
+        match c {
+            NodeCommand::List { reach } => call("GET", "/v1/cluster/nodes".into(), reach),
+            NodeCommand::Drain { id, reach } => call(
+                "POST",
+                format!("/v1/cluster/nodes/{}/drain", escaped(&id)),
+                reach,
+            ),
+            NodeCommand::Resume { id, reach } => call(
+                "DELETE",
+                format!("/v1/cluster/nodes/{}/drain", escaped(&id)),
+                reach,
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct ApiArgs {
     #[arg(long, env = "SWITCHYARD_CONFIG")]
@@ -234,6 +287,12 @@ struct ApiArgs {
     api_listen: Option<std::net::SocketAddr>,
     #[arg(long, env = "SWITCHYARD_STORE_URL")]
     store_url: Option<String>,
+    /// The cluster's Redis: `/v1/cluster/nodes` lists and drains its nodes.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    redis_url: Option<String>,
+    /// What the cluster's Redis keys start with (`state.prefix`).
+    #[arg(long, env = "SWITCHYARD_STATE_PREFIX")]
+    state_prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -511,6 +570,12 @@ struct MediaArgs {
     /// The cluster's shared secret (`cluster.secret`).
     #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Redis URL: the node then writes its membership record there for cores to find.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL")]
+    redis_url: Option<String>,
+    /// What the cluster's Redis keys start with (`state.prefix`).
+    #[arg(long, env = "SWITCHYARD_STATE_PREFIX")]
+    state_prefix: Option<String>,
 }
 
 /// What every role running apart from the others is told.
@@ -528,6 +593,9 @@ struct ClusterArgs {
     /// Redis URL (`state.redis_url`).
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     redis_url: Option<String>,
+    /// What the cluster's Redis keys start with (`state.prefix`).
+    #[arg(long, env = "SWITCHYARD_STATE_PREFIX")]
+    state_prefix: Option<String>,
     /// The cluster's shared secret (`cluster.secret`).
     #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
@@ -547,6 +615,9 @@ impl ClusterArgs {
         }
         if let Some(u) = self.redis_url {
             config.state.redis_url = Some(u);
+        }
+        if let Some(p) = self.state_prefix {
+            config.state.prefix = p;
         }
         if let Some(s) = self.cluster_secret {
             config.cluster.secret = Some(s);
@@ -687,6 +758,12 @@ fn run_media(args: MediaArgs) -> anyhow::Result<()> {
     if let Some(s) = args.cluster_secret {
         config.cluster.secret = Some(s);
     }
+    if let Some(u) = args.redis_url {
+        config.state.redis_url = Some(u);
+    }
+    if let Some(p) = args.state_prefix {
+        config.state.prefix = p;
+    }
     run_until_signal(|stop| switchyard::roles::run_media(config, stop))
 }
 
@@ -768,6 +845,15 @@ fn run() -> anyhow::Result<()> {
             if call.reach.api.is_none() {
                 anyhow::bail!(
                     "bans live in the running edge: give its API with --api HOST:PORT and an operator --key"
+                );
+            }
+            resource(call)
+        }
+        Command::Node(c) => {
+            let call = Call::from(c);
+            if call.reach.api.is_none() {
+                anyhow::bail!(
+                    "nodes live in the cluster's Redis: give an API that has it (switchyard api --redis-url) with --api HOST:PORT and an operator --key"
                 );
             }
             resource(call)
@@ -968,6 +1054,12 @@ fn api_only(args: ApiArgs) -> anyhow::Result<()> {
     if let Some(u) = args.store_url {
         config.store.url = Some(u);
     }
+    if let Some(u) = args.redis_url {
+        config.state.redis_url = Some(u);
+    }
+    if let Some(p) = args.state_prefix {
+        config.state.prefix = p;
+    }
     std::fs::create_dir_all(&config.node.data_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -980,16 +1072,16 @@ fn api_only(args: ApiArgs) -> anyhow::Result<()> {
             stop.clone(),
         );
         let listener = tokio::net::TcpListener::bind(config.api.listen).await?;
+        let mut state = switchyard_api::AppState::with_rate(
+            store.clone(),
+            config.api.requests_per_second_per_key,
+        );
+        if let Some(cluster) = switchyard::roles::cluster_api(&config).await? {
+            state = state.with_cluster(cluster);
+        }
         println!("listening API http://{}", listener.local_addr()?);
         println!("ready");
-        let server = tokio::spawn(switchyard_api::serve(
-            listener,
-            switchyard_api::AppState::with_rate(
-                store.clone(),
-                config.api.requests_per_second_per_key,
-            ),
-            stop,
-        ));
+        let server = tokio::spawn(switchyard_api::serve(listener, state, stop));
         wait_for_signal().await;
         let _ = stop_tx.send(true);
         let _ = server.await;

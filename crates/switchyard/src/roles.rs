@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
+
+use switchyard_core::media_client::{MediaCluster, MediaMember};
+use switchyard_state::cluster::{Member, Membership, NodeState, Role};
 
 use switchyard_media::MediaNode;
 use switchyard_media::control::{ControlCounters, serve_control};
@@ -20,7 +23,7 @@ use crate::serve::{
     MediaTier, Shared, core_gauges, create_data_dir, drain_cores, media_node, start_cores,
     start_edge, wait_for_flows,
 };
-use switchyard_edge::proxy::{CoreNode, Cores};
+use switchyard_edge::proxy::{CoreList, CoreNode, Cores};
 
 /// `switchyard core`: call engines (one per `core.listen` address) that edges send calls
 /// to, driving the media nodes of `core.media_nodes` (or one of their own).
@@ -33,7 +36,18 @@ pub async fn run_core(config: Config, mut shutdown: watch::Receiver<bool>) -> an
     create_data_dir(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared::open(&config, stop_rx.clone()).await?;
-    let media = MediaTier::start(&config, stop_rx.clone()).await?;
+    let membership = membership(&config).await?;
+    // Media nodes: the configured ones, and every one with a live record in the cluster.
+    let media = MediaTier::start_remote(&config, stop_rx.clone()).await?;
+    if let MediaTier::Remote(cluster) = &media {
+        let secret = config.cluster_secret().context("cluster.secret")?;
+        spawn_media_discovery(
+            membership.clone(),
+            cluster.clone(),
+            ControlKey::new(secret),
+            stop_rx.clone(),
+        );
+    }
     let (drain_tx, drain_rx) = watch::channel(false);
     let call_metrics = Arc::new(switchyard_core::metrics::CallMetrics::default());
     let cores = start_cores(
@@ -46,8 +60,15 @@ pub async fn run_core(config: Config, mut shutdown: watch::Receiver<bool>) -> an
         &drain_rx,
     )
     .await?;
+    let mut heartbeats = Vec::new();
     for core in &cores {
         println!("listening core {}", core.addr);
+        heartbeats.push(spawn_core_heartbeat(
+            membership.clone(),
+            core.addr,
+            core.handle.clone(),
+            stop_rx.clone(),
+        ));
     }
     if let Some(addr) = config.core.metrics {
         let gauges = core_gauges(&cores);
@@ -73,6 +94,9 @@ pub async fn run_core(config: Config, mut shutdown: watch::Receiver<bool>) -> an
     );
     drain_cores(drain_tx, cores).await;
     let _ = stop_tx.send(true);
+    for h in heartbeats {
+        let _ = h.await;
+    }
     shared.store.close().await;
     info!("stopped");
     Ok(())
@@ -83,9 +107,6 @@ pub async fn run_core(config: Config, mut shutdown: watch::Receiver<bool>) -> an
 pub async fn run_edge(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     config.validate()?;
     config.require_cluster("edge")?;
-    if config.edge.cores.is_empty() {
-        anyhow::bail!("switchyard edge needs edge.cores (the cores' core.listen addresses)");
-    }
     create_data_dir(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared::open(&config, stop_rx.clone()).await?;
@@ -96,6 +117,13 @@ pub async fn run_edge(config: Config, mut shutdown: watch::Receiver<bool>) -> an
             .iter()
             .map(|addr| CoreNode::new(&format!("core@{addr}"), *addr))
             .collect(),
+    );
+    // The configured cores, and every core with a live record in the cluster.
+    spawn_core_discovery(
+        membership(&config).await?,
+        config.edge.cores.clone(),
+        cores.clone(),
+        stop_rx.clone(),
     );
     let edge = start_edge(
         &config,
@@ -166,12 +194,45 @@ pub async fn run_media(config: Config, mut shutdown: watch::Receiver<bool>) -> a
         let bound = serve_metrics(addr, render, stop.clone()).await?;
         println!("listening metrics http://{bound}");
     }
+    let heartbeat = match config.state.redis_url {
+        Some(_) => {
+            let (node, pool) = (node.clone(), config.media.pool.clone());
+            Some(spawn_heartbeat(
+                membership(&config).await?,
+                format!("media@{control_addr}"),
+                move |drain| {
+                    let load = node.load();
+                    // Draining: cores place no new session here; those on it go on.
+                    let state = match (drain, load.sessions) {
+                        (false, _) => NodeState::Active,
+                        (true, 0) => NodeState::Drained,
+                        (true, _) => NodeState::Draining,
+                    };
+                    Member {
+                        id: format!("media@{control_addr}"),
+                        role: Role::Media,
+                        addr: control_addr.to_string(),
+                        pool: pool.clone(),
+                        capacity: load.max_sessions,
+                        load: load.sessions,
+                        state,
+                        seen_ms: unix_ms(),
+                    }
+                },
+                stop.clone(),
+            ))
+        }
+        None => None,
+    };
     println!("ready");
     info!(control = %control_addr, pool = config.media.pool, capacity = node.capacity(), "media node ready");
     let _ = shutdown.changed().await;
     info!(sessions = node.session_count(), "media node stopping");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(h) = heartbeat {
+        let _ = h.await;
+    }
     Ok(())
 }
 
@@ -273,4 +334,346 @@ fn media_metrics(node: &MediaNode, pool: &str, counters: &ControlCounters) -> St
         );
     }
     out
+}
+
+/// How often members write their record, and how long a record outlives its last write.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RECORD_TTL_MS: u64 = 3_000;
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Opens the cluster's membership in Redis.
+async fn membership(config: &Config) -> anyhow::Result<Arc<Membership>> {
+    let url = config
+        .state
+        .redis_url
+        .as_deref()
+        .context("cluster membership needs state.redis_url")?;
+    Ok(Arc::new(
+        Membership::redis(url, &config.state.prefix)
+            .await
+            .with_context(|| format!("cannot reach Redis at {url}"))?,
+    ))
+}
+
+/// Writes `record(drain requested)` every heartbeat until `stop`, then leaves the
+/// cluster.
+fn spawn_heartbeat(
+    membership: Arc<Membership>,
+    id: String,
+    record: impl Fn(bool) -> Member + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let (mut failing, mut requested) = (false, false);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            if let Ok(r) = membership.drain_requested(&id).await {
+                requested = r;
+            }
+            let member = record(requested);
+            match membership.heartbeat(&member, RECORD_TTL_MS).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    info!(id = member.id, "heartbeat written again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(id = member.id, error = %e, "heartbeat not written");
+                }
+                Err(_) => {}
+            }
+        }
+        let member = record(requested);
+        let _ = membership.leave(member.role, &member.id).await;
+    })
+}
+
+/// The cluster's nodes for the API (`/v1/cluster/nodes`), from the membership in Redis.
+#[derive(Debug)]
+pub struct ClusterApi(pub Arc<Membership>);
+
+impl ClusterApi {
+    async fn nodes(&self) -> switchyard_state::Result<Vec<switchyard_api::NodeView>> {
+        let mut out = Vec::new();
+        for role in [Role::Core, Role::Media] {
+            for m in self.0.members(role).await? {
+                let drain_requested = self.0.drain_requested(&m.id).await?;
+                out.push(switchyard_api::NodeView {
+                    id: m.id,
+                    role: role.as_str().into(),
+                    addr: m.addr,
+                    pool: m.pool,
+                    capacity: m.capacity,
+                    load: m.load,
+                    state: match m.state {
+                        NodeState::Active => "active",
+                        NodeState::Draining => "draining",
+                        NodeState::Drained => "drained",
+                    }
+                    .into(),
+                    drain_requested,
+                    seen_ms: m.seen_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl switchyard_api::ClusterNodes for ClusterApi {
+    fn list(&self) -> switchyard_api::BoxFuture<'_, Result<Vec<switchyard_api::NodeView>, String>> {
+        Box::pin(async move { self.nodes().await.map_err(|e| e.to_string()) })
+    }
+
+    fn set_drain(
+        &self,
+        id: String,
+        drain: bool,
+    ) -> switchyard_api::BoxFuture<'_, Result<bool, String>> {
+        Box::pin(async move {
+            let nodes = self.nodes().await.map_err(|e| e.to_string())?;
+            if !nodes.iter().any(|n| n.id == id) {
+                return Ok(false);
+            }
+            self.0
+                .set_drain(&id, drain)
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(id, drain, "an operator set a node's drain");
+            Ok(true)
+        })
+    }
+}
+
+/// The API's view of the cluster, when this process has Redis.
+pub async fn cluster_api(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<dyn switchyard_api::ClusterNodes>>> {
+    if config.state.redis_url.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(ClusterApi(membership(config).await?))))
+}
+
+/// How long a core asked to drain still takes new calls: long enough for every edge to
+/// read its `draining` record (records are written and read every second), so phones
+/// never see the `503` of a core that refuses.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A core's answer to an operator's drain request, step by step: `draining` at once,
+/// refusing new calls after [`DRAIN_GRACE`], `drained` once refusing and empty.
+#[derive(Debug, Default)]
+pub struct Drain {
+    since: Option<std::time::Instant>,
+}
+
+impl Drain {
+    /// The state to report and whether new calls are taken.
+    pub fn step(
+        &mut self,
+        requested: bool,
+        active_calls: usize,
+        now: std::time::Instant,
+    ) -> (NodeState, bool) {
+        if !requested {
+            self.since = None;
+            return (NodeState::Active, true);
+        }
+        let since = *self.since.get_or_insert(now);
+        let refusing = now.duration_since(since) >= DRAIN_GRACE;
+        let state = if refusing && active_calls == 0 {
+            NodeState::Drained
+        } else {
+            NodeState::Draining
+        };
+        (state, !refusing)
+    }
+}
+
+/// A core engine's heartbeat: its record, and the operator's drain request applied.
+fn spawn_core_heartbeat(
+    membership: Arc<Membership>,
+    addr: SocketAddr,
+    handle: switchyard_core::CoreHandle,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let id = format!("core@{addr}");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let (mut drain, mut requested, mut last_state) =
+            (Drain::default(), false, NodeState::Active);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            match membership.drain_requested(&id).await {
+                Ok(r) => requested = r,
+                Err(e) => warn!(id, error = %e, "cannot read the drain request; keeping the last"),
+            }
+            let active = handle.active_calls();
+            let (state, accepting) = drain.step(requested, active, std::time::Instant::now());
+            handle.set_accepting(accepting);
+            if state != last_state {
+                info!(id, ?state, active_calls = active, "core state");
+                last_state = state;
+            }
+            let member = Member {
+                id: id.clone(),
+                role: Role::Core,
+                addr: addr.to_string(),
+                pool: String::new(),
+                capacity: 0,
+                load: active as u64,
+                state,
+                seen_ms: unix_ms(),
+            };
+            if let Err(e) = membership.heartbeat(&member, RECORD_TTL_MS).await {
+                warn!(id, error = %e, "heartbeat not written");
+            }
+        }
+        let _ = membership.leave(Role::Core, &id).await;
+    })
+}
+
+/// Keeps an edge's cores as the membership says: the configured ones plus every core
+/// with a live record, draining ones marked.
+fn spawn_core_discovery(
+    membership: Arc<Membership>,
+    configured: Vec<SocketAddr>,
+    cores: Cores,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let members = match membership.members(Role::Core).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the cluster's cores; keeping the last list");
+                    continue;
+                }
+            };
+            let mut list = CoreList::default();
+            for addr in &configured {
+                list.nodes
+                    .push(CoreNode::new(&format!("core@{addr}"), *addr));
+            }
+            for m in members {
+                let Ok(addr) = m.addr.parse::<SocketAddr>() else {
+                    continue;
+                };
+                if !list.contains(addr) {
+                    list.nodes.push(CoreNode::new(&m.id, addr));
+                }
+                if m.state != NodeState::Active {
+                    list.draining.insert(addr);
+                }
+            }
+            list.nodes.sort_by_key(|c| c.addr);
+            if cores.replace(list.clone()) {
+                info!(
+                    cores = ?list.nodes.iter().map(|c| c.addr).collect::<Vec<_>>(),
+                    draining = ?list.draining,
+                    "the edge's cores changed"
+                );
+            }
+        }
+    });
+}
+
+/// Adds the media nodes with live records to a core's cluster, and marks draining ones.
+fn spawn_media_discovery(
+    membership: Arc<Membership>,
+    cluster: MediaCluster,
+    key: ControlKey,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let members = match membership.members(Role::Media).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the cluster's media nodes");
+                    continue;
+                }
+            };
+            for m in members {
+                let Ok(addr) = m.addr.parse::<SocketAddr>() else {
+                    continue;
+                };
+                if !cluster.knows(addr) {
+                    match crate::serve::remote_media(addr, key.clone()).await {
+                        Ok(remote) => {
+                            cluster.add(MediaMember {
+                                name: m.id.clone(),
+                                pool: m.pool.clone(),
+                                addr,
+                                control: Arc::new(remote),
+                            });
+                        }
+                        Err(e) => warn!(%addr, error = %e, "cannot reach a media node"),
+                    }
+                }
+                cluster.set_draining(addr, m.state != NodeState::Active);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_drained_core_takes_calls_through_the_grace_then_refuses_then_reports_empty() {
+        let t0 = Instant::now();
+        let mut d = Drain::default();
+        assert_eq!(d.step(false, 5, t0), (NodeState::Active, true));
+        // Asked: draining at once, still taking calls while edges learn of it.
+        assert_eq!(d.step(true, 5, t0), (NodeState::Draining, true));
+        assert_eq!(
+            d.step(true, 0, t0 + Duration::from_secs(2)),
+            (NodeState::Draining, true)
+        );
+        // Past the grace: refusing; drained only once empty.
+        assert_eq!(
+            d.step(true, 2, t0 + DRAIN_GRACE),
+            (NodeState::Draining, false)
+        );
+        assert_eq!(
+            d.step(true, 0, t0 + DRAIN_GRACE),
+            (NodeState::Drained, false)
+        );
+        // Lifted: active again, and a later drain waits its own grace.
+        assert_eq!(
+            d.step(false, 0, t0 + Duration::from_secs(10)),
+            (NodeState::Active, true)
+        );
+        assert_eq!(
+            d.step(true, 0, t0 + Duration::from_secs(11)),
+            (NodeState::Draining, true)
+        );
+    }
 }

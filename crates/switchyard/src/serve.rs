@@ -117,15 +117,19 @@ pub async fn serve(
             all
         }))
     };
-    let api_state = switchyard_api::AppState::with_rate(
+    let mut api_state = switchyard_api::AppState::with_rate(
         shared.store.clone(),
         config.api.requests_per_second_per_key,
-    )
-    .with_metrics(gauges)
-    .with_bans(Arc::new(EdgeBans(edge.bans.clone())))
-    .with_metrics_text(switchyard_api::MetricsText(Arc::new(move || {
-        switchyard_edge::metrics::encode(&registry)
-    })));
+    );
+    if let Some(cluster) = crate::roles::cluster_api(&config).await? {
+        api_state = api_state.with_cluster(cluster);
+    }
+    let api_state = api_state
+        .with_metrics(gauges)
+        .with_bans(Arc::new(EdgeBans(edge.bans.clone())))
+        .with_metrics_text(switchyard_api::MetricsText(Arc::new(move || {
+            switchyard_edge::metrics::encode(&registry)
+        })));
     let api_task = tokio::spawn(switchyard_api::serve(
         api_listener,
         api_state,
@@ -211,13 +215,13 @@ impl Shared {
         let changes =
             switchyard_store::spawn_dispatcher(store.clone(), Duration::from_millis(100), stop);
         let locations = Arc::new(match &config.state.redis_url {
-            Some(url) => Locations::redis(url, "sy")
+            Some(url) => Locations::redis(url, &config.state.prefix)
                 .await
                 .with_context(|| format!("cannot reach Redis at {url}"))?,
             None => Locations::memory(),
         });
         let live_calls = Arc::new(match &config.state.redis_url {
-            Some(url) => LiveCalls::redis(url, "sy")
+            Some(url) => LiveCalls::redis(url, &config.state.prefix)
                 .await
                 .with_context(|| format!("cannot reach Redis at {url}"))?,
             None => LiveCalls::memory(),
@@ -645,6 +649,14 @@ impl MediaTier {
         if config.core.media_nodes.is_empty() {
             return Ok(MediaTier::Local(media_node(config, None)));
         }
+        Self::start_remote(config, stop).await
+    }
+
+    /// The media nodes of `core.media_nodes` over the network (more may join later).
+    pub async fn start_remote(
+        config: &Config,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<MediaTier> {
         let key = ControlKey::new(
             config
                 .cluster_secret()
@@ -728,6 +740,19 @@ impl MediaTier {
             }
         }
     }
+}
+
+/// A media-control client for the node at `addr`.
+pub(crate) async fn remote_media(
+    addr: SocketAddr,
+    key: ControlKey,
+) -> std::io::Result<RemoteMedia> {
+    let local = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    };
+    RemoteMedia::connect(addr, local, key, Retry::default()).await
 }
 
 /// How often a core pings each media node (two missed pings take it out of its pool).

@@ -20,6 +20,10 @@ const NONCES: &str = "cluster test nonce secret";
 struct Cluster {
     rt: tokio::runtime::Runtime,
     store: Store,
+    /// `switchyard api` on the cluster's store and Redis.
+    api: RoleProcess,
+    /// An operator key for it.
+    key: String,
     media: Vec<RoleProcess>,
     cores: Vec<RoleProcess>,
     edges: Vec<RoleProcess>,
@@ -42,61 +46,44 @@ impl Cluster {
         let store = pg.store.clone();
         std::mem::forget(pg); // the database outlives the processes using it
         let redis = redis_url();
-        let cluster_args = |role: &'static str| -> Vec<String> {
-            vec![
-                role.into(),
-                "--store-url".into(),
-                pg_url.clone(),
-                "--redis-url".into(),
-                redis.clone(),
-                "--cluster-secret".into(),
-                SECRET.into(),
-                "--metrics".into(),
-                "127.0.0.1:0".into(),
-            ]
+        // Keys of this cluster only: tests run side by side on one Redis.
+        let prefix = format!("sytest-cluster-{}-{}:", std::process::id(), rand_suffix());
+        let with = |role: &str, extra: &[&str]| -> RoleProcess {
+            let mut args = vec![
+                role,
+                "--redis-url",
+                &redis,
+                "--state-prefix",
+                &prefix,
+                "--cluster-secret",
+                SECRET,
+                "--metrics",
+                "127.0.0.1:0",
+            ];
+            if role != "media" {
+                args.extend(["--store-url", &pg_url]);
+            }
+            args.extend_from_slice(extra);
+            RoleProcess::start(&args)
         };
         let media: Vec<RoleProcess> = media_ports
             .iter()
             .map(|ports| {
-                RoleProcess::start(&[
+                with(
                     "media",
-                    "--control",
-                    "127.0.0.1:0",
-                    "--metrics",
-                    "127.0.0.1:0",
-                    "--media-ports",
-                    ports,
-                    "--cluster-secret",
-                    SECRET,
-                ])
+                    &["--control", "127.0.0.1:0", "--media-ports", ports],
+                )
             })
             .collect();
-        let media_nodes = media
-            .iter()
-            .map(|m| m.addr("media-control").to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        // No lists: cores find the media nodes, edges the cores, in the membership.
         let cores: Vec<RoleProcess> = (0..2)
-            .map(|_| {
-                let mut args = cluster_args("core");
-                args.extend(
-                    ["--listen", "127.0.0.1:0", "--media-nodes", &media_nodes].map(String::from),
-                );
-                RoleProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            })
+            .map(|_| with("core", &["--listen", "127.0.0.1:0"]))
             .collect();
-        let core_addrs = cores
-            .iter()
-            .map(|c| c.addr("core").to_string())
-            .collect::<Vec<_>>()
-            .join(",");
         let edges: Vec<RoleProcess> = (0..2)
             .map(|_| {
-                let mut args = cluster_args("edge");
-                args.extend(
-                    [
-                        "--cores",
-                        &core_addrs,
+                with(
+                    "edge",
+                    &[
                         "--udp",
                         "127.0.0.1:0",
                         "--tcp",
@@ -109,15 +96,51 @@ impl Cluster {
                         "off",
                         "--nonce-secret",
                         NONCES,
-                    ]
-                    .map(String::from),
-                );
-                RoleProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                    ],
+                )
             })
             .collect();
+        let api = RoleProcess::start(&[
+            "api",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--store-url",
+            &pg_url,
+            "--redis-url",
+            &redis,
+            "--state-prefix",
+            &prefix,
+        ]);
+        let key = rt
+            .block_on(switchyard_api::issue_key(&store, "operator", false))
+            .unwrap();
+        // Within a few heartbeats every edge pings both cores and every core both nodes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let edges_ready = edges
+                .iter()
+                .all(|e| e.metrics().get("switchyard_core_nodes_healthy") == Some(&2.0));
+            let cores_ready = cores.iter().all(|c| {
+                c.metrics()
+                    .iter()
+                    .filter(|(k, v)| k.starts_with("switchyard_media_node_capacity") && **v > 0.0)
+                    .count()
+                    == 2
+            });
+            if edges_ready && cores_ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not assemble: edges {edges_ready}, cores {cores_ready}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Cluster {
             rt,
             store,
+            api,
+            key,
             media,
             cores,
             edges,
@@ -141,7 +164,7 @@ impl Cluster {
                 .add_extension_range(&t.id, 2000, 2099)
                 .await
                 .unwrap();
-            for n in [2001, 2002] {
+            for n in [2001, 2002, 2003, 2004] {
                 self.store
                     .create_extension(
                         &t.id,
@@ -164,6 +187,72 @@ impl Cluster {
     fn edge(&self, i: usize) -> SocketAddr {
         self.edges[i].addr("UDP")
     }
+
+    /// The nodes `/v1/cluster/nodes` lists.
+    fn nodes(&self) -> Vec<serde_json::Value> {
+        let reply = self
+            .rt
+            .block_on(
+                switchyard::http_client::Conn::new(self.api.addr("API")).request(
+                    "GET",
+                    "/v1/cluster/nodes",
+                    &self.key,
+                    None,
+                    None,
+                ),
+            )
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str::<Vec<serde_json::Value>>(&reply.body).unwrap()
+    }
+
+    fn state_of(&self, id: &str) -> String {
+        self.nodes()
+            .into_iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{id} not listed"))
+    }
+
+    /// `switchyard node ARGS --api ... --key ...`: its output.
+    fn node_cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("node")
+            .args(args)
+            .args([
+                "--api",
+                &self.api.addr("API").to_string(),
+                "--key",
+                &self.key,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "switchyard node {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for_state(&self, id: &str, state: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.state_of(id) != state {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never {state}: {:?}",
+                self.nodes()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn password(n: i64, domain: &str) -> String {
@@ -190,6 +279,71 @@ fn phone(cluster: &Cluster, domain: &str, n: i64, via: usize) -> Phone {
             "{domain} {n} via edge {via}: {status}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An answered call with RTP checked both ways: the phones and their legs.
+struct UpCall {
+    a: Phone,
+    b: Phone,
+    a_leg: CallLeg,
+    b_leg: CallLeg,
+}
+
+impl UpCall {
+    fn start(a: Phone, b: Phone, dialled: &str) -> UpCall {
+        let dialled = dialled.to_owned();
+        let caller = std::thread::spawn(move || {
+            let mut a = a;
+            let (r, leg) = a.call(&dialled, &[0]);
+            assert_eq!(r.status(), Some(200), "{r:?}");
+            (a, leg.unwrap())
+        });
+        let mut b = b;
+        let (inv, from) = b
+            .wait_request("INVITE", Duration::from_secs(5))
+            .expect("INVITE at the callee");
+        let b_leg = b.answer(&inv, from, 200, &[0]);
+        let (a, a_leg) = caller.join().unwrap();
+        let _ = b.wait_request("ACK", Duration::from_secs(2));
+        let call = UpCall { a, b, a_leg, b_leg };
+        call.media_flows();
+        call
+    }
+
+    fn media_flows(&self) {
+        for seq in 0..10 {
+            self.a.send_rtp(&self.a_leg, 0, seq);
+            self.b.send_rtp(&self.b_leg, 0, seq);
+        }
+        assert_eq!(self.b.count_rtp(Duration::from_millis(500)), 10, "RTP a→b");
+        assert_eq!(self.a.count_rtp(Duration::from_millis(300)), 10, "RTP b→a");
+    }
+
+    /// The core that holds the call (the Contact it gave the caller).
+    fn core(&self) -> String {
+        self.a_leg
+            .target
+            .split('@')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn hang_up(self) -> (Phone, Phone) {
+        let UpCall {
+            mut a,
+            b,
+            mut a_leg,
+            ..
+        } = self;
+        let callee = std::thread::spawn(move || {
+            let mut b = b;
+            b.answer_next("BYE", Duration::from_secs(5), &[]);
+            b
+        });
+        assert_eq!(a.request(&mut a_leg, "BYE", "").status(), Some(200));
+        (a, callee.join().unwrap())
     }
 }
 
@@ -341,4 +495,46 @@ fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() 
             0.0
         );
     }
+}
+
+/// An operator drains the core holding a call (`switchyard node drain`): the call goes on
+/// to its end, the tenant's next call goes to the other core, and the drained core says
+/// so once its last call has ended; `switchyard node resume` takes it back.
+#[test]
+fn a_drained_core_finishes_its_calls_takes_no_new_ones_and_says_drained() {
+    let cluster = Cluster::start(["47400-47499", "47600-47699"]);
+    let domain = "drain.cluster.example";
+    cluster.tenant(domain);
+    let call = UpCall::start(
+        phone(&cluster, domain, 2001, 0),
+        phone(&cluster, domain, 2002, 1),
+        "2002",
+    );
+    let held_by = call.core();
+    let id = format!("core@{held_by}");
+    assert_eq!(cluster.state_of(&id), "active");
+    let listed = cluster.node_cli(&["list"]);
+    assert!(listed.contains(&id), "{listed}");
+    cluster.node_cli(&["drain", &id]);
+    cluster.wait_for_state(&id, "draining");
+    // Edges read the records every second: give them one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let other = UpCall::start(
+        phone(&cluster, domain, 2003, 0),
+        phone(&cluster, domain, 2004, 1),
+        "2004",
+    );
+    assert_ne!(
+        other.core(),
+        held_by,
+        "a new call of the tenant avoids the drained core"
+    );
+    other.hang_up();
+    // The first call was never touched: media still flows, and it ends cleanly.
+    call.media_flows();
+    assert_eq!(cluster.state_of(&id), "draining", "a call is still up");
+    call.hang_up();
+    cluster.wait_for_state(&id, "drained");
+    cluster.node_cli(&["resume", &id]);
+    cluster.wait_for_state(&id, "active");
 }

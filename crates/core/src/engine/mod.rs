@@ -242,12 +242,15 @@ pub struct EngineSettings {
     pub metrics: Arc<CallMetrics>,
     /// Checks the edges' `X-Sy-Seal` (the cluster secret).
     pub seal: SealKey,
+    /// New calls are taken (an operator's drain turns it off; see `CoreHandle`).
+    pub accepting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The engine: every call of one core.
 pub struct Engine {
     local: SocketAddr,
     seal: SealKey,
+    accepting: Arc<std::sync::atomic::AtomicBool>,
     rtp_timeout: Option<Duration>,
     metrics: Arc<CallMetrics>,
     calls: HashMap<CallKey, Call>,
@@ -302,6 +305,7 @@ impl Engine {
         let mut engine = Engine {
             local: settings.local,
             seal: settings.seal,
+            accepting: settings.accepting,
             rtp_timeout: settings.rtp_timeout,
             metrics: settings.metrics,
             calls: HashMap::new(),

@@ -29,6 +29,11 @@ impl Engine {
                 .header("Retry-After", "5");
             return self.respond(tx, b);
         }
+        if !self.accepting.load(std::sync::atomic::Ordering::Relaxed) {
+            let b = ResponseBuilder::for_request(&msg, 503, "Draining", &random_token())
+                .header("Retry-After", "5");
+            return self.respond(tx, b);
+        }
         let (Some(tenant_id), Some(caller)) = (
             msg.extension_rows(TENANT_HEADER).next().map(str::to_owned),
             msg.extension_rows(CALLER_HEADER).next().map(str::to_owned),

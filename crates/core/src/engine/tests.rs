@@ -228,6 +228,7 @@ impl World {
                     rtp_timeout,
                     metrics: Arc::new(CallMetrics::default()),
                     seal: SealKey::new(CLUSTER_SECRET),
+                    accepting: Arc::new(std::sync::atomic::AtomicBool::new(true)),
                 },
                 now,
             ),
@@ -652,6 +653,33 @@ fn a_2xx_is_retransmitted_until_its_ack_and_a_call_never_acked_is_hung_up() {
     assert_eq!(w.cdrs.len(), 1);
     assert_eq!(w.cdrs[0].hangup_side.as_deref(), Some("no-ack"));
     assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn a_draining_core_refuses_new_calls_while_its_calls_go_on_to_their_end() {
+    use std::sync::atomic::Ordering;
+    let mut w = World::new(None);
+    w.answered_call("before", "", true);
+    w.engine.accepting.store(false, Ordering::Relaxed);
+    w.invite("during", "1002", "");
+    assert_eq!(w.callers["during"].finals, vec![503]);
+    assert!(w.routes.is_empty(), "not routed");
+    // The call in progress is not touched, and ends when its caller hangs up.
+    w.advance(Duration::from_secs(120));
+    assert!(
+        w.sent_methods(Method::Bye).is_empty(),
+        "nobody hung up the call"
+    );
+    w.caller_sends("before", "BYE", "");
+    assert_eq!(
+        w.sent_methods(Method::Bye).len(),
+        1,
+        "the BYE goes on to leg B"
+    );
+    w.engine.accepting.store(true, Ordering::Relaxed);
+    w.invite("after", "1002", "");
+    assert!(w.callers["after"].finals.is_empty());
+    assert_eq!(w.routes.len(), 1, "routed again once resumed");
 }
 
 #[test]
