@@ -18,10 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod control;
+pub mod policy;
+
+pub use policy::{DestinationPolicy, Network};
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use switchyard_media_control::{
     BoxFuture, Leg, LegStats, Load, MediaControl, MediaError, Reply, Request, SessionStats,
@@ -51,6 +54,8 @@ pub struct MediaConfig {
     /// The pool this node serves: sessions placed on another pool are refused. None: any
     /// (the one node of `serve`).
     pub pool: Option<String>,
+    /// Where it may send and whom it hears (see [`DestinationPolicy`]).
+    pub destinations: DestinationPolicy,
 }
 
 impl Default for MediaConfig {
@@ -63,6 +68,11 @@ impl Default for MediaConfig {
             keep_bound: 1024,
             max_sessions: 0,
             pool: None,
+            destinations: DestinationPolicy::for_bind(
+                IpAddr::from([127, 0, 0, 1]),
+                Vec::new(),
+                Vec::new(),
+            ),
         }
     }
 }
@@ -151,8 +161,12 @@ pub struct MediaNode {
 impl MediaNode {
     pub fn new(config: MediaConfig) -> MediaNode {
         let first = config.port_min + config.port_min % 2;
-        let queue = (first..config.port_max)
-            .step_by(2)
+        // In random order from the start: the ports a call gets say nothing about the
+        // ports of the calls before or after it.
+        let mut ports: Vec<u16> = (first..config.port_max).step_by(2).collect();
+        rand::seq::SliceRandom::shuffle(ports.as_mut_slice(), &mut rand::rng());
+        let queue = ports
+            .into_iter()
             .map(|port| FreePair { port, bound: None })
             .collect();
         MediaNode {
@@ -247,9 +261,17 @@ impl MediaNode {
         for _ in 0..64 {
             let FreePair { port, bound } = {
                 let mut free = self.free();
+                // A random one of the longest-free pairs: unpredictable, and still never a
+                // pair freed moments ago while older ones wait.
+                let among = free.queue.len().min(RANDOM_AMONG);
+                let pick = if among > 1 {
+                    rand::random_range(0..among)
+                } else {
+                    0
+                };
                 let pair = free
                     .queue
-                    .pop_front()
+                    .remove(pick)
                     .ok_or_else(|| MediaError::Exhausted("no free RTP port pair".into()))?;
                 if pair.bound.is_some() {
                     free.bound -= 1;
@@ -380,6 +402,7 @@ impl MediaNode {
         let parsed =
             Sdp::parse(sdp.as_bytes()).map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
         let advertise = self.inner.config.advertise;
+        let policy = &self.inner.config.destinations;
         self.with_session(id, |s| {
             let audio = parsed
                 .audio()
@@ -390,10 +413,11 @@ impl MediaNode {
             };
             let relayed = relay_offer(&parsed, advertise, to_port)
                 .map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
+            let signalled = permitted(policy, audio.addr, id, from);
             s.plan.send_modify(|p| {
                 let leg = p.leg(from);
-                leg.rtp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.port));
-                leg.rtcp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
+                leg.rtp_dest = signalled.map(|ip| SocketAddr::new(ip, audio.port));
+                leg.rtcp_dest = signalled.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
             });
             s.held[leg_index(from)] = audio.direction != Direction::SendRecv;
             s.pending_offer = Some((from, parsed));
@@ -407,6 +431,7 @@ impl MediaNode {
         let parsed =
             Sdp::parse(sdp.as_bytes()).map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
         let advertise = self.inner.config.advertise;
+        let policy = &self.inner.config.destinations;
         let reply = self.with_session(id, |s| {
             let Some((offerer, offer)) = s.pending_offer.take() else {
                 return Err(MediaError::NotAcceptable(
@@ -433,10 +458,11 @@ impl MediaNode {
                 "PCMA" => Some(false),
                 _ => None,
             };
+            let signalled = permitted(policy, audio.addr, id, from);
             s.plan.send_modify(|p| {
                 let ans = p.leg(from);
-                ans.rtp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.port));
-                ans.rtcp_dest = audio.addr.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
+                ans.rtp_dest = signalled.map(|ip| SocketAddr::new(ip, audio.port));
+                ans.rtcp_dest = signalled.map(|ip| SocketAddr::new(ip, audio.rtcp_port));
                 ans.audio_pt = Some(n.answerer_codec.payload_type);
                 ans.ulaw = law(&n.answerer_codec.name);
                 ans.telephone_event = n.answerer_telephone_event;
@@ -458,6 +484,7 @@ impl MediaNode {
                     s.plan.subscribe(),
                     s.stop.subscribe(),
                     s.published.clone(),
+                    self.inner.config.destinations.clone(),
                 )));
             }
             Ok(Reply::Sdp {
@@ -537,6 +564,22 @@ fn discard_queued(sockets: &LegSockets, port: u16) {
     }
 }
 
+/// The signalled address if the policy lets the node send there; a refused one leaves
+/// the leg waiting for its first packet from a permitted source (a phone behind NAT).
+fn permitted(
+    policy: &DestinationPolicy,
+    addr: Option<IpAddr>,
+    session: &str,
+    leg: Leg,
+) -> Option<IpAddr> {
+    let addr = addr?;
+    if policy.permits(addr) {
+        return Some(addr);
+    }
+    warn!(session, ?leg, %addr, "SDP names an address the media node never sends to");
+    None
+}
+
 fn leg_index(leg: Leg) -> usize {
     match leg {
         Leg::A => 0,
@@ -571,6 +614,9 @@ impl MediaControl for MediaNode {
         })
     }
 }
+
+/// A new session's pairs are drawn at random from this many of the longest-free pairs.
+const RANDOM_AMONG: usize = 16;
 
 /// How long a leg signalled at a new address ignores the source it was latched to.
 const REPLACED_HOLD_OFF: Duration = Duration::from_secs(2);
@@ -647,6 +693,7 @@ async fn relay(
     mut plan_rx: watch::Receiver<Plan>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Mutex<Published>>,
+    policy: DestinationPolicy,
 ) {
     let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
     let mut plan = *plan_rx.borrow_and_update();
@@ -686,6 +733,13 @@ async fn relay(
         let from_a = which < 2;
         let is_rtcp = which % 2 == 1;
         let (fi, ti) = if from_a { (0, 1) } else { (1, 0) };
+        if !policy.permits(src.ip()) {
+            // Never latched to, so never sent to: a forbidden source is only counted.
+            if note_drop(&mut counters[fi].foreign_dropped) {
+                publish(&shared, &counters);
+            }
+            continue;
+        }
         let signalled = if is_rtcp {
             from_plan_of(&plan, from_a).rtcp_dest
         } else {
@@ -773,14 +827,12 @@ async fn relay(
             if let (Some(from_law), Some(to_law)) = (from_plan.ulaw, to_plan.ulaw)
                 && from_law != to_law
             {
-                let convert = if from_law {
-                    g711::ulaw_to_alaw
+                let table = if from_law {
+                    &g711::ULAW_TO_ALAW
                 } else {
-                    g711::alaw_to_ulaw
+                    &g711::ALAW_TO_ULAW
                 };
-                for b in &mut packet[h.payload_offset..h.payload_end] {
-                    *b = convert(*b);
-                }
+                g711::transcode(&mut packet[h.payload_offset..h.payload_end], table);
                 counters[fi].transcoded += 1;
             }
             if let Some(pt) = to_plan.audio_pt {

@@ -670,3 +670,79 @@ async fn rtcp_is_relayed_only_when_well_formed_and_from_the_legs_own_stream() {
     };
     assert_eq!(stats.a.rtcp_dropped, 2);
 }
+
+/// On a node that may not send to loopback (one serving phones elsewhere), an SDP naming
+/// 127.0.0.1, a core's SIP port say, turns the relay towards nothing: packets for it are
+/// never sent, and packets from such an address are dropped and counted, never latched.
+#[tokio::test]
+async fn an_sdp_naming_loopback_or_a_cores_port_gets_nothing_from_the_relay() {
+    use switchyard_media::DestinationPolicy;
+    let node = MediaNode::new(MediaConfig {
+        port_min: 42400,
+        port_max: 42599,
+        // Built-in denials only: loopback is internal for this node.
+        destinations: DestinationPolicy::default(),
+        ..MediaConfig::default()
+    });
+    // "The core": a SIP socket on loopback the attacker's SDP names as leg A's media.
+    let core = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let (relay_a, relay_b) = answered_session(&node, "s", port(&core), port(&phone_b)).await;
+    // B speaks towards A: nothing reaches the core's port.
+    for seq in 0..5 {
+        speak(&phone_b, seq, relay_b).await;
+    }
+    assert!(
+        nothing_for(&core).await,
+        "the relay sent RTP to a loopback port"
+    );
+    // And A's side is not latched to a loopback source either.
+    speak(&core, 1, relay_a).await;
+    assert!(nothing_for(&phone_b).await, "a loopback source was relayed");
+    let stats = leg_stats(&node, "s").await;
+    assert_eq!(stats.a.packets_sent, 0, "{stats:?}");
+    assert_eq!(stats.b.foreign_dropped, 5, "{stats:?}");
+    assert_eq!(stats.a.foreign_dropped, 1, "{stats:?}");
+    assert_eq!(stats.a.latched, None);
+}
+
+/// Ports come in no guessable order: two nodes on the same range hand out different
+/// sequences, and a pair just freed waits behind the older free ones.
+#[tokio::test]
+async fn ports_are_drawn_at_random_and_a_freed_pair_is_not_reused_at_once() {
+    async fn ports_of(node: &MediaNode, prefix: &str, n: usize) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for i in 0..n {
+            let (a, b) = answered_session(node, &format!("{prefix}{i}"), 9, 9).await;
+            ports.extend([a.port(), b.port()]);
+        }
+        ports
+    }
+    let config = || MediaConfig {
+        port_min: 42600,
+        port_max: 42799,
+        keep_bound: 0,
+        ..MediaConfig::default()
+    };
+    let (one, two) = (MediaNode::new(config()), MediaNode::new(config()));
+    let first = ports_of(&one, "x", 10).await;
+    for s in 0..10 {
+        one.call(Request::Destroy {
+            session: format!("x{s}"),
+        })
+        .await
+        .unwrap();
+    }
+    let second = ports_of(&two, "y", 10).await;
+    assert_ne!(first, second, "two nodes drew the same ports");
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_ne!(first, sorted, "ports handed out in order");
+    // The ten pairs `one` just freed are behind 80 older ones: none comes back yet.
+    let again = ports_of(&one, "z", 10).await;
+    assert!(
+        again.iter().all(|p| !first.contains(p)),
+        "freed ports reused at once: {first:?} then {again:?}"
+    );
+}

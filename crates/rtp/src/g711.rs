@@ -1,5 +1,7 @@
-//! G.711 µ-law and A-law (ITU-T G.711), sample by sample, with no tables to get wrong:
-//! the segment arithmetic of the recommendation, checked exhaustively below.
+//! G.711 µ-law and A-law (ITU-T G.711): the segment arithmetic of the recommendation,
+//! checked exhaustively below, and the two 256-byte transcoding tables computed from it
+//! at compile time (a relay converting a packet looks each byte up; it never goes
+//! through linear PCM).
 //!
 //! Samples are 16-bit linear PCM; µ-law uses the top 14 bits, A-law the top 13.
 
@@ -10,20 +12,27 @@ const ALAW_SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xF
 const ULAW_BIAS: i32 = 0x84;
 const ULAW_CLIP: i32 = 8159;
 
-fn segment(value: i32, ends: &[i32; 8]) -> usize {
-    ends.iter().position(|&end| value <= end).unwrap_or(8)
+const fn segment(value: i32, ends: &[i32; 8]) -> usize {
+    let mut i = 0;
+    while i < 8 {
+        if value <= ends[i] {
+            return i;
+        }
+        i += 1;
+    }
+    8
 }
 
 /// Encodes one linear sample to µ-law.
-pub fn linear_to_ulaw(sample: i16) -> u8 {
-    let mut pcm = i32::from(sample) >> 2;
+pub const fn linear_to_ulaw(sample: i16) -> u8 {
+    let mut pcm = (sample as i32) >> 2;
     let mask = if pcm < 0 {
         pcm = -pcm;
         0x7F
     } else {
         0xFF
     };
-    let pcm = pcm.min(ULAW_CLIP) + (ULAW_BIAS >> 2);
+    let pcm = if pcm > ULAW_CLIP { ULAW_CLIP } else { pcm } + (ULAW_BIAS >> 2);
     match segment(pcm, &ULAW_SEG_END) {
         8 => 0x7F ^ mask,
         seg => (((seg as i32) << 4) | ((pcm >> (seg + 1)) & 0x0F)) as u8 ^ mask,
@@ -31,9 +40,9 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
 }
 
 /// Decodes one µ-law byte to a linear sample.
-pub fn ulaw_to_linear(code: u8) -> i16 {
+pub const fn ulaw_to_linear(code: u8) -> i16 {
     let u = !code;
-    let t = ((i32::from(u & 0x0F) << 3) + ULAW_BIAS) << ((u & 0x70) >> 4);
+    let t = ((((u & 0x0F) as i32) << 3) + ULAW_BIAS) << ((u & 0x70) >> 4);
     (if u & 0x80 != 0 {
         ULAW_BIAS - t
     } else {
@@ -42,8 +51,8 @@ pub fn ulaw_to_linear(code: u8) -> i16 {
 }
 
 /// Encodes one linear sample to A-law.
-pub fn linear_to_alaw(sample: i16) -> u8 {
-    let mut pcm = i32::from(sample) >> 3;
+pub const fn linear_to_alaw(sample: i16) -> u8 {
+    let mut pcm = (sample as i32) >> 3;
     let mask = if pcm >= 0 {
         0xD5
     } else {
@@ -64,9 +73,9 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
 }
 
 /// Decodes one A-law byte to a linear sample.
-pub fn alaw_to_linear(code: u8) -> i16 {
+pub const fn alaw_to_linear(code: u8) -> i16 {
     let a = code ^ 0x55;
-    let mut t = i32::from(a & 0x0F) << 4;
+    let mut t = ((a & 0x0F) as i32) << 4;
     match (a & 0x70) >> 4 {
         0 => t += 8,
         1 => t += 0x108,
@@ -79,14 +88,41 @@ pub fn alaw_to_linear(code: u8) -> i16 {
 }
 
 /// Transcodes µ-law to A-law through linear, as a media relay does when two legs share
-/// no codec.
-pub fn ulaw_to_alaw(code: u8) -> u8 {
+/// no codec (the definition [`ULAW_TO_ALAW`] is built from).
+pub const fn ulaw_to_alaw(code: u8) -> u8 {
     linear_to_alaw(ulaw_to_linear(code))
 }
 
 /// Transcodes A-law to µ-law through linear.
-pub fn alaw_to_ulaw(code: u8) -> u8 {
+pub const fn alaw_to_ulaw(code: u8) -> u8 {
     linear_to_ulaw(alaw_to_linear(code))
+}
+
+/// Every byte of one law in the other (`to_alaw`: µ-law to A-law, else A-law to µ-law).
+const fn table(to_alaw: bool) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if to_alaw {
+            ulaw_to_alaw(i as u8)
+        } else {
+            alaw_to_ulaw(i as u8)
+        };
+        i += 1;
+    }
+    t
+}
+
+/// µ-law byte to A-law byte, computed at compile time.
+pub static ULAW_TO_ALAW: [u8; 256] = table(true);
+/// A-law byte to µ-law byte, computed at compile time.
+pub static ALAW_TO_ULAW: [u8; 256] = table(false);
+
+/// Converts a G.711 payload in place between the laws through one of the tables.
+pub fn transcode(payload: &mut [u8], table: &[u8; 256]) {
+    for b in payload {
+        *b = table[usize::from(*b)];
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +210,17 @@ mod tests {
                 last = v;
             }
         }
+    }
+
+    #[test]
+    fn the_tables_are_the_arithmetic_for_every_byte() {
+        for code in 0..=255u8 {
+            assert_eq!(ULAW_TO_ALAW[usize::from(code)], ulaw_to_alaw(code));
+            assert_eq!(ALAW_TO_ULAW[usize::from(code)], alaw_to_ulaw(code));
+        }
+        let mut payload: Vec<u8> = (0..=255).collect();
+        transcode(&mut payload, &ULAW_TO_ALAW);
+        assert_eq!(payload, (0..=255u8).map(ulaw_to_alaw).collect::<Vec<_>>());
     }
 
     #[test]

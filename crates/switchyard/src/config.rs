@@ -131,6 +131,28 @@ pub struct MediaSection {
     pub pool: String,
     /// `switchyard media`: where it serves `/metrics` (off when absent).
     pub metrics: Option<SocketAddr>,
+    /// Networks the node never sends RTP to nor hears from, beyond loopback, link-local,
+    /// multicast and broadcast: the cluster's internal ranges (`10.20.0.0/16`).
+    pub deny_destinations: Vec<String>,
+    /// Networks allowed even so (loopback is allowed when `bind` is loopback).
+    pub allow_destinations: Vec<String>,
+}
+
+impl MediaSection {
+    /// Where the node may send, as the media crate applies it.
+    pub fn destinations(&self) -> anyhow::Result<switchyard_media::DestinationPolicy> {
+        let parse =
+            |list: &[String], key: &str| -> anyhow::Result<Vec<switchyard_media::Network>> {
+                list.iter()
+                    .map(|n| n.parse().map_err(|e| anyhow::anyhow!("media.{key}: {e}")))
+                    .collect()
+            };
+        Ok(switchyard_media::DestinationPolicy::for_bind(
+            self.bind,
+            parse(&self.allow_destinations, "allow_destinations")?,
+            parse(&self.deny_destinations, "deny_destinations")?,
+        ))
+    }
 }
 
 impl Default for MediaSection {
@@ -145,6 +167,8 @@ impl Default for MediaSection {
             control: SocketAddr::from(([127, 0, 0, 1], 7070)),
             pool: switchyard_core::media_client::SHARED_POOL.to_owned(),
             metrics: None,
+            deny_destinations: Vec::new(),
+            allow_destinations: Vec::new(),
         }
     }
 }
@@ -424,6 +448,7 @@ impl Config {
             bail!("core.media_nodes needs cluster.secret (media nodes obey only signed requests)");
         }
         let m = &self.media;
+        m.destinations()?;
         if m.port_min < 1024 || m.port_max < m.port_min.saturating_add(3) {
             bail!("media.port_min must be at least 1024 and media.port_max at least port_min + 3");
         }

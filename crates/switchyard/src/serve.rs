@@ -774,6 +774,8 @@ pub fn media_node(config: &Config, pool: Option<String>) -> MediaNode {
         keep_bound,
         max_sessions: config.media.max_sessions,
         pool,
+        // Checked by `Config::validate` before anything starts.
+        destinations: config.media.destinations().unwrap_or_default(),
     })
 }
 
