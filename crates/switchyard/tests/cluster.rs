@@ -34,9 +34,13 @@ fn redis_url() -> String {
 }
 
 impl Cluster {
-    /// Two media nodes (ports `media_ports[i]`), two cores driving both, two edges in
-    /// front of both cores.
+    /// Two media nodes of the shared pool (ports `media_ports[i]`), two cores, two edges.
     fn start(media_ports: [&str; 2]) -> Cluster {
+        Cluster::with_media(&[(media_ports[0], "shared"), (media_ports[1], "shared")])
+    }
+
+    /// Media nodes (ports, pool), two cores driving them all, two edges.
+    fn with_media(media_nodes: &[(&str, &str)]) -> Cluster {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -66,12 +70,19 @@ impl Cluster {
             args.extend_from_slice(extra);
             RoleProcess::start(&args)
         };
-        let media: Vec<RoleProcess> = media_ports
+        let media: Vec<RoleProcess> = media_nodes
             .iter()
-            .map(|ports| {
+            .map(|(ports, pool)| {
                 with(
                     "media",
-                    &["--control", "127.0.0.1:0", "--media-ports", ports],
+                    &[
+                        "--control",
+                        "127.0.0.1:0",
+                        "--media-ports",
+                        ports,
+                        "--pool",
+                        pool,
+                    ],
                 )
             })
             .collect();
@@ -125,7 +136,7 @@ impl Cluster {
                     .iter()
                     .filter(|(k, v)| k.starts_with("switchyard_media_node_capacity") && **v > 0.0)
                     .count()
-                    == 2
+                    == media.len()
             });
             if edges_ready && cores_ready {
                 break;
@@ -537,4 +548,59 @@ fn a_drained_core_finishes_its_calls_takes_no_new_ones_and_says_drained() {
     cluster.wait_for_state(&id, "drained");
     cluster.node_cli(&["resume", &id]);
     cluster.wait_for_state(&id, "active");
+}
+
+/// A tenant placed on a dedicated pool: its calls only ever use that pool's media node,
+/// and another tenant's calls never do.
+#[test]
+fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes() {
+    let cluster = Cluster::with_media(&[
+        ("48000-48099", "shared"),
+        ("48200-48299", "shared"),
+        ("48400-48499", "gold"),
+    ]);
+    let gold = "gold.cluster.example";
+    let plain = "plain.cluster.example";
+    let gold_id = cluster.tenant(gold);
+    cluster.tenant(plain);
+    cluster.rt.block_on(async {
+        cluster
+            .store
+            .create_media_pool(&switchyard_store::MediaPool {
+                name: "gold".into(),
+                dedicated_tenant_id: Some(gold_id.clone()),
+                max_sessions: 100,
+                cpu_percent: 100,
+                memory_mb: 512,
+                created_at: 0,
+            })
+            .await
+            .unwrap();
+        cluster
+            .store
+            .update_tenant(
+                &gold_id,
+                &switchyard_store::TenantChanges {
+                    placement: Some("gold".into()),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+    });
+    let in_gold = |port: u16| (48400..48500).contains(&port);
+    for (domain, on_gold) in [(gold, true), (plain, false)] {
+        let (mut a, mut b) = (
+            phone(&cluster, domain, 2001, 0),
+            phone(&cluster, domain, 2002, 1),
+        );
+        for i in 0..4 {
+            let (na, nb, _core, port) = call_and_hang_up(a, b, "2002");
+            (a, b) = (na, nb);
+            assert_eq!(in_gold(port), on_gold, "{domain} call {i} on port {port}");
+        }
+    }
+    let gold_node = cluster.media[2].metrics();
+    assert_eq!(gold_node["switchyard_media_sessions{pool=\"gold\"}"], 0.0);
 }
