@@ -325,6 +325,34 @@ enum BenchCommand {
     /// Tenant A floods at 10x its call-rate cap while tenant B calls steadily; B's
     /// success and setup time, against a baseline of B alone.
     NoisyNeighbour(NoisyArgs),
+    /// G.711 calls through a media node run apart (`switchyard media`): relayed packets
+    /// a second and the delay; `--direct` for the same phones without the relay.
+    Rtp(RtpArgs),
+}
+
+#[derive(Debug, Args)]
+struct RtpArgs {
+    /// The media node's control address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    media: std::net::SocketAddr,
+    /// Its cluster secret.
+    #[arg(
+        long,
+        env = "SWITCHYARD_CLUSTER_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    cluster_secret: String,
+    /// Calls up at once.
+    #[arg(long, default_value_t = 1000)]
+    calls: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// No relay: the phones send to each other (the baseline).
+    #[arg(long)]
+    direct: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -831,6 +859,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::RegisterStorm(args)) => bench_storm(args),
         Command::Bench(BenchCommand::Calls(args)) => bench_calls(args),
         Command::Bench(BenchCommand::NoisyNeighbour(args)) => bench_noisy(args),
+        Command::Bench(BenchCommand::Rtp(args)) => bench_rtp(args),
         Command::Import(args) => import(args),
         Command::Api(args) => api_only(args),
         Command::Media(args) => run_media(args),
@@ -1200,6 +1229,28 @@ async fn provision_for_calls(
     store.close().await;
     eprintln!("provisioned: {created} extensions created");
     Ok(())
+}
+
+fn bench_rtp(args: RtpArgs) -> anyhow::Result<()> {
+    // One thread: the generator is pinned to a core of its own by the script.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let report = switchyard::bench::rtp::run(&switchyard::bench::rtp::RtpOptions {
+            media: (!args.direct).then_some(args.media),
+            secret: args.cluster_secret,
+            calls: args.calls,
+            duration: std::time::Duration::from_secs(args.seconds),
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{report}");
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn bench_calls(args: CallsArgs) -> anyhow::Result<()> {

@@ -1,0 +1,45 @@
+#!/bin/bash
+# RTP through a media node: `switchyard media` alone on CPU 0, `switchyard bench rtp` on
+# CPU 1 placing CALLS G.711 calls (20 ms packets both ways), then the same phones
+# sending to each other without the relay (the baseline), in one run. Prints both
+# reports, the media node's CPU time over the relayed run, and relayed packets per
+# second per core of CPU it used.
+#
+# Usage: bench/rtp.sh [BIN]   (CALLS=1000 DURATION=10 RUNS=1)
+# Everything runs on 127.0.0.1.
+set -e
+BIN=${1:-target/release/switchyard}
+CALLS=${CALLS:-1000}
+DURATION=${DURATION:-10}
+SECRET=rtp-bench-secret
+OUT=$(mktemp -d)
+taskset -c 0 "$BIN" media --control 127.0.0.1:0 --media-ports 30000-39999 \
+  --cluster-secret "$SECRET" > "$OUT/media.out" 2> "$OUT/media.log" &
+MEDIA=$!
+trap 'kill $MEDIA 2>/dev/null' EXIT
+for _ in $(seq 50); do grep -q '^ready' "$OUT/media.out" 2>/dev/null && break; sleep 0.1; done
+CONTROL=$(awk '/^listening media-control/ {print $3}' "$OUT/media.out")
+ticks() { awk '{print $14 + $15}' /proc/$MEDIA/stat; }
+HZ=$(getconf CLK_TCK)
+for run in $(seq ${RUNS:-1}); do
+  T0=$(ticks); W0=$(date +%s.%N)
+  taskset -c 1 "$BIN" bench rtp --media "$CONTROL" --cluster-secret "$SECRET" \
+    --calls $CALLS --seconds $DURATION --json > "$OUT/relayed.json"
+  T1=$(ticks); W1=$(date +%s.%N)
+  taskset -c 1 "$BIN" bench rtp --direct --calls $CALLS --seconds $DURATION --json > "$OUT/direct.json"
+  python3 - "$OUT" "$T0" "$T1" "$W0" "$W1" "$HZ" <<'PY'
+import json, sys
+out, t0, t1, w0, w1, hz = sys.argv[1], *map(float, sys.argv[2:])
+relayed = json.load(open(f"{out}/relayed.json"))
+direct = json.load(open(f"{out}/direct.json"))
+cpu = (t1 - t0) / hz / (w1 - w0)  # media node's CPU share over the relayed run (incl. set-up)
+for r in (relayed, direct):
+    print(f"{r['mode']:8} calls {r['calls']} sent {r['sent']} received {r['received']} lost {r['lost']} "
+          f"{r['packets_per_second']:.0f} pkt/s  p50 {r['delay_p50_us']} µs  p99 {r['delay_p99_us']} µs  "
+          f"p99.9 {r['delay_p999_us']} µs  max {r['delay_max_us']} µs")
+print(f"added by the relay: p50 {relayed['delay_p50_us'] - direct['delay_p50_us']} µs, "
+      f"p99 {relayed['delay_p99_us'] - direct['delay_p99_us']} µs")
+print(f"media node CPU: {cpu * 100:.1f} % of one core; "
+      f"{relayed['packets_per_second'] / max(cpu, 1e-9):.0f} relayed pkt/s per core")
+PY
+done
