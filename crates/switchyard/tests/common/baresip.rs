@@ -17,28 +17,34 @@ pub struct Baresip {
     ctrl: TcpStream,
     events: Arc<Mutex<Vec<serde_json::Value>>>,
     pub sip_port: u16,
+    /// The address it binds (loopback unless started with `start_at`).
+    pub ip: String,
 }
 
 /// A port that is free now for UDP and TCP, and so is the next one (baresip also binds
 /// SIP over TLS on port + 1).
 pub fn free_port_pair() -> u16 {
+    free_port_pair_at("127.0.0.1")
+}
+
+fn free_port_pair_at(ip: &str) -> u16 {
     loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let u = std::net::UdpSocket::bind((ip, 0)).unwrap();
         let p = u.local_addr().unwrap().port();
         if p >= 65000 {
             continue;
         }
-        let ok = std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok();
+        let ok = std::net::TcpListener::bind((ip, p)).is_ok()
+            && std::net::TcpListener::bind((ip, p + 1)).is_ok()
+            && std::net::UdpSocket::bind((ip, p + 1)).is_ok();
         if ok {
             return p;
         }
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -110,12 +116,17 @@ impl Baresip {
     /// exits at start (a port picked as free was taken before it bound it) is started
     /// again on other ports; its log is shown if it never comes up.
     pub fn start(name: &str, freq: f64, secs: f64) -> Baresip {
+        Self::start_at("127.0.0.1", name, freq, secs)
+    }
+
+    /// The same, bound to `ip` (an address of this network namespace).
+    pub fn start_at(ip: &str, name: &str, freq: f64, secs: f64) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
         write_tone(&dir.path().join("tone.wav"), freq, secs);
         let mut attempt = 0;
         let (child, ctrl, sip_port) = loop {
             attempt += 1;
-            match Self::spawn(dir.path()) {
+            match Self::spawn(dir.path(), ip) {
                 Ok(started) => break started,
                 Err(why) if attempt < 3 => {
                     eprintln!("baresip {name} did not start ({why}); trying other ports")
@@ -163,16 +174,17 @@ impl Baresip {
             ctrl,
             events,
             sip_port,
+            ip: ip.to_owned(),
         }
     }
 
     /// One try at starting baresip in `dir`: its process, control connection and SIP port.
-    fn spawn(dir: &Path) -> Result<(Child, TcpStream, u16), String> {
-        let sip_port = free_port_pair();
-        let ctrl_port = free_tcp_port();
+    fn spawn(dir: &Path, ip: &str) -> Result<(Child, TcpStream, u16), String> {
+        let sip_port = free_port_pair_at(ip);
+        let ctrl_port = free_tcp_port(ip);
         let config = format!(
             "poll_method epoll\n\
-sip_listen 127.0.0.1:{sip_port}\n\
+sip_listen {ip}:{sip_port}\n\
 sip_trans_def udp\n\
 audio_source aufile,tone.wav\n\
 audio_alert aufile,tone.wav\n\
@@ -183,8 +195,8 @@ module aufile.so\n\
 module sndfile.so\n\
 module_app menu.so\n\
 module_app ctrl_tcp.so\n\
-ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
-net_interface 127.0.0.1\n\
+ctrl_tcp_listen {ip}:{ctrl_port}\n\
+net_interface {ip}\n\
 snd_path .\n"
         );
         std::fs::write(dir.join("config"), config).unwrap();
@@ -201,7 +213,7 @@ snd_path .\n"
             .expect("baresip is installed (.ci/run installs it)");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match TcpStream::connect(("127.0.0.1", ctrl_port)) {
+            match TcpStream::connect((ip, ctrl_port)) {
                 Ok(s) => return Ok((child, s, sip_port)),
                 Err(e) => {
                     if let Ok(Some(status)) = child.try_wait() {

@@ -197,10 +197,23 @@ pub struct RoleProcess {
 
 impl RoleProcess {
     pub fn start(args: &[&str]) -> RoleProcess {
+        Self::start_command(Command::new(env!("CARGO_BIN_EXE_switchyard")), args)
+    }
+
+    /// The same inside the named network namespace `netns` (`ip netns exec`).
+    pub fn start_in(netns: &str, args: &[&str]) -> RoleProcess {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_switchyard"));
+        Self::start_command(command, args)
+    }
+
+    fn start_command(mut command: Command, args: &[&str]) -> RoleProcess {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("role.log");
         let stderr = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let mut child = command
             .args(args)
             .env("SWITCHYARD_LOG", "info")
             .stdout(Stdio::piped())
