@@ -11,7 +11,7 @@ use switchyard_sip::build::RequestBuilder;
 use switchyard_sip::headers::NameAddr;
 use switchyard_sip_net::{Peer, Target, Transport};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Dialog {
     pub call_id: String,
     /// Our party with our tag (From of our requests).

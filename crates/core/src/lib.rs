@@ -72,6 +72,11 @@ pub struct CoreSettings {
     pub channels: Arc<switchyard_state::calls::LiveCalls>,
     /// Checks the edges' `X-Sy-Seal` (the cluster secret).
     pub seal: switchyard_sip::seal::SealKey,
+    /// Answered calls' records for takeover (Redis): written as calls change, looked up
+    /// when a request of an unknown dialog arrives. None: calls die with their core.
+    pub dialogs: Option<Arc<switchyard_state::dialogs::DialogStore>>,
+    /// Which media node holds a session, and taking over another core's sessions.
+    pub placement: Option<Arc<dyn media_client::SessionPlacement>>,
 }
 
 /// What the outside may watch of a running engine.
@@ -84,6 +89,9 @@ pub struct CoreHandle {
     cdrs_pending: Arc<AtomicUsize>,
     /// Ended calls whose CDR waits for the media session's counters.
     cdrs_waiting: Arc<AtomicUsize>,
+    /// Dialog records written to Redis, and calls taken over from other cores.
+    dialog_writes: Arc<std::sync::atomic::AtomicU64>,
+    taken_over: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for CoreHandle {
@@ -93,6 +101,8 @@ impl Default for CoreHandle {
             accepting: Arc::new(AtomicBool::new(true)),
             cdrs_pending: Arc::default(),
             cdrs_waiting: Arc::default(),
+            dialog_writes: Arc::default(),
+            taken_over: Arc::default(),
         }
     }
 }
@@ -107,6 +117,16 @@ impl CoreHandle {
 
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Dialog records written for takeover so far.
+    pub fn dialog_writes(&self) -> u64 {
+        self.dialog_writes.load(Ordering::Relaxed)
+    }
+
+    /// Calls taken over from other cores so far.
+    pub fn taken_over(&self) -> u64 {
+        self.taken_over.load(Ordering::Relaxed)
     }
 
     /// Calls in progress (ringing or answered).

@@ -465,6 +465,29 @@ fn heard(entry: &Entry, reply: Result<Reply, MediaError>) {
     }
 }
 
+/// Which media node holds a session, for a core that hands its calls on (takeover).
+pub trait SessionPlacement: Send + Sync + std::fmt::Debug {
+    /// The control address of the node holding `session`.
+    fn holder(&self, session: &str) -> Option<SocketAddr>;
+    /// Takes on a session another core placed on the node at `node`; false when that
+    /// node is not known here.
+    fn adopt(&self, session: &str, node: SocketAddr) -> bool;
+}
+
+impl SessionPlacement for MediaCluster {
+    fn holder(&self, session: &str) -> Option<SocketAddr> {
+        self.sessions().get(session).map(|e| e.member.addr)
+    }
+
+    fn adopt(&self, session: &str, node: SocketAddr) -> bool {
+        let Some(entry) = self.entries().into_iter().find(|e| e.member.addr == node) else {
+            return false;
+        };
+        self.sessions().insert(session.to_owned(), entry);
+        true
+    }
+}
+
 /// The pool every node and tenant is in unless placed elsewhere.
 pub const SHARED_POOL: &str = "shared";
 

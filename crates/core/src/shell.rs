@@ -28,6 +28,52 @@ use crate::engine::{Clock, Engine, EngineSettings, Lookup, MediaAnswer, Output, 
 use crate::routing::{self, RouteDeps};
 use crate::{CoreHandle, CoreSettings};
 
+/// How long a dialog record lives unless written again (longer than nearly every call).
+const DIALOG_RECORD_TTL_SECS: u64 = 12 * 3600;
+
+/// Another core's record of the call `call_id` belongs to, with its media session taken
+/// on here and its tenant's configuration.
+async fn recover(
+    store: &switchyard_state::dialogs::DialogStore,
+    placement: Option<&dyn crate::media_client::SessionPlacement>,
+    cache: &ConfigCache,
+    call_id: &str,
+) -> Option<(
+    crate::engine::recovery::DialogRecord,
+    Arc<switchyard_store::TenantConfig>,
+)> {
+    let text = match store.get(call_id).await {
+        Ok(Some(text)) => text,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(call_id, error = %e, "cannot look for a dialog record");
+            return None;
+        }
+    };
+    let record: crate::engine::recovery::DialogRecord = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(call_id, error = %e, "unreadable dialog record");
+            return None;
+        }
+    };
+    if let (Some(p), Some(node)) = (
+        placement,
+        record.media_node.as_deref().and_then(|n| n.parse().ok()),
+    ) && !p.adopt(&record.session, node)
+    {
+        warn!(call_id, node = %node, "the call's media node is not known here");
+    }
+    let config = match cache.get(&record.tenant_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(call_id, error = %e, "no configuration for a call to take over");
+            return None;
+        }
+    };
+    Some((record, config))
+}
+
 /// How long a stopped engine waits for the media node's last counters (the CDRs of the
 /// calls it hung up) before it writes them without.
 const LAST_COUNTERS_LIMIT: Duration = Duration::from_secs(2);
@@ -66,6 +112,7 @@ pub fn spawn_core(
                 metrics: settings.metrics.clone(),
                 seal: settings.seal.clone(),
                 accepting: handle.accepting.clone(),
+                recover: settings.dialogs.is_some(),
             },
             Clock::now(),
         ),
@@ -85,6 +132,8 @@ pub fn spawn_core(
         media_answers: media_tx,
         cdrs,
         handle: handle.clone(),
+        dialogs: settings.dialogs.clone(),
+        placement: settings.placement.clone(),
     };
     let task = tokio::spawn(async move {
         loop {
@@ -158,6 +207,8 @@ struct Shell {
     media_answers: mpsc::UnboundedSender<MediaAnswer>,
     cdrs: CdrSender,
     handle: CoreHandle,
+    dialogs: Option<Arc<switchyard_state::dialogs::DialogStore>>,
+    placement: Option<Arc<dyn crate::media_client::SessionPlacement>>,
 }
 
 impl Shell {
@@ -327,6 +378,59 @@ impl Shell {
                     self.engine
                         .handle_media(MediaAnswer { job, reply }, Clock::now());
                 }
+            }
+            Output::Persist(mut record) => {
+                let Some(store) = self.dialogs.clone() else {
+                    return;
+                };
+                record.media_node = self
+                    .placement
+                    .as_ref()
+                    .and_then(|p| p.holder(&record.session))
+                    .map(|a| a.to_string());
+                let (a, b) = (record.a.call_id.clone(), record.b.call_id.clone());
+                let json = serde_json::to_string(&*record).unwrap_or_default();
+                self.handle.dialog_writes.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    if let Err(e) = store.put(&a, &b, &json, DIALOG_RECORD_TTL_SECS).await {
+                        warn!(call_id = a, error = %e, "dialog record not written: the call dies with this core");
+                    }
+                });
+            }
+            Output::Forget { a, b } => {
+                if let Some(store) = self.dialogs.clone() {
+                    tokio::spawn(async move {
+                        if let Err(e) = store.delete(&a, &b).await {
+                            debug!(call_id = a, error = %e, "dialog record not deleted (it expires)");
+                        }
+                    });
+                }
+            }
+            Output::Recover { tx, msg, .. } => {
+                let (dialogs, placement, cache, done, taken) = (
+                    self.dialogs.clone(),
+                    self.placement.clone(),
+                    self.deps.cache.clone(),
+                    self.lookups.clone(),
+                    self.handle.taken_over.clone(),
+                );
+                tokio::spawn(async move {
+                    let call_id = msg.call_id().unwrap_or_default().to_owned();
+                    let record = match dialogs {
+                        Some(store) => {
+                            recover(&store, placement.as_deref(), &cache, &call_id).await
+                        }
+                        None => None,
+                    };
+                    if record.is_some() {
+                        taken.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = done.send(Lookup::Recovered {
+                        tx,
+                        msg,
+                        record: record.map(Box::new),
+                    });
+                });
             }
             Output::ReleaseChannels(held) => {
                 let channels = self.deps.channels.clone();

@@ -142,11 +142,19 @@ impl Cores {
     }
 }
 
-/// The core node whose address the Request-URI names, if any.
-fn core_named_by<'a>(msg: &Message, cores: &'a CoreList) -> Option<&'a CoreNode> {
+/// The address the Request-URI names, if it is an IP literal.
+fn named_addr(msg: &Message) -> Option<SocketAddr> {
     let uri = msg.request_uri()?.ok()?;
     let sip = uri.as_sip()?;
-    let addr = SocketAddr::new(split_host(sip.host)?, sip.port.unwrap_or(5060));
+    Some(SocketAddr::new(
+        split_host(sip.host)?,
+        sip.port.unwrap_or(5060),
+    ))
+}
+
+/// The core node whose address the Request-URI names, if any.
+fn core_named_by<'a>(msg: &Message, cores: &'a CoreList) -> Option<&'a CoreNode> {
+    let addr = named_addr(msg)?;
     cores.nodes.iter().find(|c| c.addr == addr)
 }
 
@@ -402,8 +410,15 @@ impl Proxy {
                 .unwrap_or_else(|| call_id.to_owned());
             pick_by(&key, candidates.iter().copied(), |c| &c.node)
         };
+        // In a dialog whose core is gone (dead, or out of the membership): every request
+        // of every dialog it held goes to one successor, picked by the dead core's
+        // address, so both legs of a call meet on the core that takes it over.
+        let successor = || {
+            let gone = named_addr(msg).filter(|_| !initial && owner.is_none())?;
+            pick_by(&gone.to_string(), candidates.iter().copied(), |c| &c.node)
+        };
         let only = (candidates.len() == 1).then(|| candidates[0]);
-        let Some(core) = owner.or(only).or_else(by_tenant) else {
+        let Some(core) = owner.or_else(successor).or(only).or_else(by_tenant) else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         let mut new_call = None;
@@ -842,6 +857,56 @@ mod tests {
             c2
         );
         assert_eq!(dest(p.request(&bye(other, &on_c1), &phone(), 0).await), c2);
+    }
+
+    #[tokio::test]
+    async fn every_dialog_of_a_dead_core_goes_to_one_successor() {
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("127.0.0.1:720{i}").parse().unwrap())
+            .collect();
+        let (p, _dir) = proxy(
+            addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| CoreNode::new(&format!("c{i}"), *a))
+                .collect(),
+        )
+        .await;
+        // c0 is dead: only c1 and c2 answer pings.
+        let health = Arc::new(crate::health::CoreHealth::new(
+            std::time::Duration::from_secs(6),
+        ));
+        for a in &addrs[1..] {
+            health.answered(*a, std::time::Instant::now());
+        }
+        let p = Proxy {
+            carriers: Default::default(),
+            health: Some(health),
+            ..p
+        };
+        let dead = format!("sip:sy@{}", addrs[0]);
+        let successors: std::collections::BTreeSet<SocketAddr> = futures_all((0..20).map(|i| {
+            let (p, dead) = (p.clone(), dead.clone());
+            async move {
+                dest(
+                    p.request(&bye(&dead, &format!("call-{i}")), &phone(), 0)
+                        .await,
+                )
+            }
+        }))
+        .await;
+        assert_eq!(successors.len(), 1, "one successor for all: {successors:?}");
+        assert!(!successors.contains(&addrs[0]));
+    }
+
+    async fn futures_all<F: std::future::Future<Output = SocketAddr>>(
+        futures: impl Iterator<Item = F>,
+    ) -> std::collections::BTreeSet<SocketAddr> {
+        let mut out = std::collections::BTreeSet::new();
+        for f in futures {
+            out.insert(f.await);
+        }
+        out
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 
 pub mod calls;
 pub mod cluster;
+pub mod dialogs;
 
 use std::collections::HashMap;
 use std::sync::Arc;

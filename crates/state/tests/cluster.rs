@@ -68,3 +68,22 @@ async fn a_drain_request_is_seen_by_its_node_only_until_lifted() {
     m.set_drain("core-a", false).await.unwrap();
     assert!(!m.drain_requested("core-a").await.unwrap());
 }
+
+#[tokio::test]
+async fn a_dialog_record_is_found_by_either_legs_call_id_until_deleted() {
+    use switchyard_state::dialogs::DialogStore;
+    let url = common::redis_url();
+    let d = DialogStore::redis(&url, &common::unique_prefix())
+        .await
+        .unwrap_or_else(|e| panic!("{}", common::required(&url, e)));
+    assert_eq!(d.get("a-leg").await.unwrap(), None);
+    d.put("a-leg", "b-leg", "{\"v\":1}", 60).await.unwrap();
+    assert_eq!(d.get("a-leg").await.unwrap().as_deref(), Some("{\"v\":1}"));
+    assert_eq!(d.get("b-leg").await.unwrap().as_deref(), Some("{\"v\":1}"));
+    // A later write replaces it.
+    d.put("a-leg", "b-leg", "{\"v\":2}", 60).await.unwrap();
+    assert_eq!(d.get("b-leg").await.unwrap().as_deref(), Some("{\"v\":2}"));
+    d.delete("a-leg", "b-leg").await.unwrap();
+    assert_eq!(d.get("a-leg").await.unwrap(), None);
+    assert_eq!(d.get("b-leg").await.unwrap(), None);
+}

@@ -201,6 +201,8 @@ pub(crate) struct Shared {
     /// Seals what edges tell cores (`X-Sy-Seal`): the cluster secret, or a random one
     /// for a `serve` without one (its edge and cores are one process).
     pub seal: SealKey,
+    /// Answered calls' records for takeover, with Redis.
+    pub dialogs: Option<Arc<switchyard_state::dialogs::DialogStore>>,
 }
 
 impl Shared {
@@ -226,6 +228,14 @@ impl Shared {
                 .with_context(|| format!("cannot reach Redis at {url}"))?,
             None => LiveCalls::memory(),
         });
+        let dialogs = match &config.state.redis_url {
+            Some(url) => Some(Arc::new(
+                switchyard_state::dialogs::DialogStore::redis(url, &config.state.prefix)
+                    .await
+                    .with_context(|| format!("cannot reach Redis at {url}"))?,
+            )),
+            None => None,
+        };
         let seal = match config.cluster_secret() {
             Some(secret) => SealKey::new(secret),
             None => SealKey::new(&rand::random::<[u8; 32]>()),
@@ -236,6 +246,7 @@ impl Shared {
             locations,
             live_calls,
             seal,
+            dialogs,
         })
     }
 
@@ -322,6 +333,8 @@ pub(crate) async fn start_cores(
                 metrics: call_metrics.clone(),
                 channels: shared.live_calls.clone(),
                 seal: shared.seal.clone(),
+                dialogs: shared.dialogs.clone(),
+                placement: media.placement(),
             },
             shared.store.clone(),
             shared.locations.clone(),
@@ -359,6 +372,14 @@ pub(crate) fn core_gauges(
             (
                 "switchyard_core_cdrs_pending".into(),
                 shards.iter().map(|(_, h)| h.cdrs_pending()).sum::<usize>() as f64,
+            ),
+            (
+                "switchyard_core_dialog_writes_total".into(),
+                shards.iter().map(|(_, h)| h.dialog_writes()).sum::<u64>() as f64,
+            ),
+            (
+                "switchyard_core_calls_taken_over_total".into(),
+                shards.iter().map(|(_, h)| h.taken_over()).sum::<u64>() as f64,
             ),
         ];
         out.extend(shards.iter().map(|(name, h)| {
@@ -684,6 +705,14 @@ impl MediaTier {
         let cluster = MediaCluster::new(members);
         cluster.spawn_health_checks(MEDIA_PING_EVERY, stop);
         Ok(MediaTier::Remote(cluster))
+    }
+
+    /// Where sessions are, for takeover (media nodes apart only).
+    pub fn placement(&self) -> Option<Arc<dyn switchyard_core::media_client::SessionPlacement>> {
+        match self {
+            MediaTier::Local(_) => None,
+            MediaTier::Remote(cluster) => Some(Arc::new(cluster.clone())),
+        }
     }
 
     pub fn control(&self) -> Arc<dyn MediaControl> {

@@ -8,7 +8,7 @@ mod store_common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::RoleProcess;
 use common::phone::{CallLeg, Phone};
@@ -323,12 +323,35 @@ impl UpCall {
     }
 
     fn media_flows(&self) {
+        self.speak();
+        self.hear();
+    }
+
+    /// Ten packets each way.
+    fn speak(&self) {
         for seq in 0..10 {
             self.a.send_rtp(&self.a_leg, 0, seq);
             self.b.send_rtp(&self.b_leg, 0, seq);
         }
-        assert_eq!(self.b.count_rtp(Duration::from_millis(500)), 10, "RTP a→b");
-        assert_eq!(self.a.count_rtp(Duration::from_millis(300)), 10, "RTP b→a");
+    }
+
+    /// Both phones heard the other's ten, and nothing more.
+    fn hear(&self) {
+        assert_eq!(
+            self.b.count_rtp_up_to(10, Duration::from_millis(500)),
+            10,
+            "RTP a→b"
+        );
+        assert_eq!(
+            self.a.count_rtp_up_to(10, Duration::from_millis(500)),
+            10,
+            "RTP b→a"
+        );
+        assert_eq!(
+            self.b.count_rtp(Duration::from_millis(5)),
+            0,
+            "no more than sent"
+        );
     }
 
     /// The core that holds the call (the Contact it gave the caller).
@@ -603,4 +626,136 @@ fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes() {
     }
     let gold_node = cluster.media[2].metrics();
     assert_eq!(gold_node["switchyard_media_sessions{pool=\"gold\"}"], 0.0);
+}
+
+/// `kill -9` of a core with calls up: each of its calls goes on (media never stopped:
+/// it lives on the media nodes), the other core takes them over from their records in
+/// Redis when their next request arrives (a re-INVITE to hold works, a BYE ends the call
+/// on both legs with a CDR), and new calls go to the live core.
+#[test]
+fn calls_of_a_core_killed_with_sigkill_are_taken_over_by_the_other_core() {
+    let mut cluster = Cluster::start(["48600-48699", "48800-48899"]);
+    let mut calls = Vec::new();
+    for t in 0..10 {
+        let domain = format!("k{t}.cluster.example");
+        cluster.tenant(&domain);
+        for (caller, callee) in [(2001, 2002), (2003, 2004)] {
+            calls.push((
+                domain.clone(),
+                UpCall::start(
+                    phone(&cluster, &domain, caller, t % 2),
+                    phone(&cluster, &domain, callee, (t + 1) % 2),
+                    &callee.to_string(),
+                ),
+            ));
+        }
+    }
+    assert_eq!(calls.len(), 20);
+    let victim = cluster.cores[0].addr("core").to_string();
+    let survivor = cluster.cores[1].addr("core").to_string();
+    let on_victim = calls.iter().filter(|(_, c)| c.core() == victim).count();
+    assert!(
+        on_victim > 0 && on_victim < 20,
+        "calls on both cores: {on_victim} on the victim"
+    );
+    let writes_before = cluster.cores[0].metrics()["switchyard_core_dialog_writes_total"];
+    assert_eq!(
+        writes_before, on_victim as f64,
+        "one record per answered call"
+    );
+    cluster.cores[0].kill();
+    let killed = Instant::now();
+    // Media goes on at once: it never passed through the core.
+    for (_, call) in &calls {
+        call.speak();
+    }
+    for (_, call) in &calls {
+        call.hear();
+    }
+    // The edges leave the dead core out within a few seconds (its record expires, its
+    // pings go unanswered).
+    loop {
+        let healthy = cluster
+            .edges
+            .iter()
+            .map(|e| e.metrics()["switchyard_core_nodes_healthy"])
+            .fold(f64::MAX, f64::min);
+        if healthy == 1.0 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "edges still count the dead core"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "edges left the dead core out {:?} after the kill",
+        killed.elapsed()
+    );
+    // A new call goes to the live core.
+    let domain = "after.cluster.example";
+    cluster.tenant(domain);
+    let fresh = UpCall::start(
+        phone(&cluster, domain, 2001, 0),
+        phone(&cluster, domain, 2002, 1),
+        "2002",
+    );
+    assert_eq!(fresh.core(), survivor);
+    fresh.hang_up();
+    // Every call still works: one on the dead core holds (re-INVITE), then all end.
+    let mut held = false;
+    for (domain, mut call) in calls {
+        let was_on_victim = call.core() == victim;
+        if was_on_victim && !held {
+            held = true;
+            let hold =
+                common::phone::sdp(call.a.rtp_port(), &[0]).replace("a=sendrecv", "a=sendonly");
+            let callee = std::thread::spawn(move || {
+                let mut b = call.b;
+                let (re, from) = b
+                    .wait_request("INVITE", Duration::from_secs(5))
+                    .expect("the re-INVITE reaches the callee through the new core");
+                let offer = String::from_utf8_lossy(re.body()).into_owned();
+                b.answer(&re, from, 200, &[0]);
+                let _ = b.wait_request("ACK", Duration::from_secs(2));
+                (b, offer)
+            });
+            let r = call.a.request(&mut call.a_leg, "INVITE", &hold);
+            assert_eq!(r.status(), Some(200), "hold on a taken-over call: {r:?}");
+            let (b, offer) = callee.join().unwrap();
+            assert!(offer.contains("a=sendonly"), "{offer}");
+            call.b = b;
+        }
+        let (_a, _b) = call.hang_up();
+        let _ = domain;
+    }
+    assert!(held);
+    let survivor_metrics = cluster.cores[1].metrics();
+    assert_eq!(
+        survivor_metrics["switchyard_core_calls_taken_over_total"], on_victim as f64,
+        "{survivor_metrics:?}"
+    );
+    assert_eq!(survivor_metrics["switchyard_calls_active"], 0.0);
+    // A CDR for every call, answered, in PostgreSQL.
+    cluster.rt.block_on(async {
+        for t in 0..10 {
+            let tenant_id = cluster
+                .store
+                .tenant_by_domain(&format!("k{t}.cluster.example"))
+                .await
+                .unwrap()
+                .id;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let cdrs = cluster.store.cdrs(&tenant_id, None, 10).await.unwrap();
+                if cdrs.len() == 2 {
+                    assert!(cdrs.iter().all(|c| c.disposition == "answered"), "{cdrs:?}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "k{t}: {} CDRs", cdrs.len());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
 }

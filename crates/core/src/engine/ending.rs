@@ -52,6 +52,13 @@ impl Engine {
         };
         self.by_call_id.remove(&call.a.call_id);
         self.by_call_id.remove(&call.b_call_id);
+        if self.recover && call.answered_ms.is_some() {
+            let b = call.b.as_ref().map_or(&call.b_call_id, |d| &d.call_id);
+            self.push(Output::Forget {
+                a: call.a.call_id.clone(),
+                b: b.clone(),
+            });
+        }
         // A transfer's new party still ringing stops ringing.
         let ringing: Vec<_> = call
             .transfer

@@ -234,6 +234,8 @@ impl Engine {
                 if pending.from == Leg::A {
                     self.restart_session_timer(key);
                 }
+                // The legs' SDPs and CSeqs moved on: a core taking over needs them.
+                self.persist(key);
             }
             _ => {
                 let b = self.dialog_response(&pending.request, &tag, 488, "Not Acceptable Here");

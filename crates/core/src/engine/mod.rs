@@ -19,6 +19,7 @@
 mod call;
 mod ending;
 mod in_dialog;
+pub mod recovery;
 mod setup;
 mod timers;
 mod transfer;
@@ -132,6 +133,13 @@ pub enum Lookup {
         purpose: ForwardFor,
         outcome: Forwarded,
     },
+    /// An [`Output::Recover`]'s answer: the call's record and its tenant's configuration,
+    /// if another core left one.
+    Recovered {
+        tx: TxId,
+        msg: Message,
+        record: Option<Box<(recovery::DialogRecord, Arc<TenantConfig>)>>,
+    },
 }
 
 /// The media node's answer to an [`Output::Media`] with a job.
@@ -192,6 +200,13 @@ pub enum Output {
     },
     /// Write a CDR (retried by the writer).
     Cdr(Cdr),
+    /// Write an answered call's record for takeover (the shell adds its media node).
+    Persist(Box<recovery::DialogRecord>),
+    /// The call whose legs have these Call-IDs ended: delete its record.
+    Forget { a: String, b: String },
+    /// A request of a dialog not here: look for another core's record of it; the answer
+    /// is a [`Lookup::Recovered`].
+    Recover { tx: TxId, msg: Message, peer: Peer },
 }
 
 /// What a client transaction is for.
@@ -244,6 +259,9 @@ pub struct EngineSettings {
     pub seal: SealKey,
     /// New calls are taken (an operator's drain turns it off; see `CoreHandle`).
     pub accepting: Arc<std::sync::atomic::AtomicBool>,
+    /// Answered calls are persisted for takeover, and requests of unknown dialogs looked
+    /// up (a cluster with dialog state in Redis).
+    pub recover: bool,
 }
 
 /// The engine: every call of one core.
@@ -251,6 +269,7 @@ pub struct Engine {
     local: SocketAddr,
     seal: SealKey,
     accepting: Arc<std::sync::atomic::AtomicBool>,
+    recover: bool,
     rtp_timeout: Option<Duration>,
     metrics: Arc<CallMetrics>,
     calls: HashMap<CallKey, Call>,
@@ -306,6 +325,7 @@ impl Engine {
             local: settings.local,
             seal: settings.seal,
             accepting: settings.accepting,
+            recover: settings.recover,
             rtp_timeout: settings.rtp_timeout,
             metrics: settings.metrics,
             calls: HashMap::new(),
@@ -436,6 +456,7 @@ impl Engine {
                 purpose: ForwardFor::Transfer,
                 outcome,
             } => self.on_transfer_routed(key, outcome),
+            Lookup::Recovered { tx, msg, record } => self.on_recovered(tx, msg, record),
         }
     }
 
@@ -657,6 +678,14 @@ impl Engine {
         match method {
             Method::Invite if !in_dialog => self.new_call(tx, msg, peer.source),
             Method::Cancel => self.on_cancel(tx, &msg),
+            _ if in_dialog
+                && self.recover
+                && !self
+                    .by_call_id
+                    .contains_key(msg.call_id().unwrap_or_default()) =>
+            {
+                self.recover(tx, msg, peer)
+            }
             _ if in_dialog => self.in_dialog(tx, msg),
             Method::Options => {
                 let b = ResponseBuilder::for_request(&msg, 200, "OK", &random_token())

@@ -638,6 +638,7 @@ impl Engine {
                 );
                 self.answer_until_acked(key, tx, bytes, peer, cseq);
                 self.restart_session_timer(key);
+                self.persist(key);
             }
             _ => {
                 warn!("the callee's answer cannot be relayed");

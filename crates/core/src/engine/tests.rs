@@ -213,10 +213,19 @@ struct World {
     /// Trunk channels given back and leases renewed: (trunk key, Call-ID).
     released: Vec<(String, String)>,
     renewed: Vec<Vec<(String, String)>>,
+    /// Takeover: records the engine asked to write, calls it asked to forget, requests
+    /// of unknown dialogs it asked to look up.
+    persisted: Vec<super::recovery::DialogRecord>,
+    forgotten: Vec<(String, String)>,
+    recovers: Vec<(TxId, Message)>,
 }
 
 impl World {
     fn new(rtp_timeout: Option<Duration>) -> World {
+        World::with(rtp_timeout, false)
+    }
+
+    fn with(rtp_timeout: Option<Duration>, recover: bool) -> World {
         let now = Clock {
             at: Instant::now(),
             unix_ms: 1_800_000_000_000,
@@ -229,6 +238,7 @@ impl World {
                     metrics: Arc::new(CallMetrics::default()),
                     seal: SealKey::new(CLUSTER_SECRET),
                     accepting: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                    recover,
                 },
                 now,
             ),
@@ -246,6 +256,9 @@ impl World {
             answers: Vec::new(),
             released: Vec::new(),
             renewed: Vec::new(),
+            persisted: Vec::new(),
+            forgotten: Vec::new(),
+            recovers: Vec::new(),
         }
     }
 
@@ -403,6 +416,18 @@ impl World {
 
     /// An in-dialog request from the caller of `call_id` (after its `200`).
     fn caller_sends(&mut self, call_id: &str, method: &str, extra: &str) -> Option<TxId> {
+        let text = self.caller_text(call_id, method, extra)?;
+        if method == "ACK" {
+            let msg = parse(Bytes::from(text));
+            self.engine.handle_sip(SipInput::Ack { msg }, self.now);
+            self.settle();
+            return None;
+        }
+        Some(self.request(text))
+    }
+
+    /// The text of the caller's next in-dialog request.
+    fn caller_text(&mut self, call_id: &str, method: &str, extra: &str) -> Option<String> {
         let caller = self.callers.get_mut(call_id)?;
         let tag = caller.tag.clone()?;
         let seq = if method == "ACK" {
@@ -424,13 +449,7 @@ impl World {
                 "Content-Length: 0\r\n\r\n".to_owned()
             },
         );
-        if method == "ACK" {
-            let msg = parse(Bytes::from(text));
-            self.engine.handle_sip(SipInput::Ack { msg }, self.now);
-            self.settle();
-            return None;
-        }
-        Some(self.request(text))
+        Some(text)
     }
 
     fn cancel(&mut self, call_id: &str) -> Option<TxId> {
@@ -569,6 +588,9 @@ impl World {
                         .collect(),
                 ),
                 Output::Cdr(cdr) => self.cdrs.push(cdr),
+                Output::Persist(record) => self.persisted.push(*record),
+                Output::Forget { a, b } => self.forgotten.push((a, b)),
+                Output::Recover { tx, msg, .. } => self.recovers.push((tx, msg)),
             }
         }
     }
@@ -653,6 +675,72 @@ fn a_2xx_is_retransmitted_until_its_ack_and_a_call_never_acked_is_hung_up() {
     assert_eq!(w.cdrs.len(), 1);
     assert_eq!(w.cdrs[0].hangup_side.as_deref(), Some("no-ack"));
     assert!(w.engine.idle() && w.sessions.is_empty());
+}
+
+#[test]
+fn a_call_answered_on_one_engine_is_carried_on_by_another_from_its_record() {
+    let mut first = World::with(None, true);
+    first.answered_call("c1", "", true);
+    let record = first
+        .persisted
+        .last()
+        .cloned()
+        .expect("a record once answered");
+    assert_eq!(
+        (record.a.call_id.as_str(), record.tenant_id.as_str()),
+        ("c1", TENANT)
+    );
+    let (b_cseq, b_call_id) = (record.b.cseq, record.b.call_id.clone());
+    // The first engine is gone; the caller's BYE reaches another one.
+    let mut second = World::with(None, true);
+    let bye = first.caller_text("c1", "BYE", "").unwrap();
+    let tx = second.request(bye);
+    let (recover_tx, msg) = second
+        .recovers
+        .pop()
+        .expect("an unknown dialog is looked up");
+    assert_eq!(recover_tx, tx);
+    assert!(
+        second.answers.is_empty(),
+        "no 481 while the record is looked up"
+    );
+    second.engine.handle_lookup(
+        super::Lookup::Recovered {
+            tx,
+            msg,
+            record: Some(Box::new((record, config()))),
+        },
+        second.now,
+    );
+    second.settle();
+    assert_eq!(
+        second.answers,
+        vec![(tx, 200)],
+        "the caller's BYE is answered"
+    );
+    let byes = second.sent_methods(Method::Bye);
+    assert_eq!(byes.len(), 1, "the callee is hung up");
+    assert!(
+        byes[0].cseq().unwrap().seq > b_cseq,
+        "its CSeq moves past the old owner's"
+    );
+    assert_eq!(second.cdrs.len(), 1);
+    assert_eq!(second.cdrs[0].disposition, "answered");
+    assert_eq!(second.forgotten, vec![("c1".to_owned(), b_call_id)]);
+    // Without a record, the request of an unknown dialog gets 481 as before.
+    let mut third = World::with(None, true);
+    let tx = third.request(first.caller_text("c1", "BYE", "").unwrap());
+    let (_, msg) = third.recovers.pop().unwrap();
+    third.engine.handle_lookup(
+        super::Lookup::Recovered {
+            tx,
+            msg,
+            record: None,
+        },
+        third.now,
+    );
+    third.settle();
+    assert_eq!(third.answers, vec![(tx, 481)]);
 }
 
 #[test]

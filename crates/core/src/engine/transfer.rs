@@ -370,6 +370,7 @@ impl Engine {
             self.keep_transferred_trunk(key, referrer, trunk, transfer.call_id);
         }
         info!(target = transfer.target, "transferred");
+        self.persist(key);
     }
 
     /// A transfer's new party reached through a trunk takes over the call's trunk
@@ -642,6 +643,7 @@ impl Engine {
         self.by_call_id.insert(party_call_id, key);
         self.resume(key, referrer.other(), body);
         info!("attended transfer done");
+        self.persist(key);
     }
 
     /// A transfer did not reach its target (fork `i` failed, or the lookup did): once

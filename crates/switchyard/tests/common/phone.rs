@@ -597,6 +597,24 @@ impl Phone {
             .unwrap();
     }
 
+    /// Counts RTP packets arriving within `within`, returning as soon as `n` came.
+    pub fn count_rtp_up_to(&self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while got < n
+            && let Some(left) = deadline.checked_duration_since(Instant::now())
+        {
+            self.rtp
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            if self.rtp.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        got
+    }
+
     /// Counts RTP packets arriving within `within`.
     pub fn count_rtp(&self, within: Duration) -> usize {
         let deadline = Instant::now() + within;
