@@ -1,10 +1,12 @@
 //! The cluster as separate hosts: 2 edges, 2 cores and 2 media nodes, each process in a
 //! network namespace of its own, joined by a bridge (10.77.0.0/24) inside a lab namespace
 //! the test creates (`unshare -n -m`), on PostgreSQL and Redis as they run on this
-//! machine (reached through Unix sockets, the one path between namespaces). Real
-//! baresip phones register through either edge and call each other with audio checked;
-//! scripted phones of more tenants spread calls over both cores and both media nodes.
-//! Nothing leaves the lab: its only network is the bridge.
+//! machine (reached through Unix sockets, the one path between namespaces). Scripted
+//! phones of six tenants spread calls over both cores and both media hosts; then two
+//! baresips registered through different edges call each other, the core holding their
+//! call is killed (`kill -9`) mid-call, and the audio goes on (Goertzel on the seconds
+//! after the kill) until the hang-up, which the other core carries out from the call's
+//! record. Nothing leaves the lab: its only network is the bridge.
 
 mod common;
 #[path = "../../store/tests/common/mod.rs"]
@@ -317,73 +319,14 @@ fn password(n: i64, domain: &str) -> String {
 }
 
 #[test]
-fn a_cluster_of_namespaced_hosts_carries_baresip_calls_over_both_cores_and_media_nodes() {
+fn a_cluster_of_namespaced_hosts_carries_calls_over_both_cores_and_media_nodes_and_survives_a_dead_core()
+ {
     if run_in_lab(
-        "a_cluster_of_namespaced_hosts_carries_baresip_calls_over_both_cores_and_media_nodes",
+        "a_cluster_of_namespaced_hosts_carries_calls_over_both_cores_and_media_nodes_and_survives_a_dead_core",
     ) {
         return;
     }
-    let lab = Lab::start();
-
-    // Two baresips of one tenant, each registered through another edge, hear each other.
-    let domain = "lab.example";
-    let tenant = lab.tenant(domain);
-    let mut a = Baresip::start_at("10.77.0.41", "a", 440.0, 20.0);
-    let mut b = Baresip::start_at("10.77.0.42", "b", 1000.0, 20.0);
-    let account = |n: i64, edge: SocketAddr, extra: &str| {
-        format!(
-            "<sip:{n}@{domain}>;auth_pass={};outbound=\"sip:{edge}\";regint=600{extra}",
-            password(n, domain)
-        )
-    };
-    // The edges hear of the new tenant through PostgreSQL's NOTIFY: a moment.
-    std::thread::sleep(Duration::from_millis(500));
-    a.register(&account(2001, lab.edge(0), ""));
-    b.register(&account(2002, lab.edge(1), ";answermode=auto"));
-    a.command("dial", "2002");
-    a.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
-    b.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(3));
-    a.command("hangup", "");
-    a.wait_event("CALL_CLOSED", Duration::from_secs(10));
-    b.wait_event("CALL_CLOSED", Duration::from_secs(10));
-    for (phone, own, other) in [(&a, 440.0, 1000.0), (&b, 1000.0, 440.0)] {
-        let (rate, samples) = read_wav(&phone.heard());
-        assert!(
-            samples.len() as u32 > 2 * rate,
-            "{} heard too little",
-            phone.name
-        );
-        let (heard_other, heard_own) = (
-            goertzel(&samples, rate, other),
-            goertzel(&samples, rate, own),
-        );
-        assert!(
-            heard_other > 1000.0 * heard_own.max(1.0),
-            "{} should hear {other} Hz: {heard_other:.0} vs its own {heard_own:.0}",
-            phone.name
-        );
-    }
-    // Its CDR, with both legs' RTP, in PostgreSQL.
-    let cdr = lab.rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let cdrs = lab.store.cdrs(&tenant, None, 10).await.unwrap();
-            if let Some(c) = cdrs.into_iter().next() {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "no CDR");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    assert_eq!(cdr.disposition, "answered");
-    let legs: serde_json::Value = serde_json::from_str(&cdr.legs).unwrap();
-    for leg in [0, 1] {
-        assert!(
-            legs[leg]["packets_received"].as_u64().unwrap() > 100,
-            "{legs}"
-        );
-    }
+    let mut lab = Lab::start();
 
     // Scripted phones of six more tenants: calls on both cores and both media nodes, the
     // media anchored at the media hosts' own addresses.
@@ -467,4 +410,84 @@ fn a_cluster_of_namespaced_hosts_carries_baresip_calls_over_both_cores_and_media
         BTreeSet::from(["10.77.0.31".parse().unwrap(), "10.77.0.32".parse().unwrap()]),
         "media anchored on both media hosts"
     );
+    // Two baresips of one tenant, each registered through another edge, hear each other;
+    // the core holding their call is killed (`kill -9`) mid-call: the audio goes on, and
+    // the hang-up reaches the other core, which takes the call over.
+    let domain = "lab.example";
+    let tenant = lab.tenant(domain);
+    let mut a = Baresip::start_at("10.77.0.41", "a", 440.0, 30.0);
+    let mut b = Baresip::start_at("10.77.0.42", "b", 1000.0, 30.0);
+    let account = |n: i64, edge: SocketAddr, extra: &str| {
+        format!(
+            "<sip:{n}@{domain}>;auth_pass={};outbound=\"sip:{edge}\";regint=600{extra}",
+            password(n, domain)
+        )
+    };
+    // The edges hear of the new tenant through PostgreSQL's NOTIFY: a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    a.register(&account(2001, lab.edge(0), ""));
+    b.register(&account(2002, lab.edge(1), ";answermode=auto"));
+    a.command("dial", "2002");
+    a.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    b.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let holder = (0..2)
+        .find(|i| lab.cores[*i].metrics().get("switchyard_calls_active") == Some(&1.0))
+        .expect("one core holds the call");
+    lab.cores[holder].kill();
+    let killed = Instant::now();
+    while lab
+        .edges
+        .iter()
+        .any(|e| e.metrics()["switchyard_core_nodes_healthy"] != 1.0)
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "edges still count the dead core"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    a.command("hangup", "");
+    a.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    b.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    for (phone, own, other) in [(&a, 440.0, 1000.0), (&b, 1000.0, 440.0)] {
+        let (rate, samples) = read_wav(&phone.heard());
+        let secs = samples.len() as f64 / f64::from(rate);
+        assert!(secs > 5.0, "{} recorded {secs:.1} s", phone.name);
+        // The last two seconds, all after the kill: still the other phone's tone.
+        let tail = &samples[samples.len() - 2 * rate as usize..];
+        let (heard_other, heard_own) = (goertzel(tail, rate, other), goertzel(tail, rate, own));
+        assert!(
+            heard_other > 1000.0 * heard_own.max(1.0),
+            "{} should still hear {other} Hz after the kill: {heard_other:.0} vs its own {heard_own:.0}",
+            phone.name
+        );
+    }
+    let survivor = 1 - holder;
+    assert_eq!(
+        lab.cores[survivor].metrics()["switchyard_core_calls_taken_over_total"],
+        1.0
+    );
+    // Its CDR, written by the core that took it over, with both legs' RTP.
+    let cdr = lab.rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let cdrs = lab.store.cdrs(&tenant, None, 10).await.unwrap();
+            if let Some(c) = cdrs.into_iter().next() {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no CDR");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(cdr.disposition, "answered");
+    assert_eq!(cdr.hangup_side.as_deref(), Some("caller"));
+    let legs: serde_json::Value = serde_json::from_str(&cdr.legs).unwrap();
+    for leg in [0, 1] {
+        assert!(
+            legs[leg]["packets_received"].as_u64().unwrap() > 200,
+            "{legs}"
+        );
+    }
 }
