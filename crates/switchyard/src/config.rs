@@ -92,6 +92,10 @@ pub struct CoreSection {
     pub listen: Vec<SocketAddr>,
     /// `switchyard core`: where it serves `/metrics` (off when absent).
     pub metrics: Option<SocketAddr>,
+    /// With Redis: answered calls' records are written there so that another core can
+    /// take a call over when its core dies (one write per answered call, off the call's
+    /// path). Off: calls die with their core.
+    pub takeover: bool,
 }
 
 impl Default for CoreSection {
@@ -102,6 +106,7 @@ impl Default for CoreSection {
             media_nodes: Vec::new(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 5070))],
             metrics: None,
+            takeover: true,
         }
     }
 }

@@ -229,12 +229,12 @@ impl Shared {
             None => LiveCalls::memory(),
         });
         let dialogs = match &config.state.redis_url {
-            Some(url) => Some(Arc::new(
+            Some(url) if config.core.takeover => Some(Arc::new(
                 switchyard_state::dialogs::DialogStore::redis(url, &config.state.prefix)
                     .await
                     .with_context(|| format!("cannot reach Redis at {url}"))?,
             )),
-            None => None,
+            _ => None,
         };
         let seal = match config.cluster_secret() {
             Some(secret) => SealKey::new(secret),
