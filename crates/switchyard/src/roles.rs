@@ -547,14 +547,17 @@ fn spawn_core_heartbeat(
     })
 }
 
-/// Keeps an edge's cores as the membership says: the configured ones plus every core
-/// with a live record, draining ones marked.
-fn spawn_core_discovery(
+/// Reads the live members of `role` every heartbeat until `stop` and hands them to
+/// `seen` (a failed read is logged and skipped: the last view stands).
+fn spawn_member_watch<F, Fut>(
     membership: Arc<Membership>,
-    configured: Vec<SocketAddr>,
-    cores: Cores,
+    role: Role,
     mut stop: watch::Receiver<bool>,
-) {
+    mut seen: F,
+) where
+    F: FnMut(Vec<Member>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
@@ -562,38 +565,50 @@ fn spawn_core_discovery(
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let members = match membership.members(Role::Core).await {
-                Ok(m) => m,
+            match membership.members(role).await {
+                Ok(members) => seen(members).await,
                 Err(e) => {
-                    warn!(error = %e, "cannot read the cluster's cores; keeping the last list");
-                    continue;
+                    warn!(role = role.as_str(), error = %e, "cannot read the cluster's members; keeping the last view")
                 }
-            };
-            let mut list = CoreList::default();
-            for addr in &configured {
-                list.nodes
-                    .push(CoreNode::new(&format!("core@{addr}"), *addr));
-            }
-            for m in members {
-                let Ok(addr) = m.addr.parse::<SocketAddr>() else {
-                    continue;
-                };
-                if !list.contains(addr) {
-                    list.nodes.push(CoreNode::new(&m.id, addr));
-                }
-                if m.state != NodeState::Active {
-                    list.draining.insert(addr);
-                }
-            }
-            list.nodes.sort_by_key(|c| c.addr);
-            if cores.replace(list.clone()) {
-                info!(
-                    cores = ?list.nodes.iter().map(|c| c.addr).collect::<Vec<_>>(),
-                    draining = ?list.draining,
-                    "the edge's cores changed"
-                );
             }
         }
+    });
+}
+
+/// Keeps an edge's cores as the membership says: the configured ones plus every core
+/// with a live record, draining ones marked.
+fn spawn_core_discovery(
+    membership: Arc<Membership>,
+    configured: Vec<SocketAddr>,
+    cores: Cores,
+    stop: watch::Receiver<bool>,
+) {
+    spawn_member_watch(membership, Role::Core, stop, move |members| {
+        let mut list = CoreList::default();
+        for addr in &configured {
+            list.nodes
+                .push(CoreNode::new(&format!("core@{addr}"), *addr));
+        }
+        for m in members {
+            let Ok(addr) = m.addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            if !list.contains(addr) {
+                list.nodes.push(CoreNode::new(&m.id, addr));
+            }
+            if m.state != NodeState::Active {
+                list.draining.insert(addr);
+            }
+        }
+        list.nodes.sort_by_key(|c| c.addr);
+        if cores.replace(list.clone()) {
+            info!(
+                cores = ?list.nodes.iter().map(|c| c.addr).collect::<Vec<_>>(),
+                draining = ?list.draining,
+                "the edge's cores changed"
+            );
+        }
+        std::future::ready(())
     });
 }
 
@@ -602,22 +617,11 @@ fn spawn_media_discovery(
     membership: Arc<Membership>,
     cluster: MediaCluster,
     key: ControlKey,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            let members = match membership.members(Role::Media).await {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(error = %e, "cannot read the cluster's media nodes");
-                    continue;
-                }
-            };
+    spawn_member_watch(membership, Role::Media, stop, move |members| {
+        let (cluster, key) = (cluster.clone(), key.clone());
+        async move {
             for m in members {
                 let Ok(addr) = m.addr.parse::<SocketAddr>() else {
                     continue;

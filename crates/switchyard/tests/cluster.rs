@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::RoleProcess;
 use common::phone::{CallLeg, Phone};
-use switchyard_store::{NewExtension, NewTenant, Store};
+use switchyard_store::Store;
 
 const SECRET: &str = "cluster test secret";
 const NONCES: &str = "cluster test nonce secret";
@@ -160,39 +160,11 @@ impl Cluster {
 
     /// A tenant with extensions 2001 and 2002 (passwords `pw-2001-DOMAIN`...).
     fn tenant(&self, domain: &str) -> String {
-        self.rt.block_on(async {
-            let t = self
-                .store
-                .create_tenant(&NewTenant {
-                    name: domain.into(),
-                    domain: domain.into(),
-                    ..NewTenant::default()
-                })
-                .await
-                .unwrap();
-            let range = self
-                .store
-                .add_extension_range(&t.id, 2000, 2099)
-                .await
-                .unwrap();
-            for n in [2001, 2002, 2003, 2004] {
-                self.store
-                    .create_extension(
-                        &t.id,
-                        &NewExtension {
-                            range_id: range.id.clone(),
-                            number: Some(n),
-                            display_name: format!("x{n}"),
-                            username: None,
-                            password: password(n, domain),
-                            voicemail: false,
-                        },
-                    )
-                    .await
-                    .unwrap();
-            }
-            t.id
-        })
+        self.rt.block_on(common::provision_tenant(
+            &self.store,
+            domain,
+            &[2001, 2002, 2003, 2004],
+        ))
     }
 
     fn edge(&self, i: usize) -> SocketAddr {
@@ -267,7 +239,7 @@ fn rand_suffix() -> u128 {
 }
 
 fn password(n: i64, domain: &str) -> String {
-    format!("pw-{n}-{domain}")
+    common::extension_password(n, domain)
 }
 
 /// A registered phone of `domain` through edge `via`; waits until the edges know the
@@ -384,39 +356,10 @@ impl UpCall {
 /// `a` calls `b`'s number; RTP flows both ways; `a` hangs up. Returns the core's address
 /// (the Contact it gave the caller) and the media port the caller was given.
 fn call_and_hang_up(a: Phone, b: Phone, dialled: &str) -> (Phone, Phone, String, u16) {
-    let dialled = dialled.to_owned();
-    let caller = std::thread::spawn(move || {
-        let mut a = a;
-        let (r, leg) = a.call(&dialled, &[0]);
-        assert_eq!(r.status(), Some(200), "{r:?}");
-        (a, leg.unwrap())
-    });
-    let mut b = b;
-    let (inv, from) = b
-        .wait_request("INVITE", Duration::from_secs(5))
-        .expect("INVITE at the callee");
-    let b_leg = b.answer(&inv, from, 200, &[0]);
-    let (mut a, mut a_leg): (Phone, CallLeg) = caller.join().unwrap();
-    let _ = b.wait_request("ACK", Duration::from_secs(2));
-    for seq in 0..10 {
-        a.send_rtp(&a_leg, 0, seq);
-        b.send_rtp(&b_leg, 0, seq);
-    }
-    assert_eq!(b.count_rtp(Duration::from_millis(500)), 10, "RTP a→b");
-    assert_eq!(a.count_rtp(Duration::from_millis(300)), 10, "RTP b→a");
-    let core = a_leg
-        .target
-        .split('@')
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let port = a_leg.remote_rtp.unwrap().port();
-    let callee = std::thread::spawn(move || {
-        b.answer_next("BYE", Duration::from_secs(5), &[]);
-        b
-    });
-    assert_eq!(a.request(&mut a_leg, "BYE", "").status(), Some(200));
-    (a, callee.join().unwrap(), core, port)
+    let call = UpCall::start(a, b, dialled);
+    let (core, port) = (call.core(), call.a_leg.remote_rtp.unwrap().port());
+    let (a, b) = call.hang_up();
+    (a, b, core, port)
 }
 
 #[test]

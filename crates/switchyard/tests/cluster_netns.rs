@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::RoleProcess;
 use common::baresip::{Baresip, goertzel, read_wav};
 use common::phone::Phone;
-use switchyard_store::{NewExtension, NewTenant, Store};
+use switchyard_store::Store;
 
 const SECRET: &str = "netns cluster secret";
 const NONCES: &str = "netns cluster nonce secret";
@@ -274,39 +274,8 @@ impl Lab {
     }
 
     fn tenant(&self, domain: &str) -> String {
-        self.rt.block_on(async {
-            let t = self
-                .store
-                .create_tenant(&NewTenant {
-                    name: domain.into(),
-                    domain: domain.into(),
-                    ..NewTenant::default()
-                })
-                .await
-                .unwrap();
-            let range = self
-                .store
-                .add_extension_range(&t.id, 2000, 2099)
-                .await
-                .unwrap();
-            for n in [2001, 2002] {
-                self.store
-                    .create_extension(
-                        &t.id,
-                        &NewExtension {
-                            range_id: range.id.clone(),
-                            number: Some(n),
-                            display_name: format!("x{n}"),
-                            username: None,
-                            password: password(n, domain),
-                            voicemail: false,
-                        },
-                    )
-                    .await
-                    .unwrap();
-            }
-            t.id
-        })
+        self.rt
+            .block_on(common::provision_tenant(&self.store, domain, &[2001, 2002]))
     }
 
     fn edge(&self, i: usize) -> SocketAddr {
@@ -315,7 +284,7 @@ impl Lab {
 }
 
 fn password(n: i64, domain: &str) -> String {
-    format!("pw-{n}-{domain}")
+    common::extension_password(n, domain)
 }
 
 #[test]

@@ -125,27 +125,7 @@ impl Server {
 
     /// The series `/metrics` serves, by name with labels.
     pub fn metrics(&self) -> HashMap<String, f64> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let reply = rt
-            .block_on(async {
-                switchyard::http_client::Conn::new(self.addr("API"))
-                    .request("GET", "/metrics", "", None, None)
-                    .await
-            })
-            .unwrap();
-        assert_eq!(reply.status, 200);
-        reply
-            .body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+        fetch_metrics(self.addr("API"))
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -262,27 +242,7 @@ impl RoleProcess {
 
     /// The series its `/metrics` serves (`listening metrics`), by name with labels.
     pub fn metrics(&self) -> HashMap<String, f64> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let reply = rt
-            .block_on(async {
-                switchyard::http_client::Conn::new(self.addr("metrics"))
-                    .request("GET", "/metrics", "", None, None)
-                    .await
-            })
-            .unwrap();
-        assert_eq!(reply.status, 200);
-        reply
-            .body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+        fetch_metrics(self.addr("metrics"))
     }
 
     /// SIGKILL: the process dies with whatever it held.
@@ -297,4 +257,68 @@ impl Drop for RoleProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The series `/metrics` at `addr` serves, by name with labels.
+pub fn fetch_metrics(addr: SocketAddr) -> HashMap<String, f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = rt
+        .block_on(async {
+            switchyard::http_client::Conn::new(addr)
+                .request("GET", "/metrics", "", None, None)
+                .await
+        })
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    reply
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A tenant with the extensions `numbers`, each with password `pw-NUMBER-DOMAIN`; its id.
+pub async fn provision_tenant(
+    store: &switchyard_store::Store,
+    domain: &str,
+    numbers: &[i64],
+) -> String {
+    let t = store
+        .create_tenant(&switchyard_store::NewTenant {
+            name: domain.into(),
+            domain: domain.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let range = store.add_extension_range(&t.id, 2000, 2099).await.unwrap();
+    for n in numbers {
+        store
+            .create_extension(
+                &t.id,
+                &switchyard_store::NewExtension {
+                    range_id: range.id.clone(),
+                    number: Some(*n),
+                    display_name: format!("x{n}"),
+                    username: None,
+                    password: extension_password(*n, domain),
+                    voicemail: false,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    t.id
+}
+
+/// The password [`provision_tenant`] gives extension `n` of `domain`.
+pub fn extension_password(n: i64, domain: &str) -> String {
+    format!("pw-{n}-{domain}")
 }
