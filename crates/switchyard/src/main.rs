@@ -505,14 +505,9 @@ struct ApiKeyCreate {
 
 type Addrs = Vec<std::net::SocketAddr>;
 
+/// The SIP listeners of `serve` and `edge`.
 #[derive(Debug, Args)]
-struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "SWITCHYARD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Data directory (SQLite file, demo credentials, certificates).
-    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+struct ListenerArgs {
     /// UDP listen addresses, comma-separated, or `off`.
     #[arg(long, env = "SWITCHYARD_SIP_UDP", value_parser = parse_listen_list)]
     udp: Option<Addrs>,
@@ -528,6 +523,35 @@ struct ServeArgs {
     /// Secure WebSocket listen addresses, or `off`.
     #[arg(long, env = "SWITCHYARD_SIP_WSS", value_parser = parse_listen_list)]
     wss: Option<Addrs>,
+}
+
+impl ListenerArgs {
+    /// Replaces the configured listeners a flag names.
+    fn apply(self, sip: &mut switchyard::config::SipConfig) {
+        for (flag, slot) in [
+            (self.udp, &mut sip.udp),
+            (self.tcp, &mut sip.tcp),
+            (self.tls, &mut sip.tls),
+            (self.ws, &mut sip.ws),
+            (self.wss, &mut sip.wss),
+        ] {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite file, demo credentials, certificates).
+    #[arg(long, env = "SWITCHYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    listeners: ListenerArgs,
     /// PEM certificate chain for TLS/WSS.
     #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -703,21 +727,8 @@ struct EdgeArgs {
     /// The edge's SIP socket towards the cores (`edge.internal`).
     #[arg(long, env = "SWITCHYARD_EDGE_INTERNAL")]
     internal: Option<std::net::SocketAddr>,
-    /// UDP listen addresses, comma-separated, or `off`.
-    #[arg(long, env = "SWITCHYARD_SIP_UDP", value_parser = parse_listen_list)]
-    udp: Option<Addrs>,
-    /// TCP listen addresses, or `off`.
-    #[arg(long, env = "SWITCHYARD_SIP_TCP", value_parser = parse_listen_list)]
-    tcp: Option<Addrs>,
-    /// TLS listen addresses, or `off`.
-    #[arg(long, env = "SWITCHYARD_SIP_TLS", value_parser = parse_listen_list)]
-    tls: Option<Addrs>,
-    /// WebSocket listen addresses, or `off`.
-    #[arg(long, env = "SWITCHYARD_SIP_WS", value_parser = parse_listen_list)]
-    ws: Option<Addrs>,
-    /// Secure WebSocket listen addresses, or `off`.
-    #[arg(long, env = "SWITCHYARD_SIP_WSS", value_parser = parse_listen_list)]
-    wss: Option<Addrs>,
+    #[command(flatten)]
+    listeners: ListenerArgs,
     /// Address phones reach the listeners at (`edge.advertise`).
     #[arg(long, env = "SWITCHYARD_EDGE_ADVERTISE")]
     advertise: Option<std::net::IpAddr>,
@@ -728,18 +739,8 @@ struct EdgeArgs {
 
 fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     let (mut config, metrics) = args.cluster.load()?;
+    args.listeners.apply(&mut config.sip);
     let sip = &mut config.sip;
-    for (flag, slot) in [
-        (args.udp, &mut sip.udp),
-        (args.tcp, &mut sip.tcp),
-        (args.tls, &mut sip.tls),
-        (args.ws, &mut sip.ws),
-        (args.wss, &mut sip.wss),
-    ] {
-        if let Some(v) = flag {
-            *slot = v;
-        }
-    }
     if let Some(s) = args.nonce_secret {
         sip.nonce_secret = Some(s);
     }
@@ -1347,18 +1348,8 @@ fn create_api_key(args: ApiKeyCreate) -> anyhow::Result<()> {
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
+    args.listeners.apply(&mut config.sip);
     let sip = &mut config.sip;
-    for (flag, slot) in [
-        (args.udp, &mut sip.udp),
-        (args.tcp, &mut sip.tcp),
-        (args.tls, &mut sip.tls),
-        (args.ws, &mut sip.ws),
-        (args.wss, &mut sip.wss),
-    ] {
-        if let Some(v) = flag {
-            *slot = v;
-        }
-    }
     if args.tls_cert.is_some() {
         sip.tls_cert = args.tls_cert;
         sip.tls_key = args.tls_key;
