@@ -522,6 +522,7 @@ impl MediaControl for MediaCluster {
                             .iter()
                             .filter_map(|m| m.load.map(|l| l.free_port_pairs))
                             .sum(),
+                        saturated: members.iter().all(|m| m.load.is_some_and(|l| l.saturated)),
                     }))
                 }
             }

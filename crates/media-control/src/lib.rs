@@ -129,11 +129,18 @@ pub struct Load {
     pub sessions: u64,
     pub max_sessions: u64,
     pub free_port_pairs: u64,
+    /// Its calls wait for CPU (the cgroup's pressure is over the node's threshold): no
+    /// room, whatever its sessions say. Absent from older nodes: false.
+    #[serde(default)]
+    pub saturated: bool,
 }
 
 impl Load {
     /// Sessions the node can still take.
     pub fn room(&self) -> u64 {
+        if self.saturated {
+            return 0;
+        }
         self.max_sessions
             .saturating_sub(self.sessions)
             .min(self.free_port_pairs / 2)

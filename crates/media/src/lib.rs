@@ -148,6 +148,8 @@ struct FreePairs {
 #[derive(Debug)]
 struct Inner {
     config: MediaConfig,
+    /// Its calls wait for CPU: it says so to pings (no room).
+    saturated: std::sync::atomic::AtomicBool,
     free_pairs: Mutex<FreePairs>,
     sessions: Mutex<HashMap<String, Session>>,
 }
@@ -171,6 +173,7 @@ impl MediaNode {
             .collect();
         MediaNode {
             inner: Arc::new(Inner {
+                saturated: Default::default(),
                 config,
                 free_pairs: Mutex::new(FreePairs { queue, bound: 0 }),
                 sessions: Mutex::new(HashMap::new()),
@@ -227,7 +230,22 @@ impl MediaNode {
             sessions: self.session_count() as u64,
             max_sessions: self.capacity() as u64,
             free_port_pairs: self.free_pairs() as u64,
+            saturated: self.saturated(),
         }
+    }
+
+    /// Says whether the node's calls wait for CPU (its cgroup's pressure); a saturated
+    /// node has no room for new sessions.
+    pub fn set_saturated(&self, saturated: bool) {
+        self.inner
+            .saturated
+            .store(saturated, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn saturated(&self) -> bool {
+        self.inner
+            .saturated
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Port pairs in the range.

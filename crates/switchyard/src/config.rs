@@ -141,6 +141,15 @@ pub struct MediaSection {
     pub deny_destinations: Vec<String>,
     /// Networks allowed even so (loopback is allowed when `bind` is loopback).
     pub allow_destinations: Vec<String>,
+    /// `switchyard media`: confine the node to a cgroup of this name (under its own) with
+    /// `cpu_percent` of one CPU and `memory_mb` (0: no limit), and report its CPU
+    /// pressure.
+    pub cgroup: Option<String>,
+    pub cpu_percent: u32,
+    pub memory_mb: u64,
+    /// CPU pressure (PSI `some avg10`, percent) at which the node says it is saturated:
+    /// cores place no new calls on it until it falls back under.
+    pub saturated_pressure: f64,
 }
 
 impl MediaSection {
@@ -174,6 +183,10 @@ impl Default for MediaSection {
             metrics: None,
             deny_destinations: Vec::new(),
             allow_destinations: Vec::new(),
+            cgroup: None,
+            cpu_percent: 0,
+            memory_mb: 0,
+            saturated_pressure: 40.0,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! tests can drive the same code.
 
 pub mod bench;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -622,6 +622,20 @@ struct MediaArgs {
     /// The cluster's shared secret (`cluster.secret`).
     #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Confine the node to a cgroup of this name with `--cpu-percent` and `--memory-mb`
+    /// (`media.cgroup`), and report its CPU pressure.
+    #[arg(long, env = "SWITCHYARD_MEDIA_CGROUP")]
+    cgroup: Option<String>,
+    /// Percent of one CPU the cgroup may use (`media.cpu_percent`; 0: no limit).
+    #[arg(long, env = "SWITCHYARD_MEDIA_CPU_PERCENT")]
+    cpu_percent: Option<u32>,
+    /// The cgroup's memory limit, MB (`media.memory_mb`; 0: no limit).
+    #[arg(long, env = "SWITCHYARD_MEDIA_MEMORY_MB")]
+    memory_mb: Option<u64>,
+    /// CPU pressure (percent, over 10 s) at which the node says it is saturated
+    /// (`media.saturated_pressure`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_SATURATED_PRESSURE")]
+    saturated_pressure: Option<f64>,
     /// Redis URL: the node then writes its membership record there for cores to find.
     #[arg(long, env = "SWITCHYARD_REDIS_URL")]
     redis_url: Option<String>,
@@ -792,6 +806,18 @@ fn run_media(args: MediaArgs) -> anyhow::Result<()> {
     }
     if let Some(p) = args.state_prefix {
         config.state.prefix = p;
+    }
+    if let Some(c) = args.cgroup {
+        config.media.cgroup = Some(c);
+    }
+    if let Some(c) = args.cpu_percent {
+        config.media.cpu_percent = c;
+    }
+    if let Some(m) = args.memory_mb {
+        config.media.memory_mb = m;
+    }
+    if let Some(p) = args.saturated_pressure {
+        config.media.saturated_pressure = p;
     }
     run_until_signal(|stop| switchyard::roles::run_media(config, stop))
 }

@@ -173,7 +173,55 @@ pub async fn run_media(config: Config, mut shutdown: watch::Receiver<bool>) -> a
     let secret = config.cluster_secret().context(
         "switchyard media needs cluster.secret (SWITCHYARD_CLUSTER_SECRET): it obeys only signed requests",
     )?;
+    // Into its cgroup first, so that every thread it starts is confined.
+    let confinement = match &config.media.cgroup {
+        Some(name) => {
+            let c = crate::cgroup::Confinement::enter(
+                name,
+                config.media.cpu_percent,
+                config.media.memory_mb,
+            )
+            .with_context(|| format!("cannot confine the media node to cgroup {name}"))?;
+            info!(
+                cgroup = name,
+                cpu_percent = c.cpu_percent,
+                memory_mb = c.memory_mb,
+                "media node confined"
+            );
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
     let node = media_node(&config, Some(config.media.pool.clone()));
+    let pressure = Arc::new(std::sync::Mutex::new(None));
+    let mut pressure_task = None;
+    if let Some(c) = &confinement {
+        // The pressure read every second: in /metrics, and over the threshold the node
+        // says it is saturated (cores place no new call on it).
+        let (c, node, pressure, threshold, mut stop) = (
+            c.clone(),
+            node.clone(),
+            pressure.clone(),
+            config.media.saturated_pressure,
+            shutdown.clone(),
+        );
+        pressure_task = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                let now = c.cpu_pressure();
+                let saturated = now.is_some_and(|p| p.some_avg10 >= threshold);
+                if saturated != node.saturated() {
+                    warn!(pressure = ?now, saturated, "media node CPU pressure crossed its threshold");
+                }
+                node.set_saturated(saturated);
+                *pressure.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            }
+        }));
+    }
     let socket = tokio::net::UdpSocket::bind(config.media.control)
         .await
         .with_context(|| format!("cannot bind media control on {}", config.media.control))?;
@@ -189,8 +237,16 @@ pub async fn run_media(config: Config, mut shutdown: watch::Receiver<bool>) -> a
     ));
     println!("listening media-control {control_addr}");
     if let Some(addr) = config.media.metrics {
-        let (node, pool, counters) = (node.clone(), config.media.pool.clone(), counters.clone());
-        let render = move || media_metrics(&node, &pool, &counters);
+        let (node, pool, counters, pressure) = (
+            node.clone(),
+            config.media.pool.clone(),
+            counters.clone(),
+            pressure.clone(),
+        );
+        let render = move || {
+            let now = *pressure.lock().unwrap_or_else(|e| e.into_inner());
+            media_metrics(&node, &pool, &counters, now)
+        };
         let bound = serve_metrics(addr, render, stop.clone()).await?;
         println!("listening metrics http://{bound}");
     }
@@ -233,6 +289,12 @@ pub async fn run_media(config: Config, mut shutdown: watch::Receiver<bool>) -> a
     if let Some(h) = heartbeat {
         let _ = h.await;
     }
+    if let Some(t) = pressure_task {
+        let _ = t.await;
+    }
+    if let Some(c) = confinement.and_then(|c| Arc::try_unwrap(c).ok()) {
+        c.leave();
+    }
     Ok(())
 }
 
@@ -274,7 +336,12 @@ async fn serve_metrics(
 
 /// `/metrics` of a media node: sessions against capacity, per tenant, and what its
 /// media-control server refused.
-fn media_metrics(node: &MediaNode, pool: &str, counters: &ControlCounters) -> String {
+fn media_metrics(
+    node: &MediaNode,
+    pool: &str,
+    counters: &ControlCounters,
+    pressure: Option<crate::cgroup::Pressure>,
+) -> String {
     use std::fmt::Write;
     let load = node.load();
     let mut out = String::new();
@@ -321,6 +388,20 @@ fn media_metrics(node: &MediaNode, pool: &str, counters: &ControlCounters) -> St
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{pool_label}}} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_media_saturated 1 while the node's CPU pressure is over its threshold (no new sessions).\n# TYPE switchyard_media_saturated gauge\nswitchyard_media_saturated{{{pool_label}}} {}",
+        u8::from(node.saturated())
+    );
+    if let Some(p) = pressure {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_media_cpu_pressure_percent Share of time the node's calls waited for CPU (PSI some), over 10 and 60 s.\n# TYPE switchyard_media_cpu_pressure_percent gauge\nswitchyard_media_cpu_pressure_percent{{{pool_label},window=\"10s\"}} {}\nswitchyard_media_cpu_pressure_percent{{{pool_label},window=\"60s\"}} {}\n# HELP switchyard_media_cpu_pressure_seconds_total Time the node's calls waited for CPU.\n# TYPE switchyard_media_cpu_pressure_seconds_total counter\nswitchyard_media_cpu_pressure_seconds_total{{{pool_label}}} {}",
+            p.some_avg10,
+            p.some_avg60,
+            p.some_total_us as f64 / 1e6
         );
     }
     let _ = writeln!(

@@ -36,11 +36,14 @@ fn redis_url() -> String {
 impl Cluster {
     /// Two media nodes of the shared pool (ports `media_ports[i]`), two cores, two edges.
     fn start(media_ports: [&str; 2]) -> Cluster {
-        Cluster::with_media(&[(media_ports[0], "shared"), (media_ports[1], "shared")])
+        Cluster::with_media(&[
+            (media_ports[0], "shared", &[]),
+            (media_ports[1], "shared", &[]),
+        ])
     }
 
     /// Media nodes (ports, pool), two cores driving them all, two edges.
-    fn with_media(media_nodes: &[(&str, &str)]) -> Cluster {
+    fn with_media(media_nodes: &[(&str, &str, &[&str])]) -> Cluster {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -72,18 +75,17 @@ impl Cluster {
         };
         let media: Vec<RoleProcess> = media_nodes
             .iter()
-            .map(|(ports, pool)| {
-                with(
-                    "media",
-                    &[
-                        "--control",
-                        "127.0.0.1:0",
-                        "--media-ports",
-                        ports,
-                        "--pool",
-                        pool,
-                    ],
-                )
+            .map(|(ports, pool, extra)| {
+                let mut args = vec![
+                    "--control",
+                    "127.0.0.1:0",
+                    "--media-ports",
+                    ports,
+                    "--pool",
+                    pool,
+                ];
+                args.extend_from_slice(extra);
+                with("media", &args)
             })
             .collect();
         // No lists: cores find the media nodes, edges the cores, in the membership.
@@ -169,6 +171,34 @@ impl Cluster {
 
     fn edge(&self, i: usize) -> SocketAddr {
         self.edges[i].addr("UDP")
+    }
+
+    /// Places tenant `id` on a pool dedicated to it.
+    fn place(&self, id: &str, pool: &str) {
+        self.rt.block_on(async {
+            self.store
+                .create_media_pool(&switchyard_store::MediaPool {
+                    name: pool.into(),
+                    dedicated_tenant_id: Some(id.to_owned()),
+                    max_sessions: 100,
+                    cpu_percent: 100,
+                    memory_mb: 512,
+                    created_at: 0,
+                })
+                .await
+                .unwrap();
+            self.store
+                .update_tenant(
+                    id,
+                    &switchyard_store::TenantChanges {
+                        placement: Some(pool.into()),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .await
+                .unwrap();
+        });
     }
 
     /// The nodes `/v1/cluster/nodes` lists.
@@ -521,40 +551,15 @@ fn a_drained_core_finishes_its_calls_takes_no_new_ones_and_says_drained() {
 #[test]
 fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes() {
     let cluster = Cluster::with_media(&[
-        ("48000-48099", "shared"),
-        ("48200-48299", "shared"),
-        ("48400-48499", "gold"),
+        ("48000-48099", "shared", &[]),
+        ("48200-48299", "shared", &[]),
+        ("48400-48499", "gold", &[]),
     ]);
     let gold = "gold.cluster.example";
     let plain = "plain.cluster.example";
     let gold_id = cluster.tenant(gold);
     cluster.tenant(plain);
-    cluster.rt.block_on(async {
-        cluster
-            .store
-            .create_media_pool(&switchyard_store::MediaPool {
-                name: "gold".into(),
-                dedicated_tenant_id: Some(gold_id.clone()),
-                max_sessions: 100,
-                cpu_percent: 100,
-                memory_mb: 512,
-                created_at: 0,
-            })
-            .await
-            .unwrap();
-        cluster
-            .store
-            .update_tenant(
-                &gold_id,
-                &switchyard_store::TenantChanges {
-                    placement: Some("gold".into()),
-                    ..Default::default()
-                },
-                None,
-            )
-            .await
-            .unwrap();
-    });
+    cluster.place(&gold_id, "gold");
     let in_gold = |port: u16| (48400..48500).contains(&port);
     for (domain, on_gold) in [(gold, true), (plain, false)] {
         let (mut a, mut b) = (
@@ -701,4 +706,128 @@ fn calls_of_a_core_killed_with_sigkill_are_taken_over_by_the_other_core() {
             }
         }
     });
+}
+
+/// A media node confined to a cgroup with little CPU (`--cgroup`, `--cpu-percent 3`),
+/// the only node of a tenant's dedicated pool, is flooded: it reports its CPU pressure,
+/// says it is saturated, and the tenant's next call is refused (`503`) rather than put
+/// on it; meanwhile another tenant's call on the shared pool's node loses no packet.
+#[test]
+fn a_saturated_media_node_reports_its_pressure_and_takes_no_call_while_other_pools_stay_clean() {
+    let cgroup = format!("sytest-{}", std::process::id());
+    // Declared before the cluster, so dropped after its processes are gone: whatever
+    // happens, no cgroup of this test is left behind.
+    let _cleanup = CgroupCleanup(cgroup.clone());
+    let mut cluster = Cluster::with_media(&[
+        (
+            "49000-49199",
+            "small",
+            &[
+                "--cgroup",
+                &cgroup,
+                "--cpu-percent",
+                "3",
+                "--saturated-pressure",
+                "10",
+            ],
+        ),
+        ("49400-49599", "shared", &[]),
+    ]);
+    let (small, plain) = ("small.cluster.example", "plain2.cluster.example");
+    let small_id = cluster.tenant(small);
+    cluster.tenant(plain);
+    cluster.place(&small_id, "small");
+    let flooded = UpCall::start(
+        phone(&cluster, small, 2001, 0),
+        phone(&cluster, small, 2002, 1),
+        "2002",
+    );
+    assert!((49000..49200).contains(&flooded.a_leg.remote_rtp.unwrap().port()));
+    let clean = UpCall::start(
+        phone(&cluster, plain, 2001, 0),
+        phone(&cluster, plain, 2002, 1),
+        "2002",
+    );
+    assert!((49400..49600).contains(&clean.a_leg.remote_rtp.unwrap().port()));
+    // The flood: as fast as one thread sends, into the confined node.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, dest) = (stop.clone(), flooded.a_leg.remote_rtp.unwrap());
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut packet = vec![0x80u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            packet.extend([0xd5u8; 160]);
+            let mut seq = 0u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq = seq.wrapping_add(1);
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                let _ = socket.send_to(&packet, dest);
+            }
+        })
+    };
+    // The clean call speaks throughout, 20 ms apart, while the confined node saturates.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u16;
+    let saturated = loop {
+        for _ in 0..10 {
+            clean.a.send_rtp(&clean.a_leg, 0, sent);
+            clean.b.send_rtp(&clean.b_leg, 0, sent);
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let m = cluster.media[0].metrics();
+        if m.get("switchyard_media_saturated{pool=\"small\"}") == Some(&1.0) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never saturated: {m:?}");
+    };
+    assert!(
+        saturated["switchyard_media_cpu_pressure_percent{pool=\"small\",window=\"10s\"}"] >= 10.0,
+        "{saturated:?}"
+    );
+    // The cores hear it at their next ping: the small pool has no room.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut caller = phone(&cluster, small, 2003, 0);
+    let (r, _) = caller.call("2004", &[0]);
+    assert_eq!(r.status(), Some(503), "{r:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    // Every packet of the clean call arrived, both ways: no gap.
+    let (heard_b, heard_a) = (
+        clean
+            .b
+            .count_rtp_up_to(usize::from(sent), Duration::from_secs(1)),
+        clean
+            .a
+            .count_rtp_up_to(usize::from(sent), Duration::from_secs(1)),
+    );
+    assert_eq!((heard_b, heard_a), (usize::from(sent), usize::from(sent)));
+    clean.hang_up();
+    // A clean stop takes the node out of its cgroups and removes them.
+    assert!(
+        cluster.media[0]
+            .terminate(Duration::from_secs(10))
+            .is_some()
+    );
+    for tree in ["cpu", "unified"] {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(tree)
+            .join(&cgroup);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// Removes a test's cgroups (empty once its processes died).
+struct CgroupCleanup(String);
+
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        for tree in ["cpu", "unified"] {
+            let _ = std::fs::remove_dir(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(tree)
+                    .join(&self.0),
+            );
+        }
+    }
 }

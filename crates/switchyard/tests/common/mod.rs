@@ -245,6 +245,21 @@ impl RoleProcess {
         fetch_metrics(self.addr("metrics"))
     }
 
+    /// SIGTERM, and its exit status once it stopped (None: still running after `within`).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL: the process dies with whatever it held.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
