@@ -744,6 +744,43 @@ fn a_call_answered_on_one_engine_is_carried_on_by_another_from_its_record() {
 }
 
 #[test]
+fn a_taken_over_call_keeps_its_session_timer_refreshes_are_answered_and_lapses_end_it() {
+    let mut first = World::with(None, true);
+    first.answered_call("c1", "Session-Expires: 90\r\nSupported: timer\r\n", true);
+    let record = first.persisted.last().cloned().unwrap();
+    assert_eq!(record.session_timer, Some((90, true, true)));
+    let mut second = World::with(None, true);
+    let update = first
+        .caller_text("c1", "UPDATE", "Session-Expires: 90;refresher=uac\r\n")
+        .unwrap();
+    let tx = second.request(update);
+    let (_, msg) = second.recovers.pop().unwrap();
+    second.engine.handle_lookup(
+        super::Lookup::Recovered {
+            tx,
+            msg,
+            record: Some(Box::new((record, config()))),
+        },
+        second.now,
+    );
+    second.settle();
+    // The refresh is answered by the new owner, and its timer runs from there.
+    assert_eq!(second.answers, vec![(tx, 200)]);
+    second.advance(Duration::from_secs(59));
+    assert!(
+        second.sent_methods(Method::Bye).is_empty(),
+        "refreshed 59 s ago"
+    );
+    second.advance(Duration::from_secs(1));
+    assert_eq!(
+        second.sent_methods(Method::Bye).len(),
+        2,
+        "both legs hung up"
+    );
+    assert_eq!(second.cdrs[0].hangup_side.as_deref(), Some("session-timer"));
+}
+
+#[test]
 fn a_draining_core_refuses_new_calls_while_its_calls_go_on_to_their_end() {
     use std::sync::atomic::Ordering;
     let mut w = World::new(None);
