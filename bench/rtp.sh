@@ -1,8 +1,9 @@
 #!/bin/bash
 # RTP through a media node: `switchyard media` alone on CPU 0, `switchyard bench rtp` on
-# CPU 1 placing CALLS G.711 calls (20 ms packets both ways), then the same phones
-# sending to each other without the relay (the baseline), in one run. Prints both
-# reports, the media node's CPU time over the relayed run, and relayed packets per
+# CPU 1 placing CALLS G.711 calls (20 ms packets both ways); then rtpengine (Debian's
+# rtpengine-daemon, userspace forwarding, no kernel table) alone on CPU 0 with the same
+# calls; then the same phones sending to each other without a relay (the baseline), in
+# one run. Prints the reports, each relay's CPU over its run and relayed packets per
 # second per core of CPU it used.
 #
 # Usage: bench/rtp.sh [BIN]   (CALLS=1000 DURATION=10 RUNS=1)
@@ -26,20 +27,39 @@ for run in $(seq ${RUNS:-1}); do
   taskset -c 1 "$BIN" bench rtp --media "$CONTROL" --cluster-secret "$SECRET" \
     --calls $CALLS --seconds $DURATION --json > "$OUT/relayed.json"
   T1=$(ticks); W1=$(date +%s.%N)
+  if command -v rtpengine > /dev/null; then
+    taskset -c 0 rtpengine --foreground --log-stderr --log-level=3 --interface=127.0.0.1 \
+      --listen-ng=127.0.0.1:22299 --port-min=40000 --port-max=49999 --table=-1 2> "$OUT/rtpengine.log" &
+    RTPE=$!; sleep 1
+    ticks_of() { awk '{print $14 + $15}' /proc/$1/stat; }
+    R0=$(ticks_of $RTPE); V0=$(date +%s.%N)
+    taskset -c 1 "$BIN" bench rtp --rtpengine 127.0.0.1:22299 --calls $CALLS --seconds $DURATION \
+      --json > "$OUT/rtpengine.json"
+    R1=$(ticks_of $RTPE); V1=$(date +%s.%N)
+    kill $RTPE; wait $RTPE 2>/dev/null
+  else
+    echo '{}' > "$OUT/rtpengine.json"; R0=0; R1=0; V0=0; V1=1
+  fi
   taskset -c 1 "$BIN" bench rtp --direct --calls $CALLS --seconds $DURATION --json > "$OUT/direct.json"
-  python3 - "$OUT" "$T0" "$T1" "$W0" "$W1" "$HZ" <<'PY'
+  python3 - "$OUT" "$T0" "$T1" "$W0" "$W1" "$HZ" "$R0" "$R1" "$V0" "$V1" <<'PY'
 import json, sys
-out, t0, t1, w0, w1, hz = sys.argv[1], *map(float, sys.argv[2:])
+out, t0, t1, w0, w1, hz, r0, r1, v0, v1 = sys.argv[1], *map(float, sys.argv[2:])
 relayed = json.load(open(f"{out}/relayed.json"))
+rtpe = json.load(open(f"{out}/rtpengine.json"))
 direct = json.load(open(f"{out}/direct.json"))
-cpu = (t1 - t0) / hz / (w1 - w0)  # media node's CPU share over the relayed run (incl. set-up)
-for r in (relayed, direct):
-    print(f"{r['mode']:8} calls {r['calls']} sent {r['sent']} received {r['received']} lost {r['lost']} "
+for r in (relayed, rtpe, direct):
+    if not r:
+        print("rtpengine: not installed (apt-get install rtpengine-daemon)")
+        continue
+    print(f"{r['mode']:9} calls {r['calls']} sent {r['sent']} received {r['received']} lost {r['lost']} "
           f"{r['packets_per_second']:.0f} pkt/s  p50 {r['delay_p50_us']} µs  p99 {r['delay_p99_us']} µs  "
           f"p99.9 {r['delay_p999_us']} µs  max {r['delay_max_us']} µs")
-print(f"added by the relay: p50 {relayed['delay_p50_us'] - direct['delay_p50_us']} µs, "
-      f"p99 {relayed['delay_p99_us'] - direct['delay_p99_us']} µs")
-print(f"media node CPU: {cpu * 100:.1f} % of one core; "
-      f"{relayed['packets_per_second'] / max(cpu, 1e-9):.0f} relayed pkt/s per core")
+for name, r, cpu in (("switchyard", relayed, (t1 - t0) / hz / (w1 - w0)),
+                     ("rtpengine", rtpe, (r1 - r0) / hz / (v1 - v0))):
+    if not r:
+        continue
+    print(f"{name}: added p50 {r['delay_p50_us'] - direct['delay_p50_us']} µs, "
+          f"p99 {r['delay_p99_us'] - direct['delay_p99_us']} µs; CPU {cpu * 100:.1f} % of one core, "
+          f"{r['packets_per_second'] / max(cpu, 1e-9):.0f} relayed pkt/s per core")
 PY
 done

@@ -351,6 +351,9 @@ struct RtpArgs {
     /// No relay: the phones send to each other (the baseline).
     #[arg(long)]
     direct: bool,
+    /// Relay through an rtpengine instead, at its ng control address (the comparison).
+    #[arg(long, conflicts_with = "direct")]
+    rtpengine: Option<std::net::SocketAddr>,
     #[arg(long)]
     json: bool,
 }
@@ -1265,7 +1268,11 @@ fn bench_rtp(args: RtpArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let report = switchyard::bench::rtp::run(&switchyard::bench::rtp::RtpOptions {
-            media: (!args.direct).then_some(args.media),
+            relay: match (args.direct, args.rtpengine) {
+                (true, _) => switchyard::bench::rtp::Relay::Direct,
+                (false, Some(ng)) => switchyard::bench::rtp::Relay::Rtpengine(ng),
+                (false, None) => switchyard::bench::rtp::Relay::Switchyard(args.media),
+            },
             secret: args.cluster_secret,
             calls: args.calls,
             duration: std::time::Duration::from_secs(args.seconds),

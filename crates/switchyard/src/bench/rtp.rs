@@ -16,10 +16,20 @@ use switchyard_core::media_client::{RemoteMedia, Retry};
 use switchyard_media_control::wire::ControlKey;
 use switchyard_media_control::{Leg, MediaControl, Reply, Request};
 
+/// What relays the calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Relay {
+    /// A Switchyard media node, driven over media control.
+    Switchyard(SocketAddr),
+    /// An rtpengine, driven over its ng protocol (the baseline).
+    Rtpengine(SocketAddr),
+    /// No relay: the phones send to each other.
+    Direct,
+}
+
 #[derive(Debug, Clone)]
 pub struct RtpOptions {
-    /// The media node's control address; None: phones send to each other (baseline).
-    pub media: Option<SocketAddr>,
+    pub relay: Relay,
     pub secret: String,
     /// Calls up at once (two legs each, 50 packets a second per leg).
     pub calls: usize,
@@ -130,9 +140,117 @@ async fn anchored(
     Ok((at(&to_a)?, at(&to_b)?))
 }
 
+/// rtpengine's ng protocol: a cookie, then a bencoded dictionary.
+struct Ng {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    next: u64,
+}
+
+fn bencode_dict(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("d");
+    for (k, v) in pairs {
+        out.push_str(&format!("{}:{k}{}:{v}", k.len(), v.len()));
+    }
+    out.push('e');
+    out
+}
+
+/// The string value of `key` in a bencoded dictionary of strings and integers (the
+/// nested values an answer may hold are skipped over).
+fn bencode_get(text: &[u8], key: &str) -> Option<String> {
+    fn string(t: &[u8], i: &mut usize) -> Option<Vec<u8>> {
+        let colon = t[*i..].iter().position(|&b| b == b':')? + *i;
+        let len: usize = std::str::from_utf8(&t[*i..colon]).ok()?.parse().ok()?;
+        let s = t.get(colon + 1..colon + 1 + len)?.to_vec();
+        *i = colon + 1 + len;
+        Some(s)
+    }
+    fn skip(t: &[u8], i: &mut usize) -> Option<()> {
+        match *t.get(*i)? {
+            b'i' => *i += t[*i..].iter().position(|&b| b == b'e')? + 1,
+            b'l' | b'd' => {
+                *i += 1;
+                while *t.get(*i)? != b'e' {
+                    skip(t, i)?;
+                }
+                *i += 1;
+            }
+            _ => {
+                string(t, i)?;
+            }
+        }
+        Some(())
+    }
+    let mut i = 1; // past the `d`
+    while *text.get(i)? != b'e' {
+        let k = string(text, &mut i)?;
+        if k == key.as_bytes() && text.get(i)?.is_ascii_digit() {
+            return String::from_utf8(string(text, &mut i)?).ok();
+        }
+        skip(text, &mut i)?;
+    }
+    None
+}
+
+impl Ng {
+    async fn call(&mut self, pairs: &[(&str, &str)]) -> anyhow::Result<String> {
+        self.next += 1;
+        let cookie = format!("sybench{}", self.next);
+        let msg = format!("{cookie} {}", bencode_dict(pairs));
+        self.socket.send_to(msg.as_bytes(), self.addr).await?;
+        let mut buf = vec![0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(2), self.socket.recv(&mut buf))
+            .await
+            .context("rtpengine did not answer")??;
+        let reply = &buf[..n];
+        let body = &reply[reply.iter().position(|&b| b == b' ').context("no cookie")? + 1..];
+        let result = bencode_get(body, "result").unwrap_or_default();
+        if result != "ok" {
+            anyhow::bail!(
+                "rtpengine: {result} {}",
+                bencode_get(body, "error-reason").unwrap_or_default()
+            );
+        }
+        bencode_get(body, "sdp").context("no sdp in rtpengine's answer")
+    }
+
+    async fn anchored(
+        &mut self,
+        call_id: &str,
+        a: u16,
+        b: u16,
+    ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+        let to_b = self
+            .call(&[
+                ("command", "offer"),
+                ("call-id", call_id),
+                ("from-tag", "a"),
+                ("sdp", &sdp(a)),
+            ])
+            .await?;
+        let to_a = self
+            .call(&[
+                ("command", "answer"),
+                ("call-id", call_id),
+                ("from-tag", "a"),
+                ("to-tag", "b"),
+                ("sdp", &sdp(b)),
+            ])
+            .await?;
+        let at = |s: &str| -> anyhow::Result<SocketAddr> {
+            Ok(SocketAddr::from((
+                [127, 0, 0, 1],
+                sdp_port(s).context("no m=audio port")?,
+            )))
+        };
+        Ok((at(&to_a)?, at(&to_b)?))
+    }
+}
+
 pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
-    let media = match options.media {
-        Some(addr) => Some(
+    let media = match options.relay {
+        Relay::Switchyard(addr) => Some(
             RemoteMedia::connect(
                 addr,
                 SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -141,7 +259,15 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
             )
             .await?,
         ),
-        None => None,
+        _ => None,
+    };
+    let mut ng = match options.relay {
+        Relay::Rtpengine(addr) => Some(Ng {
+            socket: UdpSocket::bind("127.0.0.1:0").await?,
+            addr,
+            next: 0,
+        }),
+        _ => None,
     };
     let mut phones = Vec::with_capacity(options.calls * 2);
     for i in 0..options.calls {
@@ -150,9 +276,10 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         super::grow_buffers(&a);
         super::grow_buffers(&b);
         let (pa, pb) = (a.local_addr()?.port(), b.local_addr()?.port());
-        let (to_from_a, to_from_b) = match &media {
-            Some(m) => anchored(m, &format!("rtp-bench-{i}"), pa, pb).await?,
-            None => (b.local_addr()?, a.local_addr()?),
+        let (to_from_a, to_from_b) = match (&media, &mut ng) {
+            (Some(m), _) => anchored(m, &format!("rtp-bench-{i}"), pa, pb).await?,
+            (_, Some(ng)) => ng.anchored(&format!("rtp-bench-{i}"), pa, pb).await?,
+            _ => (b.local_addr()?, a.local_addr()?),
         };
         phones.push(Phone {
             socket: a,
@@ -229,6 +356,16 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
                 .await;
         }
     }
+    if let Some(ng) = &mut ng {
+        for i in 0..options.calls {
+            let _ = ng
+                .call(&[
+                    ("command", "delete"),
+                    ("call-id", &format!("rtp-bench-{i}")),
+                ])
+                .await;
+        }
+    }
     delays.sort_unstable();
     let pick = |q: f64| -> u64 {
         if delays.is_empty() {
@@ -239,7 +376,12 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
     };
     let received = delays.len() as u64;
     Ok(RtpReport {
-        mode: if media.is_some() { "relayed" } else { "direct" }.into(),
+        mode: match options.relay {
+            Relay::Switchyard(_) => "relayed",
+            Relay::Rtpengine(_) => "rtpengine",
+            Relay::Direct => "direct",
+        }
+        .into(),
         calls: options.calls,
         seconds,
         sent,
@@ -251,4 +393,26 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         delay_p999_us: pick(0.999),
         delay_max_us: delays.last().copied().map(u64::from).unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bencoded_answers_are_read() {
+        let answer = b"d3:sdp12:v=0\r\nm=audio6:result2:ok8:warningsl3:onee5:timei12ee";
+        assert_eq!(bencode_get(answer, "result").as_deref(), Some("ok"));
+        assert_eq!(
+            bencode_get(answer, "sdp").as_deref(),
+            Some("v=0\r\nm=audio")
+        );
+        assert_eq!(
+            bencode_get(answer, "time"),
+            None,
+            "an integer is not a string"
+        );
+        assert_eq!(bencode_get(answer, "nope"), None);
+        assert_eq!(bencode_dict(&[("command", "ping")]), "d7:command4:pinge");
+    }
 }
