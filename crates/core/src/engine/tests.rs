@@ -426,6 +426,21 @@ impl World {
         Some(self.request(text))
     }
 
+    /// The shell's answer to the last lookup of an unknown dialog: `record` (with the
+    /// tenant's configuration) or none.
+    fn recovered(&mut self, record: Option<super::recovery::DialogRecord>) {
+        let (tx, msg) = self.recovers.pop().expect("a lookup of an unknown dialog");
+        self.engine.handle_lookup(
+            super::Lookup::Recovered {
+                tx,
+                msg,
+                record: record.map(|r| Box::new((r, config()))),
+            },
+            self.now,
+        );
+        self.settle();
+    }
+
     /// The text of the caller's next in-dialog request.
     fn caller_text(&mut self, call_id: &str, method: &str, extra: &str) -> Option<String> {
         let caller = self.callers.get_mut(call_id)?;
@@ -704,15 +719,8 @@ fn a_call_answered_on_one_engine_is_carried_on_by_another_from_its_record() {
         second.answers.is_empty(),
         "no 481 while the record is looked up"
     );
-    second.engine.handle_lookup(
-        super::Lookup::Recovered {
-            tx,
-            msg,
-            record: Some(Box::new((record, config()))),
-        },
-        second.now,
-    );
-    second.settle();
+    second.recovers.push((recover_tx, msg));
+    second.recovered(Some(record));
     assert_eq!(
         second.answers,
         vec![(tx, 200)],
@@ -730,16 +738,7 @@ fn a_call_answered_on_one_engine_is_carried_on_by_another_from_its_record() {
     // Without a record, the request of an unknown dialog gets 481 as before.
     let mut third = World::with(None, true);
     let tx = third.request(first.caller_text("c1", "BYE", "").unwrap());
-    let (_, msg) = third.recovers.pop().unwrap();
-    third.engine.handle_lookup(
-        super::Lookup::Recovered {
-            tx,
-            msg,
-            record: None,
-        },
-        third.now,
-    );
-    third.settle();
+    third.recovered(None);
     assert_eq!(third.answers, vec![(tx, 481)]);
 }
 
@@ -754,16 +753,7 @@ fn a_taken_over_call_keeps_its_session_timer_refreshes_are_answered_and_lapses_e
         .caller_text("c1", "UPDATE", "Session-Expires: 90;refresher=uac\r\n")
         .unwrap();
     let tx = second.request(update);
-    let (_, msg) = second.recovers.pop().unwrap();
-    second.engine.handle_lookup(
-        super::Lookup::Recovered {
-            tx,
-            msg,
-            record: Some(Box::new((record, config()))),
-        },
-        second.now,
-    );
-    second.settle();
+    second.recovered(Some(record));
     // The refresh is answered by the new owner, and its timer runs from there.
     assert_eq!(second.answers, vec![(tx, 200)]);
     second.advance(Duration::from_secs(59));
