@@ -751,7 +751,14 @@ async fn relay(
         let from_a = which < 2;
         let is_rtcp = which % 2 == 1;
         let (fi, ti) = if from_a { (0, 1) } else { (1, 0) };
-        if !policy.permits(src.ip()) {
+        let latched_to = if is_rtcp {
+            counters[fi].latched_rtcp
+        } else {
+            counters[fi].latched_rtp
+        };
+        // The latched source passed this check when it was latched: the steady stream
+        // of a call skips it.
+        if latched_to != Some(src) && !policy.permits(src.ip()) {
             // Never latched to, so never sent to: a forbidden source is only counted.
             if note_drop(&mut counters[fi].foreign_dropped) {
                 publish(&shared, &counters);

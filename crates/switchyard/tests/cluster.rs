@@ -128,27 +128,7 @@ impl Cluster {
             .block_on(switchyard_api::issue_key(&store, "operator", false))
             .unwrap();
         // Within a few heartbeats every edge pings both cores and every core both nodes.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let edges_ready = edges
-                .iter()
-                .all(|e| e.metrics().get("switchyard_core_nodes_healthy") == Some(&2.0));
-            let cores_ready = cores.iter().all(|c| {
-                c.metrics()
-                    .iter()
-                    .filter(|(k, v)| k.starts_with("switchyard_media_node_capacity") && **v > 0.0)
-                    .count()
-                    == media.len()
-            });
-            if edges_ready && cores_ready {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the cluster did not assemble: edges {edges_ready}, cores {cores_ready}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_assembled(&edges, &cores, &media, Duration::from_secs(10));
         Cluster {
             rt,
             store,

@@ -233,44 +233,8 @@ impl Lab {
             cores,
             edges,
         };
-        lab.wait_assembled();
+        common::wait_assembled(&lab.edges, &lab.cores, &lab.media, Duration::from_secs(15));
         lab
-    }
-
-    fn wait_assembled(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let edges = self
-                .edges
-                .iter()
-                .all(|e| e.metrics().get("switchyard_core_nodes_healthy") == Some(&2.0));
-            let cores = self.cores.iter().all(|c| {
-                c.metrics()
-                    .iter()
-                    .filter(|(k, v)| k.starts_with("switchyard_media_node_capacity") && **v > 0.0)
-                    .count()
-                    == 2
-            });
-            if edges && cores {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the lab cluster did not assemble (edges {edges}, cores {cores}); logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.edges
-            .iter()
-            .chain(&self.cores)
-            .chain(&self.media)
-            .map(|p| p.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
     }
 
     fn tenant(&self, domain: &str) -> String {

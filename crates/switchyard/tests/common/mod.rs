@@ -337,3 +337,42 @@ pub async fn provision_tenant(
 pub fn extension_password(n: i64, domain: &str) -> String {
     format!("pw-{n}-{domain}")
 }
+
+/// Waits (up to `within`) until every edge pings every core and every core knows every
+/// media node with its capacity; panics with the processes' logs otherwise.
+pub fn wait_assembled(
+    edges: &[RoleProcess],
+    cores: &[RoleProcess],
+    media: &[RoleProcess],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let edges_ready = edges.iter().all(|e| {
+            e.metrics().get("switchyard_core_nodes_healthy") == Some(&(cores.len() as f64))
+        });
+        let cores_ready = cores.iter().all(|c| {
+            c.metrics()
+                .iter()
+                .filter(|(k, v)| k.starts_with("switchyard_media_node_capacity") && **v > 0.0)
+                .count()
+                == media.len()
+        });
+        if edges_ready && cores_ready {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = edges
+                .iter()
+                .chain(cores)
+                .chain(media)
+                .map(|p| p.log())
+                .collect();
+            panic!(
+                "the cluster did not assemble (edges {edges_ready}, cores {cores_ready}); logs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
