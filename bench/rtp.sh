@@ -6,15 +6,20 @@
 # one run. Prints the reports, each relay's CPU over its run and relayed packets per
 # second per core of CPU it used.
 #
-# Usage: bench/rtp.sh [BIN]   (CALLS=1000 DURATION=10 RUNS=1)
+# Usage: bench/rtp.sh [BIN]   (CALLS=1000 DURATION=10 RUNS=1; MEDIA_BIN=another build's
+# binary runs the media node, to compare two relays with one generator; RT=1 runs both
+# relays at real-time priority, SCHED_FIFO 50, as deploy/switchyard-media@.service can)
 # Everything runs on 127.0.0.1.
 set -e
 BIN=${1:-target/release/switchyard}
+MEDIA_BIN=${MEDIA_BIN:-$BIN}
+PRIO=""
+[ "${RT:-0}" = 1 ] && PRIO="chrt -f 50"
 CALLS=${CALLS:-1000}
 DURATION=${DURATION:-10}
 SECRET=rtp-bench-secret
 OUT=$(mktemp -d)
-taskset -c 0 "$BIN" media --control 127.0.0.1:0 --media-ports 30000-39999 \
+$PRIO taskset -c 0 "$MEDIA_BIN" media --control 127.0.0.1:0 --media-ports 30000-39999 \
   --cluster-secret "$SECRET" > "$OUT/media.out" 2> "$OUT/media.log" &
 MEDIA=$!
 trap 'kill $MEDIA 2>/dev/null' EXIT
@@ -28,7 +33,7 @@ for run in $(seq ${RUNS:-1}); do
     --calls $CALLS --seconds $DURATION --json > "$OUT/relayed.json"
   T1=$(ticks); W1=$(date +%s.%N)
   if command -v rtpengine > /dev/null; then
-    taskset -c 0 rtpengine --foreground --log-stderr --log-level=3 --interface=127.0.0.1 \
+    $PRIO taskset -c 0 rtpengine --foreground --log-stderr --log-level=3 --interface=127.0.0.1 \
       --listen-ng=127.0.0.1:22299 --port-min=40000 --port-max=49999 --table=-1 2> "$OUT/rtpengine.log" &
     RTPE=$!; sleep 1
     ticks_of() { awk '{print $14 + $15}' /proc/$1/stat; }
@@ -53,13 +58,18 @@ for r in (relayed, rtpe, direct):
         continue
     print(f"{r['mode']:9} calls {r['calls']} sent {r['sent']} received {r['received']} lost {r['lost']} "
           f"{r['packets_per_second']:.0f} pkt/s  p50 {r['delay_p50_us']} µs  p99 {r['delay_p99_us']} µs  "
-          f"p99.9 {r['delay_p999_us']} µs  max {r['delay_max_us']} µs")
+          f"p99.9 {r['delay_p999_us']} µs  max {r['delay_max_us']} µs (read); "
+          f"to the socket p50 {r['kernel_delay_p50_us']} µs  p99 {r['kernel_delay_p99_us']} µs  "
+          f"p99.9 {r['kernel_delay_p999_us']} µs  max {r['kernel_delay_max_us']} µs; "
+          f"sender lag p99 {r['sender_lag_p99_us']} µs max {r['sender_lag_max_us']} µs")
 for name, r, cpu in (("switchyard", relayed, (t1 - t0) / hz / (w1 - w0)),
                      ("rtpengine", rtpe, (r1 - r0) / hz / (v1 - v0))):
     if not r:
         continue
     print(f"{name}: added p50 {r['delay_p50_us'] - direct['delay_p50_us']} µs, "
-          f"p99 {r['delay_p99_us'] - direct['delay_p99_us']} µs; CPU {cpu * 100:.1f} % of one core, "
+          f"p99 {r['delay_p99_us'] - direct['delay_p99_us']} µs (read); to the socket added p50 "
+          f"{r['kernel_delay_p50_us'] - direct['kernel_delay_p50_us']} µs, "
+          f"p99 {r['kernel_delay_p99_us'] - direct['kernel_delay_p99_us']} µs; CPU {cpu * 100:.1f} % of one core, "
           f"{r['packets_per_second'] / max(cpu, 1e-9):.0f} relayed pkt/s per core")
 PY
 done

@@ -40,7 +40,6 @@ use switchyard_types::TenantId;
 use crate::auth::credential_usernames;
 use crate::calls::{CallTracker, Ending, NewCall};
 use crate::directory::{Cached, CachedUser, TenantEntry};
-use crate::health::PING_CALL_ID_PREFIX;
 use crate::limits::{MethodClass, SourceLimits};
 use crate::metrics::{Rejection, TenantMetrics};
 use crate::proxy::{Proxy, Verdict};
@@ -525,18 +524,6 @@ impl Shell {
                     Decision::Silent(why) => {
                         debug!(source = %peer.source, reason = why, "request left unanswered")
                     }
-                }
-            }
-            Event::StrayResponse { msg, peer }
-                if msg
-                    .call_id()
-                    .is_ok_and(|c| c.starts_with(PING_CALL_ID_PREFIX)) =>
-            {
-                // Only the cores' own answers count: anyone can send a response.
-                if let Some(h) = &self.deps.proxy.health
-                    && self.deps.proxy.cores.snapshot().contains(peer.source)
-                {
-                    h.answered(peer.source, Instant::now());
                 }
             }
             Event::StrayResponse { msg, peer } => {

@@ -6,7 +6,8 @@
 //! - Latching (symmetric RTP): a leg's media is sent to where its SDP says until the first
 //!   packet arrives from it, then to the address that packet came from, which is what
 //!   works for phones behind NAT.
-//! - One task per session relays with one reusable buffer: no allocation per packet.
+//! - Relay threads (`relay`), each an epoll loop over its sessions' sockets with one
+//!   reusable buffer: no allocation per packet, one `recvfrom` and one `sendto` each.
 //!   PCMU↔PCMA is converted in place when the legs chose different G.711 laws; RFC 4733
 //!   events get the other leg's payload number; anything else passes unchanged.
 
@@ -15,24 +16,24 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub mod control;
 pub mod policy;
+mod relay;
 
 pub use policy::{DestinationPolicy, Network};
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use switchyard_media_control::{
-    BoxFuture, Leg, LegStats, Load, MediaControl, MediaError, Reply, Request, SessionStats,
+    BoxFuture, Leg, Load, MediaControl, MediaError, Reply, Request, SessionStats,
 };
-use switchyard_rtp::g711;
-use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, rtcp_sender_ssrc, set_payload_type};
-use switchyard_rtp::stats::ReceiverStats;
 use switchyard_sdp::{Direction, Sdp, relay_answer, relay_offer};
+
+use relay::{Published, RelayHandle, RelayState, RelayThreads};
 
 /// Where and how a media node binds.
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct MediaConfig {
     pub pool: Option<String>,
     /// Where it may send and whom it hears (see [`DestinationPolicy`]).
     pub destinations: DestinationPolicy,
+    /// Threads relaying RTP; 0: one per CPU this process may use (its affinity and
+    /// cgroup quota), at most 16.
+    pub relay_threads: usize,
 }
 
 impl Default for MediaConfig {
@@ -73,13 +77,14 @@ impl Default for MediaConfig {
                 Vec::new(),
                 Vec::new(),
             ),
+            relay_threads: 0,
         }
     }
 }
 
 /// What a leg's endpoint sends and expects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct LegPlan {
+pub(crate) struct LegPlan {
     /// Where its SDP says it receives RTP / RTCP.
     rtp_dest: Option<SocketAddr>,
     rtcp_dest: Option<SocketAddr>,
@@ -90,7 +95,7 @@ struct LegPlan {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Plan {
+pub(crate) struct Plan {
     a: LegPlan,
     b: LegPlan,
 }
@@ -125,8 +130,7 @@ struct Session {
     relay_started: Option<Instant>,
     /// Each leg's SDP direction is not sendrecv.
     held: [bool; 2],
-    stop: watch::Sender<bool>,
-    relay: Option<tokio::task::JoinHandle<()>>,
+    relay: Option<RelayHandle>,
 }
 
 /// A port pair no session holds, still bound or closed.
@@ -152,6 +156,7 @@ struct Inner {
     saturated: std::sync::atomic::AtomicBool,
     free_pairs: Mutex<FreePairs>,
     sessions: Mutex<HashMap<String, Session>>,
+    relays: RelayThreads,
 }
 
 /// A media node in this process.
@@ -161,7 +166,17 @@ pub struct MediaNode {
 }
 
 impl MediaNode {
+    /// A node with its relay threads started.
+    ///
+    /// # Panics
+    /// When the threads cannot be started (no epoll, no threads left): a media node
+    /// without them could relay nothing.
     pub fn new(config: MediaConfig) -> MediaNode {
+        let threads = match config.relay_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+            n => n,
+        };
+        let relays = RelayThreads::start(threads).expect("cannot start the RTP relay threads");
         let first = config.port_min + config.port_min % 2;
         // In random order from the start: the ports a call gets say nothing about the
         // ports of the calls before or after it.
@@ -177,6 +192,7 @@ impl MediaNode {
                 config,
                 free_pairs: Mutex::new(FreePairs { queue, bound: 0 }),
                 sessions: Mutex::new(HashMap::new()),
+                relays,
             }),
         }
     }
@@ -263,18 +279,18 @@ impl MediaNode {
         }
     }
 
-    /// Relay tasks still running (each session has at most one).
+    /// Sessions being relayed (each has at most one relay).
     pub fn running_relays(&self) -> usize {
         self.inner
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|s| s.relay.as_ref().is_some_and(|r| !r.is_finished()))
+            .filter(|s| s.relay.is_some())
             .count()
     }
 
-    async fn bind_pair(&self) -> Result<LegSockets, MediaError> {
+    fn bind_pair(&self) -> Result<LegSockets, MediaError> {
         // Try free pairs until one binds (another process may hold some ports).
         for _ in 0..64 {
             let FreePair { port, bound } = {
@@ -301,9 +317,12 @@ impl MediaNode {
                 return Ok(sockets);
             }
             let ip = self.inner.config.bind;
-            let rtp = UdpSocket::bind(SocketAddr::new(ip, port)).await;
-            let rtcp = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await;
-            match (rtp, rtcp) {
+            let bind = |port| {
+                let socket = UdpSocket::bind(SocketAddr::new(ip, port))?;
+                socket.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(socket)
+            };
+            match (bind(port), bind(port + 1)) {
                 (Ok(rtp), Ok(rtcp)) => {
                     return Ok(LegSockets {
                         rtp: Arc::new(rtp),
@@ -349,8 +368,8 @@ impl MediaNode {
         {
             return Err(MediaError::Exists);
         }
-        let a = self.bind_pair().await?;
-        let b = match self.bind_pair().await {
+        let a = self.bind_pair()?;
+        let b = match self.bind_pair() {
             Ok(b) => b,
             Err(e) => {
                 self.release(a);
@@ -358,7 +377,6 @@ impl MediaNode {
             }
         };
         let (plan, _) = watch::channel(Plan::default());
-        let (stop, _) = watch::channel(false);
         let capacity = self.capacity();
         let mut sessions = self
             .inner
@@ -395,7 +413,6 @@ impl MediaNode {
                 published: Arc::new(Mutex::new(Published::default())),
                 relay_started: None,
                 held: [false, false],
-                stop,
                 relay: None,
             },
         );
@@ -492,18 +509,19 @@ impl MediaNode {
             s.held[leg_index(from)] = audio.direction != Direction::SendRecv;
             if s.relay.is_none() {
                 s.relay_started = Some(Instant::now());
-                s.relay = Some(tokio::spawn(relay(
+                s.relay = Some(self.inner.relays.add(
                     [
                         s.a.rtp.clone(),
                         s.a.rtcp.clone(),
                         s.b.rtp.clone(),
                         s.b.rtcp.clone(),
                     ],
-                    s.plan.subscribe(),
-                    s.stop.subscribe(),
-                    s.published.clone(),
-                    self.inner.config.destinations.clone(),
-                )));
+                    RelayState::new(
+                        s.plan.subscribe(),
+                        s.published.clone(),
+                        self.inner.config.destinations.clone(),
+                    ),
+                ));
             }
             Ok(Reply::Sdp {
                 sdp: n.answer.to_text(),
@@ -528,12 +546,11 @@ impl MediaNode {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
             .ok_or(MediaError::NoSession)?;
-        let _ = session.stop.send(true);
-        if let Some(task) = session.relay.take() {
-            let _ = task.await;
+        if let Some(relay) = session.relay.take() {
+            self.inner.relays.remove(relay).await;
         }
         let stats = session.snapshot();
-        // The relay task has ended, so these are the sockets' only owners again.
+        // The relay has let go of them, so these are the sockets' only owners again.
         self.release(session.a);
         self.release(session.b);
         info!(
@@ -567,13 +584,11 @@ impl Session {
 /// Reads and drops what reached a kept pair since its last session: packets of that
 /// call must never reach, or latch, the next one.
 fn discard_queued(sockets: &LegSockets, port: u16) {
-    // Straight from the socket (it is non-blocking): tokio's own `try_recv_from` does
-    // not ask the kernel unless its reactor has already seen the socket readable.
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    // The sockets are non-blocking: this stops at the first empty read.
+    let mut buf = [0u8; 2048];
     let mut stale = 0usize;
     for socket in [&sockets.rtp, &sockets.rtcp] {
-        let raw = socket2::SockRef::from(&**socket);
-        while raw.recv_from(&mut buf).is_ok() {
+        while socket.recv_from(&mut buf).is_ok() {
             stale += 1;
         }
     }
@@ -635,255 +650,3 @@ impl MediaControl for MediaNode {
 
 /// A new session's pairs are drawn at random from this many of the longest-free pairs.
 const RANDOM_AMONG: usize = 16;
-
-/// How long a leg signalled at a new address ignores the source it was latched to.
-const REPLACED_HOLD_OFF: Duration = Duration::from_secs(2);
-
-/// The plan of the leg a packet came from.
-fn from_plan_of(plan: &Plan, from_a: bool) -> LegPlan {
-    if from_a { plan.a } else { plan.b }
-}
-
-/// Per-leg counters kept by the relay task.
-#[derive(Debug, Default)]
-struct LegCounters {
-    received: ReceiverStats,
-    sent_packets: u64,
-    sent_bytes: u64,
-    telephone_events: u64,
-    transcoded: u64,
-    latched_rtp: Option<SocketAddr>,
-    latched_rtcp: Option<SocketAddr>,
-    /// The source this leg was latched to (RTP, RTCP) before it was signalled elsewhere
-    /// (a transfer's old party), and until when its packets are dropped rather than
-    /// latched to again: long enough for the new party's first packets, short enough
-    /// that a phone whose SDP changed but whose source did not is heard again soon.
-    replaced: [Option<SocketAddr>; 2],
-    replaced_until: Option<Instant>,
-    /// When this leg's RTP last arrived.
-    last_rtp: Option<Instant>,
-    /// Packets from a source other than the latched one, dropped.
-    foreign_dropped: u64,
-    /// RTCP not well-formed or not from the leg's RTP SSRC, dropped.
-    rtcp_dropped: u64,
-}
-
-/// The relay's counters as last published, and when each leg's RTP last arrived.
-#[derive(Debug, Default)]
-struct Published {
-    stats: SessionStats,
-    last_rtp: [Option<Instant>; 2],
-}
-
-impl LegCounters {
-    fn export(&self) -> LegStats {
-        LegStats {
-            packets_received: self.received.packets,
-            bytes_received: self.received.bytes,
-            packets_sent: self.sent_packets,
-            bytes_sent: self.sent_bytes,
-            packets_lost: self.received.lost(),
-            jitter_ms: self.received.jitter_ms(8000),
-            telephone_events: self.telephone_events,
-            transcoded: self.transcoded,
-            latched: self.latched_rtp.map(|a| a.to_string()),
-            // Filled in by `Session::snapshot` at query time.
-            silent_ms: 0,
-            held: false,
-            foreign_dropped: self.foreign_dropped,
-            rtcp_dropped: self.rtcp_dropped,
-        }
-    }
-}
-
-/// How often (in packets) the relay publishes its counters.
-const PUBLISH_EVERY: u64 = 25;
-
-/// Counts a dropped packet; true when the count should be published now: the first drop
-/// at once, then every `PUBLISH_EVERY`th (a flood costs no publish per packet).
-fn note_drop(count: &mut u64) -> bool {
-    *count += 1;
-    *count % PUBLISH_EVERY == 1
-}
-
-async fn relay(
-    sockets: [Arc<UdpSocket>; 4],
-    mut plan_rx: watch::Receiver<Plan>,
-    mut stop: watch::Receiver<bool>,
-    shared: Arc<Mutex<Published>>,
-    policy: DestinationPolicy,
-) {
-    let [a_rtp, a_rtcp, b_rtp, b_rtcp] = sockets;
-    let mut plan = *plan_rx.borrow_and_update();
-    let mut counters = [LegCounters::default(), LegCounters::default()];
-    let mut buf = vec![0u8; 2048];
-    let started = Instant::now();
-    let mut since_publish = 0u64;
-    loop {
-        // Which socket: 0 A-RTP, 1 A-RTCP, 2 B-RTP, 3 B-RTCP.
-        let which = tokio::select! {
-            _ = a_rtp.readable() => 0,
-            _ = a_rtcp.readable() => 1,
-            _ = b_rtp.readable() => 2,
-            _ = b_rtcp.readable() => 3,
-            changed = plan_rx.changed() => {
-                if changed.is_err() { break }
-                let next = *plan_rx.borrow_and_update();
-                // A leg signalled at a new address (a re-INVITE from a phone that moved,
-                // or a transfer's new party): it latches again to what comes from there.
-                for (i, (old, new)) in [(plan.a, next.a), (plan.b, next.b)].into_iter().enumerate() {
-                    if old.rtp_dest != new.rtp_dest {
-                        let c = &mut counters[i];
-                        c.replaced = [c.latched_rtp.take(), c.latched_rtcp.take()];
-                        c.replaced_until = Some(Instant::now() + REPLACED_HOLD_OFF);
-                    }
-                }
-                plan = next;
-                continue;
-            }
-            _ = stop.changed() => break,
-        };
-        let socket = [&a_rtp, &a_rtcp, &b_rtp, &b_rtcp][which];
-        let (n, src) = match socket.try_recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(_) => continue, // spurious wake-up (WouldBlock) or an ICMP error
-        };
-        let from_a = which < 2;
-        let is_rtcp = which % 2 == 1;
-        let (fi, ti) = if from_a { (0, 1) } else { (1, 0) };
-        let latched_to = if is_rtcp {
-            counters[fi].latched_rtcp
-        } else {
-            counters[fi].latched_rtp
-        };
-        // The latched source passed this check when it was latched: the steady stream
-        // of a call skips it.
-        if latched_to != Some(src) && !policy.permits(src.ip()) {
-            // Never latched to, so never sent to: a forbidden source is only counted.
-            if note_drop(&mut counters[fi].foreign_dropped) {
-                publish(&shared, &counters);
-            }
-            continue;
-        }
-        let signalled = if is_rtcp {
-            from_plan_of(&plan, from_a).rtcp_dest
-        } else {
-            from_plan_of(&plan, from_a).rtp_dest
-        };
-        if counters[fi].replaced[usize::from(is_rtcp)] == Some(src)
-            && Some(src) != signalled
-            && counters[fi]
-                .replaced_until
-                .is_some_and(|until| Instant::now() < until)
-        {
-            continue; // the party this leg had before it was signalled elsewhere
-        }
-        let (from_plan, to_plan) = if from_a {
-            (plan.a, plan.b)
-        } else {
-            (plan.b, plan.a)
-        };
-        let packet = &mut buf[..n];
-        // Once latched, a leg hears only its source; the address its SDP signalled wins
-        // over a first source that was not it (an attacker racing the phone).
-        let latched = if is_rtcp {
-            &mut counters[fi].latched_rtcp
-        } else {
-            &mut counters[fi].latched_rtp
-        };
-        match *latched {
-            Some(l) if l != src && Some(src) == signalled => *latched = Some(src),
-            Some(l) if l != src => {
-                if note_drop(&mut counters[fi].foreign_dropped) {
-                    publish(&shared, &counters);
-                }
-                continue;
-            }
-            _ => {}
-        }
-        if is_rtcp {
-            // Only RTCP, and only about the leg's own stream once its RTP has been seen.
-            let rtp_ssrc = counters[fi].received.ssrc();
-            let valid =
-                rtcp_sender_ssrc(packet).is_some_and(|ssrc| rtp_ssrc.is_none_or(|own| own == ssrc));
-            if !valid {
-                if note_drop(&mut counters[fi].rtcp_dropped) {
-                    publish(&shared, &counters);
-                }
-                continue;
-            }
-            counters[fi].latched_rtcp.get_or_insert(src);
-            let dest = counters[ti].latched_rtcp.or(to_plan.rtcp_dest);
-            let out = if from_a { &b_rtcp } else { &a_rtcp };
-            if let Some(dest) = dest {
-                let _ = out.send_to(packet, dest).await;
-            }
-            continue;
-        }
-        if looks_like_rtcp(packet) {
-            continue; // RTCP on the RTP port without rtcp-mux agreed: not relayed.
-        }
-        let Some(h) = RtpHeader::parse(packet) else {
-            continue;
-        };
-        let first = counters[fi].latched_rtp.is_none();
-        counters[fi].latched_rtp.get_or_insert(src);
-        let arrival = Instant::now();
-        counters[fi].last_rtp = Some(arrival);
-        if first {
-            // Silence is measured from here on: publish the leg's first packet at once.
-            publish(&shared, &counters);
-        }
-        counters[fi].received.record(
-            h.sequence,
-            h.timestamp,
-            h.ssrc,
-            n,
-            arrival.duration_since(started).as_micros() as u64,
-            8000,
-        );
-        if Some(h.payload_type) == from_plan.telephone_event {
-            match to_plan.telephone_event {
-                Some(pt) => set_payload_type(packet, pt),
-                None => continue,
-            }
-            counters[fi].telephone_events += 1;
-        } else if Some(h.payload_type) == from_plan.audio_pt {
-            if let (Some(from_law), Some(to_law)) = (from_plan.ulaw, to_plan.ulaw)
-                && from_law != to_law
-            {
-                let table = if from_law {
-                    &g711::ULAW_TO_ALAW
-                } else {
-                    &g711::ALAW_TO_ULAW
-                };
-                g711::transcode(&mut packet[h.payload_offset..h.payload_end], table);
-                counters[fi].transcoded += 1;
-            }
-            if let Some(pt) = to_plan.audio_pt {
-                set_payload_type(packet, pt);
-            }
-        }
-        let dest = counters[ti].latched_rtp.or(to_plan.rtp_dest);
-        let out = if from_a { &b_rtp } else { &a_rtp };
-        if let Some(dest) = dest
-            && out.send_to(packet, dest).await.is_ok()
-        {
-            counters[ti].sent_packets += 1;
-            counters[ti].sent_bytes += n as u64;
-        }
-        since_publish += 1;
-        if since_publish >= PUBLISH_EVERY {
-            since_publish = 0;
-            publish(&shared, &counters);
-        }
-    }
-    publish(&shared, &counters);
-}
-
-fn publish(shared: &Mutex<Published>, counters: &[LegCounters; 2]) {
-    let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
-    p.stats.a = counters[0].export();
-    p.stats.b = counters[1].export();
-    p.last_rtp = [counters[0].last_rtp, counters[1].last_rtp];
-}

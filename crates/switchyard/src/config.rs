@@ -130,6 +130,8 @@ pub struct MediaSection {
     /// Sessions (calls) this node takes at most: its capacity when cores place calls.
     /// 0: as many as the port range holds.
     pub max_sessions: usize,
+    /// Threads relaying RTP; 0: one per CPU the process may use, at most 16.
+    pub relay_threads: usize,
     /// `switchyard media`: where it takes media-control requests from cores.
     pub control: SocketAddr,
     /// `switchyard media`: the pool it serves (tenants are placed on pools).
@@ -178,6 +180,7 @@ impl Default for MediaSection {
             port_max: 29999,
             keep_bound: None,
             max_sessions: 0,
+            relay_threads: 0,
             control: SocketAddr::from(([127, 0, 0, 1], 7070)),
             pool: switchyard_core::media_client::SHARED_POOL.to_owned(),
             metrics: None,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use switchyard_core::media_client::{MediaCluster, MediaMember, RemoteMedia, Retry};
 use switchyard_core::{CoreSettings, spawn_core};
@@ -15,7 +15,7 @@ use switchyard_edge::auth::{Authenticator, FailurePolicy};
 use switchyard_edge::bans::{BanReason, Bans, Prefix, SuspicionPolicy};
 use switchyard_edge::carriers::Carriers;
 use switchyard_edge::directory::Directory;
-use switchyard_edge::health::{CoreHealth, ping};
+use switchyard_edge::health::{CoreHealth, probe_cores};
 use switchyard_edge::limits::{LimitSettings, SourceLimits};
 use switchyard_edge::metrics::TenantMetrics;
 use switchyard_edge::proxy::{CoreNode, Cores, Proxy};
@@ -30,7 +30,7 @@ use switchyard_sip::digest::{Algorithm, Nonces};
 use switchyard_sip::seal::SealKey;
 use switchyard_sip::transaction::TimerConfig;
 use switchyard_sip_net::{
-    Hub, Incoming, LimitsConfig, ListenConfig, Target, TuEvent, spawn_driver, spawn_listeners, tls,
+    Hub, Incoming, LimitsConfig, ListenConfig, TuEvent, spawn_driver, spawn_listeners, tls,
 };
 use switchyard_state::Locations;
 use switchyard_state::calls::LiveCalls;
@@ -419,9 +419,12 @@ pub(crate) struct Edge {
     rx: mpsc::Receiver<Incoming>,
 }
 
-/// Cores answer the edge's OPTIONS pings every PING_EVERY; three missed make one
-/// unhealthy.
-const PING_EVERY: Duration = Duration::from_secs(2);
+/// The edge pings each core every PING_EVERY. A core whose host answers "port
+/// unreachable" to a ping is out at once: a dead process is known within
+/// one ping. One silent for SILENT_FOR (a dead host, a cut link) is out then: long
+/// enough that a core slowed by a storm is not taken for dead.
+const PING_EVERY: Duration = Duration::from_millis(500);
+const SILENT_FOR: Duration = Duration::from_secs(6);
 
 /// Binds the edge's public listeners and its internal socket (on `internal_addr`),
 /// warms its directory and carriers, and starts pinging `cores`.
@@ -464,7 +467,7 @@ pub(crate) async fn start_edge(
         None => rand::random::<[u8; 32]>().to_vec(),
     };
     let responder = Responder::new(&secret, sip.nonce_lifetime_secs);
-    let core_health = Arc::new(CoreHealth::new(PING_EVERY * 3));
+    let core_health = Arc::new(CoreHealth::new(SILENT_FOR));
     let bans = Arc::new(
         Bans::new(
             config.edge.auth_failure_window_secs,
@@ -533,10 +536,10 @@ pub(crate) async fn start_edge(
         stop_rx.clone(),
     ));
     // The cores the edge routes to are the ones it pings.
-    tokio::spawn(ping_cores(
-        hub.clone(),
-        internal,
+    tokio::spawn(probe_cores(
         cores.clone(),
+        core_health.clone(),
+        internal.ip(),
         PING_EVERY,
         stop_rx.clone(),
     ));
@@ -803,6 +806,7 @@ pub fn media_node(config: &Config, pool: Option<String>) -> MediaNode {
         keep_bound,
         max_sessions: config.media.max_sessions,
         pool,
+        relay_threads: config.media.relay_threads,
         // Checked by `Config::validate` before anything starts.
         destinations: config.media.destinations().unwrap_or_default(),
     })
@@ -842,34 +846,6 @@ async fn follow_changes(
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Sends an OPTIONS ping to every core from the edge's internal socket, until shutdown.
-async fn ping_cores(
-    hub: Hub,
-    internal: SocketAddr,
-    cores: Cores,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    let mut seq = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        for core in cores.snapshot().nodes.iter().map(|c| c.addr) {
-            seq += 1;
-            let target = Target::Datagram {
-                local: internal,
-                dest: core,
-            };
-            if let Err(e) = hub.send(target, ping(internal, core, seq).into()).await {
-                debug!(%core, error = %e, "health ping not sent");
-            }
         }
     }
 }

@@ -380,7 +380,12 @@ fn a_cluster_of_namespaced_hosts_carries_calls_over_both_cores_and_media_nodes_a
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "edges left the dead core out {:?} after the kill",
+        killed.elapsed()
+    );
+    // Three seconds of audio after that, all with the core dead.
+    std::thread::sleep(Duration::from_secs(3));
     a.command("hangup", "");
     a.wait_event("CALL_CLOSED", Duration::from_secs(10));
     b.wait_event("CALL_CLOSED", Duration::from_secs(10));

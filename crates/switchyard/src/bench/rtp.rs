@@ -2,11 +2,19 @@
 //! run apart (`switchyard media`), driven over media control as a core would; or, with
 //! `direct`, the same phones sending to each other with no relay, the baseline the
 //! relay's added delay is measured against. Each packet carries its send time; the
-//! receiver reads it back, so the delay is one process's clock.
+//! receiver reads it back, so the delay is one process's clock. Two delays per packet:
+//! until the receiving phone read it (which includes this generator's own lag in reading,
+//! large when it is saturated), and until the kernel queued it on the phone's socket
+//! (`SO_TIMESTAMPNS`), which is what the relay adds and nothing of the reader.
+//!
+//! The phones are driven by one thread, an epoll loop that reads one packet per ready
+//! socket and sends each millisecond's packets: the generator must cost less than the
+//! relay it measures, or its own bursts (a late tick sends several milliseconds at once)
+//! become the relay's queue.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -50,13 +58,22 @@ pub struct RtpReport {
     pub delay_p99_us: u64,
     pub delay_p999_us: u64,
     pub delay_max_us: u64,
+    /// The same delays up to the kernel's receive time on the phone's socket.
+    pub kernel_delay_p50_us: u64,
+    pub kernel_delay_p99_us: u64,
+    pub kernel_delay_p999_us: u64,
+    pub kernel_delay_max_us: u64,
+    /// How late the generator sent its millisecond ticks (a late tick sends its
+    /// packets in one burst with the next ones, which a relay then queues).
+    pub sender_lag_p99_us: u64,
+    pub sender_lag_max_us: u64,
 }
 
 impl std::fmt::Display for RtpReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} calls, {:.1} s: sent {} received {} lost {} ({:.0} pkt/s); delay p50 {} µs p99 {} µs p99.9 {} µs max {} µs",
+            "{}: {} calls, {:.1} s: sent {} received {} lost {} ({:.0} pkt/s); delay to read p50 {} µs p99 {} µs p99.9 {} µs max {} µs; to the socket p50 {} µs p99 {} µs p99.9 {} µs max {} µs; sender lag p99 {} µs max {} µs",
             self.mode,
             self.calls,
             self.seconds,
@@ -67,14 +84,20 @@ impl std::fmt::Display for RtpReport {
             self.delay_p50_us,
             self.delay_p99_us,
             self.delay_p999_us,
-            self.delay_max_us
+            self.delay_max_us,
+            self.kernel_delay_p50_us,
+            self.kernel_delay_p99_us,
+            self.kernel_delay_p999_us,
+            self.kernel_delay_max_us,
+            self.sender_lag_p99_us,
+            self.sender_lag_max_us
         )
     }
 }
 
 /// One phone of a call: its socket and where it sends.
 struct Phone {
-    socket: Arc<UdpSocket>,
+    socket: std::net::UdpSocket,
     peer: SocketAddr,
     ssrc: u32,
 }
@@ -271,8 +294,8 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
     };
     let mut phones = Vec::with_capacity(options.calls * 2);
     for i in 0..options.calls {
-        let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let a = UdpSocket::bind("127.0.0.1:0").await?;
+        let b = UdpSocket::bind("127.0.0.1:0").await?;
         super::grow_buffers(&a);
         super::grow_buffers(&b);
         let (pa, pb) = (a.local_addr()?.port(), b.local_addr()?.port());
@@ -282,71 +305,33 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
             _ => (b.local_addr()?, a.local_addr()?),
         };
         phones.push(Phone {
-            socket: a,
+            socket: a.into_std()?,
             peer: to_from_a,
             ssrc: 2 * i as u32 + 1,
         });
         phones.push(Phone {
-            socket: b,
+            socket: b.into_std()?,
             peer: to_from_b,
             ssrc: 2 * i as u32 + 2,
         });
     }
-    let start = Instant::now();
-    let until = start + options.duration;
-    // Receivers: each phone reads what reaches it and keeps the delays.
-    let mut readers = tokio::task::JoinSet::new();
     for p in &phones {
-        let socket = p.socket.clone();
-        readers.spawn(async move {
-            let mut delays = Vec::new();
-            let mut buf = [0u8; 2048];
-            let drain_until = until + Duration::from_millis(500);
-            while let Ok(Ok((n, _))) =
-                tokio::time::timeout_at(drain_until.into(), socket.recv_from(&mut buf)).await
-            {
-                if n >= 12 + 8 {
-                    let sent_ns = u64::from_be_bytes(buf[12..20].try_into().unwrap_or_default());
-                    let now_ns = start.elapsed().as_nanos() as u64;
-                    delays.push(((now_ns.saturating_sub(sent_ns)) / 1000) as u32);
-                }
-            }
-            delays
-        });
+        nix::sys::socket::setsockopt(
+            &p.socket,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )
+        .context("SO_TIMESTAMPNS")?;
     }
-    // Senders: every millisecond, the calls whose phase it is send one packet per leg,
-    // so the 20 ms of every call are spread like real phones'.
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut ms = 0u64;
-    let mut packet = [0u8; 172];
-    packet[0] = 0x80;
-    let mut seq = vec![0u16; phones.len()];
-    while Instant::now() < until {
-        tick.tick().await;
-        let phase = (ms % 20) as usize;
-        ms += 1;
-        for (i, p) in phones.iter().enumerate() {
-            if (i / 2) % 20 != phase {
-                continue;
-            }
-            seq[i] = seq[i].wrapping_add(1);
-            packet[2..4].copy_from_slice(&seq[i].to_be_bytes());
-            packet[4..8].copy_from_slice(&(u32::from(seq[i]) * 160).to_be_bytes());
-            packet[8..12].copy_from_slice(&p.ssrc.to_be_bytes());
-            let now_ns = start.elapsed().as_nanos() as u64;
-            packet[12..20].copy_from_slice(&now_ns.to_be_bytes());
-            if p.socket.try_send_to(&packet, p.peer).is_ok() {
-                sent += 1;
-            }
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let mut delays = Vec::new();
-    while let Some(d) = readers.join_next().await {
-        delays.extend(d.unwrap_or_default());
-    }
+    let duration = options.duration;
+    let driven = tokio::task::spawn_blocking(move || drive(&phones, duration)).await??;
+    let Driven {
+        sent,
+        seconds,
+        mut delays,
+        mut kernel_delays,
+        mut lags,
+    } = driven;
     if let Some(m) = &media {
         for i in 0..options.calls {
             let _ = m
@@ -367,13 +352,10 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         }
     }
     delays.sort_unstable();
-    let pick = |q: f64| -> u64 {
-        if delays.is_empty() {
-            return 0;
-        }
-        let i = ((delays.len() as f64 - 1.0) * q).round() as usize;
-        u64::from(delays[i])
-    };
+    kernel_delays.sort_unstable();
+    lags.sort_unstable();
+    let pick = |q: f64| percentile(&delays, q);
+    let kernel = |q: f64| percentile(&kernel_delays, q);
     let received = delays.len() as u64;
     Ok(RtpReport {
         mode: match options.relay {
@@ -392,7 +374,145 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         delay_p99_us: pick(0.99),
         delay_p999_us: pick(0.999),
         delay_max_us: delays.last().copied().map(u64::from).unwrap_or(0),
+        kernel_delay_p50_us: kernel(0.50),
+        kernel_delay_p99_us: kernel(0.99),
+        kernel_delay_p999_us: kernel(0.999),
+        kernel_delay_max_us: kernel_delays.last().copied().map(u64::from).unwrap_or(0),
+        sender_lag_p99_us: percentile(&lags, 0.99),
+        sender_lag_max_us: lags.last().copied().map(u64::from).unwrap_or(0),
     })
+}
+
+/// What the phones sent and the delays of what they received.
+struct Driven {
+    sent: u64,
+    seconds: f64,
+    delays: Vec<u32>,
+    kernel_delays: Vec<u32>,
+    /// Per tick, how late it was sent (µs).
+    lags: Vec<u32>,
+}
+
+/// Sends and receives for every phone for `duration` (then reads for 500 ms more):
+/// every millisecond, the calls whose phase it is send one packet per leg, so the 20 ms
+/// of every call are spread like real phones'.
+fn drive(phones: &[Phone], duration: Duration) -> anyhow::Result<Driven> {
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    for (i, p) in phones.iter().enumerate() {
+        epoll.add(&p.socket, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
+    }
+    let mut events = vec![EpollEvent::empty(); 1024];
+    let mut buf = [0u8; 2048];
+    let (mut delays, mut kernel_delays) = (Vec::new(), Vec::new());
+    let mut packet = [0u8; 172];
+    packet[0] = 0x80;
+    let mut seq = vec![0u16; phones.len()];
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let until = start + duration;
+    let drain_until = until + Duration::from_millis(500);
+    let mut next_tick = start;
+    let mut ms = 0u64;
+    let mut lags = Vec::with_capacity(duration.as_millis() as usize);
+    loop {
+        let now = Instant::now();
+        if now >= drain_until {
+            break;
+        }
+        while next_tick <= now && next_tick < until {
+            lags.push(now.duration_since(next_tick).as_micros() as u32);
+            let phase = (ms % 20) as usize;
+            ms += 1;
+            next_tick += Duration::from_millis(1);
+            for (i, p) in phones.iter().enumerate() {
+                if (i / 2) % 20 != phase {
+                    continue;
+                }
+                seq[i] = seq[i].wrapping_add(1);
+                packet[2..4].copy_from_slice(&seq[i].to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(seq[i]) * 160).to_be_bytes());
+                packet[8..12].copy_from_slice(&p.ssrc.to_be_bytes());
+                packet[12..20].copy_from_slice(&wall_clock_ns().to_be_bytes());
+                if p.socket.send_to(&packet, p.peer).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        let wake_at = if next_tick < until {
+            next_tick
+        } else {
+            drain_until
+        };
+        // Whole milliseconds: round up, so the loop never spins waiting for a tick.
+        let wait_ms = wake_at
+            .saturating_duration_since(Instant::now())
+            .as_micros()
+            .div_ceil(1000)
+            .min(1000) as u16;
+        let ready = match epoll.wait(&mut events, EpollTimeout::from(wait_ms)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..ready] {
+            let Some(p) = phones.get(event.data() as usize) else {
+                continue;
+            };
+            let Ok((n, kernel_ns)) = receive_stamped(p.socket.as_raw_fd(), &mut buf) else {
+                continue;
+            };
+            if n < 12 + 8 {
+                continue;
+            }
+            let sent_ns = u64::from_be_bytes(buf[12..20].try_into().unwrap_or_default());
+            let micros = |ns: u64| (ns.saturating_sub(sent_ns) / 1000) as u32;
+            delays.push(micros(wall_clock_ns()));
+            // No stamp would be a kernel without SO_TIMESTAMPNS: the read time then.
+            kernel_delays.push(micros(kernel_ns.unwrap_or_else(wall_clock_ns)));
+        }
+    }
+    Ok(Driven {
+        sent,
+        seconds: until.duration_since(start).as_secs_f64(),
+        delays,
+        kernel_delays,
+        lags,
+    })
+}
+
+/// The value at quantile `q` of sorted `values` (0 when empty).
+fn percentile(values: &[u32], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let i = ((values.len() as f64 - 1.0) * q).round() as usize;
+    u64::from(values[i])
+}
+
+/// The wall clock in nanoseconds: the clock the kernel's receive stamps are on.
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One datagram and the time the kernel queued it on the socket, if it said.
+fn receive_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<u64>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let message = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
+    let stamp = message.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(t) => {
+            Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        }
+        _ => None,
+    });
+    Ok((message.bytes, stamp))
 }
 
 #[cfg(test)]

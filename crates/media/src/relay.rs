@@ -1,0 +1,554 @@
+//! The RTP fast path. [`RelayState`] decides each packet of one session (latching, the
+//! destination policy, RTCP checks, payload numbers, transcoding, counters) and does no
+//! I/O; [`RelayThreads`] is the shell: a few threads, each a level-triggered epoll loop
+//! over the sockets of the sessions it carries.
+//!
+//! Why not one tokio task per session: a task reads until the socket would block before
+//! it waits again (tokio clears readiness only then), so every packet costs a second
+//! `recvfrom` that fails, plus a wake-up and a `select!` over six futures; at 50 packets
+//! a second per socket there is never a second packet to read. Here each packet is one
+//! `recvfrom` and one `sendto`, and one `epoll_wait` serves every socket that is ready.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use tokio::sync::{oneshot, watch};
+use tracing::warn;
+
+use switchyard_media_control::{LegStats, SessionStats};
+use switchyard_rtp::g711;
+use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, rtcp_sender_ssrc, set_payload_type};
+use switchyard_rtp::stats::ReceiverStats;
+
+use crate::{DestinationPolicy, LegPlan, Plan};
+
+/// How long a leg signalled at a new address ignores the source it was latched to.
+const REPLACED_HOLD_OFF: Duration = Duration::from_secs(2);
+
+/// How often (in packets) the relay publishes its counters.
+const PUBLISH_EVERY: u64 = 25;
+
+/// The plan of the leg a packet came from.
+fn from_plan_of(plan: &Plan, from_a: bool) -> LegPlan {
+    if from_a { plan.a } else { plan.b }
+}
+
+/// Per-leg counters kept by the relay.
+#[derive(Debug, Default)]
+struct LegCounters {
+    received: ReceiverStats,
+    sent_packets: u64,
+    sent_bytes: u64,
+    telephone_events: u64,
+    transcoded: u64,
+    latched_rtp: Option<SocketAddr>,
+    latched_rtcp: Option<SocketAddr>,
+    /// The source this leg was latched to (RTP, RTCP) before it was signalled elsewhere
+    /// (a transfer's old party), and until when its packets are dropped rather than
+    /// latched to again: long enough for the new party's first packets, short enough
+    /// that a phone whose SDP changed but whose source did not is heard again soon.
+    replaced: [Option<SocketAddr>; 2],
+    replaced_until: Option<Instant>,
+    /// When this leg's RTP last arrived.
+    last_rtp: Option<Instant>,
+    /// Packets from a source other than the latched one, dropped.
+    foreign_dropped: u64,
+    /// RTCP not well-formed or not from the leg's RTP SSRC, dropped.
+    rtcp_dropped: u64,
+}
+
+impl LegCounters {
+    fn export(&self) -> LegStats {
+        LegStats {
+            packets_received: self.received.packets,
+            bytes_received: self.received.bytes,
+            packets_sent: self.sent_packets,
+            bytes_sent: self.sent_bytes,
+            packets_lost: self.received.lost(),
+            jitter_ms: self.received.jitter_ms(8000),
+            telephone_events: self.telephone_events,
+            transcoded: self.transcoded,
+            latched: self.latched_rtp.map(|a| a.to_string()),
+            // Filled in by `Session::snapshot` at query time.
+            silent_ms: 0,
+            held: false,
+            foreign_dropped: self.foreign_dropped,
+            rtcp_dropped: self.rtcp_dropped,
+        }
+    }
+}
+
+/// The relay's counters as last published, and when each leg's RTP last arrived.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) stats: SessionStats,
+    pub(crate) last_rtp: [Option<Instant>; 2],
+}
+
+/// Counts a dropped packet; true when the count should be published now: the first drop
+/// at once, then every `PUBLISH_EVERY`th (a flood costs no publish per packet).
+fn note_drop(count: &mut u64) -> bool {
+    *count += 1;
+    *count % PUBLISH_EVERY == 1
+}
+
+/// The session's sockets, in the order packets are told apart by.
+pub(crate) const A_RTP: usize = 0;
+pub(crate) const A_RTCP: usize = 1;
+pub(crate) const B_RTP: usize = 2;
+pub(crate) const B_RTCP: usize = 3;
+
+/// Where a relayed packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Send {
+    /// Out of which of the session's sockets.
+    pub(crate) socket: usize,
+    pub(crate) dest: SocketAddr,
+    /// The leg whose RTP it is, counted once sent (None for RTCP).
+    rtp_to: Option<usize>,
+}
+
+/// One session's relay: what it knows of both legs and what it counted.
+#[derive(Debug)]
+pub(crate) struct RelayState {
+    plan_rx: watch::Receiver<Plan>,
+    plan: Plan,
+    counters: [LegCounters; 2],
+    shared: Arc<Mutex<Published>>,
+    policy: DestinationPolicy,
+    started: Instant,
+    since_publish: u64,
+}
+
+impl RelayState {
+    pub(crate) fn new(
+        mut plan_rx: watch::Receiver<Plan>,
+        shared: Arc<Mutex<Published>>,
+        policy: DestinationPolicy,
+    ) -> RelayState {
+        let plan = *plan_rx.borrow_and_update();
+        RelayState {
+            plan_rx,
+            plan,
+            counters: Default::default(),
+            shared,
+            policy,
+            started: Instant::now(),
+            since_publish: 0,
+        }
+    }
+
+    /// Takes a new plan if the control side changed it (an atomic load when it did not).
+    fn refresh_plan(&mut self, now: Instant) {
+        if !self.plan_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let next = *self.plan_rx.borrow_and_update();
+        // A leg signalled at a new address (a re-INVITE from a phone that moved, or a
+        // transfer's new party): it latches again to what comes from there.
+        for (i, (old, new)) in [(self.plan.a, next.a), (self.plan.b, next.b)]
+            .into_iter()
+            .enumerate()
+        {
+            if old.rtp_dest != new.rtp_dest {
+                let c = &mut self.counters[i];
+                c.replaced = [c.latched_rtp.take(), c.latched_rtcp.take()];
+                c.replaced_until = Some(now + REPLACED_HOLD_OFF);
+            }
+        }
+        self.plan = next;
+    }
+
+    /// Decides a packet that arrived on socket `which` from `src`, rewriting it in place
+    /// (payload number, G.711 law); None drops it.
+    pub(crate) fn on_packet(
+        &mut self,
+        which: usize,
+        src: SocketAddr,
+        packet: &mut [u8],
+    ) -> Option<Send> {
+        let now = Instant::now();
+        self.refresh_plan(now);
+        let n = packet.len();
+        let from_a = which < B_RTP;
+        let is_rtcp = which % 2 == 1;
+        let (fi, ti) = if from_a { (0, 1) } else { (1, 0) };
+        let latched_to = if is_rtcp {
+            self.counters[fi].latched_rtcp
+        } else {
+            self.counters[fi].latched_rtp
+        };
+        // The latched source passed this check when it was latched: the steady stream
+        // of a call skips it.
+        if latched_to != Some(src) && !self.policy.permits(src.ip()) {
+            // Never latched to, so never sent to: a forbidden source is only counted.
+            if note_drop(&mut self.counters[fi].foreign_dropped) {
+                self.publish();
+            }
+            return None;
+        }
+        let plan = self.plan;
+        let signalled = if is_rtcp {
+            from_plan_of(&plan, from_a).rtcp_dest
+        } else {
+            from_plan_of(&plan, from_a).rtp_dest
+        };
+        if self.counters[fi].replaced[usize::from(is_rtcp)] == Some(src)
+            && Some(src) != signalled
+            && self.counters[fi]
+                .replaced_until
+                .is_some_and(|until| now < until)
+        {
+            return None; // the party this leg had before it was signalled elsewhere
+        }
+        let (from_plan, to_plan) = if from_a {
+            (plan.a, plan.b)
+        } else {
+            (plan.b, plan.a)
+        };
+        // Once latched, a leg hears only its source; the address its SDP signalled wins
+        // over a first source that was not it (an attacker racing the phone).
+        let latched = if is_rtcp {
+            &mut self.counters[fi].latched_rtcp
+        } else {
+            &mut self.counters[fi].latched_rtp
+        };
+        match *latched {
+            Some(l) if l != src && Some(src) == signalled => *latched = Some(src),
+            Some(l) if l != src => {
+                if note_drop(&mut self.counters[fi].foreign_dropped) {
+                    self.publish();
+                }
+                return None;
+            }
+            _ => {}
+        }
+        if is_rtcp {
+            // Only RTCP, and only about the leg's own stream once its RTP has been seen.
+            let rtp_ssrc = self.counters[fi].received.ssrc();
+            let valid =
+                rtcp_sender_ssrc(packet).is_some_and(|ssrc| rtp_ssrc.is_none_or(|own| own == ssrc));
+            if !valid {
+                if note_drop(&mut self.counters[fi].rtcp_dropped) {
+                    self.publish();
+                }
+                return None;
+            }
+            self.counters[fi].latched_rtcp.get_or_insert(src);
+            let dest = self.counters[ti].latched_rtcp.or(to_plan.rtcp_dest)?;
+            return Some(Send {
+                socket: if from_a { B_RTCP } else { A_RTCP },
+                dest,
+                rtp_to: None,
+            });
+        }
+        if looks_like_rtcp(packet) {
+            return None; // RTCP on the RTP port without rtcp-mux agreed: not relayed.
+        }
+        let h = RtpHeader::parse(packet)?;
+        let first = self.counters[fi].latched_rtp.is_none();
+        self.counters[fi].latched_rtp.get_or_insert(src);
+        self.counters[fi].last_rtp = Some(now);
+        if first {
+            // Silence is measured from here on: publish the leg's first packet at once.
+            self.publish();
+        }
+        self.counters[fi].received.record(
+            h.sequence,
+            h.timestamp,
+            h.ssrc,
+            n,
+            now.duration_since(self.started).as_micros() as u64,
+            8000,
+        );
+        if Some(h.payload_type) == from_plan.telephone_event {
+            match to_plan.telephone_event {
+                Some(pt) => set_payload_type(packet, pt),
+                None => return None,
+            }
+            self.counters[fi].telephone_events += 1;
+        } else if Some(h.payload_type) == from_plan.audio_pt {
+            if let (Some(from_law), Some(to_law)) = (from_plan.ulaw, to_plan.ulaw)
+                && from_law != to_law
+            {
+                let table = if from_law {
+                    &g711::ULAW_TO_ALAW
+                } else {
+                    &g711::ALAW_TO_ULAW
+                };
+                g711::transcode(&mut packet[h.payload_offset..h.payload_end], table);
+                self.counters[fi].transcoded += 1;
+            }
+            if let Some(pt) = to_plan.audio_pt {
+                set_payload_type(packet, pt);
+            }
+        }
+        let Some(dest) = self.counters[ti].latched_rtp.or(to_plan.rtp_dest) else {
+            self.count_relayed();
+            return None;
+        };
+        Some(Send {
+            socket: if from_a { B_RTP } else { A_RTP },
+            dest,
+            rtp_to: Some(ti),
+        })
+    }
+
+    /// What became of a packet `on_packet` sent: `bytes` long, out if `sent`.
+    pub(crate) fn after_send(&mut self, send: Send, sent: bool, bytes: usize) {
+        let Some(to) = send.rtp_to else {
+            return;
+        };
+        if sent {
+            self.counters[to].sent_packets += 1;
+            self.counters[to].sent_bytes += bytes as u64;
+        }
+        self.count_relayed();
+    }
+
+    /// One more RTP packet through; every `PUBLISH_EVERY`th publishes the counters.
+    fn count_relayed(&mut self) {
+        self.since_publish += 1;
+        if self.since_publish >= PUBLISH_EVERY {
+            self.since_publish = 0;
+            self.publish();
+        }
+    }
+
+    pub(crate) fn publish(&self) {
+        let mut p = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        p.stats.a = self.counters[0].export();
+        p.stats.b = self.counters[1].export();
+        p.last_rtp = [self.counters[0].last_rtp, self.counters[1].last_rtp];
+    }
+}
+
+/// Where a session's relay runs, to stop it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RelayHandle {
+    thread: usize,
+    key: u64,
+}
+
+enum Command {
+    Add {
+        key: u64,
+        sockets: [Arc<UdpSocket>; 4],
+        state: Box<RelayState>,
+    },
+    /// Stops relaying the session, publishes its last counters and lets go of its
+    /// sockets, then says so.
+    Remove {
+        key: u64,
+        done: oneshot::Sender<()>,
+    },
+    Shutdown,
+}
+
+/// The node's relay threads; sessions are spread over them.
+#[derive(Debug)]
+pub(crate) struct RelayThreads {
+    threads: Vec<RelayThread>,
+    next_key: AtomicU64,
+}
+
+#[derive(Debug)]
+struct RelayThread {
+    commands: Mutex<mpsc::Sender<Command>>,
+    wake: Arc<EventFd>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Add { key, .. } => write!(f, "Add({key})"),
+            Command::Remove { key, .. } => write!(f, "Remove({key})"),
+            Command::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// The epoll data of the wake-up eventfd (sessions' sockets are `key << 2 | socket`).
+const WAKE: u64 = u64::MAX;
+
+impl RelayThreads {
+    /// Starts `count` relay threads (at least one).
+    pub(crate) fn start(count: usize) -> std::io::Result<RelayThreads> {
+        let mut threads = Vec::new();
+        for i in 0..count.max(1) {
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+            let wake = Arc::new(EventFd::from_flags(
+                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+            )?);
+            epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+            let (tx, rx) = mpsc::channel();
+            let thread_wake = wake.clone();
+            std::thread::Builder::new()
+                .name(format!("rtp-relay-{i}"))
+                .spawn(move || run(epoll, &thread_wake, rx))?;
+            threads.push(RelayThread {
+                commands: Mutex::new(tx),
+                wake,
+            });
+        }
+        Ok(RelayThreads {
+            threads,
+            next_key: AtomicU64::new(0),
+        })
+    }
+
+    fn send(&self, thread: usize, command: Command) {
+        let t = &self.threads[thread];
+        let sent = t
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(command);
+        if sent.is_ok() {
+            let _ = t.wake.write(1);
+        } else {
+            warn!(thread, "relay thread is gone");
+        }
+    }
+
+    /// Starts relaying between `sockets` (A-RTP, A-RTCP, B-RTP, B-RTCP).
+    pub(crate) fn add(&self, sockets: [Arc<UdpSocket>; 4], state: RelayState) -> RelayHandle {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let thread = (key % self.threads.len() as u64) as usize;
+        self.send(
+            thread,
+            Command::Add {
+                key,
+                sockets,
+                state: Box::new(state),
+            },
+        );
+        RelayHandle { thread, key }
+    }
+
+    /// Stops a session's relay; once this returns, its counters are final and the
+    /// relay holds none of its sockets.
+    pub(crate) async fn remove(&self, handle: RelayHandle) {
+        let (done, finished) = oneshot::channel();
+        self.send(
+            handle.thread,
+            Command::Remove {
+                key: handle.key,
+                done,
+            },
+        );
+        // An error means the thread is gone, and with it everything it held.
+        let _ = finished.await;
+    }
+}
+
+impl Drop for RelayThreads {
+    fn drop(&mut self) {
+        for i in 0..self.threads.len() {
+            self.send(i, Command::Shutdown);
+        }
+    }
+}
+
+/// A session a relay thread carries.
+struct Carried {
+    sockets: [Arc<UdpSocket>; 4],
+    state: Box<RelayState>,
+}
+
+/// One relay thread: waits for sockets with packets, relays one packet from each, and
+/// takes commands when woken.
+fn run(epoll: Epoll, wake: &EventFd, commands: mpsc::Receiver<Command>) {
+    let mut sessions: HashMap<u64, Carried> = HashMap::new();
+    let mut events = vec![EpollEvent::empty(); 512];
+    let mut buf = [0u8; 2048];
+    loop {
+        let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "relay thread cannot wait for packets: it stops");
+                return;
+            }
+        };
+        for event in &events[..ready] {
+            let data = event.data();
+            if data == WAKE {
+                let _ = wake.read();
+                if !take_commands(&epoll, &commands, &mut sessions) {
+                    return;
+                }
+                continue;
+            }
+            let (key, which) = (data >> 2, (data & 3) as usize);
+            // A session removed earlier in this batch: its event is stale.
+            let Some(carried) = sessions.get_mut(&key) else {
+                continue;
+            };
+            // Level-triggered: a packet left queued is reported again by the next wait.
+            // An error is an ICMP error for an earlier send, read and so cleared.
+            let Ok((n, src)) = carried.sockets[which].recv_from(&mut buf) else {
+                continue;
+            };
+            let packet = &mut buf[..n];
+            if let Some(send) = carried.state.on_packet(which, src, packet) {
+                let sent = carried.sockets[send.socket]
+                    .send_to(packet, send.dest)
+                    .is_ok();
+                carried.state.after_send(send, sent, n);
+            }
+        }
+    }
+}
+
+/// Applies the queued commands; false when the thread is to stop.
+fn take_commands(
+    epoll: &Epoll,
+    commands: &mpsc::Receiver<Command>,
+    sessions: &mut HashMap<u64, Carried>,
+) -> bool {
+    loop {
+        match commands.try_recv() {
+            Ok(Command::Add {
+                key,
+                sockets,
+                state,
+            }) => {
+                let mut added = 0;
+                for (i, socket) in sockets.iter().enumerate() {
+                    let event = EpollEvent::new(EpollFlags::EPOLLIN, key << 2 | i as u64);
+                    if let Err(e) = epoll.add(&**socket, event) {
+                        warn!(error = %e, "a media socket cannot be watched: that session relays nothing");
+                        break;
+                    }
+                    added += 1;
+                }
+                if added < sockets.len() {
+                    for socket in &sockets[..added] {
+                        let _ = epoll.delete(&**socket);
+                    }
+                    continue;
+                }
+                sessions.insert(key, Carried { sockets, state });
+            }
+            Ok(Command::Remove { key, done }) => {
+                if let Some(carried) = sessions.remove(&key) {
+                    for socket in &carried.sockets {
+                        let _ = epoll.delete(&**socket);
+                    }
+                    carried.state.publish();
+                }
+                let _ = done.send(());
+            }
+            Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
+            Err(mpsc::TryRecvError::Empty) => return true,
+        }
+    }
+}
