@@ -488,8 +488,7 @@ impl SessionPlacement for MediaCluster {
     }
 }
 
-/// The pool every node and tenant is in unless placed elsewhere.
-pub const SHARED_POOL: &str = "shared";
+pub use switchyard_types::SHARED_POOL;
 
 impl MediaControl for MediaCluster {
     fn call(&self, request: Request) -> BoxFuture<'_, Result<Reply, MediaError>> {

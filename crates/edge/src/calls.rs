@@ -9,8 +9,9 @@
 //! - a BYE of its dialog passes, from either side, with both tags right (a BYE whose tags
 //!   do not match the call does not end it: the core refuses it with `481`),
 //! - its setup outlives [`SETUP_TIMEOUT`] with no answer at all (the core went silent),
-//! - the core that holds it stops answering the edge's pings (its calls are gone with it;
-//!   takeover by another core arrives with the cluster work).
+//! - the core that holds it stops answering the edge's pings: its calls still being set
+//!   up are gone with it; its answered calls too, unless cores write them for takeover
+//!   (then another core carries them on, and their BYE ends them as any other's).
 //!
 //! A call is known by its Call-ID and the caller's tag (`Call-ID\ntag`, the member the
 //! shared counters hold): the caller's tag is the From tag of what the phone sends and of
@@ -217,12 +218,14 @@ impl CallTracker {
         }
     }
 
-    /// `core` stopped answering: the calls it held are gone.
-    pub fn on_core_lost(&mut self, core: SocketAddr, now: Instant) {
+    /// `core` stopped answering: the calls it held are gone, except the answered ones
+    /// when `answered_survive` (another core takes them over).
+    pub fn on_core_lost(&mut self, core: SocketAddr, answered_survive: bool, now: Instant) {
         let lost: Vec<String> = self
             .calls
             .iter()
             .filter(|(_, e)| e.core == core)
+            .filter(|(_, e)| !answered_survive || matches!(e.phase, Phase::Setup { .. }))
             .map(|(k, _)| k.clone())
             .collect();
         for key in lost {
@@ -423,8 +426,26 @@ mod tests {
         let mut elsewhere = call("c2");
         elsewhere.core = "127.0.0.1:7102".parse().unwrap();
         t.begin(&elsewhere, now);
-        t.on_core_lost(CORE.parse().unwrap(), now);
+        t.on_core_lost(CORE.parse().unwrap(), false, now);
         assert_eq!(endings(&mut t), [Ending::CoreLost]);
         assert_eq!(t.held(), [(TenantId::from("acme"), elsewhere.member())]);
+    }
+
+    /// With takeover, an answered call of a dead core goes on elsewhere: it keeps its
+    /// slot until its BYE; one still ringing died with the core.
+    #[test]
+    fn with_takeover_a_lost_core_releases_only_calls_not_yet_answered() {
+        let (mut t, now) = (CallTracker::new(), Instant::now());
+        t.begin(&call("up"), now);
+        t.begin(&call("ringing"), now);
+        t.on_core_response(&response("up", 200, "2 INVITE", Some("core-tag")), now);
+        t.on_core_response(&response("ringing", 180, "2 INVITE", Some("core-tag")), now);
+        t.on_core_lost(CORE.parse().unwrap(), true, now);
+        assert_eq!(endings(&mut t), [Ending::CoreLost]);
+        assert_eq!(t.held(), [(TenantId::from("acme"), call("up").member())]);
+        // Its BYE, through whichever core took it over, ends it.
+        t.on_request(&bye("up", "caller", "core-tag"), false, now);
+        assert_eq!(endings(&mut t), [Ending::Bye]);
+        assert!(t.is_empty());
     }
 }

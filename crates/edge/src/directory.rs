@@ -294,7 +294,7 @@ impl Directory {
     }
 
     /// Keeps the newer of what memory has and `entry`.
-    fn insert(&self, entry: TenantEntry) -> Arc<TenantEntry> {
+    pub(crate) fn insert(&self, entry: TenantEntry) -> Arc<TenantEntry> {
         let mut inner = self.lock();
         let domain = entry.tenant.domain.clone();
         if let Some(old) = inner.by_domain.get(&domain)

@@ -32,7 +32,7 @@ use switchyard_sip::build::{Editor, ResponseBuilder};
 use switchyard_sip::headers::{NameAddr, Via};
 use switchyard_sip::seal::{SEAL_HEADER, SealKey, Sealed};
 use switchyard_sip_net::{FlowId, Target};
-use switchyard_types::NodeId;
+use switchyard_types::{NodeId, SHARED_POOL};
 use tracing::info;
 
 use switchyard_state::calls::{Admission, CallLimits};
@@ -62,17 +62,38 @@ const OWN_TAG_PREFIX: &str = "syx";
 pub struct CoreNode {
     pub node: WeightedNode,
     pub addr: SocketAddr,
+    /// The pool it serves: the tenants placed there (and, when it is the shared pool,
+    /// every tenant whose own pool has no live core).
+    pub pool: String,
 }
 
 impl CoreNode {
+    /// A core of the shared pool.
     pub fn new(id: &str, addr: SocketAddr) -> CoreNode {
+        CoreNode::in_pool(id, addr, SHARED_POOL)
+    }
+
+    pub fn in_pool(id: &str, addr: SocketAddr, pool: &str) -> CoreNode {
         CoreNode {
             node: WeightedNode {
                 id: NodeId::new(id),
                 weight: 1.0,
             },
             addr,
+            pool: pool.to_owned(),
         }
+    }
+}
+
+/// The cores a tenant placed on `pool` may get: its pool's, else the shared pool's when
+/// its pool has none live; a shared tenant never gets a dedicated pool's cores.
+fn cores_of_pool<'a>(candidates: &[&'a CoreNode], pool: &str) -> Vec<&'a CoreNode> {
+    let of = |p: &str| -> Vec<&'a CoreNode> {
+        candidates.iter().copied().filter(|c| c.pool == p).collect()
+    };
+    match of(pool) {
+        own if !own.is_empty() || pool == SHARED_POOL => own,
+        _ => of(SHARED_POOL),
     }
 }
 
@@ -402,13 +423,16 @@ impl Proxy {
         };
         let carrier = self.carriers.carrier_of(ingress.source.ip());
         // Outside a dialog, the tenant's core: every call of a tenant, and so both calls
-        // an attended transfer joins, lives in one engine (the tenant's domain hashed;
-        // the Call-ID when no tenant can be named).
+        // an attended transfer joins, lives in one engine (the tenant's domain hashed
+        // over the cores of its pool; the Call-ID when no tenant can be named).
         let by_tenant = || {
             let key = self
                 .tenant_key(msg, carrier.as_deref())
                 .unwrap_or_else(|| call_id.to_owned());
-            pick_by(&key, candidates.iter().copied(), |c| &c.node)
+            let pool = self.placement_of(&key);
+            pick_by(&key, cores_of_pool(&candidates, &pool).into_iter(), |c| {
+                &c.node
+            })
         };
         // In a dialog whose core is gone (dead, or out of the membership): every request
         // of every dialog it held goes to one successor, picked by the dead core's
@@ -417,8 +441,7 @@ impl Proxy {
             let gone = named_addr(msg).filter(|_| !initial && owner.is_none())?;
             pick_by(&gone.to_string(), candidates.iter().copied(), |c| &c.node)
         };
-        let only = (candidates.len() == 1).then(|| candidates[0]);
-        let Some(core) = owner.or_else(successor).or(only).or_else(by_tenant) else {
+        let Some(core) = owner.or_else(successor).or_else(by_tenant) else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         let mut new_call = None;
@@ -633,6 +656,15 @@ impl Proxy {
         Some(uri.as_sip()?.host.to_ascii_lowercase())
     }
 
+    /// The pool the tenant of `domain` is placed on, as memory knows it (the shared pool
+    /// for a tenant not in memory: the hot path reads no database).
+    fn placement_of(&self, domain: &str) -> String {
+        match self.directory.cached(domain, std::time::Instant::now()) {
+            crate::directory::Cached::Tenant(entry) => entry.tenant.placement.clone(),
+            _ => SHARED_POOL.to_owned(),
+        }
+    }
+
     /// Decides where a response goes: back to the hop our top Via names.
     pub fn response(&self, msg: &Message) -> Verdict {
         let Some(via) = msg.header(HeaderName::Via).and_then(Via::parse_lenient) else {
@@ -789,6 +821,97 @@ mod tests {
             } => dest,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A tenant placed on a pool gets that pool's cores, the shared pool's when its own
+    /// has none left; a shared tenant never gets a dedicated pool's core, not even when
+    /// it is the only one alive. (A CANCEL is picked like its INVITE, without the
+    /// INVITE's authentication.)
+    #[tokio::test]
+    async fn a_tenants_new_dialogs_go_to_the_cores_of_its_pool() {
+        let s1: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let s2: SocketAddr = "127.0.0.1:7102".parse().unwrap();
+        let g1: SocketAddr = "127.0.0.1:7103".parse().unwrap();
+        let all = vec![
+            CoreNode::new("s1", s1),
+            CoreNode::new("s2", s2),
+            CoreNode::in_pool("g1", g1, "gold"),
+        ];
+        let (p, _dir) = proxy(all.clone()).await;
+        let place = |domain: &str, placement: &str| {
+            p.directory.insert(crate::directory::TenantEntry::new(
+                switchyard_store::Tenant {
+                    id: format!("id-{domain}"),
+                    name: domain.into(),
+                    domain: domain.into(),
+                    state: "active".into(),
+                    placement: placement.into(),
+                    max_calls: 10,
+                    calls_per_second: 5,
+                    max_registrations: 10,
+                    max_extensions: 10,
+                    reg_expiry_min: 60,
+                    reg_expiry_max: 3600,
+                    reg_expiry_default: 600,
+                    config_version: 1,
+                    created_at: 0,
+                    caller_id: None,
+                },
+                Vec::new(),
+            ));
+        };
+        let cancel = |domain: &str| {
+            Message::parse_datagram(Bytes::from(format!(
+                "CANCEL sip:2002@{domain} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKc1\r\nMax-Forwards: 70\r\nFrom: <sip:2001@{domain}>;tag=a\r\nTo: <sip:2002@{domain}>\r\nCall-ID: c-{domain}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+            )))
+            .unwrap()
+        };
+        place("gold.example", "gold");
+        let mut shared_used = std::collections::HashSet::new();
+        for i in 0..20 {
+            let domain = format!("t{i}.example");
+            place(&domain, "shared");
+            let to = dest(p.request(&cancel(&domain), &phone(), 0).await);
+            assert_ne!(to, g1, "{domain} is not gold's");
+            shared_used.insert(to);
+        }
+        assert_eq!(
+            shared_used.len(),
+            2,
+            "shared tenants spread over both shared cores"
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                dest(p.request(&cancel("gold.example"), &phone(), 0).await),
+                g1
+            );
+        }
+        // A tenant of a pool with no core at all: the shared cores.
+        place("silver.example", "silver");
+        assert_ne!(
+            dest(p.request(&cancel("silver.example"), &phone(), 0).await),
+            g1
+        );
+        // Gold's core gone: gold's calls go to a shared core.
+        p.cores.replace(CoreList {
+            nodes: all[..2].to_vec(),
+            draining: Default::default(),
+        });
+        let to = dest(p.request(&cancel("gold.example"), &phone(), 0).await);
+        assert!(to == s1 || to == s2, "{to}");
+        // Only gold's core alive: a shared tenant gets none of it.
+        p.cores.replace(CoreList {
+            nodes: all[2..].to_vec(),
+            draining: Default::default(),
+        });
+        match p.request(&cancel("t1.example"), &phone(), 0).await {
+            Verdict::Answer { status, .. } => assert_eq!(status, 503),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            dest(p.request(&cancel("gold.example"), &phone(), 0).await),
+            g1
+        );
     }
 
     #[tokio::test]

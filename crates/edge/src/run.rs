@@ -82,6 +82,9 @@ pub struct EdgeDeps {
     pub live_calls: Arc<LiveCalls>,
     /// Rate limits per source address and network.
     pub limits: SourceLimits,
+    /// Cores write answered calls for takeover: a lost core's answered calls go on
+    /// elsewhere and keep their slots.
+    pub takeover: bool,
 }
 
 /// Running totals of the edge, for `/metrics`.
@@ -771,8 +774,9 @@ impl Shell {
                 if health.is_healthy(core.addr, now) {
                     self.cores_up.insert(core.addr);
                 } else if self.cores_up.remove(&core.addr) {
-                    warn!(core = %core.addr, "core stopped answering: its calls' slots are released");
-                    self.calls.on_core_lost(core.addr, Instant::now());
+                    warn!(core = %core.addr, takeover = self.deps.takeover, "core stopped answering: the slots of its calls that die with it are released");
+                    self.calls
+                        .on_core_lost(core.addr, self.deps.takeover, Instant::now());
                 }
             }
         }

@@ -132,6 +132,7 @@ async fn an_options_queued_behind_a_burst_of_registers_is_answered_first() {
         responder: Responder::new(b"s", 300),
         hub,
         counters: counters.clone(),
+        takeover: false,
         live_calls: Arc::new(LiveCalls::memory()),
         limits: SourceLimits::new(LimitSettings {
             per_address: 100_000,

@@ -96,6 +96,10 @@ pub struct CoreSection {
     /// take a call over when its core dies (one write per answered call, off the call's
     /// path). Off: calls die with their core.
     pub takeover: bool,
+    /// `switchyard core`: the pool its engines serve. Edges send a tenant's new calls to
+    /// the live cores of the pool its placement names, or of the shared pool when that
+    /// pool has none; a shared tenant's calls never reach another pool's cores.
+    pub pool: String,
 }
 
 impl Default for CoreSection {
@@ -107,6 +111,7 @@ impl Default for CoreSection {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 5070))],
             metrics: None,
             takeover: true,
+            pool: switchyard_core::media_client::SHARED_POOL.to_owned(),
         }
     }
 }

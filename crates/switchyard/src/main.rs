@@ -711,6 +711,9 @@ struct CoreArgs {
     /// Seconds without RTP from a leg before an answered call is hung up (0: never).
     #[arg(long, env = "SWITCHYARD_RTP_TIMEOUT_SECS")]
     rtp_timeout_secs: Option<u64>,
+    /// The pool this core serves (`core.pool`).
+    #[arg(long, env = "SWITCHYARD_CORE_POOL")]
+    pool: Option<String>,
 }
 
 fn run_core(args: CoreArgs) -> anyhow::Result<()> {
@@ -720,6 +723,9 @@ fn run_core(args: CoreArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.media_nodes {
         config.core.media_nodes = n;
+    }
+    if let Some(p) = args.pool {
+        config.core.pool = p;
     }
     if let Some((min, max)) = args.media_ports {
         config.media.port_min = min;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use switchyard_core::media_client::{MediaCluster, MediaMember};
+use switchyard_core::media_client::{MediaCluster, MediaMember, SHARED_POOL};
 use switchyard_state::cluster::{Member, Membership, NodeState, Role};
 
 use switchyard_media::MediaNode;
@@ -66,6 +66,7 @@ pub async fn run_core(config: Config, mut shutdown: watch::Receiver<bool>) -> an
         heartbeats.push(spawn_core_heartbeat(
             membership.clone(),
             core.addr,
+            config.core.pool.clone(),
             core.handle.clone(),
             stop_rx.clone(),
         ));
@@ -586,6 +587,7 @@ impl Drain {
 fn spawn_core_heartbeat(
     membership: Arc<Membership>,
     addr: SocketAddr,
+    pool: String,
     handle: switchyard_core::CoreHandle,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -614,7 +616,7 @@ fn spawn_core_heartbeat(
                 id: id.clone(),
                 role: Role::Core,
                 addr: addr.to_string(),
-                pool: String::new(),
+                pool: pool.clone(),
                 capacity: 0,
                 load: active as u64,
                 state,
@@ -675,7 +677,13 @@ fn spawn_core_discovery(
                 continue;
             };
             if !list.contains(addr) {
-                list.nodes.push(CoreNode::new(&m.id, addr));
+                // Records of cores from before pools had none: the shared pool.
+                let pool = if m.pool.is_empty() {
+                    SHARED_POOL
+                } else {
+                    &m.pool
+                };
+                list.nodes.push(CoreNode::in_pool(&m.id, addr, pool));
             }
             if m.state != NodeState::Active {
                 list.draining.insert(addr);

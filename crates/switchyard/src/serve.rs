@@ -591,6 +591,13 @@ pub(crate) async fn start_edge(
             v6_network_bits: config.edge.network_bits_v6,
         }),
         counters: counters.clone(),
+        // Cores write answered calls to Redis when `core.takeover` is on and there is a
+        // Redis (every role of a cluster reads the same configuration).
+        takeover: config.core.takeover
+            && matches!(
+                *shared.live_calls,
+                switchyard_state::calls::LiveCalls::Redis(_)
+            ),
     };
     Ok(Edge {
         hub,

@@ -42,8 +42,14 @@ impl Cluster {
         ])
     }
 
-    /// Media nodes (ports, pool), two cores driving them all, two edges.
+    /// Media nodes (ports, pool), two cores of the shared pool driving them all, two
+    /// edges.
     fn with_media(media_nodes: &[(&str, &str, &[&str])]) -> Cluster {
+        Cluster::with_pools(media_nodes, &["shared", "shared"])
+    }
+
+    /// Media nodes (ports, pool), a core per entry of `core_pools` (its pool), two edges.
+    fn with_pools(media_nodes: &[(&str, &str, &[&str])], core_pools: &[&str]) -> Cluster {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -89,8 +95,9 @@ impl Cluster {
             })
             .collect();
         // No lists: cores find the media nodes, edges the cores, in the membership.
-        let cores: Vec<RoleProcess> = (0..2)
-            .map(|_| with("core", &["--listen", "127.0.0.1:0"]))
+        let cores: Vec<RoleProcess> = core_pools
+            .iter()
+            .map(|pool| with("core", &["--listen", "127.0.0.1:0", "--pool", pool]))
             .collect();
         let edges: Vec<RoleProcess> = (0..2)
             .map(|_| {
@@ -526,15 +533,19 @@ fn a_drained_core_finishes_its_calls_takes_no_new_ones_and_says_drained() {
     cluster.wait_for_state(&id, "active");
 }
 
-/// A tenant placed on a dedicated pool: its calls only ever use that pool's media node,
-/// and another tenant's calls never do.
+/// A tenant placed on a dedicated pool: its calls only ever use that pool's media node
+/// and core, and another tenant's calls never do.
 #[test]
-fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes() {
-    let cluster = Cluster::with_media(&[
-        ("48000-48099", "shared", &[]),
-        ("48200-48299", "shared", &[]),
-        ("48400-48499", "gold", &[]),
-    ]);
+fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes_and_core() {
+    let cluster = Cluster::with_pools(
+        &[
+            ("48000-48099", "shared", &[]),
+            ("48200-48299", "shared", &[]),
+            ("48400-48499", "gold", &[]),
+        ],
+        &["shared", "shared", "gold"],
+    );
+    let gold_core = cluster.cores[2].addr("core").to_string();
     let gold = "gold.cluster.example";
     let plain = "plain.cluster.example";
     let gold_id = cluster.tenant(gold);
@@ -547,9 +558,14 @@ fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes() {
             phone(&cluster, domain, 2002, 1),
         );
         for i in 0..4 {
-            let (na, nb, _core, port) = call_and_hang_up(a, b, "2002");
+            let (na, nb, core, port) = call_and_hang_up(a, b, "2002");
             (a, b) = (na, nb);
             assert_eq!(in_gold(port), on_gold, "{domain} call {i} on port {port}");
+            assert_eq!(
+                core == gold_core,
+                on_gold,
+                "{domain} call {i} on core {core}"
+            );
         }
     }
     let gold_node = cluster.media[2].metrics();
@@ -621,6 +637,16 @@ fn calls_of_a_core_killed_with_sigkill_are_taken_over_by_the_other_core() {
         "edges left the dead core out {:?} after the kill",
         killed.elapsed()
     );
+    // The dead core's calls go on, so they keep their tenants' slots (a tenant at its
+    // max_calls cannot place more calls than it has) until their BYEs.
+    let slots = |cluster: &Cluster| -> f64 {
+        cluster
+            .edges
+            .iter()
+            .map(|e| e.metrics()["switchyard_edge_calls_in_progress"])
+            .sum()
+    };
+    assert_eq!(slots(&cluster), 20.0, "every call still holds its slot");
     // A new call goes to the live core.
     let domain = "after.cluster.example";
     cluster.tenant(domain);
@@ -658,6 +684,11 @@ fn calls_of_a_core_killed_with_sigkill_are_taken_over_by_the_other_core() {
         call.hang_up();
     }
     assert!(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slots(&cluster) != 0.0 {
+        assert!(Instant::now() < deadline, "{} slots left", slots(&cluster));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let survivor_metrics = cluster.cores[1].metrics();
     assert_eq!(
         survivor_metrics["switchyard_core_calls_taken_over_total"], on_victim as f64,

@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+/// The pool every node (core, media node) and tenant is in unless placed elsewhere.
+pub const SHARED_POOL: &str = "shared";
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
