@@ -409,11 +409,28 @@ fn media_metrics(
         out,
         "# HELP switchyard_media_tenant_sessions Sessions on this node per tenant.\n# TYPE switchyard_media_tenant_sessions gauge"
     );
-    for (tenant, n) in node.sessions_by_tenant() {
+    let by_tenant = node.sessions_by_tenant();
+    for (tenant, n) in &by_tenant {
         let _ = writeln!(
             out,
             "switchyard_media_tenant_sessions{{{pool_label},tenant=\"{tenant}\"}} {n}"
         );
+    }
+    // Every call of a node shares its cgroup, so the pressure a tenant's calls see here
+    // is the node's: one series per tenant with calls on it (summed over its pool's
+    // nodes, weighted by sessions, it is the tenant's).
+    if let Some(p) = pressure {
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_media_tenant_cpu_pressure_percent The CPU pressure (PSI some) this tenant's calls see on this node, over 10 s.\n# TYPE switchyard_media_tenant_cpu_pressure_percent gauge"
+        );
+        for (tenant, _) in &by_tenant {
+            let _ = writeln!(
+                out,
+                "switchyard_media_tenant_cpu_pressure_percent{{{pool_label},tenant=\"{tenant}\",window=\"10s\"}} {}",
+                p.some_avg10
+            );
+        }
     }
     out
 }

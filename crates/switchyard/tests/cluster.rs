@@ -795,6 +795,19 @@ fn a_saturated_media_node_reports_its_pressure_and_takes_no_call_while_other_poo
         saturated["switchyard_media_cpu_pressure_percent{pool=\"small\",window=\"10s\"}"] >= 10.0,
         "{saturated:?}"
     );
+    // Per tenant: the small tenant's calls see it; the plain tenant has none there.
+    assert!(
+        saturated[&format!(
+            "switchyard_media_tenant_cpu_pressure_percent{{pool=\"small\",tenant=\"{small_id}\",window=\"10s\"}}"
+        )] >= 10.0,
+        "{saturated:?}"
+    );
+    assert!(
+        !saturated
+            .keys()
+            .any(|k| k.starts_with("switchyard_media_tenant_cpu") && !k.contains(&small_id)),
+        "{saturated:?}"
+    );
     // The cores hear it at their next ping: the small pool has no room.
     std::thread::sleep(Duration::from_millis(1500));
     let mut caller = phone(&cluster, small, 2003, 0);
