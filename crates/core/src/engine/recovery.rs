@@ -8,8 +8,10 @@
 //! handled as if the call had always been here: its BYE ends both legs and writes the
 //! CDR, its re-INVITE goes through the media node that still holds the session.
 //!
-//! Not carried over: calls still ringing, a transfer in progress, and calls through a
-//! trunk (their channel leases); those end with the core that held them.
+//! A call out through a trunk is carried over with its trunk (the new owner renews its
+//! channel's lease and gives it back at the end; the trunk's credentials are not in the
+//! record, nothing after the answer needs them). Not carried over: calls still ringing
+//! and a transfer in progress; those end with the core that held them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +63,25 @@ pub struct DialogRecord {
     /// RFC 4028 on leg A: interval, the caller refreshes, the caller supports it.
     pub session_timer: Option<(u32, bool, bool)>,
     pub attempts: Vec<AttemptRecord>,
+    /// Leg B went out through this trunk.
+    #[serde(default)]
+    pub trunk: Option<TrunkRecord>,
+}
+
+/// The trunk a call went out through, without its credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrunkRecord {
+    pub trunk_id: String,
+    pub route_id: String,
+    pub number: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub dest: SocketAddr,
+    pub holds_channel: bool,
+    pub dialled: String,
+    pub emergency: bool,
+    /// The Call-ID its channel is held under.
+    pub member: String,
 }
 
 /// Leg B's identity and offer.
@@ -106,7 +127,7 @@ impl Engine {
 
     fn record_of(&self, key: CallKey) -> Option<DialogRecord> {
         let call = self.calls.get(&key)?;
-        if call.phase != Phase::Answered || call.trunk.is_some() || call.transfer.is_some() {
+        if call.phase != Phase::Answered || call.transfer.is_some() {
             return None;
         }
         let b = call.b.clone()?;
@@ -148,6 +169,18 @@ impl Engine {
                     result: a.result,
                 })
                 .collect(),
+            trunk: call.trunk.as_ref().map(|t| TrunkRecord {
+                trunk_id: t.leg.trunk_id.clone(),
+                route_id: t.leg.route_id.clone(),
+                number: t.leg.number.clone(),
+                host: t.leg.host.clone(),
+                port: t.leg.port,
+                dest: t.leg.dest,
+                holds_channel: t.leg.holds_channel,
+                dialled: t.dialled.clone(),
+                emergency: t.emergency,
+                member: t.member.clone(),
+            }),
         })
     }
 
@@ -257,7 +290,25 @@ impl Engine {
                 fallback: None,
                 edge: r.edge,
                 presented: r.presented,
-                trunk: None,
+                // Answered: no failover left, no challenge to answer again.
+                trunk: r.trunk.map(|t| TrunkState {
+                    leg: crate::routing::TrunkLeg {
+                        trunk_id: t.trunk_id,
+                        route_id: t.route_id,
+                        number: t.number,
+                        host: t.host,
+                        port: t.port,
+                        dest: t.dest,
+                        holds_channel: t.holds_channel,
+                        credentials: None,
+                    },
+                    rest: Vec::new(),
+                    dialled: t.dialled,
+                    emergency: t.emergency,
+                    fork: 0,
+                    authenticated: true,
+                    member: t.member,
+                }),
                 remote_sdp: r.remote_sdp,
                 transfer: None,
                 attempts,
@@ -267,6 +318,17 @@ impl Engine {
         // A refresh is due an interval from now at the latest: the old owner's timer
         // died with it.
         self.restart_session_timer(key);
+        // The trunk channel's lease, last renewed by the old owner, is this core's now.
+        let held: Vec<_> = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.trunk.as_ref())
+            .map(|t| super::setup::held_by_leg(&t.leg, &t.member))
+            .unwrap_or_default();
+        if !held.is_empty() {
+            let until_ms = self.now.unix_ms + crate::routing::CHANNEL_LEASE.as_millis() as i64;
+            self.push(Output::RenewChannels { held, until_ms });
+        }
         // The new owner writes the record as its own.
         self.persist(key);
         Ok(())

@@ -1314,6 +1314,57 @@ fn a_silent_trunk_is_given_up_after_five_seconds_for_the_next_route() {
     assert!(w.engine.idle() && w.sessions.is_empty());
 }
 
+/// A call out through a trunk is taken over with its trunk: the new owner renews the
+/// channel's lease at once and every 30 s, gives it back when the call ends, and its CDR
+/// names the trunk.
+#[test]
+fn a_call_through_a_trunk_is_carried_on_by_another_engine_with_its_channel() {
+    let mut first = World::with(None, true);
+    first.invite("c1", "004930555", "");
+    first.route("c1", trunk("t-a", &[]));
+    let (fork, _) = first.ringing().pop().unwrap();
+    first.answer_fork(fork, 200);
+    first.caller_sends("c1", "ACK", "");
+    let record = first
+        .persisted
+        .last()
+        .cloned()
+        .expect("a record once answered");
+    let trunk_record = record.trunk.clone().expect("the trunk is in the record");
+    assert_eq!(trunk_record.trunk_id, "t-a");
+    let leg_b = first.callers["c1"].leg_b.clone().unwrap();
+    assert_eq!(trunk_record.member, leg_b);
+    // The first engine is gone; the caller's INFO reaches another one, which adopts.
+    let mut second = World::with(None, true);
+    let info = first.caller_text("c1", "INFO", "").unwrap();
+    second.request(info);
+    second.recovered(Some(record));
+    let channel = ("trunk:t-a".to_owned(), leg_b.clone());
+    assert_eq!(
+        second.renewed,
+        vec![vec![channel.clone()]],
+        "renewed on adoption"
+    );
+    second.advance(Duration::from_secs(30));
+    assert_eq!(
+        second.renewed.len(),
+        2,
+        "and every 30 s: {:?}",
+        second.renewed
+    );
+    assert!(second.renewed[1].contains(&channel));
+    let bye = first.caller_text("c1", "BYE", "").unwrap();
+    second.request(bye);
+    assert!(second.released.contains(&channel), "{:?}", second.released);
+    assert_eq!(second.cdrs.len(), 1);
+    assert_eq!(second.cdrs[0].disposition, "answered");
+    assert!(
+        second.cdrs[0].legs.contains("trunk:t-a"),
+        "{}",
+        second.cdrs[0].legs
+    );
+}
+
 #[test]
 fn a_drain_stops_waiting_for_answers_after_its_limit() {
     let mut w = World::new(None);
