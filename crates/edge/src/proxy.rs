@@ -430,9 +430,7 @@ impl Proxy {
                 .tenant_key(msg, carrier.as_deref())
                 .unwrap_or_else(|| call_id.to_owned());
             let pool = self.placement_of(&key);
-            pick_by(&key, cores_of_pool(&candidates, &pool).into_iter(), |c| {
-                &c.node
-            })
+            pick_by(&key, cores_of_pool(&candidates, &pool), |c| &c.node)
         };
         // In a dialog whose core is gone (dead, or out of the membership): every request
         // of every dialog it held goes to one successor, picked by the dead core's

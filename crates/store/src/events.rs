@@ -111,6 +111,7 @@ async fn notify_pending(pool: &sqlx::PgPool) -> Result<usize> {
 fn spawn_listener(
     pool: sqlx::PgPool,
     tx: broadcast::Sender<ChangeEvent>,
+    listening: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -128,6 +129,7 @@ fn spawn_listener(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            listening.send_replace(true);
             loop {
                 tokio::select! {
                     n = listener.recv() => match n {
@@ -156,10 +158,18 @@ pub fn spawn_dispatcher(
 ) -> broadcast::Sender<ChangeEvent> {
     let (tx, _) = broadcast::channel(4096);
     let sender = tx.clone();
+    let (listening_tx, mut listening) = watch::channel(true);
     if let crate::Backend::Postgres(pool) = &store.backend {
-        spawn_listener(pool.clone(), tx.clone(), shutdown.clone());
+        listening_tx.send_replace(false);
+        spawn_listener(pool.clone(), tx.clone(), listening_tx, shutdown.clone());
     }
     tokio::spawn(async move {
+        // This node's events reach its own subscribers through LISTEN: notify nothing
+        // before it listens, or the first events are marked published and never heard.
+        tokio::select! {
+            _ = listening.wait_for(|l| *l) => {}
+            _ = shutdown.changed() => return,
+        }
         loop {
             match store.dispatch_once(&tx).await {
                 Ok(n) if n > 0 => continue,

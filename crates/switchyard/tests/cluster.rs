@@ -551,6 +551,9 @@ fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes_and_core() {
     let gold_id = cluster.tenant(gold);
     cluster.tenant(plain);
     cluster.place(&gold_id, "gold");
+    // Edges pick a tenant's cores by the placement their directory holds, which the
+    // change event (PostgreSQL NOTIFY) updates a moment after the write.
+    std::thread::sleep(Duration::from_secs(1));
     let in_gold = |port: u16| (48400..48500).contains(&port);
     for (domain, on_gold) in [(gold, true), (plain, false)] {
         let (mut a, mut b) = (
