@@ -84,8 +84,9 @@ pub enum Ring {
 }
 
 /// One outbound attempt made concrete: its trunk's address resolved and, unless the call
-/// is an emergency call, one of its channels held under leg B's Call-ID.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// is an emergency call, one of its channels held under leg B's Call-ID. Serialized into
+/// a takeover record without its credentials.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrunkLeg {
     pub trunk_id: String,
     pub route_id: String,
@@ -99,6 +100,7 @@ pub struct TrunkLeg {
     /// A channel is held (release it when the leg ends).
     pub holds_channel: bool,
     /// What the carrier's digest challenge is answered with, if the trunk has them.
+    #[serde(skip)]
     pub credentials: Option<TrunkCredentials>,
 }
 

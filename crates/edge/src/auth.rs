@@ -368,28 +368,11 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use switchyard_sip::digest::{expected_response, ha1};
-    use switchyard_store::Tenant;
 
     const DOMAIN: &str = "acme.test";
 
     fn entry() -> TenantEntry {
-        let tenant = Tenant {
-            id: "t1".into(),
-            name: "Acme".into(),
-            domain: DOMAIN.into(),
-            state: "active".into(),
-            placement: "shared".into(),
-            max_calls: 10,
-            calls_per_second: 5,
-            max_registrations: 10,
-            max_extensions: 10,
-            reg_expiry_min: 60,
-            reg_expiry_max: 3600,
-            reg_expiry_default: 600,
-            config_version: 1,
-            created_at: 0,
-            caller_id: None,
-        };
+        let tenant = crate::directory::test_tenant("t1", DOMAIN, "shared");
         let ext = Extension {
             id: "e1".into(),
             tenant_id: "t1".into(),

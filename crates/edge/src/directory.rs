@@ -311,3 +311,25 @@ impl Directory {
         entry
     }
 }
+
+/// An active tenant with small caps, for the crate's tests.
+#[cfg(test)]
+pub(crate) fn test_tenant(id: &str, domain: &str, placement: &str) -> Tenant {
+    Tenant {
+        id: id.into(),
+        name: domain.into(),
+        domain: domain.into(),
+        state: "active".into(),
+        placement: placement.into(),
+        max_calls: 10,
+        calls_per_second: 5,
+        max_registrations: 10,
+        max_extensions: 10,
+        reg_expiry_min: 60,
+        reg_expiry_max: 3600,
+        reg_expiry_default: 600,
+        config_version: 1,
+        created_at: 0,
+        caller_id: None,
+    }
+}

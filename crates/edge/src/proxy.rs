@@ -838,23 +838,7 @@ mod tests {
         let (p, _dir) = proxy(all.clone()).await;
         let place = |domain: &str, placement: &str| {
             p.directory.insert(crate::directory::TenantEntry::new(
-                switchyard_store::Tenant {
-                    id: format!("id-{domain}"),
-                    name: domain.into(),
-                    domain: domain.into(),
-                    state: "active".into(),
-                    placement: placement.into(),
-                    max_calls: 10,
-                    calls_per_second: 5,
-                    max_registrations: 10,
-                    max_extensions: 10,
-                    reg_expiry_min: 60,
-                    reg_expiry_max: 3600,
-                    reg_expiry_default: 600,
-                    config_version: 1,
-                    created_at: 0,
-                    caller_id: None,
-                },
+                crate::directory::test_tenant(&format!("id-{domain}"), domain, placement),
                 Vec::new(),
             ));
         };

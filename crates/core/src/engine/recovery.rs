@@ -68,16 +68,10 @@ pub struct DialogRecord {
     pub trunk: Option<TrunkRecord>,
 }
 
-/// The trunk a call went out through, without its credentials.
+/// The trunk a call went out through (its credentials are never written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrunkRecord {
-    pub trunk_id: String,
-    pub route_id: String,
-    pub number: String,
-    pub host: String,
-    pub port: Option<u16>,
-    pub dest: SocketAddr,
-    pub holds_channel: bool,
+    pub leg: crate::routing::TrunkLeg,
     pub dialled: String,
     pub emergency: bool,
     /// The Call-ID its channel is held under.
@@ -170,13 +164,7 @@ impl Engine {
                 })
                 .collect(),
             trunk: call.trunk.as_ref().map(|t| TrunkRecord {
-                trunk_id: t.leg.trunk_id.clone(),
-                route_id: t.leg.route_id.clone(),
-                number: t.leg.number.clone(),
-                host: t.leg.host.clone(),
-                port: t.leg.port,
-                dest: t.leg.dest,
-                holds_channel: t.leg.holds_channel,
+                leg: t.leg.clone(),
                 dialled: t.dialled.clone(),
                 emergency: t.emergency,
                 member: t.member.clone(),
@@ -292,16 +280,7 @@ impl Engine {
                 presented: r.presented,
                 // Answered: no failover left, no challenge to answer again.
                 trunk: r.trunk.map(|t| TrunkState {
-                    leg: crate::routing::TrunkLeg {
-                        trunk_id: t.trunk_id,
-                        route_id: t.route_id,
-                        number: t.number,
-                        host: t.host,
-                        port: t.port,
-                        dest: t.dest,
-                        holds_channel: t.holds_channel,
-                        credentials: None,
-                    },
+                    leg: t.leg,
                     rest: Vec::new(),
                     dialled: t.dialled,
                     emergency: t.emergency,

@@ -1321,7 +1321,14 @@ fn a_silent_trunk_is_given_up_after_five_seconds_for_the_next_route() {
 fn a_call_through_a_trunk_is_carried_on_by_another_engine_with_its_channel() {
     let mut first = World::with(None, true);
     first.invite("c1", "004930555", "");
-    first.route("c1", trunk("t-a", &[]));
+    let mut ring = trunk("t-a", &[]);
+    if let Ring::Trunk { leg, .. } = &mut ring {
+        leg.credentials = Some(crate::routing::TrunkCredentials {
+            username: "office".into(),
+            password: "trunk-secret".into(),
+        });
+    }
+    first.route("c1", ring);
     let (fork, _) = first.ringing().pop().unwrap();
     first.answer_fork(fork, 200);
     first.caller_sends("c1", "ACK", "");
@@ -1331,7 +1338,12 @@ fn a_call_through_a_trunk_is_carried_on_by_another_engine_with_its_channel() {
         .cloned()
         .expect("a record once answered");
     let trunk_record = record.trunk.clone().expect("the trunk is in the record");
-    assert_eq!(trunk_record.trunk_id, "t-a");
+    assert_eq!(trunk_record.leg.trunk_id, "t-a");
+    let text = serde_json::to_string(&record).unwrap();
+    assert!(
+        !text.contains("trunk-secret"),
+        "no credentials in Redis: {text}"
+    );
     let leg_b = first.callers["c1"].leg_b.clone().unwrap();
     assert_eq!(trunk_record.member, leg_b);
     // The first engine is gone; the caller's INFO reaches another one, which adopts.
