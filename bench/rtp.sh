@@ -8,13 +8,17 @@
 #
 # Usage: bench/rtp.sh [BIN]   (CALLS=1000 DURATION=10 RUNS=1; MEDIA_BIN=another build's
 # binary runs the media node, to compare two relays with one generator; RT=1 runs both
-# relays at real-time priority, SCHED_FIFO 50, as deploy/switchyard-media@.service can)
+# relays at real-time priority, SCHED_FIFO 50, as deploy/switchyard-media@.service can;
+# RT_GENERATOR=1 runs the generator at SCHED_FIFO 40, so that its own late ticks, which a
+# relay receives as bursts, do not count against the relay)
 # Everything runs on 127.0.0.1.
 set -e
 BIN=${1:-target/release/switchyard}
 MEDIA_BIN=${MEDIA_BIN:-$BIN}
 PRIO=""
 [ "${RT:-0}" = 1 ] && PRIO="chrt -f 50"
+GEN=""
+[ "${RT_GENERATOR:-0}" = 1 ] && GEN="chrt -f 40"
 CALLS=${CALLS:-1000}
 DURATION=${DURATION:-10}
 SECRET=rtp-bench-secret
@@ -29,7 +33,7 @@ ticks() { awk '{print $14 + $15}' /proc/$MEDIA/stat; }
 HZ=$(getconf CLK_TCK)
 for run in $(seq ${RUNS:-1}); do
   T0=$(ticks); W0=$(date +%s.%N)
-  taskset -c 1 "$BIN" bench rtp --media "$CONTROL" --cluster-secret "$SECRET" \
+  $GEN taskset -c 1 "$BIN" bench rtp --media "$CONTROL" --cluster-secret "$SECRET" \
     --calls $CALLS --seconds $DURATION --json > "$OUT/relayed.json"
   T1=$(ticks); W1=$(date +%s.%N)
   if command -v rtpengine > /dev/null; then
@@ -38,14 +42,14 @@ for run in $(seq ${RUNS:-1}); do
     RTPE=$!; sleep 1
     ticks_of() { awk '{print $14 + $15}' /proc/$1/stat; }
     R0=$(ticks_of $RTPE); V0=$(date +%s.%N)
-    taskset -c 1 "$BIN" bench rtp --rtpengine 127.0.0.1:22299 --calls $CALLS --seconds $DURATION \
+    $GEN taskset -c 1 "$BIN" bench rtp --rtpengine 127.0.0.1:22299 --calls $CALLS --seconds $DURATION \
       --json > "$OUT/rtpengine.json"
     R1=$(ticks_of $RTPE); V1=$(date +%s.%N)
     kill $RTPE; wait $RTPE 2>/dev/null
   else
     echo '{}' > "$OUT/rtpengine.json"; R0=0; R1=0; V0=0; V1=1
   fi
-  taskset -c 1 "$BIN" bench rtp --direct --calls $CALLS --seconds $DURATION --json > "$OUT/direct.json"
+  $GEN taskset -c 1 "$BIN" bench rtp --direct --calls $CALLS --seconds $DURATION --json > "$OUT/direct.json"
   python3 - "$OUT" "$T0" "$T1" "$W0" "$W1" "$HZ" "$R0" "$R1" "$V0" "$V1" <<'PY'
 import json, sys
 out, t0, t1, w0, w1, hz, r0, r1, v0, v1 = sys.argv[1], *map(float, sys.argv[2:])
