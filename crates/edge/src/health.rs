@@ -4,6 +4,7 @@
 //! whose host answers a ping "port unreachable" is out at once: its process is gone.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -107,19 +108,15 @@ pub async fn probe_cores(
         let list = cores.snapshot();
         probes.retain(|addr, _| list.contains(*addr));
         for core in list.nodes.iter().map(|c| c.addr) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = probes.entry(core) {
-                match Probe::open(local_ip, core, health.clone()).await {
-                    Ok(p) => {
-                        slot.insert(p);
-                    }
+            let probe = match probes.entry(core) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(slot) => match Probe::open(local_ip, core, health.clone()).await {
+                    Ok(p) => slot.insert(p),
                     Err(e) => {
                         warn!(%core, error = %e, "cannot open a socket to ping the core");
                         continue;
                     }
-                }
-            }
-            let Some(probe) = probes.get(&core) else {
-                continue;
+                },
             };
             seq += 1;
             let text = ping(probe.local, core, seq);

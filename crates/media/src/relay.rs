@@ -361,7 +361,7 @@ pub(crate) struct RelayThreads {
 
 #[derive(Debug)]
 struct RelayThread {
-    commands: Mutex<mpsc::Sender<Command>>,
+    commands: mpsc::Sender<Command>,
     wake: Arc<EventFd>,
 }
 
@@ -393,10 +393,7 @@ impl RelayThreads {
             std::thread::Builder::new()
                 .name(format!("rtp-relay-{i}"))
                 .spawn(move || run(epoll, &thread_wake, rx))?;
-            threads.push(RelayThread {
-                commands: Mutex::new(tx),
-                wake,
-            });
+            threads.push(RelayThread { commands: tx, wake });
         }
         Ok(RelayThreads {
             threads,
@@ -406,12 +403,7 @@ impl RelayThreads {
 
     fn send(&self, thread: usize, command: Command) {
         let t = &self.threads[thread];
-        let sent = t
-            .commands
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(command);
-        if sent.is_ok() {
+        if t.commands.send(command).is_ok() {
             let _ = t.wake.write(1);
         } else {
             warn!(thread, "relay thread is gone");

@@ -158,10 +158,13 @@ pub fn spawn_dispatcher(
 ) -> broadcast::Sender<ChangeEvent> {
     let (tx, _) = broadcast::channel(4096);
     let sender = tx.clone();
-    let (listening_tx, mut listening) = watch::channel(true);
-    if let crate::Backend::Postgres(pool) = &store.backend {
-        listening_tx.send_replace(false);
-        spawn_listener(pool.clone(), tx.clone(), listening_tx, shutdown.clone());
+    let postgres = match &store.backend {
+        crate::Backend::Postgres(pool) => Some(pool.clone()),
+        _ => None,
+    };
+    let (listening_tx, mut listening) = watch::channel(postgres.is_none());
+    if let Some(pool) = postgres {
+        spawn_listener(pool, tx.clone(), listening_tx, shutdown.clone());
     }
     tokio::spawn(async move {
         // This node's events reach its own subscribers through LISTEN: notify nothing
