@@ -11,6 +11,9 @@
 # relays at real-time priority, SCHED_FIFO 50, as deploy/switchyard-media@.service can;
 # RT_GENERATOR=1 runs the generator at SCHED_FIFO 40, so that its own late ticks, which a
 # relay receives as bursts, do not count against the relay)
+# Each run also probes CPUs 0 and 1 for stalls (a real-time thread per CPU that wakes
+# every millisecond: how late it woke is time the CPU ran nothing, the hypervisor's or
+# the kernel's), printed beside the delays.
 # Everything runs on 127.0.0.1.
 set -e
 BIN=${1:-target/release/switchyard}
@@ -34,7 +37,7 @@ HZ=$(getconf CLK_TCK)
 for run in $(seq ${RUNS:-1}); do
   T0=$(ticks); W0=$(date +%s.%N)
   $GEN taskset -c 1 "$BIN" bench rtp --media "$CONTROL" --cluster-secret "$SECRET" \
-    --calls $CALLS --seconds $DURATION --json > "$OUT/relayed.json"
+    --calls $CALLS --seconds $DURATION --probe-cpus 0,1 --json > "$OUT/relayed.json"
   T1=$(ticks); W1=$(date +%s.%N)
   if command -v rtpengine > /dev/null; then
     $PRIO taskset -c 0 rtpengine --foreground --log-stderr --log-level=3 --interface=127.0.0.1 \
@@ -43,13 +46,14 @@ for run in $(seq ${RUNS:-1}); do
     ticks_of() { awk '{print $14 + $15}' /proc/$1/stat; }
     R0=$(ticks_of $RTPE); V0=$(date +%s.%N)
     $GEN taskset -c 1 "$BIN" bench rtp --rtpengine 127.0.0.1:22299 --calls $CALLS --seconds $DURATION \
-      --json > "$OUT/rtpengine.json"
+      --probe-cpus 0,1 --json > "$OUT/rtpengine.json"
     R1=$(ticks_of $RTPE); V1=$(date +%s.%N)
     kill $RTPE; wait $RTPE 2>/dev/null
   else
     echo '{}' > "$OUT/rtpengine.json"; R0=0; R1=0; V0=0; V1=1
   fi
-  $GEN taskset -c 1 "$BIN" bench rtp --direct --calls $CALLS --seconds $DURATION --json > "$OUT/direct.json"
+  $GEN taskset -c 1 "$BIN" bench rtp --direct --calls $CALLS --seconds $DURATION --probe-cpus 0,1 \
+    --json > "$OUT/direct.json"
   python3 - "$OUT" "$T0" "$T1" "$W0" "$W1" "$HZ" "$R0" "$R1" "$V0" "$V1" <<'PY'
 import json, sys
 out, t0, t1, w0, w1, hz, r0, r1, v0, v1 = sys.argv[1], *map(float, sys.argv[2:])
@@ -66,6 +70,9 @@ for r in (relayed, rtpe, direct):
           f"to the socket p50 {r['kernel_delay_p50_us']} µs  p99 {r['kernel_delay_p99_us']} µs  "
           f"p99.9 {r['kernel_delay_p999_us']} µs  max {r['kernel_delay_max_us']} µs; "
           f"sender lag p99 {r['sender_lag_p99_us']} µs max {r['sender_lag_max_us']} µs")
+    for c in r.get("cpus", []):
+        print(f"          CPU {c['cpu']}: {c['stalls']} stalls over 200 µs, {c['stalled_ms']:.1f} ms in all, "
+              f"longest {c['longest_stall_us']} µs" + ("" if c["probe_realtime"] else " (probe not real-time)"))
 for name, r, cpu in (("switchyard", relayed, (t1 - t0) / hz / (w1 - w0)),
                      ("rtpengine", rtpe, (r1 - r0) / hz / (v1 - v0))):
     if not r:

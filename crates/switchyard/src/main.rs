@@ -354,6 +354,15 @@ struct RtpArgs {
     /// Relay through an rtpengine instead, at its ng control address (the comparison).
     #[arg(long, conflicts_with = "direct")]
     rtpengine: Option<std::net::SocketAddr>,
+    /// The generator's tick in microseconds: each sends the packets of the calls whose
+    /// phase it is (100: 10 packets every 100 µs at 1,000 calls, spread as phones are).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=20_000))]
+    tick_us: u64,
+    /// CPUs whose stalls to measure during the run, at real-time priority when allowed
+    /// (comma-separated: the relay's and the generator's); the report then gives the
+    /// delays of the packets no stall overlapped beside all of them.
+    #[arg(long, value_delimiter = ',')]
+    probe_cpus: Vec<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -1282,6 +1291,8 @@ fn bench_rtp(args: RtpArgs) -> anyhow::Result<()> {
             secret: args.cluster_secret,
             calls: args.calls,
             duration: std::time::Duration::from_secs(args.seconds),
+            tick: std::time::Duration::from_micros(args.tick_us),
+            probe_cpus: args.probe_cpus,
         })
         .await?;
         if args.json {

@@ -7,6 +7,7 @@
 pub mod calls;
 pub mod provision;
 pub mod rtp;
+pub mod stalls;
 pub mod storm;
 
 /// Large socket buffers for a load generator, so its own kernel queues lose nothing.

@@ -7,10 +7,12 @@
 //! large when it is saturated), and until the kernel queued it on the phone's socket
 //! (`SO_TIMESTAMPNS`), which is what the relay adds and nothing of the reader.
 //!
-//! The phones are driven by one thread, an epoll loop that reads one packet per ready
-//! socket and sends each millisecond's packets: the generator must cost less than the
-//! relay it measures, or its own bursts (a late tick sends several milliseconds at once)
-//! become the relay's queue.
+//! The phones are driven by one thread: every tick (100 µs by default) it sends the
+//! packets of the calls whose phase it is, then reads whatever has arrived, then sleeps
+//! to the next tick; it never wakes for a packet. The generator must cost less than the
+//! relay it measures, or its own bursts (a late tick sends several ticks at once) become
+//! the relay's queue. With `probe_cpus`, the report also gives each CPU's stalls during
+//! the run ([`super::stalls`]): time in which nothing could have relayed a packet.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -23,6 +25,11 @@ use tokio::net::UdpSocket;
 use switchyard_core::media_client::{RemoteMedia, Retry};
 use switchyard_media_control::wire::ControlKey;
 use switchyard_media_control::{Leg, MediaControl, Reply, Request};
+
+use super::stalls::StallProbe;
+
+/// A G.711 phone's packet interval.
+const PACKET_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What relays the calls.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +49,12 @@ pub struct RtpOptions {
     /// Calls up at once (two legs each, 50 packets a second per leg).
     pub calls: usize,
     pub duration: Duration,
+    /// The generator's tick: each sends the packets of the calls whose phase it is, so a
+    /// finer tick spreads them more evenly (real phones are not in step).
+    pub tick: Duration,
+    /// CPUs whose stalls to measure during the run (see [`super::stalls`]): the relay's
+    /// and the generator's.
+    pub probe_cpus: Vec<usize>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -67,6 +80,21 @@ pub struct RtpReport {
     /// packets in one burst with the next ones, which a relay then queues).
     pub sender_lag_p99_us: u64,
     pub sender_lag_max_us: u64,
+    /// With `probe_cpus`: each probed CPU's stalls during the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<CpuReport>,
+}
+
+/// One probed CPU during the run.
+#[derive(Debug, Serialize)]
+pub struct CpuReport {
+    pub cpu: usize,
+    pub probe_realtime: bool,
+    /// Wake-ups later than the stall threshold, and the time they lost in all.
+    pub stalls: usize,
+    pub stalled_ms: f64,
+    pub longest_stall_us: u64,
+    pub probe_lateness_p99_us: u64,
 }
 
 impl std::fmt::Display for RtpReport {
@@ -91,7 +119,23 @@ impl std::fmt::Display for RtpReport {
             self.kernel_delay_max_us,
             self.sender_lag_p99_us,
             self.sender_lag_max_us
-        )
+        )?;
+        for c in &self.cpus {
+            write!(
+                f,
+                "; CPU {} ({}): {} stalls, {:.1} ms in all, longest {} µs",
+                c.cpu,
+                if c.probe_realtime {
+                    "real-time probe"
+                } else {
+                    "probe at normal priority"
+                },
+                c.stalls,
+                c.stalled_ms,
+                c.longest_stall_us
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -323,8 +367,10 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         )
         .context("SO_TIMESTAMPNS")?;
     }
-    let duration = options.duration;
-    let driven = tokio::task::spawn_blocking(move || drive(&phones, duration)).await??;
+    let (duration, tick) = (options.duration, options.tick);
+    let probe = StallProbe::start(&options.probe_cpus)?;
+    let driven = tokio::task::spawn_blocking(move || drive(&phones, duration, tick)).await??;
+    let probed = probe.stop()?;
     let Driven {
         sent,
         seconds,
@@ -332,6 +378,21 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         mut kernel_delays,
         mut lags,
     } = driven;
+    let cpus = probed
+        .iter()
+        .map(|c| {
+            let mut late = c.lateness.clone();
+            late.sort_unstable();
+            CpuReport {
+                cpu: c.cpu,
+                probe_realtime: c.realtime,
+                stalls: c.stalls(),
+                stalled_ms: c.stalled().as_secs_f64() * 1000.0,
+                longest_stall_us: late.last().copied().map(u64::from).unwrap_or(0),
+                probe_lateness_p99_us: percentile(&late, 0.99),
+            }
+        })
+        .collect();
     if let Some(m) = &media {
         for i in 0..options.calls {
             let _ = m
@@ -380,6 +441,7 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         kernel_delay_max_us: kernel_delays.last().copied().map(u64::from).unwrap_or(0),
         sender_lag_p99_us: percentile(&lags, 0.99),
         sender_lag_max_us: lags.last().copied().map(u64::from).unwrap_or(0),
+        cpus,
     })
 }
 
@@ -394,9 +456,10 @@ struct Driven {
 }
 
 /// Sends and receives for every phone for `duration` (then reads for 500 ms more):
-/// every millisecond, the calls whose phase it is send one packet per leg, so the 20 ms
-/// of every call are spread like real phones'.
-fn drive(phones: &[Phone], duration: Duration) -> anyhow::Result<Driven> {
+/// every `tick`, the calls whose phase it is send one packet per leg, so the 20 ms of
+/// every call are spread like real phones', then every packet that has arrived is read.
+/// The delay to read therefore includes up to a tick of this wait.
+fn drive(phones: &[Phone], duration: Duration, tick: Duration) -> anyhow::Result<Driven> {
     use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     for (i, p) in phones.iter().enumerate() {
@@ -413,8 +476,11 @@ fn drive(phones: &[Phone], duration: Duration) -> anyhow::Result<Driven> {
     let until = start + duration;
     let drain_until = until + Duration::from_millis(500);
     let mut next_tick = start;
-    let mut ms = 0u64;
-    let mut lags = Vec::with_capacity(duration.as_millis() as usize);
+    let mut ticks = 0usize;
+    let mut lags = Vec::with_capacity((duration.as_micros() / tick.as_micros().max(1)) as usize);
+    let phases = (PACKET_INTERVAL.as_micros() / tick.as_micros().max(1)).max(1) as usize;
+    // Ticks finer than a millisecond need a sleep with no timer slack.
+    let _ = nix::sys::prctl::set_timerslack(1);
     loop {
         let now = Instant::now();
         if now >= drain_until {
@@ -422,13 +488,13 @@ fn drive(phones: &[Phone], duration: Duration) -> anyhow::Result<Driven> {
         }
         while next_tick <= now && next_tick < until {
             lags.push(now.duration_since(next_tick).as_micros() as u32);
-            let phase = (ms % 20) as usize;
-            ms += 1;
-            next_tick += Duration::from_millis(1);
-            for (i, p) in phones.iter().enumerate() {
-                if (i / 2) % 20 != phase {
-                    continue;
-                }
+            let phase = ticks % phases;
+            ticks += 1;
+            next_tick += tick;
+            // The calls of this phase: `phase`, `phase + phases`, ..., two phones each.
+            let calls = (phase..phones.len() / 2).step_by(phases);
+            for i in calls.flat_map(|call| [2 * call, 2 * call + 1]) {
+                let p = &phones[i];
                 seq[i] = seq[i].wrapping_add(1);
                 packet[2..4].copy_from_slice(&seq[i].to_be_bytes());
                 packet[4..8].copy_from_slice(&(u32::from(seq[i]) * 160).to_be_bytes());
@@ -439,38 +505,41 @@ fn drive(phones: &[Phone], duration: Duration) -> anyhow::Result<Driven> {
                 }
             }
         }
+        // Read what has arrived without waiting for it: the generator wakes once a
+        // tick, not once a packet (the kernel's receive stamps keep the delays exact).
+        loop {
+            let ready = match epoll.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for event in &events[..ready] {
+                let Some(p) = phones.get(event.data() as usize) else {
+                    continue;
+                };
+                let Ok((n, kernel_ns)) = receive_stamped(p.socket.as_raw_fd(), &mut buf) else {
+                    continue;
+                };
+                if n < 12 + 8 {
+                    continue;
+                }
+                let sent_ns = u64::from_be_bytes(buf[12..20].try_into().unwrap_or_default());
+                let micros = |ns: u64| (ns.saturating_sub(sent_ns) / 1000) as u32;
+                delays.push(micros(wall_clock_ns()));
+                // No stamp would be a kernel without SO_TIMESTAMPNS: the read time then.
+                kernel_delays.push(micros(kernel_ns.unwrap_or_else(wall_clock_ns)));
+            }
+            if ready < events.len() {
+                break;
+            }
+        }
+        let now = Instant::now();
         let wake_at = if next_tick < until {
             next_tick
         } else {
-            drain_until
+            now + tick
         };
-        // Whole milliseconds: round up, so the loop never spins waiting for a tick.
-        let wait_ms = wake_at
-            .saturating_duration_since(Instant::now())
-            .as_micros()
-            .div_ceil(1000)
-            .min(1000) as u16;
-        let ready = match epoll.wait(&mut events, EpollTimeout::from(wait_ms)) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for event in &events[..ready] {
-            let Some(p) = phones.get(event.data() as usize) else {
-                continue;
-            };
-            let Ok((n, kernel_ns)) = receive_stamped(p.socket.as_raw_fd(), &mut buf) else {
-                continue;
-            };
-            if n < 12 + 8 {
-                continue;
-            }
-            let sent_ns = u64::from_be_bytes(buf[12..20].try_into().unwrap_or_default());
-            let micros = |ns: u64| (ns.saturating_sub(sent_ns) / 1000) as u32;
-            delays.push(micros(wall_clock_ns()));
-            // No stamp would be a kernel without SO_TIMESTAMPNS: the read time then.
-            kernel_delays.push(micros(kernel_ns.unwrap_or_else(wall_clock_ns)));
-        }
+        std::thread::sleep(wake_at.saturating_duration_since(now));
     }
     Ok(Driven {
         sent,
