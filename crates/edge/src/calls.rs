@@ -10,8 +10,10 @@
 //!   do not match the call does not end it: the core refuses it with `481`),
 //! - its setup outlives [`SETUP_TIMEOUT`] with no answer at all (the core went silent),
 //! - the core that holds it stops answering the edge's pings: its calls still being set
-//!   up are gone with it; its answered calls too, unless cores write them for takeover
-//!   (then another core carries them on, and their BYE ends them as any other's).
+//!   up are gone with it (the tracker hands back what it kept of each one's INVITE, for
+//!   the edge to answer the caller, who would otherwise hear ringing until it gave up);
+//!   its answered calls too, unless cores write them for takeover (then another core
+//!   carries them on, and their BYE ends them as any other's).
 //!
 //! A call is known by its Call-ID and the caller's tag (`Call-ID\ntag`, the member the
 //! shared counters hold): the caller's tag is the From tag of what the phone sends and of
@@ -99,24 +101,38 @@ enum Phase {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Entry<C> {
     tenant: TenantId,
     cseq: u32,
     core: SocketAddr,
     phase: Phase,
+    /// What the edge needs to answer the caller itself (its INVITE and where it came
+    /// from), kept until the core's final answer.
+    caller: Option<C>,
 }
 
-/// The calls this edge holds slots for.
-#[derive(Debug, Default)]
-pub struct CallTracker {
-    calls: HashMap<String, Entry>,
+/// The calls this edge holds slots for; `C` is what it keeps of each caller's INVITE
+/// until the call is answered.
+#[derive(Debug)]
+pub struct CallTracker<C> {
+    calls: HashMap<String, Entry<C>>,
     released: Vec<(TenantId, String, Ending)>,
     /// Calls ended within [`RETRANSMISSION_WINDOW`], and when.
     ended: HashMap<String, Instant>,
 }
 
-impl CallTracker {
-    pub fn new() -> CallTracker {
+impl<C> Default for CallTracker<C> {
+    fn default() -> Self {
+        CallTracker {
+            calls: HashMap::new(),
+            released: Vec::new(),
+            ended: HashMap::new(),
+        }
+    }
+}
+
+impl<C> CallTracker<C> {
+    pub fn new() -> CallTracker<C> {
         CallTracker::default()
     }
 
@@ -144,7 +160,7 @@ impl CallTracker {
     }
 
     /// The call was admitted and its INVITE goes to `call.core`.
-    pub fn begin(&mut self, call: &NewCall, now: Instant) {
+    pub fn begin(&mut self, call: &NewCall, caller: C, now: Instant) {
         self.calls.entry(call.member()).or_insert(Entry {
             tenant: call.tenant.clone(),
             cseq: call.cseq,
@@ -152,6 +168,7 @@ impl CallTracker {
             phase: Phase::Setup {
                 until: now + SETUP_TIMEOUT,
             },
+            caller: Some(caller),
         });
     }
 
@@ -186,6 +203,7 @@ impl CallTracker {
                     .and_then(|t| t.tag().map(str::to_owned))
                     .unwrap_or_default();
                 entry.phase = Phase::Up { core_tag };
+                entry.caller = None;
             }
             _ => self.release(key, Ending::Failed, now),
         }
@@ -219,8 +237,14 @@ impl CallTracker {
     }
 
     /// `core` stopped answering: the calls it held are gone, except the answered ones
-    /// when `answered_survive` (another core takes them over).
-    pub fn on_core_lost(&mut self, core: SocketAddr, answered_survive: bool, now: Instant) {
+    /// when `answered_survive` (another core takes them over). Returns what was kept of
+    /// the INVITEs of the calls still being set up, whose callers wait for an answer.
+    pub fn on_core_lost(
+        &mut self,
+        core: SocketAddr,
+        answered_survive: bool,
+        now: Instant,
+    ) -> Vec<C> {
         let lost: Vec<String> = self
             .calls
             .iter()
@@ -228,9 +252,14 @@ impl CallTracker {
             .filter(|(_, e)| !answered_survive || matches!(e.phase, Phase::Setup { .. }))
             .map(|(k, _)| k.clone())
             .collect();
+        let mut waiting = Vec::new();
         for key in lost {
+            if let Some(caller) = self.calls.get_mut(&key).and_then(|e| e.caller.take()) {
+                waiting.push(caller);
+            }
             self.release(key, Ending::CoreLost, now);
         }
+        waiting
     }
 
     /// Releases setups that outlived their time.
@@ -332,7 +361,7 @@ mod tests {
         .unwrap()
     }
 
-    fn endings(t: &mut CallTracker) -> Vec<Ending> {
+    fn endings(t: &mut CallTracker<&str>) -> Vec<Ending> {
         t.take_released().into_iter().map(|(_, _, e)| e).collect()
     }
 
@@ -341,7 +370,7 @@ mod tests {
         let (mut t, now) = (CallTracker::new(), Instant::now());
         let c = call("c1");
         assert!(!t.is_retransmission(&c, now));
-        t.begin(&c, now);
+        t.begin(&c, "", now);
         assert!(t.is_retransmission(&c, now), "held: a retransmission");
         t.on_core_response(&response("c1", 486, "2 INVITE", Some("core")), now);
         assert_eq!(endings(&mut t), [Ending::Failed]);
@@ -361,8 +390,8 @@ mod tests {
     #[test]
     fn a_failed_or_cancelled_setup_releases_its_slot_once() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
-        t.begin(&call("c1"), now);
-        t.begin(&call("c1"), now);
+        t.begin(&call("c1"), "", now);
+        t.begin(&call("c1"), "", now);
         assert_eq!(t.len(), 1, "a retransmitted INVITE holds one slot");
         t.on_core_response(&response("c1", 180, "2 INVITE", Some("core")), now);
         // The answer to the 407-challenged INVITE (CSeq 1) is not this call's.
@@ -377,7 +406,7 @@ mod tests {
     #[test]
     fn only_a_bye_with_both_tags_ends_an_answered_call() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
-        t.begin(&call("c1"), now);
+        t.begin(&call("c1"), "", now);
         t.on_core_response(&response("c1", 200, "2 INVITE", Some("core")), now);
         // A failure to a re-INVITE leaves it up.
         t.on_core_response(&response("c1", 491, "3 INVITE", Some("core")), now);
@@ -388,7 +417,7 @@ mod tests {
         t.on_request(&bye("c1", "caller", "core"), false, now);
         assert_eq!(endings(&mut t), [Ending::Bye]);
         // The core ends another one.
-        t.begin(&call("c2"), now);
+        t.begin(&call("c2"), "", now);
         t.on_core_response(&response("c2", 200, "2 INVITE", Some("core")), now);
         t.on_request(&bye("c2", "core", "caller"), true, now);
         assert_eq!(endings(&mut t), [Ending::Bye]);
@@ -398,7 +427,7 @@ mod tests {
     #[test]
     fn a_phone_cannot_end_a_ringing_call_with_a_bye() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
-        t.begin(&call("c1"), now);
+        t.begin(&call("c1"), "", now);
         t.on_request(&bye("c1", "caller", "anything"), false, now);
         assert_eq!(t.len(), 1);
     }
@@ -406,8 +435,8 @@ mod tests {
     #[test]
     fn silent_setups_time_out_and_provisionals_restart_the_clock() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
-        t.begin(&call("c1"), now);
-        t.begin(&call("c2"), now);
+        t.begin(&call("c1"), "", now);
+        t.begin(&call("c2"), "", now);
         let later = now + SETUP_TIMEOUT - Duration::from_secs(1);
         t.on_core_response(&response("c2", 180, "2 INVITE", Some("core")), later);
         t.handle_timeout(now + SETUP_TIMEOUT);
@@ -422,11 +451,15 @@ mod tests {
     #[test]
     fn a_lost_core_releases_only_its_own_calls() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
-        t.begin(&call("c1"), now);
+        t.begin(&call("c1"), "invite of c1", now);
         let mut elsewhere = call("c2");
         elsewhere.core = "127.0.0.1:7102".parse().unwrap();
-        t.begin(&elsewhere, now);
-        t.on_core_lost(CORE.parse().unwrap(), false, now);
+        t.begin(&elsewhere, "invite of c2", now);
+        // The caller of the lost call is to be answered; the other's call goes on.
+        assert_eq!(
+            t.on_core_lost(CORE.parse().unwrap(), false, now),
+            ["invite of c1"]
+        );
         assert_eq!(endings(&mut t), [Ending::CoreLost]);
         assert_eq!(t.held(), [(TenantId::from("acme"), elsewhere.member())]);
     }
@@ -436,11 +469,15 @@ mod tests {
     #[test]
     fn with_takeover_a_lost_core_releases_only_calls_not_yet_answered() {
         let (mut t, now) = (CallTracker::new(), Instant::now());
-        t.begin(&call("up"), now);
-        t.begin(&call("ringing"), now);
+        t.begin(&call("up"), "invite of up", now);
+        t.begin(&call("ringing"), "invite of ringing", now);
         t.on_core_response(&response("up", 200, "2 INVITE", Some("core-tag")), now);
         t.on_core_response(&response("ringing", 180, "2 INVITE", Some("core-tag")), now);
-        t.on_core_lost(CORE.parse().unwrap(), true, now);
+        // Only the ringing call's caller still waits for an answer.
+        assert_eq!(
+            t.on_core_lost(CORE.parse().unwrap(), true, now),
+            ["invite of ringing"]
+        );
         assert_eq!(endings(&mut t), [Ending::CoreLost]);
         assert_eq!(t.held(), [(TenantId::from("acme"), call("up").member())]);
         // Its BYE, through whichever core took it over, ends it.

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod registrar;
 pub mod responder;
+pub mod ringing;
 pub mod run;
 pub mod token;
 pub mod uplinks;

@@ -268,6 +268,12 @@ impl Proxy {
         }
     }
 
+    /// The answer to a caller whose call was still being set up on a core that died:
+    /// `503`, so the phone stops ringing back and a new attempt reaches a live core.
+    pub fn core_lost(&self, msg: &Message, ingress: &Ingress) -> Verdict {
+        self.answer(msg, ingress, 503, "Core Lost")
+    }
+
     /// The answer to a new call its tenant's caps refused: `486` at the calls-in-progress
     /// cap, `503` with `Retry-After` above the call rate, the reason naming the limit.
     pub fn refuse(&self, msg: &Message, ingress: &Ingress, admission: Admission) -> Verdict {
@@ -720,7 +726,8 @@ pub fn token_target(t: &FlowToken) -> Target {
 
 /// A branch for the forwarded request that is the same for retransmissions and for the
 /// CANCEL of an INVITE (they share the top Via) and differs between requests (§16.11).
-fn branch(msg: &Message) -> String {
+/// The branch of the Via the edge adds to `msg` when it forwards it.
+pub(crate) fn branch(msg: &Message) -> String {
     // An ACK for a non-2xx shares the INVITE's Via too, and must match the core's INVITE
     // transaction, so the method is not part of the key.
     let key = msg.header(HeaderName::Via).unwrap_or_default();

@@ -45,6 +45,7 @@ use crate::metrics::{Rejection, TenantMetrics};
 use crate::proxy::{Proxy, Verdict};
 use crate::registrar::{Ingress, Registrar};
 use crate::responder::{Decision, Responder};
+use crate::ringing::{Fate, Ringing};
 use crate::uplinks::Uplinks;
 
 /// Settings of the shell.
@@ -226,6 +227,7 @@ pub async fn run(
         urgent: VecDeque::new(),
         fresh: VecDeque::new(),
         calls: CallTracker::new(),
+        ringing: Ringing::default(),
         cores_up: HashSet::new(),
         next_renewal: Instant::now() + LEASE_RENEW_EVERY,
         uplinks: Uplinks::new(),
@@ -345,8 +347,10 @@ struct Shell {
     urgent: VecDeque<Incoming>,
     /// New requests (and what cannot be told apart cheaply).
     fresh: VecDeque<Incoming>,
-    /// The calls this edge holds slots for.
-    calls: CallTracker,
+    /// The calls this edge holds slots for, each with its caller's INVITE until answered.
+    calls: CallTracker<Incoming>,
+    /// The INVITEs cores sent to phones through this edge, until their final answer.
+    ringing: Ringing<Target>,
     /// Cores seen answering pings at the last sweep: one that stops has lost its calls.
     cores_up: HashSet<SocketAddr>,
     next_renewal: Instant,
@@ -535,6 +539,14 @@ impl Shell {
                 {
                     self.calls.on_core_response(&msg, Instant::now());
                     self.release_ended().await;
+                } else if let Fate::Absorb(answers) = self.ringing.on_response(&msg) {
+                    // Its core is gone: the edge acknowledges it in the core's place.
+                    for (bytes, target) in answers {
+                        if let Err(e) = self.deps.hub.send(target, bytes).await {
+                            debug!(?target, error = %e, "answer for a lost core not sent");
+                        }
+                    }
+                    return;
                 }
                 let verdict = self.deps.proxy.response(&msg);
                 self.forward(verdict, peer.source).await
@@ -625,13 +637,21 @@ impl Shell {
                 bytes,
             } => self.admit(incoming, call, target, bytes).await,
             verdict => {
-                if matches!(verdict, Verdict::Forward { .. }) {
-                    self.calls.on_request(
-                        msg,
-                        self.deps.proxy.is_from_core(&ingress),
-                        Instant::now(),
-                    );
+                if let Verdict::Forward { target, bytes } = &verdict {
+                    let from_core = self.deps.proxy.is_from_core(&ingress);
+                    self.calls.on_request(msg, from_core, Instant::now());
                     self.release_ended().await;
+                    // A core's new INVITE to a phone: kept until its final answer, to be
+                    // CANCELled should that core die first.
+                    if from_core && msg.method() == Some(&Method::Invite) && !has_to_tag(msg) {
+                        self.ringing.sent(
+                            incoming.source,
+                            crate::proxy::branch(msg),
+                            bytes.clone(),
+                            *target,
+                            Instant::now(),
+                        );
+                    }
                 }
                 self.forward(verdict, incoming.source).await
             }
@@ -706,11 +726,12 @@ impl Shell {
                     counters.calls_admitted.fetch_add(1, Ordering::Relaxed);
                     self.metrics().call_started(call.tenant.as_str());
                 }
-                self.calls.begin(&call, Instant::now());
+                let source = incoming.source;
+                self.calls.begin(&call, incoming, Instant::now());
                 counters
                     .calls_in_progress
                     .store(self.calls.len() as u64, Ordering::Relaxed);
-                self.forward(Verdict::Forward { target, bytes }, incoming.source)
+                self.forward(Verdict::Forward { target, bytes }, source)
                     .await
             }
             refused => {
@@ -764,21 +785,47 @@ impl Shell {
         }
     }
 
+    /// A core stopped answering: the slots of its calls that die with it are released,
+    /// their callers answered `503`, and the phones it was ringing CANCELled.
+    async fn core_lost(&mut self, core: SocketAddr, now: Instant) {
+        let callers = self.calls.on_core_lost(core, self.deps.takeover, now);
+        let cancels = self.ringing.on_core_lost(core, now);
+        warn!(%core, takeover = self.deps.takeover, callers = callers.len(), cancelled = cancels.len(), "core stopped answering: the calls it was setting up are ended");
+        for incoming in callers {
+            let Inbound::Request(msg) = &incoming.inbound else {
+                continue;
+            };
+            if let Verdict::Answer { status, bytes } =
+                self.deps.proxy.core_lost(msg, &ingress_of(&incoming))
+            {
+                self.send_answer(&incoming, msg, status, bytes).await;
+            }
+        }
+        for (bytes, target) in cancels {
+            if let Err(e) = self.deps.hub.send(target, bytes).await {
+                debug!(?target, error = %e, "CANCEL for a lost core not sent");
+            }
+        }
+    }
+
     /// Setups that timed out, calls of cores that stopped answering, lease renewal.
     async fn housekeeping(&mut self) {
         let now = Instant::now();
         self.calls.handle_timeout(now);
+        self.ringing.handle_timeout(now);
         self.keep_uplinks(now);
+        let mut lost = Vec::new();
         if let Some(health) = &self.deps.proxy.health {
             for core in &self.deps.proxy.cores.snapshot().nodes {
                 if health.is_healthy(core.addr, now) {
                     self.cores_up.insert(core.addr);
                 } else if self.cores_up.remove(&core.addr) {
-                    warn!(core = %core.addr, takeover = self.deps.takeover, "core stopped answering: the slots of its calls that die with it are released");
-                    self.calls
-                        .on_core_lost(core.addr, self.deps.takeover, Instant::now());
+                    lost.push(core.addr);
                 }
             }
+        }
+        for core in lost {
+            self.core_lost(core, now).await;
         }
         self.release_ended().await;
         if now >= self.next_renewal {
@@ -1109,4 +1156,9 @@ fn unix_now_ms() -> i64 {
 
 fn unix_now() -> u64 {
     (unix_now_ms() / 1000) as u64
+}
+
+/// Whether a request names a To tag: one inside a dialog.
+fn has_to_tag(msg: &Message) -> bool {
+    msg.to_header().ok().is_some_and(|t| t.tag().is_some())
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::RoleProcess;
+use common::baresip::Baresip;
 use common::phone::{CallLeg, Phone};
 use switchyard_store::Store;
 
@@ -573,6 +574,105 @@ fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes_and_core() {
     }
     let gold_node = cluster.media[2].metrics();
     assert_eq!(gold_node["switchyard_media_sessions{pool=\"gold\"}"], 0.0);
+}
+
+/// `kill -9` of a core with calls still ringing: they cannot be carried on (their
+/// transactions lived in the dead core), so both sides are ended cleanly instead of
+/// ringing on. The caller's edge answers its INVITE `503`; the callee's edge CANCELs the
+/// dead core's INVITE and acknowledges the phone's `487`. Calls ringing on the live core
+/// go on untouched.
+#[test]
+fn calls_still_ringing_on_a_killed_core_end_cleanly_on_both_sides() {
+    let mut cluster = Cluster::start(["45000-45099", "45200-45299"]);
+    let victim = cluster.cores[0].addr("core").to_string();
+    let mut ringing = Vec::new();
+    for t in 0..6 {
+        let domain = format!("r{t}.cluster.example");
+        // 2005 and 2006 are for baresips.
+        cluster.rt.block_on(common::provision_tenant(
+            &cluster.store,
+            &domain,
+            &[2001, 2002, 2003, 2004, 2005, 2006],
+        ));
+        // An answered call tells which core holds the tenant's calls.
+        let (_, _, core, _) = call_and_hang_up(
+            phone(&cluster, &domain, 2001, t % 2),
+            phone(&cluster, &domain, 2002, (t + 1) % 2),
+            "2002",
+        );
+        let mut a = phone(&cluster, &domain, 2003, t % 2);
+        let mut b = phone(&cluster, &domain, 2004, (t + 1) % 2);
+        let (_, call_id, seq) = a.start_call("2004");
+        let (invite, from) = b
+            .wait_request("INVITE", Duration::from_secs(5))
+            .expect("INVITE at the callee");
+        b.answer(&invite, from, 180, &[]);
+        ringing.push((core == victim, a, call_id, seq, b, invite, from));
+    }
+    let on_victim = ringing.iter().filter(|r| r.0).count();
+    assert!(
+        on_victim > 0 && on_victim < ringing.len(),
+        "ringing calls on both cores: {on_victim} on the victim"
+    );
+    // Two baresips of a tenant on the victim: one rings the other, which does not answer.
+    let index = ringing
+        .iter()
+        .position(|r| r.0)
+        .expect("a tenant on the victim");
+    let domain = format!("r{index}.cluster.example");
+    let account = |n: i64, edge: SocketAddr| {
+        format!(
+            "<sip:{n}@{domain}>;auth_pass={};outbound=\"sip:{edge}\";regint=600",
+            password(n, &domain)
+        )
+    };
+    let mut caller = Baresip::start("caller", 440.0, 30.0);
+    let mut callee = Baresip::start("callee", 1000.0, 30.0);
+    caller.register(&account(2005, cluster.edge(0)));
+    callee.register(&account(2006, cluster.edge(1)));
+    caller.command("dial", "2006");
+    callee.wait_event("CALL_INCOMING", Duration::from_secs(10));
+    caller.wait_event("CALL_RINGING", Duration::from_secs(10));
+    cluster.cores[0].kill();
+    // Both baresips close the call: the callee on the edge's CANCEL, the caller on its `503`.
+    let closed = callee.wait_event("CALL_CLOSED", Duration::from_secs(5));
+    eprintln!("callee: {closed}");
+    let closed = caller.wait_event("CALL_CLOSED", Duration::from_secs(5));
+    eprintln!("caller: {closed}");
+    assert!(
+        closed.to_string().contains("503"),
+        "the caller is told why: {closed}"
+    );
+    for (lost, mut a, call_id, seq, mut b, invite, from) in ringing {
+        if lost {
+            let (cancel, cancel_from) = b
+                .wait_request("CANCEL", Duration::from_secs(5))
+                .expect("the callee of a dead core's call is CANCELled");
+            assert_eq!(cancel.call_id().ok(), invite.call_id().ok());
+            b.answer(&cancel, cancel_from, 200, &[]);
+            b.answer(&invite, from, 487, &[]);
+            assert!(
+                b.wait_request("ACK", Duration::from_secs(3)).is_some(),
+                "the edge acknowledges the 487 in the dead core's place"
+            );
+            let r = a
+                .final_response(&call_id, seq, Duration::from_secs(5))
+                .expect("the caller of a dead core's call is answered");
+            assert_eq!(r.status(), Some(503), "{r:?}");
+        } else {
+            // Untouched: the callee answers and the caller gets its 200.
+            assert!(
+                b.wait_request("CANCEL", Duration::from_millis(100))
+                    .is_none(),
+                "a live core's call is not cancelled"
+            );
+            b.answer(&invite, from, 200, &[0]);
+            let r = a
+                .final_response(&call_id, seq, Duration::from_secs(5))
+                .expect("the live core's call is answered");
+            assert_eq!(r.status(), Some(200), "{r:?}");
+        }
+    }
 }
 
 /// `kill -9` of a core with calls up: each of its calls goes on (media never stopped:
