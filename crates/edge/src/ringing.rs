@@ -284,6 +284,23 @@ mod tests {
         .unwrap()
     }
 
+    /// `core` rings `target` with an INVITE of branch `branch`.
+    fn ring(
+        r: &mut Ringing<&'static str>,
+        core: &str,
+        branch: &str,
+        target: &'static str,
+        now: Instant,
+    ) {
+        r.sent(
+            core.parse().unwrap(),
+            branch.into(),
+            invite(branch),
+            target,
+            now,
+        );
+    }
+
     fn parse(bytes: &Bytes) -> Message {
         Message::parse_datagram(bytes.clone()).unwrap()
     }
@@ -291,20 +308,8 @@ mod tests {
     #[test]
     fn a_lost_cores_ringing_invites_are_cancelled_and_their_failures_acknowledged() {
         let (mut r, now) = (Ringing::default(), Instant::now());
-        r.sent(
-            CORE.parse().unwrap(),
-            "z9hG4bKa".into(),
-            invite("z9hG4bKa"),
-            "phone-a",
-            now,
-        );
-        r.sent(
-            "127.0.0.1:7102".parse().unwrap(),
-            "z9hG4bKb".into(),
-            invite("z9hG4bKb"),
-            "phone-b",
-            now,
-        );
+        ring(&mut r, CORE, "z9hG4bKa", "phone-a", now);
+        ring(&mut r, "127.0.0.1:7102", "z9hG4bKb", "phone-b", now);
 
         let cancels = r.on_core_lost(CORE.parse().unwrap(), now);
         assert_eq!(cancels.len(), 1, "only the lost core's INVITE");
@@ -353,13 +358,7 @@ mod tests {
     #[test]
     fn a_phone_that_answers_a_cancelled_invite_gets_an_ack_and_a_bye() {
         let (mut r, now) = (Ringing::default(), Instant::now());
-        r.sent(
-            CORE.parse().unwrap(),
-            "z9hG4bKa".into(),
-            invite("z9hG4bKa"),
-            "phone-a",
-            now,
-        );
+        ring(&mut r, CORE, "z9hG4bKa", "phone-a", now);
         r.on_core_lost(CORE.parse().unwrap(), now);
         let Fate::Absorb(sent) = r.on_response(&response("z9hG4bKa", 200)) else {
             panic!("the 200 of a cancelled INVITE is the edge's to answer");
@@ -390,20 +389,8 @@ mod tests {
     #[test]
     fn invites_answered_or_forgotten_are_not_cancelled() {
         let (mut r, now) = (Ringing::default(), Instant::now());
-        r.sent(
-            CORE.parse().unwrap(),
-            "z9hG4bKa".into(),
-            invite("z9hG4bKa"),
-            "phone-a",
-            now,
-        );
-        r.sent(
-            CORE.parse().unwrap(),
-            "z9hG4bKb".into(),
-            invite("z9hG4bKb"),
-            "phone-b",
-            now,
-        );
+        ring(&mut r, CORE, "z9hG4bKa", "phone-a", now);
+        ring(&mut r, CORE, "z9hG4bKb", "phone-b", now);
         assert_eq!(r.on_response(&response("z9hG4bKa", 486)), Fate::Forward);
         r.handle_timeout(now + RINGING_AT_MOST + Duration::from_secs(1));
         assert!(r.on_core_lost(CORE.parse().unwrap(), now).is_empty());
