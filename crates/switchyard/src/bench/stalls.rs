@@ -5,6 +5,8 @@
 //! the virtual CPU, or the kernel held it. A relay's delays are read beside them.
 
 use std::process::Command;
+
+use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -90,7 +92,8 @@ impl StallProbe {
 fn probe(cpu: usize, stop: &AtomicBool) -> anyhow::Result<CpuStalls> {
     let mut set = CpuSet::new();
     set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)?;
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .with_context(|| format!("the stall probe cannot run on CPU {cpu}"))?;
     // `chrt -p` acts on a thread id: this thread alone becomes real-time.
     let realtime = Command::new("chrt")
         .args(["-f", "-p", "99", &gettid().to_string()])
