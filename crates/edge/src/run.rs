@@ -108,6 +108,12 @@ pub struct EdgeCounters {
     pub calls_released: [AtomicU64; 4],
     /// Calls this edge holds slots for now.
     pub calls_in_progress: AtomicU64,
+    /// Callers answered `503` because the core setting up their call died.
+    pub core_lost_callers_answered: AtomicU64,
+    /// Cores' INVITEs to phones CANCELled because their core died.
+    pub core_lost_invites_cancelled: AtomicU64,
+    /// Cores' INVITEs to phones waiting for their final answer (kept for that case).
+    pub invites_ringing: AtomicU64,
     /// Admissions decided without the shared counters (Redis unreachable: admitted).
     pub caps_unavailable: AtomicU64,
     /// New requests dropped over a source's rate limit, by [`MethodClass`].
@@ -159,6 +165,18 @@ impl EdgeCounters {
             (
                 "switchyard_edge_caps_unavailable_total".into(),
                 get(&self.caps_unavailable),
+            ),
+            (
+                "switchyard_edge_core_lost_callers_answered_total".into(),
+                get(&self.core_lost_callers_answered),
+            ),
+            (
+                "switchyard_edge_core_lost_invites_cancelled_total".into(),
+                get(&self.core_lost_invites_cancelled),
+            ),
+            (
+                "switchyard_edge_invites_ringing".into(),
+                get(&self.invites_ringing),
             ),
             (
                 "switchyard_edge_dropped_banned_total".into(),
@@ -791,6 +809,13 @@ impl Shell {
         let callers = self.calls.on_core_lost(core, self.deps.takeover, now);
         let cancels = self.ringing.on_core_lost(core, now);
         warn!(%core, takeover = self.deps.takeover, callers = callers.len(), cancelled = cancels.len(), "core stopped answering: the calls it was setting up are ended");
+        let counters = &self.deps.counters;
+        counters
+            .core_lost_callers_answered
+            .fetch_add(callers.len() as u64, Ordering::Relaxed);
+        counters
+            .core_lost_invites_cancelled
+            .fetch_add(cancels.len() as u64, Ordering::Relaxed);
         for incoming in callers {
             let Inbound::Request(msg) = &incoming.inbound else {
                 continue;
@@ -813,6 +838,10 @@ impl Shell {
         let now = Instant::now();
         self.calls.handle_timeout(now);
         self.ringing.handle_timeout(now);
+        self.deps
+            .counters
+            .invites_ringing
+            .store(self.ringing.len() as u64, Ordering::Relaxed);
         self.keep_uplinks(now);
         let mut lost = Vec::new();
         if let Some(health) = &self.deps.proxy.health {

@@ -643,6 +643,17 @@ fn calls_still_ringing_on_a_killed_core_end_cleanly_on_both_sides() {
         closed.to_string().contains("503"),
         "the caller is told why: {closed}"
     );
+    // The edges count what they did for the dead core's ringing calls: a CANCEL and a
+    // `503` for each (the baresips' call among them).
+    let total = |name: &str| -> f64 { cluster.edges.iter().map(|e| e.metrics()[name]).sum() };
+    assert_eq!(
+        total("switchyard_edge_core_lost_invites_cancelled_total"),
+        (on_victim + 1) as f64
+    );
+    assert_eq!(
+        total("switchyard_edge_core_lost_callers_answered_total"),
+        (on_victim + 1) as f64
+    );
     for (lost, mut a, call_id, seq, mut b, invite, from) in ringing {
         if lost {
             let (cancel, cancel_from) = b
