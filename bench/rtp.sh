@@ -27,18 +27,23 @@ DURATION=${DURATION:-10}
 SECRET=rtp-bench-secret
 OUT=$(mktemp -d)
 $PRIO taskset -c 0 "$MEDIA_BIN" media --control 127.0.0.1:0 --media-ports 30000-39999 \
-  --cluster-secret "$SECRET" > "$OUT/media.out" 2> "$OUT/media.log" &
+  --cluster-secret "$SECRET" --metrics 127.0.0.1:0 > "$OUT/media.out" 2> "$OUT/media.log" &
 MEDIA=$!
 trap 'kill $MEDIA 2>/dev/null' EXIT
 for _ in $(seq 50); do grep -q '^ready' "$OUT/media.out" 2>/dev/null && break; sleep 0.1; done
 CONTROL=$(awk '/^listening media-control/ {print $3}' "$OUT/media.out")
+METRICS=$(awk '/^listening metrics/ {print $3}' "$OUT/media.out")
+# The node's own relay-delay histogram (a build without one prints nothing).
+histogram() { curl -s "$METRICS/metrics" | grep '^switchyard_media_relay_delay_seconds_bucket' || true; }
 ticks() { awk '{print $14 + $15}' /proc/$MEDIA/stat; }
 HZ=$(getconf CLK_TCK)
 for run in $(seq ${RUNS:-1}); do
+  histogram > "$OUT/before.txt"
   T0=$(ticks); W0=$(date +%s.%N)
   $GEN taskset -c 1 "$BIN" bench rtp --media "$CONTROL" --cluster-secret "$SECRET" \
     --calls $CALLS --seconds $DURATION --probe-cpus 0,1 --json > "$OUT/relayed.json"
   T1=$(ticks); W1=$(date +%s.%N)
+  histogram > "$OUT/after.txt"
   if command -v rtpengine > /dev/null; then
     $PRIO taskset -c 0 rtpengine --foreground --log-stderr --log-level=3 --interface=127.0.0.1 \
       --listen-ng=127.0.0.1:22299 --port-min=40000 --port-max=49999 --table=-1 2> "$OUT/rtpengine.log" &
@@ -73,6 +78,20 @@ for r in (relayed, rtpe, direct):
     for c in r.get("cpus", []):
         print(f"          CPU {c['cpu']}: {c['stalls']} stalls over 200 µs, {c['stalled_ms']:.1f} ms in all, "
               f"longest {c['longest_stall_us']} µs" + ("" if c["probe_realtime"] else " (probe not real-time)"))
+def buckets(path):
+    out = {}
+    for line in open(path):
+        le = line.split('le="')[1].split('"')[0]
+        out[le] = float(line.split()[-1])
+    return out
+before, after = buckets(f"{out}/before.txt"), buckets(f"{out}/after.txt")
+if after:
+    counts = [(le, after[le] - before.get(le, 0)) for le in after]
+    total = counts[-1][1]
+    def upto(q):
+        return next(le for le, n in counts if n >= q * total)
+    print(f"switchyard, in the node (its own histogram, kernel receive stamp to send): "
+          f"{total:.0f} packets, p50 <= {upto(0.5)} s, p99 <= {upto(0.99)} s, p99.9 <= {upto(0.999)} s")
 for name, r, cpu in (("switchyard", relayed, (t1 - t0) / hz / (w1 - w0)),
                      ("rtpengine", rtpe, (r1 - r0) / hz / (v1 - v0))):
     if not r:

@@ -23,6 +23,7 @@ pub mod policy;
 mod relay;
 
 pub use policy::{DestinationPolicy, Network};
+pub use relay::{DELAY_BOUNDS_US, RelayDelay};
 
 use std::net::UdpSocket;
 use tokio::sync::watch;
@@ -277,6 +278,12 @@ impl MediaNode {
             0 => by_ports,
             n => n.min(by_ports),
         }
+    }
+
+    /// How long the packets relayed so far waited in this node, from the kernel's
+    /// receive stamp to their send.
+    pub fn relay_delay(&self) -> RelayDelay {
+        self.inner.relays.delay()
     }
 
     /// Sessions being relayed (each has at most one relay).

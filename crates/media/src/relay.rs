@@ -352,6 +352,43 @@ enum Command {
     Shutdown,
 }
 
+/// The upper bounds of the relay-delay histogram's buckets, in microseconds (the last
+/// bucket, above them all, is `+Inf`).
+pub const DELAY_BOUNDS_US: [u64; 12] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+];
+
+/// How long relayed packets waited in the node: from the kernel's receive stamp on the
+/// leg's socket to the relay's send, a histogram over [`DELAY_BOUNDS_US`]. This is the
+/// delay the node adds, measured where it happens, whatever sends the packets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayDelay {
+    /// Packets per bucket (not cumulative); the last is above every bound.
+    pub buckets: [u64; DELAY_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl RelayDelay {
+    fn record(&mut self, delay_us: u64) {
+        let i = DELAY_BOUNDS_US
+            .iter()
+            .position(|bound| delay_us <= *bound)
+            .unwrap_or(DELAY_BOUNDS_US.len());
+        self.buckets[i] += 1;
+        self.sum_us += delay_us;
+        self.count += 1;
+    }
+
+    fn add(&mut self, other: &RelayDelay) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+        self.count += other.count;
+    }
+}
+
 /// The node's relay threads; sessions are spread over them.
 #[derive(Debug)]
 pub(crate) struct RelayThreads {
@@ -363,6 +400,8 @@ pub(crate) struct RelayThreads {
 struct RelayThread {
     commands: mpsc::Sender<Command>,
     wake: Arc<EventFd>,
+    /// Its delay histogram, as last published (after each batch of packets).
+    delay: Arc<Mutex<RelayDelay>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -390,10 +429,16 @@ impl RelayThreads {
             epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
             let (tx, rx) = mpsc::channel();
             let thread_wake = wake.clone();
+            let delay = Arc::new(Mutex::new(RelayDelay::default()));
+            let published = delay.clone();
             std::thread::Builder::new()
                 .name(format!("rtp-relay-{i}"))
-                .spawn(move || run(epoll, &thread_wake, rx))?;
-            threads.push(RelayThread { commands: tx, wake });
+                .spawn(move || run(epoll, &thread_wake, rx, &published))?;
+            threads.push(RelayThread {
+                commands: tx,
+                wake,
+                delay,
+            });
         }
         Ok(RelayThreads {
             threads,
@@ -423,6 +468,15 @@ impl RelayThreads {
             },
         );
         RelayHandle { thread, key }
+    }
+
+    /// Every thread's delay histogram, added up.
+    pub(crate) fn delay(&self) -> RelayDelay {
+        let mut total = RelayDelay::default();
+        for t in &self.threads {
+            total.add(&t.delay.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        total
     }
 
     /// Stops a session's relay; once this returns, its counters are final and the
@@ -457,11 +511,25 @@ struct Carried {
 
 /// One relay thread: waits for sockets with packets, relays one packet from each, and
 /// takes commands when woken.
-fn run(epoll: Epoll, wake: &EventFd, commands: mpsc::Receiver<Command>) {
+fn run(
+    epoll: Epoll,
+    wake: &EventFd,
+    commands: mpsc::Receiver<Command>,
+    published: &Mutex<RelayDelay>,
+) {
     let mut sessions: HashMap<u64, Carried> = HashMap::new();
     let mut events = vec![EpollEvent::empty(); 512];
     let mut buf = [0u8; 2048];
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut delay = RelayDelay::default();
     loop {
+        if delay.count > 0 {
+            published
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(&delay);
+            delay = RelayDelay::default();
+        }
         let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
@@ -486,7 +554,8 @@ fn run(epoll: Epoll, wake: &EventFd, commands: mpsc::Receiver<Command>) {
             };
             // Level-triggered: a packet left queued is reported again by the next wait.
             // An error is an ICMP error for an earlier send, read and so cleared.
-            let Ok((n, src)) = carried.sockets[which].recv_from(&mut buf) else {
+            let Ok((n, src, stamp)) = receive(&carried.sockets[which], &mut buf, &mut control)
+            else {
                 continue;
             };
             let packet = &mut buf[..n];
@@ -495,9 +564,55 @@ fn run(epoll: Epoll, wake: &EventFd, commands: mpsc::Receiver<Command>) {
                     .send_to(packet, send.dest)
                     .is_ok();
                 carried.state.after_send(send, sent, n);
+                if let (true, Some(stamp)) = (sent, stamp) {
+                    delay.record(wall_clock().saturating_sub(stamp).as_micros() as u64);
+                }
             }
         }
     }
+}
+
+/// One packet from `socket`: its length, its source and the kernel's receive stamp
+/// (since the Unix epoch; none on a kernel without `SO_TIMESTAMPNS`).
+fn receive(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<Duration>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(control),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let stamp = msg.cmsgs().ok().and_then(|mut all| {
+        all.find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(t) => Some(Duration::from(t)),
+            _ => None,
+        })
+    });
+    let source = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| std::io::Error::other("a datagram with no source address"))?;
+    Ok((msg.bytes, source, stamp))
+}
+
+/// Now, since the Unix epoch (the clock of the kernel's receive stamps).
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Applies the queued commands; false when the thread is to stop.
@@ -514,6 +629,14 @@ fn take_commands(
                 state,
             }) => {
                 let mut added = 0;
+                for socket in &sockets {
+                    // The receive stamp measures the delay the node adds.
+                    let _ = nix::sys::socket::setsockopt(
+                        &**socket,
+                        nix::sys::socket::sockopt::ReceiveTimestampns,
+                        &true,
+                    );
+                }
                 for (i, socket) in sockets.iter().enumerate() {
                     let event = EpollEvent::new(EpollFlags::EPOLLIN, key << 2 | i as u64);
                     if let Err(e) = epoll.add(&**socket, event) {
@@ -542,5 +665,29 @@ fn take_commands(
             Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
             Err(mpsc::TryRecvError::Empty) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_delays_land_in_the_first_bucket_whose_bound_they_do_not_exceed() {
+        let mut d = RelayDelay::default();
+        for us in [0, 25, 26, 1_000, 1_001, 100_000, 100_001] {
+            d.record(us);
+        }
+        // 0 and 25 µs: up to 25; 26: up to 50; 1,000: up to 1 ms; 1,001: up to 2.5 ms;
+        // 100,000: the last bound; 100,001: above them all.
+        let expected = [2, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1];
+        assert_eq!(d.buckets, expected);
+        assert_eq!(d.count, 7);
+        assert_eq!(d.sum_us, 202_053);
+        let mut total = RelayDelay::default();
+        total.add(&d);
+        total.add(&d);
+        assert_eq!(total.count, 14);
+        assert_eq!(total.buckets[0], 4);
     }
 }

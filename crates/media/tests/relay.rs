@@ -746,3 +746,25 @@ async fn ports_are_drawn_at_random_and_a_freed_pair_is_not_reused_at_once() {
         "freed ports reused at once: {first:?} then {again:?}"
     );
 }
+
+/// Every relayed packet is timed in the node, from the kernel's receive stamp on the
+/// leg's socket to its send: the histogram counts each one, and no dropped one.
+#[tokio::test]
+async fn every_relayed_packet_is_timed_and_no_dropped_one() {
+    let node = node(42800);
+    let ([phone_a, phone_b, stranger], relay_a, relay_b) =
+        two_phones_and_a_stranger(&node, "s4").await;
+    assert_eq!(node.relay_delay().count, 0);
+    for seq in 1..=5 {
+        speak(&phone_a, seq, relay_a).await;
+        assert_eq!(heard(&phone_b).await, seq);
+        speak(&phone_b, seq, relay_b).await;
+        assert_eq!(heard(&phone_a).await, seq);
+    }
+    // A stranger's packet after latching is dropped, and not timed.
+    speak(&stranger, 6, relay_b).await;
+    assert!(nothing_for(&phone_a).await);
+    let delay = node.relay_delay();
+    assert_eq!(delay.count, 10);
+    assert_eq!(delay.buckets.iter().sum::<u64>(), 10);
+}

@@ -391,6 +391,27 @@ fn media_metrics(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{pool_label}}} {value}"
         );
     }
+    let delay = node.relay_delay();
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_media_relay_delay_seconds How long relayed packets waited in the node, from the kernel's receive stamp to their send.\n# TYPE switchyard_media_relay_delay_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, n) in switchyard_media::DELAY_BOUNDS_US.iter().zip(&delay.buckets) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "switchyard_media_relay_delay_seconds_bucket{{{pool_label},le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "switchyard_media_relay_delay_seconds_bucket{{{pool_label},le=\"+Inf\"}} {}\nswitchyard_media_relay_delay_seconds_sum{{{pool_label}}} {}\nswitchyard_media_relay_delay_seconds_count{{{pool_label}}} {}",
+        delay.count,
+        delay.sum_us as f64 / 1e6,
+        delay.count
+    );
     let _ = writeln!(
         out,
         "# HELP switchyard_media_saturated 1 while the node's CPU pressure is over its threshold (no new sessions).\n# TYPE switchyard_media_saturated gauge\nswitchyard_media_saturated{{{pool_label}}} {}",
