@@ -335,6 +335,41 @@ async fn serve_metrics(
     Ok(bound)
 }
 
+/// The relay-delay histogram of a media node, as `/metrics` text with `labels`.
+pub(crate) fn relay_delay_text(delay: &switchyard_media::RelayDelay, labels: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP switchyard_media_relay_delay_seconds How long relayed packets waited in the node, from the kernel's receive stamp to their send.\n# TYPE switchyard_media_relay_delay_seconds histogram\n",
+    );
+    // Each bucket's labels are `labels` and its bound; the sum's and count's, `labels`.
+    let bucket = |le: &str| match labels {
+        "" => format!("{{le=\"{le}\"}}"),
+        _ => format!("{{{labels},le=\"{le}\"}}"),
+    };
+    let own = match labels {
+        "" => String::new(),
+        _ => format!("{{{labels}}}"),
+    };
+    let mut cumulative = 0;
+    for (bound, n) in switchyard_media::DELAY_BOUNDS_US.iter().zip(&delay.buckets) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "switchyard_media_relay_delay_seconds_bucket{} {cumulative}",
+            bucket(&(*bound as f64 / 1e6).to_string())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "switchyard_media_relay_delay_seconds_bucket{} {}\nswitchyard_media_relay_delay_seconds_sum{own} {}\nswitchyard_media_relay_delay_seconds_count{own} {}",
+        bucket("+Inf"),
+        delay.count,
+        delay.sum_us as f64 / 1e6,
+        delay.count
+    );
+    out
+}
+
 /// `/metrics` of a media node: sessions against capacity, per tenant, and what its
 /// media-control server refused.
 fn media_metrics(
@@ -391,27 +426,7 @@ fn media_metrics(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{pool_label}}} {value}"
         );
     }
-    let delay = node.relay_delay();
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_media_relay_delay_seconds How long relayed packets waited in the node, from the kernel's receive stamp to their send.\n# TYPE switchyard_media_relay_delay_seconds histogram"
-    );
-    let mut cumulative = 0;
-    for (bound, n) in switchyard_media::DELAY_BOUNDS_US.iter().zip(&delay.buckets) {
-        cumulative += n;
-        let _ = writeln!(
-            out,
-            "switchyard_media_relay_delay_seconds_bucket{{{pool_label},le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    let _ = writeln!(
-        out,
-        "switchyard_media_relay_delay_seconds_bucket{{{pool_label},le=\"+Inf\"}} {}\nswitchyard_media_relay_delay_seconds_sum{{{pool_label}}} {}\nswitchyard_media_relay_delay_seconds_count{{{pool_label}}} {}",
-        delay.count,
-        delay.sum_us as f64 / 1e6,
-        delay.count
-    );
+    out.push_str(&relay_delay_text(&node.relay_delay(), &pool_label));
     let _ = writeln!(
         out,
         "# HELP switchyard_media_saturated 1 while the node's CPU pressure is over its threshold (no new sessions).\n# TYPE switchyard_media_saturated gauge\nswitchyard_media_saturated{{{pool_label}}} {}",

@@ -117,6 +117,7 @@ pub async fn serve(
             all
         }))
     };
+    let media_text = media.clone();
     let mut api_state = switchyard_api::AppState::with_rate(
         shared.store.clone(),
         config.api.requests_per_second_per_key,
@@ -128,7 +129,9 @@ pub async fn serve(
         .with_metrics(gauges)
         .with_bans(Arc::new(EdgeBans(edge.bans.clone())))
         .with_metrics_text(switchyard_api::MetricsText(Arc::new(move || {
-            switchyard_edge::metrics::encode(&registry)
+            let mut text = switchyard_edge::metrics::encode(&registry);
+            text.push_str(&media_text.relay_delay_text());
+            text
         })));
     let api_task = tokio::spawn(switchyard_api::serve(
         api_listener,
@@ -729,6 +732,16 @@ impl MediaTier {
         match self {
             MediaTier::Local(node) => Arc::new(node.clone()),
             MediaTier::Remote(cluster) => Arc::new(cluster.clone()),
+        }
+    }
+
+    /// The in-process media node's relay-delay histogram, as `/metrics` text (nodes
+    /// apart serve their own).
+    pub fn relay_delay_text(&self) -> String {
+        match self {
+            // It serves every pool: no pool label, as its other series.
+            MediaTier::Local(node) => crate::roles::relay_delay_text(&node.relay_delay(), ""),
+            MediaTier::Remote(_) => String::new(),
         }
     }
 

@@ -469,6 +469,13 @@ fn busy_no_answer_hold_and_hang_up() {
     }
     assert_eq!(b.count_rtp(Duration::from_millis(300)), 10);
     assert_eq!(a.count_rtp(Duration::from_millis(300)), 10);
+    // The node timed each of those 20 packets (`/metrics`: its relay-delay histogram).
+    let m = d.metrics();
+    assert_eq!(m["switchyard_media_relay_delay_seconds_count"], 20.0);
+    assert_eq!(
+        m["switchyard_media_relay_delay_seconds_bucket{le=\"+Inf\"}"],
+        20.0
+    );
     let hold = sdp(a.rtp_port(), &[0]).replace("a=sendrecv", "a=sendonly");
     let b_thread = std::thread::spawn(move || {
         let (re, from) = b
