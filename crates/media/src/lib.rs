@@ -23,7 +23,7 @@ pub mod policy;
 mod relay;
 
 pub use policy::{DestinationPolicy, Network};
-pub use relay::{DELAY_BOUNDS_US, RelayDelay};
+pub use relay::{DELAY_BOUNDS_US, RelayDelay, receive_stamped};
 
 use std::net::UdpSocket;
 use tokio::sync::watch;

@@ -554,7 +554,8 @@ fn run(
             };
             // Level-triggered: a packet left queued is reported again by the next wait.
             // An error is an ICMP error for an earlier send, read and so cleared.
-            let Ok((n, src, stamp)) = receive(&carried.sockets[which], &mut buf, &mut control)
+            let Ok((n, src, stamp)) =
+                receive_stamped(&carried.sockets[which], &mut buf, &mut control)
             else {
                 continue;
             };
@@ -572,9 +573,11 @@ fn run(
     }
 }
 
-/// One packet from `socket`: its length, its source and the kernel's receive stamp
-/// (since the Unix epoch; none on a kernel without `SO_TIMESTAMPNS`).
-fn receive(
+/// One packet from `socket` (non-blocking): its length, its source and the kernel's
+/// receive stamp (since the Unix epoch; none without `SO_TIMESTAMPNS` on the socket).
+/// `control` holds the control message: `nix::cmsg_space!(nix::sys::time::TimeSpec)`,
+/// made once and reused.
+pub fn receive_stamped(
     socket: &UdpSocket,
     buf: &mut [u8],
     control: &mut [u8],

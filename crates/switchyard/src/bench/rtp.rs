@@ -15,7 +15,6 @@
 //! the run ([`super::stalls`]): time in which nothing could have relayed a packet.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -467,6 +466,7 @@ fn drive(phones: &[Phone], duration: Duration, tick: Duration) -> anyhow::Result
     }
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut buf = [0u8; 2048];
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let (mut delays, mut kernel_delays) = (Vec::new(), Vec::new());
     let mut packet = [0u8; 172];
     packet[0] = 0x80;
@@ -517,9 +517,12 @@ fn drive(phones: &[Phone], duration: Duration, tick: Duration) -> anyhow::Result
                 let Some(p) = phones.get(event.data() as usize) else {
                     continue;
                 };
-                let Ok((n, kernel_ns)) = receive_stamped(p.socket.as_raw_fd(), &mut buf) else {
+                let Ok((n, _, stamp)) =
+                    switchyard_media::receive_stamped(&p.socket, &mut buf, &mut control)
+                else {
                     continue;
                 };
+                let kernel_ns = stamp.map(|t| t.as_nanos() as u64);
                 if n < 12 + 8 {
                     continue;
                 }
@@ -564,24 +567,6 @@ fn wall_clock_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// One datagram and the time the kernel queued it on the socket, if it said.
-fn receive_stamped(
-    fd: std::os::fd::RawFd,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<u64>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    let message = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
-    let stamp = message.cmsgs()?.find_map(|c| match c {
-        ControlMessageOwned::ScmTimestampns(t) => {
-            Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        }
-        _ => None,
-    });
-    Ok((message.bytes, stamp))
 }
 
 #[cfg(test)]
