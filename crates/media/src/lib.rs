@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub mod control;
+pub mod kernel;
 pub mod policy;
 mod relay;
 
+pub use kernel::{KernelError, KernelForwarding, KernelPath};
 pub use policy::{DestinationPolicy, Network};
 pub use relay::{DELAY_BOUNDS_US, RelayDelay, receive_stamped};
 
@@ -61,6 +63,8 @@ pub struct MediaConfig {
     /// Threads relaying RTP; 0: one per CPU this process may use (its affinity and
     /// cgroup quota), at most 16.
     pub relay_threads: usize,
+    /// Whether latched streams are forwarded in the kernel (`kernel`).
+    pub kernel_forwarding: KernelForwarding,
 }
 
 impl Default for MediaConfig {
@@ -79,6 +83,7 @@ impl Default for MediaConfig {
                 Vec::new(),
             ),
             relay_threads: 0,
+            kernel_forwarding: KernelForwarding::Auto,
         }
     }
 }
@@ -158,6 +163,8 @@ struct Inner {
     free_pairs: Mutex<FreePairs>,
     sessions: Mutex<HashMap<String, Session>>,
     relays: RelayThreads,
+    /// Also held by each relay thread: detached once the last of them has stopped.
+    kernel: Option<Arc<KernelPath>>,
 }
 
 /// A media node in this process.
@@ -171,13 +178,35 @@ impl MediaNode {
     ///
     /// # Panics
     /// When the threads cannot be started (no epoll, no threads left): a media node
-    /// without them could relay nothing.
+    /// without them could relay nothing; and when `kernel_forwarding` is `On` and the
+    /// kernel path cannot be had ([`MediaNode::start`] returns that as an error).
     pub fn new(config: MediaConfig) -> MediaNode {
+        MediaNode::start(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A node with its relay threads started and, as configured, the kernel path
+    /// attached; an error only when `kernel_forwarding` is `On` and it cannot be.
+    ///
+    /// # Panics
+    /// When the relay threads cannot be started.
+    pub fn start(config: MediaConfig) -> Result<MediaNode, KernelError> {
         let threads = match config.relay_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
             n => n,
         };
-        let relays = RelayThreads::start(threads).expect("cannot start the RTP relay threads");
+        let kernel = match config.kernel_forwarding {
+            KernelForwarding::Off => None,
+            KernelForwarding::On => Some(Arc::new(KernelPath::attach(config.bind)?)),
+            KernelForwarding::Auto => match KernelPath::attach(config.bind) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    warn!(error = %e, "RTP is relayed in userspace only");
+                    None
+                }
+            },
+        };
+        let relays = RelayThreads::start(threads, kernel.clone())
+            .expect("cannot start the RTP relay threads");
         let first = config.port_min + config.port_min % 2;
         // In random order from the start: the ports a call gets say nothing about the
         // ports of the calls before or after it.
@@ -187,15 +216,21 @@ impl MediaNode {
             .into_iter()
             .map(|port| FreePair { port, bound: None })
             .collect();
-        MediaNode {
+        Ok(MediaNode {
             inner: Arc::new(Inner {
                 saturated: Default::default(),
                 config,
                 free_pairs: Mutex::new(FreePairs { queue, bound: 0 }),
                 sessions: Mutex::new(HashMap::new()),
                 relays,
+                kernel,
             }),
-        }
+        })
+    }
+
+    /// The kernel path, when latched streams are forwarded there.
+    pub fn kernel_path(&self) -> Option<&KernelPath> {
+        self.inner.kernel.as_deref()
     }
 
     /// Port pairs not in use.

@@ -10,7 +10,7 @@
 //! `recvfrom` and one `sendto`, and one `epoll_wait` serves every socket that is ready.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -25,8 +25,9 @@ use tracing::warn;
 use switchyard_media_control::{LegStats, SessionStats};
 use switchyard_rtp::g711;
 use switchyard_rtp::packet::{RtpHeader, looks_like_rtcp, rtcp_sender_ssrc, set_payload_type};
-use switchyard_rtp::stats::ReceiverStats;
+use switchyard_rtp::stats::{Continuation, ReceiverStats};
 
+use crate::kernel::{ForwardEntry, ForwardKey, KernelPath, NO_PAYLOAD_TYPE};
 use crate::{DestinationPolicy, LegPlan, Plan};
 
 /// How long a leg signalled at a new address ignores the source it was latched to.
@@ -34,6 +35,15 @@ const REPLACED_HOLD_OFF: Duration = Duration::from_secs(2);
 
 /// How often (in packets) the relay publishes its counters.
 const PUBLISH_EVERY: u64 = 25;
+
+/// RTP packets a leg sends through userspace before its stream may go to the kernel
+/// (a second of 20 ms packets): a stream that comes back (a new SSRC, an extension)
+/// stays here that long before it goes again.
+const KERNEL_AFTER: u32 = 50;
+
+/// How often a relay thread reads the counters of the streams the kernel forwards, and
+/// takes plan changes for them.
+const KERNEL_SYNC: Duration = Duration::from_millis(500);
 
 /// The plan of the leg a packet came from.
 fn from_plan_of(plan: &Plan, from_a: bool) -> LegPlan {
@@ -85,6 +95,39 @@ impl LegCounters {
     }
 }
 
+/// Leg `from`'s RTP as the kernel forwards it: from `source`, to `dest`, payload types
+/// mapped (in, out), only while the stream keeps its SSRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ForwardRule {
+    source: SocketAddrV4,
+    dest: SocketAddrV4,
+    audio: (u8, u8),
+    event: (u8, u8),
+    ssrc: u32,
+}
+
+/// What the kernel does with one leg's RTP.
+#[derive(Debug, Default)]
+struct KernelLeg {
+    rule: Option<ForwardRule>,
+    /// When its entry was written (the clock of the receive stamps): a packet queued
+    /// before that is still userspace's to relay.
+    since: Duration,
+    /// The entry as last read: what the kernel counted since it was written.
+    last: Option<ForwardEntry>,
+    /// RTP packets from the latched source relayed here since the stream last came back.
+    userspace_run: u32,
+}
+
+fn continuation(e: &ForwardEntry) -> Continuation {
+    Continuation {
+        ssrc: e.ssrc,
+        max_seq: e.max_seq,
+        cycles: e.cycles,
+        jitter16: e.jitter16,
+    }
+}
+
 /// The relay's counters as last published, and when each leg's RTP last arrived.
 #[derive(Debug, Default)]
 pub(crate) struct Published {
@@ -121,6 +164,7 @@ pub(crate) struct RelayState {
     plan_rx: watch::Receiver<Plan>,
     plan: Plan,
     counters: [LegCounters; 2],
+    kernel: [KernelLeg; 2],
     shared: Arc<Mutex<Published>>,
     policy: DestinationPolicy,
     started: Instant,
@@ -138,6 +182,7 @@ impl RelayState {
             plan_rx,
             plan,
             counters: Default::default(),
+            kernel: Default::default(),
             shared,
             policy,
             started: Instant::now(),
@@ -256,6 +301,8 @@ impl RelayState {
         let first = self.counters[fi].latched_rtp.is_none();
         self.counters[fi].latched_rtp.get_or_insert(src);
         self.counters[fi].last_rtp = Some(now);
+        let k = &mut self.kernel[fi];
+        k.userspace_run = k.userspace_run.saturating_add(1);
         if first {
             // Silence is measured from here on: publish the leg's first packet at once.
             self.publish();
@@ -324,9 +371,152 @@ impl RelayState {
 
     pub(crate) fn publish(&self) {
         let mut p = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        p.stats.a = self.counters[0].export();
-        p.stats.b = self.counters[1].export();
+        p.stats.a = self.export_leg(0);
+        p.stats.b = self.export_leg(1);
         p.last_rtp = [self.counters[0].last_rtp, self.counters[1].last_rtp];
+    }
+
+    /// Leg `i`'s counters, with what the kernel counted of both directions so far.
+    fn export_leg(&self, i: usize) -> LegStats {
+        let mut stats = self.counters[i].export();
+        if let Some(e) = &self.kernel[i].last {
+            let mut received = self.counters[i].received.clone();
+            received.resume(continuation(e), e.packets, e.bytes);
+            stats.packets_received = received.packets;
+            stats.bytes_received = received.bytes;
+            stats.packets_lost = received.lost();
+            stats.jitter_ms = received.jitter_ms(8000);
+            stats.telephone_events += e.events;
+        }
+        if let Some(e) = &self.kernel[1 - i].last {
+            stats.packets_sent += e.packets;
+            stats.bytes_sent += e.bytes;
+        }
+        stats
+    }
+
+    /// Takes a plan the control side changed, for streams the kernel forwards (whose
+    /// packets do not come here to take it).
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.refresh_plan(now);
+    }
+
+    /// What the kernel should forward of leg `from`'s RTP now: once it came from its
+    /// latched source for `KERNEL_AFTER` packets, and needs nothing only userspace does
+    /// (transcoding, IPv6, a transfer's hold-off, events the other leg cannot take).
+    pub(crate) fn forward_rule(&self, from: usize, now: Instant) -> Option<ForwardRule> {
+        let k = &self.kernel[from];
+        if k.rule.is_none() && k.userspace_run < KERNEL_AFTER {
+            return None;
+        }
+        let to = 1 - from;
+        let (fp, tp) = if from == 0 {
+            (self.plan.a, self.plan.b)
+        } else {
+            (self.plan.b, self.plan.a)
+        };
+        let holding_off = |c: &LegCounters| c.replaced_until.is_some_and(|until| now < until);
+        if holding_off(&self.counters[from]) || holding_off(&self.counters[to]) {
+            return None;
+        }
+        let SocketAddr::V4(source) = self.counters[from].latched_rtp? else {
+            return None;
+        };
+        let SocketAddr::V4(dest) = self.counters[to].latched_rtp.or(tp.rtp_dest)? else {
+            return None;
+        };
+        if let (Some(from_law), Some(to_law)) = (fp.ulaw, tp.ulaw)
+            && from_law != to_law
+        {
+            return None;
+        }
+        let audio = match fp.audio_pt {
+            Some(pt) => (pt, tp.audio_pt.unwrap_or(pt)),
+            None => (NO_PAYLOAD_TYPE, NO_PAYLOAD_TYPE),
+        };
+        let event = match (fp.telephone_event, tp.telephone_event) {
+            (Some(pt_in), Some(pt_out)) => (pt_in, pt_out),
+            (Some(_), None) => return None,
+            (None, _) => (NO_PAYLOAD_TYPE, NO_PAYLOAD_TYPE),
+        };
+        Some(ForwardRule {
+            source,
+            dest,
+            audio,
+            event,
+            ssrc: self.counters[from].received.ssrc()?,
+        })
+    }
+
+    /// The rule the kernel forwards leg `from`'s RTP by, if any.
+    pub(crate) fn kernel_rule(&self, from: usize) -> Option<ForwardRule> {
+        self.kernel[from].rule
+    }
+
+    /// The kernel entry for `rule`, leaving from `out_local` and counting on from here.
+    pub(crate) fn entry_for(
+        &self,
+        from: usize,
+        rule: &ForwardRule,
+        out_local: SocketAddrV4,
+    ) -> ForwardEntry {
+        let mut e = ForwardEntry::new(out_local, rule.dest);
+        (e.audio_in, e.audio_out) = rule.audio;
+        (e.event_in, e.event_out) = rule.event;
+        e.ssrc = rule.ssrc;
+        if let Some(c) = self.counters[from].received.continuation() {
+            (e.max_seq, e.cycles, e.jitter16) = (c.max_seq, c.cycles, c.jitter16);
+        }
+        e
+    }
+
+    /// The kernel took leg `from`'s stream at `since` (the receive stamps' clock).
+    pub(crate) fn forwarded(&mut self, from: usize, rule: ForwardRule, since: Duration) {
+        self.kernel[from] = KernelLeg {
+            rule: Some(rule),
+            since,
+            last: None,
+            userspace_run: self.kernel[from].userspace_run,
+        };
+    }
+
+    /// The kernel would not take the entry: try again `KERNEL_AFTER` packets later.
+    pub(crate) fn forward_failed(&mut self, from: usize) {
+        self.kernel[from].userspace_run = 0;
+    }
+
+    /// What the kernel counted of leg `from`'s stream so far, and when its last packet
+    /// arrived.
+    pub(crate) fn kernel_counted(&mut self, from: usize, entry: ForwardEntry, last_rtp: Instant) {
+        if entry.packets > 0 {
+            let c = &mut self.counters[from];
+            c.last_rtp = Some(c.last_rtp.map_or(last_rtp, |t| t.max(last_rtp)));
+        }
+        self.kernel[from].last = Some(entry);
+    }
+
+    /// Leg `from`'s stream is back from the kernel: what it counted (`last`, as its entry
+    /// was removed) joins the counters, and the stream stays here `KERNEL_AFTER` packets.
+    pub(crate) fn recalled(&mut self, from: usize, last: Option<ForwardEntry>) {
+        if let Some(e) = last.or(self.kernel[from].last) {
+            self.counters[from]
+                .received
+                .resume(continuation(&e), e.packets, e.bytes);
+            self.counters[from].telephone_events += e.events;
+            let to = &mut self.counters[1 - from];
+            to.sent_packets += e.packets;
+            to.sent_bytes += e.bytes;
+        }
+        self.kernel[from] = KernelLeg::default();
+    }
+
+    /// A packet from `src` on leg `from`'s RTP socket, received at `stamp`: true when it
+    /// is one the kernel, forwarding that leg, gave up (its latched source, arrived after
+    /// the entry was written), so the stream must come back first.
+    pub(crate) fn kernel_refused(&self, from: usize, src: SocketAddr, stamp: Option<Duration>) -> bool {
+        let k = &self.kernel[from];
+        k.rule
+            .is_some_and(|r| SocketAddr::V4(r.source) == src && stamp.is_none_or(|t| t >= k.since))
     }
 }
 
@@ -418,8 +608,12 @@ impl std::fmt::Debug for Command {
 const WAKE: u64 = u64::MAX;
 
 impl RelayThreads {
-    /// Starts `count` relay threads (at least one).
-    pub(crate) fn start(count: usize) -> std::io::Result<RelayThreads> {
+    /// Starts `count` relay threads (at least one), handing latched streams to `kernel`
+    /// when there is one.
+    pub(crate) fn start(
+        count: usize,
+        kernel: Option<Arc<KernelPath>>,
+    ) -> std::io::Result<RelayThreads> {
         let mut threads = Vec::new();
         for i in 0..count.max(1) {
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -431,9 +625,10 @@ impl RelayThreads {
             let thread_wake = wake.clone();
             let delay = Arc::new(Mutex::new(RelayDelay::default()));
             let published = delay.clone();
+            let kernel = kernel.clone();
             std::thread::Builder::new()
                 .name(format!("rtp-relay-{i}"))
-                .spawn(move || run(epoll, &thread_wake, rx, &published))?;
+                .spawn(move || run(epoll, &thread_wake, rx, &published, kernel.as_deref()))?;
             threads.push(RelayThread {
                 commands: tx,
                 wake,
@@ -506,7 +701,71 @@ impl Drop for RelayThreads {
 /// A session a relay thread carries.
 struct Carried {
     sockets: [Arc<UdpSocket>; 4],
+    /// The local addresses of the legs' RTP sockets (IPv4 only: the kernel path's).
+    rtp_local: [Option<SocketAddrV4>; 2],
     state: Box<RelayState>,
+}
+
+impl Carried {
+    fn key(&self, from: usize, rule: &ForwardRule) -> Option<ForwardKey> {
+        Some(ForwardKey::new(self.rtp_local[from]?, rule.source))
+    }
+
+    /// Brings leg `from`'s stream back from the kernel, if it is there.
+    fn recall(&mut self, kernel: &KernelPath, from: usize) {
+        if let Some(rule) = self.state.kernel_rule(from) {
+            let last = self.key(from, &rule).and_then(|k| kernel.remove(&k));
+            self.state.recalled(from, last);
+        }
+    }
+
+    /// Makes the kernel forward what the state wants of each leg now.
+    fn sync_kernel(&mut self, kernel: &KernelPath, now: Instant) {
+        for from in 0..2 {
+            let want = self.state.forward_rule(from, now);
+            if want == self.state.kernel_rule(from) {
+                continue;
+            }
+            self.recall(kernel, from);
+            let Some(rule) = want else {
+                continue;
+            };
+            let (Some(key), Some(out_local)) = (self.key(from, &rule), self.rtp_local[1 - from])
+            else {
+                self.state.forward_failed(from);
+                continue;
+            };
+            let entry = self.state.entry_for(from, &rule, out_local);
+            match kernel.install(&key, &entry) {
+                Ok(()) => self.state.forwarded(from, rule, wall_clock()),
+                Err(e) => {
+                    warn!(error = %e, "a stream stays in userspace");
+                    self.state.forward_failed(from);
+                }
+            }
+        }
+    }
+
+    /// Reads what the kernel counted of this session's streams.
+    fn read_kernel(&mut self, kernel: &KernelPath, now: Instant, monotonic_ns: u64) {
+        for from in 0..2 {
+            let Some(rule) = self.state.kernel_rule(from) else {
+                continue;
+            };
+            if let Some(entry) = self.key(from, &rule).and_then(|k| kernel.read(&k)) {
+                let ago = Duration::from_nanos(monotonic_ns.saturating_sub(entry.last_ns));
+                let last_rtp = now.checked_sub(ago).unwrap_or(now);
+                self.state.kernel_counted(from, entry, last_rtp);
+            }
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel path's `last_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| Duration::from(t).as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// One relay thread: waits for sockets with packets, relays one packet from each, and
@@ -516,8 +775,16 @@ fn run(
     wake: &EventFd,
     commands: mpsc::Receiver<Command>,
     published: &Mutex<RelayDelay>,
+    kernel: Option<&KernelPath>,
 ) {
     let mut sessions: HashMap<u64, Carried> = HashMap::new();
+    let mut next_sync = Instant::now() + KERNEL_SYNC;
+    // With the kernel path, wake up now and then to read its counters.
+    let timeout = if kernel.is_some() {
+        EpollTimeout::from(KERNEL_SYNC.as_millis() as u16)
+    } else {
+        EpollTimeout::NONE
+    };
     let mut events = vec![EpollEvent::empty(); 512];
     let mut buf = [0u8; 2048];
     let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
@@ -530,7 +797,23 @@ fn run(
                 .add(&delay);
             delay = RelayDelay::default();
         }
-        let ready = match epoll.wait(&mut events, EpollTimeout::NONE) {
+        if let Some(kernel) = kernel
+            && Instant::now() >= next_sync
+        {
+            let now = Instant::now();
+            next_sync = now + KERNEL_SYNC;
+            let monotonic = monotonic_ns();
+            for carried in sessions.values_mut() {
+                if carried.state.kernel_rule(0).is_none() && carried.state.kernel_rule(1).is_none() {
+                    continue;
+                }
+                carried.state.tick(now);
+                carried.sync_kernel(kernel, now);
+                carried.read_kernel(kernel, now, monotonic);
+                carried.state.publish();
+            }
+        }
+        let ready = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -542,7 +825,7 @@ fn run(
             let data = event.data();
             if data == WAKE {
                 let _ = wake.read();
-                if !take_commands(&epoll, &commands, &mut sessions) {
+                if !take_commands(&epoll, &commands, &mut sessions, kernel) {
                     return;
                 }
                 continue;
@@ -560,6 +843,12 @@ fn run(
                 continue;
             };
             let packet = &mut buf[..n];
+            let rtp_from = (which % 2 == 0).then_some(which / 2);
+            if let (Some(kernel), Some(from)) = (kernel, rtp_from)
+                && carried.state.kernel_refused(from, src, stamp)
+            {
+                carried.recall(kernel, from);
+            }
             if let Some(send) = carried.state.on_packet(which, src, packet) {
                 let sent = carried.sockets[send.socket]
                     .send_to(packet, send.dest)
@@ -568,6 +857,9 @@ fn run(
                 if let (true, Some(stamp)) = (sent, stamp) {
                     delay.record(wall_clock().saturating_sub(stamp).as_micros() as u64);
                 }
+            }
+            if let (Some(kernel), Some(_)) = (kernel, rtp_from) {
+                carried.sync_kernel(kernel, Instant::now());
             }
         }
     }
@@ -623,6 +915,7 @@ fn take_commands(
     epoll: &Epoll,
     commands: &mpsc::Receiver<Command>,
     sessions: &mut HashMap<u64, Carried>,
+    kernel: Option<&KernelPath>,
 ) -> bool {
     loop {
         match commands.try_recv() {
@@ -654,10 +947,27 @@ fn take_commands(
                     }
                     continue;
                 }
-                sessions.insert(key, Carried { sockets, state });
+                let v4 = |s: &UdpSocket| match s.local_addr() {
+                    Ok(SocketAddr::V4(a)) => Some(a),
+                    _ => None,
+                };
+                let rtp_local = [v4(&sockets[A_RTP]), v4(&sockets[B_RTP])];
+                sessions.insert(
+                    key,
+                    Carried {
+                        sockets,
+                        rtp_local,
+                        state,
+                    },
+                );
             }
             Ok(Command::Remove { key, done }) => {
-                if let Some(carried) = sessions.remove(&key) {
+                if let Some(mut carried) = sessions.remove(&key) {
+                    // Nothing is forwarded to or from its ports once it is gone.
+                    if let Some(kernel) = kernel {
+                        carried.recall(kernel, 0);
+                        carried.recall(kernel, 1);
+                    }
                     for socket in &carried.sockets {
                         let _ = epoll.delete(&**socket);
                     }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchyard_media::{MediaConfig, MediaNode};
+use switchyard_media::{KernelForwarding, MediaConfig, MediaNode};
 use switchyard_media_control::{Leg, MediaControl, MediaError, Reply, Request};
 use switchyard_rtp::g711;
 use switchyard_rtp::packet::RtpHeader;
@@ -767,4 +767,194 @@ async fn every_relayed_packet_is_timed_and_no_dropped_one() {
     let delay = node.relay_delay();
     assert_eq!(delay.count, 10);
     assert_eq!(delay.buckets.iter().sum::<u64>(), 10);
+}
+
+/// Runs the test `name` again inside a network namespace of its own (`unshare -n`, its
+/// loopback up), so the kernel path attaches to that loopback, not the host's; true
+/// when this is the outer run, which has then checked that the inner one passed.
+fn run_in_netns(name: &str) -> bool {
+    if std::env::var_os("SWITCHYARD_TEST_IN_NETNS").is_some() {
+        return false;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "--", "sh", "-c"])
+        .arg("ip link set lo up && exec \"$0\" --exact \"$1\" --nocapture")
+        .arg(std::env::current_exe().unwrap())
+        .arg(name)
+        .env("SWITCHYARD_TEST_IN_NETNS", "1")
+        .output()
+        .expect("unshare (util-linux) runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} failed inside its network namespace:\n{text}"
+    );
+    true
+}
+
+fn kernel_node(min: u16) -> MediaNode {
+    MediaNode::start(MediaConfig {
+        port_min: min,
+        port_max: min + 199,
+        kernel_forwarding: KernelForwarding::On,
+        ..MediaConfig::default()
+    })
+    .expect("the kernel path attaches (root, clang at build time)")
+}
+
+/// A packet `by` hears: its header, its payload and where it came from.
+async fn heard_from(by: &UdpSocket) -> (RtpHeader, Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), by.recv_from(&mut buf))
+        .await
+        .expect("a relayed packet")
+        .unwrap();
+    let h = RtpHeader::parse(&buf[..n]).unwrap();
+    (h, buf[h.payload_offset..n].to_vec(), from)
+}
+
+fn rtp_from(pt: u8, seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = rtp(pt, seq, payload);
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// Once a leg's RTP has come from its latched source for a second's worth of packets,
+/// the kernel forwards it: out of the other leg's port, payload and payload number as
+/// userspace would send them, every packet counted (loss included), a stranger still
+/// dropped and counted, a new SSRC taken back to userspace, nothing forwarded once the
+/// session is gone.
+#[tokio::test]
+async fn a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole() {
+    if run_in_netns("a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole") {
+        return;
+    }
+    let node = kernel_node(43000);
+    let kernel = node.kernel_path().unwrap();
+    assert_eq!(kernel.interface(), "lo");
+    let ([phone_a, phone_b, stranger], relay_a, relay_b) =
+        two_phones_and_a_stranger(&node, "k1").await;
+    let voice: Vec<u8> = (0..160).map(|i| i as u8).collect();
+    // 50 each way through userspace, then the kernel takes both streams.
+    for seq in 0..50u16 {
+        phone_a.send_to(&rtp(0, seq, &voice), relay_a).await.unwrap();
+        assert_eq!(heard_from(&phone_b).await.0.sequence, seq);
+        phone_b.send_to(&rtp(0, seq, &voice), relay_b).await.unwrap();
+        assert_eq!(heard_from(&phone_a).await.0.sequence, seq);
+    }
+    // (The relay writes the entry just after it sent the 50th packet.)
+    for _ in 0..100 {
+        if kernel.entries() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(kernel.entries(), 2, "both streams handed to the kernel");
+    let timed = node.relay_delay().count;
+    assert_eq!(timed, 100, "every packet so far relayed in userspace");
+    // 150 more each way, 70 and 71 from A lost on the way; an event from A.
+    for seq in 50..200u16 {
+        if seq != 70 && seq != 71 {
+            phone_a.send_to(&rtp(0, seq, &voice), relay_a).await.unwrap();
+            let (h, payload, from) = heard_from(&phone_b).await;
+            assert_eq!((h.sequence, h.payload_type, from), (seq, 0, relay_b));
+            assert_eq!(payload, voice);
+        }
+        phone_b.send_to(&rtp(0, seq, &voice), relay_b).await.unwrap();
+        let (h, _, from) = heard_from(&phone_a).await;
+        assert_eq!((h.sequence, from), (seq, relay_a));
+    }
+    phone_a
+        .send_to(&rtp(101, 200, &[1, 0x0a, 0, 160]), relay_a)
+        .await
+        .unwrap();
+    let (h, payload, _) = heard_from(&phone_b).await;
+    assert_eq!((h.payload_type, payload), (101, vec![1, 0x0a, 0, 160]));
+    assert_eq!(
+        node.relay_delay().count,
+        timed,
+        "none of the later packets went through userspace"
+    );
+    // A stranger is still userspace's: dropped and counted, never forwarded.
+    speak(&stranger, 201, relay_a).await;
+    assert!(nothing_for(&phone_b).await);
+    // Counters read back from the kernel (at most half a second old).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stats = leg_stats(&node, "k1").await;
+    assert_eq!(stats.a.packets_received, 199, "{stats:?}");
+    assert_eq!(stats.a.packets_lost, 2, "{stats:?}");
+    assert_eq!(stats.a.telephone_events, 1, "{stats:?}");
+    assert_eq!(stats.a.foreign_dropped, 1, "{stats:?}");
+    assert_eq!(stats.b.packets_received, 200, "{stats:?}");
+    assert_eq!(stats.b.packets_sent, 199, "{stats:?}");
+    assert_eq!(stats.a.packets_sent, 200, "{stats:?}");
+    assert_eq!(stats.b.packets_lost, 0, "{stats:?}");
+    // A new SSRC from A comes up to userspace, which takes A's stream back.
+    phone_a
+        .send_to(&rtp_from(0, 9000, 0x9999, &voice), relay_a)
+        .await
+        .unwrap();
+    assert_eq!(heard_from(&phone_b).await.0.sequence, 9000);
+    assert_eq!(kernel.entries(), 1, "B's stream still in the kernel");
+    assert_eq!(node.relay_delay().count, timed + 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stats = leg_stats(&node, "k1").await;
+    assert_eq!(stats.a.packets_received, 200, "{stats:?}");
+    // Gone: nothing is forwarded from its ports.
+    node.call(Request::Destroy {
+        session: "k1".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(kernel.entries(), 0);
+    phone_b.send_to(&rtp(0, 300, &voice), relay_b).await.unwrap();
+    assert!(nothing_for(&phone_a).await);
+}
+
+/// A call whose legs chose different G.711 laws is transcoded, so it stays in userspace.
+#[tokio::test]
+async fn a_transcoded_stream_stays_in_userspace() {
+    if run_in_netns("a_transcoded_stream_stays_in_userspace") {
+        return;
+    }
+    let node = kernel_node(43200);
+    let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    node.call(Request::Create {
+        session: "k2".into(),
+        tenant: "t1".into(),
+        pool: None,
+    })
+    .await
+    .unwrap();
+    sdp(
+        &node,
+        Request::Offer {
+            session: "k2".into(),
+            from: Leg::A,
+            sdp: offer(port(&phone_a), 0),
+        },
+    )
+    .await;
+    let to_a = sdp(
+        &node,
+        Request::Answer {
+            session: "k2".into(),
+            from: Leg::B,
+            sdp: offer(port(&phone_b), 8),
+        },
+    )
+    .await;
+    let relay_a = SocketAddr::from(([127, 0, 0, 1], sdp_port(&to_a)));
+    let ulaw = vec![g711::linear_to_ulaw(1000); 160];
+    for seq in 0..80u16 {
+        phone_a.send_to(&rtp(0, seq, &ulaw), relay_a).await.unwrap();
+        let (h, payload, _) = heard_from(&phone_b).await;
+        assert_eq!((h.sequence, h.payload_type), (seq, 8));
+        assert_eq!(payload, vec![g711::ulaw_to_alaw(ulaw[0]); 160]);
+    }
+    assert_eq!(node.kernel_path().unwrap().entries(), 0);
+    assert_eq!(node.relay_delay().count, 80);
 }

@@ -19,7 +19,43 @@ pub struct ReceiverStats {
     base_packets: u64,
 }
 
+/// A stream's sequence and jitter state, for counting to go on elsewhere (the media
+/// node's kernel path) and come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    pub ssrc: u32,
+    pub max_seq: u16,
+    pub cycles: u32,
+    /// Jitter estimate in timestamp units × 16.
+    pub jitter16: i64,
+}
+
 impl ReceiverStats {
+    /// The state to go on counting from, once a packet arrived.
+    pub fn continuation(&self) -> Option<Continuation> {
+        self.started.then_some(Continuation {
+            ssrc: self.ssrc,
+            max_seq: self.max_seq,
+            cycles: self.cycles,
+            jitter16: self.jitter16,
+        })
+    }
+
+    /// Takes back the counting done elsewhere from [`Self::continuation`]: `packets`
+    /// and `bytes` more, the sequence and jitter state as it was left. The next
+    /// packet's transit starts afresh (one jitter sample is skipped).
+    pub fn resume(&mut self, state: Continuation, packets: u64, bytes: u64) {
+        if !self.started || state.ssrc != self.ssrc {
+            return;
+        }
+        self.max_seq = state.max_seq;
+        self.cycles = state.cycles;
+        self.jitter16 = state.jitter16;
+        self.packets += packets;
+        self.bytes += bytes;
+        self.transit = None;
+    }
+
     /// The SSRC of the stream now being received, once a packet arrived.
     pub fn ssrc(&self) -> Option<u32> {
         self.started.then_some(self.ssrc)
@@ -92,6 +128,26 @@ mod tests {
             let arrival = u64::from(seq) * 20_000 + jitter_us.get(i).copied().unwrap_or(0);
             stats.record(seq, ts, 1, 172, arrival, 8000);
         }
+    }
+
+    #[test]
+    fn counting_continued_elsewhere_comes_back_whole() {
+        // 100..150 here, 150..200 elsewhere with 160 and 170 lost, then 200..210 here.
+        let mut s = ReceiverStats::default();
+        feed(&mut s, &(100..150).collect::<Vec<_>>(), &[]);
+        let mut state = s.continuation().unwrap();
+        let elsewhere: Vec<u16> = (150..200).filter(|q| *q != 160 && *q != 170).collect();
+        state.max_seq = 199;
+        s.resume(state, elsewhere.len() as u64, 172 * elsewhere.len() as u64);
+        feed(&mut s, &(200..210).collect::<Vec<_>>(), &[]);
+        assert_eq!(s.packets, 50 + 48 + 10);
+        assert_eq!(s.lost(), 2);
+        // Another source's state is not taken.
+        let mut other = state;
+        other.ssrc = 2;
+        other.max_seq = 5;
+        s.resume(other, 1000, 1000);
+        assert_eq!(s.packets, 108);
     }
 
     #[test]
