@@ -513,7 +513,12 @@ impl RelayState {
     /// A packet from `src` on leg `from`'s RTP socket, received at `stamp`: true when it
     /// is one the kernel, forwarding that leg, gave up (its latched source, arrived after
     /// the entry was written), so the stream must come back first.
-    pub(crate) fn kernel_refused(&self, from: usize, src: SocketAddr, stamp: Option<Duration>) -> bool {
+    pub(crate) fn kernel_refused(
+        &self,
+        from: usize,
+        src: SocketAddr,
+        stamp: Option<Duration>,
+    ) -> bool {
         let k = &self.kernel[from];
         k.rule
             .is_some_and(|r| SocketAddr::V4(r.source) == src && stamp.is_none_or(|t| t >= k.since))
@@ -804,7 +809,8 @@ fn run(
             next_sync = now + KERNEL_SYNC;
             let monotonic = monotonic_ns();
             for carried in sessions.values_mut() {
-                if carried.state.kernel_rule(0).is_none() && carried.state.kernel_rule(1).is_none() {
+                if carried.state.kernel_rule(0).is_none() && carried.state.kernel_rule(1).is_none()
+                {
                     continue;
                 }
                 carried.state.tick(now);

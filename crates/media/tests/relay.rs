@@ -838,9 +838,15 @@ async fn a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole() {
     let voice: Vec<u8> = (0..160).map(|i| i as u8).collect();
     // 50 each way through userspace, then the kernel takes both streams.
     for seq in 0..50u16 {
-        phone_a.send_to(&rtp(0, seq, &voice), relay_a).await.unwrap();
+        phone_a
+            .send_to(&rtp(0, seq, &voice), relay_a)
+            .await
+            .unwrap();
         assert_eq!(heard_from(&phone_b).await.0.sequence, seq);
-        phone_b.send_to(&rtp(0, seq, &voice), relay_b).await.unwrap();
+        phone_b
+            .send_to(&rtp(0, seq, &voice), relay_b)
+            .await
+            .unwrap();
         assert_eq!(heard_from(&phone_a).await.0.sequence, seq);
     }
     // (The relay writes the entry just after it sent the 50th packet.)
@@ -851,17 +857,24 @@ async fn a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(kernel.entries(), 2, "both streams handed to the kernel");
+    assert_eq!(kernel.entries_in_map(), 2);
     let timed = node.relay_delay().count;
     assert_eq!(timed, 100, "every packet so far relayed in userspace");
     // 150 more each way, 70 and 71 from A lost on the way; an event from A.
     for seq in 50..200u16 {
         if seq != 70 && seq != 71 {
-            phone_a.send_to(&rtp(0, seq, &voice), relay_a).await.unwrap();
+            phone_a
+                .send_to(&rtp(0, seq, &voice), relay_a)
+                .await
+                .unwrap();
             let (h, payload, from) = heard_from(&phone_b).await;
             assert_eq!((h.sequence, h.payload_type, from), (seq, 0, relay_b));
             assert_eq!(payload, voice);
         }
-        phone_b.send_to(&rtp(0, seq, &voice), relay_b).await.unwrap();
+        phone_b
+            .send_to(&rtp(0, seq, &voice), relay_b)
+            .await
+            .unwrap();
         let (h, _, from) = heard_from(&phone_a).await;
         assert_eq!((h.sequence, from), (seq, relay_a));
     }
@@ -907,8 +920,11 @@ async fn a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole() {
     })
     .await
     .unwrap();
-    assert_eq!(kernel.entries(), 0);
-    phone_b.send_to(&rtp(0, 300, &voice), relay_b).await.unwrap();
+    assert_eq!((kernel.entries(), kernel.entries_in_map()), (0, 0));
+    phone_b
+        .send_to(&rtp(0, 300, &voice), relay_b)
+        .await
+        .unwrap();
     assert!(nothing_for(&phone_a).await);
 }
 

@@ -137,6 +137,10 @@ pub struct MediaSection {
     pub max_sessions: usize,
     /// Threads relaying RTP; 0: one per CPU the process may use, at most 16.
     pub relay_threads: usize,
+    /// Latched RTP streams forwarded in the kernel (an eBPF program at the bind
+    /// address's interface): "auto" (when it loads; not under `cgroup`, whose CPU limit
+    /// the kernel's forwarding would escape), "on" (or the node does not start), "off".
+    pub kernel_forwarding: String,
     /// `switchyard media`: where it takes media-control requests from cores.
     pub control: SocketAddr,
     /// `switchyard media`: the pool it serves (tenants are placed on pools).
@@ -160,6 +164,20 @@ pub struct MediaSection {
 }
 
 impl MediaSection {
+    /// `kernel_forwarding` as the media crate takes it: "auto" under a cgroup is off.
+    pub fn kernel_forwarding(&self) -> anyhow::Result<switchyard_media::KernelForwarding> {
+        let mode: switchyard_media::KernelForwarding = self
+            .kernel_forwarding
+            .parse()
+            .map_err(|e| anyhow::anyhow!("media.{e}"))?;
+        Ok(match mode {
+            switchyard_media::KernelForwarding::Auto if self.cgroup.is_some() => {
+                switchyard_media::KernelForwarding::Off
+            }
+            other => other,
+        })
+    }
+
     /// Where the node may send, as the media crate applies it.
     pub fn destinations(&self) -> anyhow::Result<switchyard_media::DestinationPolicy> {
         let parse =
@@ -186,6 +204,7 @@ impl Default for MediaSection {
             keep_bound: None,
             max_sessions: 0,
             relay_threads: 0,
+            kernel_forwarding: "auto".to_owned(),
             control: SocketAddr::from(([127, 0, 0, 1], 7070)),
             pool: switchyard_core::media_client::SHARED_POOL.to_owned(),
             metrics: None,
@@ -475,6 +494,7 @@ impl Config {
         }
         let m = &self.media;
         m.destinations()?;
+        m.kernel_forwarding()?;
         if m.port_min < 1024 || m.port_max < m.port_min.saturating_add(3) {
             bail!("media.port_min must be at least 1024 and media.port_max at least port_min + 3");
         }

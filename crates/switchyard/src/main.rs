@@ -634,6 +634,10 @@ struct MediaArgs {
     /// The cluster's shared secret (`cluster.secret`).
     #[arg(long, env = "SWITCHYARD_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Latched streams forwarded in the kernel: auto, on or off
+    /// (`media.kernel_forwarding`).
+    #[arg(long, env = "SWITCHYARD_MEDIA_KERNEL_FORWARDING")]
+    kernel_forwarding: Option<String>,
     /// Confine the node to a cgroup of this name with `--cpu-percent` and `--memory-mb`
     /// (`media.cgroup`), and report its CPU pressure.
     #[arg(long, env = "SWITCHYARD_MEDIA_CGROUP")]
@@ -827,6 +831,9 @@ fn run_media(args: MediaArgs) -> anyhow::Result<()> {
     }
     if let Some(c) = args.cgroup {
         config.media.cgroup = Some(c);
+    }
+    if let Some(k) = args.kernel_forwarding {
+        config.media.kernel_forwarding = k;
     }
     if let Some(c) = args.cpu_percent {
         config.media.cpu_percent = c;

@@ -193,7 +193,7 @@ pub async fn run_media(config: Config, mut shutdown: watch::Receiver<bool>) -> a
         }
         None => None,
     };
-    let node = media_node(&config, Some(config.media.pool.clone()));
+    let node = media_node(&config, Some(config.media.pool.clone()))?;
     let pressure = Arc::new(std::sync::Mutex::new(None));
     let mut pressure_task = None;
     if let Some(c) = &confinement {
@@ -335,9 +335,11 @@ async fn serve_metrics(
     Ok(bound)
 }
 
-/// The relay-delay histogram of a media node, as `/metrics` text with `labels`.
-pub(crate) fn relay_delay_text(delay: &switchyard_media::RelayDelay, labels: &str) -> String {
+/// The relay-delay histogram of a media node and its kernel path, as `/metrics` text with
+/// `labels`.
+pub(crate) fn relay_delay_text(node: &switchyard_media::MediaNode, labels: &str) -> String {
     use std::fmt::Write;
+    let delay = &node.relay_delay();
     let mut out = String::from(
         "# HELP switchyard_media_relay_delay_seconds How long relayed packets waited in the node, from the kernel's receive stamp to their send.\n# TYPE switchyard_media_relay_delay_seconds histogram\n",
     );
@@ -366,6 +368,13 @@ pub(crate) fn relay_delay_text(delay: &switchyard_media::RelayDelay, labels: &st
         delay.count,
         delay.sum_us as f64 / 1e6,
         delay.count
+    );
+    let kernel = node.kernel_path();
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_media_kernel_forwarding 1 when latched RTP streams are forwarded in the kernel.\n# TYPE switchyard_media_kernel_forwarding gauge\nswitchyard_media_kernel_forwarding{own} {}\n# HELP switchyard_media_kernel_streams RTP streams the kernel forwards now (their packets are not in the relay-delay histogram).\n# TYPE switchyard_media_kernel_streams gauge\nswitchyard_media_kernel_streams{own} {}",
+        u8::from(kernel.is_some()),
+        kernel.map_or(0, |k| k.entries())
     );
     out
 }
@@ -426,7 +435,7 @@ fn media_metrics(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{pool_label}}} {value}"
         );
     }
-    out.push_str(&relay_delay_text(&node.relay_delay(), &pool_label));
+    out.push_str(&relay_delay_text(node, &pool_label));
     let _ = writeln!(
         out,
         "# HELP switchyard_media_saturated 1 while the node's CPU pressure is over its threshold (no new sessions).\n# TYPE switchyard_media_saturated gauge\nswitchyard_media_saturated{{{pool_label}}} {}",

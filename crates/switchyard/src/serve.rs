@@ -681,7 +681,7 @@ pub enum MediaTier {
 impl MediaTier {
     pub async fn start(config: &Config, stop: watch::Receiver<bool>) -> anyhow::Result<MediaTier> {
         if config.core.media_nodes.is_empty() {
-            return Ok(MediaTier::Local(media_node(config, None)));
+            return Ok(MediaTier::Local(media_node(config, None)?));
         }
         Self::start_remote(config, stop).await
     }
@@ -740,7 +740,7 @@ impl MediaTier {
     pub fn relay_delay_text(&self) -> String {
         match self {
             // It serves every pool: no pool label, as its other series.
-            MediaTier::Local(node) => crate::roles::relay_delay_text(&node.relay_delay(), ""),
+            MediaTier::Local(node) => crate::roles::relay_delay_text(node, ""),
             MediaTier::Remote(_) => String::new(),
         }
     }
@@ -811,14 +811,15 @@ pub(crate) async fn remote_media(
 const MEDIA_PING_EVERY: Duration = Duration::from_secs(1);
 
 /// The media node this process runs (`serve`, `switchyard media`), sized by the config
-/// and the open-files limit; `pool`: the pool it serves (None: any).
-pub fn media_node(config: &Config, pool: Option<String>) -> MediaNode {
+/// and the open-files limit; `pool`: the pool it serves (None: any). An error only when
+/// `media.kernel_forwarding` is "on" and the kernel path cannot be attached.
+pub fn media_node(config: &Config, pool: Option<String>) -> anyhow::Result<MediaNode> {
     let pairs = usize::from(config.media.port_max.saturating_sub(config.media.port_min) / 2);
     let keep_bound = config.media.keep_bound.unwrap_or_else(|| {
         let room = raise_open_files_limit().saturating_sub(FILES_FOR_EVERYTHING_ELSE);
         usize::try_from(room / 2).unwrap_or(usize::MAX).min(pairs)
     });
-    MediaNode::new(MediaConfig {
+    let node = MediaNode::start(MediaConfig {
         bind: config.media.bind,
         advertise: config.media.advertise.unwrap_or(config.media.bind),
         port_min: config.media.port_min,
@@ -829,7 +830,10 @@ pub fn media_node(config: &Config, pool: Option<String>) -> MediaNode {
         relay_threads: config.media.relay_threads,
         // Checked by `Config::validate` before anything starts.
         destinations: config.media.destinations().unwrap_or_default(),
+        kernel_forwarding: config.media.kernel_forwarding()?,
     })
+    .context("media.kernel_forwarding is \"on\"")?;
+    Ok(node)
 }
 
 /// Keeps the edge's directory true: a change event newer than what memory holds reloads

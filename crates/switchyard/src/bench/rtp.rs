@@ -79,6 +79,10 @@ pub struct RtpReport {
     /// packets in one burst with the next ones, which a relay then queues).
     pub sender_lag_p99_us: u64,
     pub sender_lag_max_us: u64,
+    /// The generator's sending thread's CPU over the run (sending, reading, and the
+    /// softirq work its sends set off on its CPU, kernel forwarding included), as a share
+    /// of one core.
+    pub generator_cpu: f64,
     /// With `probe_cpus`: each probed CPU's stalls during the run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cpus: Vec<CpuReport>,
@@ -376,6 +380,8 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         mut delays,
         mut kernel_delays,
         mut lags,
+        cpu,
+        wall,
     } = driven;
     let cpus = probed
         .iter()
@@ -440,6 +446,7 @@ pub async fn run(options: &RtpOptions) -> anyhow::Result<RtpReport> {
         kernel_delay_max_us: kernel_delays.last().copied().map(u64::from).unwrap_or(0),
         sender_lag_p99_us: percentile(&lags, 0.99),
         sender_lag_max_us: lags.last().copied().map(u64::from).unwrap_or(0),
+        generator_cpu: cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9),
         cpus,
     })
 }
@@ -452,6 +459,17 @@ struct Driven {
     kernel_delays: Vec<u32>,
     /// Per tick, how late it was sent (µs).
     lags: Vec<u32>,
+    /// The thread's CPU time over the whole drive, and the drive's wall time.
+    cpu: Duration,
+    wall: Duration,
+}
+
+/// This thread's CPU time (softirq work done in its context included: this kernel
+/// charges it to the task that was running).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Sends and receives for every phone for `duration` (then reads for 500 ms more):
@@ -472,6 +490,7 @@ fn drive(phones: &[Phone], duration: Duration, tick: Duration) -> anyhow::Result
     packet[0] = 0x80;
     let mut seq = vec![0u16; phones.len()];
     let mut sent = 0u64;
+    let cpu_at_start = thread_cpu();
     let start = Instant::now();
     let until = start + duration;
     let drain_until = until + Duration::from_millis(500);
@@ -550,6 +569,8 @@ fn drive(phones: &[Phone], duration: Duration, tick: Duration) -> anyhow::Result
         delays,
         kernel_delays,
         lags,
+        cpu: thread_cpu().saturating_sub(cpu_at_start),
+        wall: start.elapsed(),
     })
 }
 
