@@ -22,7 +22,6 @@
 #include <bpf/bpf_helpers.h>
 
 #define LOOPBACK_IFINDEX 1
-#define AF_INET 2
 #define NO_PAYLOAD_TYPE 0xff
 #define FORWARDED_TTL 64
 #define PASS TC_ACT_UNSPEC
@@ -58,6 +57,11 @@ struct forward_entry {
 	__u64 bytes;
 	__u64 events;
 	__u64 last_ns;
+	// Where it leaves: loopback (a local address) or the interface towards the peer,
+	// whose route and neighbour the kernel resolves (bpf_redirect_neigh; bpf_fib_lookup
+	// would need IP forwarding on, which a media host need not have).
+	__u32 out_ifindex;
+	__u32 reserved;
 };
 
 struct {
@@ -200,32 +204,16 @@ int switchyard_forward(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 	}
 
-	// Out through the interface the route names, with its neighbour's address; to a
-	// local address, through loopback (whose Ethernet addresses are all zero).
-	struct bpf_fib_lookup fib = {
-		.family = AF_INET,
-		.l4_protocol = IPPROTO_UDP,
-		.tot_len = ip_len,
-		.ipv4_src = new_saddr,
-		.ipv4_dst = new_daddr,
-		.ifindex = skb->ingress_ifindex,
-	};
-	long found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	__u8 zero_macs[12] = {0};
-	if (found == BPF_FIB_LKUP_RET_NOT_FWDED || fib.ifindex == LOOPBACK_IFINDEX) {
+	// To a local address through loopback, whose Ethernet addresses are all zero;
+	// otherwise out of the interface towards the peer, its neighbour's address filled in.
+	__u32 out_ifindex = entry->out_ifindex;
+	if (out_ifindex == LOOPBACK_IFINDEX) {
+		__u8 zero_macs[12] = {0};
 		if (bpf_skb_store_bytes(skb, 0, zero_macs, sizeof(zero_macs), 0))
 			return TC_ACT_SHOT;
 		return bpf_redirect(LOOPBACK_IFINDEX, 0);
 	}
-	if (found == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
-		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
-			return TC_ACT_SHOT;
-		return bpf_redirect(fib.ifindex, 0);
-	}
-	if (found == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
-	return TC_ACT_SHOT;
+	return bpf_redirect_neigh(out_ifindex, 0, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -8,7 +8,7 @@
 //! a packet from the latched source that reaches it takes the stream back to userspace.
 //! The relay reads each entry's counters back (`RelayState` merges them).
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -80,7 +80,7 @@ impl ForwardKey {
 }
 
 const KEY_SIZE: usize = 12;
-const ENTRY_SIZE: usize = 72;
+const ENTRY_SIZE: usize = 80;
 
 /// No payload type: `audio_in`/`event_in` match nothing, `event_out` drops events.
 pub(crate) const NO_PAYLOAD_TYPE: u8 = 0xff;
@@ -106,6 +106,8 @@ pub(crate) struct ForwardEntry {
     pub(crate) events: u64,
     /// `CLOCK_MONOTONIC` of the last packet, in nanoseconds.
     pub(crate) last_ns: u64,
+    /// The interface it leaves by: loopback for a local address, else the attached one.
+    pub(crate) out_ifindex: u32,
 }
 
 impl ForwardEntry {
@@ -125,6 +127,7 @@ impl ForwardEntry {
             bytes: 0,
             events: 0,
             last_ns: 0,
+            out_ifindex: 0,
         }
     }
 
@@ -145,6 +148,7 @@ impl ForwardEntry {
         b[48..56].copy_from_slice(&self.bytes.to_ne_bytes());
         b[56..64].copy_from_slice(&self.events.to_ne_bytes());
         b[64..72].copy_from_slice(&self.last_ns.to_ne_bytes());
+        b[72..76].copy_from_slice(&self.out_ifindex.to_ne_bytes());
         b
     }
 
@@ -177,6 +181,7 @@ impl ForwardEntry {
             bytes: u64n(48),
             events: u64n(56),
             last_ns: u64n(64),
+            out_ifindex: u32n(72),
         }
     }
 }
@@ -190,6 +195,9 @@ pub struct KernelPath {
     /// Entries in the map (kept here: counting the map's keys is a syscall each).
     streams: AtomicUsize,
     interface: String,
+    ifindex: u32,
+    /// This host's IPv4 addresses when it attached: packets to them leave by loopback.
+    local: Vec<Ipv4Addr>,
     /// Holds the program and its link.
     _ebpf: aya::Ebpf,
 }
@@ -239,6 +247,7 @@ impl KernelPath {
             .take_map("FORWARDS")
             .ok_or_else(|| KernelError::Load("no map FORWARDS in the object".into()))?;
         let forwards = ForwardMap::try_from(map).map_err(|e| load(&e))?;
+        let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| load(&e))?;
         info!(
             interface,
             "RTP of latched streams is forwarded in the kernel"
@@ -247,6 +256,8 @@ impl KernelPath {
             forwards: Mutex::new(forwards),
             streams: AtomicUsize::new(0),
             interface: interface.to_owned(),
+            ifindex,
+            local: local_addresses(),
             _ebpf: ebpf,
         })
     }
@@ -254,6 +265,16 @@ impl KernelPath {
     /// The interface the program is attached to.
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// The interface a packet to `dest` leaves by: loopback for this host's own
+    /// addresses, otherwise the one the program is attached to (the bind address's).
+    pub(crate) fn out_ifindex(&self, dest: Ipv4Addr) -> u32 {
+        if dest.is_loopback() || self.local.contains(&dest) {
+            LOOPBACK_IFINDEX
+        } else {
+            self.ifindex
+        }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, ForwardMap> {
@@ -306,6 +327,19 @@ impl KernelPath {
     }
 }
 
+/// The loopback interface's index (in every network namespace).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// This host's IPv4 addresses.
+fn local_addresses() -> Vec<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|all| {
+            all.filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The interface holding `ip`: loopback for 127.0.0.0/8.
 fn interface_of(ip: std::net::Ipv4Addr) -> Result<String, KernelError> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|_| KernelError::NoInterface(ip.into()))?;
@@ -338,11 +372,14 @@ mod tests {
         (e.audio_in, e.audio_out, e.event_in, e.event_out) = (0, 8, 101, 96);
         (e.ssrc, e.cycles, e.max_seq, e.jitter16) = (0xdead_beef, 1 << 16, 65000, -3);
         (e.packets, e.bytes, e.events, e.last_ns) = (1, 2, 3, 4);
+        e.out_ifindex = 7;
         assert_eq!(ForwardEntry::decode(&e.encode()), e);
-        // The C struct's offsets: the out port in network order at 8, the SSRC at 16.
+        // The C struct's offsets: the out port in network order at 8, the SSRC at 16, the
+        // interface at 72.
         let b = e.encode();
         assert_eq!(&b[8..10], &20002u16.to_be_bytes());
         assert_eq!(&b[16..20], &0xdead_beefu32.to_ne_bytes());
+        assert_eq!(&b[72..76], &7u32.to_ne_bytes());
     }
 
     #[test]

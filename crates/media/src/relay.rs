@@ -740,7 +740,8 @@ impl Carried {
                 self.state.forward_failed(from);
                 continue;
             };
-            let entry = self.state.entry_for(from, &rule, out_local);
+            let mut entry = self.state.entry_for(from, &rule, out_local);
+            entry.out_ifindex = kernel.out_ifindex(*rule.dest.ip());
             match kernel.install(&key, &entry) {
                 Ok(()) => self.state.forwarded(from, rule, wall_clock()),
                 Err(e) => {

@@ -19,9 +19,13 @@ fn node(min: u16) -> MediaNode {
 }
 
 fn offer(port: u16, codec: u8) -> String {
+    offer_at("127.0.0.1", port, codec)
+}
+
+fn offer_at(ip: &str, port: u16, codec: u8) -> String {
     let name = if codec == 0 { "PCMU" } else { "PCMA" };
     format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP {codec} 101\r\na=rtpmap:{codec} {name}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n"
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {codec} 101\r\na=rtpmap:{codec} {name}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n"
     )
 }
 
@@ -776,9 +780,13 @@ fn run_in_netns(name: &str) -> bool {
     if std::env::var_os("SWITCHYARD_TEST_IN_NETNS").is_some() {
         return false;
     }
+    // A mount namespace too, for `ip netns` of its own (a tmpfs on /run/netns).
     let out = std::process::Command::new("unshare")
-        .args(["-n", "--", "sh", "-c"])
-        .arg("ip link set lo up && exec \"$0\" --exact \"$1\" --nocapture")
+        .args(["-n", "-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            "ip link set lo up && mkdir -p /run/netns && mount -t tmpfs kernel-path /run/netns \
+             && exec \"$0\" --exact \"$1\" --nocapture",
+        )
         .arg(std::env::current_exe().unwrap())
         .arg(name)
         .env("SWITCHYARD_TEST_IN_NETNS", "1")
@@ -973,4 +981,123 @@ async fn a_transcoded_stream_stays_in_userspace() {
     }
     assert_eq!(node.kernel_path().unwrap().entries(), 0);
     assert_eq!(node.relay_delay().count, 80);
+}
+
+/// Runs `ip` with `args`, which must succeed.
+fn ip(args: &str) {
+    let status = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .expect("ip (iproute2) runs");
+    assert!(status.success(), "ip {args}");
+}
+
+/// Two UDP sockets bound in the network namespace `netns` (a thread enters it to bind
+/// them; a socket stays in the namespace it was made in).
+fn sockets_in(netns: &str, ip: &str) -> [UdpSocket; 2] {
+    let path = format!("/run/netns/{netns}");
+    let ip = ip.to_owned();
+    let std_sockets = std::thread::spawn(move || {
+        let ns = std::fs::File::open(path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        [0, 1].map(|_| {
+            let s = std::net::UdpSocket::bind((ip.as_str(), 0)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+    })
+    .join()
+    .unwrap();
+    std_sockets.map(|s| UdpSocket::from_std(s).unwrap())
+}
+
+/// Phones on another host (a namespace behind a veth pair): the kernel forwards their
+/// streams out of the interface they came in on, with the neighbour's Ethernet address,
+/// and they hear every packet from the relay's own ports.
+#[tokio::test]
+async fn streams_from_another_host_are_forwarded_back_out_of_its_interface() {
+    if run_in_netns("streams_from_another_host_are_forwarded_back_out_of_its_interface") {
+        return;
+    }
+    ip("netns add phones");
+    ip("link add sy0 type veth peer name sy1 netns phones");
+    ip("addr add 10.99.0.1/24 dev sy0");
+    ip("link set sy0 up");
+    ip("-n phones addr add 10.99.0.2/24 dev sy1");
+    ip("-n phones link set sy1 up");
+    ip("-n phones link set lo up");
+    let media_ip: std::net::IpAddr = "10.99.0.1".parse().unwrap();
+    let node = MediaNode::start(MediaConfig {
+        bind: media_ip,
+        advertise: media_ip,
+        port_min: 43400,
+        port_max: 43599,
+        kernel_forwarding: KernelForwarding::On,
+        destinations: switchyard_media::DestinationPolicy::for_bind(
+            media_ip,
+            Vec::new(),
+            Vec::new(),
+        ),
+        ..MediaConfig::default()
+    })
+    .expect("the kernel path attaches");
+    assert_eq!(node.kernel_path().unwrap().interface(), "sy0");
+    let [phone_a, phone_b] = sockets_in("phones", "10.99.0.2");
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    node.call(Request::Create {
+        session: "k3".into(),
+        tenant: "t1".into(),
+        pool: None,
+    })
+    .await
+    .unwrap();
+    let at = |sdp: &str| SocketAddr::new(media_ip, sdp_port(sdp));
+    let relay_b = at(&sdp(
+        &node,
+        Request::Offer {
+            session: "k3".into(),
+            from: Leg::A,
+            sdp: offer_at("10.99.0.2", port(&phone_a), 0),
+        },
+    )
+    .await);
+    let relay_a = at(&sdp(
+        &node,
+        Request::Answer {
+            session: "k3".into(),
+            from: Leg::B,
+            sdp: offer_at("10.99.0.2", port(&phone_b), 0),
+        },
+    )
+    .await);
+    let voice: Vec<u8> = (0..160).map(|i| (i * 3) as u8).collect();
+    for seq in 0..120u16 {
+        if seq == 60 {
+            for _ in 0..100 {
+                if node.kernel_path().unwrap().entries() == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(node.kernel_path().unwrap().entries_in_map(), 2);
+        }
+        phone_a
+            .send_to(&rtp(0, seq, &voice), relay_a)
+            .await
+            .unwrap();
+        let (h, payload, from) = heard_from(&phone_b).await;
+        assert_eq!((h.sequence, from), (seq, relay_b), "B hears A's {seq}");
+        assert_eq!(payload, voice);
+        phone_b
+            .send_to(&rtp(0, seq, &voice), relay_b)
+            .await
+            .unwrap();
+        let (h, _, from) = heard_from(&phone_a).await;
+        assert_eq!((h.sequence, from), (seq, relay_a), "A hears B's {seq}");
+    }
+    assert!(
+        node.relay_delay().count <= 120,
+        "the last 60 each way went through the kernel: {}",
+        node.relay_delay().count
+    );
 }

@@ -385,7 +385,12 @@ fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() 
     let cluster = Cluster::start(["47000-47099", "47200-47299"]);
     let (mut cores, mut ports) = (BTreeSet::new(), Vec::new());
     let mut tenants = Vec::new();
-    for i in 0..6 {
+    // Six tenants at least; more while one core has every call so far (tenants are
+    // hashed over the cores: six on one core happens once in 32 clusters).
+    for i in 0..16 {
+        if i >= 6 && cores.len() == 2 {
+            break;
+        }
         let domain = format!("t{i}.cluster.example");
         let tenant = cluster.tenant(&domain);
         // The caller on one edge, the callee on the other.
@@ -411,7 +416,7 @@ fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() 
     let on_first = ports.iter().filter(|p| (47000..47100).contains(*p)).count();
     let on_second = ports.iter().filter(|p| (47200..47300).contains(*p)).count();
     assert!(
-        on_first > 0 && on_second > 0 && on_first + on_second == 6,
+        on_first > 0 && on_second > 0 && on_first + on_second == ports.len(),
         "{ports:?}"
     );
     // Every call has its CDR in PostgreSQL, answered, with RTP counted on both legs.
