@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tracing::info;
 
@@ -194,6 +194,8 @@ pub struct KernelPath {
     forwards: Mutex<ForwardMap>,
     /// Entries in the map (kept here: counting the map's keys is a syscall each).
     streams: AtomicUsize,
+    /// RTP packets the kernel forwarded, as the relay threads have read them.
+    forwarded: AtomicU64,
     interface: String,
     ifindex: u32,
     /// This host's IPv4 addresses when it attached: packets to them leave by loopback.
@@ -255,6 +257,7 @@ impl KernelPath {
         Ok(KernelPath {
             forwards: Mutex::new(forwards),
             streams: AtomicUsize::new(0),
+            forwarded: AtomicU64::new(0),
             interface: interface.to_owned(),
             ifindex,
             local: local_addresses(),
@@ -314,6 +317,16 @@ impl KernelPath {
             self.streams.fetch_sub(1, Ordering::Relaxed);
         }
         last
+    }
+
+    pub(crate) fn count_forwarded(&self, packets: u64) {
+        self.forwarded.fetch_add(packets, Ordering::Relaxed);
+    }
+
+    /// RTP packets the kernel has forwarded, as last read (every 500 ms, and when a
+    /// stream comes back to userspace).
+    pub fn forwarded_packets(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
     }
 
     /// Streams the kernel forwards now (entries in its map).

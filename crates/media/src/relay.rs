@@ -486,19 +486,30 @@ impl RelayState {
     }
 
     /// What the kernel counted of leg `from`'s stream so far, and when its last packet
-    /// arrived.
-    pub(crate) fn kernel_counted(&mut self, from: usize, entry: ForwardEntry, last_rtp: Instant) {
+    /// arrived; returns the packets it forwarded since the last read.
+    pub(crate) fn kernel_counted(
+        &mut self,
+        from: usize,
+        entry: ForwardEntry,
+        last_rtp: Instant,
+    ) -> u64 {
         if entry.packets > 0 {
             let c = &mut self.counters[from];
             c.last_rtp = Some(c.last_rtp.map_or(last_rtp, |t| t.max(last_rtp)));
         }
+        let before = self.kernel[from].last.map_or(0, |e| e.packets);
         self.kernel[from].last = Some(entry);
+        entry.packets.saturating_sub(before)
     }
 
     /// Leg `from`'s stream is back from the kernel: what it counted (`last`, as its entry
     /// was removed) joins the counters, and the stream stays here `KERNEL_AFTER` packets.
-    pub(crate) fn recalled(&mut self, from: usize, last: Option<ForwardEntry>) {
+    /// Returns the packets it forwarded since the last read.
+    pub(crate) fn recalled(&mut self, from: usize, last: Option<ForwardEntry>) -> u64 {
+        let before = self.kernel[from].last.map_or(0, |e| e.packets);
+        let mut forwarded = 0;
         if let Some(e) = last.or(self.kernel[from].last) {
+            forwarded = e.packets.saturating_sub(before);
             self.counters[from]
                 .received
                 .resume(continuation(&e), e.packets, e.bytes);
@@ -508,6 +519,7 @@ impl RelayState {
             to.sent_bytes += e.bytes;
         }
         self.kernel[from] = KernelLeg::default();
+        forwarded
     }
 
     /// A packet from `src` on leg `from`'s RTP socket, received at `stamp`: true when it
@@ -720,7 +732,8 @@ impl Carried {
     fn recall(&mut self, kernel: &KernelPath, from: usize) {
         if let Some(rule) = self.state.kernel_rule(from) {
             let last = self.key(from, &rule).and_then(|k| kernel.remove(&k));
-            self.state.recalled(from, last);
+            let forwarded = self.state.recalled(from, last);
+            kernel.count_forwarded(forwarded);
         }
     }
 
@@ -761,7 +774,8 @@ impl Carried {
             if let Some(entry) = self.key(from, &rule).and_then(|k| kernel.read(&k)) {
                 let ago = Duration::from_nanos(monotonic_ns.saturating_sub(entry.last_ns));
                 let last_rtp = now.checked_sub(ago).unwrap_or(now);
-                self.state.kernel_counted(from, entry, last_rtp);
+                let forwarded = self.state.kernel_counted(from, entry, last_rtp);
+                kernel.count_forwarded(forwarded);
             }
         }
     }

@@ -372,9 +372,10 @@ pub(crate) fn relay_delay_text(node: &switchyard_media::MediaNode, labels: &str)
     let kernel = node.kernel_path();
     let _ = writeln!(
         out,
-        "# HELP switchyard_media_kernel_forwarding 1 when latched RTP streams are forwarded in the kernel.\n# TYPE switchyard_media_kernel_forwarding gauge\nswitchyard_media_kernel_forwarding{own} {}\n# HELP switchyard_media_kernel_streams RTP streams the kernel forwards now (their packets are not in the relay-delay histogram).\n# TYPE switchyard_media_kernel_streams gauge\nswitchyard_media_kernel_streams{own} {}",
+        "# HELP switchyard_media_kernel_forwarding 1 when latched RTP streams are forwarded in the kernel.\n# TYPE switchyard_media_kernel_forwarding gauge\nswitchyard_media_kernel_forwarding{own} {}\n# HELP switchyard_media_kernel_streams RTP streams the kernel forwards now (their packets are not in the relay-delay histogram).\n# TYPE switchyard_media_kernel_streams gauge\nswitchyard_media_kernel_streams{own} {}\n# HELP switchyard_media_kernel_forwarded_packets_total RTP packets the kernel forwarded (read every 500 ms).\n# TYPE switchyard_media_kernel_forwarded_packets_total counter\nswitchyard_media_kernel_forwarded_packets_total{own} {}",
         u8::from(kernel.is_some()),
-        kernel.map_or(0, |k| k.entries())
+        kernel.map_or(0, |k| k.entries()),
+        kernel.map_or(0, |k| k.forwarded_packets())
     );
     out
 }

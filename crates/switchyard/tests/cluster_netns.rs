@@ -407,6 +407,27 @@ fn a_cluster_of_namespaced_hosts_carries_calls_over_both_cores_and_media_nodes_a
         lab.cores[survivor].metrics()["switchyard_core_calls_taken_over_total"],
         1.0
     );
+    // The call's audio went through a media node's kernel path past its first second
+    // (each node forwards latched streams in the kernel of its own host).
+    let forwarded: f64 = lab
+        .media
+        .iter()
+        .map(|m| {
+            let metrics = m.metrics();
+            let series = |name: &str| {
+                metrics
+                    .iter()
+                    .find(|(k, _)| k.starts_with(name))
+                    .map(|(_, v)| *v)
+            };
+            assert_eq!(series("switchyard_media_kernel_forwarding{"), Some(1.0));
+            series("switchyard_media_kernel_forwarded_packets_total{").unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        forwarded > 200.0,
+        "packets forwarded in the kernel: {forwarded}"
+    );
     // Its CDR, written by the core that took it over, with both legs' RTP.
     let cdr = lab.rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(5);
