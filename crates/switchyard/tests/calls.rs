@@ -2165,6 +2165,85 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
     );
 }
 
+/// Blind transfer by a desk phone that hangs up as soon as its REFER is accepted (RFC
+/// 5589 §6.1 allows it; most desk phones do it): 1002 refers 1001 to 1003 and sends BYE
+/// at once. 1001 is not hung up: 1003 rings, answers and talks with 1001; 1002 is told
+/// nothing more. Then 1003 is referred on to 1002, which refuses (`486`) after 1003 left:
+/// with nobody to take the call back, 1001 is hung up and the CDR says why.
+#[test]
+fn a_blind_transferor_that_hangs_up_at_once_leaves_its_caller_with_the_new_party() {
+    let d = demo();
+    let (mut a, mut a_leg, mut b, mut b_leg, mut c) = d.answered_call_and_a_third_phone();
+    for seq in 0..5 {
+        a.send_rtp(&a_leg, 0, seq);
+        b.send_rtp(&b_leg, 0, seq);
+    }
+    let domain = d.domain.clone();
+    let accepted = b.request_with(
+        &mut b_leg,
+        "REFER",
+        &format!("Refer-To: <sip:1003@{domain}>\r\n"),
+        "",
+    );
+    assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    assert_eq!(
+        b.request(&mut b_leg, "BYE", "").status(),
+        Some(200),
+        "the referrer leaves at once"
+    );
+    let (invite, from) = c
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the transfer's target still rings");
+    assert!(
+        a.wait_request("BYE", Duration::from_millis(300)).is_none(),
+        "1001 is not hung up while 1003 rings"
+    );
+    let mut c_leg = c.answer(&invite, from, 200, &[0]);
+    // 1001 is taken off hold with 1003's media.
+    a.answer_next("INVITE", Duration::from_secs(5), &[0]);
+    hear_each_other(&a, &a_leg, &c, &c_leg);
+    // 1002 got at most the NOTIFY of 100 Trying sent before its BYE; nothing after.
+    while let Some((notify, _)) = b.wait_request("NOTIFY", Duration::from_millis(300)) {
+        assert!(
+            String::from_utf8_lossy(notify.body()).starts_with("SIP/2.0 100"),
+            "{notify:?}"
+        );
+    }
+    assert!(b.wait_request("BYE", Duration::from_millis(200)).is_none());
+
+    // 1003 refers 1001 back to 1002 and leaves; 1002 refuses.
+    let accepted = c.request_with(
+        &mut c_leg,
+        "REFER",
+        &format!("Refer-To: <sip:1002@{domain}>\r\n"),
+        "",
+    );
+    assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    assert_eq!(c.request(&mut c_leg, "BYE", "").status(), Some(200));
+    let (invite, from) = b
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("1002 rings");
+    b.answer(&invite, from, 486, &[]);
+    let (bye, from) = a
+        .wait_request("BYE", Duration::from_secs(5))
+        .expect("1001 is hung up: nobody to take the call back");
+    a.answer(&bye, from, 200, &[]);
+    let _ = a_leg;
+    let cdrs = d.cdrs(&d.tenant, 1);
+    assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["hangup_side"], "transfer-failed", "{}", cdrs[0]);
+    assert_eq!(
+        attempts(&cdrs[0]),
+        [
+            ("dialled".to_owned(), "1002".to_owned(), Some(200)),
+            ("transfer".to_owned(), "1003".to_owned(), Some(200)),
+            ("transfer".to_owned(), "1002".to_owned(), Some(486)),
+        ],
+        "{}",
+        cdrs[0]
+    );
+}
+
 /// Attended transfer (REFER with Replaces, RFC 3891): 1001 calls 1002; 1002 calls 1003
 /// to consult, then refers 1001 to 1003 replacing that consultation call. 1003 is
 /// re-INVITEd onto 1001's call (one relay: they hear each other), 1002 is told `200 OK`

@@ -173,6 +173,9 @@ pub(crate) struct Transfer {
     /// Attended transfer: the consultation call whose other party takes the referrer's
     /// place (re-INVITEd with this call's media).
     pub(crate) replacing: Option<Replacing>,
+    /// The referrer of a blind transfer hung up before the new party answered (as most
+    /// desk phones do at once): it is told nothing more and not hung up again.
+    pub(crate) referrer_gone: bool,
 }
 
 impl Transfer {
@@ -192,6 +195,7 @@ impl Transfer {
             call_id,
             trunk: None,
             replacing,
+            referrer_gone: false,
         }
     }
 }

@@ -37,7 +37,30 @@ impl Engine {
             return self.no_such_dialog(tx, &msg);
         }
         let method = msg.method().cloned().unwrap_or(Method::Ack);
+        let blind_transfer = call
+            .transfer
+            .as_ref()
+            .filter(|t| t.replacing.is_none())
+            .map(|t| (t.referrer, t.referrer_gone));
         match method {
+            // The referrer of a blind transfer leaves while the new party rings: the
+            // transfer goes on without it (RFC 5589 §6.1: a transferor may hang up once
+            // the transfer is accepted).
+            Method::Bye if blind_transfer.is_some_and(|(referrer, _)| referrer == leg) => {
+                self.reply(tx, &msg, 200, "OK");
+                info!(call_id, "the referrer hung up; its transfer goes on");
+                if let Some(t) = self.calls.get_mut(&key).and_then(|c| c.transfer.as_mut()) {
+                    t.referrer_gone = true;
+                }
+            }
+            // The party being transferred hangs up: the referrer, if it left, is not
+            // hung up again; the new party stops ringing (`finish`).
+            Method::Bye if blind_transfer.is_some_and(|(_, gone)| gone) => {
+                self.reply(tx, &msg, 200, "OK");
+                let side = if leg == Leg::A { "caller" } else { "callee" };
+                info!(call_id, side, "call hung up during its transfer");
+                self.finish(key, Disposition::Answered, Some(side));
+            }
             Method::Bye => {
                 self.reply(tx, &msg, 200, "OK");
                 let side = if leg == Leg::A { "caller" } else { "callee" };

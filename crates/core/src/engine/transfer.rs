@@ -356,14 +356,23 @@ impl Engine {
             if let Some(trunk) = &transfer.trunk {
                 self.release(held_by_leg(trunk, &transfer.call_id));
             }
+            if transfer.referrer_gone {
+                if self.calls.contains_key(&key) {
+                    self.send_in_dialog(key, referrer.other(), Method::Bye, None);
+                    self.finish(key, Disposition::Answered, Some("transfer-failed"));
+                }
+                return;
+            }
             self.notify_transfer(key, referrer, "SIP/2.0 488 Not Acceptable Here", true);
             return;
         }
         if let Some(call) = self.calls.get_mut(&key) {
             call.conclude_attempt(200);
         }
-        self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true);
-        self.send_in_dialog(key, referrer, Method::Bye, None);
+        if !transfer.referrer_gone {
+            self.notify_transfer(key, referrer, "SIP/2.0 200 OK", true);
+            self.send_in_dialog(key, referrer, Method::Bye, None);
+        }
         self.replace_leg(key, referrer, dialog, body.clone());
         self.resume(key, referrer.other(), body);
         if let Some(trunk) = transfer.trunk {
@@ -667,7 +676,7 @@ impl Engine {
         if transfer.forks.iter().any(|f| !f.done) {
             return;
         }
-        let referrer = transfer.referrer;
+        let (referrer, referrer_gone) = (transfer.referrer, transfer.referrer_gone);
         let held = transfer
             .trunk
             .as_ref()
@@ -677,6 +686,12 @@ impl Engine {
         call.conclude_attempt(status);
         info!(status, reason, "transfer failed");
         self.release(held);
+        if referrer_gone {
+            // Nobody is left to take the call back: the party being transferred is
+            // hung up.
+            self.send_in_dialog(key, referrer.other(), Method::Bye, None);
+            return self.finish(key, Disposition::Answered, Some("transfer-failed"));
+        }
         self.notify_transfer(key, referrer, &format!("SIP/2.0 {status} {reason}"), true);
     }
 }
