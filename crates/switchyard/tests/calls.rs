@@ -2173,7 +2173,7 @@ fn a_blind_transfer_hands_the_caller_to_the_new_party() {
 #[test]
 fn a_blind_transferor_that_hangs_up_at_once_leaves_its_caller_with_the_new_party() {
     let d = demo();
-    let (mut a, mut a_leg, mut b, mut b_leg, mut c) = d.answered_call_and_a_third_phone();
+    let (mut a, a_leg, mut b, mut b_leg, mut c) = d.answered_call_and_a_third_phone();
     for seq in 0..5 {
         a.send_rtp(&a_leg, 0, seq);
         b.send_rtp(&b_leg, 0, seq);
@@ -2228,7 +2228,6 @@ fn a_blind_transferor_that_hangs_up_at_once_leaves_its_caller_with_the_new_party
         .wait_request("BYE", Duration::from_secs(5))
         .expect("1001 is hung up: nobody to take the call back");
     a.answer(&bye, from, 200, &[]);
-    let _ = a_leg;
     let cdrs = d.cdrs(&d.tenant, 1);
     assert_eq!(cdrs[0]["disposition"], "answered", "{}", cdrs[0]);
     assert_eq!(cdrs[0]["hangup_side"], "transfer-failed", "{}", cdrs[0]);
