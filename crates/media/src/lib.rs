@@ -475,6 +475,15 @@ impl MediaNode {
         f(s)
     }
 
+    /// Tells the session's relay its plan changed. Userspace takes a new plan with the
+    /// next packet; a stream the kernel forwards sends none up, so its relay thread is
+    /// woken to take it now (a new payload number, a leg signalled elsewhere).
+    fn plan_changed(&self, s: &Session) {
+        if let (Some(_), Some(relay)) = (&self.inner.kernel, s.relay) {
+            self.inner.relays.plan_changed(relay);
+        }
+    }
+
     fn offer(&self, id: &str, from: Leg, sdp: &str) -> Result<Reply, MediaError> {
         let parsed =
             Sdp::parse(sdp.as_bytes()).map_err(|e| MediaError::NotAcceptable(e.to_string()))?;
@@ -498,6 +507,7 @@ impl MediaNode {
             });
             s.held[leg_index(from)] = audio.direction != Direction::SendRecv;
             s.pending_offer = Some((from, parsed));
+            self.plan_changed(s);
             Ok(Reply::Sdp {
                 sdp: relayed.to_text(),
             })
@@ -549,6 +559,7 @@ impl MediaNode {
                 off.telephone_event = n.offerer_telephone_event;
             });
             s.held[leg_index(from)] = audio.direction != Direction::SendRecv;
+            self.plan_changed(s);
             if s.relay.is_none() {
                 s.relay_started = Some(Instant::now());
                 s.relay = Some(self.inner.relays.add(

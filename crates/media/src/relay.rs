@@ -556,6 +556,10 @@ enum Command {
         key: u64,
         done: oneshot::Sender<()>,
     },
+    /// The control side changed the session's plan.
+    PlanChanged {
+        key: u64,
+    },
     Shutdown,
 }
 
@@ -616,6 +620,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Add { key, .. } => write!(f, "Add({key})"),
             Command::Remove { key, .. } => write!(f, "Remove({key})"),
+            Command::PlanChanged { key } => write!(f, "PlanChanged({key})"),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -680,6 +685,12 @@ impl RelayThreads {
             },
         );
         RelayHandle { thread, key }
+    }
+
+    /// Has the session's thread take its changed plan now (for the streams the kernel
+    /// forwards).
+    pub(crate) fn plan_changed(&self, handle: RelayHandle) {
+        self.send(handle.thread, Command::PlanChanged { key: handle.key });
     }
 
     /// Every thread's delay histogram, added up.
@@ -995,6 +1006,13 @@ fn take_commands(
                     carried.state.publish();
                 }
                 let _ = done.send(());
+            }
+            Ok(Command::PlanChanged { key }) => {
+                if let (Some(kernel), Some(carried)) = (kernel, sessions.get_mut(&key)) {
+                    let now = Instant::now();
+                    carried.state.tick(now);
+                    carried.sync_kernel(kernel, now);
+                }
             }
             Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
             Err(mpsc::TryRecvError::Empty) => return true,

@@ -1116,3 +1116,73 @@ async fn streams_from_another_host_are_forwarded_back_out_of_its_interface() {
         node.relay_delay().count
     );
 }
+
+/// A leg signalled elsewhere while the kernel forwards both streams (a transfer's new
+/// party): both come back to userspace at once, not at the next counter read, so the
+/// other party's very next packet goes to the new address and the old party is no
+/// longer heard.
+#[tokio::test]
+async fn a_leg_signalled_elsewhere_leaves_the_kernel_at_once() {
+    if run_in_netns("a_leg_signalled_elsewhere_leaves_the_kernel_at_once") {
+        return;
+    }
+    let node = kernel_node(43600);
+    let kernel = node.kernel_path().unwrap();
+    let ([phone_a, old_b, new_b], relay_a, relay_b) = two_phones_and_a_stranger(&node, "k4").await;
+    for seq in 0..60u16 {
+        talk(&phone_a, seq, relay_a).await;
+        recv(&old_b).await;
+        talk(&old_b, seq, relay_b).await;
+        recv(&phone_a).await;
+    }
+    for _ in 0..100 {
+        if kernel.entries() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(kernel.entries(), 2, "both streams in the kernel");
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    sdp(
+        &node,
+        Request::Offer {
+            session: "k4".into(),
+            from: Leg::A,
+            sdp: offer(port(&phone_a), 0),
+        },
+    )
+    .await;
+    sdp(
+        &node,
+        Request::Answer {
+            session: "k4".into(),
+            from: Leg::B,
+            sdp: offer(port(&new_b), 0),
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        if kernel.entries() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        kernel.entries(),
+        0,
+        "both streams back in userspace within 100 ms, well before the 500 ms read"
+    );
+    talk(&phone_a, 60, relay_a).await;
+    recv(&new_b).await;
+    assert!(
+        silent(&old_b, 200).await,
+        "the old party hears nothing more"
+    );
+    talk(&old_b, 61, relay_b).await;
+    assert!(
+        silent(&phone_a, 300).await,
+        "the replaced party is not relayed"
+    );
+    talk(&new_b, 1, relay_b).await;
+    recv(&phone_a).await;
+}
