@@ -484,6 +484,18 @@ async fn answered_session(
     pa: u16,
     pb: u16,
 ) -> (SocketAddr, SocketAddr) {
+    answered_session_at(node, id, "127.0.0.1", (pa, 0), (pb, 0)).await
+}
+
+/// A session answered between phones at `ip`: A at (port, codec), B likewise; the
+/// relay's addresses for A and for B.
+async fn answered_session_at(
+    node: &MediaNode,
+    id: &str,
+    ip: &str,
+    (pa, codec_a): (u16, u8),
+    (pb, codec_b): (u16, u8),
+) -> (SocketAddr, SocketAddr) {
     node.call(Request::Create {
         session: id.into(),
         tenant: "t1".into(),
@@ -496,7 +508,7 @@ async fn answered_session(
         Request::Offer {
             session: id.into(),
             from: Leg::A,
-            sdp: offer(pa, 0),
+            sdp: offer_at(ip, pa, codec_a),
         },
     )
     .await;
@@ -505,12 +517,32 @@ async fn answered_session(
         Request::Answer {
             session: id.into(),
             from: Leg::B,
-            sdp: offer(pb, 0),
+            sdp: offer_at(ip, pb, codec_b),
         },
     )
     .await;
-    let at = |sdp: &str| format!("127.0.0.1:{}", sdp_port(sdp)).parse().unwrap();
-    (at(&to_a), at(&to_b))
+    let relay = node_address(&to_a);
+    (
+        SocketAddr::new(relay, sdp_port(&to_a)),
+        SocketAddr::new(relay, sdp_port(&to_b)),
+    )
+}
+
+/// The address an SDP from the node names.
+fn node_address(sdp: &str) -> std::net::IpAddr {
+    let c = sdp.lines().find(|l| l.starts_with("c=IN IP4 ")).unwrap();
+    c["c=IN IP4 ".len()..].trim().parse().unwrap()
+}
+
+/// Waits up to a second for `done` (the relay thread acts just after it sent a packet
+/// a phone may already have).
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn leg_stats(node: &MediaNode, id: &str) -> switchyard_media_control::SessionStats {
@@ -858,12 +890,7 @@ async fn a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole() {
         assert_eq!(heard_from(&phone_a).await.0.sequence, seq);
     }
     // (The relay writes the entry just after it sent the 50th packet.)
-    for _ in 0..100 {
-        if kernel.entries() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| kernel.entries() == 2).await;
     assert_eq!(kernel.entries(), 2, "both streams handed to the kernel");
     assert_eq!(kernel.entries_in_map(), 2);
     let timed = node.relay_delay().count;
@@ -921,12 +948,7 @@ async fn a_latched_stream_is_forwarded_in_the_kernel_and_counted_whole() {
     assert_eq!(heard_from(&phone_b).await.0.sequence, 9000);
     assert_eq!(kernel.entries(), 1, "B's stream still in the kernel");
     // (The histogram is published once the relay thread is done with its batch.)
-    for _ in 0..100 {
-        if node.relay_delay().count > timed {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| node.relay_delay().count > timed).await;
     assert_eq!(node.relay_delay().count, timed + 1);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let stats = leg_stats(&node, "k1").await;
@@ -955,32 +977,14 @@ async fn a_transcoded_stream_stays_in_userspace() {
     let phone_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let phone_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = |s: &UdpSocket| s.local_addr().unwrap().port();
-    node.call(Request::Create {
-        session: "k2".into(),
-        tenant: "t1".into(),
-        pool: None,
-    })
-    .await
-    .unwrap();
-    sdp(
+    let (relay_a, _) = answered_session_at(
         &node,
-        Request::Offer {
-            session: "k2".into(),
-            from: Leg::A,
-            sdp: offer(port(&phone_a), 0),
-        },
+        "k2",
+        "127.0.0.1",
+        (port(&phone_a), 0),
+        (port(&phone_b), 8),
     )
     .await;
-    let to_a = sdp(
-        &node,
-        Request::Answer {
-            session: "k2".into(),
-            from: Leg::B,
-            sdp: offer(port(&phone_b), 8),
-        },
-    )
-    .await;
-    let relay_a = SocketAddr::from(([127, 0, 0, 1], sdp_port(&to_a)));
     let ulaw = vec![g711::linear_to_ulaw(1000); 160];
     for seq in 0..80u16 {
         phone_a.send_to(&rtp(0, seq, &ulaw), relay_a).await.unwrap();
@@ -989,12 +993,7 @@ async fn a_transcoded_stream_stays_in_userspace() {
         assert_eq!(payload, vec![g711::ulaw_to_alaw(ulaw[0]); 160]);
     }
     assert_eq!(node.kernel_path().unwrap().entries(), 0);
-    for _ in 0..100 {
-        if node.relay_delay().count >= 80 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| node.relay_delay().count >= 80).await;
     assert_eq!(node.relay_delay().count, 80, "all 80 relayed in userspace");
 }
 
@@ -1059,41 +1058,18 @@ async fn streams_from_another_host_are_forwarded_back_out_of_its_interface() {
     assert_eq!(node.kernel_path().unwrap().interface(), "sy0");
     let [phone_a, phone_b] = sockets_in("phones", "10.99.0.2");
     let port = |s: &UdpSocket| s.local_addr().unwrap().port();
-    node.call(Request::Create {
-        session: "k3".into(),
-        tenant: "t1".into(),
-        pool: None,
-    })
-    .await
-    .unwrap();
-    let at = |sdp: &str| SocketAddr::new(media_ip, sdp_port(sdp));
-    let relay_b = at(&sdp(
+    let (relay_a, relay_b) = answered_session_at(
         &node,
-        Request::Offer {
-            session: "k3".into(),
-            from: Leg::A,
-            sdp: offer_at("10.99.0.2", port(&phone_a), 0),
-        },
+        "k3",
+        "10.99.0.2",
+        (port(&phone_a), 0),
+        (port(&phone_b), 0),
     )
-    .await);
-    let relay_a = at(&sdp(
-        &node,
-        Request::Answer {
-            session: "k3".into(),
-            from: Leg::B,
-            sdp: offer_at("10.99.0.2", port(&phone_b), 0),
-        },
-    )
-    .await);
+    .await;
     let voice: Vec<u8> = (0..160).map(|i| (i * 3) as u8).collect();
     for seq in 0..120u16 {
         if seq == 60 {
-            for _ in 0..100 {
-                if node.kernel_path().unwrap().entries() == 2 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            until(|| node.kernel_path().unwrap().entries() == 2).await;
             assert_eq!(node.kernel_path().unwrap().entries_in_map(), 2);
         }
         phone_a
@@ -1135,12 +1111,7 @@ async fn a_leg_signalled_elsewhere_leaves_the_kernel_at_once() {
         talk(&old_b, seq, relay_b).await;
         recv(&phone_a).await;
     }
-    for _ in 0..100 {
-        if kernel.entries() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| kernel.entries() == 2).await;
     assert_eq!(kernel.entries(), 2, "both streams in the kernel");
     let port = |s: &UdpSocket| s.local_addr().unwrap().port();
     sdp(
