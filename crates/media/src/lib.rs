@@ -479,7 +479,15 @@ impl MediaNode {
     /// next packet; a stream the kernel forwards sends none up, so its relay thread is
     /// woken to take it now (a new payload number, a leg signalled elsewhere).
     fn plan_changed(&self, s: &Session) {
-        if let (Some(_), Some(relay)) = (&self.inner.kernel, s.relay) {
+        let Some(relay) = s.relay else {
+            return;
+        };
+        let in_kernel = s
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_kernel;
+        if in_kernel {
             self.inner.relays.plan_changed(relay);
         }
     }

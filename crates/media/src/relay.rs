@@ -133,6 +133,9 @@ fn continuation(e: &ForwardEntry) -> Continuation {
 pub(crate) struct Published {
     pub(crate) stats: SessionStats,
     pub(crate) last_rtp: [Option<Instant>; 2],
+    /// The kernel forwards one of its streams: a plan change must wake the relay thread
+    /// (a stream in userspace takes it with its next packet).
+    pub(crate) in_kernel: bool,
 }
 
 /// Counts a dropped packet; true when the count should be published now: the first drop
@@ -470,6 +473,15 @@ impl RelayState {
         e
     }
 
+    /// Says whether the kernel forwards any of this session's streams.
+    fn note_in_kernel(&self) {
+        let any = self.kernel.iter().any(|k| k.rule.is_some());
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_kernel = any;
+    }
+
     /// The kernel took leg `from`'s stream at `since` (the receive stamps' clock).
     pub(crate) fn forwarded(&mut self, from: usize, rule: ForwardRule, since: Duration) {
         self.kernel[from] = KernelLeg {
@@ -478,6 +490,7 @@ impl RelayState {
             last: None,
             userspace_run: self.kernel[from].userspace_run,
         };
+        self.note_in_kernel();
     }
 
     /// The kernel would not take the entry: try again `KERNEL_AFTER` packets later.
@@ -519,6 +532,7 @@ impl RelayState {
             to.sent_bytes += e.bytes;
         }
         self.kernel[from] = KernelLeg::default();
+        self.note_in_kernel();
         forwarded
     }
 
