@@ -64,6 +64,21 @@ struct forward_entry {
 	__u32 reserved;
 };
 
+// The node's RTP port range (first, last), written once at attach: packets to other
+// ports (SIP, anything else on the interface) leave after one comparison, without a
+// hash lookup.
+struct port_range {
+	__u16 first;
+	__u16 last;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_range);
+} PORTS SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -114,6 +129,11 @@ int switchyard_forward(struct __sk_buff *skb)
 	if (ip->frag_off & bpf_htons(0x3fff))
 		return PASS;
 	struct udphdr *udp = data + udp_off;
+	__u32 zero = 0;
+	struct port_range *ports = bpf_map_lookup_elem(&PORTS, &zero);
+	__u16 dest_port = bpf_ntohs(udp->dest);
+	if (!ports || dest_port < ports->first || dest_port > ports->last)
+		return PASS;
 	struct forward_key key = {
 		.local_ip = ip->daddr,
 		.peer_ip = ip->saddr,

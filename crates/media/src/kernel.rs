@@ -213,8 +213,12 @@ impl std::fmt::Debug for KernelPath {
 }
 
 impl KernelPath {
-    /// Loads the program and attaches it to the interface holding `bind`.
-    pub fn attach(bind: IpAddr) -> Result<KernelPath, KernelError> {
+    /// Loads the program and attaches it to the interface holding `bind`, for packets to
+    /// `ports` (the node's RTP port range).
+    pub fn attach(
+        bind: IpAddr,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> Result<KernelPath, KernelError> {
         let IpAddr::V4(v4) = bind else {
             return Err(KernelError::BindAddress(bind));
         };
@@ -222,20 +226,36 @@ impl KernelPath {
             return Err(KernelError::BindAddress(bind));
         }
         let interface = interface_of(v4)?;
-        Self::load(&interface)
+        Self::load(&interface, ports)
     }
 
     #[cfg(not(switchyard_bpf))]
-    fn load(_interface: &str) -> Result<KernelPath, KernelError> {
+    fn load(
+        _interface: &str,
+        _ports: std::ops::RangeInclusive<u16>,
+    ) -> Result<KernelPath, KernelError> {
         Err(KernelError::NotBuilt)
     }
 
     #[cfg(switchyard_bpf)]
-    fn load(interface: &str) -> Result<KernelPath, KernelError> {
+    fn load(
+        interface: &str,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> Result<KernelPath, KernelError> {
         use aya::programs::{SchedClassifier, TcAttachType};
         let load = |e: &dyn std::fmt::Display| KernelError::Load(e.to_string());
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forward.bpf.o"));
         let mut ebpf = aya::Ebpf::load(object).map_err(|e| load(&e))?;
+        // The port range before the program sees a packet (its maps exist once loaded).
+        let mut range = aya::maps::Array::<_, [u8; 4]>::try_from(
+            ebpf.map_mut("PORTS")
+                .ok_or_else(|| KernelError::Load("no map PORTS in the object".into()))?,
+        )
+        .map_err(|e| load(&e))?;
+        let mut value = [0u8; 4];
+        value[0..2].copy_from_slice(&ports.start().to_ne_bytes());
+        value[2..4].copy_from_slice(&ports.end().to_ne_bytes());
+        range.set(0, value, 0).map_err(|e| load(&e))?;
         let program: &mut SchedClassifier = ebpf
             .program_mut("switchyard_forward")
             .ok_or_else(|| KernelError::Load("no program switchyard_forward in the object".into()))?

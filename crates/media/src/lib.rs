@@ -194,10 +194,11 @@ impl MediaNode {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
             n => n,
         };
+        let ports = config.port_min..=config.port_max;
         let kernel = match config.kernel_forwarding {
             KernelForwarding::Off => None,
-            KernelForwarding::On => Some(Arc::new(KernelPath::attach(config.bind)?)),
-            KernelForwarding::Auto => match KernelPath::attach(config.bind) {
+            KernelForwarding::On => Some(Arc::new(KernelPath::attach(config.bind, ports)?)),
+            KernelForwarding::Auto => match KernelPath::attach(config.bind, ports) {
                 Ok(k) => Some(Arc::new(k)),
                 Err(e) => {
                     warn!(error = %e, "RTP is relayed in userspace only");
