@@ -19,8 +19,9 @@ use tracing::info;
 pub enum KernelForwarding {
     /// Userspace only.
     Off,
-    /// In the kernel when the program loads (root or `CAP_BPF` + `CAP_NET_ADMIN`, a
-    /// specific IPv4 bind address), otherwise in userspace with a warning.
+    /// In the kernel when the program loads (root, or `CAP_BPF`, `CAP_NET_ADMIN` and
+    /// `CAP_PERFMON`; a specific IPv4 bind address), otherwise in userspace with a
+    /// warning.
     #[default]
     Auto,
     /// In the kernel, or the node does not start.
@@ -309,13 +310,12 @@ impl KernelPath {
         key: &ForwardKey,
         entry: &ForwardEntry,
     ) -> Result<(), KernelError> {
-        let mut map = self.map();
-        let new = map.get(&key.encode(), 0).is_err();
-        map.insert(key.encode(), entry.encode(), 0)
+        // Only a new entry: the relay removes a stream's entry before it writes another,
+        // so an existing one would be another session's, left alone.
+        self.map()
+            .insert(key.encode(), entry.encode(), BPF_NOEXIST)
             .map_err(|e| KernelError::Map(e.to_string()))?;
-        if new {
-            self.streams.fetch_add(1, Ordering::Relaxed);
-        }
+        self.streams.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -359,6 +359,9 @@ impl KernelPath {
         self.map().keys().filter(Result::is_ok).count()
     }
 }
+
+/// `BPF_NOEXIST` (linux/bpf.h): a map update that only creates.
+const BPF_NOEXIST: u64 = 1;
 
 /// The loopback interface's index (in every network namespace).
 const LOOPBACK_IFINDEX: u32 = 1;

@@ -193,8 +193,10 @@ impl RelayState {
         }
     }
 
-    /// Takes a new plan if the control side changed it (an atomic load when it did not).
-    fn refresh_plan(&mut self, now: Instant) {
+    /// Takes a new plan if the control side changed it (an atomic load when it did not):
+    /// with each packet, and for streams the kernel forwards (whose packets do not come
+    /// here) when the relay thread is told or reads their counters.
+    pub(crate) fn refresh_plan(&mut self, now: Instant) {
         if !self.plan_rx.has_changed().unwrap_or(false) {
             return;
         }
@@ -398,12 +400,6 @@ impl RelayState {
         stats
     }
 
-    /// Takes a plan the control side changed, for streams the kernel forwards (whose
-    /// packets do not come here to take it).
-    pub(crate) fn tick(&mut self, now: Instant) {
-        self.refresh_plan(now);
-    }
-
     /// What the kernel should forward of leg `from`'s RTP now: once it came from its
     /// latched source for `KERNEL_AFTER` packets, and needs nothing only userspace does
     /// (transcoding, IPv6, a transfer's hold-off, events the other leg cannot take).
@@ -449,6 +445,14 @@ impl RelayState {
             event,
             ssrc: self.counters[from].received.ssrc()?,
         })
+    }
+
+    /// False while no stream can be in the kernel yet (the first `KERNEL_AFTER` packets
+    /// of each): the relay then skips its per-packet kernel bookkeeping.
+    pub(crate) fn kernel_may_change(&self) -> bool {
+        self.kernel
+            .iter()
+            .any(|k| k.rule.is_some() || k.userspace_run >= KERNEL_AFTER)
     }
 
     /// The rule the kernel forwards leg `from`'s RTP by, if any.
@@ -853,7 +857,7 @@ fn run(
                 {
                     continue;
                 }
-                carried.state.tick(now);
+                carried.state.refresh_plan(now);
                 carried.sync_kernel(kernel, now);
                 carried.read_kernel(kernel, now, monotonic);
                 carried.state.publish();
@@ -904,7 +908,9 @@ fn run(
                     delay.record(wall_clock().saturating_sub(stamp).as_micros() as u64);
                 }
             }
-            if let (Some(kernel), Some(_)) = (kernel, rtp_from) {
+            if let (Some(kernel), Some(_)) = (kernel, rtp_from)
+                && carried.state.kernel_may_change()
+            {
                 carried.sync_kernel(kernel, Instant::now());
             }
         }
@@ -1024,7 +1030,7 @@ fn take_commands(
             Ok(Command::PlanChanged { key }) => {
                 if let (Some(kernel), Some(carried)) = (kernel, sessions.get_mut(&key)) {
                     let now = Instant::now();
-                    carried.state.tick(now);
+                    carried.state.refresh_plan(now);
                     carried.sync_kernel(kernel, now);
                 }
             }

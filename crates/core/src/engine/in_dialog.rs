@@ -53,18 +53,14 @@ impl Engine {
                     t.referrer_gone = true;
                 }
             }
-            // The party being transferred hangs up: the referrer, if it left, is not
-            // hung up again; the new party stops ringing (`finish`).
-            Method::Bye if blind_transfer.is_some_and(|(_, gone)| gone) => {
-                self.reply(tx, &msg, 200, "OK");
-                let side = if leg == Leg::A { "caller" } else { "callee" };
-                info!(call_id, side, "call hung up during its transfer");
-                self.finish(key, Disposition::Answered, Some(side));
-            }
             Method::Bye => {
                 self.reply(tx, &msg, 200, "OK");
                 let side = if leg == Leg::A { "caller" } else { "callee" };
+                // A referrer that already left is not hung up again; a transfer's new
+                // party still ringing stops (`finish`).
+                let referrer_gone = blind_transfer.is_some_and(|(_, gone)| gone);
                 match self.calls[&key].phase {
+                    Phase::Answered if referrer_gone => {}
                     Phase::Answered => {
                         self.send_in_dialog(key, leg.other(), Method::Bye, None);
                     }

@@ -357,11 +357,7 @@ impl Engine {
                 self.release(held_by_leg(trunk, &transfer.call_id));
             }
             if transfer.referrer_gone {
-                if self.calls.contains_key(&key) {
-                    self.send_in_dialog(key, referrer.other(), Method::Bye, None);
-                    self.finish(key, Disposition::Answered, Some("transfer-failed"));
-                }
-                return;
+                return self.abandon_transferred(key, referrer);
             }
             self.notify_transfer(key, referrer, "SIP/2.0 488 Not Acceptable Here", true);
             return;
@@ -687,12 +683,18 @@ impl Engine {
         info!(status, reason, "transfer failed");
         self.release(held);
         if referrer_gone {
-            // Nobody is left to take the call back: the party being transferred is
-            // hung up.
-            self.send_in_dialog(key, referrer.other(), Method::Bye, None);
-            return self.finish(key, Disposition::Answered, Some("transfer-failed"));
+            return self.abandon_transferred(key, referrer);
         }
         self.notify_transfer(key, referrer, &format!("SIP/2.0 {status} {reason}"), true);
+    }
+
+    /// A blind transfer failed after its referrer left: nobody is left to take the call
+    /// back, so the party being transferred is hung up.
+    fn abandon_transferred(&mut self, key: CallKey, referrer: Leg) {
+        if self.calls.contains_key(&key) {
+            self.send_in_dialog(key, referrer.other(), Method::Bye, None);
+            self.finish(key, Disposition::Answered, Some("transfer-failed"));
+        }
     }
 }
 
