@@ -161,34 +161,19 @@ pub enum Resolution {
     Refuse(u16, &'static str),
 }
 
-/// Where each round-robin group starts its next call: a counter per group, kept by the
-/// core node (several cores each rotate their own calls).
-#[derive(Debug, Default)]
-pub struct Turns(std::sync::Mutex<std::collections::HashMap<String, u64>>);
-
-impl Turns {
-    /// This call's turn of `group` (0, 1, 2, ... per group).
-    pub fn take(&self, group: &str) -> u64 {
-        let mut turns = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let turn = turns.entry(group.to_owned()).or_insert(0);
-        let this = *turn;
-        *turn += 1;
-        this
-    }
-}
-
 /// How many targets one call may pass through (a time condition pointing at a time
 /// condition ...) before the configuration counts as a loop.
 const MAX_TARGET_DEPTH: usize = 8;
 
 /// Follows `target` through the tenant's configuration at `at` (the engine's clock: time
-/// conditions are open or closed at that instant, in their own zone). Pure: the same
-/// configuration and instant give the same answer.
+/// conditions are open or closed at that instant, in their own zone); `turn` gives a
+/// round-robin group's turn for this call (0, 1, 2, ...). Pure: the same configuration,
+/// instant and turns give the same answer.
 pub fn resolve_target(
     config: &TenantConfig,
     target: &Target,
     at: jiff::Timestamp,
-    turns: &Turns,
+    turn: &dyn Fn(&str) -> u64,
 ) -> Resolution {
     let mut target = target.clone();
     for _ in 0..MAX_TARGET_DEPTH {
@@ -216,7 +201,7 @@ pub fn resolve_target(
                 };
                 let mut members = group.members;
                 if group.strategy == "round_robin" && !members.is_empty() {
-                    let start = turns.take(&id) % members.len() as u64;
+                    let start = turn(&id) % members.len() as u64;
                     members.rotate_left(start as usize);
                 }
                 let one_at_a_time = matches!(group.strategy.as_str(), "sequential" | "round_robin");

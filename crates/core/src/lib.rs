@@ -20,6 +20,7 @@ pub mod cdr;
 pub mod dialog;
 pub mod dialplan;
 pub mod engine;
+pub mod handoff;
 pub mod media_client;
 pub mod metrics;
 pub mod routing;
@@ -77,6 +78,11 @@ pub struct CoreSettings {
     pub dialogs: Option<Arc<switchyard_state::dialogs::DialogStore>>,
     /// Which media node holds a session, and taking over another core's sessions.
     pub placement: Option<Arc<dyn media_client::SessionPlacement>>,
+    /// Asking other cores for calls (an attended transfer replacing a call another core
+    /// holds) and answering their asks. None: a core alone with its tenants' calls.
+    pub handoffs: Option<Arc<handoff::Handoffs>>,
+    /// Round-robin groups' counters, shared with every core that may take their calls.
+    pub turns: Arc<switchyard_state::turns::Turns>,
 }
 
 /// What the outside may watch of a running engine.
@@ -92,6 +98,9 @@ pub struct CoreHandle {
     /// Dialog records written to Redis, and calls taken over from other cores.
     dialog_writes: Arc<std::sync::atomic::AtomicU64>,
     taken_over: Arc<std::sync::atomic::AtomicU64>,
+    /// Calls handed to another core that asked, and calls taken from one on asking.
+    handed_over: Arc<std::sync::atomic::AtomicU64>,
+    claimed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for CoreHandle {
@@ -103,6 +112,8 @@ impl Default for CoreHandle {
             cdrs_waiting: Arc::default(),
             dialog_writes: Arc::default(),
             taken_over: Arc::default(),
+            handed_over: Arc::default(),
+            claimed: Arc::default(),
         }
     }
 }
@@ -127,6 +138,16 @@ impl CoreHandle {
     /// Calls taken over from other cores so far.
     pub fn taken_over(&self) -> u64 {
         self.taken_over.load(Ordering::Relaxed)
+    }
+
+    /// Calls handed to other cores that asked for them (attended transfers).
+    pub fn handed_over(&self) -> u64 {
+        self.handed_over.load(Ordering::Relaxed)
+    }
+
+    /// Calls taken from other cores on asking (attended transfers).
+    pub fn claimed(&self) -> u64 {
+        self.claimed.load(Ordering::Relaxed)
     }
 
     /// Calls in progress (ringing or answered).

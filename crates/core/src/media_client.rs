@@ -472,6 +472,8 @@ pub trait SessionPlacement: Send + Sync + std::fmt::Debug {
     /// Takes on a session another core placed on the node at `node`; false when that
     /// node is not known here.
     fn adopt(&self, session: &str, node: SocketAddr) -> bool;
+    /// Forgets `session` without a word to its node (another core took it on).
+    fn forget(&self, session: &str);
 }
 
 impl SessionPlacement for MediaCluster {
@@ -485,6 +487,10 @@ impl SessionPlacement for MediaCluster {
         };
         self.sessions().insert(session.to_owned(), entry);
         true
+    }
+
+    fn forget(&self, session: &str) {
+        self.sessions().remove(session);
     }
 }
 

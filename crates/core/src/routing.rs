@@ -34,8 +34,9 @@ pub struct RouteDeps {
     pub media: Arc<dyn MediaControl>,
     /// Trunks' channels in use (`max_channels`).
     pub channels: Arc<LiveCalls>,
-    /// Where round-robin groups start their next call.
-    pub turns: Arc<crate::dialplan::Turns>,
+    /// Where round-robin groups start their next call (shared by every core that may
+    /// take a group's calls).
+    pub turns: Arc<switchyard_state::turns::Turns>,
 }
 
 impl std::fmt::Debug for RouteDeps {
@@ -224,14 +225,41 @@ enum Plan {
     },
 }
 
+/// [`resolve_target`] with the turn of the round-robin group it reaches, if any, taken
+/// from the counters every core shares (a counter is moved only by a call it rings).
+async fn resolve(
+    config: &TenantConfig,
+    target: &Target,
+    at: jiff::Timestamp,
+    turns: &switchyard_state::turns::Turns,
+) -> Resolution {
+    let group = std::sync::Mutex::new(None);
+    let first = resolve_target(config, target, at, &|g| {
+        *group.lock().unwrap_or_else(|e| e.into_inner()) = Some(g.to_owned());
+        0
+    });
+    let Some(group) = group.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+        return first;
+    };
+    let turn = match turns.take(&group).await {
+        Ok(turn) => turn,
+        Err(e) => {
+            // The group still rings, from its first member.
+            warn!(group, error = %e, "round-robin turn unavailable");
+            0
+        }
+    };
+    resolve_target(config, target, at, &|_| turn)
+}
+
 /// The dial plan's decision for `dialled`, following an extension's "forward always"
 /// (to an extension, a number of the tenant, or out through the routes).
-fn plan_of(
+async fn plan_of(
     config: &TenantConfig,
     tenant_id: &str,
     dialled: &str,
     at: jiff::Timestamp,
-    turns: &crate::dialplan::Turns,
+    turns: &switchyard_state::turns::Turns,
 ) -> Result<Plan, Refusal> {
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     let plan = DialPlan::of(config);
@@ -241,7 +269,7 @@ fn plan_of(
         Destination::OwnNumber {
             number,
             target: Some(target),
-        } => match resolve_target(config, &target, at, turns) {
+        } => match resolve(config, &target, at, turns).await {
             Resolution::Ring {
                 extensions,
                 ring_seconds,
@@ -349,7 +377,7 @@ pub async fn route_call(
     let refuse = |status, reason: &str| Err(Refusal::new(status, reason, true));
     // Only this tenant's plan is searched: a number of another tenant is never found.
     let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let plan = plan_of(&config, &req.tenant_id, &req.dialled, at, &deps.turns)?;
+    let plan = plan_of(&config, &req.tenant_id, &req.dialled, at, &deps.turns).await?;
     let dial_plan = DialPlan::of(&config);
     // A carrier's call presents the number it came in on when it goes out again; a
     // phone's call its extension's chosen number, else the tenant's, else the tenant's
@@ -701,7 +729,7 @@ pub async fn forward_to(
             }
         },
     };
-    let extensions: Vec<Extension> = match resolve_target(config, &target, at, &deps.turns) {
+    let extensions: Vec<Extension> = match resolve(config, &target, at, &deps.turns).await {
         Resolution::Ring { extensions, .. } => extensions
             .iter()
             .filter_map(|id| config.extensions.iter().find(|e| &e.id == id).cloned())

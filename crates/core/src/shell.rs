@@ -31,17 +31,16 @@ use crate::{CoreHandle, CoreSettings};
 /// How long a dialog record lives unless written again (longer than nearly every call).
 const DIALOG_RECORD_TTL_SECS: u64 = 12 * 3600;
 
-/// Another core's record of the call `call_id` belongs to, with its media session taken
-/// on here and its tenant's configuration.
-async fn recover(
-    store: &switchyard_state::dialogs::DialogStore,
-    placement: Option<&dyn crate::media_client::SessionPlacement>,
-    cache: &ConfigCache,
-    call_id: &str,
-) -> Option<(
+type Adopted = (
     crate::engine::recovery::DialogRecord,
     Arc<switchyard_store::TenantConfig>,
-)> {
+);
+
+/// Another core's record of the call `call_id` belongs to.
+async fn record_of(
+    store: &switchyard_state::dialogs::DialogStore,
+    call_id: &str,
+) -> Option<crate::engine::recovery::DialogRecord> {
     let text = match store.get(call_id).await {
         Ok(Some(text)) => text,
         Ok(None) => return None,
@@ -50,13 +49,19 @@ async fn recover(
             return None;
         }
     };
-    let record: crate::engine::recovery::DialogRecord = match serde_json::from_str(&text) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(call_id, error = %e, "unreadable dialog record");
-            return None;
-        }
-    };
+    serde_json::from_str(&text)
+        .inspect_err(|e| warn!(call_id, error = %e, "unreadable dialog record"))
+        .ok()
+}
+
+/// A call another core held, with its media session taken on here and its tenant's
+/// configuration.
+async fn take_on(
+    record: crate::engine::recovery::DialogRecord,
+    placement: Option<&dyn crate::media_client::SessionPlacement>,
+    cache: &ConfigCache,
+) -> Option<Adopted> {
+    let call_id = record.a.call_id.clone();
     if let (Some(p), Some(node)) = (
         placement,
         record.media_node.as_deref().and_then(|n| n.parse().ok()),
@@ -113,6 +118,7 @@ pub fn spawn_core(
                 seal: settings.seal.clone(),
                 accepting: handle.accepting.clone(),
                 recover: settings.dialogs.is_some(),
+                handoff: settings.handoffs.is_some(),
             },
             Clock::now(),
         ),
@@ -121,7 +127,7 @@ pub fn spawn_core(
             locations,
             media: media.clone(),
             channels: settings.channels.clone(),
-            turns: Default::default(),
+            turns: settings.turns.clone(),
         },
         store,
         media,
@@ -134,6 +140,11 @@ pub fn spawn_core(
         handle: handle.clone(),
         dialogs: settings.dialogs.clone(),
         placement: settings.placement.clone(),
+        handoffs: settings.handoffs.clone(),
+    };
+    let mut asks = match &settings.handoffs {
+        Some(h) => h.register(settings.local),
+        None => mpsc::unbounded_channel().1,
     };
     let task = tokio::spawn(async move {
         loop {
@@ -163,6 +174,7 @@ pub fn spawn_core(
                 },
                 Some(answer) = media_answers.recv() => shell.engine.handle_media(answer, Clock::now()),
                 Some(lookup) = lookups.recv() => shell.engine.handle_lookup(lookup, Clock::now()),
+                Some(delivery) = asks.recv() => shell.hand_over(delivery),
                 _ = sleep_until(next) => shell.engine.handle_timeout(Clock::now()),
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
@@ -209,9 +221,49 @@ struct Shell {
     handle: CoreHandle,
     dialogs: Option<Arc<switchyard_state::dialogs::DialogStore>>,
     placement: Option<Arc<dyn crate::media_client::SessionPlacement>>,
+    handoffs: Option<Arc<crate::handoff::Handoffs>>,
 }
 
 impl Shell {
+    /// Another core asks for a call: the engine decides; a call given leaves with its
+    /// media node named, and its record (now naming this core as one that handed it on)
+    /// is written before the asker hears, so a request of the call that still reaches
+    /// this core finds it handed on and never takes it back.
+    fn hand_over(&mut self, delivery: crate::handoff::Delivery) {
+        use crate::handoff::HandoffAnswer;
+        let crate::handoff::Delivery { ask, answer } = delivery;
+        let mut record = match self.engine.hand_over(&ask, Clock::now()) {
+            Ok(record) => record,
+            Err(kept) => {
+                let _ = answer.send(HandoffAnswer::Kept(kept.reason().to_owned()));
+                return;
+            }
+        };
+        if let Some(p) = &self.placement {
+            record.media_node = p.holder(&record.session).map(|a| a.to_string());
+            p.forget(&record.session);
+        }
+        self.handle.handed_over.fetch_add(1, Ordering::Relaxed);
+        let store = self.dialogs.clone();
+        tokio::spawn(async move {
+            if let Some(store) = store {
+                let json = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(e) = store
+                    .put(
+                        &record.a.call_id,
+                        &record.b.call_id,
+                        &json,
+                        DIALOG_RECORD_TTL_SECS,
+                    )
+                    .await
+                {
+                    warn!(call_id = record.a.call_id, error = %e, "a handed-on call's record not written");
+                }
+            }
+            let _ = answer.send(HandoffAnswer::Given(Box::new(record)));
+        });
+    }
+
     async fn on_event(&mut self, ev: TuEvent) {
         let input = match ev {
             TuEvent::Transaction(Event::Request { tx, msg, peer }) => {
@@ -417,15 +469,50 @@ impl Shell {
                 tokio::spawn(async move {
                     let call_id = msg.call_id().unwrap_or_default().to_owned();
                     let record = match dialogs {
-                        Some(store) => {
-                            recover(&store, placement.as_deref(), &cache, &call_id).await
-                        }
+                        Some(store) => match record_of(&store, &call_id).await {
+                            Some(r) => take_on(r, placement.as_deref(), &cache).await,
+                            None => None,
+                        },
                         None => None,
                     };
                     if record.is_some() {
                         taken.fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = done.send(Lookup::Recovered {
+                        tx,
+                        msg,
+                        record: record.map(Box::new),
+                    });
+                });
+            }
+            Output::Claim { tx, msg, ask } => {
+                let (dialogs, placement, cache, done, handoffs, claimed) = (
+                    self.dialogs.clone(),
+                    self.placement.clone(),
+                    self.deps.cache.clone(),
+                    self.lookups.clone(),
+                    self.handoffs.clone(),
+                    self.handle.claimed.clone(),
+                );
+                tokio::spawn(async move {
+                    // The record names the holder; without one, this process's engines
+                    // are asked.
+                    let owner = match &dialogs {
+                        Some(store) => record_of(store, &ask.call_id).await.map(|r| r.owner),
+                        None => None,
+                    };
+                    let given = match handoffs {
+                        Some(h) => h.claim(owner, ask).await,
+                        None => None,
+                    };
+                    let record = match given {
+                        Some(r) => take_on(r, placement.as_deref(), &cache).await,
+                        None => None,
+                    };
+                    if record.is_some() {
+                        claimed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = done.send(Lookup::Claimed {
                         tx,
                         msg,
                         record: record.map(Box::new),

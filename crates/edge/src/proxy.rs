@@ -428,15 +428,16 @@ impl Proxy {
             accepting
         };
         let carrier = self.carriers.carrier_of(ingress.source.ip());
-        // Outside a dialog, the tenant's core: every call of a tenant, and so both calls
-        // an attended transfer joins, lives in one engine (the tenant's domain hashed
-        // over the cores of its pool; the Call-ID when no tenant can be named).
-        let by_tenant = || {
-            let key = self
+        // Outside a dialog: the Call-ID hashed over the cores of the tenant's pool, so a
+        // tenant's calls spread over them (a CANCEL, and the ACK of a failure, follow
+        // their INVITE). Calls that meet later, an attended transfer's, are brought
+        // together by the cores themselves (one asks the other for its call).
+        let by_call_id = || {
+            let pool = self
                 .tenant_key(msg, carrier.as_deref())
-                .unwrap_or_else(|| call_id.to_owned());
-            let pool = self.placement_of(&key);
-            pick_by(&key, cores_of_pool(&candidates, &pool), |c| &c.node)
+                .map(|tenant| self.placement_of(&tenant))
+                .unwrap_or_else(|| SHARED_POOL.to_owned());
+            pick_by(call_id, cores_of_pool(&candidates, &pool), |c| &c.node)
         };
         // In a dialog whose core is gone (dead, or out of the membership): every request
         // of every dialog it held goes to one successor, picked by the dead core's
@@ -445,7 +446,7 @@ impl Proxy {
             let gone = named_addr(msg).filter(|_| !initial && owner.is_none())?;
             pick_by(&gone.to_string(), candidates.iter().copied(), |c| &c.node)
         };
-        let Some(core) = owner.or_else(successor).or_else(by_tenant) else {
+        let Some(core) = owner.or_else(successor).or_else(by_call_id) else {
             return self.answer(msg, ingress, 503, "No core node available");
         };
         let mut new_call = None;
@@ -648,8 +649,8 @@ impl Proxy {
         }
     }
 
-    /// The tenant a request outside a dialog is for, as the key that picks its core: the
-    /// Request-URI's domain from a phone, the holder of the dialled number from a
+    /// The tenant a request outside a dialog is for, whose pool's cores it may reach:
+    /// the Request-URI's domain from a phone, the holder of the dialled number from a
     /// carrier (a CANCEL, or the ACK of a failure, names it as its INVITE did).
     fn tenant_key(&self, msg: &Message, carrier: Option<&str>) -> Option<String> {
         if let Some(carrier) = carrier {
@@ -849,12 +850,13 @@ mod tests {
                 Vec::new(),
             ));
         };
-        let cancel = |domain: &str| {
+        let cancel_of = |domain: &str, call_id: &str| {
             Message::parse_datagram(Bytes::from(format!(
-                "CANCEL sip:2002@{domain} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKc1\r\nMax-Forwards: 70\r\nFrom: <sip:2001@{domain}>;tag=a\r\nTo: <sip:2002@{domain}>\r\nCall-ID: c-{domain}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+                "CANCEL sip:2002@{domain} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKc1\r\nMax-Forwards: 70\r\nFrom: <sip:2001@{domain}>;tag=a\r\nTo: <sip:2002@{domain}>\r\nCall-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
             )))
             .unwrap()
         };
+        let cancel = |domain: &str| cancel_of(domain, &format!("c-{domain}"));
         place("gold.example", "gold");
         let mut shared_used = std::collections::HashSet::new();
         for i in 0..20 {
@@ -869,9 +871,27 @@ mod tests {
             2,
             "shared tenants spread over both shared cores"
         );
-        for _ in 0..3 {
+        // One tenant's calls spread too (the Call-ID decides), within its pool.
+        let mut one_tenant = std::collections::HashSet::new();
+        for i in 0..20 {
+            let to = dest(
+                p.request(&cancel_of("t1.example", &format!("c{i}")), &phone(), 0)
+                    .await,
+            );
+            assert_ne!(to, g1);
+            one_tenant.insert(to);
+        }
+        assert_eq!(
+            one_tenant.len(),
+            2,
+            "one tenant's calls on both shared cores"
+        );
+        for i in 0..20 {
             assert_eq!(
-                dest(p.request(&cancel("gold.example"), &phone(), 0).await),
+                dest(
+                    p.request(&cancel_of("gold.example", &format!("c{i}")), &phone(), 0)
+                        .await
+                ),
                 g1
             );
         }
@@ -932,26 +952,21 @@ mod tests {
             dest(p.request(&bye(&named(c1), &on_c2), &phone(), 0).await),
             c1
         );
-        // A URI that names no core: rendezvous hashing of its domain (the tenant's)
-        // decides, whatever the Call-ID, so a tenant's calls share one core.
+        // A URI that names no core: rendezvous hashing of the Call-ID decides, whatever
+        // the domain, so a tenant's calls spread over its cores.
         let in_domain = |domain: &str| format!("sip:1002@{domain}");
-        for call_id in [&on_c1, &on_c2] {
-            assert_eq!(
-                dest(
-                    p.request(&bye(&in_domain(&on_c1), call_id), &phone(), 0)
-                        .await
-                ),
-                c1
-            );
-            assert_eq!(
-                dest(
-                    p.request(&bye(&in_domain(&on_c2), call_id), &phone(), 0)
-                        .await
-                ),
-                c2
-            );
+        for domain in ["a.example", "b.example"] {
+            for (call_id, core) in [(&on_c1, c1), (&on_c2, c2)] {
+                assert_eq!(
+                    dest(
+                        p.request(&bye(&in_domain(domain), call_id), &phone(), 0)
+                            .await
+                    ),
+                    core
+                );
+            }
         }
-        let other = in_domain(&on_c1);
+        let other = in_domain("a.example");
         let other = other.as_str();
 
         // c1 stops answering pings: its dialogs and new ones go to c2.

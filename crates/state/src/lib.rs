@@ -13,6 +13,8 @@
 pub mod calls;
 pub mod cluster;
 pub mod dialogs;
+pub mod handoffs;
+pub mod turns;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -206,6 +206,10 @@ pub(crate) struct Shared {
     pub seal: SealKey,
     /// Answered calls' records for takeover, with Redis.
     pub dialogs: Option<Arc<switchyard_state::dialogs::DialogStore>>,
+    /// Cores asking each other for calls: in this process, and through Redis.
+    pub handoffs: Arc<switchyard_core::handoff::Handoffs>,
+    /// Round-robin groups' counters: in this process, or in Redis for the cluster.
+    pub turns: Arc<switchyard_state::turns::Turns>,
 }
 
 impl Shared {
@@ -239,6 +243,20 @@ impl Shared {
             )),
             _ => None,
         };
+        let mailboxes = match &config.state.redis_url {
+            Some(url) => Some(Arc::new(
+                switchyard_state::handoffs::Mailboxes::redis(url, &config.state.prefix)
+                    .await
+                    .with_context(|| format!("cannot reach Redis at {url}"))?,
+            )),
+            None => None,
+        };
+        let turns = Arc::new(match &config.state.redis_url {
+            Some(url) => switchyard_state::turns::Turns::redis(url, &config.state.prefix)
+                .await
+                .with_context(|| format!("cannot reach Redis at {url}"))?,
+            None => switchyard_state::turns::Turns::memory(),
+        });
         let seal = match config.cluster_secret() {
             Some(secret) => SealKey::new(secret),
             None => SealKey::new(&rand::random::<[u8; 32]>()),
@@ -250,6 +268,8 @@ impl Shared {
             live_calls,
             seal,
             dialogs,
+            handoffs: switchyard_core::handoff::Handoffs::new(mailboxes),
+            turns,
         })
     }
 
@@ -338,6 +358,8 @@ pub(crate) async fn start_cores(
                 seal: shared.seal.clone(),
                 dialogs: shared.dialogs.clone(),
                 placement: media.placement(),
+                handoffs: Some(shared.handoffs.clone()),
+                turns: shared.turns.clone(),
             },
             shared.store.clone(),
             shared.locations.clone(),
@@ -383,6 +405,14 @@ pub(crate) fn core_gauges(
             (
                 "switchyard_core_calls_taken_over_total".into(),
                 shards.iter().map(|(_, h)| h.taken_over()).sum::<u64>() as f64,
+            ),
+            (
+                "switchyard_core_calls_handed_over_total".into(),
+                shards.iter().map(|(_, h)| h.handed_over()).sum::<u64>() as f64,
+            ),
+            (
+                "switchyard_core_calls_claimed_total".into(),
+                shards.iter().map(|(_, h)| h.claimed()).sum::<u64>() as f64,
             ),
         ];
         out.extend(shards.iter().map(|(name, h)| {

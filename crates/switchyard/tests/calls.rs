@@ -2243,16 +2243,44 @@ fn a_blind_transferor_that_hangs_up_at_once_leaves_its_caller_with_the_new_party
     );
 }
 
+/// The engine (`core-1` or `core-2` of a `serve` with two) the edge hashes `call_id` to.
+fn engine_of(call_id: &str) -> &'static str {
+    use switchyard_edge::hrw::pick;
+    let nowhere = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let engines =
+        ["core-1", "core-2"].map(|id| switchyard_edge::proxy::CoreNode::new(id, nowhere).node);
+    match pick(call_id, &engines).unwrap().id.as_str() {
+        "core-1" => "core-1",
+        _ => "core-2",
+    }
+}
+
+/// A Call-ID the edge hashes to `engine`.
+fn call_id_on(engine: &str) -> String {
+    (0..)
+        .map(|i| format!("call-{i}-{}", std::process::id()))
+        .find(|c| engine_of(c) == engine)
+        .unwrap()
+}
+
 /// Attended transfer (REFER with Replaces, RFC 3891): 1001 calls 1002; 1002 calls 1003
 /// to consult, then refers 1001 to 1003 replacing that consultation call. 1003 is
 /// re-INVITEd onto 1001's call (one relay: they hear each other), 1002 is told `200 OK`
 /// and hung up on both calls, the consultation call's CDR says it was transferred, and a
 /// Replaces that names the Call-ID without its tags is refused (`481`).
+///
+/// Calls spread over engines by Call-ID: the consultation call is made to land on the
+/// other engine than the call the REFER comes in on, which asks for it and takes it on.
 #[test]
 fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
-    // Two engines: the consultation call must land where the call it replaces lives.
     let d = demo_with(&["--core-shards", "2"]);
     let (mut a, mut a_leg, mut b, mut b_first, mut c) = d.answered_call_and_a_third_phone();
+    let other = if engine_of(&a_leg.call_id) == "core-1" {
+        "core-2"
+    } else {
+        "core-1"
+    };
+    b.call_ids.push(call_id_on(other));
     // 1002 consults 1003.
     let consult = std::thread::spawn(move || {
         let (r, leg) = b.call("1003", &[0]);
@@ -2263,6 +2291,10 @@ fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
     let (mut b, status, b_second) = consult.join().unwrap();
     assert_eq!(status, Some(200));
     let b_second = b_second.unwrap();
+    assert_ne!(
+        b_second.target, b_first.target,
+        "the two calls on different engines"
+    );
     let tag = |header: &str| {
         header
             .split(";tag=")
@@ -2338,14 +2370,14 @@ fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
     );
 }
 
-/// With two call engines in the process (`--core-shards 2`), the edge gives each tenant's
-/// calls to one of them (the dialog's requests follow), and tenants spread over both:
-/// the Contact each caller gets names the engine's own socket.
+/// With two call engines in the process (`--core-shards 2`), the edge hashes each call's
+/// Call-ID over them: one tenant's calls spread over both (the dialog's requests follow
+/// the Contact each caller gets, which names the engine's own socket).
 #[test]
-fn with_two_shards_each_tenants_calls_share_one_engine_and_tenants_spread() {
+fn with_two_shards_a_tenants_calls_spread_over_both_engines() {
     let d = demo_with(&["--core-shards", "2"]);
     let mut engines_of_tenants = Vec::new();
-    for i in 0..8i64 {
+    for i in 0..2i64 {
         let domain = format!("shard{i}.example");
         let first = 3000 + 100 * i;
         let (t, r) = d.tenant(&domain, first);
@@ -2357,8 +2389,9 @@ fn with_two_shards_each_tenants_calls_share_one_engine_and_tenants_spread() {
         let mut b = Phone::new(addr, &domain, &(first + 1).to_string(), &pb);
         assert_eq!(a.register(), 200);
         assert_eq!(b.register(), 200);
-        let mut engines = std::collections::BTreeSet::new();
-        for _ in 0..2 {
+        let mut engines = std::collections::BTreeMap::new();
+        for engine in ["core-1", "core-2", "core-1", "core-2"] {
+            a.call_ids.push(call_id_on(engine));
             let callee = std::thread::spawn(move || {
                 b.answer_next("INVITE", Duration::from_secs(5), &[0]);
                 let _ = b.wait_request("ACK", Duration::from_secs(2));
@@ -2368,22 +2401,28 @@ fn with_two_shards_each_tenants_calls_share_one_engine_and_tenants_spread() {
             let (r, leg) = a.call(&(first + 1).to_string(), &[0]);
             assert_eq!(r.status(), Some(200), "{r:?}");
             let mut leg = leg.unwrap();
-            engines.insert(leg.target.split('@').nth(1).unwrap_or_default().to_owned());
+            let socket = leg.target.split('@').nth(1).unwrap_or_default().to_owned();
+            assert_eq!(
+                engines
+                    .insert(engine, socket.clone())
+                    .unwrap_or(socket.clone()),
+                socket,
+                "{engine}'s calls on one socket"
+            );
             assert_eq!(a.request(&mut leg, "BYE", "").status(), Some(200));
             b = callee.join().unwrap();
         }
+        let sockets: std::collections::BTreeSet<_> = engines.values().collect();
         assert_eq!(
-            engines.len(),
-            1,
-            "{domain}'s calls on one engine: {engines:?}"
+            sockets.len(),
+            2,
+            "{domain}'s calls on both engines: {engines:?}"
         );
-        engines_of_tenants.extend(engines);
+        engines_of_tenants.push(engines);
     }
-    let distinct: std::collections::BTreeSet<_> = engines_of_tenants.iter().collect();
     assert_eq!(
-        distinct.len(),
-        2,
-        "tenants on both engines: {engines_of_tenants:?}"
+        engines_of_tenants[0], engines_of_tenants[1],
+        "the Call-ID decides, not the tenant"
     );
     let metrics = d.metrics();
     for core in ["core-1", "core-2"] {

@@ -385,8 +385,8 @@ fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() 
     let cluster = Cluster::start(["47000-47099", "47200-47299"]);
     let (mut cores, mut ports) = (BTreeSet::new(), Vec::new());
     let mut tenants = Vec::new();
-    // Six tenants at least; more while one core has every call so far (tenants are
-    // hashed over the cores: six on one core happens once in 32 clusters).
+    // Six tenants at least; more while one core has every call so far (calls are
+    // hashed over the cores by Call-ID: six on one core happens once in 32 clusters).
     for i in 0..16 {
         if i >= 6 && cores.len() == 2 {
             break;
@@ -497,6 +497,145 @@ fn phones_on_either_edge_call_each_other_over_both_cores_and_both_media_nodes() 
     }
 }
 
+/// An attended transfer whose two calls live on different cores (calls spread by
+/// Call-ID): 2001 calls 2002, 2002 consults 2003 on the other core, then refers 2001 to
+/// 2003. The core the REFER reaches asks the other, through its Redis mailbox, for the
+/// consultation call, takes it on and completes the transfer: 2003 is re-INVITEd onto
+/// the call, 2001 and 2003 hear each other, 2002 is hung up on both calls, and each call
+/// has its CDR.
+#[test]
+fn an_attended_transfer_takes_the_consultation_call_from_the_other_core() {
+    let cluster = Cluster::start(["46000-46099", "46200-46299"]);
+    let domain = "attended.cluster.example";
+    let tenant = cluster.tenant(domain);
+    let a = phone(&cluster, domain, 2001, 0);
+    let b = phone(&cluster, domain, 2002, 1);
+    let mut c = phone(&cluster, domain, 2003, 0);
+    let main = UpCall::start(a, b, "2002");
+    let UpCall {
+        a,
+        mut b,
+        a_leg,
+        b_leg: mut b_first,
+    } = main;
+    let core_of = |leg: &CallLeg| leg.target.split('@').nth(1).unwrap_or_default().to_owned();
+    // 2002 consults 2003 until the consultation call lands on the other core (each try
+    // is one chance in two; a try on the same core is hung up).
+    let mut consultation = None;
+    for _ in 0..16 {
+        let consult = std::thread::spawn(move || {
+            let (r, leg) = b.call("2003", &[0]);
+            assert_eq!(r.status(), Some(200), "{r:?}");
+            (b, leg.unwrap())
+        });
+        let (invite, from) = c.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+        let c_leg = c.answer(&invite, from, 200, &[0]);
+        let (b_back, mut b_second) = consult.join().unwrap();
+        b = b_back;
+        let _ = c.wait_request("ACK", Duration::from_secs(2));
+        if core_of(&b_second) != core_of(&b_first) {
+            consultation = Some((b_second, c_leg));
+            break;
+        }
+        let callee = std::thread::spawn(move || {
+            c.answer_next("BYE", Duration::from_secs(5), &[]);
+            c
+        });
+        assert_eq!(b.request(&mut b_second, "BYE", "").status(), Some(200));
+        c = callee.join().unwrap();
+    }
+    let (b_second, _) = consultation.expect("a consultation call on the other core");
+    let tag = |header: &str| {
+        header
+            .split(";tag=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let refer = format!(
+        "Refer-To: <sip:2003@{domain}?Replaces={}%3Bto-tag%3D{}%3Bfrom-tag%3D{}>\r\n",
+        b_second.call_id,
+        tag(&b_second.to),
+        tag(&b_second.from)
+    );
+    let accepted = b.request_with(&mut b_first, "REFER", &refer, "");
+    assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    // 2003 is moved onto 2001's call with a re-INVITE in its dialog; the NOTIFYs and the
+    // two BYEs reach 2002 meanwhile, in any order.
+    let (reinvite, from) = c
+        .wait_request("INVITE", Duration::from_secs(5))
+        .expect("the consulted party is re-INVITEd");
+    assert!(
+        reinvite
+            .header(switchyard_sip::HeaderName::To)
+            .unwrap()
+            .contains("tag="),
+        "in its dialog"
+    );
+    let c_leg = c.answer(&reinvite, from, 200, &[0]);
+    let mut byes = 0;
+    let mut notified_ok = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (byes < 2 || !notified_ok) && std::time::Instant::now() < deadline {
+        let Some((req, from)) = b.recv(Duration::from_millis(200)) else {
+            continue;
+        };
+        match req.method().map(|m| m.as_str().to_owned()).as_deref() {
+            Some("BYE") => byes += 1,
+            Some("NOTIFY") => {
+                notified_ok |= String::from_utf8_lossy(req.body()).starts_with("SIP/2.0 200")
+            }
+            _ => continue,
+        }
+        b.answer(&req, from, 200, &[]);
+    }
+    assert_eq!((byes, notified_ok), (2, true), "2002 told 200 and hung up");
+    // 2001 and 2003 hear each other through the call's media session.
+    let joined = UpCall {
+        a,
+        b: c,
+        a_leg,
+        b_leg: c_leg,
+    };
+    joined.media_flows();
+    let (handed, claimed): (f64, f64) = cluster.cores.iter().fold((0.0, 0.0), |(h, c), core| {
+        let m = core.metrics();
+        (
+            h + m["switchyard_core_calls_handed_over_total"],
+            c + m["switchyard_core_calls_claimed_total"],
+        )
+    });
+    assert_eq!(
+        (handed, claimed),
+        (1.0, 1.0),
+        "one call handed between cores"
+    );
+    let (_a, _c) = joined.hang_up();
+    // The consultation call's CDR says it was transferred; the joined call's, that
+    // 2001 hung up (tries that landed on the same core have CDRs of their own).
+    cluster.rt.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let cdrs = cluster.store.cdrs(&tenant, None, 40).await.unwrap();
+            let of = |from: &str, side: &str| {
+                cdrs.iter().any(|c| {
+                    c.disposition == "answered"
+                        && c.from_uri.starts_with(from)
+                        && c.hangup_side.as_deref() == Some(side)
+                })
+            };
+            if of("sip:2002@", "transferred") && of("sip:2001@", "caller") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{cdrs:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
 /// An operator drains the core holding a call (`switchyard node drain`): the call goes on
 /// to its end, the tenant's next call goes to the other core, and the drained core says
 /// so once its last call has ended; `switchyard node resume` takes it back.
@@ -589,46 +728,61 @@ fn a_tenant_on_a_dedicated_pool_uses_only_that_pools_media_nodes_and_core() {
 #[test]
 fn calls_still_ringing_on_a_killed_core_end_cleanly_on_both_sides() {
     let mut cluster = Cluster::start(["45000-45099", "45200-45299"]);
-    let victim = cluster.cores[0].addr("core").to_string();
+    let cores: Vec<String> = cluster
+        .cores
+        .iter()
+        .map(|c| c.addr("core").to_string())
+        .collect();
+    // Ringing calls of six tenants at least, more until both cores hold some (calls
+    // spread by Call-ID); each call's core is the Contact of the INVITE its callee got.
     let mut ringing = Vec::new();
-    for t in 0..6 {
+    for t in 0..16 {
+        let on = |core: &String| {
+            ringing
+                .iter()
+                .filter(|r: &&(String, _, _, _, _, _, _)| r.0 == *core)
+                .count()
+        };
+        if t >= 6 && cores.iter().all(|c| on(c) > 0) {
+            break;
+        }
         let domain = format!("r{t}.cluster.example");
         // 2005 and 2006 are for baresips.
         cluster.rt.block_on(common::provision_tenant(
             &cluster.store,
             &domain,
-            &[2001, 2002, 2003, 2004, 2005, 2006],
+            &[2003, 2004, 2005, 2006],
         ));
-        // An answered call tells which core holds the tenant's calls.
-        let (_, _, core, _) = call_and_hang_up(
-            phone(&cluster, &domain, 2001, t % 2),
-            phone(&cluster, &domain, 2002, (t + 1) % 2),
-            "2002",
-        );
         let mut a = phone(&cluster, &domain, 2003, t % 2);
         let mut b = phone(&cluster, &domain, 2004, (t + 1) % 2);
         let (_, call_id, seq) = a.start_call("2004");
         let (invite, from) = b
             .wait_request("INVITE", Duration::from_secs(5))
             .expect("INVITE at the callee");
+        let contact = invite
+            .header(switchyard_sip::HeaderName::Contact)
+            .unwrap_or_default()
+            .to_owned();
+        let core = cores
+            .iter()
+            .find(|c| contact.contains(c.as_str()))
+            .unwrap_or_else(|| panic!("{contact} names a core of {cores:?}"))
+            .clone();
         b.answer(&invite, from, 180, &[]);
-        ringing.push((core == victim, a, call_id, seq, b, invite, from));
+        ringing.push((core, a, call_id, seq, b, invite, from));
     }
-    let on_victim = ringing.iter().filter(|r| r.0).count();
+    let ringing_on = |i: usize| ringing.iter().filter(|r| r.0 == cores[i]).count();
     assert!(
-        on_victim > 0 && on_victim < ringing.len(),
-        "ringing calls on both cores: {on_victim} on the victim"
+        ringing_on(0) > 0 && ringing_on(1) > 0,
+        "ringing calls on both cores"
     );
-    // Two baresips of a tenant on the victim: one rings the other, which does not answer.
-    let index = ringing
-        .iter()
-        .position(|r| r.0)
-        .expect("a tenant on the victim");
-    let domain = format!("r{index}.cluster.example");
+    // Two baresips: one rings the other, which does not answer. The victim is the core
+    // that holds their call (its count of calls in progress rose by one).
+    let domain = "r0.cluster.example";
     let account = |n: i64, edge: SocketAddr| {
         format!(
             "<sip:{n}@{domain}>;auth_pass={};outbound=\"sip:{edge}\";regint=600",
-            password(n, &domain)
+            password(n, domain)
         )
     };
     let mut caller = Baresip::start("caller", 440.0, 30.0);
@@ -638,7 +792,19 @@ fn calls_still_ringing_on_a_killed_core_end_cleanly_on_both_sides() {
     caller.command("dial", "2006");
     callee.wait_event("CALL_INCOMING", Duration::from_secs(10));
     caller.wait_event("CALL_RINGING", Duration::from_secs(10));
-    cluster.cores[0].kill();
+    let victim = (0..2)
+        .find(|i| {
+            cluster.cores[*i].metrics()["switchyard_calls_active"] == (ringing_on(*i) + 1) as f64
+        })
+        .expect("the core holding the baresips' call");
+    let on_victim = ringing_on(victim);
+    let ringing: Vec<_> = ringing
+        .into_iter()
+        .map(|(core, a, call_id, seq, b, invite, from)| {
+            (core == cores[victim], a, call_id, seq, b, invite, from)
+        })
+        .collect();
+    cluster.cores[victim].kill();
     // Both baresips close the call: the callee on the edge's CANCEL, the caller on its `503`.
     let closed = callee.wait_event("CALL_CLOSED", Duration::from_secs(5));
     eprintln!("callee: {closed}");

@@ -113,6 +113,8 @@ pub(crate) struct Call {
     pub(crate) attempts: Vec<Attempt>,
     /// Why the re-route being looked up happens.
     pub(crate) reroute_reason: &'static str,
+    /// Cores that handed this call on (never to take it back from its record).
+    pub(crate) handed_from: Vec<SocketAddr>,
 }
 
 /// One destination a call rang: for the CDR.

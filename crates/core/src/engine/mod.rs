@@ -18,6 +18,7 @@
 
 mod call;
 mod ending;
+pub mod handoff;
 mod in_dialog;
 pub mod recovery;
 mod setup;
@@ -27,7 +28,7 @@ mod transfer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -140,6 +141,13 @@ pub enum Lookup {
         msg: Message,
         record: Option<Box<(recovery::DialogRecord, Arc<TenantConfig>)>>,
     },
+    /// An [`Output::Claim`]'s answer: the call the holder handed over (none: it kept it,
+    /// or nobody answered).
+    Claimed {
+        tx: TxId,
+        msg: Message,
+        record: Option<Box<(recovery::DialogRecord, Arc<TenantConfig>)>>,
+    },
 }
 
 /// The media node's answer to an [`Output::Media`] with a job.
@@ -207,6 +215,13 @@ pub enum Output {
     /// A request of a dialog not here: look for another core's record of it; the answer
     /// is a [`Lookup::Recovered`].
     Recover { tx: TxId, msg: Message, peer: Peer },
+    /// The REFER `msg` (server transaction `tx`) replaces a dialog another core holds:
+    /// ask it for the call; the answer is a [`Lookup::Claimed`].
+    Claim {
+        tx: TxId,
+        msg: Message,
+        ask: handoff::HandoffAsk,
+    },
 }
 
 /// What a client transaction is for.
@@ -262,6 +277,9 @@ pub struct EngineSettings {
     /// Answered calls are persisted for takeover, and requests of unknown dialogs looked
     /// up (a cluster with dialog state in Redis).
     pub recover: bool,
+    /// Other cores may hold calls of this one's tenants (calls spread by Call-ID): an
+    /// attended transfer asks them for the call it replaces.
+    pub handoff: bool,
 }
 
 /// The engine: every call of one core.
@@ -270,6 +288,9 @@ pub struct Engine {
     seal: SealKey,
     accepting: Arc<std::sync::atomic::AtomicBool>,
     recover: bool,
+    handoff: bool,
+    /// REFERs waiting for another core to hand over the call they replace.
+    claims: HashSet<TxId>,
     rtp_timeout: Option<Duration>,
     metrics: Arc<CallMetrics>,
     calls: HashMap<CallKey, Call>,
@@ -326,6 +347,8 @@ impl Engine {
             seal: settings.seal,
             accepting: settings.accepting,
             recover: settings.recover,
+            handoff: settings.handoff,
+            claims: HashSet::new(),
             rtp_timeout: settings.rtp_timeout,
             metrics: settings.metrics,
             calls: HashMap::new(),
@@ -401,6 +424,7 @@ impl Engine {
             && self.by_call_id.is_empty()
             && self.jobs.is_empty()
             && self.orphaned.is_empty()
+            && self.claims.is_empty()
             && self
                 .by_req
                 .values()
@@ -457,6 +481,7 @@ impl Engine {
                 outcome,
             } => self.on_transfer_routed(key, outcome),
             Lookup::Recovered { tx, msg, record } => self.on_recovered(tx, msg, record),
+            Lookup::Claimed { tx, msg, record } => self.on_claimed(tx, msg, record),
         }
     }
 

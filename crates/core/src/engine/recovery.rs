@@ -66,6 +66,10 @@ pub struct DialogRecord {
     /// Leg B went out through this trunk.
     #[serde(default)]
     pub trunk: Option<TrunkRecord>,
+    /// Cores that handed the call to another while they lived: a request that still
+    /// reaches one of them is not a takeover, and it never adopts the call back.
+    #[serde(default)]
+    pub handed_from: Vec<SocketAddr>,
 }
 
 /// The trunk a call went out through (its credentials are never written).
@@ -119,7 +123,7 @@ impl Engine {
         }
     }
 
-    fn record_of(&self, key: CallKey) -> Option<DialogRecord> {
+    pub(super) fn record_of(&self, key: CallKey) -> Option<DialogRecord> {
         let call = self.calls.get(&key)?;
         if call.phase != Phase::Answered || call.transfer.is_some() {
             return None;
@@ -169,6 +173,7 @@ impl Engine {
                 emergency: t.emergency,
                 member: t.member.clone(),
             }),
+            handed_from: call.handed_from.clone(),
         })
     }
 
@@ -191,14 +196,22 @@ impl Engine {
                     version = record.version,
                     "a dialog record of another version"
                 );
-            } else if let Err(why) = self.adopt(record, config) {
+            } else if record.handed_from.contains(&self.local) {
+                // Handed to another core, which lives: its requests reach it there.
+                info!(call_id, to_core = %record.owner, "a request of a call handed on");
+            } else if let Err(why) = self.adopt(record, config, "taken over from another core") {
                 warn!(call_id, why, "a dialog record could not be adopted");
             }
         }
         self.in_dialog(tx, msg);
     }
 
-    fn adopt(&mut self, r: DialogRecord, config: Arc<TenantConfig>) -> Result<(), &'static str> {
+    pub(super) fn adopt(
+        &mut self,
+        r: DialogRecord,
+        config: Arc<TenantConfig>,
+        how: &'static str,
+    ) -> Result<(), &'static str> {
         let a_invite = Message::parse_datagram(bytes::Bytes::from(r.a_invite.into_bytes()))
             .map_err(|_| "unreadable INVITE")?;
         let key = self.next_key;
@@ -209,8 +222,8 @@ impl Engine {
         info!(
             tenant = r.tenant_id,
             call_id = a.call_id,
-            from_core = %r.owner,
-            "call taken over from another core"
+            from_core = ?r.handed_from.last().unwrap_or(&r.owner),
+            how
         );
         self.by_call_id.insert(a.call_id.clone(), key);
         self.by_call_id.insert(b.call_id.clone(), key);
@@ -292,6 +305,11 @@ impl Engine {
                 transfer: None,
                 attempts,
                 reroute_reason: "",
+                handed_from: r
+                    .handed_from
+                    .into_iter()
+                    .filter(|c| *c != self.local)
+                    .collect(),
             },
         );
         // A refresh is due an interval from now at the latest: the old owner's timer

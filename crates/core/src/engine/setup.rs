@@ -365,6 +365,7 @@ impl Engine {
                     result: None,
                 }],
                 reroute_reason: "",
+                handed_from: Vec::new(),
             },
         );
         let forks = self.fork(key, 0, &legs, &targets);

@@ -218,6 +218,8 @@ struct World {
     persisted: Vec<super::recovery::DialogRecord>,
     forgotten: Vec<(String, String)>,
     recovers: Vec<(TxId, Message)>,
+    /// REFERs waiting for another core's call, with the ask.
+    claims: Vec<(TxId, Message, super::handoff::HandoffAsk)>,
 }
 
 impl World {
@@ -226,6 +228,16 @@ impl World {
     }
 
     fn with(rtp_timeout: Option<Duration>, recover: bool) -> World {
+        World::with_handoff(rtp_timeout, recover, false)
+    }
+
+    /// A core of a cluster whose calls spread by Call-ID: records kept, other cores
+    /// asked for calls.
+    fn clustered() -> World {
+        World::with_handoff(None, true, true)
+    }
+
+    fn with_handoff(rtp_timeout: Option<Duration>, recover: bool, handoff: bool) -> World {
         let now = Clock {
             at: Instant::now(),
             unix_ms: 1_800_000_000_000,
@@ -239,6 +251,7 @@ impl World {
                     seal: SealKey::new(CLUSTER_SECRET),
                     accepting: Arc::new(std::sync::atomic::AtomicBool::new(true)),
                     recover,
+                    handoff,
                 },
                 now,
             ),
@@ -259,6 +272,7 @@ impl World {
             persisted: Vec::new(),
             forgotten: Vec::new(),
             recovers: Vec::new(),
+            claims: Vec::new(),
         }
     }
 
@@ -441,6 +455,21 @@ impl World {
         self.settle();
     }
 
+    /// The shell's answer to the last ask for another core's call: the call `given`
+    /// (with the tenant's configuration) or none.
+    fn claimed(&mut self, given: Option<super::recovery::DialogRecord>) {
+        let (tx, msg, _) = self.claims.pop().expect("an ask for another core's call");
+        self.engine.handle_lookup(
+            super::Lookup::Claimed {
+                tx,
+                msg,
+                record: given.map(|r| Box::new((r, config()))),
+            },
+            self.now,
+        );
+        self.settle();
+    }
+
     /// The text of the caller's next in-dialog request.
     fn caller_text(&mut self, call_id: &str, method: &str, extra: &str) -> Option<String> {
         let caller = self.callers.get_mut(call_id)?;
@@ -606,6 +635,7 @@ impl World {
                 Output::Persist(record) => self.persisted.push(*record),
                 Output::Forget { a, b } => self.forgotten.push((a, b)),
                 Output::Recover { tx, msg, .. } => self.recovers.push((tx, msg)),
+                Output::Claim { tx, msg, ask } => self.claims.push((tx, msg, ask)),
             }
         }
     }
@@ -740,6 +770,142 @@ fn a_call_answered_on_one_engine_is_carried_on_by_another_from_its_record() {
     let tx = third.request(first.caller_text("c1", "BYE", "").unwrap());
     third.recovered(None);
     assert_eq!(third.answers, vec![(tx, 481)]);
+}
+
+/// A REFER from the caller of `call_id` that replaces the dialog `replaced` (Call-ID, the
+/// transferor's tag, the other side's tag).
+fn attended_refer(w: &mut World, call_id: &str, replaced: (&str, &str, &str)) -> TxId {
+    let (replaced_id, from_tag, to_tag) = replaced;
+    let refer_to = format!(
+        "Refer-To: <sip:1002@{DOMAIN}?Replaces={replaced_id}%3Bto-tag%3D{to_tag}%3Bfrom-tag%3D{from_tag}>\r\n"
+    );
+    w.caller_sends(call_id, "REFER", &refer_to)
+        .expect("the caller's REFER")
+}
+
+#[test]
+fn an_attended_transfer_takes_the_call_it_replaces_from_the_core_that_holds_it() {
+    use super::handoff::Kept;
+    // The consultation call c1 lives on one core, the call the REFER comes in on (c2)
+    // on another.
+    let mut holder = World::clustered();
+    holder.answered_call("c1", "", true);
+    let record = holder.persisted.last().cloned().expect("c1's record");
+    let core_tag = switchyard_sip::headers::tag_of(&record.a.local)
+        .unwrap()
+        .to_owned();
+    let mut here = World::clustered();
+    here.answered_call("c2", "", true);
+    let refer = attended_refer(&mut here, "c2", ("c1", "a-c1", &core_tag));
+    assert!(
+        here.answers.iter().all(|(tx, _)| *tx != refer),
+        "no answer yet"
+    );
+    let ask = here
+        .claims
+        .last()
+        .map(|(_, _, a)| a.clone())
+        .expect("asked");
+    assert_eq!(
+        (ask.call_id.as_str(), ask.tenant_id.as_str()),
+        ("c1", TENANT)
+    );
+    // The holder gives nothing to another tenant, to other tags, or once the asker's
+    // patience is over.
+    let mut stranger = ask.clone();
+    stranger.tenant_id = "t2".into();
+    assert_eq!(
+        holder.engine.hand_over(&stranger, holder.now),
+        Err(Kept::NotHere)
+    );
+    let mut forged = ask.clone();
+    forged.tags[0] = "guessed".into();
+    assert_eq!(
+        holder.engine.hand_over(&forged, holder.now),
+        Err(Kept::NotHere)
+    );
+    let mut late = ask.clone();
+    late.deadline_ms = holder.now.unix_ms - 1;
+    assert_eq!(
+        holder.engine.hand_over(&late, holder.now),
+        Err(Kept::TooLate)
+    );
+    // A call with a re-INVITE in flight is not quiet.
+    holder.caller_sends("c1", "INVITE", "");
+    assert_eq!(holder.engine.hand_over(&ask, holder.now), Err(Kept::Busy));
+    let reinvite = holder.sent_methods(Method::Invite).pop().unwrap();
+    let req = holder
+        .sent
+        .iter()
+        .rev()
+        .find(|(_, m, _)| m.cseq().ok() == reinvite.cseq().ok())
+        .map(|(r, _, _)| *r)
+        .unwrap();
+    let ok = parse(
+        ResponseBuilder::for_request(&reinvite, 200, "OK", "x")
+            .body("application/sdp", SDP)
+            .build(),
+    );
+    holder
+        .engine
+        .handle_sip(SipInput::Response { req, msg: ok }, holder.now);
+    holder
+        .engine
+        .handle_sip(SipInput::Ended { req }, holder.now);
+    holder.settle();
+    assert_eq!(holder.answers.last().map(|a| a.1), Some(200));
+    let ack = holder.caller_text("c1", "ACK", "").unwrap();
+    let ack = parse(Bytes::from(ack.replace("CSeq: 1 ACK", "CSeq: 2 ACK")));
+    holder
+        .engine
+        .handle_sip(SipInput::Ack { msg: ack }, holder.now);
+    holder.settle();
+    // Quiet again: handed over without a word to either phone.
+    let (sent, cdrs) = (holder.sent.len(), holder.cdrs.len());
+    let given = holder.engine.hand_over(&ask, holder.now).expect("given");
+    holder.settle();
+    assert_eq!(
+        (given.owner, given.handed_from.clone()),
+        (ask.claimant, vec![local()])
+    );
+    assert_eq!(holder.sent.len(), sent, "no BYE, no re-INVITE");
+    assert_eq!(
+        holder.cdrs.len(),
+        cdrs,
+        "no CDR: the call goes on elsewhere"
+    );
+    assert!(holder.sessions.contains("c1"), "its media session stays");
+    assert!(holder.forgotten.is_empty(), "its record stays");
+    assert!(holder.engine.idle());
+    // The asker adopts it and the transfer goes on: 202, and the other party of c1 is
+    // re-INVITEd onto c2.
+    here.claimed(Some(given.clone()));
+    assert!(here.answers.contains(&(refer, 202)), "{:?}", here.answers);
+    let onto = here
+        .sent_methods(Method::Invite)
+        .pop()
+        .expect("a re-INVITE");
+    assert_eq!(onto.call_id().unwrap(), record.b.call_id);
+    // A request of c1 that still reaches the holder finds the call handed on: 481, and
+    // the call is not taken back from its record.
+    let bye = holder.caller_text("c1", "BYE", "").unwrap();
+    let tx = holder.request(bye);
+    holder.recovered(Some(given));
+    assert_eq!(holder.answers.last(), Some(&(tx, 481)));
+    assert!(holder.engine.idle() && holder.cdrs.len() == cdrs);
+}
+
+#[test]
+fn an_attended_transfer_whose_call_no_core_gives_is_refused_once() {
+    let mut here = World::clustered();
+    here.answered_call("c2", "", true);
+    let refer = attended_refer(&mut here, "c2", ("c9", "a-c9", "x"));
+    assert_eq!(here.claims.len(), 1);
+    here.claimed(None);
+    assert_eq!(here.answers.last(), Some(&(refer, 481)));
+    assert!(here.claims.is_empty(), "asked once");
+    here.caller_sends("c2", "BYE", "");
+    assert!(here.engine.idle(), "{:?}", here.engine);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use switchyard_sip::transaction::TxId;
 use switchyard_sip::{HeaderName, Message, Method};
 
 use super::call::*;
+use super::handoff::leg_named;
 use super::in_dialog::leg_index;
 use super::setup::{held_by_leg, held_by_ring, trunk_leg_identity};
 use super::{CallKey, Engine, ForwardFor, MediaError, Output, Purpose};
@@ -462,30 +463,21 @@ impl Engine {
         replaces: (String, String, String),
     ) {
         let (call_id, to_tag, from_tag) = replaces;
-        let found = self.by_call_id.get(&call_id).copied().filter(|k| *k != key);
-        let consultation = found.and_then(|k| {
+        let named = [to_tag.as_str(), from_tag.as_str()];
+        let found = self.by_call_id.get(&call_id).copied();
+        let consultation = found.filter(|k| *k != key).and_then(|k| {
             let other = self.calls.get(&k)?;
             let this = self.calls.get(&key)?;
             if other.tenant_id != this.tenant_id || other.phase != Phase::Answered {
                 return None;
             }
-            let referrer = if other.a.call_id == call_id {
-                Leg::A
-            } else {
-                Leg::B
-            };
-            let dialog = match referrer {
-                Leg::A => Some(&other.a),
-                Leg::B => other.b.as_ref(),
-            }?;
-            let tags = [
-                switchyard_sip::headers::tag_of(&dialog.local)?,
-                switchyard_sip::headers::tag_of(&dialog.remote)?,
-            ];
-            let named = [to_tag.as_str(), from_tag.as_str()];
-            (tags == named || tags == [named[1], named[0]]).then_some((k, referrer))
+            leg_named(other, &call_id, named).map(|referrer| (k, referrer))
         });
         let Some((other, other_referrer)) = consultation else {
+            // Not here at all: another core may hold it (once per REFER).
+            if found.is_none() && self.claim(key, tx, &msg, &call_id, named) {
+                return;
+            }
             return self.reply(tx, &msg, 481, "No such call to replace");
         };
         // Nothing else may start on this call while the offer is made.

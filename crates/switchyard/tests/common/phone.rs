@@ -29,6 +29,8 @@ pub struct Phone {
     pub contact_params: String,
     /// REGISTER with `Contact: *` (remove every binding; needs expires 0).
     pub contact_star: bool,
+    /// Call-IDs for the next calls (the last first), else random ones.
+    pub call_ids: Vec<String>,
 }
 
 /// A call we placed or answered: what is needed for ACK, BYE and re-INVITE.
@@ -109,7 +111,14 @@ impl Phone {
             register_extra: String::new(),
             contact_params: String::new(),
             contact_star: false,
+            call_ids: Vec::new(),
         }
+    }
+
+    fn next_call_id(&mut self) -> String {
+        self.call_ids
+            .pop()
+            .unwrap_or_else(|| format!("call-{}", token()))
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -321,7 +330,7 @@ impl Phone {
 
     /// Sends an authenticated INVITE and returns at once: (its text, Call-ID, CSeq).
     pub fn start_call(&mut self, dialled: &str) -> (String, String, u32) {
-        let call_id = format!("call-{}", token());
+        let call_id = self.next_call_id();
         let from_tag = token();
         let body = sdp(self.rtp_port(), &[0]);
         let (text, seq) = self.invite_text(&call_id, &from_tag, dialled, &body, None);
@@ -379,7 +388,7 @@ impl Phone {
 
     /// Like [`Phone::call`] with any body as the offer.
     pub fn call_with_body(&mut self, dialled: &str, body: &str) -> (Message, Option<CallLeg>) {
-        let call_id = format!("call-{}", token());
+        let call_id = self.next_call_id();
         let from_tag = token();
         let body = body.to_owned();
         let (text, seq) = self.invite_text(&call_id, &from_tag, dialled, &body, None);
