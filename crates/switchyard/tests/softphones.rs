@@ -495,15 +495,18 @@ fn a_baresip_transfers_its_caller_to_a_third_baresip() {
 }
 
 /// Attended transfer by a real client: baresip A calls linphone B, B holds A and calls
-/// baresip C, then joins them (`transfer 1 --to-call 2`: REFER with Replaces). The engine
+/// baresip C, then joins them (`transfer 1 --to-call N`: REFER with Replaces). The engine
 /// re-INVITEs C onto A's call and A off hold; A and C stay up with each other, B is hung
 /// up on both calls, each call has its CDR, and C's RTP reaches A through the relay.
+///
+/// Two call engines, calls spread by Call-ID: B consults C again until the consultation
+/// call lands on the other engine than A's call (the engine the REFER reaches asks the
+/// other for it).
 #[test]
 fn linphone_joins_its_caller_to_the_party_it_consulted() {
     if common::netns::run_isolated("linphone_joins_its_caller_to_the_party_it_consulted") {
         return;
     }
-    // Two call engines: the consultation call lands where the call it replaces lives.
     let server = Server::start(&["--core-shards", "2"]);
     let creds = demo_credentials(&server);
     let domain = creds["domain"].as_str().unwrap();
@@ -529,32 +532,50 @@ fn linphone_joins_its_caller_to_the_party_it_consulted() {
     // B holds A (a re-INVITE through the engine), then consults C.
     b.command("pause 1");
     b.wait_for("paused", Duration::from_secs(10));
-    b.command(&format!("call sip:1003@{domain}"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !c.events().iter().any(|e| e["type"] == "CALL_ESTABLISHED") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "C never answered B's call:\n{}\nserve:\n{}",
-            b.output(),
-            server.log()
+    let of_c = |kind: &str| c.events().iter().filter(|e| e["type"] == kind).count();
+    let until = |what: &str, done: &dyn Fn() -> bool, b: &Linphone| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}:\n{}\nserve:\n{}",
+                b.output(),
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let active =
+        |core: &str| server.metrics()[&format!("switchyard_core_calls_active{{core=\"{core}\"}}")];
+    let mut consultation = 1;
+    loop {
+        consultation += 1;
+        let tries = consultation - 1;
+        b.command(&format!("call sip:1003@{domain}"));
+        until(
+            "C never answered B's call",
+            &|| of_c("CALL_ESTABLISHED") == tries,
+            &b,
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.count("connected") < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B's consultation call never connected:\n{}\nserve:\n{}",
-            b.output(),
-            server.log()
+        until(
+            "B's consultation call never connected",
+            &|| b.count("connected") > tries,
+            &b,
         );
-        std::thread::sleep(Duration::from_millis(50));
+        if active("core-1") == 1.0 && active("core-2") == 1.0 {
+            break;
+        }
+        assert!(tries < 12, "every consultation call on A's engine");
+        b.command(&format!("terminate {consultation}"));
+        until("C still has B's call", &|| of_c("CALL_CLOSED") == tries, &b);
     }
+    let tries = consultation - 1;
+    eprintln!("consultation calls until one landed on the other engine: {tries}");
     std::thread::sleep(Duration::from_secs(1));
-    b.command("transfer 1 --to-call 2");
+    b.command(&format!("transfer 1 --to-call {consultation}"));
     // B is hung up on both of its calls; A and C stay up.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.count("ended") < 2 {
+    while b.count("ended") < 2 + (tries - 1) {
         assert!(
             std::time::Instant::now() < deadline,
             "B still has its calls:\n{}\nserve:\n{}",
@@ -565,14 +586,26 @@ fn linphone_joins_its_caller_to_the_party_it_consulted() {
     }
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        !a.events().iter().any(|e| e["type"] == "CALL_CLOSED")
-            && !c.events().iter().any(|e| e["type"] == "CALL_CLOSED"),
+        !a.events().iter().any(|e| e["type"] == "CALL_CLOSED") && of_c("CALL_CLOSED") == tries - 1,
         "A and C are still up after the transfer; serve:\n{}",
         server.log()
     );
+    let m = server.metrics();
+    assert_eq!(
+        (
+            m["switchyard_core_calls_handed_over_total"],
+            m["switchyard_core_calls_claimed_total"]
+        ),
+        (1.0, 1.0),
+        "the consultation call handed from its engine to the REFER's"
+    );
     a.command("hangup", "");
     a.wait_event("CALL_CLOSED", Duration::from_secs(10));
-    c.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    until(
+        "C never closed the joined call",
+        &|| of_c("CALL_CLOSED") == tries,
+        &b,
+    );
     // Two CDRs: the consultation call ended by the transfer, the joined call by A.
     let mut cdrs = Vec::new();
     for _ in 0..100 {
@@ -580,20 +613,22 @@ fn linphone_joins_its_caller_to_the_party_it_consulted() {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if cdrs.len() >= 2 {
+        if cdrs.len() > tries {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    // One per consultation call B hung up itself, besides these two.
+    assert_eq!(cdrs.len(), tries + 1, "{cdrs:?}");
     assert!(
         cdrs.iter().any(|c| c["hangup_side"] == "transferred"),
         "the consultation call: {cdrs:?}"
     );
     let joined = cdrs
         .iter()
-        .find(|c| c["hangup_side"] == "caller")
+        .find(|c| c["legs"].to_string().contains("attended-transfer"))
         .unwrap_or_else(|| panic!("the joined call: {cdrs:?}"));
+    assert_eq!(joined["hangup_side"], "caller", "{joined}");
     let legs = joined["legs"].clone();
     assert!(legs.to_string().contains("attended-transfer"), "{joined}");
     // Media after the join, from the relay's counters: C's RTP arrives on leg B (B,

@@ -271,12 +271,14 @@ snd_path .\n"
         std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
     }
 
-    /// The recording of what this phone heard (`sndfile`'s decoder-side dump).
+    /// The recording of what this phone heard in its last call (`sndfile`'s
+    /// decoder-side dump, one per call).
     pub fn heard(&self) -> PathBuf {
         std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.created()).ok())
             .unwrap_or_else(|| panic!("baresip {} recorded nothing", self.name))
     }
 
