@@ -2318,8 +2318,11 @@ fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
     };
     let guessed = b.request_with(&mut b_first, "REFER", &refer("guessed"), "");
     assert_eq!(guessed.status(), Some(481), "{guessed:?}");
+    let asked = std::time::Instant::now();
     let accepted = b.request_with(&mut b_first, "REFER", &refer(&to_tag), "");
     assert_eq!(accepted.status(), Some(202), "{accepted:?}");
+    // A figure for the notes, not a check: the ask to the other engine is on this path.
+    eprintln!("REFER to 202 across engines: {:?}", asked.elapsed());
     let (notify, from) = b.wait_request("NOTIFY", Duration::from_secs(5)).unwrap();
     assert!(String::from_utf8_lossy(notify.body()).starts_with("SIP/2.0 100"));
     b.answer(&notify, from, 200, &[]);
