@@ -134,6 +134,16 @@ pub(crate) struct Attempt {
 }
 
 impl Call {
+    /// The leg a request with `call_id` belongs to (leg A's Call-ID, else leg B), and
+    /// that leg's dialog if it has one.
+    pub(crate) fn leg_of(&self, call_id: &str) -> (Leg, Option<&Dialog>) {
+        if self.a.call_id == call_id {
+            (Leg::A, Some(&self.a))
+        } else {
+            (Leg::B, self.b.as_ref())
+        }
+    }
+
     pub(crate) fn begin_attempt(
         &mut self,
         to: String,

@@ -63,15 +63,8 @@ impl Kept {
 
 /// The leg of `call` whose dialog has `call_id` and the tags `named` (in either order).
 pub(super) fn leg_named(call: &Call, call_id: &str, named: [&str; 2]) -> Option<Leg> {
-    let leg = if call.a.call_id == call_id {
-        Leg::A
-    } else {
-        Leg::B
-    };
-    let dialog = match leg {
-        Leg::A => Some(&call.a),
-        Leg::B => call.b.as_ref().filter(|b| b.call_id == call_id),
-    }?;
+    let (leg, dialog) = call.leg_of(call_id);
+    let dialog = dialog.filter(|d| d.call_id == call_id)?;
     let tags = [
         switchyard_sip::headers::tag_of(&dialog.local)?,
         switchyard_sip::headers::tag_of(&dialog.remote)?,

@@ -23,15 +23,7 @@ impl Engine {
         let Some(call) = self.calls.get(&key) else {
             return self.no_such_dialog(tx, &msg);
         };
-        let leg = if call.a.call_id == call_id {
-            Leg::A
-        } else {
-            Leg::B
-        };
-        let dialog = match leg {
-            Leg::A => Some(&call.a),
-            Leg::B => call.b.as_ref(),
-        };
+        let (leg, dialog) = call.leg_of(&call_id);
         if !dialog.is_some_and(|d| d.matches_request(&msg)) {
             debug!(call_id, "in-dialog request with tags of no dialog of ours");
             return self.no_such_dialog(tx, &msg);
