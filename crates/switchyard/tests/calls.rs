@@ -2373,6 +2373,64 @@ fn an_attended_transfer_joins_the_caller_and_the_consulted_party() {
     );
 }
 
+/// `a` calls `dialled` on `b` with the next Call-ID hashing to `engine`; both answered.
+fn answered_on(engine: &str, mut a: Phone, mut b: Phone, dialled: &str) -> (Phone, CallLeg, Phone) {
+    a.call_ids.push(call_id_on(engine));
+    let dialled = dialled.to_owned();
+    let caller = std::thread::spawn(move || {
+        let (r, leg) = a.call(&dialled, &[0]);
+        assert_eq!(r.status(), Some(200), "{r:?}");
+        (a, leg.unwrap())
+    });
+    let (invite, from) = b.wait_request("INVITE", Duration::from_secs(5)).unwrap();
+    b.answer(&invite, from, 200, &[0]);
+    let (a, leg) = caller.join().unwrap();
+    let _ = b.wait_request("ACK", Duration::from_secs(2));
+    (a, leg, b)
+}
+
+/// Tenant isolation across engines: a phone that names another tenant's call, its
+/// Call-ID and both tags, in a REFER's Replaces gets `481`. The engine holding that call
+/// never hands it over, and the call goes on.
+#[test]
+fn a_replaces_naming_another_tenants_call_on_another_engine_is_refused() {
+    let d = demo_with(&["--core-shards", "2"]);
+    let (a, b) = d.registered_pair();
+    let (mut a, mut victim, mut b) = answered_on("core-1", a, b, "1002");
+    let (t, r) = d.tenant("intruder.example", 4000);
+    d.extension(&t, &r, 4000, "intruder-4000");
+    d.extension(&t, &r, 4001, "intruder-4001");
+    let addr = d.server.addr("UDP");
+    let mut x = Phone::new(addr, "intruder.example", "4000", "intruder-4000");
+    let mut y = Phone::new(addr, "intruder.example", "4001", "intruder-4001");
+    assert_eq!((x.register(), y.register()), (200, 200));
+    let (mut x, mut own, _y) = answered_on("core-2", x, y, "4001");
+    assert_ne!(
+        own.target, victim.target,
+        "the two calls on different engines"
+    );
+    let tag = |header: &str| header.split(";tag=").nth(1).unwrap().to_owned();
+    let refer = format!(
+        "Refer-To: <sip:4001@intruder.example?Replaces={}%3Bto-tag%3D{}%3Bfrom-tag%3D{}>\r\n",
+        victim.call_id,
+        tag(&victim.to),
+        tag(&victim.from)
+    );
+    let refused = x.request_with(&mut own, "REFER", &refer, "");
+    assert_eq!(refused.status(), Some(481), "{refused:?}");
+    assert_eq!(
+        d.metrics().get("switchyard_core_calls_handed_over_total"),
+        Some(&0.0),
+        "nothing handed over"
+    );
+    // The other tenant's call is untouched: its BYE is answered and reaches 1002.
+    let callee = std::thread::spawn(move || {
+        b.answer_next("BYE", Duration::from_secs(5), &[]);
+    });
+    assert_eq!(a.request(&mut victim, "BYE", "").status(), Some(200));
+    callee.join().unwrap();
+}
+
 /// With two call engines in the process (`--core-shards 2`), the edge hashes each call's
 /// Call-ID over them: one tenant's calls spread over both (the dialog's requests follow
 /// the Contact each caller gets, which names the engine's own socket).
