@@ -545,22 +545,7 @@ fn an_attended_transfer_takes_the_consultation_call_from_the_other_core() {
         c = callee.join().unwrap();
     }
     let (b_second, _) = consultation.expect("a consultation call on the other core");
-    let tag = |header: &str| {
-        header
-            .split(";tag=")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    let refer = format!(
-        "Refer-To: <sip:2003@{domain}?Replaces={}%3Bto-tag%3D{}%3Bfrom-tag%3D{}>\r\n",
-        b_second.call_id,
-        tag(&b_second.to),
-        tag(&b_second.from)
-    );
+    let refer = b_second.refer_to_replacing(&format!("sip:2003@{domain}"));
     let asked = Instant::now();
     let accepted = b.request_with(&mut b_first, "REFER", &refer, "");
     assert_eq!(accepted.status(), Some(202), "{accepted:?}");
@@ -568,16 +553,7 @@ fn an_attended_transfer_takes_the_consultation_call_from_the_other_core() {
     eprintln!("REFER to 202 across cores: {:?}", asked.elapsed());
     // 2003 is moved onto 2001's call with a re-INVITE in its dialog; the NOTIFYs and the
     // two BYEs reach 2002 meanwhile, in any order.
-    let (reinvite, from) = c
-        .wait_request("INVITE", Duration::from_secs(5))
-        .expect("the consulted party is re-INVITEd");
-    assert!(
-        reinvite
-            .header(switchyard_sip::HeaderName::To)
-            .unwrap()
-            .contains("tag="),
-        "in its dialog"
-    );
+    let (reinvite, from) = c.wait_reinvite(Duration::from_secs(5));
     let c_leg = c.answer(&reinvite, from, 200, &[0]);
     let mut byes = 0;
     let mut notified_ok = false;

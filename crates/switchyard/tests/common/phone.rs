@@ -46,6 +46,28 @@ pub struct CallLeg {
     pub remote_rtp: Option<SocketAddr>,
 }
 
+impl CallLeg {
+    /// A Refer-To header line for an attended transfer to `target` (a SIP URI) that
+    /// replaces this dialog (RFC 3891: its Call-ID, the far end's tag as to-tag, ours as
+    /// from-tag).
+    pub fn refer_to_replacing(&self, target: &str) -> String {
+        let tag = |header: &str| {
+            header
+                .split(";tag=")
+                .nth(1)
+                .and_then(|t| t.split(';').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        format!(
+            "Refer-To: <{target}?Replaces={}%3Bto-tag%3D{}%3Bfrom-tag%3D{}>\r\n",
+            self.call_id,
+            tag(&self.to),
+            tag(&self.from)
+        )
+    }
+}
+
 fn token() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -501,6 +523,18 @@ impl Phone {
             leg.remote_rtp = sdp_addr(r.body()).or(leg.remote_rtp);
         }
         r
+    }
+
+    /// Waits for a re-INVITE: an INVITE inside one of our dialogs (its To has our tag).
+    pub fn wait_reinvite(&mut self, within: Duration) -> (Message, SocketAddr) {
+        let (reinvite, from) = self.wait_request("INVITE", within).expect("a re-INVITE");
+        assert!(
+            reinvite
+                .header(HeaderName::To)
+                .is_some_and(|to| to.contains("tag=")),
+            "an INVITE inside a dialog: {reinvite:?}"
+        );
+        (reinvite, from)
     }
 
     /// Waits for a request of `method` (from the inbox first).
