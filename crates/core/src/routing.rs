@@ -241,7 +241,8 @@ async fn resolve(
     let Some(group) = group.into_inner().unwrap_or_else(|e| e.into_inner()) else {
         return first;
     };
-    let turn = match turns.take(&group).await {
+    // Keyed by tenant too: one tenant's groups never move another's counters.
+    let turn = match turns.take(&format!("{}:{group}", config.tenant.id)).await {
         Ok(turn) => turn,
         Err(e) => {
             // The group still rings, from its first member.

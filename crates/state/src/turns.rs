@@ -2,8 +2,8 @@
 //! core that may take the group's calls (calls spread over cores by Call-ID), in memory
 //! for one process and in Redis for a cluster.
 //!
-//! Key: `{prefix}turn:{group}` (an `INCR` per call; it expires a day after the group's
-//! last call).
+//! Key: `{prefix}turn:{group}`, the group named by its tenant and id (an `INCR` per
+//! call; it expires a day after the group's last call).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
