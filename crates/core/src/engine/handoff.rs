@@ -171,6 +171,12 @@ impl Engine {
                 warn!(call_id, "a handed-over call is here already");
             } else if let Err(why) = self.adopt(record, config, "handed over by another core") {
                 warn!(call_id, why, "a handed-over call could not be adopted");
+            } else if self.draining
+                && let Some(&key) = self.by_call_id.get(&call_id)
+            {
+                // It came while this core stops: it ends here, both legs hung up and its
+                // CDR written, rather than left with no core at all.
+                self.hang_up_both(key, "shutdown");
             }
         }
         self.in_dialog(tx, msg);

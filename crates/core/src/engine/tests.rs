@@ -896,6 +896,41 @@ fn an_attended_transfer_takes_the_call_it_replaces_from_the_core_that_holds_it()
 }
 
 #[test]
+fn a_call_handed_to_a_core_that_stops_meanwhile_is_hung_up_there() {
+    let mut holder = World::clustered();
+    holder.answered_call("c1", "", true);
+    let record = holder.persisted.last().cloned().expect("c1's record");
+    let core_tag = switchyard_sip::headers::tag_of(&record.a.local)
+        .unwrap()
+        .to_owned();
+    let mut here = World::clustered();
+    here.answered_call("c2", "", true);
+    attended_refer(&mut here, "c2", ("c1", "a-c1", &core_tag));
+    let ask = here
+        .claims
+        .last()
+        .map(|(_, _, a)| a.clone())
+        .expect("asked");
+    let given = holder.engine.hand_over(&ask, holder.now).expect("given");
+    here.engine.shutdown(here.now);
+    here.settle();
+    let byes = here.sent_methods(Method::Bye).len();
+    here.claimed(Some(given.clone()));
+    let after = here.sent_methods(Method::Bye);
+    assert_eq!(
+        after.len(),
+        byes + 2,
+        "both legs of the handed call hung up"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|b| b.call_id().unwrap() == given.b.call_id)
+    );
+    assert_eq!(here.cdrs.len(), 2, "a CDR for each call");
+}
+
+#[test]
 fn an_attended_transfer_whose_call_no_core_gives_is_refused_once() {
     let mut here = World::clustered();
     here.answered_call("c2", "", true);
