@@ -783,11 +783,9 @@ fn attended_refer(w: &mut World, call_id: &str, replaced: (&str, &str, &str)) ->
         .expect("the caller's REFER")
 }
 
-#[test]
-fn an_attended_transfer_takes_the_call_it_replaces_from_the_core_that_holds_it() {
-    use super::handoff::Kept;
-    // The consultation call c1 lives on one core, the call the REFER comes in on (c2)
-    // on another.
+/// Two cores: `holder` with the answered call c1 (its record returned), `here` with the
+/// answered call c2, whose caller refers it to replace c1 (the REFER's transaction).
+fn consultation_on_another_core() -> (World, World, super::recovery::DialogRecord, TxId) {
     let mut holder = World::clustered();
     holder.answered_call("c1", "", true);
     let record = holder.persisted.last().cloned().expect("c1's record");
@@ -797,6 +795,15 @@ fn an_attended_transfer_takes_the_call_it_replaces_from_the_core_that_holds_it()
     let mut here = World::clustered();
     here.answered_call("c2", "", true);
     let refer = attended_refer(&mut here, "c2", ("c1", "a-c1", &core_tag));
+    (holder, here, record, refer)
+}
+
+#[test]
+fn an_attended_transfer_takes_the_call_it_replaces_from_the_core_that_holds_it() {
+    use super::handoff::Kept;
+    // The consultation call c1 lives on one core, the call the REFER comes in on (c2)
+    // on another.
+    let (mut holder, mut here, record, refer) = consultation_on_another_core();
     assert!(
         here.answers.iter().all(|(tx, _)| *tx != refer),
         "no answer yet"
@@ -897,15 +904,7 @@ fn an_attended_transfer_takes_the_call_it_replaces_from_the_core_that_holds_it()
 
 #[test]
 fn a_call_handed_to_a_core_that_stops_meanwhile_is_hung_up_there() {
-    let mut holder = World::clustered();
-    holder.answered_call("c1", "", true);
-    let record = holder.persisted.last().cloned().expect("c1's record");
-    let core_tag = switchyard_sip::headers::tag_of(&record.a.local)
-        .unwrap()
-        .to_owned();
-    let mut here = World::clustered();
-    here.answered_call("c2", "", true);
-    attended_refer(&mut here, "c2", ("c1", "a-c1", &core_tag));
+    let (mut holder, mut here, _, _) = consultation_on_another_core();
     let ask = here
         .claims
         .last()
