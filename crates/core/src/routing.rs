@@ -233,12 +233,12 @@ async fn resolve(
     at: jiff::Timestamp,
     turns: &switchyard_state::turns::Turns,
 ) -> Resolution {
-    let group = std::sync::Mutex::new(None);
+    let group = std::cell::Cell::new(None);
     let first = resolve_target(config, target, at, &|g| {
-        *group.lock().unwrap_or_else(|e| e.into_inner()) = Some(g.to_owned());
+        group.set(Some(g.to_owned()));
         0
     });
-    let Some(group) = group.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+    let Some(group) = group.into_inner() else {
         return first;
     };
     // Keyed by tenant too: one tenant's groups never move another's counters.
